@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (Debian packages), then runs every check and test:
+# formatting, clippy with warnings as errors, unit tests and the end-to-end tests, which start
+# their own etcd processes and cronmesh workers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing test prerequisites: ${need[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+etcd --version | head -1
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== build"
+cargo build --all-targets --locked
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --all-targets --locked --no-fail-fast
+else
+  cargo test --all-targets --locked --no-fail-fast
+fi

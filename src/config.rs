@@ -1,0 +1,401 @@
+//! Configuration: typed, with a default and a doc comment per field, read from a TOML file
+//! (`--config`), then overridden by `CRONMESH_*` environment variables and flags (clap reads
+//! both), then validated before anything connects or binds a port. An error names the key.
+//!
+//! File layout: shared keys at the top level, then one table per role:
+//!
+//! ```toml
+//! etcd = ["http://127.0.0.1:2379"]
+//! prefix = "/cronmesh/"
+//! [worker]
+//! id = "w1"
+//! [master]
+//! listen = "127.0.0.1:8070"
+//! [standalone]
+//! data_dir = "./data"
+//! ```
+
+use crate::model::duration as dur;
+use crate::telemetry::LogFormat;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem; `key` is the dotted config key (`worker.lease_ttl`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// How workers share jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Dispatch {
+    /// One owner per job, chosen by rendezvous hashing over live matching workers (default).
+    #[default]
+    Owner,
+    /// Every matching worker schedules every job and races for each tick's claim (the seed's way;
+    /// kept for comparison).
+    Race,
+}
+
+/// Everything, for every role. Unknown keys are errors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// etcd client endpoints.
+    pub etcd: Vec<String>,
+    /// Key namespace in etcd, so several clusters can share one etcd.
+    pub prefix: String,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+    /// Log filter (`RUST_LOG` syntax), e.g. `info` or `cronmesh=debug`.
+    pub log_level: String,
+    /// Deadline of one etcd request.
+    #[serde(with = "dur")]
+    pub etcd_timeout: Duration,
+    pub worker: WorkerConfig,
+    pub master: MasterConfig,
+    pub standalone: StandaloneConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            etcd: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/cronmesh/".into(),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            etcd_timeout: Duration::from_secs(5),
+            worker: WorkerConfig::default(),
+            master: MasterConfig::default(),
+            standalone: StandaloneConfig::default(),
+        }
+    }
+}
+
+/// `[worker]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Unique worker id (default: `{hostname}-{pid}`). Two live workers cannot share one.
+    pub id: String,
+    /// Labels that job selectors match, e.g. `{ zone = "a" }`.
+    pub labels: BTreeMap<String, String>,
+    /// Address of the worker's `/metrics`, `/healthz`, `/readyz` listener; none when empty.
+    pub listen: Option<String>,
+    /// `owner` (default) or `race`.
+    pub dispatch: Dispatch,
+    /// Membership lease TTL: how long a dead worker's jobs wait before moving.
+    #[serde(with = "dur")]
+    pub lease_ttl: Duration,
+    /// Lease of tick claims; must exceed the longest starting deadline (10 min) by 2 min.
+    #[serde(with = "dur")]
+    pub claim_ttl: Duration,
+    /// How far ahead of its planned time a tick is claimed (keeps etcd off the tick→spawn path).
+    #[serde(with = "dur")]
+    pub claim_ahead: Duration,
+    /// On SIGTERM, how long running commands may finish before they are killed.
+    #[serde(with = "dur")]
+    pub drain_timeout: Duration,
+    /// Between SIGTERM and SIGKILL when a run is killed on request.
+    #[serde(with = "dur")]
+    pub kill_grace: Duration,
+    /// Between SIGTERM and SIGKILL when a run times out.
+    #[serde(with = "dur")]
+    pub timeout_grace: Duration,
+    /// Most runs at once on this worker; further ticks are recorded as skipped (`capacity`).
+    pub max_concurrent_runs: usize,
+    /// Output kept per run when the job does not say (head and tail halves).
+    pub max_output_bytes: u64,
+    /// Append every run record as a JSON line to this file (until reporting to a master exists).
+    pub runs_file: Option<PathBuf>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: default_id(),
+            labels: BTreeMap::new(),
+            listen: None,
+            dispatch: Dispatch::Owner,
+            lease_ttl: Duration::from_secs(10),
+            claim_ttl: Duration::from_secs(15 * 60),
+            claim_ahead: Duration::from_millis(1000),
+            drain_timeout: Duration::from_secs(30),
+            kill_grace: Duration::from_millis(500),
+            timeout_grace: Duration::from_secs(5),
+            max_concurrent_runs: 1024,
+            max_output_bytes: 64 * 1024,
+            runs_file: None,
+        }
+    }
+}
+
+/// `[master]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterConfig {
+    /// Unique master id (default: `{hostname}-{pid}`).
+    pub id: String,
+    /// Address of the HTTP listener.
+    pub listen: String,
+    /// Run-log store URI: `sqlite://PATH` or `mongodb://HOST/DB`.
+    pub log_store: String,
+    /// Registration lease TTL.
+    #[serde(with = "dur")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            id: default_id(),
+            listen: "127.0.0.1:8070".into(),
+            log_store: "sqlite://./data/runs.db".into(),
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[standalone]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StandaloneConfig {
+    /// Where the private etcd and the run log live.
+    pub data_dir: PathBuf,
+    /// Start a private etcd (unless `etcd` endpoints were given explicitly).
+    pub private_etcd: bool,
+    /// The etcd binary for the private etcd.
+    pub etcd_binary: String,
+    /// Client port of the private etcd (peer port is this + 1).
+    pub etcd_port: u16,
+}
+
+impl Default for StandaloneConfig {
+    fn default() -> Self {
+        StandaloneConfig {
+            data_dir: PathBuf::from("./data"),
+            private_etcd: true,
+            etcd_binary: "etcd".into(),
+            etcd_port: 12379,
+        }
+    }
+}
+
+/// `{hostname}-{pid}`: unique among live processes, so workers on one host never collide.
+pub fn default_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Parses `k=v,k2=v2`.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not key=value"))?;
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Reads a TOML file (no file: defaults).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks the shared keys.
+    pub fn validate_common(&self) -> Result<(), ConfigError> {
+        if self.etcd.is_empty() {
+            return Err(invalid("etcd", "at least one endpoint is required"));
+        }
+        for e in &self.etcd {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(invalid(
+                    "etcd",
+                    format!("{e:?} must start with http:// or https://"),
+                ));
+            }
+        }
+        if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') || self.prefix.len() < 2 {
+            return Err(invalid(
+                "prefix",
+                format!(
+                    "{:?} must start and end with '/', e.g. \"/cronmesh/\"",
+                    self.prefix
+                ),
+            ));
+        }
+        if self.etcd_timeout < Duration::from_millis(100)
+            || self.etcd_timeout > Duration::from_secs(60)
+        {
+            return Err(invalid("etcd_timeout", "must be between 100ms and 60s"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| invalid("log_level", format!("{:?}: {e}", self.log_level)))?;
+        Ok(())
+    }
+
+    /// Checks the keys a worker uses.
+    pub fn validate_worker(&self) -> Result<(), ConfigError> {
+        self.validate_common()?;
+        let w = &self.worker;
+        crate::model::validate_name(&w.id).map_err(|e| invalid("worker.id", e.message))?;
+        if w.lease_ttl < Duration::from_secs(2) || w.lease_ttl > Duration::from_secs(300) {
+            return Err(invalid("worker.lease_ttl", "must be between 2s and 5m"));
+        }
+        let min_claim = crate::model::MAX_STARTING_DEADLINE + Duration::from_secs(120);
+        if w.claim_ttl < min_claim {
+            return Err(invalid(
+                "worker.claim_ttl",
+                format!(
+                    "must be at least {} (the longest starting deadline plus 2m), or a crashed worker's ticks could run twice",
+                    humantime::format_duration(min_claim)
+                ),
+            ));
+        }
+        if w.claim_ahead < Duration::from_millis(50) || w.claim_ahead > Duration::from_secs(30) {
+            return Err(invalid(
+                "worker.claim_ahead",
+                "must be between 50ms and 30s",
+            ));
+        }
+        if w.max_concurrent_runs == 0 {
+            return Err(invalid("worker.max_concurrent_runs", "must be at least 1"));
+        }
+        if w.max_output_bytes > crate::model::MAX_OUTPUT_BYTES {
+            return Err(invalid("worker.max_output_bytes", "must be at most 16 MiB"));
+        }
+        if let Some(l) = &w.listen {
+            l.parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid("worker.listen", format!("{l:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Checks the keys a master uses.
+    pub fn validate_master(&self) -> Result<(), ConfigError> {
+        self.validate_common()?;
+        let m = &self.master;
+        crate::model::validate_name(&m.id).map_err(|e| invalid("master.id", e.message))?;
+        m.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| invalid("master.listen", format!("{:?}: {e}", m.listen)))?;
+        if !(m.log_store.starts_with("sqlite://")
+            || m.log_store.starts_with("mongodb://")
+            || m.log_store.starts_with("mongodb+srv://"))
+        {
+            return Err(invalid(
+                "master.log_store",
+                format!(
+                    "{:?} must be sqlite://PATH or mongodb://HOST/DB",
+                    m.log_store
+                ),
+            ));
+        }
+        if m.lease_ttl < Duration::from_secs(2) || m.lease_ttl > Duration::from_secs(300) {
+            return Err(invalid("master.lease_ttl", "must be between 2s and 5m"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_configs_parse_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for (file, role) in [
+            ("worker.toml", "worker"),
+            ("master.toml", "master"),
+            ("standalone.toml", "standalone"),
+        ] {
+            let cfg = Config::load(Some(&dir.join(file))).unwrap_or_else(|e| panic!("{file}: {e}"));
+            match role {
+                "worker" => cfg.validate_worker().unwrap(),
+                "master" => cfg.validate_master().unwrap(),
+                _ => {
+                    cfg.validate_worker().unwrap();
+                    cfg.validate_master().unwrap();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[worker]\nlease_tll = \"5s\"\n").unwrap_err();
+        assert!(err.contains("lease_tll"), "{err}");
+        let err = Config::from_toml("etcd_endpoints = []\n").unwrap_err();
+        assert!(err.contains("etcd_endpoints"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[worker]\nlease_ttl = \"1s\"\n", "worker.lease_ttl"),
+            ("[worker]\nclaim_ttl = \"1m\"\n", "worker.claim_ttl"),
+            ("[worker]\nid = \"a/b\"\n", "worker.id"),
+            ("[worker]\nlisten = \"nope\"\n", "worker.listen"),
+            ("prefix = \"cronmesh\"\n", "prefix"),
+            ("etcd = [\"127.0.0.1:2379\"]\n", "etcd"),
+            ("log_level = \"[[[\"\n", "log_level"),
+        ];
+        for (toml, key) in cases {
+            let cfg = Config::from_toml(toml).unwrap();
+            match cfg.validate_worker() {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{toml}"),
+                other => panic!("{toml}: expected {key}, got {other:?}"),
+            }
+        }
+        let err = Config::from_toml("[worker]\nlease_ttl = \"soon\"\n").unwrap_err();
+        assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn labels_parse_from_flags() {
+        assert_eq!(
+            parse_labels("zone=a, disk=ssd").unwrap(),
+            BTreeMap::from([("zone".into(), "a".into()), ("disk".into(), "ssd".into())])
+        );
+        assert!(parse_labels("zone").is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! Membership: a process registers `{kind}/{id}` under a session lease and keeps the lease alive.
+//! If the lease is lost (etcd unreachable for longer than the TTL, or etcd restarted without its
+//! data) it registers again with a new lease. Two live processes cannot hold the same id: a
+//! second one waits until the first one's key is gone.
+
+use super::{Coord, CoordError};
+use crate::telemetry::events::LeaseLost;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// A live registration. The session lease id is observable (None while not registered).
+pub struct Registration {
+    value: watch::Sender<Vec<u8>>,
+    lease: watch::Receiver<Option<i64>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Registration {
+    /// The current session lease, if registered.
+    pub fn lease(&self) -> Option<i64> {
+        *self.lease.borrow()
+    }
+
+    /// A receiver that changes whenever the lease does.
+    pub fn lease_watch(&self) -> watch::Receiver<Option<i64>> {
+        self.lease.clone()
+    }
+
+    /// Replaces the registered value (e.g. to announce draining).
+    pub fn update(&self, value: Vec<u8>) {
+        let _ = self.value.send(value);
+    }
+
+    /// Revokes the lease: the key disappears at once.
+    pub async fn deregister(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+impl Coord {
+    /// Registers `{kind}/{id}` (kind is `workers` or `masters`) with `value` under a lease of
+    /// `ttl`, in the background; retries until etcd answers.
+    pub fn register(
+        &self,
+        kind: &'static str,
+        id: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Registration {
+        let key = format!("{}{kind}/{id}", self.keys.prefix());
+        let (value_tx, value_rx) = watch::channel(value);
+        let (lease_tx, lease_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let coord = self.clone();
+        let id = id.to_string();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                coord
+                    .registration_loop(key, id, value_rx, lease_tx, ttl, stop)
+                    .await
+            }
+        });
+        Registration {
+            value: value_tx,
+            lease: lease_rx,
+            stop,
+            task,
+        }
+    }
+
+    async fn registration_loop(
+        &self,
+        key: String,
+        id: String,
+        mut value: watch::Receiver<Vec<u8>>,
+        lease_tx: watch::Sender<Option<i64>>,
+        ttl: Duration,
+        stop: CancellationToken,
+    ) {
+        let ttl_secs = ttl.as_secs().max(1) as i64;
+        let mut retry = Duration::from_millis(100);
+        loop {
+            let registered = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.register_once(&key, value.borrow_and_update().clone(), ttl_secs) => r,
+            };
+            let lease = match registered {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    warn!(key = %key, "this id is registered by another live process; waiting for its lease to expire (give every process a unique id)");
+                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(ttl / 3) => {} }
+                    continue;
+                }
+                Err(e) => {
+                    warn!(key = %key, error = %e, "registration failed; retrying");
+                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(retry) => {} }
+                    retry = (retry * 2).min(ttl / 3);
+                    continue;
+                }
+            };
+            retry = Duration::from_millis(100);
+            info!(key = %key, lease, "registered");
+            let _ = lease_tx.send(Some(lease));
+            let lost = self.keep_alive(&key, lease, &mut value, ttl, &stop).await;
+            let _ = lease_tx.send(None);
+            match lost {
+                None => {
+                    // stopping: revoke so the key disappears now rather than after the TTL
+                    let _ = self
+                        .call("lease_revoke", |mut c| async move {
+                            c.lease_revoke(lease).await
+                        })
+                        .await;
+                    info!(key = %key, "deregistered");
+                    return;
+                }
+                Some(detail) => LeaseLost {
+                    worker: &id,
+                    detail: &detail,
+                }
+                .emit(),
+            }
+        }
+    }
+
+    /// Grants a lease and creates the key if absent. `Ok(None)` when another process holds it.
+    async fn register_once(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: i64,
+    ) -> Result<Option<i64>, CoordError> {
+        let lease = self
+            .call("lease_grant", |mut c| async move {
+                c.lease_grant(ttl, None).await
+            })
+            .await?
+            .id();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.to_string(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                key.to_string(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let resp = self
+            .call("txn", |mut c| async move { c.txn(txn).await })
+            .await?;
+        if resp.succeeded() {
+            Ok(Some(lease))
+        } else {
+            let _ = self
+                .call("lease_revoke", |mut c| async move {
+                    c.lease_revoke(lease).await
+                })
+                .await;
+            Ok(None)
+        }
+    }
+
+    /// Keeps `lease` alive until stopped (`None`) or lost (`Some(why)`).
+    async fn keep_alive(
+        &self,
+        key: &str,
+        lease: i64,
+        value: &mut watch::Receiver<Vec<u8>>,
+        ttl: Duration,
+        stop: &CancellationToken,
+    ) -> Option<String> {
+        let mut last_ok = Instant::now();
+        let mut ticker = tokio::time::interval(ttl / 3);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut keeper = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                changed = value.changed() => {
+                    if changed.is_err() { return None; }
+                    let v = value.borrow_and_update().clone();
+                    let k = key.to_string();
+                    if let Err(e) = self.call("put", |mut c| async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }).await {
+                        warn!(key, error = %e, "could not update registration; will retry with the next keep-alive");
+                        value.mark_changed();
+                    }
+                }
+                _ = ticker.tick() => {
+                    if keeper.is_none() {
+                        keeper = self.call("lease_keep_alive", |mut c| async move { c.lease_keep_alive(lease).await }).await.ok();
+                    }
+                    let ok = match keeper.as_mut() {
+                        None => false,
+                        Some((k, s)) => {
+                            let r = tokio::time::timeout(ttl / 3, async { k.keep_alive().await?; s.message().await }).await;
+                            match r {
+                                Ok(Ok(Some(resp))) if resp.ttl() > 0 => true,
+                                Ok(Ok(Some(_))) => return Some("etcd says the lease has expired".into()),
+                                _ => false,
+                            }
+                        }
+                    };
+                    if ok {
+                        last_ok = Instant::now();
+                    } else {
+                        keeper = None;
+                        if last_ok.elapsed() > ttl {
+                            return Some(format!("no keep-alive acknowledged for {:?}", last_ok.elapsed()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! `coord`: everything cronmesh stores in or learns from etcd. **Only this module talks to etcd.**
+//!
+//! Key layout under the configurable prefix (default `/cronmesh/`):
+//!
+//! | key | value | lifetime |
+//! | --- | --- | --- |
+//! | `jobs/{name}` | `StoredJob` JSON | until deleted |
+//! | `workers/{id}` | `WorkerInfo` JSON | the worker's session lease |
+//! | `masters/{id}` | master registration JSON | the master's session lease |
+//! | `claims/{job}/t{planned_ms:015}` | `ClaimValue` JSON | a claim lease (`claim_ttl`) |
+//! | `claims/{job}/m{trigger_id}` | `ClaimValue` JSON | a claim lease |
+//! | `running/{job}/{run_id}` | `ClaimValue` JSON | the runner's session lease (forbid jobs) |
+//! | `signals/kill/{job}/{id}` | `KillSignal` JSON | a short lease |
+//! | `signals/run/{job}/{id}` | `RunNowSignal` JSON | a short lease, deleted when taken |
+
+mod claims;
+mod jobs;
+mod membership;
+mod signals;
+mod watch;
+
+pub use claims::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
+pub use membership::Registration;
+pub use watch::{Kv, WatchEvent, WatchHandle};
+
+use crate::model::ValidationError;
+use crate::telemetry::events::EtcdRequest;
+use etcd_client::{Client, ConnectOptions};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Errors of the coordination layer. Callers branch on `NotFound`/`Conflict`/`Invalid`; the rest
+/// mean "etcd is unreachable or misbehaving": retry later.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error(
+        "etcd {op} failed: {source}; check that etcd is running and reachable at the configured endpoints"
+    )]
+    Etcd {
+        op: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd {op} timed out after {timeout:?}; check etcd's health and the network")]
+    Timeout { op: &'static str, timeout: Duration },
+    #[error("job {0:?} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("value at {key} is not valid JSON for its type: {message}; fix or delete the key")]
+    Decode { key: String, message: String },
+}
+
+/// Builds every key; the only place that knows the layout.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        let mut p = prefix.to_string();
+        if !p.ends_with('/') {
+            p.push('/');
+        }
+        Keys { prefix: p }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn jobs(&self) -> String {
+        format!("{}jobs/", self.prefix)
+    }
+    pub fn job(&self, name: &str) -> String {
+        format!("{}jobs/{name}", self.prefix)
+    }
+    pub fn workers(&self) -> String {
+        format!("{}workers/", self.prefix)
+    }
+    pub fn masters(&self) -> String {
+        format!("{}masters/", self.prefix)
+    }
+    pub fn claims_of(&self, job: &str) -> String {
+        format!("{}claims/{job}/", self.prefix)
+    }
+    pub fn claim(&self, job: &str, tick: &TickId) -> String {
+        match tick {
+            TickId::Scheduled(ms) => format!("{}claims/{job}/t{ms:015}", self.prefix),
+            TickId::Manual(id) => format!("{}claims/{job}/m{id}", self.prefix),
+        }
+    }
+    pub fn running_of(&self, job: &str) -> String {
+        format!("{}running/{job}/", self.prefix)
+    }
+    pub fn running(&self, job: &str, run_id: &str) -> String {
+        format!("{}running/{job}/{run_id}", self.prefix)
+    }
+    pub fn signals(&self) -> String {
+        format!("{}signals/", self.prefix)
+    }
+    pub fn kill_signal(&self, job: &str, id: &str) -> String {
+        format!("{}signals/kill/{job}/{id}", self.prefix)
+    }
+    pub fn run_signal(&self, job: &str, id: &str) -> String {
+        format!("{}signals/run/{job}/{id}", self.prefix)
+    }
+}
+
+/// A handle on etcd for one cluster namespace. Cheap to clone.
+#[derive(Clone)]
+pub struct Coord {
+    client: Client,
+    keys: Keys,
+    timeout: Duration,
+}
+
+impl Coord {
+    /// Connects lazily: this succeeds even when etcd is down; the first request then fails.
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, CoordError> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        let client = Client::connect(endpoints, Some(opts))
+            .await
+            .map_err(|source| CoordError::Etcd {
+                op: "connect",
+                source,
+            })?;
+        Ok(Coord {
+            client,
+            keys: Keys::new(prefix),
+            timeout,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Runs one etcd request with a deadline, and records its outcome and latency.
+    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, CoordError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let start = Instant::now();
+        let res = tokio::time::timeout(self.timeout, f(self.client.clone())).await;
+        let out = match res {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(CoordError::Etcd { op, source }),
+            Err(_) => Err(CoordError::Timeout {
+                op,
+                timeout: self.timeout,
+            }),
+        };
+        EtcdRequest {
+            op,
+            ok: out.is_ok(),
+            latency: start.elapsed(),
+        }
+        .emit();
+        out
+    }
+
+    /// Checks that etcd answers (a cheap read).
+    pub async fn ping(&self) -> Result<(), CoordError> {
+        let key = self.keys.jobs();
+        self.call("ping", |mut c| async move {
+            c.get(key, Some(etcd_client::GetOptions::new().with_count_only()))
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Compacts etcd's history up to the current revision (tests and maintenance).
+    pub async fn compact_now(&self) -> Result<i64, CoordError> {
+        let key = self.keys.prefix().to_string();
+        let rev = self
+            .call("get", |mut c| async move {
+                c.get(key, Some(etcd_client::GetOptions::new().with_count_only()))
+                    .await
+            })
+            .await?
+            .header()
+            .map(|h| h.revision())
+            .unwrap_or(0);
+        self.call("compact", |mut c| async move {
+            c.compact(
+                rev,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+        })
+        .await?;
+        Ok(rev)
+    }
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    key: &str,
+    value: &[u8],
+) -> Result<T, CoordError> {
+    serde_json::from_slice(value).map_err(|e| CoordError::Decode {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("model types serialize")
+}
+
+/// Unix milliseconds now (wall clock).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

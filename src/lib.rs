@@ -1,0 +1,21 @@
+//! cronmesh: a distributed cron. Every tick of every job runs exactly once, somewhere in a fleet
+//! of workers coordinated through etcd, and every run is recorded and observable.
+//!
+//! Module map (one concern each; see docs/ARCHITECTURE.md for the invariants):
+//! - [`config`]: typed configuration for every role, file + env + flags, validated up front.
+//! - [`model`]: jobs, run records, worker registrations, signals; validation of job specs.
+//! - [`schedule`]: cron and `@every` parsing, time zones, next fire times (pure functions).
+//! - [`coord`]: everything stored in or learnt from etcd; the only module that talks to etcd.
+//! - [`worker`]: ownership, the timer, claims, the executor, the reporter seam.
+//! - [`master`]: the master role (registration and health today; API later).
+//! - [`telemetry`]: metric names, typed internal events, logging, the ops HTTP listener.
+//! - [`etcd_process`]: starting etcd as a child process (standalone mode and tests).
+
+pub mod config;
+pub mod coord;
+pub mod etcd_process;
+pub mod master;
+pub mod model;
+pub mod schedule;
+pub mod telemetry;
+pub mod worker;

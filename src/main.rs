@@ -1,0 +1,410 @@
+//! The `cronmesh` binary: parses the command line, builds and validates the configuration, then
+//! starts a role. Start-up is phased: config → validation → connect → spawn → wait for a signal →
+//! drain. Nothing binds a port before the configuration is known to be valid.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use cronmesh::config::{Config, Dispatch, parse_labels};
+use cronmesh::coord::Coord;
+use cronmesh::etcd_process::EtcdProcess;
+use cronmesh::model::JobSpec;
+use cronmesh::schedule::Schedule;
+use cronmesh::telemetry::{self, LogFormat};
+use cronmesh::worker::reporter::{FileReporter, LogReporter, Reporter};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "cronmesh",
+    version,
+    about = "A distributed cron: every tick exactly once, somewhere in the fleet"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// TOML config file (see config/*.toml).
+    #[arg(long, global = true, env = "CRONMESH_CONFIG")]
+    config: Option<PathBuf>,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, global = true, env = "CRONMESH_ETCD", value_delimiter = ',')]
+    etcd: Option<Vec<String>>,
+    /// Key namespace in etcd.
+    #[arg(long, global = true, env = "CRONMESH_PREFIX")]
+    prefix: Option<String>,
+    /// Log line format.
+    #[arg(long, global = true, env = "CRONMESH_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or cronmesh=debug.
+    #[arg(long, global = true, env = "CRONMESH_LOG_LEVEL")]
+    log_level: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a master (registration, health and metrics; the REST API comes later).
+    Master(MasterArgs),
+    /// Run a worker: schedule, claim and run jobs.
+    Worker(WorkerArgs),
+    /// A master and a worker in one process, with a private etcd unless --etcd is given.
+    Standalone(StandaloneArgs),
+    /// Check a job spec file (JSON or TOML) and print its next fire times.
+    Check {
+        /// The job file.
+        file: PathBuf,
+        /// How many fire times to print.
+        #[arg(long, default_value_t = 5)]
+        next: usize,
+    },
+}
+
+#[derive(Args, Default)]
+struct MasterArgs {
+    /// Master id (unique).
+    #[arg(long, env = "CRONMESH_MASTER_ID")]
+    master_id: Option<String>,
+    /// HTTP listen address.
+    #[arg(long, env = "CRONMESH_LISTEN")]
+    listen: Option<String>,
+    /// Run-log store: sqlite://PATH or mongodb://HOST/DB.
+    #[arg(long, env = "CRONMESH_LOG_STORE")]
+    log_store: Option<String>,
+}
+
+#[derive(Args, Default)]
+struct WorkerArgs {
+    /// Worker id (unique among live workers).
+    #[arg(long, env = "CRONMESH_ID")]
+    id: Option<String>,
+    /// Labels, e.g. zone=a,disk=ssd.
+    #[arg(long, env = "CRONMESH_LABELS")]
+    labels: Option<String>,
+    /// Listen address for /metrics, /healthz, /readyz.
+    #[arg(long, env = "CRONMESH_LISTEN")]
+    listen: Option<String>,
+    /// owner (default) or race.
+    #[arg(long, env = "CRONMESH_DISPATCH")]
+    dispatch: Option<Dispatch>,
+    /// Membership lease TTL, e.g. 10s.
+    #[arg(long, env = "CRONMESH_LEASE_TTL")]
+    lease_ttl: Option<humantime::Duration>,
+    /// How far ahead ticks are claimed, e.g. 1s.
+    #[arg(long, env = "CRONMESH_CLAIM_AHEAD")]
+    claim_ahead: Option<humantime::Duration>,
+    /// Drain timeout on SIGTERM, e.g. 30s.
+    #[arg(long, env = "CRONMESH_DRAIN_TIMEOUT")]
+    drain_timeout: Option<humantime::Duration>,
+    /// Most runs at once.
+    #[arg(long, env = "CRONMESH_MAX_CONCURRENT_RUNS")]
+    max_concurrent_runs: Option<usize>,
+    /// Append run records as JSON lines to this file.
+    #[arg(long, env = "CRONMESH_RUNS_FILE")]
+    runs_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct StandaloneArgs {
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// Data directory (private etcd, run records).
+    #[arg(long, env = "CRONMESH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Client port of the private etcd.
+    #[arg(long, env = "CRONMESH_ETCD_PORT")]
+    etcd_port: Option<u16>,
+    /// Job files (JSON or TOML) to apply at start, e.g. config/jobs/*.toml.
+    #[arg(long = "apply", env = "CRONMESH_APPLY", value_delimiter = ',')]
+    apply: Vec<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Cmd::Check { file, next } = &cli.command {
+        return check_job(file, *next);
+    }
+    let mut config = Config::load(cli.common.config.as_deref())?;
+    apply_common(&mut config, &cli.common);
+    match &cli.command {
+        Cmd::Master(m) => {
+            apply_master(&mut config, m);
+            config.validate_master()?;
+        }
+        Cmd::Worker(w) => {
+            apply_worker(&mut config, w)?;
+            config.validate_worker()?;
+        }
+        Cmd::Standalone(s) => {
+            apply_worker(&mut config, &s.worker)?;
+            if cli.common.etcd.is_some() {
+                config.standalone.private_etcd = false;
+            }
+            if let Some(d) = &s.data_dir {
+                config.standalone.data_dir = d.clone();
+            }
+            if let Some(p) = s.etcd_port {
+                config.standalone.etcd_port = p;
+            }
+            if config.worker.runs_file.is_none() {
+                config.worker.runs_file = Some(config.standalone.data_dir.join("runs.jsonl"));
+            }
+            if let Some(l) = &s.worker.listen {
+                config.master.listen = l.clone();
+            }
+            config.worker.listen = None;
+            config.validate_worker()?;
+            config.validate_master()?;
+        }
+        Cmd::Check { .. } => unreachable!(),
+    }
+    telemetry::init_logging(config.log_format, &config.log_level);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Master(_) => run_master(Arc::new(config)).await,
+            Cmd::Worker(_) => run_worker(Arc::new(config)).await,
+            Cmd::Standalone(s) => run_standalone(config, s.apply).await,
+            Cmd::Check { .. } => unreachable!(),
+        }
+    })
+}
+
+fn apply_common(c: &mut Config, a: &CommonArgs) {
+    if let Some(e) = &a.etcd {
+        c.etcd = e.clone();
+    }
+    if let Some(p) = &a.prefix {
+        c.prefix = p.clone();
+    }
+    if let Some(f) = a.log_format {
+        c.log_format = f;
+    }
+    if let Some(l) = &a.log_level {
+        c.log_level = l.clone();
+    }
+}
+
+fn apply_master(c: &mut Config, a: &MasterArgs) {
+    if let Some(v) = &a.master_id {
+        c.master.id = v.clone();
+    }
+    if let Some(v) = &a.listen {
+        c.master.listen = v.clone();
+    }
+    if let Some(v) = &a.log_store {
+        c.master.log_store = v.clone();
+    }
+}
+
+fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
+    let w = &mut c.worker;
+    if let Some(v) = &a.id {
+        w.id = v.clone();
+    }
+    if let Some(v) = &a.labels {
+        w.labels = parse_labels(v).map_err(|e| anyhow::anyhow!("invalid --labels: {e}"))?;
+    }
+    if let Some(v) = &a.listen {
+        w.listen = Some(v.clone());
+    }
+    if let Some(v) = a.dispatch {
+        w.dispatch = v;
+    }
+    if let Some(v) = a.lease_ttl {
+        w.lease_ttl = v.into();
+    }
+    if let Some(v) = a.claim_ahead {
+        w.claim_ahead = v.into();
+    }
+    if let Some(v) = a.drain_timeout {
+        w.drain_timeout = v.into();
+    }
+    if let Some(v) = a.max_concurrent_runs {
+        w.max_concurrent_runs = v;
+    }
+    if let Some(v) = &a.runs_file {
+        w.runs_file = Some(v.clone());
+    }
+    Ok(())
+}
+
+fn read_job(file: &std::path::Path) -> Result<JobSpec> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let spec: JobSpec = if file.extension().is_some_and(|e| e == "toml") {
+        toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid job spec", file.display()))?
+    } else {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid job spec", file.display()))?
+    };
+    Ok(spec)
+}
+
+fn check_job(file: &std::path::Path, next: usize) -> Result<()> {
+    let spec = read_job(file)?;
+    let schedule: Schedule = spec.validate()?;
+    println!("{}: valid. {}", spec.name, schedule.describe());
+    for t in schedule.next_n_rfc3339(chrono::Utc::now().timestamp_millis(), next) {
+        println!("  {t}");
+    }
+    Ok(())
+}
+
+/// Cancels the token on SIGTERM or SIGINT; a second signal exits at once.
+fn on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("signal handler");
+        let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        info!("shutdown requested; draining (send the signal again to exit at once)");
+        token.cancel();
+        let first = std::time::Instant::now();
+        loop {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            // the same signal often arrives twice (to the process and to its group)
+            if first.elapsed() > Duration::from_millis(500) {
+                break;
+            }
+        }
+        error!("second signal: exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+async fn connect(config: &Config) -> Result<Coord> {
+    Ok(Coord::connect(&config.etcd, &config.prefix, config.etcd_timeout).await?)
+}
+
+async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; is another process using it?"))
+}
+
+fn reporter_for(config: &Config) -> Result<Arc<dyn Reporter>> {
+    Ok(match &config.worker.runs_file {
+        Some(p) => Arc::new(
+            FileReporter::open(p)
+                .with_context(|| format!("cannot open runs_file {}", p.display()))?,
+        ),
+        None => Arc::new(LogReporter),
+    })
+}
+
+async fn run_worker(config: Arc<Config>) -> Result<()> {
+    let reporter = reporter_for(&config)?;
+    let listener = match &config.worker.listen {
+        Some(l) => Some(bind(l).await?),
+        None => None,
+    };
+    let coord = connect(&config).await?;
+    let shutdown = CancellationToken::new();
+    on_signals(shutdown.clone());
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let http_stop = CancellationToken::new();
+    let http = listener.map(|l| {
+        tokio::spawn(telemetry::http::serve(
+            l,
+            telemetry::http::ops_router(ready_rx),
+            http_stop.clone(),
+        ))
+    });
+    cronmesh::worker::run(config, coord, reporter, shutdown, ready_tx).await;
+    http_stop.cancel();
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    Ok(())
+}
+
+async fn run_master(config: Arc<Config>) -> Result<()> {
+    let listener = bind(&config.master.listen).await?;
+    let coord = connect(&config).await?;
+    let shutdown = CancellationToken::new();
+    on_signals(shutdown.clone());
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(telemetry::http::serve(
+        listener,
+        telemetry::http::ops_router(ready_rx),
+        http_stop.clone(),
+    ));
+    info!(listen = %config.master.listen, "master started");
+    cronmesh::master::run(config, coord, shutdown, ready_tx).await;
+    http_stop.cancel();
+    let _ = http.await;
+    Ok(())
+}
+
+async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
+    let mut etcd = None;
+    let listener = bind(&config.master.listen).await?;
+    if config.standalone.private_etcd {
+        let sa = &config.standalone;
+        let dir = sa.data_dir.join("etcd");
+        let mut p =
+            EtcdProcess::start_single(&sa.etcd_binary, &dir, sa.etcd_port, sa.etcd_port + 1)?;
+        p.wait_ready(Duration::from_secs(20))
+            .await
+            .with_context(|| {
+                format!(
+                    "private etcd did not start (data in {}; is port {} free?)",
+                    dir.display(),
+                    sa.etcd_port
+                )
+            })?;
+        info!(endpoint = %p.client_url, data = %dir.display(), "private etcd started");
+        config.etcd = vec![p.client_url.clone()];
+        etcd = Some(p);
+    }
+    let config = Arc::new(config);
+    let coord = connect(&config).await?;
+    for file in &apply {
+        let spec = read_job(file)?;
+        let stored = coord
+            .put_job(spec)
+            .await
+            .with_context(|| format!("cannot apply {}", file.display()))?;
+        info!(job = %stored.spec.name, revision = stored.revision, "job applied");
+    }
+    let reporter = reporter_for(&config)?;
+    if let Some(p) = &config.worker.runs_file {
+        info!(runs_file = %p.display(), "run records are appended here");
+    }
+    let shutdown = CancellationToken::new();
+    on_signals(shutdown.clone());
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (master_ready_tx, _master_ready_rx) = watch::channel(false);
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(telemetry::http::serve(
+        listener,
+        telemetry::http::ops_router(ready_rx),
+        http_stop.clone(),
+    ));
+    info!(listen = %config.master.listen, "standalone started: /metrics, /healthz, /readyz");
+    let master = tokio::spawn(cronmesh::master::run(
+        config.clone(),
+        coord.clone(),
+        shutdown.clone(),
+        master_ready_tx,
+    ));
+    cronmesh::worker::run(config, coord, reporter, shutdown, ready_tx).await;
+    let _ = master.await;
+    http_stop.cancel();
+    let _ = http.await;
+    if let Some(mut p) = etcd {
+        p.stop();
+    }
+    Ok(())
+}

@@ -1,0 +1,568 @@
+//! The data model shared by every role: job specs (and their validation), run records, worker
+//! registrations and the signals (kill, run now) that travel through etcd. Serde types only; no I/O.
+
+use crate::schedule::{Schedule, ScheduleError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Longest job name.
+pub const MAX_NAME_LEN: usize = 128;
+/// Longest command, in bytes.
+pub const MAX_COMMAND_LEN: usize = 64 * 1024;
+/// Longest timeout a job may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest starting deadline a job may ask for.
+pub const MAX_STARTING_DEADLINE: Duration = Duration::from_secs(600);
+/// Largest output a run may keep.
+pub const MAX_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
+/// Most retries a job may ask for.
+pub const MAX_RETRIES: u32 = 100;
+
+/// What to do when a new tick comes while the previous run of the job is still going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Concurrency {
+    /// Start the new run beside the old one.
+    #[default]
+    Allow,
+    /// Skip the new tick (recorded as `skipped`); never two runs at once, cluster-wide.
+    Forbid,
+    /// Kill the running one, then start the new one.
+    Replace,
+}
+
+/// What to do with ticks that could not start on time (no live owner, etcd unreachable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Misfire {
+    /// Run the newest overdue tick once if it is still within `starting_deadline`; record the
+    /// older ones as skipped.
+    #[default]
+    RunOnce,
+    /// Record every overdue tick as skipped; run only ticks that start on time.
+    Skip,
+}
+
+fn default_tz() -> String {
+    "UTC".into()
+}
+fn default_shell() -> String {
+    "/bin/sh".into()
+}
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// A job as people write it (JSON or TOML). Unknown fields are an error, so typos are caught.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// 1–128 characters of `[A-Za-z0-9._-]`; not `.` or `..`.
+    pub name: String,
+    /// Cron expression, macro or `@every` interval (see `schedule`).
+    pub schedule: String,
+    /// IANA time zone the schedule is read in.
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+    /// Shell command line, run as `shell -c command`.
+    pub command: String,
+    /// Shell to run the command with.
+    #[serde(default = "default_shell")]
+    pub shell: String,
+    /// Extra environment for the command.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (the worker's own if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Kill the run after this long (TERM, grace, KILL). Humantime, e.g. "30s", "2h".
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Extra attempts after a failed or timed-out run.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub retries: u32,
+    /// Wait before the first retry; doubles per attempt, capped at 10 minutes.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_backoff: Option<Duration>,
+    /// Overlap policy.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub concurrency: Concurrency,
+    /// Overdue-tick policy.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub misfire: Misfire,
+    /// The latest a tick may start after its planned time (default 30s).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub starting_deadline: Option<Duration>,
+    /// Worker labels this job needs (all must match).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    /// A paused job is kept but not scheduled (manual runs still work).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub paused: bool,
+    /// Output kept per run (head and tail), default from the worker config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+    /// For humans.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// For humans.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    /// For humans and list filters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Default `starting_deadline`.
+pub const DEFAULT_STARTING_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Why a job spec was rejected. `field` names the offending key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid job spec: {field}: {message}")]
+pub struct ValidationError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Checks a job name: 1–128 of `[A-Za-z0-9._-]`, not `.` or `..` (names become etcd key segments).
+pub fn validate_name(name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() {
+        return Err(invalid("name", "must not be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            "name",
+            format!(
+                "is {} characters long; the limit is {MAX_NAME_LEN}",
+                name.len()
+            ),
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(invalid("name", "must not be \".\" or \"..\""));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(
+            "name",
+            format!("contains {c:?}; use only letters, digits, '.', '_' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+impl JobSpec {
+    /// A minimal spec (everything else default); handy for tests and the CLI.
+    pub fn new(name: &str, schedule: &str, command: &str) -> Self {
+        JobSpec {
+            name: name.into(),
+            schedule: schedule.into(),
+            timezone: default_tz(),
+            command: command.into(),
+            shell: default_shell(),
+            env: BTreeMap::new(),
+            workdir: None,
+            timeout: None,
+            retries: 0,
+            retry_backoff: None,
+            concurrency: Concurrency::default(),
+            misfire: Misfire::default(),
+            starting_deadline: None,
+            selector: BTreeMap::new(),
+            paused: false,
+            max_output_bytes: None,
+            description: String::new(),
+            owner: String::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Validates every field; returns the parsed schedule so callers need not parse twice.
+    pub fn validate(&self) -> Result<Schedule, ValidationError> {
+        validate_name(&self.name)?;
+        if self.command.trim().is_empty() {
+            return Err(invalid("command", "must not be empty"));
+        }
+        if self.command.len() > MAX_COMMAND_LEN {
+            return Err(invalid(
+                "command",
+                format!("is longer than {MAX_COMMAND_LEN} bytes"),
+            ));
+        }
+        if self.command.contains('\0') {
+            return Err(invalid("command", "contains a NUL byte"));
+        }
+        if !self.shell.starts_with('/') {
+            return Err(invalid(
+                "shell",
+                format!("{:?} is not an absolute path", self.shell),
+            ));
+        }
+        if let Some(w) = &self.workdir
+            && !w.starts_with('/')
+        {
+            return Err(invalid("workdir", format!("{w:?} is not an absolute path")));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(invalid(
+                    "env",
+                    format!("{k:?} is not a valid variable name (or its value has a NUL)"),
+                ));
+            }
+            if k.starts_with("CRONMESH_") || k == "TRACEPARENT" {
+                return Err(invalid("env", format!("{k:?} is set by cronmesh itself")));
+            }
+        }
+        if let Some(t) = self.timeout
+            && (t.is_zero() || t > MAX_TIMEOUT)
+        {
+            return Err(invalid(
+                "timeout",
+                format!(
+                    "must be between 1ms and {}",
+                    humantime::format_duration(MAX_TIMEOUT)
+                ),
+            ));
+        }
+        if self.retries > MAX_RETRIES {
+            return Err(invalid("retries", format!("must be at most {MAX_RETRIES}")));
+        }
+        if let Some(d) = self.starting_deadline
+            && (d < Duration::from_secs(1) || d > MAX_STARTING_DEADLINE)
+        {
+            return Err(invalid("starting_deadline", "must be between 1s and 10m"));
+        }
+        if let Some(b) = self.max_output_bytes
+            && b > MAX_OUTPUT_BYTES
+        {
+            return Err(invalid(
+                "max_output_bytes",
+                format!("must be at most {MAX_OUTPUT_BYTES}"),
+            ));
+        }
+        for (k, _) in self.selector.iter().chain(self.labels.iter()) {
+            if k.is_empty() || k.len() > 63 {
+                return Err(invalid("selector", "label keys must be 1-63 characters"));
+            }
+        }
+        Schedule::parse(&self.schedule, &self.timezone).map_err(|e| match e {
+            ScheduleError::TimeZone(_) => invalid("timezone", e.to_string()),
+            _ => invalid("schedule", e.to_string()),
+        })
+    }
+
+    /// The effective starting deadline.
+    pub fn starting_deadline(&self) -> Duration {
+        self.starting_deadline.unwrap_or(DEFAULT_STARTING_DEADLINE)
+    }
+}
+
+/// A job as stored in etcd: the spec plus bookkeeping. `revision` is etcd's mod revision of the
+/// key and is filled in on read (it is not part of the stored value).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredJob {
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    /// Unix ms of the first write.
+    pub created_at: i64,
+    /// Unix ms of the latest write (schedule changes count from here: no backlog before it).
+    pub updated_at: i64,
+    #[serde(default)]
+    pub revision: i64,
+}
+
+/// How a run came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Schedule,
+    Manual,
+    Retry,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Killed,
+    Skipped,
+    Lost,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::TimedOut => "timed_out",
+            RunStatus::Killed => "killed",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Lost => "lost",
+        }
+    }
+}
+
+/// One run (or one skipped tick). Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub job: String,
+    pub worker: String,
+    pub attempt: u32,
+    pub trigger: Trigger,
+    pub planned_at: i64,
+    pub claimed_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    /// started − planned.
+    pub lag_ms: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub status: RunStatus,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub output: String,
+    #[serde(default)]
+    pub output_truncated_bytes: u64,
+    pub error: Option<String>,
+    pub max_rss_kb: Option<i64>,
+    pub cpu_ms: Option<i64>,
+    pub trace_id: Option<String>,
+}
+
+/// Sent when a run starts (before its record exists).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStarted {
+    pub run_id: String,
+    pub job: String,
+    pub worker: String,
+    pub attempt: u32,
+    pub trigger: Trigger,
+    pub planned_at: i64,
+    pub started_at: i64,
+    pub trace_id: Option<String>,
+}
+
+/// A worker's registration, stored under a leased key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub hostname: String,
+    pub pid: u32,
+    pub started_at: i64,
+    /// A draining worker is still alive but takes no new ticks; ownership moves off it.
+    #[serde(default)]
+    pub draining: bool,
+    /// `host:port` of its metrics listener, if any.
+    #[serde(default)]
+    pub listen: Option<String>,
+    pub version: String,
+}
+
+impl WorkerInfo {
+    /// Whether this worker may run a job with `selector`.
+    pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+/// A request to kill runs of a job: a given run, or every run planned before a time, or all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KillSignal {
+    pub job: String,
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// Kill only runs planned before this (used by `replace` across workers).
+    #[serde(default)]
+    pub planned_before: Option<i64>,
+    pub requested_at: i64,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A request to run a job now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunNowSignal {
+    pub job: String,
+    pub id: String,
+    pub requested_at: i64,
+    /// W3C traceparent of the caller, continued by the run's trace.
+    #[serde(default)]
+    pub traceparent: Option<String>,
+}
+
+/// Serde for `Option<Duration>` as humantime strings ("30s"); integers are read as seconds.
+pub mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Secs(u64),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Secs(n)) => Ok(Some(Duration::from_secs(n))),
+            Some(Raw::Text(t)) => humantime::parse_duration(&t).map(Some).map_err(|e| {
+                serde::de::Error::custom(format!("{t:?} is not a duration like \"30s\": {e}"))
+            }),
+        }
+    }
+}
+
+/// Serde for `Duration` as humantime strings, for config files.
+pub mod duration {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        super::opt_duration::serialize(&Some(*v), s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::opt_duration::deserialize(d)?
+            .ok_or_else(|| serde::de::Error::custom("a duration is required"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec::new("backup-db", "*/5 * * * *", "echo hi")
+    }
+
+    #[test]
+    fn a_valid_spec_round_trips_through_json() {
+        let mut s = spec();
+        s.timeout = Some(Duration::from_secs(90));
+        s.concurrency = Concurrency::Forbid;
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains("\"timeout\":\"1m 30s\""), "{json}");
+        let back: JobSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        back.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_str::<JobSpec>(
+            r#"{"name":"a","schedule":"@hourly","command":"x","cronExpr":"y"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `cronExpr`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_specs_each_give_a_specific_error() {
+        type Mutation = Box<dyn Fn(&mut JobSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("schedule", Box::new(|s| s.schedule = "61 * * * *".into())),
+            ("schedule", Box::new(|s| s.schedule = "@every 0s".into())),
+            ("timezone", Box::new(|s| s.timezone = "Mars/Base".into())),
+            ("name", Box::new(|s| s.name = "a/b".into())),
+            ("name", Box::new(|s| s.name = "..".into())),
+            ("name", Box::new(|s| s.name = "".into())),
+            ("name", Box::new(|s| s.name = "x".repeat(129))),
+            ("name", Box::new(|s| s.name = "has space".into())),
+            ("command", Box::new(|s| s.command = "   ".into())),
+            (
+                "timeout",
+                Box::new(|s| s.timeout = Some(Duration::from_secs(365 * 24 * 3600))),
+            ),
+            ("timeout", Box::new(|s| s.timeout = Some(Duration::ZERO))),
+            ("shell", Box::new(|s| s.shell = "bash".into())),
+            (
+                "workdir",
+                Box::new(|s| s.workdir = Some("relative/dir".into())),
+            ),
+            (
+                "env",
+                Box::new(|s| {
+                    s.env.insert("CRONMESH_JOB".into(), "x".into());
+                }),
+            ),
+            (
+                "starting_deadline",
+                Box::new(|s| s.starting_deadline = Some(Duration::from_secs(86400))),
+            ),
+            ("retries", Box::new(|s| s.retries = 1000)),
+            (
+                "max_output_bytes",
+                Box::new(|s| s.max_output_bytes = Some(1 << 40)),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let err = s.validate().unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(!err.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn selector_matching_needs_every_label() {
+        let w = WorkerInfo {
+            id: "w".into(),
+            labels: [
+                ("zone".to_string(), "a".to_string()),
+                ("disk".into(), "ssd".into()),
+            ]
+            .into(),
+            hostname: "h".into(),
+            pid: 1,
+            started_at: 0,
+            draining: false,
+            listen: None,
+            version: "x".into(),
+        };
+        assert!(w.matches(&BTreeMap::new()));
+        assert!(w.matches(&[("zone".to_string(), "a".to_string())].into()));
+        assert!(!w.matches(&[("zone".to_string(), "b".to_string())].into()));
+        assert!(!w.matches(&[("gpu".to_string(), "yes".to_string())].into()));
+    }
+}

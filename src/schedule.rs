@@ -1,0 +1,427 @@
+//! Schedules: parsing cron expressions and `@every` intervals, and the wall-clock maths of
+//! "when is the next tick". Everything here is a pure function of its inputs (no clock is read),
+//! so it is tested exhaustively without waiting.
+//!
+//! Syntax (a superset of Vixie cron, parsed by `croner`):
+//! - 5 fields `min hour dom month dow` (standard crontab), 6 fields with seconds first,
+//!   7 fields with seconds first and year last (the seed's cronexpr syntax);
+//! - macros `@yearly` `@annually` `@monthly` `@weekly` `@daily` `@midnight` `@hourly`;
+//! - `@every 10s` / `@every 1h30m`: a fixed interval, anchored to the Unix epoch so that every
+//!   worker computes the same ticks;
+//! - POSIX weekdays: 0 or 7 = Sunday; `L`, `W`, `#` as croner documents.
+//!
+//! Time zones are IANA names (chrono-tz). A wall time that falls in a DST gap runs at the first
+//! instant after the gap; a wall time that repeats in a DST fall-back runs once, at its first
+//! occurrence (Vixie cron behaviour, implemented by croner).
+
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+use std::time::Duration;
+
+/// Smallest interval (and finest cron granularity) we schedule.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a schedule or time zone was rejected. The message says what to write instead.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScheduleError {
+    #[error(
+        "invalid cron expression {expr:?}: {reason}; use 5 fields (min hour dom month dow), 6 with seconds first, 7 with a trailing year, a macro like @hourly, or @every 30s"
+    )]
+    Cron { expr: String, reason: String },
+    #[error(
+        "invalid interval {expr:?}: {reason}; write e.g. \"@every 30s\" or \"@every 1h30m\" (at least 1s, whole milliseconds)"
+    )]
+    Every { expr: String, reason: String },
+    #[error("unknown time zone {0:?}; use an IANA name such as \"UTC\" or \"Europe/Berlin\"")]
+    TimeZone(String),
+    #[error("schedule {0:?} never fires (no matching time in the next 100 years)")]
+    NeverFires(String),
+}
+
+/// A parsed schedule bound to its time zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    kind: Kind,
+    tz: Tz,
+    expr: String,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Cron(Box<Cron>),
+    Every { interval_ms: i64 },
+}
+
+/// Parses an IANA time zone name.
+pub fn parse_tz(name: &str) -> Result<Tz, ScheduleError> {
+    name.parse::<Tz>()
+        .map_err(|_| ScheduleError::TimeZone(name.to_string()))
+}
+
+impl Schedule {
+    /// Parses `expr` in time zone `tz` (an IANA name).
+    pub fn parse(expr: &str, tz: &str) -> Result<Self, ScheduleError> {
+        let tz = parse_tz(tz)?;
+        let trimmed = expr.trim();
+        let kind = if let Some(rest) = trimmed.strip_prefix("@every") {
+            let text = rest.trim();
+            let every_err = |reason: &str| ScheduleError::Every {
+                expr: expr.to_string(),
+                reason: reason.to_string(),
+            };
+            if text.is_empty() {
+                return Err(every_err("missing duration"));
+            }
+            let d = humantime::parse_duration(text).map_err(|e| every_err(&e.to_string()))?;
+            if d < MIN_INTERVAL {
+                return Err(every_err("interval is shorter than 1s"));
+            }
+            if d.subsec_nanos() % 1_000_000 != 0 {
+                return Err(every_err("interval has sub-millisecond precision"));
+            }
+            let interval_ms = i64::try_from(d.as_millis()).map_err(|_| every_err("too long"))?;
+            if interval_ms > 366 * 24 * 3600 * 1000 {
+                return Err(every_err(
+                    "interval is longer than a year; use a cron expression",
+                ));
+            }
+            Kind::Every { interval_ms }
+        } else {
+            let normalized = normalize_macro(trimmed);
+            let fields = normalized.split_whitespace().count();
+            if !normalized.starts_with('@') && !(5..=7).contains(&fields) {
+                return Err(ScheduleError::Cron {
+                    expr: expr.to_string(),
+                    reason: format!("it has {fields} fields"),
+                });
+            }
+            let parser = CronParser::builder()
+                .seconds(Seconds::Optional)
+                .year(Year::Optional)
+                .build();
+            let cron = parser.parse(&normalized).map_err(|e| ScheduleError::Cron {
+                expr: expr.to_string(),
+                reason: e.to_string(),
+            })?;
+            Kind::Cron(Box::new(cron))
+        };
+        let schedule = Schedule {
+            kind,
+            tz,
+            expr: trimmed.to_string(),
+        };
+        // A pattern like `0 0 30 2 *` parses but never fires: say so now, not at run time.
+        let probe = Utc
+            .with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
+            .single()
+            .unwrap_or_default();
+        if schedule.next_after(probe.timestamp_millis()).is_none() {
+            return Err(ScheduleError::NeverFires(expr.to_string()));
+        }
+        Ok(schedule)
+    }
+
+    /// The expression as written (trimmed).
+    pub fn expr(&self) -> &str {
+        &self.expr
+    }
+
+    /// The time zone the expression is evaluated in.
+    pub fn tz(&self) -> Tz {
+        self.tz
+    }
+
+    /// The first tick strictly after `after_ms` (Unix milliseconds), if any.
+    pub fn next_after(&self, after_ms: i64) -> Option<i64> {
+        match &self.kind {
+            Kind::Every { interval_ms } => {
+                Some((after_ms.div_euclid(*interval_ms) + 1) * interval_ms)
+            }
+            Kind::Cron(cron) => {
+                let start = self.tz.timestamp_millis_opt(after_ms).single()?;
+                // croner works at second granularity: start from the whole second.
+                let next = cron.find_next_occurrence(&start, false).ok()?;
+                let ms = next.timestamp_millis();
+                if ms > after_ms {
+                    Some(ms)
+                } else {
+                    let bumped = self.tz.timestamp_millis_opt(ms + 1000).single()?;
+                    Some(
+                        cron.find_next_occurrence(&bumped, true)
+                            .ok()?
+                            .timestamp_millis(),
+                    )
+                }
+            }
+        }
+    }
+
+    /// Whether `at_ms` is a tick of this schedule.
+    pub fn is_tick(&self, at_ms: i64) -> bool {
+        self.next_after(at_ms - 1) == Some(at_ms)
+    }
+
+    /// The next `n` ticks strictly after `after_ms`.
+    pub fn next_n(&self, after_ms: i64, n: usize) -> Vec<i64> {
+        let mut out = Vec::with_capacity(n);
+        let mut cursor = after_ms;
+        while out.len() < n {
+            match self.next_after(cursor) {
+                Some(t) => {
+                    out.push(t);
+                    cursor = t;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Ticks in the half-open interval `(from_ms, to_ms]`, at most `limit` of the newest ones.
+    pub fn ticks_between(&self, from_ms: i64, to_ms: i64, limit: usize) -> Vec<i64> {
+        let mut out = std::collections::VecDeque::new();
+        let mut cursor = from_ms;
+        while let Some(t) = self.next_after(cursor) {
+            if t > to_ms {
+                break;
+            }
+            if out.len() == limit {
+                out.pop_front();
+            }
+            out.push_back(t);
+            cursor = t;
+        }
+        out.into()
+    }
+
+    /// The next `n` ticks as RFC 3339 times in the schedule's zone, for people.
+    pub fn next_n_rfc3339(&self, after_ms: i64, n: usize) -> Vec<String> {
+        self.next_n(after_ms, n)
+            .into_iter()
+            .filter_map(|ms| self.tz.timestamp_millis_opt(ms).single())
+            .map(|t| t.to_rfc3339())
+            .collect()
+    }
+
+    /// A short description in English ("Every 10 seconds", croner's words for cron patterns).
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Every { interval_ms } => format!(
+                "Every {}",
+                humantime::format_duration(Duration::from_millis(*interval_ms as u64))
+            ),
+            Kind::Cron(c) => c.describe(),
+        }
+    }
+}
+
+/// `@midnight` is Vixie cron's alias for `@daily`; croner knows the others.
+fn normalize_macro(expr: &str) -> String {
+    if expr.eq_ignore_ascii_case("@midnight") {
+        "@daily".to_string()
+    } else {
+        expr.to_string()
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC with milliseconds (the form of `CRONMESH_PLANNED_AT`).
+pub fn rfc3339_ms(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(s: &str) -> i64 {
+        DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+    }
+
+    #[test]
+    fn five_field_crontab_fires_every_five_minutes() {
+        let s = Schedule::parse("*/5 * * * *", "UTC").unwrap();
+        assert_eq!(
+            s.next_n(ms("2026-01-01T00:03:10Z"), 2),
+            vec![ms("2026-01-01T00:05:00Z"), ms("2026-01-01T00:10:00Z")]
+        );
+    }
+
+    #[test]
+    fn six_fields_have_seconds_first() {
+        let s = Schedule::parse("*/10 * * * * *", "UTC").unwrap();
+        assert_eq!(
+            s.next_after(ms("2026-01-01T00:00:01Z")),
+            Some(ms("2026-01-01T00:00:10Z"))
+        );
+    }
+
+    #[test]
+    fn seven_fields_have_a_trailing_year() {
+        let s = Schedule::parse("0 30 9 1 1 * 2030", "UTC").unwrap();
+        assert_eq!(
+            s.next_after(ms("2026-01-01T00:00:00Z")),
+            Some(ms("2030-01-01T09:30:00Z"))
+        );
+        // past the only year: never fires again
+        assert_eq!(s.next_after(ms("2031-01-01T00:00:00Z")), None);
+    }
+
+    #[test]
+    fn weekdays_are_posix_numbered() {
+        // 2026-11-23 is a Monday. `1` must mean Monday; 0 and 7 both Sunday.
+        let mon = Schedule::parse("0 9 * * 1", "UTC").unwrap();
+        assert_eq!(
+            mon.next_after(ms("2026-11-22T00:00:00Z")),
+            Some(ms("2026-11-23T09:00:00Z"))
+        );
+        let sun0 = Schedule::parse("0 9 * * 0", "UTC").unwrap();
+        let sun7 = Schedule::parse("0 9 * * 7", "UTC").unwrap();
+        let from = ms("2026-11-23T00:00:00Z");
+        assert_eq!(sun0.next_after(from), Some(ms("2026-11-29T09:00:00Z")));
+        assert_eq!(sun7.next_after(from), sun0.next_after(from));
+    }
+
+    #[test]
+    fn macros_are_understood() {
+        let from = ms("2026-11-24T13:20:00Z");
+        let h = Schedule::parse("@hourly", "UTC").unwrap();
+        assert_eq!(h.next_after(from), Some(ms("2026-11-24T14:00:00Z")));
+        let d = Schedule::parse("@daily", "UTC").unwrap();
+        let m = Schedule::parse("@midnight", "UTC").unwrap();
+        assert_eq!(d.next_after(from), Some(ms("2026-11-25T00:00:00Z")));
+        assert_eq!(m.next_after(from), d.next_after(from));
+        let w = Schedule::parse("@weekly", "UTC").unwrap();
+        assert_eq!(w.next_after(from), Some(ms("2026-11-29T00:00:00Z")));
+    }
+
+    #[test]
+    fn every_is_anchored_to_the_epoch() {
+        let s = Schedule::parse("@every 10s", "UTC").unwrap();
+        assert_eq!(
+            s.next_after(ms("2026-01-01T00:00:03Z")),
+            Some(ms("2026-01-01T00:00:10Z"))
+        );
+        assert_eq!(
+            s.next_after(ms("2026-01-01T00:00:10Z")),
+            Some(ms("2026-01-01T00:00:20Z"))
+        );
+        let s = Schedule::parse("@every 1h30m", "UTC").unwrap();
+        let t = s.next_after(0).unwrap();
+        assert_eq!(t, 90 * 60 * 1000);
+        assert!(s.is_tick(t) && !s.is_tick(t + 1000));
+    }
+
+    #[test]
+    fn dst_gap_runs_at_the_first_instant_after_the_gap() {
+        // Europe/Berlin springs forward 2026-03-29 02:00 -> 03:00: 02:30 does not exist.
+        let s = Schedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        let next = s.next_after(ms("2026-03-28T12:00:00Z")).unwrap();
+        assert_eq!(next, ms("2026-03-29T03:00:00+02:00"));
+        // and the day after, the normal time again
+        assert_eq!(s.next_after(next), Some(ms("2026-03-30T02:30:00+02:00")));
+    }
+
+    #[test]
+    fn dst_repeat_runs_once() {
+        // Europe/Berlin falls back 2026-10-25 03:00 -> 02:00: 02:30 happens twice; run once.
+        let s = Schedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        let ticks = s.ticks_between(ms("2026-10-24T12:00:00Z"), ms("2026-10-26T12:00:00Z"), 10);
+        assert_eq!(
+            ticks,
+            vec![
+                ms("2026-10-25T02:30:00+02:00"),
+                ms("2026-10-26T02:30:00+01:00")
+            ]
+        );
+    }
+
+    #[test]
+    fn time_zone_shifts_wall_clock() {
+        let s = Schedule::parse("0 9 * * *", "America/New_York").unwrap();
+        assert_eq!(
+            s.next_after(ms("2026-11-24T00:00:00Z")),
+            Some(ms("2026-11-24T14:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn ticks_between_keeps_the_newest() {
+        let s = Schedule::parse("@every 1s", "UTC").unwrap();
+        assert_eq!(s.ticks_between(0, 10_000, 3), vec![8_000, 9_000, 10_000]);
+        assert!(s.ticks_between(0, 500, 3).is_empty());
+    }
+
+    #[test]
+    fn invalid_schedules_say_what_is_wrong() {
+        for bad in [
+            "",
+            "* * *",
+            "61 * * * *",
+            "* * * * * * * *",
+            "@fortnightly",
+            "*/0 * * * *",
+            "0 0 30 2 *",
+        ] {
+            let err = Schedule::parse(bad, "UTC").unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ScheduleError::Cron { .. } | ScheduleError::NeverFires(_)
+                ),
+                "{bad:?}: {err}"
+            );
+        }
+        for bad in [
+            "@every",
+            "@every 0s",
+            "@every 500ms",
+            "@every soon",
+            "@every 1.5ms",
+        ] {
+            assert!(
+                matches!(
+                    Schedule::parse(bad, "UTC"),
+                    Err(ScheduleError::Every { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            Schedule::parse("* * * * *", "Mars/Olympus").unwrap_err(),
+            ScheduleError::TimeZone("Mars/Olympus".into())
+        );
+    }
+
+    #[test]
+    fn next_after_is_strictly_increasing_for_many_patterns() {
+        let patterns = [
+            "* * * * * *",
+            "*/7 * * * *",
+            "0 0 L * *",
+            "0 12 * * 5#L",
+            "15 10 * * 1-5",
+            "@every 7s",
+        ];
+        for p in patterns {
+            for tz in [
+                "UTC",
+                "Europe/Berlin",
+                "America/New_York",
+                "Australia/Lord_Howe",
+            ] {
+                let s = Schedule::parse(p, tz).unwrap();
+                let mut t = ms("2026-03-01T00:00:00Z");
+                for _ in 0..200 {
+                    let n = s.next_after(t).unwrap();
+                    assert!(n > t, "{p} in {tz}");
+                    assert!(s.is_tick(n), "{p} in {tz} at {n}");
+                    t = n;
+                }
+            }
+        }
+    }
+}

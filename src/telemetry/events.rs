@@ -1,0 +1,218 @@
+//! Typed internal events. Each `emit()` writes one structured log line and updates its metric, so
+//! the two never drift (the pattern of vector's `internal_events`).
+
+use super::metrics::METRICS;
+use crate::model::{RunRecord, RunStatus, Trigger};
+use std::time::Duration;
+use tracing::{debug, error, info, warn};
+
+/// A batch of tick claims came back from etcd.
+pub struct ClaimBatchDone {
+    pub won: usize,
+    pub lost: usize,
+    pub errors: usize,
+    pub latency: Duration,
+}
+impl ClaimBatchDone {
+    pub fn emit(self) {
+        let m = &*METRICS;
+        m.claims.with_label_values(&["won"]).inc_by(self.won as u64);
+        m.claims
+            .with_label_values(&["lost"])
+            .inc_by(self.lost as u64);
+        m.claims
+            .with_label_values(&["error"])
+            .inc_by(self.errors as u64);
+        m.claim_latency.observe(self.latency.as_secs_f64());
+        m.claim_batch_size
+            .observe((self.won + self.lost + self.errors) as f64);
+        if self.errors > 0 {
+            warn!(
+                won = self.won,
+                lost = self.lost,
+                errors = self.errors,
+                latency_ms = self.latency.as_millis() as u64,
+                "tick claims failed; retrying while within the starting deadline"
+            );
+        } else {
+            debug!(
+                won = self.won,
+                lost = self.lost,
+                latency_ms = self.latency.as_millis() as u64,
+                "ticks claimed"
+            );
+        }
+    }
+}
+
+/// A run's process started.
+pub struct RunStartedEvent<'a> {
+    pub job: &'a str,
+    pub run_id: &'a str,
+    pub planned_at: i64,
+    pub lag_ms: i64,
+    pub trigger: Trigger,
+    pub attempt: u32,
+}
+impl RunStartedEvent<'_> {
+    pub fn emit(self) {
+        let m = &*METRICS;
+        let trigger = match self.trigger {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+            Trigger::Retry => "retry",
+        };
+        m.runs_started.with_label_values(&[trigger]).inc();
+        m.runs_in_progress.inc();
+        if self.trigger == Trigger::Schedule {
+            m.schedule_lag.observe(self.lag_ms.max(0) as f64 / 1000.0);
+        }
+        debug!(
+            job = self.job,
+            run_id = self.run_id,
+            planned_at = self.planned_at,
+            lag_ms = self.lag_ms,
+            trigger,
+            attempt = self.attempt,
+            "run started"
+        );
+    }
+}
+
+/// A run ended (its record is complete).
+pub struct RunFinishedEvent<'a> {
+    pub record: &'a RunRecord,
+}
+impl RunFinishedEvent<'_> {
+    pub fn emit(self) {
+        let r = self.record;
+        let m = &*METRICS;
+        m.runs_in_progress.dec();
+        m.runs_finished
+            .with_label_values(&[r.status.as_str()])
+            .inc();
+        if let Some(d) = r.duration_ms {
+            m.run_duration.observe(d as f64 / 1000.0);
+        }
+        match r.status {
+            RunStatus::Succeeded => {
+                debug!(job = %r.job, run_id = %r.run_id, status = r.status.as_str(), duration_ms = r.duration_ms, "run finished")
+            }
+            _ => {
+                info!(job = %r.job, run_id = %r.run_id, status = r.status.as_str(), exit_code = r.exit_code, signal = r.signal, duration_ms = r.duration_ms, error = r.error.as_deref(), "run finished")
+            }
+        }
+    }
+}
+
+/// A tick was recorded as skipped (no process was started for it).
+pub struct TickSkipped<'a> {
+    pub job: &'a str,
+    pub planned_at: i64,
+    pub reason: &'static str,
+}
+impl TickSkipped<'_> {
+    pub fn emit(self) {
+        METRICS
+            .ticks_skipped
+            .with_label_values(&[self.reason])
+            .inc();
+        info!(
+            job = self.job,
+            planned_at = self.planned_at,
+            reason = self.reason,
+            "tick skipped"
+        );
+    }
+}
+
+/// Ticks were found overdue: nobody claimed them by their planned time.
+pub struct TicksOverdue<'a> {
+    pub job: &'a str,
+    pub count: usize,
+    pub cause: &'static str,
+}
+impl TicksOverdue<'_> {
+    pub fn emit(self) {
+        METRICS.ticks_missed.inc_by(self.count as u64);
+        warn!(
+            job = self.job,
+            count = self.count,
+            cause = self.cause,
+            "overdue ticks found; applying the job's misfire policy"
+        );
+    }
+}
+
+/// A watch re-listed its prefix.
+pub struct WatchRestarted<'a> {
+    pub watch: &'static str,
+    pub reason: &'static str,
+    pub detail: &'a str,
+}
+impl WatchRestarted<'_> {
+    pub fn emit(self) {
+        METRICS
+            .watch_restarts
+            .with_label_values(&[self.watch, self.reason])
+            .inc();
+        warn!(
+            watch = self.watch,
+            reason = self.reason,
+            detail = self.detail,
+            "watch restarting: listing again, then watching from the list revision"
+        );
+    }
+}
+
+/// The membership lease was lost and registration is being redone.
+pub struct LeaseLost<'a> {
+    pub worker: &'a str,
+    pub detail: &'a str,
+}
+impl LeaseLost<'_> {
+    pub fn emit(self) {
+        METRICS.lease_lost.inc();
+        error!(
+            worker = self.worker,
+            detail = self.detail,
+            "membership lease lost; registering again"
+        );
+    }
+}
+
+/// A kill or run-now signal was acted on.
+pub struct SignalHandled<'a> {
+    pub kind: &'static str,
+    pub job: &'a str,
+    pub detail: &'a str,
+}
+impl SignalHandled<'_> {
+    pub fn emit(self) {
+        METRICS.signals.with_label_values(&[self.kind]).inc();
+        info!(
+            kind = self.kind,
+            job = self.job,
+            detail = self.detail,
+            "signal handled"
+        );
+    }
+}
+
+/// One etcd request finished.
+pub struct EtcdRequest {
+    pub op: &'static str,
+    pub ok: bool,
+    pub latency: Duration,
+}
+impl EtcdRequest {
+    pub fn emit(self) {
+        let m = &*METRICS;
+        m.etcd_requests
+            .with_label_values(&[self.op, if self.ok { "ok" } else { "error" }])
+            .inc();
+        m.etcd_latency
+            .with_label_values(&[self.op])
+            .observe(self.latency.as_secs_f64());
+    }
+}

@@ -1,0 +1,71 @@
+//! The worker role: registers itself, watches jobs, members and signals, schedules the jobs it
+//! owns, claims their ticks, runs them and reports every run.
+//!
+//! Tasks and their owners: `run` spawns the three watches and the scheduler; the scheduler owns
+//! claim tasks and run-waiter tasks (tracked by its counters and awaited through its drain);
+//! `run` awaits the scheduler, then cancels and awaits the watches.
+
+pub mod executor;
+pub mod ownership;
+pub mod reporter;
+pub mod scheduler;
+pub mod timer;
+
+use crate::config::Config;
+use crate::coord::{Coord, now_ms};
+use crate::model::WorkerInfo;
+use reporter::Reporter;
+use scheduler::{Scheduler, SchedulerParts};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Runs a worker until `shutdown` is cancelled and its drain is complete. `ready` turns true once
+/// it is registered and has listed jobs and members.
+pub async fn run(
+    config: Arc<Config>,
+    coord: Coord,
+    reporter: Arc<dyn Reporter>,
+    shutdown: CancellationToken,
+    ready: watch::Sender<bool>,
+) {
+    let w = &config.worker;
+    let info = WorkerInfo {
+        id: w.id.clone(),
+        labels: w.labels.clone(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+        pid: std::process::id(),
+        started_at: now_ms(),
+        draining: false,
+        listen: w.listen.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    tracing::info!(worker = %w.id, labels = ?w.labels, dispatch = ?w.dispatch, prefix = coord.keys().prefix(), "worker starting");
+    let registration = coord.register(
+        "workers",
+        &w.id,
+        serde_json::to_vec(&info).expect("serializes"),
+        w.lease_ttl,
+    );
+    let watches = CancellationToken::new();
+    let jobs = coord.watch_prefix("jobs", "jobs/".into(), watches.clone());
+    let members = coord.watch_prefix("workers", "workers/".into(), watches.clone());
+    let signals = coord.watch_prefix("signals", "signals/".into(), watches.clone());
+    Scheduler::run(SchedulerParts {
+        config: config.clone(),
+        coord: coord.clone(),
+        reporter,
+        registration,
+        info,
+        jobs: jobs.events,
+        members: members.events,
+        signals: signals.events,
+        shutdown,
+        ready,
+    })
+    .await;
+    watches.cancel();
+    let _ = tokio::join!(jobs.task, members.task, signals.task);
+}
