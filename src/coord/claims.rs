@@ -45,9 +45,11 @@ pub struct ClaimRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimOutcome {
     Won,
-    /// Someone else holds it.
+    /// Someone holds it: `holder` (worker id) with `run_id`. When `run_id` is the claimer's
+    /// own, an earlier attempt whose answer was lost had in fact succeeded (reported as `Won`).
     Lost {
         holder: String,
+        run_id: String,
     },
     Error(String),
 }
@@ -164,10 +166,14 @@ impl Coord {
                         if let TxnOpResponse::Get(g) = op
                             && let Some(kv) = g.kvs().first()
                         {
-                            let holder = decode::<ClaimValue>(&keys[i], kv.value())
-                                .map(|v| v.worker)
-                                .unwrap_or_else(|_| "?".into());
-                            outcomes[i] = Some(ClaimOutcome::Lost { holder });
+                            let (holder, run_id) = decode::<ClaimValue>(&keys[i], kv.value())
+                                .map(|v| (v.worker, v.run_id))
+                                .unwrap_or_else(|_| ("?".into(), String::new()));
+                            outcomes[i] = Some(if run_id == reqs[i].value.run_id {
+                                ClaimOutcome::Won
+                            } else {
+                                ClaimOutcome::Lost { holder, run_id }
+                            });
                         }
                     }
                 }

@@ -222,3 +222,20 @@ impl Coord {
         }
     }
 }
+
+impl Coord {
+    /// The live workers' registrations.
+    pub async fn list_workers(&self) -> Result<Vec<crate::model::WorkerInfo>, CoordError> {
+        let prefix = self.keys.workers();
+        let resp = self
+            .call("get", |mut c| async move {
+                c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                    .await
+            })
+            .await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| super::decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
+    }
+}

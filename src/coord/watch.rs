@@ -58,13 +58,30 @@ impl Coord {
         prefix: String,
         cancel: CancellationToken,
     ) -> WatchHandle {
+        self.watch_prefix_from(name, prefix, None, cancel)
+    }
+
+    /// Like `watch_prefix`, but when `from_revision` is given the first round skips the list and
+    /// replays changes from that revision on (resuming a consumer that kept its state). If that
+    /// revision was compacted, the watch reports it, lists, and the consumer gets a `Reset`.
+    pub fn watch_prefix_from(
+        &self,
+        name: &'static str,
+        prefix: String,
+        from_revision: Option<i64>,
+        cancel: CancellationToken,
+    ) -> WatchHandle {
         let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
         let coord = self.clone();
         let task = tokio::spawn(async move {
             let full = format!("{}{}", coord.keys.prefix(), prefix);
             let mut backoff = Duration::from_millis(100);
+            let mut resume = from_revision;
             loop {
-                match coord.watch_once(name, &full, &tx, &cancel).await {
+                match coord
+                    .watch_once(name, &full, resume.take(), &tx, &cancel)
+                    .await
+                {
                     Ended::Cancelled => return,
                     Ended::Restart(reason, detail) => {
                         WatchRestarted {
@@ -89,6 +106,7 @@ impl Coord {
         &self,
         name: &'static str,
         full: &str,
+        resume: Option<i64>,
         tx: &mpsc::Sender<WatchEvent>,
         cancel: &CancellationToken,
     ) -> Ended {
@@ -98,32 +116,13 @@ impl Coord {
                 .unwrap_or_default()
                 .to_string()
         };
-        let list_key = full.to_string();
-        let listed = tokio::select! {
-            _ = cancel.cancelled() => return Ended::Cancelled,
-            r = self.call("get", |mut c| async move { c.get(list_key, Some(GetOptions::new().with_prefix())).await }) => r,
+        let revision = match resume {
+            Some(r) => r - 1,
+            None => match self.list_into(full, tx, cancel).await {
+                Ok(r) => r,
+                Err(e) => return e,
+            },
         };
-        let resp = match listed {
-            Ok(r) => r,
-            Err(e) => return Ended::Restart("list_error", e.to_string()),
-        };
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let items = resp
-            .kvs()
-            .iter()
-            .map(|kv| Kv {
-                key: strip(kv.key()),
-                value: kv.value().to_vec(),
-                mod_revision: kv.mod_revision(),
-            })
-            .collect();
-        if tx
-            .send(WatchEvent::Reset { items, revision })
-            .await
-            .is_err()
-        {
-            return Ended::Cancelled;
-        }
         let opts = WatchOptions::new()
             .with_prefix()
             .with_prev_key()
@@ -186,5 +185,47 @@ impl Coord {
                 }
             }
         }
+    }
+
+    /// Lists the prefix and sends a `Reset`; returns the list's revision.
+    async fn list_into(
+        &self,
+        full: &str,
+        tx: &mpsc::Sender<WatchEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<i64, Ended> {
+        let strip = |k: &[u8]| {
+            String::from_utf8_lossy(k)
+                .strip_prefix(full)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let list_key = full.to_string();
+        let listed = tokio::select! {
+            _ = cancel.cancelled() => return Err(Ended::Cancelled),
+            r = self.call("get", |mut c| async move { c.get(list_key, Some(GetOptions::new().with_prefix())).await }) => r,
+        };
+        let resp = match listed {
+            Ok(r) => r,
+            Err(e) => return Err(Ended::Restart("list_error", e.to_string())),
+        };
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let items = resp
+            .kvs()
+            .iter()
+            .map(|kv| Kv {
+                key: strip(kv.key()),
+                value: kv.value().to_vec(),
+                mod_revision: kv.mod_revision(),
+            })
+            .collect();
+        if tx
+            .send(WatchEvent::Reset { items, revision })
+            .await
+            .is_err()
+        {
+            return Err(Ended::Cancelled);
+        }
+        Ok(revision)
     }
 }

@@ -72,8 +72,9 @@ struct JobEntry {
     owned: bool,
     /// The next tick not yet handed to claiming.
     next_tick: Option<i64>,
-    /// Ticks that could not be claimed on time.
-    overdue: BTreeSet<i64>,
+    /// Ticks that could not be claimed on time, with the run id of an earlier attempt (kept, so
+    /// a claim that succeeded although its answer was lost is recognised as ours).
+    overdue: BTreeMap<i64, Option<String>>,
     overdue_backoff: Duration,
     /// Runs of this job on this worker, plus fires waiting on a `forbid` check.
     active: usize,
@@ -309,7 +310,7 @@ impl Scheduler {
                 generation,
                 owned: false,
                 next_tick: None,
-                overdue: BTreeSet::new(),
+                overdue: BTreeMap::new(),
                 overdue_backoff: Duration::from_millis(100),
                 active: 0,
             });
@@ -478,7 +479,9 @@ impl Scheduler {
                 .max(entry.job.updated_at);
             let lookback = entry.schedule.ticks_between(from, now, MAX_OVERDUE);
             let found = !lookback.is_empty();
-            entry.overdue.extend(lookback);
+            entry
+                .overdue
+                .extend(lookback.into_iter().map(|t| (t, None)));
             entry.next_tick = entry.schedule.next_after(now);
             if let Some(t) = entry.next_tick {
                 self.timers.push(
@@ -621,7 +624,7 @@ impl Scheduler {
         // Ticks past the deadline can no longer be claimed safely (their claims may be gone):
         // they are counted as missed.
         let horizon = now - e.job.spec.starting_deadline().as_millis() as i64;
-        let expired: Vec<i64> = e.overdue.iter().copied().filter(|t| *t < horizon).collect();
+        let expired: Vec<i64> = e.overdue.range(..horizon).map(|(t, _)| *t).collect();
         if !expired.is_empty() {
             for t in &expired {
                 e.overdue.remove(t);
@@ -636,11 +639,11 @@ impl Scheduler {
         while e.overdue.len() > MAX_OVERDUE {
             e.overdue.pop_first();
         }
-        for planned in std::mem::take(&mut e.overdue) {
+        for (planned, run_id) in std::mem::take(&mut e.overdue) {
             batch.push(ClaimItem {
                 job: name.to_string(),
                 tick: TickId::Scheduled(planned),
-                run_id: new_id(),
+                run_id: run_id.unwrap_or_else(new_id),
                 generation,
                 kind: ClaimKind::Overdue,
                 signal: None,
@@ -828,10 +831,16 @@ impl Scheduler {
                         _ => {}
                     }
                 }
-                ClaimOutcome::Lost { holder } => {
+                ClaimOutcome::Lost { holder, run_id } => {
                     if item.kind == ClaimKind::Overdue {
                         // the look-back found a tick someone ran: expected, not contention
                         METRICS.claims.with_label_values(&["already_claimed"]).inc();
+                        if let TickId::Scheduled(planned) = &item.tick
+                            && holder != self.id
+                            && !self.members.contains_key(&holder)
+                        {
+                            self.record_lost(&item.job, *planned, &holder, &run_id, now);
+                        }
                     } else {
                         lost += 1;
                         debug!(job = %item.job, tick = ?item.tick, holder, "claim lost");
@@ -852,7 +861,7 @@ impl Scheduler {
                                 && entry.generation == item.generation
                                 && entry.owned
                             {
-                                entry.overdue.insert(*planned);
+                                entry.overdue.insert(*planned, Some(item.run_id.clone()));
                                 retry_jobs.insert(item.job.clone());
                             }
                         }
@@ -1059,6 +1068,43 @@ impl Scheduler {
             output: String::new(),
             output_truncated_bytes: 0,
             error: Some(format!("{reason}: {text}")),
+            max_rss_kb: None,
+            cpu_ms: None,
+            trace_id: None,
+        };
+        self.reporter.finished(&record);
+    }
+
+    /// A tick claimed by a worker that has since left the cluster: whether it ran is unknown
+    /// (the worker may have died before, during or after the run). Recorded as `lost` under the
+    /// dead worker's run id, so a record it did send wins in an idempotent store.
+    fn record_lost(&self, job: &str, planned: i64, holder: &str, run_id: &str, now: i64) {
+        TickSkipped {
+            job,
+            planned_at: planned,
+            reason: "lost_with_worker",
+        }
+        .emit();
+        let record = RunRecord {
+            run_id: run_id.to_string(),
+            job: job.to_string(),
+            worker: holder.to_string(),
+            attempt: 1,
+            trigger: Trigger::Schedule,
+            planned_at: planned,
+            claimed_at: None,
+            started_at: None,
+            ended_at: Some(now),
+            lag_ms: None,
+            duration_ms: None,
+            status: RunStatus::Lost,
+            exit_code: None,
+            signal: None,
+            output: String::new(),
+            output_truncated_bytes: 0,
+            error: Some(format!(
+                "claimed by worker {holder}, which left the cluster without reporting it; it may or may not have run"
+            )),
             max_rss_kb: None,
             cpu_ms: None,
             trace_id: None,

@@ -1,0 +1,13 @@
+//! End-to-end specs: real etcd processes, real `cronmesh worker` processes, real commands.
+//! Each test builds its own cluster (temp dir, free ports), so tests run in parallel.
+
+mod harness;
+
+mod bad_input;
+mod drain;
+mod exactly_once;
+mod failover;
+mod lifecycle;
+mod outage;
+mod policies;
+mod watch;

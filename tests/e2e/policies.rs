@@ -1,0 +1,87 @@
+use crate::harness::*;
+use cronmesh::model::{Concurrency, JobSpec, RunStatus};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbid_never_overlaps_even_when_two_workers_race_for_its_ticks() {
+    let mut c = Cluster::new().await;
+    // race dispatch: consecutive ticks land on either worker, so only the cluster-wide running
+    // mark can keep them apart
+    for w in ["w1", "w2"] {
+        c.start_worker(w, &["--dispatch", "race"]);
+    }
+    c.wait_members(&["w1", "w2"]).await;
+    let lock = c.path("lock");
+    let overlap = c.path("overlap");
+    let cmd = c.tick_command(&format!(
+        "mkdir {lock} 2>/dev/null || {{ echo overlap >> {overlap}; exit 1; }}; sleep 2.2; rmdir {lock}",
+        lock = lock.display(),
+        overlap = overlap.display()
+    ));
+    let mut spec = JobSpec::new("exclusive", "@every 1s", &cmd);
+    spec.concurrency = Concurrency::Forbid;
+    c.put_job(spec).await;
+    wait_until(Duration::from_secs(25), "four runs finished", || {
+        c.records()
+            .iter()
+            .filter(|r| r.status == RunStatus::Succeeded)
+            .count()
+            >= 4
+    })
+    .await;
+    assert!(!overlap.exists(), "two runs overlapped");
+    let recs = c.records();
+    let skipped = recs
+        .iter()
+        .filter(|r| r.status == RunStatus::Skipped)
+        .count();
+    assert!(
+        skipped >= 4,
+        "ticks during a run are recorded as skipped ({skipped})"
+    );
+    assert!(
+        recs.iter()
+            .filter(|r| r.status == RunStatus::Skipped)
+            .all(|r| r
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("concurrency_forbid"))
+    );
+    let workers: std::collections::HashSet<_> = recs
+        .iter()
+        .filter(|r| r.status == RunStatus::Succeeded)
+        .map(|r| r.worker.clone())
+        .collect();
+    assert!(!workers.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_kills_the_old_run_and_starts_the_new_one() {
+    let mut c = Cluster::new().await;
+    c.start_worker("w1", &[]);
+    c.wait_members(&["w1"]).await;
+    let mut spec = JobSpec::new("replacer", "@every 2s", &c.tick_command("sleep 30"));
+    spec.concurrency = Concurrency::Replace;
+    c.put_job(spec).await;
+    wait_until(Duration::from_secs(15), "two runs were replaced", || {
+        c.records()
+            .iter()
+            .filter(|r| r.status == RunStatus::Killed)
+            .count()
+            >= 2
+    })
+    .await;
+    let recs = c.records();
+    let ticks = c.ticks();
+    for r in recs.iter().filter(|r| r.status == RunStatus::Killed) {
+        let by = r.error.as_deref().unwrap();
+        assert!(by.starts_with("replaced by run "), "{by}");
+        let successor = by.trim_start_matches("replaced by run ");
+        let next = ticks
+            .iter()
+            .find(|t| t.run_id == successor)
+            .expect("the replacing run started");
+        assert!(next.planned_ms > r.planned_at);
+    }
+}
