@@ -128,12 +128,19 @@ async fn run_now_runs_once_even_when_paused_and_kill_stops_sleep_600_with_its_ch
     );
     assert!(!rec.output.contains("done"));
     // the seed: bash dies, its child runs 28 s more. Here the whole group is gone.
-    // SAFETY: signal 0 only checks for existence.
-    let alive = unsafe { libc::kill(child, 0) } == 0
-        && !std::fs::read_to_string(format!("/proc/{child}/stat"))
-            .map(|s| s.contains(") Z "))
-            .unwrap_or(true);
-    assert!(!alive, "the shell's child {child} survived the kill");
+    let gone = || {
+        // SAFETY: signal 0 only checks for existence.
+        (unsafe { libc::kill(child, 0) }) != 0
+            || std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+    };
+    wait_until(
+        Duration::from_millis(1000),
+        "the shell's child is gone too",
+        gone,
+    )
+    .await;
     assert_eq!(c.ticks().len(), 1, "a manual run runs once");
 }
 
