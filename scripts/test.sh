@@ -20,12 +20,12 @@ etcd --version | head -1
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
-cargo build --all-targets --locked
+cargo build --workspace --all-targets --locked
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --all-targets --locked --no-fail-fast
+  cargo nextest run --workspace --all-targets --locked --no-fail-fast
 else
-  cargo test --all-targets --locked --no-fail-fast
+  cargo test --workspace --all-targets --locked --no-fail-fast
 fi

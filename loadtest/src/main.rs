@@ -1,0 +1,462 @@
+//! cronmesh load scenarios. Each run also measures the machine's own limits with the same code
+//! paths stripped down (raw `/bin/sh -c true` spawn rate, raw etcd compare-and-create latency
+//! and batched throughput) and reports cronmesh's figures beside them.
+//!
+//! `cronmesh-loadtest steady --jobs 500 --workers 3 --seconds 30` — J jobs `@every 1s` across W
+//! worker processes for T seconds. `--dispatch race` runs the seed's way for comparison.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use cronmesh::coord::{ClaimLeases, ClaimRequest, ClaimValue, Coord, TickId};
+use cronmesh::etcd_process::{EtcdProcess, free_port};
+use cronmesh::model::{JobSpec, RunRecord, RunStatus};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "cronmesh load scenarios")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// The cronmesh binary (default: next to this one).
+    #[arg(long, global = true)]
+    cronmesh: Option<PathBuf>,
+    /// Write the JSON report here too.
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// J jobs firing every second across W workers for T seconds.
+    Steady {
+        #[arg(long, default_value_t = 100)]
+        jobs: usize,
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// owner (default) or race (the seed's way).
+        #[arg(long, default_value = "owner")]
+        dispatch: String,
+    },
+    /// Only the machine's limits.
+    Limits,
+}
+
+#[derive(Serialize, Default)]
+struct Limits {
+    spawn_per_s_sequential: f64,
+    spawn_per_s_4_in_flight: f64,
+    etcd_cas_p50_ms: f64,
+    etcd_cas_p99_ms: f64,
+    etcd_cas_batched_per_s: f64,
+}
+
+#[derive(Serialize, Default)]
+struct Steady {
+    jobs: usize,
+    workers: usize,
+    seconds: u64,
+    dispatch: String,
+    expected_ticks: usize,
+    runs: usize,
+    duplicate_ticks: usize,
+    missed_ticks: usize,
+    skipped_ticks: usize,
+    runs_per_s: f64,
+    lag_p50_ms: f64,
+    lag_p90_ms: f64,
+    lag_p99_ms: f64,
+    lag_max_ms: f64,
+    claims_won: f64,
+    claims_lost: f64,
+    claims_lost_per_run: f64,
+    etcd_txn_per_s: f64,
+    worker_cpu_percent: Vec<f64>,
+    worker_max_rss_mb: Vec<f64>,
+    runs_per_s_vs_raw_spawn: f64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let bin = match &cli.cronmesh {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("cronmesh"),
+    };
+    if !bin.exists() {
+        bail!(
+            "cronmesh binary not found at {}; build it (cargo build --release) or pass --cronmesh",
+            bin.display()
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let mut etcd =
+        EtcdProcess::start_single("etcd", &dir.path().join("etcd"), free_port(), free_port())?;
+    etcd.wait_ready(Duration::from_secs(20)).await?;
+    let coord = Coord::connect(
+        std::slice::from_ref(&etcd.client_url),
+        "/loadtest/",
+        Duration::from_secs(5),
+    )
+    .await?;
+    let limits = measure_limits(&coord).await?;
+    println!("## Machine limits (same run)\n");
+    println!("| measure | value |\n| --- | --- |");
+    println!(
+        "| raw spawn `/bin/sh -c true`, sequential | {:.0}/s |",
+        limits.spawn_per_s_sequential
+    );
+    println!(
+        "| raw spawn, 4 in flight | {:.0}/s |",
+        limits.spawn_per_s_4_in_flight
+    );
+    println!(
+        "| raw etcd compare-and-create, sequential | p50 {:.2} ms, p99 {:.2} ms |",
+        limits.etcd_cas_p50_ms, limits.etcd_cas_p99_ms
+    );
+    println!(
+        "| raw etcd compare-and-create, 64 per txn | {:.0}/s |",
+        limits.etcd_cas_batched_per_s
+    );
+    let report = match cli.scenario {
+        Scenario::Limits => serde_json::json!({ "limits": limits }),
+        Scenario::Steady {
+            jobs,
+            workers,
+            seconds,
+            dispatch,
+        } => {
+            let s = steady(
+                &bin,
+                dir.path(),
+                &etcd,
+                &coord,
+                jobs,
+                workers,
+                seconds,
+                &dispatch,
+                &limits,
+            )
+            .await?;
+            println!(
+                "\n## steady: {jobs} jobs @every 1s, {workers} workers, {seconds} s, dispatch {dispatch}\n"
+            );
+            println!("| measure | value |\n| --- | --- |");
+            println!(
+                "| ticks expected / runs | {} / {} |",
+                s.expected_ticks, s.runs
+            );
+            println!("| duplicate ticks | {} |", s.duplicate_ticks);
+            println!("| missed ticks | {} |", s.missed_ticks);
+            println!("| skipped ticks (recorded) | {} |", s.skipped_ticks);
+            println!(
+                "| runs/s | {:.1} ({:.0}% of raw spawn rate) |",
+                s.runs_per_s,
+                s.runs_per_s_vs_raw_spawn * 100.0
+            );
+            println!(
+                "| schedule lag p50 / p90 / p99 / max | {:.1} / {:.1} / {:.1} / {:.1} ms |",
+                s.lag_p50_ms, s.lag_p90_ms, s.lag_p99_ms, s.lag_max_ms
+            );
+            println!(
+                "| claims won / lost (lost per run) | {:.0} / {:.0} ({:.3}) |",
+                s.claims_won, s.claims_lost, s.claims_lost_per_run
+            );
+            println!("| etcd txn/s (all workers) | {:.1} |", s.etcd_txn_per_s);
+            println!("| worker CPU % | {:?} |", s.worker_cpu_percent);
+            println!("| worker max RSS MB | {:?} |", s.worker_max_rss_mb);
+            serde_json::json!({ "limits": limits, "steady": s })
+        }
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("\n```json\n{json}\n```");
+    if let Some(out) = cli.out {
+        std::fs::write(&out, json)?;
+    }
+    etcd.stop();
+    Ok(())
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn measure_limits(coord: &Coord) -> Result<Limits> {
+    let mut l = Limits::default();
+    // raw spawn rate, sequential, for 1.5 s
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_millis(1500) {
+        Command::new("/bin/sh")
+            .args(["-c", "true"])
+            .stdout(Stdio::null())
+            .status()?;
+        n += 1;
+    }
+    l.spawn_per_s_sequential = n as f64 / start.elapsed().as_secs_f64();
+    // 4 in flight
+    let start = Instant::now();
+    let mut n = 0;
+    let mut inflight: Vec<Child> = Vec::new();
+    while start.elapsed() < Duration::from_millis(1500) {
+        while inflight.len() < 4 {
+            inflight.push(
+                Command::new("/bin/sh")
+                    .args(["-c", "true"])
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            );
+        }
+        let mut c = inflight.remove(0);
+        c.wait()?;
+        n += 1;
+    }
+    for mut c in inflight {
+        c.wait()?;
+    }
+    l.spawn_per_s_4_in_flight = n as f64 / start.elapsed().as_secs_f64();
+    // raw compare-and-create, sequential, through the same coord code path
+    let leases = ClaimLeases::new(Duration::from_secs(900));
+    let mut lat = Vec::new();
+    for i in 0..300 {
+        let req = ClaimRequest {
+            job: "limits".into(),
+            tick: TickId::Scheduled(i),
+            value: ClaimValue {
+                worker: "lt".into(),
+                run_id: format!("r{i}"),
+                claimed_at: 0,
+            },
+        };
+        let t = Instant::now();
+        coord.claim_batch(&leases, &[req]).await;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(f64::total_cmp);
+    l.etcd_cas_p50_ms = pct(&lat, 0.5);
+    l.etcd_cas_p99_ms = pct(&lat, 0.99);
+    // batched: 64 per transaction, for ~1.5 s
+    let start = Instant::now();
+    let mut n = 0i64;
+    while start.elapsed() < Duration::from_millis(1500) {
+        let reqs: Vec<ClaimRequest> = (0..64)
+            .map(|i| ClaimRequest {
+                job: "limits-batch".into(),
+                tick: TickId::Scheduled(n + i),
+                value: ClaimValue {
+                    worker: "lt".into(),
+                    run_id: format!("b{}", n + i),
+                    claimed_at: 0,
+                },
+            })
+            .collect();
+        coord.claim_batch(&leases, &reqs).await;
+        n += 64;
+    }
+    l.etcd_cas_batched_per_s = n as f64 / start.elapsed().as_secs_f64();
+    Ok(l)
+}
+
+fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn proc_hwm_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn steady(
+    bin: &Path,
+    dir: &Path,
+    etcd: &EtcdProcess,
+    coord: &Coord,
+    jobs: usize,
+    workers: usize,
+    seconds: u64,
+    dispatch: &str,
+    limits: &Limits,
+) -> Result<Steady> {
+    let mut procs = Vec::new();
+    for i in 0..workers {
+        let port = free_port();
+        let runs = dir.join(format!("runs-{i}.jsonl"));
+        let log = std::fs::File::create(dir.join(format!("worker-{i}.log")))?;
+        let child = Command::new(bin)
+            .args([
+                "worker",
+                "--etcd",
+                &etcd.client_url,
+                "--prefix",
+                "/loadtest/",
+                "--id",
+                &format!("lw{i}"),
+            ])
+            .args([
+                "--dispatch",
+                dispatch,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--log-level",
+                "warn",
+            ])
+            .arg("--runs-file")
+            .arg(&runs)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start worker")?;
+        procs.push((child, port, runs));
+    }
+    // wait for the fleet
+    let t = Instant::now();
+    while coord.list_workers().await.map(|w| w.len()).unwrap_or(0) < workers {
+        if t.elapsed() > Duration::from_secs(20) {
+            bail!("workers did not register");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for j in 0..jobs {
+        coord
+            .put_job(JobSpec::new(&format!("steady-{j:05}"), "@every 1s", "true"))
+            .await?;
+    }
+    let from = cronmesh::coord::now_ms() + 3000;
+    let to = from + seconds as i64 * 1000 - 1;
+    tokio::time::sleep(Duration::from_millis(
+        (from - cronmesh::coord::now_ms()).max(0) as u64,
+    ))
+    .await;
+    let cpu0: Vec<u64> = procs
+        .iter()
+        .map(|(c, _, _)| proc_cpu_ticks(c.id()).unwrap_or(0))
+        .collect();
+    let txn0: f64 = {
+        let mut s = 0.0;
+        for (_, port, _) in &procs {
+            s += metric_sum(
+                &scrape(*port).await,
+                "cronmesh_etcd_requests_total",
+                "op=\"txn\"",
+            );
+        }
+        s
+    };
+    let wall = Instant::now();
+    tokio::time::sleep(Duration::from_millis(
+        (to - cronmesh::coord::now_ms()).max(0) as u64 + 2000,
+    ))
+    .await;
+    let elapsed = wall.elapsed().as_secs_f64();
+    let hz = 100.0; // USER_HZ
+    let mut s = Steady {
+        jobs,
+        workers,
+        seconds,
+        dispatch: dispatch.into(),
+        ..Default::default()
+    };
+    let mut txn1 = 0.0;
+    for (i, (c, port, _)) in procs.iter().enumerate() {
+        let m = scrape(*port).await;
+        s.claims_won += metric_sum(&m, "cronmesh_claims_total", "outcome=\"won\"");
+        s.claims_lost += metric_sum(&m, "cronmesh_claims_total", "outcome=\"lost\"");
+        txn1 += metric_sum(&m, "cronmesh_etcd_requests_total", "op=\"txn\"");
+        let cpu = proc_cpu_ticks(c.id()).unwrap_or(0).saturating_sub(cpu0[i]) as f64 / hz;
+        s.worker_cpu_percent
+            .push((cpu / elapsed * 1000.0).round() / 10.0);
+        s.worker_max_rss_mb
+            .push((proc_hwm_kb(c.id()).unwrap_or(0) as f64 / 102.4).round() / 10.0);
+    }
+    s.etcd_txn_per_s = (txn1 - txn0) / elapsed;
+    for (c, _, _) in &procs {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+    }
+    for (c, _, _) in procs.iter_mut() {
+        let _ = c.wait();
+    }
+    let mut recs: Vec<RunRecord> = Vec::new();
+    for (_, _, runs) in &procs {
+        let text = std::fs::read_to_string(runs).unwrap_or_default();
+        recs.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+    }
+    let in_window: Vec<&RunRecord> = recs
+        .iter()
+        .filter(|r| r.planned_at >= from && r.planned_at <= to)
+        .collect();
+    let mut per_tick: HashMap<(&str, i64), usize> = HashMap::new();
+    for r in in_window.iter().filter(|r| r.started_at.is_some()) {
+        *per_tick.entry((r.job.as_str(), r.planned_at)).or_insert(0) += 1;
+    }
+    let ticks_per_job = ((to - from) / 1000 + 1) as usize;
+    s.expected_ticks = jobs * ticks_per_job;
+    s.runs = per_tick.values().sum();
+    s.duplicate_ticks = per_tick.values().filter(|n| **n > 1).count();
+    s.skipped_ticks = in_window
+        .iter()
+        .filter(|r| r.status == RunStatus::Skipped)
+        .count();
+    s.missed_ticks = s
+        .expected_ticks
+        .saturating_sub(per_tick.len() + s.skipped_ticks);
+    s.runs_per_s = s.runs as f64 / seconds as f64;
+    let mut lags: Vec<f64> = in_window
+        .iter()
+        .filter_map(|r| r.lag_ms)
+        .map(|l| l as f64)
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    s.lag_p50_ms = pct(&lags, 0.5);
+    s.lag_p90_ms = pct(&lags, 0.9);
+    s.lag_p99_ms = pct(&lags, 0.99);
+    s.lag_max_ms = lags.last().copied().unwrap_or(0.0);
+    s.claims_lost_per_run = if s.runs > 0 {
+        s.claims_lost / s.runs as f64
+    } else {
+        0.0
+    };
+    s.runs_per_s_vs_raw_spawn = s.runs_per_s / limits.spawn_per_s_4_in_flight.max(1.0);
+    Ok(s)
+}
