@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Generates the Grafana dashboards in this folder (run it after changing a panel, commit both).
+Every expression uses only metric names from src/telemetry/metrics.rs."""
+import json
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+def panel(pid, title, exprs, x, y, w=12, h=8, kind="timeseries", unit="short", legends=None, desc=""):
+    targets = []
+    for i, e in enumerate(exprs):
+        t = {"datasource": DS, "expr": e, "refId": chr(65 + i)}
+        if legends:
+            t["legendFormat"] = legends[i]
+        if kind == "heatmap":
+            t["format"] = "heatmap"
+        targets.append(t)
+    p = {"id": pid, "type": kind, "title": title, "description": desc, "datasource": DS,
+         "gridPos": {"x": x, "y": y, "w": w, "h": h}, "targets": targets,
+         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []}, "options": {}}
+    return p
+
+def row(pid, title, y):
+    return {"id": pid, "type": "row", "title": title, "collapsed": False, "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []}
+
+def dashboard(uid, title, panels, extra_vars=()):
+    return {
+        "uid": uid, "title": title, "schemaVersion": 39, "version": 1, "editable": True,
+        "time": {"from": "now-1h", "to": "now"}, "refresh": "10s", "tags": ["cronmesh"],
+        "templating": {"list": [
+            {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source"},
+            *extra_vars]},
+        "panels": panels,
+    }
+
+R = "[5m]"
+fleet = [
+    row(1, "Runs", 0),
+    panel(2, "Runs finished per second, by status", ['sum by (status) (rate(cronmesh_runs_finished_total[1m]))'], 0, 1, legends=["{{status}}"], unit="ops"),
+    panel(3, "Failure ratio (failed, timed out, killed, lost)", ['sum(rate(cronmesh_runs_finished_total{status=~"failed|timed_out|killed|lost"}' + R + ')) / clamp_min(sum(rate(cronmesh_runs_finished_total' + R + ')), 1e-9)'], 12, 1, unit="percentunit"),
+    panel(4, "Runs in progress", ['sum(cronmesh_runs_in_progress)'], 0, 9, w=8, kind="stat"),
+    panel(5, "Skipped ticks per second, by reason", ['sum by (reason) (rate(cronmesh_ticks_skipped_total' + R + '))'], 8, 9, w=8, legends=["{{reason}}"], unit="ops"),
+    panel(6, "Missed ticks (overdue) per second", ['sum(rate(cronmesh_ticks_missed_total' + R + '))'], 16, 9, w=8, unit="ops"),
+    row(7, "Schedule lag", 17),
+    panel(8, "Schedule lag p50 / p99 (started - planned)", [
+        'histogram_quantile(0.5, sum by (le) (rate(cronmesh_schedule_lag_seconds_bucket' + R + ')))',
+        'histogram_quantile(0.99, sum by (le) (rate(cronmesh_schedule_lag_seconds_bucket' + R + ')))'], 0, 18, legends=["p50", "p99"], unit="s"),
+    panel(9, "Schedule lag heatmap", ['sum by (le) (rate(cronmesh_schedule_lag_seconds_bucket[1m]))'], 12, 18, kind="heatmap", unit="s"),
+    row(10, "Claims and etcd", 26),
+    panel(11, "Claim contention ratio (lost / (won + lost))", ['sum(rate(cronmesh_claims_total{outcome="lost"}' + R + ')) / clamp_min(sum(rate(cronmesh_claims_total{outcome=~"won|lost"}' + R + ')), 1e-9)'], 0, 27, w=8, unit="percentunit",
+          desc="Near 0 with dispatch = owner; about (workers-1)/workers with dispatch = race (the seed's way)."),
+    panel(12, "Claims per second, by outcome", ['sum by (outcome) (rate(cronmesh_claims_total[1m]))'], 8, 27, w=8, legends=["{{outcome}}"], unit="ops"),
+    panel(13, "Claim transaction latency p99", ['histogram_quantile(0.99, sum by (le) (rate(cronmesh_claim_latency_seconds_bucket' + R + ')))'], 16, 27, w=8, unit="s"),
+    panel(14, "etcd request latency p99, by operation", ['histogram_quantile(0.99, sum by (le, op) (rate(cronmesh_etcd_request_duration_seconds_bucket' + R + ')))'], 0, 35, legends=["{{op}}"], unit="s"),
+    panel(15, "etcd errors per second, by operation", ['sum by (op) (rate(cronmesh_etcd_requests_total{outcome="error"}' + R + '))'], 12, 35, legends=["{{op}}"], unit="ops"),
+    row(16, "Fleet", 43),
+    panel(17, "Workers up", ['max(cronmesh_members)'], 0, 44, w=6, kind="stat"),
+    panel(18, "Jobs", ['max(cronmesh_jobs)'], 6, 44, w=6, kind="stat"),
+    panel(19, "Owned jobs per worker", ['cronmesh_owned_jobs'], 12, 44, legends=["{{instance}}"]),
+    panel(20, "Watch restarts, by watch and reason", ['sum by (watch, reason) (increase(cronmesh_watch_restarts_total[1h]))'], 0, 52, legends=["{{watch}} {{reason}}"]),
+    panel(21, "Membership leases lost", ['sum(increase(cronmesh_membership_lease_lost_total[1h]))'], 12, 52),
+]
+with open("cronmesh-fleet.json", "w") as f:
+    json.dump(dashboard("cronmesh-fleet", "cronmesh / fleet overview", fleet), f, indent=2)
+    f.write("\n")
