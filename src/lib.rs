@@ -14,6 +14,7 @@
 pub mod config;
 pub mod coord;
 pub mod etcd_process;
+pub mod logstore;
 pub mod master;
 pub mod model;
 pub mod schedule;

@@ -316,6 +316,21 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// Every status, for documentation and filters.
+    pub const ALL: [RunStatus; 6] = [
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::TimedOut,
+        RunStatus::Killed,
+        RunStatus::Skipped,
+        RunStatus::Lost,
+    ];
+
+    /// Parses the wire name (`timed_out`, ...).
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Succeeded => "succeeded",

@@ -146,6 +146,8 @@ pub struct Scheduler {
     reporter: Arc<dyn Reporter>,
     leases: Arc<ClaimLeases>,
     claim_slots: Arc<Semaphore>,
+    /// One permit per running process (`max_concurrent_runs`).
+    run_slots: Arc<Semaphore>,
     jobs: HashMap<String, JobEntry>,
     members: BTreeMap<String, WorkerInfo>,
     triggers: HashMap<String, RunNowSignal>,
@@ -179,6 +181,7 @@ impl Scheduler {
             id: info.id.clone(),
             leases: Arc::new(ClaimLeases::new(config.worker.claim_ttl)),
             claim_slots: Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT)),
+            run_slots: Arc::new(Semaphore::new(config.worker.max_concurrent_runs)),
             cfg: config,
             coord,
             reporter,
@@ -971,12 +974,8 @@ impl Scheduler {
             debug!(job = %fire.job, planned = fire.planned, "claimed tick dropped: the job was paused or rescheduled");
             return;
         }
-        if self.runs.len() >= self.cfg.worker.max_concurrent_runs {
-            let text = format!(
-                "worker is at max_concurrent_runs = {}",
-                self.cfg.worker.max_concurrent_runs
-            );
-            self.skip(&fire, "capacity", &text);
+        if self.run_slots.available_permits() == 0 {
+            self.skip_capacity(&fire);
             return;
         }
         match e.job.spec.concurrency {
@@ -1112,7 +1111,24 @@ impl Scheduler {
         self.reporter.finished(&record);
     }
 
+    fn skip_capacity(&mut self, fire: &Fire) {
+        let text = format!(
+            "worker is at max_concurrent_runs = {}",
+            self.cfg.worker.max_concurrent_runs
+        );
+        self.skip(fire, "capacity", &text);
+    }
+
     fn start_run(&mut self, fire: Fire, marked: bool) {
+        // The run's slot is held by its waiter until the process is reaped, so capacity counts
+        // live processes, not messages the scheduler has yet to read.
+        let Ok(slot) = self.run_slots.clone().try_acquire_owned() else {
+            if marked {
+                self.unmark(&fire);
+            }
+            self.skip_capacity(&fire);
+            return;
+        };
         let Some(e) = self.jobs.get_mut(&fire.job) else {
             if marked {
                 self.unmark(&fire);
@@ -1240,6 +1256,7 @@ impl Scheduler {
         let tx = self.msg_tx.clone();
         tokio::spawn(async move {
             let res = child.wait(&exec, kill_rx).await;
+            drop(slot);
             let mut rec = base;
             rec.ended_at = Some(started_ms + res.duration.as_millis() as i64);
             rec.duration_ms = Some(res.duration.as_millis() as i64);

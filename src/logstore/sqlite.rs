@@ -1,0 +1,239 @@
+//! The SQLite run log: one file, WAL journal, one writer connection (batches in one transaction)
+//! and one reader connection, both used from blocking threads.
+
+use super::{
+    InsertOutcome, LogStore, Retention, RunPage, RunQuery, StoreError, decode_cursor, encode_cursor,
+};
+use crate::model::RunRecord;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn err(e: rusqlite::Error) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    run_id     TEXT PRIMARY KEY,
+    job        TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    planned_at INTEGER NOT NULL,
+    ended_at   INTEGER,
+    record     TEXT NOT NULL,
+    output     TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS runs_by_time ON runs (planned_at DESC, run_id DESC);
+CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job, planned_at DESC, run_id DESC);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, planned_at DESC, run_id DESC);
+CREATE INDEX IF NOT EXISTS runs_by_end ON runs (ended_at);
+";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its directory.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            let open = || -> Result<Connection, StoreError> {
+                let c = Connection::open(&path).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
+                })?;
+                c.busy_timeout(std::time::Duration::from_secs(5))
+                    .map_err(err)?;
+                c.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+                c.pragma_update(None, "synchronous", "NORMAL")
+                    .map_err(err)?;
+                Ok(c)
+            };
+            let writer = open()?;
+            writer.execute_batch(SCHEMA).map_err(err)?;
+            let reader = open()?;
+            Ok(SqliteStore {
+                writer: Arc::new(Mutex::new(writer)),
+                reader: Arc::new(Mutex::new(reader)),
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    async fn with<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+}
+
+fn row_to_record(record: String, output: Option<String>) -> Result<RunRecord, StoreError> {
+    let mut r: RunRecord = serde_json::from_str(&record)
+        .map_err(|e| StoreError::Internal(format!("stored record is not valid: {e}")))?;
+    if let Some(o) = output {
+        r.output = o;
+    }
+    Ok(r)
+}
+
+#[async_trait::async_trait]
+impl LogStore for SqliteStore {
+    async fn insert(&self, records: &[RunRecord]) -> Result<InsertOutcome, StoreError> {
+        let records = records.to_vec();
+        Self::with(&self.writer, move |c| {
+            let tx = c.transaction().map_err(err)?;
+            let mut out = InsertOutcome::default();
+            {
+                // Insert if absent; a `lost` placeholder gives way to the real record.
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO runs (run_id, job, status, planned_at, ended_at, record, output)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT(run_id) DO UPDATE SET
+                           status = excluded.status, ended_at = excluded.ended_at,
+                           record = excluded.record, output = excluded.output
+                         WHERE runs.status = 'lost' AND excluded.status <> 'lost'",
+                    )
+                    .map_err(err)?;
+                for r in &records {
+                    let mut meta = r.clone();
+                    meta.output = String::new();
+                    let json = serde_json::to_string(&meta).expect("records serialize");
+                    let n = stmt
+                        .execute(params![r.run_id, r.job, r.status.as_str(), r.planned_at, r.ended_at, json, r.output])
+                        .map_err(err)?;
+                    if n == 1 {
+                        out.inserted += 1;
+                    } else {
+                        out.duplicates += 1;
+                    }
+                }
+            }
+            tx.commit().map_err(err)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list(&self, q: &RunQuery) -> Result<RunPage, StoreError> {
+        let q = q.clone();
+        let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+        Self::with(&self.reader, move |c| {
+            let mut sql = String::from("SELECT record, planned_at, run_id FROM runs WHERE 1=1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(j) = &q.job {
+                sql.push_str(" AND job = ?");
+                args.push(j.clone().into());
+            }
+            if let Some(s) = q.status {
+                sql.push_str(" AND status = ?");
+                args.push(s.as_str().to_string().into());
+            }
+            if let Some(f) = q.from {
+                sql.push_str(" AND planned_at >= ?");
+                args.push(f.into());
+            }
+            if let Some(t) = q.to {
+                sql.push_str(" AND planned_at < ?");
+                args.push(t.into());
+            }
+            if let Some((p, id)) = &after {
+                sql.push_str(" AND (planned_at < ? OR (planned_at = ? AND run_id < ?))");
+                args.push((*p).into());
+                args.push((*p).into());
+                args.push(id.clone().into());
+            }
+            let limit = q.limit.clamp(1, 1000);
+            sql.push_str(" ORDER BY planned_at DESC, run_id DESC LIMIT ?");
+            args.push(((limit + 1) as i64).into());
+            let mut stmt = c.prepare_cached(&sql).map_err(err)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), |row| {
+                    row.get::<_, String>(0)
+                })
+                .map_err(err)?;
+            let mut runs = Vec::new();
+            for row in rows {
+                runs.push(row_to_record(row.map_err(err)?, None)?);
+            }
+            let next_cursor = if runs.len() > limit {
+                runs.truncate(limit);
+                runs.last().map(|r| encode_cursor(r.planned_at, &r.run_id))
+            } else {
+                None
+            };
+            Ok(RunPage { runs, next_cursor })
+        })
+        .await
+    }
+
+    async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let id = run_id.to_string();
+        Self::with(&self.reader, move |c| {
+            let row: Option<(String, String)> = c
+                .query_row(
+                    "SELECT record, output FROM runs WHERE run_id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(err)?;
+            row.map(|(rec, out)| row_to_record(rec, Some(out)))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn apply_retention(&self, retention: Retention, now_ms: i64) -> Result<u64, StoreError> {
+        Self::with(&self.writer, move |c| {
+            let mut deleted = 0u64;
+            if let Some(age) = retention.max_age {
+                let cutoff = now_ms - age.as_millis() as i64;
+                deleted += c
+                    .execute("DELETE FROM runs WHERE COALESCE(ended_at, planned_at) < ?1", params![cutoff])
+                    .map_err(err)? as u64;
+            }
+            if let Some(n) = retention.max_per_job {
+                deleted += c
+                    .execute(
+                        "DELETE FROM runs WHERE run_id IN (
+                           SELECT run_id FROM (
+                             SELECT run_id, ROW_NUMBER() OVER (PARTITION BY job ORDER BY planned_at DESC, run_id DESC) AS rn
+                             FROM runs) WHERE rn > ?1)",
+                        params![n as i64],
+                    )
+                    .map_err(err)? as u64;
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Self::with(&self.reader, |c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+        })
+        .await
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+}
