@@ -125,8 +125,16 @@ pub struct WorkerConfig {
     pub max_concurrent_runs: usize,
     /// Output kept per run when the job does not say (head and tail halves).
     pub max_output_bytes: u64,
-    /// Append every run record as a JSON line to this file (until reporting to a master exists).
+    /// Also append every run record as a JSON line to this file.
     pub runs_file: Option<PathBuf>,
+    /// Master URLs to report runs to, besides the masters registered in etcd.
+    pub masters: Vec<String>,
+    /// Bearer token for reporting (role `worker`); also `CRONMESH_WORKER_TOKEN`.
+    pub token: Option<String>,
+    /// Where run reports wait while no master is reachable (survives restarts).
+    pub spool_dir: PathBuf,
+    /// Run reports held in memory before they spill to the spool.
+    pub report_queue: usize,
 }
 
 impl Default for WorkerConfig {
@@ -145,6 +153,10 @@ impl Default for WorkerConfig {
             max_concurrent_runs: 1024,
             max_output_bytes: 64 * 1024,
             runs_file: None,
+            masters: Vec::new(),
+            token: None,
+            spool_dir: PathBuf::from("./data/spool"),
+            report_queue: 10_000,
         }
     }
 }
@@ -162,6 +174,18 @@ pub struct MasterConfig {
     /// Registration lease TTL.
     #[serde(with = "dur")]
     pub lease_ttl: Duration,
+    /// Largest request body accepted (bytes); larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Requests taking longer get 408.
+    #[serde(with = "dur")]
+    pub request_timeout: Duration,
+    /// Delete run records older than this (none: keep).
+    #[serde(default, with = "crate::model::opt_duration")]
+    pub retention_max_age: Option<Duration>,
+    /// Keep at most this many records per job (none: all).
+    pub retention_max_per_job: Option<u64>,
+    /// Who may call the API.
+    pub auth: AuthConfig,
 }
 
 impl Default for MasterConfig {
@@ -171,8 +195,49 @@ impl Default for MasterConfig {
             listen: "127.0.0.1:8070".into(),
             log_store: "sqlite://./data/runs.db".into(),
             lease_ttl: Duration::from_secs(10),
+            max_body_bytes: 256 * 1024,
+            request_timeout: Duration::from_secs(30),
+            retention_max_age: Some(Duration::from_secs(30 * 86_400)),
+            retention_max_per_job: Some(10_000),
+            auth: AuthConfig::default(),
         }
     }
+}
+
+/// `[master.auth]`. With no tokens and `no_auth = false`, the master refuses to start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Turn authentication off (local use only; say it explicitly).
+    pub no_auth: bool,
+    /// Bearer tokens and their roles.
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One bearer token: give `token` (plain) or `sha256` (hex of the token's SHA-256).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Shown in logs instead of the token.
+    pub name: String,
+    /// `read`, `admin` or `worker` (reports runs only).
+    pub role: Role,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// GET routes.
+    Read,
+    /// Everything.
+    Admin,
+    /// Report runs (workers).
+    Worker,
 }
 
 /// `[standalone]`.
@@ -331,6 +396,45 @@ impl Config {
         }
         if m.lease_ttl < Duration::from_secs(2) || m.lease_ttl > Duration::from_secs(300) {
             return Err(invalid("master.lease_ttl", "must be between 2s and 5m"));
+        }
+        if m.max_body_bytes < 1024 || m.max_body_bytes > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "master.max_body_bytes",
+                "must be between 1 KiB and 64 MiB",
+            ));
+        }
+        if m.request_timeout < Duration::from_millis(100) {
+            return Err(invalid("master.request_timeout", "must be at least 100ms"));
+        }
+        for t in &m.auth.tokens {
+            match (&t.token, &t.sha256) {
+                (Some(tok), None) if tok.len() >= 16 => {}
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "master.auth.tokens",
+                        format!("token {:?} is shorter than 16 characters", t.name),
+                    ));
+                }
+                (None, Some(h)) if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) => {}
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "master.auth.tokens",
+                        format!("sha256 of {:?} must be 64 hex digits", t.name),
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        "master.auth.tokens",
+                        format!("token {:?} needs exactly one of token or sha256", t.name),
+                    ));
+                }
+            }
+        }
+        if !m.auth.no_auth && m.auth.tokens.is_empty() {
+            return Err(invalid(
+                "master.auth",
+                "no tokens configured: set CRONMESH_ADMIN_TOKEN (and CRONMESH_READ_TOKEN, CRONMESH_WORKER_TOKEN) or master.auth.tokens, or pass --no-auth for local use",
+            ));
         }
         Ok(())
     }

@@ -5,12 +5,13 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use cronmesh::config::{Config, Dispatch, parse_labels};
+use cronmesh::config::{Role, TokenConfig};
 use cronmesh::coord::Coord;
 use cronmesh::etcd_process::EtcdProcess;
 use cronmesh::model::JobSpec;
 use cronmesh::schedule::Schedule;
 use cronmesh::telemetry::{self, LogFormat};
-use cronmesh::worker::reporter::{FileReporter, LogReporter, Reporter};
+use cronmesh::worker::reporter::{FileReporter, HttpSink, QueueReporter, ReportSink, Reporter};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,11 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         next: usize,
     },
+    /// Print the SHA-256 of a token, for `sha256 = "..."` in [master.auth].
+    HashToken {
+        /// The token.
+        token: String,
+    },
 }
 
 #[derive(Args, Default)]
@@ -79,6 +85,9 @@ struct MasterArgs {
     /// Run-log store: sqlite://PATH or mongodb://HOST/DB.
     #[arg(long, env = "CRONMESH_LOG_STORE")]
     log_store: Option<String>,
+    /// Turn authentication off (local use only).
+    #[arg(long, env = "CRONMESH_NO_AUTH")]
+    no_auth: bool,
 }
 
 #[derive(Args, Default)]
@@ -110,12 +119,21 @@ struct WorkerArgs {
     /// Append run records as JSON lines to this file.
     #[arg(long, env = "CRONMESH_RUNS_FILE")]
     runs_file: Option<PathBuf>,
+    /// Master URL(s) to report to, besides those registered in etcd.
+    #[arg(long = "master", env = "CRONMESH_MASTER", value_delimiter = ',')]
+    masters: Vec<String>,
+    /// Where undelivered run reports wait (survives restarts).
+    #[arg(long, env = "CRONMESH_SPOOL_DIR")]
+    spool_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
 struct StandaloneArgs {
     #[command(flatten)]
     worker: WorkerArgs,
+    /// Turn authentication off (local use only; the listener should stay on 127.0.0.1).
+    #[arg(long, env = "CRONMESH_NO_AUTH")]
+    no_auth: bool,
     /// Data directory (private etcd, run records).
     #[arg(long, env = "CRONMESH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -132,11 +150,16 @@ fn main() -> Result<()> {
     if let Cmd::Check { file, next } = &cli.command {
         return check_job(file, *next);
     }
+    if let Cmd::HashToken { token } = &cli.command {
+        println!("{}", cronmesh::master::auth::token_sha256_hex(token));
+        return Ok(());
+    }
     let mut config = Config::load(cli.common.config.as_deref())?;
     apply_common(&mut config, &cli.common);
     match &cli.command {
         Cmd::Master(m) => {
             apply_master(&mut config, m);
+            apply_tokens(&mut config);
             config.validate_master()?;
         }
         Cmd::Worker(w) => {
@@ -154,17 +177,29 @@ fn main() -> Result<()> {
             if let Some(p) = s.etcd_port {
                 config.standalone.etcd_port = p;
             }
-            if config.worker.runs_file.is_none() {
-                config.worker.runs_file = Some(config.standalone.data_dir.join("runs.jsonl"));
-            }
             if let Some(l) = &s.worker.listen {
                 config.master.listen = l.clone();
             }
             config.worker.listen = None;
+            if s.no_auth {
+                config.master.auth.no_auth = true;
+            }
+            if s.worker.spool_dir.is_none() {
+                config.worker.spool_dir = config.standalone.data_dir.join("spool");
+            }
+            if !config.master.log_store.starts_with("mongodb")
+                && std::env::var_os("CRONMESH_LOG_STORE").is_none()
+            {
+                config.master.log_store = format!(
+                    "sqlite://{}",
+                    config.standalone.data_dir.join("runs.db").display()
+                );
+            }
+            apply_tokens(&mut config);
             config.validate_worker()?;
             config.validate_master()?;
         }
-        Cmd::Check { .. } => unreachable!(),
+        Cmd::Check { .. } | Cmd::HashToken { .. } => unreachable!(),
     }
     telemetry::init_logging(config.log_format, &config.log_level);
     let rt = tokio::runtime::Runtime::new()?;
@@ -173,7 +208,7 @@ fn main() -> Result<()> {
             Cmd::Master(_) => run_master(Arc::new(config)).await,
             Cmd::Worker(_) => run_worker(Arc::new(config)).await,
             Cmd::Standalone(s) => run_standalone(config, s.apply).await,
-            Cmd::Check { .. } => unreachable!(),
+            Cmd::Check { .. } | Cmd::HashToken { .. } => unreachable!(),
         }
     })
 }
@@ -202,6 +237,29 @@ fn apply_master(c: &mut Config, a: &MasterArgs) {
     }
     if let Some(v) = &a.log_store {
         c.master.log_store = v.clone();
+    }
+    if a.no_auth {
+        c.master.auth.no_auth = true;
+    }
+}
+
+/// Tokens from `CRONMESH_ADMIN_TOKEN`, `CRONMESH_READ_TOKEN`, `CRONMESH_WORKER_TOKEN`.
+fn apply_tokens(c: &mut Config) {
+    for (var, role) in [
+        ("CRONMESH_ADMIN_TOKEN", Role::Admin),
+        ("CRONMESH_READ_TOKEN", Role::Read),
+        ("CRONMESH_WORKER_TOKEN", Role::Worker),
+    ] {
+        if let Ok(t) = std::env::var(var)
+            && !t.is_empty()
+        {
+            c.master.auth.tokens.push(TokenConfig {
+                name: var.trim_start_matches("CRONMESH_").to_lowercase(),
+                role,
+                token: Some(t),
+                sha256: None,
+            });
+        }
     }
 }
 
@@ -233,6 +291,17 @@ fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
     }
     if let Some(v) = &a.runs_file {
         w.runs_file = Some(v.clone());
+    }
+    if !a.masters.is_empty() {
+        w.masters = a.masters.clone();
+    }
+    if let Some(v) = &a.spool_dir {
+        w.spool_dir = v.clone();
+    }
+    if let Ok(t) = std::env::var("CRONMESH_WORKER_TOKEN")
+        && !t.is_empty()
+    {
+        w.token = Some(t);
     }
     Ok(())
 }
@@ -292,23 +361,32 @@ async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
         .with_context(|| format!("cannot listen on {addr}; is another process using it?"))
 }
 
-fn reporter_for(config: &Config) -> Result<Arc<dyn Reporter>> {
-    Ok(match &config.worker.runs_file {
-        Some(p) => Arc::new(
+fn reporter_for(config: &Config, sink: Arc<dyn ReportSink>) -> Result<Arc<dyn Reporter>> {
+    let also = match &config.worker.runs_file {
+        Some(p) => Some(
             FileReporter::open(p)
                 .with_context(|| format!("cannot open runs_file {}", p.display()))?,
         ),
-        None => Arc::new(LogReporter),
-    })
+        None => None,
+    };
+    let w = &config.worker;
+    let r = QueueReporter::start(sink, &w.spool_dir, w.report_queue, also)
+        .with_context(|| format!("cannot open the report spool in {}", w.spool_dir.display()))?;
+    Ok(Arc::new(r))
 }
 
 async fn run_worker(config: Arc<Config>) -> Result<()> {
-    let reporter = reporter_for(&config)?;
     let listener = match &config.worker.listen {
         Some(l) => Some(bind(l).await?),
         None => None,
     };
     let coord = connect(&config).await?;
+    let sink = Arc::new(HttpSink::new(
+        coord.clone(),
+        config.worker.masters.clone(),
+        config.worker.token.clone(),
+    ));
+    let reporter = reporter_for(&config, sink)?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -330,20 +408,12 @@ async fn run_worker(config: Arc<Config>) -> Result<()> {
 
 async fn run_master(config: Arc<Config>) -> Result<()> {
     let listener = bind(&config.master.listen).await?;
+    let store = cronmesh::logstore::open(&config.master.log_store).await?;
     let coord = connect(&config).await?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let http_stop = CancellationToken::new();
-    let http = tokio::spawn(telemetry::http::serve(
-        listener,
-        telemetry::http::ops_router(ready_rx),
-        http_stop.clone(),
-    ));
-    info!(listen = %config.master.listen, "master started");
-    cronmesh::master::run(config, coord, shutdown, ready_tx).await;
-    http_stop.cancel();
-    let _ = http.await;
+    let state = cronmesh::master::AppState::new(config.clone(), coord, store);
+    cronmesh::master::run(state, listener, shutdown).await?;
     Ok(())
 }
 
@@ -378,31 +448,19 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
             .with_context(|| format!("cannot apply {}", file.display()))?;
         info!(job = %stored.spec.name, revision = stored.revision, "job applied");
     }
-    let reporter = reporter_for(&config)?;
-    if let Some(p) = &config.worker.runs_file {
-        info!(runs_file = %p.display(), "run records are appended here");
-    }
+    let store = cronmesh::logstore::open(&config.master.log_store).await?;
+    let state = cronmesh::master::AppState::new(config.clone(), coord.clone(), store);
+    let reporter = reporter_for(&config, state.ingest.clone())?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let (master_ready_tx, _master_ready_rx) = watch::channel(false);
-    let http_stop = CancellationToken::new();
-    let http = tokio::spawn(telemetry::http::serve(
-        listener,
-        telemetry::http::ops_router(ready_rx),
-        http_stop.clone(),
-    ));
-    info!(listen = %config.master.listen, "standalone started: /metrics, /healthz, /readyz");
-    let master = tokio::spawn(cronmesh::master::run(
-        config.clone(),
-        coord.clone(),
-        shutdown.clone(),
-        master_ready_tx,
-    ));
+    let (ready_tx, _ready_rx) = watch::channel(false);
+    info!(listen = %config.master.listen, log_store = %config.master.log_store, "standalone started: API, /metrics, /healthz, /readyz");
+    // the worker drains first (its last reports go straight into the store), then the master stops
+    let master_stop = CancellationToken::new();
+    let master = tokio::spawn(cronmesh::master::run(state, listener, master_stop.clone()));
     cronmesh::worker::run(config, coord, reporter, shutdown, ready_tx).await;
+    master_stop.cancel();
     let _ = master.await;
-    http_stop.cancel();
-    let _ = http.await;
     if let Some(mut p) = etcd {
         p.stop();
     }

@@ -110,7 +110,7 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub selector: BTreeMap<String, String>,
     /// A paused job is kept but not scheduled (manual runs still work).
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(default)]
     pub paused: bool,
     /// Output kept per run (head and tail), default from the worker config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -382,6 +382,16 @@ pub struct RunStarted {
     pub planned_at: i64,
     pub started_at: i64,
     pub trace_id: Option<String>,
+}
+
+/// What workers report to a master in one request (`POST /api/v1/reports`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBatch {
+    #[serde(default)]
+    pub started: Vec<RunStarted>,
+    #[serde(default)]
+    pub finished: Vec<RunRecord>,
 }
 
 /// A worker's registration, stored under a leased key.

@@ -239,3 +239,53 @@ impl Coord {
             .collect()
     }
 }
+
+impl Coord {
+    /// The live workers with the time of their last keep-alive (Unix ms, from the lease's
+    /// remaining TTL; precise to a third of the lease TTL).
+    pub async fn list_workers_with_heartbeat(
+        &self,
+    ) -> Result<Vec<(crate::model::WorkerInfo, Option<i64>)>, CoordError> {
+        let prefix = self.keys.workers();
+        let resp = self
+            .call("get", |mut c| async move {
+                c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                    .await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let info: crate::model::WorkerInfo =
+                super::decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
+            let lease = kv.lease();
+            let hb = match self
+                .call("lease_ttl", |mut c| async move {
+                    c.lease_time_to_live(lease, None).await
+                })
+                .await
+            {
+                Ok(t) if t.ttl() > 0 => Some(super::now_ms() - (t.granted_ttl() - t.ttl()) * 1000),
+                _ => None,
+            };
+            out.push((info, hb));
+        }
+        Ok(out)
+    }
+
+    /// URLs of the live masters.
+    pub async fn list_master_urls(&self) -> Result<Vec<String>, CoordError> {
+        let prefix = self.keys.masters();
+        let resp = self
+            .call("get", |mut c| async move {
+                c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                    .await
+            })
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<serde_json::Value>(kv.value()).ok())
+            .filter_map(|v| v.get("url").and_then(|u| u.as_str()).map(String::from))
+            .collect())
+    }
+}

@@ -1,13 +1,27 @@
-//! The master role. Today: it registers itself in etcd (`masters/{id}`, leased, so workers can
-//! find masters) and serves `/metrics`, `/healthz` and `/readyz`. The REST API, the run-log
-//! ingest, the event feed and the web page are built on this in later steps (see
-//! docs/ARCHITECTURE.md, "Not built yet").
+//! The master role: the REST API (`api`), the seed's routes (`compat`), run-log ingest and
+//! queries over a `LogStore`, `/metrics`, and a leased registration under `masters/{id}` through
+//! which workers find it. Masters are stateless: run as many as you like.
+
+pub mod api;
+pub mod auth;
+pub mod compat;
+pub mod error;
 
 use crate::config::Config;
 use crate::coord::{Coord, now_ms};
-use std::sync::Arc;
-use tokio::sync::watch;
+use crate::logstore::{InsertOutcome, LogStore, Retention, StoreError};
+use crate::model::RunStarted;
+use crate::telemetry::metrics::METRICS;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 /// What a master registers.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -19,34 +33,208 @@ pub struct MasterInfo {
     pub version: String,
 }
 
-/// Runs the master's coordination side until `shutdown`; `ready` follows its registration.
+/// Most in-progress runs remembered (from run-started notices) for the workers view.
+const MAX_RUNNING: usize = 100_000;
+
+/// Run-log ingest: stores finished records (idempotently) and remembers runs in progress.
+pub struct Ingest {
+    store: Arc<dyn LogStore>,
+    running: Mutex<HashMap<String, RunStarted>>,
+}
+
+impl Ingest {
+    pub fn new(store: Arc<dyn LogStore>) -> Self {
+        Ingest {
+            store,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn ingest(
+        &self,
+        batch: crate::model::ReportBatch,
+    ) -> Result<InsertOutcome, StoreError> {
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            for s in batch.started {
+                if running.len() < MAX_RUNNING {
+                    running.insert(s.run_id.clone(), s);
+                }
+            }
+        }
+        if batch.finished.is_empty() {
+            return Ok(InsertOutcome::default());
+        }
+        let start = Instant::now();
+        let out = self.store.insert(&batch.finished).await;
+        let m = &*METRICS;
+        m.logstore_insert_latency
+            .observe(start.elapsed().as_secs_f64());
+        m.logstore_batch_size.observe(batch.finished.len() as f64);
+        let out = out?;
+        m.logstore_records
+            .with_label_values(&["inserted"])
+            .inc_by(out.inserted as u64);
+        m.logstore_records
+            .with_label_values(&["duplicate"])
+            .inc_by(out.duplicates as u64);
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for f in &batch.finished {
+            running.remove(&f.run_id);
+        }
+        Ok(out)
+    }
+
+    /// Runs reported as started and not yet finished.
+    pub fn running(&self) -> Vec<RunStarted> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// `standalone` reports straight into the store, through the same queue and spool as workers.
+#[async_trait::async_trait]
+impl crate::worker::reporter::ReportSink for Ingest {
+    async fn send(
+        &self,
+        batch: &crate::model::ReportBatch,
+    ) -> Result<(), crate::worker::reporter::SinkError> {
+        self.ingest(batch.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| crate::worker::reporter::SinkError::Store(e.to_string()))
+    }
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub coord: Coord,
+    pub store: Arc<dyn LogStore>,
+    pub auth: auth::Auth,
+    pub ingest: Arc<Ingest>,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>, coord: Coord, store: Arc<dyn LogStore>) -> Arc<Self> {
+        Arc::new(AppState {
+            auth: auth::Auth::from_config(&config.master.auth),
+            ingest: Arc::new(Ingest::new(store.clone())),
+            config,
+            coord,
+            store,
+        })
+    }
+}
+
+/// The whole HTTP surface of a master: API, seed routes, metrics; body limit, timeout, metrics.
+pub fn app(state: Arc<AppState>) -> Router {
+    let m = &state.config.master;
+    Router::new()
+        .merge(api::router())
+        .merge(compat::router())
+        .route(
+            "/metrics",
+            axum::routing::get(|| async { crate::telemetry::metrics::render() }),
+        )
+        .fallback(|| async {
+            error::ApiError::NotFound(
+                "no such route; the API is described at /api/v1/openapi.json".into(),
+            )
+        })
+        .layer(middleware::from_fn(track))
+        .layer(DefaultBodyLimit::max(m.max_body_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            m.request_timeout,
+        ))
+        .with_state(state)
+}
+
+/// Counts every request by route, method and status, and times it.
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let m = &*METRICS;
+    m.http_requests
+        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .inc();
+    m.http_latency
+        .with_label_values(&[&route])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// Runs a master until `shutdown`: registration, retention, and the HTTP server on `listener`.
 pub async fn run(
-    config: Arc<Config>,
-    coord: Coord,
+    state: Arc<AppState>,
+    listener: TcpListener,
     shutdown: CancellationToken,
-    ready: watch::Sender<bool>,
-) {
-    let m = &config.master;
+) -> std::io::Result<()> {
+    let cfg = state.config.clone();
+    let m = &cfg.master;
     let info = MasterInfo {
         id: m.id.clone(),
-        url: format!("http://{}", m.listen),
+        url: format!("http://{}", listener.local_addr()?),
         started_at: now_ms(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let registration = coord.register(
+    if state.auth.is_open() {
+        warn!(listen = %info.url, "authentication is OFF (no_auth): anyone who can reach this address can change jobs");
+    }
+    let registration = state.coord.register(
         "masters",
         &m.id,
         serde_json::to_vec(&info).expect("serializes"),
         m.lease_ttl,
     );
-    let mut lease = registration.lease_watch();
+    let retention = tokio::spawn(retention_loop(
+        state.store.clone(),
+        Retention {
+            max_age: m.retention_max_age,
+            max_per_job: m.retention_max_per_job,
+        },
+        shutdown.clone(),
+    ));
+    info!(url = %info.url, log_store = state.store.kind(), "master serving");
+    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown({
+        let s = shutdown.clone();
+        async move { s.cancelled().await }
+    });
+    let res = server.await;
+    let _ = retention.await;
+    registration.deregister().await;
+    res
+}
+
+async fn retention_loop(
+    store: Arc<dyn LogStore>,
+    retention: Retention,
+    shutdown: CancellationToken,
+) {
+    if retention.max_age.is_none() && retention.max_per_job.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
-        let _ = ready.send(lease.borrow().is_some());
         tokio::select! {
-            _ = shutdown.cancelled() => break,
-            changed = lease.changed() => if changed.is_err() { break },
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.apply_retention(retention, now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => info!(deleted = n, "run-log retention applied"),
+            Err(e) => warn!(error = %e, "run-log retention failed; will retry"),
         }
     }
-    let _ = ready.send(false);
-    registration.deregister().await;
 }

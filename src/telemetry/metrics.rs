@@ -108,6 +108,16 @@ pub struct Metrics {
     pub signals: IntCounterVec,
     pub spawn_errors: IntCounter,
     pub reports: IntCounterVec,
+    pub report_queue_depth: IntGauge,
+    pub reports_spooled: IntCounter,
+    pub report_spool_bytes: IntGauge,
+    pub report_failures: IntCounterVec,
+    pub report_latency: Histogram,
+    pub logstore_insert_latency: Histogram,
+    pub logstore_batch_size: Histogram,
+    pub logstore_records: IntCounterVec,
+    pub http_requests: IntCounterVec,
+    pub http_latency: HistogramVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -203,6 +213,54 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "cronmesh_reports_total",
             "Run events handed to the reporter, by kind.",
             &["kind"],
+        ),
+        report_queue_depth: gauge(
+            "cronmesh_report_queue_depth",
+            "Run events waiting in memory to be reported.",
+        ),
+        reports_spooled: counter(
+            "cronmesh_reports_spooled_total",
+            "Run events written to the on-disk spool because no master (or store) took them.",
+        ),
+        report_spool_bytes: gauge(
+            "cronmesh_report_spool_bytes",
+            "Size of the report spool file waiting to be replayed.",
+        ),
+        report_failures: counter_vec(
+            "cronmesh_report_failures_total",
+            "Failed attempts to hand a batch of run events on, by cause (unreachable, rejected, store).",
+            &["cause"],
+        ),
+        report_latency: histogram(
+            "cronmesh_report_latency_seconds",
+            "Time to hand one batch of run events on.",
+            rpc_buckets(),
+        ),
+        logstore_insert_latency: histogram(
+            "cronmesh_logstore_insert_seconds",
+            "Run-log store insert latency per batch.",
+            rpc_buckets(),
+        ),
+        logstore_batch_size: histogram(
+            "cronmesh_logstore_insert_batch_size",
+            "Records per run-log store insert.",
+            vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+        ),
+        logstore_records: counter_vec(
+            "cronmesh_logstore_records_total",
+            "Run records offered to the store, by outcome (inserted, duplicate).",
+            &["outcome"],
+        ),
+        http_requests: counter_vec(
+            "cronmesh_http_requests_total",
+            "HTTP requests by route template, method and status.",
+            &["route", "method", "status"],
+        ),
+        http_latency: histogram_vec(
+            "cronmesh_http_request_duration_seconds",
+            "HTTP request latency by route template.",
+            &["route"],
+            rpc_buckets(),
         ),
         build_info: gauge_vec(
             "cronmesh_build_info",

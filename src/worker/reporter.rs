@@ -1,25 +1,357 @@
-//! Where run events go. The worker hands every run start and every finished (or skipped) run to
-//! a `Reporter`. Implementations must not block the caller for long: they queue or append.
+//! Where run events go. The scheduler hands every run start and every finished (or skipped, or
+//! lost) run to a `Reporter`; `started`/`finished` never block.
 //!
-//! Until reporting to a master exists, records are logged and, when `runs_file` is configured,
-//! appended as JSON lines (one `write` per record, so concurrent writers do not interleave).
+//! `QueueReporter` is the one that loses nothing: events wait in a bounded in-memory queue; a
+//! task sends them in batches to a `ReportSink` (a master over HTTP, or in `standalone` the
+//! run-log store directly). When the queue is full, or a batch cannot be delivered, events go to
+//! a spool file on disk (fsynced) and are replayed when the sink takes them again — also after a
+//! restart of the worker. Delivery is at-least-once; the store is idempotent by run id.
 
-use crate::model::{RunRecord, RunStarted};
+use crate::model::{ReportBatch, RunRecord, RunStarted};
 use crate::telemetry::metrics::METRICS;
+use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::Path;
-use std::sync::Mutex;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
 
 /// The seam between the worker and whatever stores run records.
+#[async_trait::async_trait]
 pub trait Reporter: Send + Sync + 'static {
     fn started(&self, event: &RunStarted);
     fn finished(&self, record: &RunRecord);
-    /// Make everything reported so far durable (called on shutdown).
-    fn flush(&self) {}
+    /// Deliver (or make durable) everything reported so far; called on shutdown.
+    async fn flush(&self) {}
 }
 
-/// Appends records to a JSONL file.
+/// Where batches go.
+#[async_trait::async_trait]
+pub trait ReportSink: Send + Sync + 'static {
+    async fn send(&self, batch: &ReportBatch) -> Result<(), SinkError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("no master reachable: {0}")]
+    Unreachable(String),
+    #[error("the master rejected the report: {0}")]
+    Rejected(String),
+    #[error("the run-log store failed: {0}")]
+    Store(String),
+}
+
+impl SinkError {
+    fn cause(&self) -> &'static str {
+        match self {
+            SinkError::Unreachable(_) => "unreachable",
+            SinkError::Rejected(_) => "rejected",
+            SinkError::Store(_) => "store",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Event {
+    Started(RunStarted),
+    Finished(Box<RunRecord>),
+}
+
+fn to_batch(events: &[Event]) -> ReportBatch {
+    let mut b = ReportBatch::default();
+    for e in events {
+        match e {
+            Event::Started(s) => b.started.push(s.clone()),
+            Event::Finished(r) => b.finished.push((**r).clone()),
+        }
+    }
+    b
+}
+
+/// The on-disk spool: JSON lines of events, appended and fsynced; replayed by renaming it aside.
+struct Spool {
+    path: PathBuf,
+    replay_path: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl Spool {
+    fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let s = Spool {
+            path: dir.join("spool.jsonl"),
+            replay_path: dir.join("spool.replaying.jsonl"),
+            lock: Mutex::new(()),
+        };
+        // a replay interrupted by a crash: its events go back into the spool
+        if s.replay_path.exists() {
+            let events = s.read(&s.replay_path);
+            s.append(&events);
+            let _ = std::fs::remove_file(&s.replay_path);
+        }
+        s.update_gauge();
+        Ok(s)
+    }
+
+    fn append(&self, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = Vec::new();
+        for e in events {
+            serde_json::to_writer(&mut buf, e).expect("events serialize");
+            buf.push(b'\n');
+        }
+        let res = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(&buf).and_then(|_| f.sync_data()));
+        match res {
+            Ok(()) => METRICS.reports_spooled.inc_by(events.len() as u64),
+            Err(e) => {
+                tracing::error!(error = %e, path = %self.path.display(), events = events.len(), "cannot write the report spool: these run events are lost; check the disk")
+            }
+        }
+        drop(_g);
+        self.update_gauge();
+    }
+
+    fn read(&self, path: &Path) -> Vec<Event> {
+        let Ok(f) = File::open(path) else {
+            return Vec::new();
+        };
+        BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
+    }
+
+    fn len_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn update_gauge(&self) {
+        METRICS.report_spool_bytes.set(self.len_bytes() as i64);
+    }
+
+    /// Moves the spool aside and returns its events (they are now the caller's to deliver or
+    /// to `restore`).
+    fn take(&self) -> Vec<Event> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if std::fs::rename(&self.path, &self.replay_path).is_err() {
+            return Vec::new();
+        }
+        drop(_g);
+        self.read(&self.replay_path)
+    }
+
+    fn done_replaying(&self) {
+        let _ = std::fs::remove_file(&self.replay_path);
+        self.update_gauge();
+    }
+
+    fn restore(&self, events: &[Event]) {
+        self.append(events);
+        let _ = std::fs::remove_file(&self.replay_path);
+    }
+}
+
+/// Events per batch.
+const BATCH: usize = 500;
+/// How long a partial batch may wait.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// The reporter that loses nothing (see the module doc).
+pub struct QueueReporter {
+    tx: mpsc::Sender<Event>,
+    spool: Arc<Spool>,
+    flush_tx: mpsc::Sender<oneshot::Sender<()>>,
+    also: Option<FileReporter>,
+}
+
+impl QueueReporter {
+    /// Starts the delivery task. `capacity` events wait in memory; beyond that they spill to
+    /// `spool_dir`. `also` additionally appends finished records to a local JSONL file.
+    pub fn start(
+        sink: Arc<dyn ReportSink>,
+        spool_dir: &Path,
+        capacity: usize,
+        also: Option<FileReporter>,
+    ) -> std::io::Result<Self> {
+        let spool = Arc::new(Spool::open(spool_dir)?);
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let (flush_tx, flush_rx) = mpsc::channel(4);
+        tokio::spawn(deliver(sink, spool.clone(), rx, flush_rx));
+        Ok(QueueReporter {
+            tx,
+            spool,
+            flush_tx,
+            also,
+        })
+    }
+
+    fn enqueue(&self, ev: Event) {
+        match self.tx.try_send(ev) {
+            Ok(()) => METRICS.report_queue_depth.inc(),
+            // Full (or the task is gone): the event goes to disk instead, never dropped.
+            Err(mpsc::error::TrySendError::Full(ev))
+            | Err(mpsc::error::TrySendError::Closed(ev)) => {
+                self.spool.append(&[ev]);
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Reporter for QueueReporter {
+    fn started(&self, event: &RunStarted) {
+        METRICS.reports.with_label_values(&["started"]).inc();
+        self.enqueue(Event::Started(event.clone()));
+    }
+    fn finished(&self, record: &RunRecord) {
+        METRICS.reports.with_label_values(&["finished"]).inc();
+        if let Some(f) = &self.also {
+            f.append(record);
+        }
+        self.enqueue(Event::Finished(Box::new(record.clone())));
+    }
+    async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.flush_tx.send(tx).await.is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(f) = &self.also {
+            f.sync();
+        }
+    }
+}
+
+/// After a failed delivery, new batches go straight to the spool for this long; the spool's
+/// replay probes whether the sink is back.
+const DEGRADED_FOR: Duration = Duration::from_secs(2);
+
+async fn send_or_spool(
+    sink: &dyn ReportSink,
+    spool: &Spool,
+    events: Vec<Event>,
+    degraded_until: &mut Option<Instant>,
+) -> bool {
+    if events.is_empty() {
+        return true;
+    }
+    if degraded_until.is_some_and(|t| Instant::now() < t) {
+        spool.append(&events);
+        return false;
+    }
+    let start = Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(10), sink.send(&to_batch(&events))).await;
+    METRICS
+        .report_latency
+        .observe(start.elapsed().as_secs_f64());
+    let err = match res {
+        Ok(Ok(())) => return true,
+        Ok(Err(e)) => e,
+        Err(_) => SinkError::Unreachable("timed out after 10s".into()),
+    };
+    METRICS
+        .report_failures
+        .with_label_values(&[err.cause()])
+        .inc();
+    warn!(error = %err, events = events.len(), "run events not delivered; spooled to disk, will replay");
+    spool.append(&events);
+    *degraded_until = Some(Instant::now() + DEGRADED_FOR);
+    false
+}
+
+async fn deliver(
+    sink: Arc<dyn ReportSink>,
+    spool: Arc<Spool>,
+    mut rx: mpsc::Receiver<Event>,
+    mut flush_rx: mpsc::Receiver<oneshot::Sender<()>>,
+) {
+    let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
+    let mut replay_backoff = Duration::from_millis(500);
+    let mut next_replay = tokio::time::Instant::now();
+    let mut degraded: Option<Instant> = None;
+    loop {
+        let linger = tokio::time::sleep(LINGER);
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                METRICS.report_queue_depth.dec();
+                batch.push(ev);
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(ev) => { METRICS.report_queue_depth.dec(); batch.push(ev); }
+                        Err(_) => break,
+                    }
+                }
+                if batch.len() >= BATCH {
+                    send_or_spool(&*sink, &spool, std::mem::take(&mut batch), &mut degraded).await;
+                }
+            }
+            _ = linger, if !batch.is_empty() => {
+                send_or_spool(&*sink, &spool, std::mem::take(&mut batch), &mut degraded).await;
+            }
+            reply = flush_rx.recv() => {
+                let Some(reply) = reply else { break };
+                while let Ok(ev) = rx.try_recv() {
+                    METRICS.report_queue_depth.dec();
+                    batch.push(ev);
+                }
+                degraded = None;
+                send_or_spool(&*sink, &spool, std::mem::take(&mut batch), &mut degraded).await;
+                replay(&*sink, &spool).await;
+                let _ = reply.send(());
+            }
+            _ = tokio::time::sleep_until(next_replay) => {
+                if spool.len_bytes() == 0 {
+                    next_replay = tokio::time::Instant::now() + Duration::from_millis(500);
+                } else if replay(&*sink, &spool).await {
+                    degraded = None;
+                    replay_backoff = Duration::from_millis(500);
+                    next_replay = tokio::time::Instant::now() + replay_backoff;
+                } else {
+                    replay_backoff = (replay_backoff * 2).min(Duration::from_secs(10));
+                    next_replay = tokio::time::Instant::now() + replay_backoff;
+                }
+            }
+        }
+    }
+    // the reporter is gone: keep what is left
+    spool.append(&batch);
+}
+
+/// Sends the spool's contents; true when it is empty afterwards.
+async fn replay(sink: &dyn ReportSink, spool: &Spool) -> bool {
+    let events = spool.take();
+    if events.is_empty() {
+        return true;
+    }
+    let total = events.len();
+    for (i, chunk) in events.chunks(BATCH).enumerate() {
+        if let Err(e) = sink.send(&to_batch(chunk)).await {
+            METRICS
+                .report_failures
+                .with_label_values(&[e.cause()])
+                .inc();
+            // everything not yet confirmed goes back (re-sending a delivered chunk is harmless)
+            spool.restore(&events[i * BATCH..]);
+            return false;
+        }
+    }
+    spool.done_replaying();
+    info!(events = total, "spooled run events delivered");
+    true
+}
+
+/// Appends finished records to a JSONL file (one `write` per record).
 pub struct FileReporter {
     file: Mutex<File>,
 }
@@ -36,14 +368,8 @@ impl FileReporter {
             file: Mutex::new(file),
         })
     }
-}
 
-impl Reporter for FileReporter {
-    fn started(&self, _event: &RunStarted) {
-        METRICS.reports.with_label_values(&["started"]).inc();
-    }
-    fn finished(&self, record: &RunRecord) {
-        METRICS.reports.with_label_values(&["finished"]).inc();
+    fn append(&self, record: &RunRecord) {
         let mut line = serde_json::to_vec(record).expect("records serialize");
         line.push(b'\n');
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
@@ -51,29 +377,43 @@ impl Reporter for FileReporter {
             tracing::error!(error = %e, run_id = %record.run_id, "could not append run record to runs_file");
         }
     }
-    fn flush(&self) {
+
+    fn sync(&self) {
         let f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let _ = f.sync_data();
     }
 }
 
-/// Keeps records in memory (tests, and `standalone` readers in-process).
+#[async_trait::async_trait]
+impl Reporter for FileReporter {
+    fn started(&self, _event: &RunStarted) {
+        METRICS.reports.with_label_values(&["started"]).inc();
+    }
+    fn finished(&self, record: &RunRecord) {
+        METRICS.reports.with_label_values(&["finished"]).inc();
+        self.append(record);
+    }
+    async fn flush(&self) {
+        self.sync();
+    }
+}
+
+/// Keeps records in memory (tests).
 #[derive(Default)]
 pub struct MemoryReporter {
     pub started: Mutex<Vec<RunStarted>>,
     pub finished: Mutex<Vec<RunRecord>>,
 }
 
+#[async_trait::async_trait]
 impl Reporter for MemoryReporter {
     fn started(&self, event: &RunStarted) {
-        METRICS.reports.with_label_values(&["started"]).inc();
         self.started
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(event.clone());
     }
     fn finished(&self, record: &RunRecord) {
-        METRICS.reports.with_label_values(&["finished"]).inc();
         self.finished
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -81,14 +421,83 @@ impl Reporter for MemoryReporter {
     }
 }
 
-/// Logs only (the record's summary is in the run-finished log line).
-pub struct LogReporter;
+/// Sends batches to masters over HTTP: the configured URLs first, then those registered in etcd;
+/// sticks to one that works.
+pub struct HttpSink {
+    client: reqwest::Client,
+    coord: crate::coord::Coord,
+    configured: Vec<String>,
+    token: Option<String>,
+    current: Mutex<Option<String>>,
+}
 
-impl Reporter for LogReporter {
-    fn started(&self, _event: &RunStarted) {
-        METRICS.reports.with_label_values(&["started"]).inc();
+impl HttpSink {
+    pub fn new(coord: crate::coord::Coord, configured: Vec<String>, token: Option<String>) -> Self {
+        HttpSink {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("http client"),
+            coord,
+            configured,
+            token,
+            current: Mutex::new(None),
+        }
     }
-    fn finished(&self, _record: &RunRecord) {
-        METRICS.reports.with_label_values(&["finished"]).inc();
+
+    async fn candidates(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(c) = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            out.push(c);
+        }
+        out.extend(self.configured.iter().cloned());
+        if let Ok(urls) = self.coord.list_master_urls().await {
+            out.extend(urls);
+        }
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|u| seen.insert(u.trim_end_matches('/').to_string()));
+        out
+    }
+}
+
+#[async_trait::async_trait]
+impl ReportSink for HttpSink {
+    async fn send(&self, batch: &ReportBatch) -> Result<(), SinkError> {
+        let candidates = self.candidates().await;
+        if candidates.is_empty() {
+            return Err(SinkError::Unreachable(
+                "no master configured or registered in etcd".into(),
+            ));
+        }
+        let mut last = String::new();
+        for url in candidates {
+            let mut req = self
+                .client
+                .post(format!("{}/api/v1/reports", url.trim_end_matches('/')))
+                .json(batch);
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            match req.send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(url);
+                    return Ok(());
+                }
+                Ok(resp) if resp.status().is_client_error() && resp.status().as_u16() != 408 => {
+                    let status = resp.status();
+                    let body = resp.text().await.unwrap_or_default();
+                    return Err(SinkError::Rejected(format!("{url}: {status}: {body}")));
+                }
+                Ok(resp) => last = format!("{url}: {}", resp.status()),
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Err(SinkError::Unreachable(last))
     }
 }

@@ -247,7 +247,7 @@ impl Scheduler {
             }
         }
         let _ = ready.send(false);
-        s.reporter.flush();
+        s.reporter.flush().await;
         registration.deregister().await;
         info!(worker = %s.id, "drained and deregistered");
     }

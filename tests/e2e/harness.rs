@@ -67,6 +67,19 @@ pub struct TickLine {
     pub run_id: String,
 }
 
+/// Tokens the test masters accept (from the environment, as operators would give them).
+pub const ADMIN: &str = "admin-token-for-tests-0001";
+pub const READ: &str = "read-token-for-tests-00001";
+pub const WORKER: &str = "worker-token-for-tests-001";
+
+pub struct MasterProc {
+    pub child: Option<Child>,
+    pub url: String,
+    pub port: u16,
+    pub log: PathBuf,
+    pub args: Vec<String>,
+}
+
 pub struct WorkerProc {
     pub id: String,
     pub child: Option<Child>,
@@ -81,6 +94,8 @@ pub struct Cluster {
     pub coord: Coord,
     pub prefix: String,
     pub workers: BTreeMap<String, WorkerProc>,
+    pub masters: BTreeMap<String, MasterProc>,
+    pub http: reqwest::Client,
     /// Extra flags for every worker started.
     pub worker_args: Vec<String>,
 }
@@ -103,6 +118,8 @@ impl Cluster {
             coord,
             prefix,
             workers: BTreeMap::new(),
+            masters: BTreeMap::new(),
+            http: reqwest::Client::new(),
             worker_args: vec!["--lease-ttl".into(), "2s".into()],
         }
     }
@@ -149,9 +166,12 @@ impl Cluster {
             ])
             .arg("--runs-file")
             .arg(&runs_file)
+            .arg("--spool-dir")
+            .arg(self.path(&format!("spool-{id}")))
             .args(&self.worker_args)
             .args(extra)
             .env("RUST_LOG", "info,cronmesh=debug")
+            .env("CRONMESH_WORKER_TOKEN", WORKER)
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
@@ -167,6 +187,166 @@ impl Cluster {
                 log,
             },
         );
+    }
+
+    /// Starts `cronmesh master` on a free port with the SQLite store `runs.db` of this cluster and
+    /// the test tokens; returns its URL once `/healthz` answers.
+    pub async fn start_master(&mut self, id: &str, extra: &[&str]) -> String {
+        let port = free_port();
+        let args: Vec<String> = [
+            "master",
+            "--etcd",
+            &self.etcd.client_url,
+            "--prefix",
+            &self.prefix,
+            "--master-id",
+            id,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-store",
+            &format!("sqlite://{}", self.path("runs.db").display()),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect();
+        let log = self.path(&format!("master-{id}.log"));
+        let mut m = MasterProc {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            log,
+            args,
+        };
+        self.spawn_master(&mut m);
+        let url = m.url.clone();
+        self.masters.insert(id.to_string(), m);
+        self.wait_master(&url).await;
+        url
+    }
+
+    fn spawn_master(&self, m: &mut MasterProc) {
+        let logf = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_cronmesh"))
+            .args(&m.args)
+            .env("CRONMESH_ADMIN_TOKEN", ADMIN)
+            .env("CRONMESH_READ_TOKEN", READ)
+            .env("CRONMESH_WORKER_TOKEN", WORKER)
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn master");
+        m.child = Some(child);
+    }
+
+    pub async fn wait_master(&self, url: &str) {
+        let http = self.http.clone();
+        let u = format!("{url}/readyz");
+        wait_for(Duration::from_secs(20), &format!("{url} is ready"), || {
+            let http = http.clone();
+            let u = u.clone();
+            async move {
+                http.get(&u)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+
+    /// SIGKILLs a master.
+    pub fn kill_master(&mut self, id: &str) {
+        let m = self.masters.get_mut(id).expect("known master");
+        if let Some(mut c) = m.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a stopped master again, same port and store.
+    pub async fn restart_master(&mut self, id: &str) {
+        let mut m = self.masters.remove(id).expect("known master");
+        self.spawn_master(&mut m);
+        let url = m.url.clone();
+        self.masters.insert(id.to_string(), m);
+        self.wait_master(&url).await;
+    }
+
+    /// GET `path` on a master with `token`, returning (status, JSON body).
+    pub async fn get(
+        &self,
+        url: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.http.get(format!("{url}{path}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// Sends `method path` with a JSON body (or none), returning (status, JSON body).
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{url}{path}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// Every run of `job` in the master's store, newest first (all pages).
+    pub async fn api_runs(&self, url: &str, job: &str) -> Vec<cronmesh::model::RunRecord> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/runs?job={job}&limit=1000");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let (status, body) = self.get(url, &path, Some(READ)).await;
+            assert_eq!(status, 200, "{body}");
+            let page: Vec<cronmesh::model::RunRecord> =
+                serde_json::from_value(body["runs"].clone()).unwrap();
+            out.extend(page);
+            match body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
     }
 
     pub fn signal_worker(&mut self, id: &str, sig: i32) {
@@ -272,6 +452,15 @@ impl Cluster {
     /// The worker logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
+        for (id, m) in &self.masters {
+            let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            s.push_str(&format!("---- master {id} (last 20 lines)\n"));
+            for l in tail.into_iter().rev() {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
         for w in self.workers.values() {
             let text = std::fs::read_to_string(&w.log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
@@ -287,6 +476,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for m in self.masters.values_mut() {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
         for w in self.workers.values_mut() {
             if let Some(mut c) = w.child.take() {
                 let _ = c.kill();

@@ -3,6 +3,8 @@
 
 mod harness;
 
+mod api;
+
 mod bad_input;
 mod drain;
 mod exactly_once;

@@ -64,13 +64,29 @@ async fn replace_kills_the_old_run_and_starts_the_new_one() {
     let mut spec = JobSpec::new("replacer", "@every 2s", &c.tick_command("sleep 30"));
     spec.concurrency = Concurrency::Replace;
     c.put_job(spec).await;
-    wait_until(Duration::from_secs(15), "two runs were replaced", || {
-        c.records()
-            .iter()
-            .filter(|r| r.status == RunStatus::Killed)
-            .count()
-            >= 2
-    })
+    let successor = |r: &cronmesh::model::RunRecord| {
+        r.error
+            .as_deref()
+            .unwrap_or("")
+            .trim_start_matches("replaced by run ")
+            .to_string()
+    };
+    wait_until(
+        Duration::from_secs(15),
+        "two runs were replaced and their successors started",
+        || {
+            let killed: Vec<_> = c
+                .records()
+                .into_iter()
+                .filter(|r| r.status == RunStatus::Killed)
+                .collect();
+            let ticks = c.ticks();
+            killed.len() >= 2
+                && killed
+                    .iter()
+                    .all(|r| ticks.iter().any(|t| t.run_id == successor(r)))
+        },
+    )
     .await;
     let recs = c.records();
     let ticks = c.ticks();

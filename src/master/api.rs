@@ -1,0 +1,539 @@
+//! The REST API under `/api/v1` (JSON). **Only `master` knows HTTP and JSON**; handlers
+//! authorise, translate, call `coord` or `logstore`, and map errors through `ApiError`.
+
+use super::AppState;
+use super::auth::{AuthError, Need};
+use super::error::ApiError;
+use crate::coord::now_ms;
+use crate::logstore::RunQuery;
+use crate::model::{
+    JobSpec, KillSignal, ReportBatch, RunRecord, RunStarted, RunStatus, StoredJob, WorkerInfo,
+    validate_name,
+};
+use crate::schedule::Schedule;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Every route of the API (method, path), as the OpenAPI document lists them. A test checks the
+/// document against this list and every route against the running server.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/api/v1/jobs"),
+    ("get", "/api/v1/jobs/{name}"),
+    ("put", "/api/v1/jobs/{name}"),
+    ("delete", "/api/v1/jobs/{name}"),
+    ("post", "/api/v1/jobs/{name}/run"),
+    ("post", "/api/v1/jobs/{name}/kill"),
+    ("post", "/api/v1/jobs/{name}/pause"),
+    ("post", "/api/v1/jobs/{name}/resume"),
+    ("get", "/api/v1/runs"),
+    ("get", "/api/v1/runs/{run_id}"),
+    ("get", "/api/v1/workers"),
+    ("post", "/api/v1/reports"),
+    ("get", "/api/v1/openapi.json"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+];
+
+/// The OpenAPI document served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/jobs", get(list_jobs))
+        .route(
+            "/api/v1/jobs/{name}",
+            get(get_job).put(put_job).delete(delete_job),
+        )
+        .route("/api/v1/jobs/{name}/run", post(run_job))
+        .route("/api/v1/jobs/{name}/kill", post(kill_job))
+        .route("/api/v1/jobs/{name}/pause", post(pause_job))
+        .route("/api/v1/jobs/{name}/resume", post(resume_job))
+        .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/runs/{run_id}", get(get_run))
+        .route("/api/v1/workers", get(list_workers))
+        .route("/api/v1/reports", post(report))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+}
+
+/// Checks the bearer token against what the route needs.
+pub fn authorize(state: &AppState, headers: &HeaderMap, need: Need) -> Result<(), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match state.auth.check(token, need) {
+        Ok(_) => Ok(()),
+        Err(AuthError::Unauthenticated) => Err(ApiError::Unauthorized),
+        Err(AuthError::Forbidden { name, need }) => Err(ApiError::Forbidden(format!(
+            "token {name:?} may not do this (it needs the {} role)",
+            match need {
+                Need::Read => "read",
+                Need::Admin => "admin",
+                Need::Report => "worker",
+            }
+        ))),
+    }
+}
+
+fn valid_name(name: &str) -> Result<(), ApiError> {
+    validate_name(name).map_err(|e| ApiError::bad("invalid_name", e.to_string()))
+}
+
+/// A job as the API shows it: the stored job plus its next fire times.
+#[derive(Serialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: StoredJob,
+    pub schedule_description: String,
+    pub next_fire_times: Vec<String>,
+}
+
+pub fn job_view(job: StoredJob, n: usize) -> JobView {
+    let (desc, next) = match Schedule::parse(&job.spec.schedule, &job.spec.timezone) {
+        Ok(s) => (s.describe(), s.next_n_rfc3339(now_ms(), n)),
+        Err(e) => (e.to_string(), Vec::new()),
+    };
+    JobView {
+        job,
+        schedule_description: desc,
+        next_fire_times: next,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsQuery {
+    /// Name prefix.
+    prefix: Option<String>,
+    /// `key=value`.
+    label: Option<String>,
+    paused: Option<bool>,
+    limit: Option<usize>,
+    /// The last name of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JobsPage {
+    jobs: Vec<JobView>,
+    next_cursor: Option<String>,
+}
+
+async fn list_jobs(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<JobsQuery>, QueryRejection>,
+) -> Result<Json<JobsPage>, ApiError> {
+    authorize(&st, &headers, Need::Read)?;
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad(
+            "invalid_limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    if let Some(c) = &q.cursor {
+        validate_name(c).map_err(|_| {
+            ApiError::bad(
+                "bad_cursor",
+                "cursor must be the last job name of the previous page",
+            )
+        })?;
+    }
+    let label = match &q.label {
+        None => None,
+        Some(l) => Some(
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| ApiError::bad("invalid_label", "label filter must be key=value"))?,
+        ),
+    };
+    let (mut jobs, _) = st.coord.list_jobs().await?;
+    jobs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    let mut out: Vec<StoredJob> = jobs
+        .into_iter()
+        .filter(|j| {
+            q.prefix
+                .as_ref()
+                .is_none_or(|p| j.spec.name.starts_with(p.as_str()))
+        })
+        .filter(|j| q.paused.is_none_or(|p| j.spec.paused == p))
+        .filter(|j| {
+            label
+                .as_ref()
+                .is_none_or(|(k, v)| j.spec.labels.get(k) == Some(v))
+        })
+        .filter(|j| {
+            q.cursor
+                .as_ref()
+                .is_none_or(|c| j.spec.name.as_str() > c.as_str())
+        })
+        .take(limit + 1)
+        .collect();
+    let next_cursor = if out.len() > limit {
+        out.truncate(limit);
+        out.last().map(|j| j.spec.name.clone())
+    } else {
+        None
+    };
+    Ok(Json(JobsPage {
+        jobs: out.into_iter().map(|j| job_view(j, 3)).collect(),
+        next_cursor,
+    }))
+}
+
+async fn get_job(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    authorize(&st, &headers, Need::Read)?;
+    let Path(name) = name?;
+    valid_name(&name)?;
+    let job = st
+        .coord
+        .get_job(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {name:?} not found")))?;
+    Ok(Json(job_view(job, 5)))
+}
+
+async fn put_job(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Need::Admin)?;
+    let Path(name) = name?;
+    valid_name(&name)?;
+    let Json(mut value) = body?;
+    let obj = value.as_object_mut().ok_or_else(|| {
+        ApiError::bad(
+            "invalid_body",
+            "the body must be a JSON object (a job spec)",
+        )
+    })?;
+    match obj.get("name") {
+        None => {
+            obj.insert("name".into(), serde_json::Value::String(name.clone()));
+        }
+        Some(serde_json::Value::String(n)) if *n == name => {}
+        Some(other) => {
+            return Err(ApiError::bad(
+                "name_mismatch",
+                format!("the body's name {other} differs from the path's {name:?}"),
+            ));
+        }
+    }
+    let spec: JobSpec =
+        serde_json::from_value(value).map_err(|e| ApiError::bad("invalid_body", e.to_string()))?;
+    let existed = st.coord.get_job(&name).await?.is_some();
+    let stored = st.coord.put_job(spec).await?;
+    tracing::info!(job = %name, revision = stored.revision, created = !existed, "job saved through the API");
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(job_view(stored, 5))).into_response())
+}
+
+async fn delete_job(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&st, &headers, Need::Admin)?;
+    let Path(name) = name?;
+    valid_name(&name)?;
+    st.coord.delete_job(&name).await?;
+    tracing::info!(job = %name, "job deleted through the API");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn run_job(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Need::Admin)?;
+    let Path(name) = name?;
+    valid_name(&name)?;
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let id = st.coord.send_run_now(&name, traceparent).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "job": name, "trigger_id": id })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KillBody {
+    run_id: Option<String>,
+}
+
+async fn kill_job(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&st, &headers, Need::Admin)?;
+    let Path(name) = name?;
+    valid_name(&name)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge("request body is larger than master.max_body_bytes".into())
+        } else {
+            ApiError::bad("invalid_body", e.body_text())
+        }
+    })?;
+    // the body is optional: {} or {"run_id": "..."}
+    let body: KillBody = if body.iter().all(u8::is_ascii_whitespace) {
+        KillBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad("invalid_body", e.to_string()))?
+    };
+    if st.coord.get_job(&name).await?.is_none() {
+        return Err(ApiError::NotFound(format!("job {name:?} not found")));
+    }
+    st.coord
+        .send_kill(KillSignal {
+            job: name.clone(),
+            run_id: body.run_id,
+            planned_before: None,
+            requested_at: now_ms(),
+            reason: "killed through the API".into(),
+        })
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "job": name, "kill": "requested" })),
+    )
+        .into_response())
+}
+
+async fn pause_job(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    set_paused(st, headers, name, true).await
+}
+
+async fn resume_job(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    set_paused(st, headers, name, false).await
+}
+
+async fn set_paused(
+    st: Arc<AppState>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    paused: bool,
+) -> Result<Json<JobView>, ApiError> {
+    authorize(&st, &headers, Need::Admin)?;
+    let Path(name) = name?;
+    valid_name(&name)?;
+    let job = st.coord.set_paused(&name, paused).await?;
+    Ok(Json(job_view(job, 5)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    job: Option<String>,
+    status: Option<String>,
+    /// RFC 3339 or Unix ms: planned at or after.
+    from: Option<String>,
+    /// RFC 3339 or Unix ms: planned before.
+    to: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            ApiError::bad(
+                &format!("invalid_{field}"),
+                format!("{field} must be RFC 3339 (2026-01-01T00:00:00Z) or Unix milliseconds"),
+            )
+        })
+}
+
+async fn list_runs(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<RunsQuery>, QueryRejection>,
+) -> Result<Json<crate::logstore::RunPage>, ApiError> {
+    authorize(&st, &headers, Need::Read)?;
+    let Query(q) = q?;
+    if let Some(j) = &q.job {
+        valid_name(j)?;
+    }
+    let status = match &q.status {
+        None => None,
+        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+            ApiError::bad(
+                "invalid_status",
+                format!(
+                    "status must be one of {}",
+                    RunStatus::ALL.map(|s| s.as_str()).join(", ")
+                ),
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad(
+            "invalid_limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let query = RunQuery {
+        job: q.job,
+        status,
+        from: q
+            .from
+            .as_deref()
+            .map(|v| parse_time("from", v))
+            .transpose()?,
+        to: q.to.as_deref().map(|v| parse_time("to", v)).transpose()?,
+        limit,
+        cursor: q.cursor,
+    };
+    Ok(Json(st.store.list(&query).await?))
+}
+
+async fn get_run(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<RunRecord>, ApiError> {
+    authorize(&st, &headers, Need::Read)?;
+    let Path(id) = id?;
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(ApiError::bad(
+            "invalid_run_id",
+            "run ids are up to 64 letters, digits and dashes",
+        ));
+    }
+    let run = st
+        .store
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("run {id:?} not found")))?;
+    Ok(Json(run))
+}
+
+/// A worker as the API shows it.
+#[derive(Serialize)]
+pub struct WorkerView {
+    #[serde(flatten)]
+    pub info: WorkerInfo,
+    pub owned_jobs: usize,
+    pub running: Vec<RunStarted>,
+    /// Unix ms of the last lease keep-alive etcd saw (within a third of the lease TTL).
+    pub last_heartbeat: Option<i64>,
+}
+
+async fn list_workers(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<WorkerView>>, ApiError> {
+    authorize(&st, &headers, Need::Read)?;
+    Ok(Json(workers_view(&st).await?))
+}
+
+pub async fn workers_view(st: &AppState) -> Result<Vec<WorkerView>, ApiError> {
+    let workers = st.coord.list_workers_with_heartbeat().await?;
+    let (jobs, _) = st.coord.list_jobs().await?;
+    let members: BTreeMap<String, WorkerInfo> = workers
+        .iter()
+        .map(|(w, _)| (w.id.clone(), w.clone()))
+        .collect();
+    let mut owned: BTreeMap<&str, usize> = BTreeMap::new();
+    for j in &jobs {
+        if !j.spec.paused
+            && let Some(o) =
+                crate::worker::ownership::owner(&members, &j.spec.name, &j.spec.selector)
+        {
+            *owned.entry(o).or_default() += 1;
+        }
+    }
+    let running = st.ingest.running();
+    Ok(workers
+        .iter()
+        .map(|(w, hb)| WorkerView {
+            owned_jobs: owned.get(w.id.as_str()).copied().unwrap_or(0),
+            running: running
+                .iter()
+                .filter(|r| r.worker == w.id)
+                .cloned()
+                .collect(),
+            last_heartbeat: *hb,
+            info: w.clone(),
+        })
+        .collect())
+}
+
+async fn report(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<ReportBatch>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&st, &headers, Need::Report)?;
+    let Json(batch) = body?;
+    let out = st.ingest.ingest(batch).await?;
+    Ok(Json(
+        serde_json::json!({ "inserted": out.inserted, "duplicates": out.duplicates }),
+    ))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    let etcd = st.coord.ping().await;
+    let store = st.store.ping().await;
+    let body = serde_json::json!({
+        "etcd": etcd.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+        "log_store": store.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
+    });
+    let status = if etcd.is_ok() && store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,140 @@
+//! The API's one error type and its mapping to HTTP: every layer's error becomes a status code and
+//! a `{"error": {"code", "message"}}` body here, and nowhere else. Internal details are logged,
+//! not sent.
+
+use crate::coord::CoordError;
+use crate::logstore::StoreError;
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400, with a machine-readable code (`malformed_json`, `invalid_schedule`, `bad_cursor`, …).
+    BadRequest {
+        code: String,
+        message: String,
+    },
+    Unauthorized,
+    Forbidden(String),
+    NotFound(String),
+    Conflict(String),
+    PayloadTooLarge(String),
+    UnsupportedMediaType(String),
+    Unavailable(String),
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad(code: &str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &str, String) {
+        match self {
+            ApiError::BadRequest { code, message } => {
+                (StatusCode::BAD_REQUEST, code, message.clone())
+            }
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or unknown bearer token; send Authorization: Bearer <token>".into(),
+            ),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
+            ApiError::PayloadTooLarge(m) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                m.clone(),
+            ),
+            ApiError::UnsupportedMediaType(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                m.clone(),
+            ),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone()),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; the master's log has the details".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(error = %detail, "internal API error");
+        }
+        let (status, code, message) = self.parts();
+        let body = Json(serde_json::json!({ "error": { "code": code, "message": message } }));
+        let mut resp = (status, body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+impl From<CoordError> for ApiError {
+    fn from(e: CoordError) -> Self {
+        match e {
+            CoordError::Invalid(v) => ApiError::bad(&format!("invalid_{}", v.field), v.to_string()),
+            CoordError::NotFound(name) => ApiError::NotFound(format!("job {name:?} not found")),
+            CoordError::Conflict(m) => ApiError::Conflict(m),
+            e @ (CoordError::Etcd { .. } | CoordError::Timeout { .. }) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            e @ CoordError::Decode { .. } => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::BadCursor => ApiError::bad("bad_cursor", e.to_string()),
+            StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            StoreError::BadUri(_) | StoreError::Internal(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(
+                "request body is larger than master.max_body_bytes".into(),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ApiError::UnsupportedMediaType("send Content-Type: application/json".into())
+            }
+            _ => match r {
+                JsonRejection::JsonSyntaxError(e) => ApiError::bad("malformed_json", e.body_text()),
+                JsonRejection::JsonDataError(e) => ApiError::bad("invalid_body", e.body_text()),
+                other => ApiError::bad("invalid_body", other.body_text()),
+            },
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad("invalid_query", r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::bad("invalid_path", r.body_text())
+    }
+}
