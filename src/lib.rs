@@ -7,12 +7,15 @@
 //! - [`schedule`]: cron and `@every` parsing, time zones, next fire times (pure functions).
 //! - [`coord`]: everything stored in or learnt from etcd; the only module that talks to etcd.
 //! - [`worker`]: ownership, the timer, claims, the executor, the reporter seam.
-//! - [`master`]: the master role (registration and health today; API later).
+//! - [`master`]: the master role: REST API, seed routes, run-log ingest, auth.
+//! - [`logstore`]: the run-log store trait, SQLite backend, conformance suite.
+//! - [`ctl`]: `cronmesh ctl`, the command-line client of the REST API.
 //! - [`telemetry`]: metric names, typed internal events, logging, the ops HTTP listener.
 //! - [`etcd_process`]: starting etcd as a child process (standalone mode and tests).
 
 pub mod config;
 pub mod coord;
+pub mod ctl;
 pub mod etcd_process;
 pub mod logstore;
 pub mod master;

@@ -67,6 +67,8 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         next: usize,
     },
+    /// Client of the REST API: jobs, runs, workers.
+    Ctl(cronmesh::ctl::CtlArgs),
     /// Print the SHA-256 of a token, for `sha256 = "..."` in [master.auth].
     HashToken {
         /// The token.
@@ -150,6 +152,17 @@ fn main() -> Result<()> {
     if let Cmd::Check { file, next } = &cli.command {
         return check_job(file, *next);
     }
+    if let Cmd::Ctl(_) = &cli.command {
+        let Cmd::Ctl(args) = cli.command else {
+            unreachable!()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let out = rt.block_on(cronmesh::ctl::run(args))?;
+        println!("{out}");
+        return Ok(());
+    }
     if let Cmd::HashToken { token } = &cli.command {
         println!("{}", cronmesh::master::auth::token_sha256_hex(token));
         return Ok(());
@@ -199,7 +212,7 @@ fn main() -> Result<()> {
             config.validate_worker()?;
             config.validate_master()?;
         }
-        Cmd::Check { .. } | Cmd::HashToken { .. } => unreachable!(),
+        Cmd::Check { .. } | Cmd::HashToken { .. } | Cmd::Ctl(_) => unreachable!(),
     }
     telemetry::init_logging(config.log_format, &config.log_level);
     let rt = tokio::runtime::Runtime::new()?;
@@ -208,7 +221,7 @@ fn main() -> Result<()> {
             Cmd::Master(_) => run_master(Arc::new(config)).await,
             Cmd::Worker(_) => run_worker(Arc::new(config)).await,
             Cmd::Standalone(s) => run_standalone(config, s.apply).await,
-            Cmd::Check { .. } | Cmd::HashToken { .. } => unreachable!(),
+            Cmd::Check { .. } | Cmd::HashToken { .. } | Cmd::Ctl(_) => unreachable!(),
         }
     })
 }

@@ -12,4 +12,5 @@ mod failover;
 mod lifecycle;
 mod outage;
 mod policies;
+mod standalone;
 mod watch;

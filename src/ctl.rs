@@ -1,0 +1,480 @@
+//! `cronmesh ctl`: a command-line client of the REST API. Human-readable tables by default,
+//! `--output json` for scripts. Exit status is non-zero when the API says no, with its message.
+
+use crate::model::JobSpec;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::Value;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// Master URL.
+    #[arg(
+        long = "url",
+        env = "CRONMESH_URL",
+        default_value = "http://127.0.0.1:8070"
+    )]
+    pub url: String,
+    /// Bearer token (role read for reads, admin for changes).
+    #[arg(long, env = "CRONMESH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// table (default) or json.
+    #[arg(long, short = 'o', default_value = "table")]
+    pub output: Output,
+    #[command(subcommand)]
+    pub cmd: CtlCmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCmd {
+    /// Jobs: get, apply, delete, run, kill, pause, resume.
+    #[command(subcommand)]
+    Jobs(JobsCmd),
+    /// Runs: list, get.
+    #[command(subcommand)]
+    Runs(RunsCmd),
+    /// Live workers.
+    Workers,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCmd {
+    /// List jobs, or show one.
+    Get {
+        name: Option<String>,
+        /// Name prefix filter.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Create or replace jobs from files (JSON or TOML, one job each).
+    Apply {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    Delete {
+        name: String,
+    },
+    /// Run now.
+    Run {
+        name: String,
+    },
+    /// Kill its running runs (or one).
+    Kill {
+        name: String,
+        #[arg(long)]
+        run_id: Option<String>,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCmd {
+    /// Newest first.
+    List {
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One run with its output.
+    Get { run_id: String },
+}
+
+/// Why a ctl command failed (printed by main).
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("cannot reach {url}: {source}; is a master running there? (--url or CRONMESH_URL)")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("{0}")]
+    Input(String),
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    token: Option<String>,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CtlError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url.trim_end_matches('/')));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|source| CtlError::Unreachable {
+            url: self.url.clone(),
+            source,
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status >= 400 {
+            let message = value["error"]["message"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| value.to_string());
+            return Err(CtlError::Api { status, message });
+        }
+        Ok(value)
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.into_iter().map(line));
+    out.join("\n")
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn time(v: &Value) -> String {
+    v.as_i64()
+        .map(crate::schedule::rfc3339_ms)
+        .unwrap_or_else(|| "-".into())
+}
+
+fn read_spec(path: &PathBuf) -> Result<JobSpec, CtlError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CtlError::Input(format!("cannot read {}: {e}", path.display())))?;
+    if path.extension().is_some_and(|e| e == "toml") {
+        toml::from_str(&text).map_err(|e| CtlError::Input(format!("{}: {e}", path.display())))
+    } else {
+        serde_json::from_str(&text).map_err(|e| CtlError::Input(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Runs one ctl command, printing its result; returns the text printed.
+pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
+    let c = Client {
+        http: reqwest::Client::new(),
+        url: a.url.clone(),
+        token: a.token.clone(),
+    };
+    use reqwest::Method;
+    let json = a.output == Output::Json;
+    let out = match a.cmd {
+        CtlCmd::Jobs(JobsCmd::Get {
+            name: Some(name), ..
+        }) => {
+            let j = c
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/jobs/{}", encode(&name)),
+                    None,
+                )
+                .await?;
+            if json {
+                serde_json::to_string_pretty(&j).unwrap_or_default()
+            } else {
+                let mut text = table(
+                    &[
+                        "NAME",
+                        "SCHEDULE",
+                        "TIMEZONE",
+                        "PAUSED",
+                        "CONCURRENCY",
+                        "COMMAND",
+                    ],
+                    vec![vec![
+                        s(&j["name"]),
+                        s(&j["schedule"]),
+                        s(&j["timezone"]),
+                        s(&j["paused"]),
+                        j["concurrency"].as_str().unwrap_or("allow").to_string(),
+                        s(&j["command"]),
+                    ]],
+                );
+                text.push_str(&format!("\n\n{}\nnext:", s(&j["schedule_description"])));
+                for t in j["next_fire_times"].as_array().into_iter().flatten() {
+                    text.push_str(&format!("\n  {}", s(t)));
+                }
+                text
+            }
+        }
+        CtlCmd::Jobs(JobsCmd::Get { name: None, prefix }) => {
+            let mut jobs = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut path = "/api/v1/jobs?limit=1000".to_string();
+                if let Some(p) = &prefix {
+                    path.push_str(&format!("&prefix={}", encode(p)));
+                }
+                if let Some(cur) = &cursor {
+                    path.push_str(&format!("&cursor={}", encode(cur)));
+                }
+                let page = c.call(Method::GET, &path, None).await?;
+                jobs.extend(page["jobs"].as_array().cloned().unwrap_or_default());
+                match page["next_cursor"].as_str() {
+                    Some(n) => cursor = Some(n.to_string()),
+                    None => break,
+                }
+            }
+            if json {
+                serde_json::to_string_pretty(&jobs).unwrap_or_default()
+            } else {
+                table(
+                    &["NAME", "SCHEDULE", "PAUSED", "NEXT"],
+                    jobs.iter()
+                        .map(|j| {
+                            vec![
+                                s(&j["name"]),
+                                s(&j["schedule"]),
+                                s(&j["paused"]),
+                                s(&j["next_fire_times"][0]),
+                            ]
+                        })
+                        .collect(),
+                )
+            }
+        }
+        CtlCmd::Jobs(JobsCmd::Apply { files }) => {
+            let mut lines = Vec::new();
+            for f in files {
+                let spec = read_spec(&f)?;
+                let name = spec.name.clone();
+                let body = serde_json::to_value(&spec).expect("specs serialize");
+                let j = c
+                    .call(
+                        Method::PUT,
+                        &format!("/api/v1/jobs/{}", encode(&name)),
+                        Some(body),
+                    )
+                    .await?;
+                lines.push(if json {
+                    j.to_string()
+                } else {
+                    format!("job {name} applied (revision {})", s(&j["revision"]))
+                });
+            }
+            lines.join("\n")
+        }
+        CtlCmd::Jobs(JobsCmd::Delete { name }) => {
+            c.call(
+                Method::DELETE,
+                &format!("/api/v1/jobs/{}", encode(&name)),
+                None,
+            )
+            .await?;
+            format!("job {name} deleted")
+        }
+        CtlCmd::Jobs(JobsCmd::Run { name }) => {
+            let r = c
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/jobs/{}/run", encode(&name)),
+                    None,
+                )
+                .await?;
+            if json {
+                r.to_string()
+            } else {
+                format!("run of {name} requested (trigger {})", s(&r["trigger_id"]))
+            }
+        }
+        CtlCmd::Jobs(JobsCmd::Kill { name, run_id }) => {
+            let body = serde_json::json!({ "run_id": run_id });
+            c.call(
+                Method::POST,
+                &format!("/api/v1/jobs/{}/kill", encode(&name)),
+                Some(body),
+            )
+            .await?;
+            format!("kill of {name} requested")
+        }
+        CtlCmd::Jobs(JobsCmd::Pause { name }) => {
+            c.call(
+                Method::POST,
+                &format!("/api/v1/jobs/{}/pause", encode(&name)),
+                None,
+            )
+            .await?;
+            format!("job {name} paused")
+        }
+        CtlCmd::Jobs(JobsCmd::Resume { name }) => {
+            c.call(
+                Method::POST,
+                &format!("/api/v1/jobs/{}/resume", encode(&name)),
+                None,
+            )
+            .await?;
+            format!("job {name} resumed")
+        }
+        CtlCmd::Runs(RunsCmd::List { job, status, limit }) => {
+            let mut path = format!("/api/v1/runs?limit={limit}");
+            if let Some(j) = &job {
+                path.push_str(&format!("&job={}", encode(j)));
+            }
+            if let Some(st) = &status {
+                path.push_str(&format!("&status={}", encode(st)));
+            }
+            let page = c.call(Method::GET, &path, None).await?;
+            let runs = page["runs"].as_array().cloned().unwrap_or_default();
+            if json {
+                serde_json::to_string_pretty(&runs).unwrap_or_default()
+            } else {
+                table(
+                    &[
+                        "RUN",
+                        "JOB",
+                        "STATUS",
+                        "PLANNED",
+                        "LAG_MS",
+                        "DURATION_MS",
+                        "EXIT",
+                        "WORKER",
+                    ],
+                    runs.iter()
+                        .map(|r| {
+                            vec![
+                                s(&r["run_id"]),
+                                s(&r["job"]),
+                                s(&r["status"]),
+                                time(&r["planned_at"]),
+                                s(&r["lag_ms"]),
+                                s(&r["duration_ms"]),
+                                s(&r["exit_code"]),
+                                s(&r["worker"]),
+                            ]
+                        })
+                        .collect(),
+                )
+            }
+        }
+        CtlCmd::Runs(RunsCmd::Get { run_id }) => {
+            let r = c
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/runs/{}", encode(&run_id)),
+                    None,
+                )
+                .await?;
+            if json {
+                serde_json::to_string_pretty(&r).unwrap_or_default()
+            } else {
+                format!(
+                    "run {}\njob {}  status {}  exit {}  worker {}\nplanned {}  started {}  lag {} ms  duration {} ms\ntrace {}\nerror {}\n--- output ---\n{}",
+                    s(&r["run_id"]),
+                    s(&r["job"]),
+                    s(&r["status"]),
+                    s(&r["exit_code"]),
+                    s(&r["worker"]),
+                    time(&r["planned_at"]),
+                    time(&r["started_at"]),
+                    s(&r["lag_ms"]),
+                    s(&r["duration_ms"]),
+                    s(&r["trace_id"]),
+                    s(&r["error"]),
+                    r["output"].as_str().unwrap_or("")
+                )
+            }
+        }
+        CtlCmd::Workers => {
+            let ws = c.call(Method::GET, "/api/v1/workers", None).await?;
+            if json {
+                serde_json::to_string_pretty(&ws).unwrap_or_default()
+            } else {
+                table(
+                    &["ID", "LABELS", "OWNED", "RUNNING", "DRAINING", "HEARTBEAT"],
+                    ws.as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|w| {
+                            let labels = w["labels"]
+                                .as_object()
+                                .map(|m| {
+                                    m.iter()
+                                        .map(|(k, v)| format!("{k}={}", s(v)))
+                                        .collect::<Vec<_>>()
+                                        .join(",")
+                                })
+                                .unwrap_or_default();
+                            vec![
+                                s(&w["id"]),
+                                if labels.is_empty() {
+                                    "-".into()
+                                } else {
+                                    labels
+                                },
+                                s(&w["owned_jobs"]),
+                                w["running"]
+                                    .as_array()
+                                    .map(|r| r.len())
+                                    .unwrap_or(0)
+                                    .to_string(),
+                                s(&w["draining"]),
+                                time(&w["last_heartbeat"]),
+                            ]
+                        })
+                        .collect(),
+                )
+            }
+        }
+    };
+    Ok(out)
+}
