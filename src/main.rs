@@ -419,9 +419,16 @@ async fn run_worker(config: Arc<Config>) -> Result<()> {
     Ok(())
 }
 
+fn retention(c: &Config) -> cronmesh::logstore::Retention {
+    cronmesh::logstore::Retention {
+        max_age: c.master.retention_max_age,
+        max_per_job: c.master.retention_max_per_job,
+    }
+}
+
 async fn run_master(config: Arc<Config>) -> Result<()> {
     let listener = bind(&config.master.listen).await?;
-    let store = cronmesh::logstore::open(&config.master.log_store).await?;
+    let store = cronmesh::logstore::open(&config.master.log_store, retention(&config)).await?;
     let coord = connect(&config).await?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());
@@ -461,7 +468,7 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
             .with_context(|| format!("cannot apply {}", file.display()))?;
         info!(job = %stored.spec.name, revision = stored.revision, "job applied");
     }
-    let store = cronmesh::logstore::open(&config.master.log_store).await?;
+    let store = cronmesh::logstore::open(&config.master.log_store, retention(&config)).await?;
     let state = cronmesh::master::AppState::new(config.clone(), coord.clone(), store);
     let reporter = reporter_for(&config, state.ingest.clone())?;
     let shutdown = CancellationToken::new();

@@ -310,12 +310,25 @@ mod tests {
                 );
             }
             Ok(uri) => {
-                let r = super::super::open(&uri).await;
-                assert!(
-                    r.is_ok(),
-                    "CRONMESH_TEST_MONGODB_URI is set but the store cannot be opened: {:?}",
-                    r.err()
-                );
+                let mut n = 0;
+                let pid = std::process::id();
+                run_all(|| {
+                    n += 1;
+                    let uri = uri.clone();
+                    let db = format!("cronmesh_conformance_{pid}_{n}");
+                    async move {
+                        Box::new(
+                            super::super::mongodb::MongoStore::open_db(
+                                &uri,
+                                Some(&db),
+                                Retention::default(),
+                            )
+                            .await
+                            .unwrap(),
+                        ) as Box<dyn LogStore>
+                    }
+                })
+                .await;
             }
         }
     }

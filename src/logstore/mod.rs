@@ -13,6 +13,7 @@
 //! - retention deletes by age (`ended_at`) and by count per job.
 
 pub mod conformance;
+pub mod mongodb;
 pub mod sqlite;
 
 use crate::model::{RunRecord, RunStatus};
@@ -98,15 +99,18 @@ pub fn decode_cursor(c: &str) -> Result<(i64, String), StoreError> {
     Ok((p, id.to_string()))
 }
 
-/// Opens the store a URI names.
-pub async fn open(uri: &str) -> Result<std::sync::Arc<dyn LogStore>, StoreError> {
+/// Opens the store a URI names (`retention` lets MongoDB keep a TTL index).
+pub async fn open(
+    uri: &str,
+    retention: Retention,
+) -> Result<std::sync::Arc<dyn LogStore>, StoreError> {
     if let Some(path) = uri.strip_prefix("sqlite://") {
         Ok(std::sync::Arc::new(
             sqlite::SqliteStore::open(std::path::Path::new(path)).await?,
         ))
     } else if uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://") {
-        Err(StoreError::Unavailable(
-            "the mongodb backend is not built yet".into(),
+        Ok(std::sync::Arc::new(
+            mongodb::MongoStore::open(uri, retention).await?,
         ))
     } else {
         Err(StoreError::BadUri(uri.to_string()))
