@@ -43,6 +43,22 @@ enum Scenario {
         #[arg(long, default_value = "owner")]
         dispatch: String,
     },
+    /// Run-log store insert throughput (SQLite in a temp dir, or --uri).
+    Store {
+        /// sqlite://PATH or mongodb://HOST/DB (default: a SQLite file in a temp dir).
+        #[arg(long)]
+        uri: Option<String>,
+        #[arg(long, default_value_t = 20000)]
+        records: usize,
+    },
+    /// API latency: job reads and writes through a master while a worker runs jobs.
+    Api {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
     /// Only the machine's limits.
     Limits,
 }
@@ -125,6 +141,38 @@ async fn main() -> Result<()> {
     );
     let report = match cli.scenario {
         Scenario::Limits => serde_json::json!({ "limits": limits }),
+        Scenario::Store { uri, records } => {
+            let uri =
+                uri.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("runs.db").display()));
+            let rows = store_throughput(&uri, records).await?;
+            println!("\n## store: {uri}\n");
+            println!(
+                "| batch size | records/s | p50 batch ms | p99 batch ms |\n| --- | --- | --- | --- |"
+            );
+            for r in &rows {
+                println!(
+                    "| {} | {:.0} | {:.2} | {:.2} |",
+                    r.batch, r.records_per_s, r.p50_ms, r.p99_ms
+                );
+            }
+            serde_json::json!({ "limits": limits, "store": rows })
+        }
+        Scenario::Api { seconds, clients } => {
+            let r = api_load(&bin, dir.path(), &etcd, seconds, clients).await?;
+            println!(
+                "\n## api: {clients} clients for {seconds} s, with a worker running 20 jobs @every 1s\n"
+            );
+            println!(
+                "| operation | requests/s | p50 ms | p99 ms | errors |\n| --- | --- | --- | --- | --- |"
+            );
+            for o in &r {
+                println!(
+                    "| {} | {:.0} | {:.2} | {:.2} | {} |",
+                    o.op, o.per_s, o.p50_ms, o.p99_ms, o.errors
+                );
+            }
+            serde_json::json!({ "limits": limits, "api": r })
+        }
         Scenario::Steady {
             jobs,
             workers,
@@ -459,4 +507,209 @@ async fn steady(
     };
     s.runs_per_s_vs_raw_spawn = s.runs_per_s / limits.spawn_per_s_4_in_flight.max(1.0);
     Ok(s)
+}
+
+#[derive(Serialize)]
+struct StoreRow {
+    batch: usize,
+    records_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+async fn store_throughput(uri: &str, records: usize) -> Result<Vec<StoreRow>> {
+    let store = cronmesh::logstore::open(uri, Default::default()).await?;
+    let mut rows = Vec::new();
+    let mut next = 0usize;
+    for batch in [1usize, 10, 100, 500] {
+        let n = if batch == 1 { records / 10 } else { records };
+        let mut lat = Vec::new();
+        let start = Instant::now();
+        let mut done = 0;
+        while done < n {
+            let recs: Vec<RunRecord> = (0..batch)
+                .map(|i| {
+                    cronmesh::logstore::conformance::record(
+                        &format!("lt{:012}", next + i),
+                        &format!("job{}", (next + i) % 100),
+                        1_000_000 + (next + i) as i64,
+                        RunStatus::Succeeded,
+                    )
+                })
+                .collect();
+            next += batch;
+            let t = Instant::now();
+            store.insert(&recs).await?;
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            done += batch;
+        }
+        let el = start.elapsed().as_secs_f64();
+        lat.sort_by(f64::total_cmp);
+        rows.push(StoreRow {
+            batch,
+            records_per_s: done as f64 / el,
+            p50_ms: pct(&lat, 0.5),
+            p99_ms: pct(&lat, 0.99),
+        });
+    }
+    Ok(rows)
+}
+
+#[derive(Serialize)]
+struct ApiRow {
+    op: String,
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+async fn api_load(
+    bin: &Path,
+    dir: &Path,
+    etcd: &EtcdProcess,
+    seconds: u64,
+    clients: usize,
+) -> Result<Vec<ApiRow>> {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("master.log"))?;
+    let mut master = Command::new(bin)
+        .args([
+            "master",
+            "--etcd",
+            &etcd.client_url,
+            "--prefix",
+            "/loadtest-api/",
+            "--no-auth",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--log-store")
+        .arg(format!("sqlite://{}", dir.join("api-runs.db").display()))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let wlog = std::fs::File::create(dir.join("api-worker.log"))?;
+    let mut worker = Command::new(bin)
+        .args([
+            "worker",
+            "--etcd",
+            &etcd.client_url,
+            "--prefix",
+            "/loadtest-api/",
+            "--id",
+            "api-w",
+            "--master",
+            &url,
+            "--log-level",
+            "warn",
+        ])
+        .arg("--spool-dir")
+        .arg(dir.join("api-spool"))
+        .stdout(wlog.try_clone()?)
+        .stderr(wlog)
+        .spawn()?;
+    let http = reqwest_client();
+    let t = Instant::now();
+    while http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .map(|r| !r.status().is_success())
+        .unwrap_or(true)
+    {
+        if t.elapsed() > Duration::from_secs(20) {
+            bail!("master did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for j in 0..20 {
+        http.put(format!("{url}/api/v1/jobs/busy-{j}"))
+            .json(&serde_json::json!({"schedule": "@every 1s", "command": "true"}))
+            .send()
+            .await?;
+    }
+    let mut results = Vec::new();
+    for op in [
+        "GET /api/v1/jobs/{name}",
+        "GET /api/v1/jobs",
+        "PUT /api/v1/jobs/{name}",
+        "GET /api/v1/runs",
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let http = http.clone();
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0;
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    i += 1;
+                    let t = Instant::now();
+                    let r = match op {
+                        "GET /api/v1/jobs/{name}" => {
+                            http.get(format!("{url}/api/v1/jobs/busy-{}", i % 20))
+                                .send()
+                                .await
+                        }
+                        "GET /api/v1/jobs" => {
+                            http.get(format!("{url}/api/v1/jobs?limit=100"))
+                                .send()
+                                .await
+                        }
+                        "PUT /api/v1/jobs/{name}" => {
+                            http.put(format!("{url}/api/v1/jobs/w-{c}-{}", i % 50))
+                                .json(
+                                    &serde_json::json!({"schedule": "@hourly", "command": "true"}),
+                                )
+                                .send()
+                                .await
+                        }
+                        _ => http.get(format!("{url}/api/v1/runs?limit=50")).send().await,
+                    };
+                    match r {
+                        Ok(resp) if resp.status().is_success() => {
+                            let _ = resp.bytes().await;
+                            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (lat, errors)
+            }));
+        }
+        let mut lat = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (l, e) = t.await?;
+            lat.extend(l);
+            errors += e;
+        }
+        lat.sort_by(f64::total_cmp);
+        results.push(ApiRow {
+            op: op.to_string(),
+            per_s: lat.len() as f64 / seconds as f64,
+            p50_ms: pct(&lat, 0.5),
+            p99_ms: pct(&lat, 0.99),
+            errors,
+        });
+    }
+    for c in [&mut worker, &mut master] {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let _ = c.wait();
+    }
+    Ok(results)
+}
+
+fn reqwest_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("http client")
 }
