@@ -59,6 +59,35 @@ fleet = [
     panel(20, "Watch restarts, by watch and reason", ['sum by (watch, reason) (increase(cronmesh_watch_restarts_total[1h]))'], 0, 52, legends=["{{watch}} {{reason}}"]),
     panel(21, "Membership leases lost", ['sum(increase(cronmesh_membership_lease_lost_total[1h]))'], 12, 52),
 ]
+fleet += [
+    row(22, "Reporting, run log, API, feed", 60),
+    panel(23, "Report queue depth and spool size", ['sum(cronmesh_report_queue_depth)', 'sum(cronmesh_report_spool_bytes)'], 0, 61, w=8, legends=["queued events", "spool bytes"]),
+    panel(24, "Report failures per second, by cause", ['sum by (cause) (rate(cronmesh_report_failures_total' + R + '))'], 8, 61, w=8, legends=["{{cause}}"], unit="ops"),
+    panel(25, "Run-log insert latency p99 and batch size p50", [
+        'histogram_quantile(0.99, sum by (le) (rate(cronmesh_logstore_insert_seconds_bucket' + R + ')))',
+        'histogram_quantile(0.5, sum by (le) (rate(cronmesh_logstore_insert_batch_size_bucket' + R + ')))'], 16, 61, w=8, legends=["insert p99 (s)", "batch p50"]),
+    panel(26, "API requests per second, by route and status", ['sum by (route, status) (rate(cronmesh_http_requests_total' + R + '))'], 0, 69, legends=["{{route}} {{status}}"], unit="ops"),
+    panel(27, "API latency p99, by route", ['histogram_quantile(0.99, sum by (le, route) (rate(cronmesh_http_request_duration_seconds_bucket' + R + ')))'], 12, 69, legends=["{{route}}"], unit="s"),
+    panel(28, "Event-feed subscribers", ['sum(cronmesh_feed_subscribers)'], 0, 77, w=8, kind="stat"),
+    panel(29, "Event-feed messages per second, by type", ['sum by (type) (rate(cronmesh_feed_events_sent_total' + R + '))'], 8, 77, w=8, legends=["{{type}}"], unit="ops"),
+    panel(30, "Event-feed lagged subscribers per second", ['sum(rate(cronmesh_feed_lagged_total' + R + '))'], 16, 77, w=8, unit="ops"),
+]
 with open("cronmesh-fleet.json", "w") as f:
     json.dump(dashboard("cronmesh-fleet", "cronmesh / fleet overview", fleet), f, indent=2)
+    f.write("\n")
+
+JOBVAR = {"name": "job", "type": "query", "label": "Job", "datasource": DS,
+          "query": {"query": "label_values(cronmesh_job_runs_finished_total, job_name)", "refId": "jobs"},
+          "definition": "label_values(cronmesh_job_runs_finished_total, job_name)", "refresh": 2}
+per_job = [
+    row(1, "Job $job (per-job series exist for the jobs in worker.metrics_jobs)", 0),
+    panel(2, "Runs finished per second, by status", ['sum by (status) (rate(cronmesh_job_runs_finished_total{job_name="$job"}[1m]))'], 0, 1, legends=["{{status}}"], unit="ops"),
+    panel(3, "Failure ratio", ['sum(rate(cronmesh_job_runs_finished_total{job_name="$job",status=~"failed|timed_out|killed|lost"}' + R + ')) / clamp_min(sum(rate(cronmesh_job_runs_finished_total{job_name="$job"}' + R + ')), 1e-9)'], 12, 1, unit="percentunit"),
+    panel(4, "Schedule lag p50 / p99", [
+        'histogram_quantile(0.5, sum by (le) (rate(cronmesh_job_schedule_lag_seconds_bucket{job_name="$job"}' + R + ')))',
+        'histogram_quantile(0.99, sum by (le) (rate(cronmesh_job_schedule_lag_seconds_bucket{job_name="$job"}' + R + ')))'], 0, 9, legends=["p50", "p99"], unit="s"),
+    panel(5, "Runs in the last hour, by status", ['sum by (status) (increase(cronmesh_job_runs_finished_total{job_name="$job"}[1h]))'], 12, 9, kind="bargauge", legends=["{{status}}"]),
+]
+with open("cronmesh-job.json", "w") as f:
+    json.dump(dashboard("cronmesh-job", "cronmesh / job", per_job, extra_vars=(JOBVAR,)), f, indent=2)
     f.write("\n")

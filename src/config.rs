@@ -135,6 +135,9 @@ pub struct WorkerConfig {
     pub spool_dir: PathBuf,
     /// Run reports held in memory before they spill to the spool.
     pub report_queue: usize,
+    /// Jobs that get per-job metric series (`cronmesh_job_*{job}`); at most 100, so 100,000
+    /// jobs never make 100,000 series.
+    pub metrics_jobs: Vec<String>,
 }
 
 impl Default for WorkerConfig {
@@ -157,6 +160,7 @@ impl Default for WorkerConfig {
             token: None,
             spool_dir: PathBuf::from("./data/spool"),
             report_queue: 10_000,
+            metrics_jobs: Vec::new(),
         }
     }
 }
@@ -312,24 +316,16 @@ impl Config {
         }
         for e in &self.etcd {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(invalid(
-                    "etcd",
-                    format!("{e:?} must start with http:// or https://"),
-                ));
+                return Err(invalid("etcd", format!("{e:?} must start with http:// or https://")));
             }
         }
         if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') || self.prefix.len() < 2 {
             return Err(invalid(
                 "prefix",
-                format!(
-                    "{:?} must start and end with '/', e.g. \"/cronmesh/\"",
-                    self.prefix
-                ),
+                format!("{:?} must start and end with '/', e.g. \"/cronmesh/\"", self.prefix),
             ));
         }
-        if self.etcd_timeout < Duration::from_millis(100)
-            || self.etcd_timeout > Duration::from_secs(60)
-        {
+        if self.etcd_timeout < Duration::from_millis(100) || self.etcd_timeout > Duration::from_secs(60) {
             return Err(invalid("etcd_timeout", "must be between 100ms and 60s"));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
@@ -356,9 +352,12 @@ impl Config {
             ));
         }
         if w.claim_ahead < Duration::from_millis(50) || w.claim_ahead > Duration::from_secs(30) {
+            return Err(invalid("worker.claim_ahead", "must be between 50ms and 30s"));
+        }
+        if w.metrics_jobs.len() > crate::telemetry::metrics::MAX_PER_JOB {
             return Err(invalid(
-                "worker.claim_ahead",
-                "must be between 50ms and 30s",
+                "worker.metrics_jobs",
+                "at most 100 jobs may have per-job series",
             ));
         }
         if w.max_concurrent_runs == 0 {
@@ -388,20 +387,14 @@ impl Config {
         {
             return Err(invalid(
                 "master.log_store",
-                format!(
-                    "{:?} must be sqlite://PATH or mongodb://HOST/DB",
-                    m.log_store
-                ),
+                format!("{:?} must be sqlite://PATH or mongodb://HOST/DB", m.log_store),
             ));
         }
         if m.lease_ttl < Duration::from_secs(2) || m.lease_ttl > Duration::from_secs(300) {
             return Err(invalid("master.lease_ttl", "must be between 2s and 5m"));
         }
         if m.max_body_bytes < 1024 || m.max_body_bytes > 64 * 1024 * 1024 {
-            return Err(invalid(
-                "master.max_body_bytes",
-                "must be between 1 KiB and 64 MiB",
-            ));
+            return Err(invalid("master.max_body_bytes", "must be between 1 KiB and 64 MiB"));
         }
         if m.request_timeout < Duration::from_millis(100) {
             return Err(invalid("master.request_timeout", "must be at least 100ms"));

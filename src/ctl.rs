@@ -9,11 +9,7 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct CtlArgs {
     /// Master URL.
-    #[arg(
-        long = "url",
-        env = "CRONMESH_URL",
-        default_value = "http://127.0.0.1:8070"
-    )]
+    #[arg(long = "url", env = "CRONMESH_URL", default_value = "http://127.0.0.1:8070")]
     pub url: String,
     /// Bearer token (role read for reads, admin for changes).
     #[arg(long, env = "CRONMESH_TOKEN", hide_env_values = true)]
@@ -115,12 +111,7 @@ struct Client {
 }
 
 impl Client {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, CtlError> {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, CtlError> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.url.trim_end_matches('/')));
@@ -155,9 +146,7 @@ impl Client {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -200,8 +189,8 @@ fn time(v: &Value) -> String {
 }
 
 fn read_spec(path: &PathBuf) -> Result<JobSpec, CtlError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CtlError::Input(format!("cannot read {}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| CtlError::Input(format!("cannot read {}: {e}", path.display())))?;
     if path.extension().is_some_and(|e| e == "toml") {
         toml::from_str(&text).map_err(|e| CtlError::Input(format!("{}: {e}", path.display())))
     } else {
@@ -219,28 +208,15 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
     use reqwest::Method;
     let json = a.output == Output::Json;
     let out = match a.cmd {
-        CtlCmd::Jobs(JobsCmd::Get {
-            name: Some(name), ..
-        }) => {
+        CtlCmd::Jobs(JobsCmd::Get { name: Some(name), .. }) => {
             let j = c
-                .call(
-                    Method::GET,
-                    &format!("/api/v1/jobs/{}", encode(&name)),
-                    None,
-                )
+                .call(Method::GET, &format!("/api/v1/jobs/{}", encode(&name)), None)
                 .await?;
             if json {
                 serde_json::to_string_pretty(&j).unwrap_or_default()
             } else {
                 let mut text = table(
-                    &[
-                        "NAME",
-                        "SCHEDULE",
-                        "TIMEZONE",
-                        "PAUSED",
-                        "CONCURRENCY",
-                        "COMMAND",
-                    ],
+                    &["NAME", "SCHEDULE", "TIMEZONE", "PAUSED", "CONCURRENCY", "COMMAND"],
                     vec![vec![
                         s(&j["name"]),
                         s(&j["schedule"]),
@@ -300,11 +276,7 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                 let name = spec.name.clone();
                 let body = serde_json::to_value(&spec).expect("specs serialize");
                 let j = c
-                    .call(
-                        Method::PUT,
-                        &format!("/api/v1/jobs/{}", encode(&name)),
-                        Some(body),
-                    )
+                    .call(Method::PUT, &format!("/api/v1/jobs/{}", encode(&name)), Some(body))
                     .await?;
                 lines.push(if json {
                     j.to_string()
@@ -315,21 +287,13 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
             lines.join("\n")
         }
         CtlCmd::Jobs(JobsCmd::Delete { name }) => {
-            c.call(
-                Method::DELETE,
-                &format!("/api/v1/jobs/{}", encode(&name)),
-                None,
-            )
-            .await?;
+            c.call(Method::DELETE, &format!("/api/v1/jobs/{}", encode(&name)), None)
+                .await?;
             format!("job {name} deleted")
         }
         CtlCmd::Jobs(JobsCmd::Run { name }) => {
             let r = c
-                .call(
-                    Method::POST,
-                    &format!("/api/v1/jobs/{}/run", encode(&name)),
-                    None,
-                )
+                .call(Method::POST, &format!("/api/v1/jobs/{}/run", encode(&name)), None)
                 .await?;
             if json {
                 r.to_string()
@@ -348,21 +312,13 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
             format!("kill of {name} requested")
         }
         CtlCmd::Jobs(JobsCmd::Pause { name }) => {
-            c.call(
-                Method::POST,
-                &format!("/api/v1/jobs/{}/pause", encode(&name)),
-                None,
-            )
-            .await?;
+            c.call(Method::POST, &format!("/api/v1/jobs/{}/pause", encode(&name)), None)
+                .await?;
             format!("job {name} paused")
         }
         CtlCmd::Jobs(JobsCmd::Resume { name }) => {
-            c.call(
-                Method::POST,
-                &format!("/api/v1/jobs/{}/resume", encode(&name)),
-                None,
-            )
-            .await?;
+            c.call(Method::POST, &format!("/api/v1/jobs/{}/resume", encode(&name)), None)
+                .await?;
             format!("job {name} resumed")
         }
         CtlCmd::Runs(RunsCmd::List { job, status, limit }) => {
@@ -408,11 +364,7 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
         }
         CtlCmd::Runs(RunsCmd::Get { run_id }) => {
             let r = c
-                .call(
-                    Method::GET,
-                    &format!("/api/v1/runs/{}", encode(&run_id)),
-                    None,
-                )
+                .call(Method::GET, &format!("/api/v1/runs/{}", encode(&run_id)), None)
                 .await?;
             if json {
                 serde_json::to_string_pretty(&r).unwrap_or_default()
@@ -456,17 +408,9 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                                 .unwrap_or_default();
                             vec![
                                 s(&w["id"]),
-                                if labels.is_empty() {
-                                    "-".into()
-                                } else {
-                                    labels
-                                },
+                                if labels.is_empty() { "-".into() } else { labels },
                                 s(&w["owned_jobs"]),
-                                w["running"]
-                                    .as_array()
-                                    .map(|r| r.len())
-                                    .unwrap_or(0)
-                                    .to_string(),
+                                w["running"].as_array().map(|r| r.len()).unwrap_or(0).to_string(),
                                 s(&w["draining"]),
                                 time(&w["last_heartbeat"]),
                             ]

@@ -32,12 +32,7 @@ pub fn free_port() -> u16 {
 
 impl EtcdProcess {
     /// Starts a one-member cluster.
-    pub fn start_single(
-        binary: &str,
-        data_dir: &Path,
-        client_port: u16,
-        peer_port: u16,
-    ) -> io::Result<Self> {
+    pub fn start_single(binary: &str, data_dir: &Path, client_port: u16, peer_port: u16) -> io::Result<Self> {
         let peer = format!("http://127.0.0.1:{peer_port}");
         Self::start_member(
             binary,
@@ -201,11 +196,7 @@ impl Drop for EtcdProcess {
 }
 
 async fn health(addr: &str) -> bool {
-    let Ok(Ok(mut s)) = tokio::time::timeout(
-        Duration::from_millis(500),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
+    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr)).await
     else {
         return false;
     };

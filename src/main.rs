@@ -127,6 +127,9 @@ struct WorkerArgs {
     /// Where undelivered run reports wait (survives restarts).
     #[arg(long, env = "CRONMESH_SPOOL_DIR")]
     spool_dir: Option<PathBuf>,
+    /// Jobs that get per-job metric series (at most 100), comma-separated.
+    #[arg(long, env = "CRONMESH_METRICS_JOBS", value_delimiter = ',')]
+    metrics_jobs: Vec<String>,
 }
 
 #[derive(Args)]
@@ -153,12 +156,8 @@ fn main() -> Result<()> {
         return check_job(file, *next);
     }
     if let Cmd::Ctl(_) = &cli.command {
-        let Cmd::Ctl(args) = cli.command else {
-            unreachable!()
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let Cmd::Ctl(args) = cli.command else { unreachable!() };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let out = rt.block_on(cronmesh::ctl::run(args))?;
         println!("{out}");
         return Ok(());
@@ -200,13 +199,8 @@ fn main() -> Result<()> {
             if s.worker.spool_dir.is_none() {
                 config.worker.spool_dir = config.standalone.data_dir.join("spool");
             }
-            if !config.master.log_store.starts_with("mongodb")
-                && std::env::var_os("CRONMESH_LOG_STORE").is_none()
-            {
-                config.master.log_store = format!(
-                    "sqlite://{}",
-                    config.standalone.data_dir.join("runs.db").display()
-                );
+            if !config.master.log_store.starts_with("mongodb") && std::env::var_os("CRONMESH_LOG_STORE").is_none() {
+                config.master.log_store = format!("sqlite://{}", config.standalone.data_dir.join("runs.db").display());
             }
             apply_tokens(&mut config);
             config.validate_worker()?;
@@ -311,6 +305,9 @@ fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
     if let Some(v) = &a.spool_dir {
         w.spool_dir = v.clone();
     }
+    if !a.metrics_jobs.is_empty() {
+        w.metrics_jobs = a.metrics_jobs.clone();
+    }
     if let Ok(t) = std::env::var("CRONMESH_WORKER_TOKEN")
         && !t.is_empty()
     {
@@ -320,14 +317,11 @@ fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
 }
 
 fn read_job(file: &std::path::Path) -> Result<JobSpec> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let spec: JobSpec = if file.extension().is_some_and(|e| e == "toml") {
-        toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid job spec", file.display()))?
+        toml::from_str(&text).with_context(|| format!("{} is not a valid job spec", file.display()))?
     } else {
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid job spec", file.display()))?
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid job spec", file.display()))?
     };
     Ok(spec)
 }
@@ -376,10 +370,7 @@ async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
 
 fn reporter_for(config: &Config, sink: Arc<dyn ReportSink>) -> Result<Arc<dyn Reporter>> {
     let also = match &config.worker.runs_file {
-        Some(p) => Some(
-            FileReporter::open(p)
-                .with_context(|| format!("cannot open runs_file {}", p.display()))?,
-        ),
+        Some(p) => Some(FileReporter::open(p).with_context(|| format!("cannot open runs_file {}", p.display()))?),
         None => None,
     };
     let w = &config.worker;
@@ -443,17 +434,14 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
     if config.standalone.private_etcd {
         let sa = &config.standalone;
         let dir = sa.data_dir.join("etcd");
-        let mut p =
-            EtcdProcess::start_single(&sa.etcd_binary, &dir, sa.etcd_port, sa.etcd_port + 1)?;
-        p.wait_ready(Duration::from_secs(20))
-            .await
-            .with_context(|| {
-                format!(
-                    "private etcd did not start (data in {}; is port {} free?)",
-                    dir.display(),
-                    sa.etcd_port
-                )
-            })?;
+        let mut p = EtcdProcess::start_single(&sa.etcd_binary, &dir, sa.etcd_port, sa.etcd_port + 1)?;
+        p.wait_ready(Duration::from_secs(20)).await.with_context(|| {
+            format!(
+                "private etcd did not start (data in {}; is port {} free?)",
+                dir.display(),
+                sa.etcd_port
+            )
+        })?;
         info!(endpoint = %p.client_url, data = %dir.display(), "private etcd started");
         config.etcd = vec![p.client_url.clone()];
         etcd = Some(p);

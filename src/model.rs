@@ -77,21 +77,13 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
     /// Kill the run after this long (TERM, grace, KILL). Humantime, e.g. "30s", "2h".
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Extra attempts after a failed or timed-out run.
     #[serde(default, skip_serializing_if = "is_default")]
     pub retries: u32,
     /// Wait before the first retry; doubles per attempt, capped at 10 minutes.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub retry_backoff: Option<Duration>,
     /// Overlap policy.
     #[serde(default, skip_serializing_if = "is_default")]
@@ -100,11 +92,7 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "is_default")]
     pub misfire: Misfire,
     /// The latest a tick may start after its planned time (default 30s).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub starting_deadline: Option<Duration>,
     /// Worker labels this job needs (all must match).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -152,10 +140,7 @@ pub fn validate_name(name: &str) -> Result<(), ValidationError> {
     if name.len() > MAX_NAME_LEN {
         return Err(invalid(
             "name",
-            format!(
-                "is {} characters long; the limit is {MAX_NAME_LEN}",
-                name.len()
-            ),
+            format!("is {} characters long; the limit is {MAX_NAME_LEN}", name.len()),
         ));
     }
     if name == "." || name == ".." {
@@ -206,19 +191,13 @@ impl JobSpec {
             return Err(invalid("command", "must not be empty"));
         }
         if self.command.len() > MAX_COMMAND_LEN {
-            return Err(invalid(
-                "command",
-                format!("is longer than {MAX_COMMAND_LEN} bytes"),
-            ));
+            return Err(invalid("command", format!("is longer than {MAX_COMMAND_LEN} bytes")));
         }
         if self.command.contains('\0') {
             return Err(invalid("command", "contains a NUL byte"));
         }
         if !self.shell.starts_with('/') {
-            return Err(invalid(
-                "shell",
-                format!("{:?} is not an absolute path", self.shell),
-            ));
+            return Err(invalid("shell", format!("{:?} is not an absolute path", self.shell)));
         }
         if let Some(w) = &self.workdir
             && !w.starts_with('/')
@@ -241,10 +220,7 @@ impl JobSpec {
         {
             return Err(invalid(
                 "timeout",
-                format!(
-                    "must be between 1ms and {}",
-                    humantime::format_duration(MAX_TIMEOUT)
-                ),
+                format!("must be between 1ms and {}", humantime::format_duration(MAX_TIMEOUT)),
             ));
         }
         if self.retries > MAX_RETRIES {
@@ -467,9 +443,9 @@ pub mod opt_duration {
         match Option::<Raw>::deserialize(d)? {
             None => Ok(None),
             Some(Raw::Secs(n)) => Ok(Some(Duration::from_secs(n))),
-            Some(Raw::Text(t)) => humantime::parse_duration(&t).map(Some).map_err(|e| {
-                serde::de::Error::custom(format!("{t:?} is not a duration like \"30s\": {e}"))
-            }),
+            Some(Raw::Text(t)) => humantime::parse_duration(&t)
+                .map(Some)
+                .map_err(|e| serde::de::Error::custom(format!("{t:?} is not a duration like \"30s\": {e}"))),
         }
     }
 }
@@ -484,8 +460,7 @@ pub mod duration {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        super::opt_duration::deserialize(d)?
-            .ok_or_else(|| serde::de::Error::custom("a duration is required"))
+        super::opt_duration::deserialize(d)?.ok_or_else(|| serde::de::Error::custom("a duration is required"))
     }
 }
 
@@ -511,14 +486,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let err = serde_json::from_str::<JobSpec>(
-            r#"{"name":"a","schedule":"@hourly","command":"x","cronExpr":"y"}"#,
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("unknown field `cronExpr`"),
-            "{err}"
-        );
+        let err = serde_json::from_str::<JobSpec>(r#"{"name":"a","schedule":"@hourly","command":"x","cronExpr":"y"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `cronExpr`"), "{err}");
     }
 
     #[test]
@@ -540,10 +510,7 @@ mod tests {
             ),
             ("timeout", Box::new(|s| s.timeout = Some(Duration::ZERO))),
             ("shell", Box::new(|s| s.shell = "bash".into())),
-            (
-                "workdir",
-                Box::new(|s| s.workdir = Some("relative/dir".into())),
-            ),
+            ("workdir", Box::new(|s| s.workdir = Some("relative/dir".into()))),
             (
                 "env",
                 Box::new(|s| {
@@ -555,10 +522,7 @@ mod tests {
                 Box::new(|s| s.starting_deadline = Some(Duration::from_secs(86400))),
             ),
             ("retries", Box::new(|s| s.retries = 1000)),
-            (
-                "max_output_bytes",
-                Box::new(|s| s.max_output_bytes = Some(1 << 40)),
-            ),
+            ("max_output_bytes", Box::new(|s| s.max_output_bytes = Some(1 << 40))),
         ];
         for (field, mutate) in cases {
             let mut s = spec();
@@ -573,11 +537,7 @@ mod tests {
     fn selector_matching_needs_every_label() {
         let w = WorkerInfo {
             id: "w".into(),
-            labels: [
-                ("zone".to_string(), "a".to_string()),
-                ("disk".into(), "ssd".into()),
-            ]
-            .into(),
+            labels: [("zone".to_string(), "a".to_string()), ("disk".into(), "ssd".into())].into(),
             hostname: "h".into(),
             pid: 1,
             started_at: 0,

@@ -83,9 +83,7 @@ impl Schedule {
             }
             let interval_ms = i64::try_from(d.as_millis()).map_err(|_| every_err("too long"))?;
             if interval_ms > 366 * 24 * 3600 * 1000 {
-                return Err(every_err(
-                    "interval is longer than a year; use a cron expression",
-                ));
+                return Err(every_err("interval is longer than a year; use a cron expression"));
             }
             Kind::Every { interval_ms }
         } else {
@@ -113,10 +111,7 @@ impl Schedule {
             expr: trimmed.to_string(),
         };
         // A pattern like `0 0 30 2 *` parses but never fires: say so now, not at run time.
-        let probe = Utc
-            .with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
-            .single()
-            .unwrap_or_default();
+        let probe = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single().unwrap_or_default();
         if schedule.next_after(probe.timestamp_millis()).is_none() {
             return Err(ScheduleError::NeverFires(expr.to_string()));
         }
@@ -136,9 +131,7 @@ impl Schedule {
     /// The first tick strictly after `after_ms` (Unix milliseconds), if any.
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
         match &self.kind {
-            Kind::Every { interval_ms } => {
-                Some((after_ms.div_euclid(*interval_ms) + 1) * interval_ms)
-            }
+            Kind::Every { interval_ms } => Some((after_ms.div_euclid(*interval_ms) + 1) * interval_ms),
             Kind::Cron(cron) => {
                 let start = self.tz.timestamp_millis_opt(after_ms).single()?;
                 // croner works at second granularity: start from the whole second.
@@ -148,11 +141,7 @@ impl Schedule {
                     Some(ms)
                 } else {
                     let bumped = self.tz.timestamp_millis_opt(ms + 1000).single()?;
-                    Some(
-                        cron.find_next_occurrence(&bumped, true)
-                            .ok()?
-                            .timestamp_millis(),
-                    )
+                    Some(cron.find_next_occurrence(&bumped, true).ok()?.timestamp_millis())
                 }
             }
         }
@@ -332,10 +321,7 @@ mod tests {
         let ticks = s.ticks_between(ms("2026-10-24T12:00:00Z"), ms("2026-10-26T12:00:00Z"), 10);
         assert_eq!(
             ticks,
-            vec![
-                ms("2026-10-25T02:30:00+02:00"),
-                ms("2026-10-26T02:30:00+01:00")
-            ]
+            vec![ms("2026-10-25T02:30:00+02:00"), ms("2026-10-26T02:30:00+01:00")]
         );
     }
 
@@ -368,25 +354,13 @@ mod tests {
         ] {
             let err = Schedule::parse(bad, "UTC").unwrap_err();
             assert!(
-                matches!(
-                    err,
-                    ScheduleError::Cron { .. } | ScheduleError::NeverFires(_)
-                ),
+                matches!(err, ScheduleError::Cron { .. } | ScheduleError::NeverFires(_)),
                 "{bad:?}: {err}"
             );
         }
-        for bad in [
-            "@every",
-            "@every 0s",
-            "@every 500ms",
-            "@every soon",
-            "@every 1.5ms",
-        ] {
+        for bad in ["@every", "@every 0s", "@every 500ms", "@every soon", "@every 1.5ms"] {
             assert!(
-                matches!(
-                    Schedule::parse(bad, "UTC"),
-                    Err(ScheduleError::Every { .. })
-                ),
+                matches!(Schedule::parse(bad, "UTC"), Err(ScheduleError::Every { .. })),
                 "{bad:?}"
             );
         }
@@ -407,12 +381,7 @@ mod tests {
             "@every 7s",
         ];
         for p in patterns {
-            for tz in [
-                "UTC",
-                "Europe/Berlin",
-                "America/New_York",
-                "Australia/Lord_Howe",
-            ] {
+            for tz in ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe"] {
                 let s = Schedule::parse(p, tz).unwrap();
                 let mut t = ms("2026-03-01T00:00:00Z");
                 for _ in 0..200 {

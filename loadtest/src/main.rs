@@ -111,8 +111,7 @@ async fn main() -> Result<()> {
         );
     }
     let dir = tempfile::tempdir()?;
-    let mut etcd =
-        EtcdProcess::start_single("etcd", &dir.path().join("etcd"), free_port(), free_port())?;
+    let mut etcd = EtcdProcess::start_single("etcd", &dir.path().join("etcd"), free_port(), free_port())?;
     etcd.wait_ready(Duration::from_secs(20)).await?;
     let coord = Coord::connect(
         std::slice::from_ref(&etcd.client_url),
@@ -127,10 +126,7 @@ async fn main() -> Result<()> {
         "| raw spawn `/bin/sh -c true`, sequential | {:.0}/s |",
         limits.spawn_per_s_sequential
     );
-    println!(
-        "| raw spawn, 4 in flight | {:.0}/s |",
-        limits.spawn_per_s_4_in_flight
-    );
+    println!("| raw spawn, 4 in flight | {:.0}/s |", limits.spawn_per_s_4_in_flight);
     println!(
         "| raw etcd compare-and-create, sequential | p50 {:.2} ms, p99 {:.2} ms |",
         limits.etcd_cas_p50_ms, limits.etcd_cas_p99_ms
@@ -142,13 +138,10 @@ async fn main() -> Result<()> {
     let report = match cli.scenario {
         Scenario::Limits => serde_json::json!({ "limits": limits }),
         Scenario::Store { uri, records } => {
-            let uri =
-                uri.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("runs.db").display()));
+            let uri = uri.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("runs.db").display()));
             let rows = store_throughput(&uri, records).await?;
             println!("\n## store: {uri}\n");
-            println!(
-                "| batch size | records/s | p50 batch ms | p99 batch ms |\n| --- | --- | --- | --- |"
-            );
+            println!("| batch size | records/s | p50 batch ms | p99 batch ms |\n| --- | --- | --- | --- |");
             for r in &rows {
                 println!(
                     "| {} | {:.0} | {:.2} | {:.2} |",
@@ -159,12 +152,8 @@ async fn main() -> Result<()> {
         }
         Scenario::Api { seconds, clients } => {
             let r = api_load(&bin, dir.path(), &etcd, seconds, clients).await?;
-            println!(
-                "\n## api: {clients} clients for {seconds} s, with a worker running 20 jobs @every 1s\n"
-            );
-            println!(
-                "| operation | requests/s | p50 ms | p99 ms | errors |\n| --- | --- | --- | --- | --- |"
-            );
+            println!("\n## api: {clients} clients for {seconds} s, with a worker running 20 jobs @every 1s\n");
+            println!("| operation | requests/s | p50 ms | p99 ms | errors |\n| --- | --- | --- | --- | --- |");
             for o in &r {
                 println!(
                     "| {} | {:.0} | {:.2} | {:.2} | {} |",
@@ -191,14 +180,9 @@ async fn main() -> Result<()> {
                 &limits,
             )
             .await?;
-            println!(
-                "\n## steady: {jobs} jobs @every 1s, {workers} workers, {seconds} s, dispatch {dispatch}\n"
-            );
+            println!("\n## steady: {jobs} jobs @every 1s, {workers} workers, {seconds} s, dispatch {dispatch}\n");
             println!("| measure | value |\n| --- | --- |");
-            println!(
-                "| ticks expected / runs | {} / {} |",
-                s.expected_ticks, s.runs
-            );
+            println!("| ticks expected / runs | {} / {} |", s.expected_ticks, s.runs);
             println!("| duplicate ticks | {} |", s.duplicate_ticks);
             println!("| missed ticks | {} |", s.missed_ticks);
             println!("| skipped ticks (recorded) | {} |", s.skipped_ticks);
@@ -337,9 +321,7 @@ async fn scrape(port: u16) -> String {
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return String::new();
     };
-    let _ = s
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await;
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
     String::from_utf8_lossy(&buf).into_owned()
@@ -410,10 +392,7 @@ async fn steady(
     }
     let from = cronmesh::coord::now_ms() + 3000;
     let to = from + seconds as i64 * 1000 - 1;
-    tokio::time::sleep(Duration::from_millis(
-        (from - cronmesh::coord::now_ms()).max(0) as u64,
-    ))
-    .await;
+    tokio::time::sleep(Duration::from_millis((from - cronmesh::coord::now_ms()).max(0) as u64)).await;
     let cpu0: Vec<u64> = procs
         .iter()
         .map(|(c, _, _)| proc_cpu_ticks(c.id()).unwrap_or(0))
@@ -421,11 +400,7 @@ async fn steady(
     let txn0: f64 = {
         let mut s = 0.0;
         for (_, port, _) in &procs {
-            s += metric_sum(
-                &scrape(*port).await,
-                "cronmesh_etcd_requests_total",
-                "op=\"txn\"",
-            );
+            s += metric_sum(&scrape(*port).await, "cronmesh_etcd_requests_total", "op=\"txn\"");
         }
         s
     };
@@ -450,8 +425,7 @@ async fn steady(
         s.claims_lost += metric_sum(&m, "cronmesh_claims_total", "outcome=\"lost\"");
         txn1 += metric_sum(&m, "cronmesh_etcd_requests_total", "op=\"txn\"");
         let cpu = proc_cpu_ticks(c.id()).unwrap_or(0).saturating_sub(cpu0[i]) as f64 / hz;
-        s.worker_cpu_percent
-            .push((cpu / elapsed * 1000.0).round() / 10.0);
+        s.worker_cpu_percent.push((cpu / elapsed * 1000.0).round() / 10.0);
         s.worker_max_rss_mb
             .push((proc_hwm_kb(c.id()).unwrap_or(0) as f64 / 102.4).round() / 10.0);
     }
@@ -482,29 +456,16 @@ async fn steady(
     s.expected_ticks = jobs * ticks_per_job;
     s.runs = per_tick.values().sum();
     s.duplicate_ticks = per_tick.values().filter(|n| **n > 1).count();
-    s.skipped_ticks = in_window
-        .iter()
-        .filter(|r| r.status == RunStatus::Skipped)
-        .count();
-    s.missed_ticks = s
-        .expected_ticks
-        .saturating_sub(per_tick.len() + s.skipped_ticks);
+    s.skipped_ticks = in_window.iter().filter(|r| r.status == RunStatus::Skipped).count();
+    s.missed_ticks = s.expected_ticks.saturating_sub(per_tick.len() + s.skipped_ticks);
     s.runs_per_s = s.runs as f64 / seconds as f64;
-    let mut lags: Vec<f64> = in_window
-        .iter()
-        .filter_map(|r| r.lag_ms)
-        .map(|l| l as f64)
-        .collect();
+    let mut lags: Vec<f64> = in_window.iter().filter_map(|r| r.lag_ms).map(|l| l as f64).collect();
     lags.sort_by(f64::total_cmp);
     s.lag_p50_ms = pct(&lags, 0.5);
     s.lag_p90_ms = pct(&lags, 0.9);
     s.lag_p99_ms = pct(&lags, 0.99);
     s.lag_max_ms = lags.last().copied().unwrap_or(0.0);
-    s.claims_lost_per_run = if s.runs > 0 {
-        s.claims_lost / s.runs as f64
-    } else {
-        0.0
-    };
+    s.claims_lost_per_run = if s.runs > 0 { s.claims_lost / s.runs as f64 } else { 0.0 };
     s.runs_per_s_vs_raw_spawn = s.runs_per_s / limits.spawn_per_s_4_in_flight.max(1.0);
     Ok(s)
 }
@@ -564,13 +525,7 @@ struct ApiRow {
     errors: usize,
 }
 
-async fn api_load(
-    bin: &Path,
-    dir: &Path,
-    etcd: &EtcdProcess,
-    seconds: u64,
-    clients: usize,
-) -> Result<Vec<ApiRow>> {
+async fn api_load(bin: &Path, dir: &Path, etcd: &EtcdProcess, seconds: u64, clients: usize) -> Result<Vec<ApiRow>> {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join("master.log"))?;
@@ -651,20 +606,12 @@ async fn api_load(
                     let t = Instant::now();
                     let r = match op {
                         "GET /api/v1/jobs/{name}" => {
-                            http.get(format!("{url}/api/v1/jobs/busy-{}", i % 20))
-                                .send()
-                                .await
+                            http.get(format!("{url}/api/v1/jobs/busy-{}", i % 20)).send().await
                         }
-                        "GET /api/v1/jobs" => {
-                            http.get(format!("{url}/api/v1/jobs?limit=100"))
-                                .send()
-                                .await
-                        }
+                        "GET /api/v1/jobs" => http.get(format!("{url}/api/v1/jobs?limit=100")).send().await,
                         "PUT /api/v1/jobs/{name}" => {
                             http.put(format!("{url}/api/v1/jobs/w-{c}-{}", i % 50))
-                                .json(
-                                    &serde_json::json!({"schedule": "@hourly", "command": "true"}),
-                                )
+                                .json(&serde_json::json!({"schedule": "@hourly", "command": "true"}))
                                 .send()
                                 .await
                         }

@@ -79,9 +79,7 @@ impl ClaimLeases {
         }
         let ttl = self.ttl.as_secs().max(1) as i64;
         let id = coord
-            .call("lease_grant", |mut c| async move {
-                c.lease_grant(ttl, None).await
-            })
+            .call("lease_grant", |mut c| async move { c.lease_grant(ttl, None).await })
             .await?
             .id();
         *cur = Some((id, Instant::now()));
@@ -97,11 +95,7 @@ impl ClaimLeases {
 impl Coord {
     /// Claims ticks; the outcome of each request, in order. Whole-batch failures (etcd down) give
     /// `Error` for every request.
-    pub async fn claim_batch(
-        &self,
-        leases: &ClaimLeases,
-        reqs: &[ClaimRequest],
-    ) -> Vec<ClaimOutcome> {
+    pub async fn claim_batch(&self, leases: &ClaimLeases, reqs: &[ClaimRequest]) -> Vec<ClaimOutcome> {
         let mut out = Vec::with_capacity(reqs.len());
         for chunk in reqs.chunks(MAX_BATCH) {
             out.extend(self.claim_chunk(leases, chunk).await);
@@ -114,10 +108,7 @@ impl Coord {
             Ok(l) => l,
             Err(e) => return vec![ClaimOutcome::Error(e.to_string()); reqs.len()],
         };
-        let keys: Vec<String> = reqs
-            .iter()
-            .map(|r| self.keys.claim(&r.job, &r.tick))
-            .collect();
+        let keys: Vec<String> = reqs.iter().map(|r| self.keys.claim(&r.job, &r.tick)).collect();
         let mut outcomes: Vec<Option<ClaimOutcome>> = vec![None; reqs.len()];
         // At most two rounds: the second without the keys found taken in the first.
         for _round in 0..2 {
@@ -139,15 +130,9 @@ impl Coord {
                     )
                 })
                 .collect();
-            let gets: Vec<TxnOp> = pending
-                .iter()
-                .map(|&i| TxnOp::get(keys[i].clone(), None))
-                .collect();
+            let gets: Vec<TxnOp> = pending.iter().map(|&i| TxnOp::get(keys[i].clone(), None)).collect();
             let txn = Txn::new().when(compares).and_then(puts).or_else(gets);
-            match self
-                .call("txn", |mut c| async move { c.txn(txn).await })
-                .await
-            {
+            match self.call("txn", |mut c| async move { c.txn(txn).await }).await {
                 Err(e) => {
                     if e.to_string().contains("lease not found") {
                         leases.reset().await;
@@ -193,11 +178,8 @@ impl Coord {
         let end = format!("{prefix}u"); // 't' + 1: the end of the scheduled-tick range
         let resp = self
             .call("get", |mut c| async move {
-                c.get(
-                    start,
-                    Some(GetOptions::new().with_range(end).with_keys_only()),
-                )
-                .await
+                c.get(start, Some(GetOptions::new().with_range(end).with_keys_only()))
+                    .await
             })
             .await?;
         Ok(resp
@@ -205,10 +187,7 @@ impl Coord {
             .iter()
             .filter_map(|kv| {
                 let k = String::from_utf8_lossy(kv.key());
-                k.strip_prefix(&prefix)?
-                    .strip_prefix('t')?
-                    .parse::<i64>()
-                    .ok()
+                k.strip_prefix(&prefix)?.strip_prefix('t')?.parse::<i64>().ok()
             })
             .collect())
     }
@@ -224,21 +203,13 @@ impl Coord {
         exclusive: bool,
     ) -> Result<bool, CoordError> {
         let key = self.keys.running(job, &value.run_id);
-        let put = TxnOp::put(
-            key,
-            encode(value),
-            Some(PutOptions::new().with_lease(session_lease)),
-        );
+        let put = TxnOp::put(key, encode(value), Some(PutOptions::new().with_lease(session_lease)));
         let mut txn = Txn::new();
         if exclusive {
-            txn = txn.when([
-                Compare::version(self.keys.running_of(job), CompareOp::Equal, 0).with_prefix(),
-            ]);
+            txn = txn.when([Compare::version(self.keys.running_of(job), CompareOp::Equal, 0).with_prefix()]);
         }
         let txn = txn.and_then([put]);
-        let resp = self
-            .call("txn", |mut c| async move { c.txn(txn).await })
-            .await?;
+        let resp = self.call("txn", |mut c| async move { c.txn(txn).await }).await?;
         Ok(resp.succeeded())
     }
 

@@ -30,12 +30,8 @@ impl Coord {
             };
             let key = self.keys.job(&spec.name);
             let value = encode(&stored);
-            let txn = Txn::new()
-                .when([cmp])
-                .and_then([TxnOp::put(key, value, None)]);
-            let resp = self
-                .call("txn", |mut c| async move { c.txn(txn).await })
-                .await?;
+            let txn = Txn::new().when([cmp]).and_then([TxnOp::put(key, value, None)]);
+            let resp = self.call("txn", |mut c| async move { c.txn(txn).await }).await?;
             if resp.succeeded() {
                 stored.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
                 return Ok(stored);
@@ -52,9 +48,7 @@ impl Coord {
         validate_name(name)?;
         let key = self.keys.job(name);
         let k = key.clone();
-        let resp = self
-            .call("get", |mut c| async move { c.get(k, None).await })
-            .await?;
+        let resp = self.call("get", |mut c| async move { c.get(k, None).await }).await?;
         match resp.kvs().first() {
             None => Ok(None),
             Some(kv) => {

@@ -46,13 +46,7 @@ impl Registration {
 impl Coord {
     /// Registers `{kind}/{id}` (kind is `workers` or `masters`) with `value` under a lease of
     /// `ttl`, in the background; retries until etcd answers.
-    pub fn register(
-        &self,
-        kind: &'static str,
-        id: &str,
-        value: Vec<u8>,
-        ttl: Duration,
-    ) -> Registration {
+    pub fn register(&self, kind: &'static str, id: &str, value: Vec<u8>, ttl: Duration) -> Registration {
         let key = format!("{}{kind}/{id}", self.keys.prefix());
         let (value_tx, value_rx) = watch::channel(value);
         let (lease_tx, lease_rx) = watch::channel(None);
@@ -61,11 +55,7 @@ impl Coord {
         let id = id.to_string();
         let task = tokio::spawn({
             let stop = stop.clone();
-            async move {
-                coord
-                    .registration_loop(key, id, value_rx, lease_tx, ttl, stop)
-                    .await
-            }
+            async move { coord.registration_loop(key, id, value_rx, lease_tx, ttl, stop).await }
         });
         Registration {
             value: value_tx,
@@ -114,9 +104,7 @@ impl Coord {
                 None => {
                     // stopping: revoke so the key disappears now rather than after the TTL
                     let _ = self
-                        .call("lease_revoke", |mut c| async move {
-                            c.lease_revoke(lease).await
-                        })
+                        .call("lease_revoke", |mut c| async move { c.lease_revoke(lease).await })
                         .await;
                     info!(key = %key, "deregistered");
                     return;
@@ -131,39 +119,24 @@ impl Coord {
     }
 
     /// Grants a lease and creates the key if absent. `Ok(None)` when another process holds it.
-    async fn register_once(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: i64,
-    ) -> Result<Option<i64>, CoordError> {
+    async fn register_once(&self, key: &str, value: Vec<u8>, ttl: i64) -> Result<Option<i64>, CoordError> {
         let lease = self
-            .call("lease_grant", |mut c| async move {
-                c.lease_grant(ttl, None).await
-            })
+            .call("lease_grant", |mut c| async move { c.lease_grant(ttl, None).await })
             .await?
             .id();
         let txn = Txn::new()
-            .when([Compare::create_revision(
-                key.to_string(),
-                CompareOp::Equal,
-                0,
-            )])
+            .when([Compare::create_revision(key.to_string(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
                 key.to_string(),
                 value,
                 Some(PutOptions::new().with_lease(lease)),
             )]);
-        let resp = self
-            .call("txn", |mut c| async move { c.txn(txn).await })
-            .await?;
+        let resp = self.call("txn", |mut c| async move { c.txn(txn).await }).await?;
         if resp.succeeded() {
             Ok(Some(lease))
         } else {
             let _ = self
-                .call("lease_revoke", |mut c| async move {
-                    c.lease_revoke(lease).await
-                })
+                .call("lease_revoke", |mut c| async move { c.lease_revoke(lease).await })
                 .await;
             Ok(None)
         }
@@ -229,8 +202,7 @@ impl Coord {
         let prefix = self.keys.workers();
         let resp = self
             .call("get", |mut c| async move {
-                c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-                    .await
+                c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await
             })
             .await?;
         resp.kvs()
@@ -249,19 +221,18 @@ impl Coord {
         let prefix = self.keys.workers();
         let resp = self
             .call("get", |mut c| async move {
-                c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-                    .await
+                c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await
             })
             .await?;
         let mut out = Vec::new();
         for kv in resp.kvs() {
-            let info: crate::model::WorkerInfo =
-                super::decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
+            let info: crate::model::WorkerInfo = super::decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
             let lease = kv.lease();
             let hb = match self
-                .call("lease_ttl", |mut c| async move {
-                    c.lease_time_to_live(lease, None).await
-                })
+                .call(
+                    "lease_ttl",
+                    |mut c| async move { c.lease_time_to_live(lease, None).await },
+                )
                 .await
             {
                 Ok(t) if t.ttl() > 0 => Some(super::now_ms() - (t.granted_ttl() - t.ttl()) * 1000),
@@ -277,8 +248,7 @@ impl Coord {
         let prefix = self.keys.masters();
         let resp = self
             .call("get", |mut c| async move {
-                c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
-                    .await
+                c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await
             })
             .await?;
         Ok(resp

@@ -33,9 +33,7 @@ use std::time::{Duration, Instant};
 /// mean "etcd is unreachable or misbehaving": retry later.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
-    #[error(
-        "etcd {op} failed: {source}; check that etcd is running and reachable at the configured endpoints"
-    )]
+    #[error("etcd {op} failed: {source}; check that etcd is running and reachable at the configured endpoints")]
     Etcd {
         op: &'static str,
         #[source]
@@ -118,11 +116,7 @@ pub struct Coord {
 
 impl Coord {
     /// Connects lazily: this succeeds even when etcd is down; the first request then fails.
-    pub async fn connect(
-        endpoints: &[String],
-        prefix: &str,
-        timeout: Duration,
-    ) -> Result<Self, CoordError> {
+    pub async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Self, CoordError> {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(timeout)
@@ -130,10 +124,7 @@ impl Coord {
             .with_keep_alive_while_idle(true);
         let client = Client::connect(endpoints, Some(opts))
             .await
-            .map_err(|source| CoordError::Etcd {
-                op: "connect",
-                source,
-            })?;
+            .map_err(|source| CoordError::Etcd { op: "connect", source })?;
         Ok(Coord {
             client,
             keys: Keys::new(prefix),
@@ -174,8 +165,7 @@ impl Coord {
     pub async fn ping(&self) -> Result<(), CoordError> {
         let key = self.keys.jobs();
         self.call("ping", |mut c| async move {
-            c.get(key, Some(etcd_client::GetOptions::new().with_count_only()))
-                .await
+            c.get(key, Some(etcd_client::GetOptions::new().with_count_only())).await
         })
         .await
         .map(|_| ())
@@ -186,29 +176,22 @@ impl Coord {
         let key = self.keys.prefix().to_string();
         let rev = self
             .call("get", |mut c| async move {
-                c.get(key, Some(etcd_client::GetOptions::new().with_count_only()))
-                    .await
+                c.get(key, Some(etcd_client::GetOptions::new().with_count_only())).await
             })
             .await?
             .header()
             .map(|h| h.revision())
             .unwrap_or(0);
         self.call("compact", |mut c| async move {
-            c.compact(
-                rev,
-                Some(etcd_client::CompactionOptions::new().with_physical()),
-            )
-            .await
+            c.compact(rev, Some(etcd_client::CompactionOptions::new().with_physical()))
+                .await
         })
         .await?;
         Ok(rev)
     }
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    key: &str,
-    value: &[u8],
-) -> Result<T, CoordError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, CoordError> {
     serde_json::from_slice(value).map_err(|e| CoordError::Decode {
         key: key.to_string(),
         message: e.to_string(),

@@ -12,14 +12,11 @@ const RUN_NOW_TTL_SECS: i64 = 300;
 impl Coord {
     async fn put_with_ttl(&self, key: String, value: Vec<u8>, ttl: i64) -> Result<(), CoordError> {
         let lease = self
-            .call("lease_grant", |mut c| async move {
-                c.lease_grant(ttl, None).await
-            })
+            .call("lease_grant", |mut c| async move { c.lease_grant(ttl, None).await })
             .await?
             .id();
         self.call("put", |mut c| async move {
-            c.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                .await
+            c.put(key, value, Some(PutOptions::new().with_lease(lease))).await
         })
         .await?;
         Ok(())
@@ -29,20 +26,12 @@ impl Coord {
     pub async fn send_kill(&self, signal: KillSignal) -> Result<(), CoordError> {
         validate_name(&signal.job)?;
         let id = uuid::Uuid::now_v7().simple().to_string();
-        self.put_with_ttl(
-            self.keys.kill_signal(&signal.job, &id),
-            encode(&signal),
-            KILL_TTL_SECS,
-        )
-        .await
+        self.put_with_ttl(self.keys.kill_signal(&signal.job, &id), encode(&signal), KILL_TTL_SECS)
+            .await
     }
 
     /// Asks the job's owner to run it now. Returns the trigger id (it becomes the claim key).
-    pub async fn send_run_now(
-        &self,
-        job: &str,
-        traceparent: Option<String>,
-    ) -> Result<String, CoordError> {
+    pub async fn send_run_now(&self, job: &str, traceparent: Option<String>) -> Result<String, CoordError> {
         if self.get_job(job).await?.is_none() {
             return Err(CoordError::NotFound(job.to_string()));
         }
@@ -53,12 +42,8 @@ impl Coord {
             requested_at: now_ms(),
             traceparent,
         };
-        self.put_with_ttl(
-            self.keys.run_signal(job, &id),
-            encode(&signal),
-            RUN_NOW_TTL_SECS,
-        )
-        .await?;
+        self.put_with_ttl(self.keys.run_signal(job, &id), encode(&signal), RUN_NOW_TTL_SECS)
+            .await?;
         Ok(id)
     }
 

@@ -52,12 +52,7 @@ enum Ended {
 
 impl Coord {
     /// Watches `prefix` (relative to the cluster prefix, e.g. `"jobs/"`). `name` labels metrics.
-    pub fn watch_prefix(
-        &self,
-        name: &'static str,
-        prefix: String,
-        cancel: CancellationToken,
-    ) -> WatchHandle {
+    pub fn watch_prefix(&self, name: &'static str, prefix: String, cancel: CancellationToken) -> WatchHandle {
         self.watch_prefix_from(name, prefix, None, cancel)
     }
 
@@ -78,10 +73,7 @@ impl Coord {
             let mut backoff = Duration::from_millis(100);
             let mut resume = from_revision;
             loop {
-                match coord
-                    .watch_once(name, &full, resume.take(), &tx, &cancel)
-                    .await
-                {
+                match coord.watch_once(name, &full, resume.take(), &tx, &cancel).await {
                     Ended::Cancelled => return,
                     Ended::Restart(reason, detail) => {
                         WatchRestarted {
@@ -155,10 +147,7 @@ impl Coord {
             if resp.compact_revision() > 0 {
                 return Ended::Restart(
                     "compacted",
-                    format!(
-                        "compacted at {}, we were at {last_rev}",
-                        resp.compact_revision()
-                    ),
+                    format!("compacted at {}, we were at {last_rev}", resp.compact_revision()),
                 );
             }
             if resp.canceled() {
@@ -219,11 +208,7 @@ impl Coord {
                 mod_revision: kv.mod_revision(),
             })
             .collect();
-        if tx
-            .send(WatchEvent::Reset { items, revision })
-            .await
-            .is_err()
-        {
+        if tx.send(WatchEvent::Reset { items, revision }).await.is_err() {
             return Err(Ended::Cancelled);
         }
         Ok(revision)

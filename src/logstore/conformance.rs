@@ -63,34 +63,20 @@ pub async fn inserts_are_idempotent_by_run_id(s: &dyn LogStore) {
         .await
         .unwrap();
     assert_eq!(page.runs.len(), 1);
-    assert_eq!(
-        page.runs[0].status,
-        RunStatus::Succeeded,
-        "the first report wins"
-    );
+    assert_eq!(page.runs[0].status, RunStatus::Succeeded, "the first report wins");
 }
 
 pub async fn a_real_record_replaces_a_lost_placeholder(s: &dyn LogStore) {
-    s.insert(&[record("l1", "j", 1_000, RunStatus::Lost)])
-        .await
-        .unwrap();
+    s.insert(&[record("l1", "j", 1_000, RunStatus::Lost)]).await.unwrap();
     let out = s
         .insert(&[record("l1", "j", 1_000, RunStatus::Succeeded)])
         .await
         .unwrap();
     assert_eq!(out.inserted, 1);
-    assert_eq!(
-        s.get("l1").await.unwrap().unwrap().status,
-        RunStatus::Succeeded
-    );
+    assert_eq!(s.get("l1").await.unwrap().unwrap().status, RunStatus::Succeeded);
     // and never the other way round
-    s.insert(&[record("l1", "j", 1_000, RunStatus::Lost)])
-        .await
-        .unwrap();
-    assert_eq!(
-        s.get("l1").await.unwrap().unwrap().status,
-        RunStatus::Succeeded
-    );
+    s.insert(&[record("l1", "j", 1_000, RunStatus::Lost)]).await.unwrap();
+    assert_eq!(s.get("l1").await.unwrap().unwrap().status, RunStatus::Succeeded);
 }
 
 pub async fn get_returns_the_output_and_list_does_not(s: &dyn LogStore) {
@@ -139,11 +125,7 @@ pub async fn list_is_newest_first_and_pages_cover_everything_once(s: &dyn LogSto
         }
     }
     assert_eq!(seen.len(), 57);
-    assert_eq!(
-        seen.iter().collect::<HashSet<_>>().len(),
-        57,
-        "no run twice"
-    );
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 57, "no run twice");
     let mut sorted = seen.clone();
     sorted.sort_by(|a, b| b.cmp(a));
     assert_eq!(seen, sorted, "newest first");
@@ -159,25 +141,20 @@ pub async fn list_filters_by_job_status_and_time(s: &dyn LogStore) {
     .await
     .unwrap();
     let ids = |p: super::RunPage| p.runs.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
-    let q = |job: Option<&str>, status: Option<RunStatus>, from: Option<i64>, to: Option<i64>| {
-        RunQuery {
-            job: job.map(String::from),
-            status,
-            from,
-            to,
-            limit: 100,
-            cursor: None,
-        }
+    let q = |job: Option<&str>, status: Option<RunStatus>, from: Option<i64>, to: Option<i64>| RunQuery {
+        job: job.map(String::from),
+        status,
+        from,
+        to,
+        limit: 100,
+        cursor: None,
     };
     assert_eq!(
         ids(s.list(&q(Some("alpha"), None, None, None)).await.unwrap()),
         vec!["f4", "f2", "f1"]
     );
     assert_eq!(
-        ids(s
-            .list(&q(None, Some(RunStatus::Failed), None, None))
-            .await
-            .unwrap()),
+        ids(s.list(&q(None, Some(RunStatus::Failed), None, None)).await.unwrap()),
         vec!["f3", "f2"]
     );
     assert_eq!(
@@ -188,10 +165,7 @@ pub async fn list_filters_by_job_status_and_time(s: &dyn LogStore) {
         vec!["f2"]
     );
     assert_eq!(
-        ids(s
-            .list(&q(None, None, Some(2_000), Some(4_000)))
-            .await
-            .unwrap()),
+        ids(s.list(&q(None, None, Some(2_000), Some(4_000))).await.unwrap()),
         vec!["f3", "f2"]
     );
 }
@@ -288,13 +262,7 @@ mod tests {
         run_all(|| {
             n += 1;
             let path = base.join(format!("runs-{n}.db"));
-            async move {
-                Box::new(
-                    super::super::sqlite::SqliteStore::open(&path)
-                        .await
-                        .unwrap(),
-                ) as Box<dyn LogStore>
-            }
+            async move { Box::new(super::super::sqlite::SqliteStore::open(&path).await.unwrap()) as Box<dyn LogStore> }
         })
         .await;
     }
@@ -305,9 +273,7 @@ mod tests {
             Err(_) => {
                 // Visible in the test output on purpose: no MongoDB server can be installed on
                 // the build machines, so this backend is checked only where one exists.
-                eprintln!(
-                    "SKIPPED: mongodb conformance suite: CRONMESH_TEST_MONGODB_URI is not set"
-                );
+                eprintln!("SKIPPED: mongodb conformance suite: CRONMESH_TEST_MONGODB_URI is not set");
             }
             Ok(uri) => {
                 let mut n = 0;
@@ -318,13 +284,9 @@ mod tests {
                     let db = format!("cronmesh_conformance_{pid}_{n}");
                     async move {
                         Box::new(
-                            super::super::mongodb::MongoStore::open_db(
-                                &uri,
-                                Some(&db),
-                                Retention::default(),
-                            )
-                            .await
-                            .unwrap(),
+                            super::super::mongodb::MongoStore::open_db(&uri, Some(&db), Retention::default())
+                                .await
+                                .unwrap(),
                         ) as Box<dyn LogStore>
                     }
                 })

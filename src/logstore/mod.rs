@@ -22,9 +22,7 @@ use std::time::Duration;
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(
-        "run-log store unavailable: {0}; check the log_store URI and that the database is reachable"
-    )]
+    #[error("run-log store unavailable: {0}; check the log_store URI and that the database is reachable")]
     Unavailable(String),
     #[error("invalid cursor; use the next_cursor of a previous page, or none for the first page")]
     BadCursor,
@@ -88,30 +86,20 @@ pub fn encode_cursor(planned_at: i64, run_id: &str) -> String {
 pub fn decode_cursor(c: &str) -> Result<(i64, String), StoreError> {
     let (p, id) = c.split_once('.').ok_or(StoreError::BadCursor)?;
     let p: i64 = p.parse().map_err(|_| StoreError::BadCursor)?;
-    if id.is_empty()
-        || id.len() > 64
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(StoreError::BadCursor);
     }
     Ok((p, id.to_string()))
 }
 
 /// Opens the store a URI names (`retention` lets MongoDB keep a TTL index).
-pub async fn open(
-    uri: &str,
-    retention: Retention,
-) -> Result<std::sync::Arc<dyn LogStore>, StoreError> {
+pub async fn open(uri: &str, retention: Retention) -> Result<std::sync::Arc<dyn LogStore>, StoreError> {
     if let Some(path) = uri.strip_prefix("sqlite://") {
         Ok(std::sync::Arc::new(
             sqlite::SqliteStore::open(std::path::Path::new(path)).await?,
         ))
     } else if uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://") {
-        Ok(std::sync::Arc::new(
-            mongodb::MongoStore::open(uri, retention).await?,
-        ))
+        Ok(std::sync::Arc::new(mongodb::MongoStore::open(uri, retention).await?))
     } else {
         Err(StoreError::BadUri(uri.to_string()))
     }

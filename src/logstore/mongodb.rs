@@ -3,9 +3,7 @@
 //! index on `ended_at_date` when retention by age is configured (MongoDB then deletes old
 //! records itself; `apply_retention` does the per-job count).
 
-use super::{
-    InsertOutcome, LogStore, Retention, RunPage, RunQuery, StoreError, decode_cursor, encode_cursor,
-};
+use super::{InsertOutcome, LogStore, Retention, RunPage, RunQuery, StoreError, decode_cursor, encode_cursor};
 use crate::model::RunRecord;
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, DateTime, Document, doc};
@@ -20,9 +18,9 @@ pub struct MongoStore {
 
 fn err(e: mongodb::error::Error) -> StoreError {
     match *e.kind {
-        ErrorKind::ServerSelection { .. }
-        | ErrorKind::Io(_)
-        | ErrorKind::ConnectionPoolCleared { .. } => StoreError::Unavailable(e.to_string()),
+        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
+            StoreError::Unavailable(e.to_string())
+        }
         _ => StoreError::Internal(e.to_string()),
     }
 }
@@ -37,8 +35,7 @@ fn to_doc(r: &RunRecord) -> Result<Document, StoreError> {
 }
 
 fn from_doc(d: Document) -> Result<RunRecord, StoreError> {
-    bson::from_document(d)
-        .map_err(|e| StoreError::Internal(format!("stored record is not valid: {e}")))
+    bson::from_document(d).map_err(|e| StoreError::Internal(format!("stored record is not valid: {e}")))
 }
 
 impl MongoStore {
@@ -48,19 +45,13 @@ impl MongoStore {
     }
 
     /// Like `open`, in database `db` instead of the URI's (the conformance suite uses one per check).
-    pub async fn open_db(
-        uri: &str,
-        db: Option<&str>,
-        retention: Retention,
-    ) -> Result<Self, StoreError> {
+    pub async fn open_db(uri: &str, db: Option<&str>, retention: Retention) -> Result<Self, StoreError> {
         let client = Client::with_uri_str(uri)
             .await
             .map_err(|e| StoreError::BadUri(format!("{uri}: {e}")))?;
         let db = match db {
             Some(name) => client.database(name),
-            None => client
-                .default_database()
-                .unwrap_or_else(|| client.database("cronmesh")),
+            None => client.default_database().unwrap_or_else(|| client.database("cronmesh")),
         };
         let coll = db.collection::<Document>("runs");
         let mut indexes = vec![
@@ -206,11 +197,7 @@ impl LogStore for MongoStore {
     }
 
     async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        let d = self
-            .coll
-            .find_one(doc! { "run_id": run_id })
-            .await
-            .map_err(err)?;
+        let d = self.coll.find_one(doc! { "run_id": run_id }).await.map_err(err)?;
         d.map(from_doc).transpose()
     }
 
@@ -227,10 +214,7 @@ impl LogStore for MongoStore {
         }
         if let Some(n) = retention.max_per_job {
             let jobs = self.coll.distinct("job", doc! {}).await.map_err(err)?;
-            for job in jobs
-                .into_iter()
-                .filter_map(|b| b.as_str().map(String::from))
-            {
+            for job in jobs.into_iter().filter_map(|b| b.as_str().map(String::from)) {
                 // the newest record beyond the n kept: everything at or below it goes
                 let mut boundary = self
                     .coll

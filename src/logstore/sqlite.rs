@@ -1,9 +1,7 @@
 //! The SQLite run log: one file, WAL journal, one writer connection (batches in one transaction)
 //! and one reader connection, both used from blocking threads.
 
-use super::{
-    InsertOutcome, LogStore, Retention, RunPage, RunQuery, StoreError, decode_cursor, encode_cursor,
-};
+use super::{InsertOutcome, LogStore, Retention, RunPage, RunQuery, StoreError, decode_cursor, encode_cursor};
 use crate::model::RunRecord;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -42,19 +40,15 @@ impl SqliteStore {
             if let Some(dir) = path.parent()
                 && !dir.as_os_str().is_empty()
             {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-                })?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
             }
             let open = || -> Result<Connection, StoreError> {
-                let c = Connection::open(&path).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
-                })?;
-                c.busy_timeout(std::time::Duration::from_secs(5))
-                    .map_err(err)?;
+                let c = Connection::open(&path)
+                    .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+                c.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
                 c.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-                c.pragma_update(None, "synchronous", "NORMAL")
-                    .map_err(err)?;
+                c.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
                 Ok(c)
             };
             let writer = open()?;
@@ -84,8 +78,8 @@ impl SqliteStore {
 }
 
 fn row_to_record(record: String, output: Option<String>) -> Result<RunRecord, StoreError> {
-    let mut r: RunRecord = serde_json::from_str(&record)
-        .map_err(|e| StoreError::Internal(format!("stored record is not valid: {e}")))?;
+    let mut r: RunRecord =
+        serde_json::from_str(&record).map_err(|e| StoreError::Internal(format!("stored record is not valid: {e}")))?;
     if let Some(o) = output {
         r.output = o;
     }
@@ -116,7 +110,15 @@ impl LogStore for SqliteStore {
                     meta.output = String::new();
                     let json = serde_json::to_string(&meta).expect("records serialize");
                     let n = stmt
-                        .execute(params![r.run_id, r.job, r.status.as_str(), r.planned_at, r.ended_at, json, r.output])
+                        .execute(params![
+                            r.run_id,
+                            r.job,
+                            r.status.as_str(),
+                            r.planned_at,
+                            r.ended_at,
+                            json,
+                            r.output
+                        ])
                         .map_err(err)?;
                     if n == 1 {
                         out.inserted += 1;
@@ -164,9 +166,7 @@ impl LogStore for SqliteStore {
             args.push(((limit + 1) as i64).into());
             let mut stmt = c.prepare_cached(&sql).map_err(err)?;
             let rows = stmt
-                .query_map(rusqlite::params_from_iter(args), |row| {
-                    row.get::<_, String>(0)
-                })
+                .query_map(rusqlite::params_from_iter(args), |row| row.get::<_, String>(0))
                 .map_err(err)?;
             let mut runs = Vec::new();
             for row in rows {
@@ -187,15 +187,12 @@ impl LogStore for SqliteStore {
         let id = run_id.to_string();
         Self::with(&self.reader, move |c| {
             let row: Option<(String, String)> = c
-                .query_row(
-                    "SELECT record, output FROM runs WHERE run_id = ?1",
-                    params![id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .query_row("SELECT record, output FROM runs WHERE run_id = ?1", params![id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()
                 .map_err(err)?;
-            row.map(|(rec, out)| row_to_record(rec, Some(out)))
-                .transpose()
+            row.map(|(rec, out)| row_to_record(rec, Some(out))).transpose()
         })
         .await
     }

@@ -7,8 +7,7 @@ use super::error::ApiError;
 use crate::coord::now_ms;
 use crate::logstore::RunQuery;
 use crate::model::{
-    JobSpec, KillSignal, ReportBatch, RunRecord, RunStarted, RunStatus, StoredJob, WorkerInfo,
-    validate_name,
+    JobSpec, KillSignal, ReportBatch, RunRecord, RunStarted, RunStatus, StoredJob, WorkerInfo, validate_name,
 };
 use crate::schedule::Schedule;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -47,10 +46,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/v1/jobs", get(list_jobs))
-        .route(
-            "/api/v1/jobs/{name}",
-            get(get_job).put(put_job).delete(delete_job),
-        )
+        .route("/api/v1/jobs/{name}", get(get_job).put(put_job).delete(delete_job))
         .route("/api/v1/jobs/{name}/run", post(run_job))
         .route("/api/v1/jobs/{name}/kill", post(kill_job))
         .route("/api/v1/jobs/{name}/pause", post(pause_job))
@@ -69,10 +65,7 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, need: Need) -> Result<()
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     match state.auth.check(token, need) {
         Ok(_) => Ok(()),
@@ -141,18 +134,11 @@ async fn list_jobs(
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad(
-            "invalid_limit",
-            "limit must be between 1 and 1000",
-        ));
+        return Err(ApiError::bad("invalid_limit", "limit must be between 1 and 1000"));
     }
     if let Some(c) = &q.cursor {
-        validate_name(c).map_err(|_| {
-            ApiError::bad(
-                "bad_cursor",
-                "cursor must be the last job name of the previous page",
-            )
-        })?;
+        validate_name(c)
+            .map_err(|_| ApiError::bad("bad_cursor", "cursor must be the last job name of the previous page"))?;
     }
     let label = match &q.label {
         None => None,
@@ -166,22 +152,10 @@ async fn list_jobs(
     jobs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     let mut out: Vec<StoredJob> = jobs
         .into_iter()
-        .filter(|j| {
-            q.prefix
-                .as_ref()
-                .is_none_or(|p| j.spec.name.starts_with(p.as_str()))
-        })
+        .filter(|j| q.prefix.as_ref().is_none_or(|p| j.spec.name.starts_with(p.as_str())))
         .filter(|j| q.paused.is_none_or(|p| j.spec.paused == p))
-        .filter(|j| {
-            label
-                .as_ref()
-                .is_none_or(|(k, v)| j.spec.labels.get(k) == Some(v))
-        })
-        .filter(|j| {
-            q.cursor
-                .as_ref()
-                .is_none_or(|c| j.spec.name.as_str() > c.as_str())
-        })
+        .filter(|j| label.as_ref().is_none_or(|(k, v)| j.spec.labels.get(k) == Some(v)))
+        .filter(|j| q.cursor.as_ref().is_none_or(|c| j.spec.name.as_str() > c.as_str()))
         .take(limit + 1)
         .collect();
     let next_cursor = if out.len() > limit {
@@ -222,12 +196,9 @@ async fn put_job(
     let Path(name) = name?;
     valid_name(&name)?;
     let Json(mut value) = body?;
-    let obj = value.as_object_mut().ok_or_else(|| {
-        ApiError::bad(
-            "invalid_body",
-            "the body must be a JSON object (a job spec)",
-        )
-    })?;
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad("invalid_body", "the body must be a JSON object (a job spec)"))?;
     match obj.get("name") {
         None => {
             obj.insert("name".into(), serde_json::Value::String(name.clone()));
@@ -240,16 +211,11 @@ async fn put_job(
             ));
         }
     }
-    let spec: JobSpec =
-        serde_json::from_value(value).map_err(|e| ApiError::bad("invalid_body", e.to_string()))?;
+    let spec: JobSpec = serde_json::from_value(value).map_err(|e| ApiError::bad("invalid_body", e.to_string()))?;
     let existed = st.coord.get_job(&name).await?.is_some();
     let stored = st.coord.put_job(spec).await?;
     tracing::info!(job = %name, revision = stored.revision, created = !existed, "job saved through the API");
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(job_view(stored, 5))).into_response())
 }
 
@@ -413,19 +379,12 @@ async fn list_runs(
     };
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad(
-            "invalid_limit",
-            "limit must be between 1 and 1000",
-        ));
+        return Err(ApiError::bad("invalid_limit", "limit must be between 1 and 1000"));
     }
     let query = RunQuery {
         job: q.job,
         status,
-        from: q
-            .from
-            .as_deref()
-            .map(|v| parse_time("from", v))
-            .transpose()?,
+        from: q.from.as_deref().map(|v| parse_time("from", v)).transpose()?,
         to: q.to.as_deref().map(|v| parse_time("to", v)).transpose()?,
         limit,
         cursor: q.cursor,
@@ -440,8 +399,7 @@ async fn get_run(
 ) -> Result<Json<RunRecord>, ApiError> {
     authorize(&st, &headers, Need::Read)?;
     let Path(id) = id?;
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(ApiError::bad(
             "invalid_run_id",
             "run ids are up to 64 letters, digits and dashes",
@@ -466,10 +424,7 @@ pub struct WorkerView {
     pub last_heartbeat: Option<i64>,
 }
 
-async fn list_workers(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<WorkerView>>, ApiError> {
+async fn list_workers(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Vec<WorkerView>>, ApiError> {
     authorize(&st, &headers, Need::Read)?;
     Ok(Json(workers_view(&st).await?))
 }
@@ -477,15 +432,11 @@ async fn list_workers(
 pub async fn workers_view(st: &AppState) -> Result<Vec<WorkerView>, ApiError> {
     let workers = st.coord.list_workers_with_heartbeat().await?;
     let (jobs, _) = st.coord.list_jobs().await?;
-    let members: BTreeMap<String, WorkerInfo> = workers
-        .iter()
-        .map(|(w, _)| (w.id.clone(), w.clone()))
-        .collect();
+    let members: BTreeMap<String, WorkerInfo> = workers.iter().map(|(w, _)| (w.id.clone(), w.clone())).collect();
     let mut owned: BTreeMap<&str, usize> = BTreeMap::new();
     for j in &jobs {
         if !j.spec.paused
-            && let Some(o) =
-                crate::worker::ownership::owner(&members, &j.spec.name, &j.spec.selector)
+            && let Some(o) = crate::worker::ownership::owner(&members, &j.spec.name, &j.spec.selector)
         {
             *owned.entry(o).or_default() += 1;
         }
@@ -495,11 +446,7 @@ pub async fn workers_view(st: &AppState) -> Result<Vec<WorkerView>, ApiError> {
         .iter()
         .map(|(w, hb)| WorkerView {
             owned_jobs: owned.get(w.id.as_str()).copied().unwrap_or(0),
-            running: running
-                .iter()
-                .filter(|r| r.worker == w.id)
-                .cloned()
-                .collect(),
+            running: running.iter().filter(|r| r.worker == w.id).cloned().collect(),
             last_heartbeat: *hb,
             info: w.clone(),
         })

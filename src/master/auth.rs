@@ -144,10 +144,7 @@ mod tests {
     fn roles_decide_what_a_token_may_do() {
         let a = auth();
         assert_eq!(a.check(None, Need::Read), Err(AuthError::Unauthenticated));
-        assert_eq!(
-            a.check(Some("nope"), Need::Read),
-            Err(AuthError::Unauthenticated)
-        );
+        assert_eq!(a.check(Some("nope"), Need::Read), Err(AuthError::Unauthenticated));
         assert!(
             a.check(Some("read-token-0123456789"), Need::Read).is_ok(),
             "hashed tokens work"
@@ -157,10 +154,7 @@ mod tests {
             Err(AuthError::Forbidden { .. })
         ));
         assert!(a.check(Some("admin-token-0123456789"), Need::Admin).is_ok());
-        assert!(
-            a.check(Some("worker-token-0123456789"), Need::Report)
-                .is_ok()
-        );
+        assert!(a.check(Some("worker-token-0123456789"), Need::Report).is_ok());
         assert!(matches!(
             a.check(Some("worker-token-0123456789"), Need::Read),
             Err(AuthError::Forbidden { .. })

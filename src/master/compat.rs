@@ -93,12 +93,8 @@ async fn save(
         async {
             authorize(&st, &headers, Need::Admin)?;
             let Form(f) = form.map_err(|e| ApiError::bad("invalid_form", e.body_text()))?;
-            let seed: SeedJob = serde_json::from_str(&f.job).map_err(|e| {
-                ApiError::bad(
-                    "invalid_job",
-                    format!("job is not the seed's job JSON: {e}"),
-                )
-            })?;
+            let seed: SeedJob = serde_json::from_str(&f.job)
+                .map_err(|e| ApiError::bad("invalid_job", format!("job is not the seed's job JSON: {e}")))?;
             let mut spec = match st.coord.get_job(&seed.name).await {
                 Ok(Some(existing)) => existing.spec,
                 _ => JobSpec::new(&seed.name, "", ""),
@@ -158,10 +154,7 @@ async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
             authorize(&st, &headers, Need::Read)?;
             let (mut jobs, _) = st.coord.list_jobs().await?;
             jobs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-            Ok(ok(jobs
-                .iter()
-                .map(|j| to_seed(&j.spec))
-                .collect::<Vec<_>>()))
+            Ok(ok(jobs.iter().map(|j| to_seed(&j.spec)).collect::<Vec<_>>()))
         }
         .await,
     )
@@ -176,8 +169,7 @@ async fn kill(
         async {
             authorize(&st, &headers, Need::Admin)?;
             let Form(f) = form.map_err(|e| ApiError::bad("invalid_form", e.body_text()))?;
-            crate::model::validate_name(&f.name)
-                .map_err(|e| ApiError::bad("invalid_name", e.to_string()))?;
+            crate::model::validate_name(&f.name).map_err(|e| ApiError::bad("invalid_name", e.to_string()))?;
             st.coord
                 .send_kill(KillSignal {
                     job: f.name,
@@ -229,8 +221,7 @@ async fn log(
         async {
             authorize(&st, &headers, Need::Read)?;
             let Query(q) = q.map_err(|e| ApiError::bad("invalid_query", e.body_text()))?;
-            crate::model::validate_name(&q.name)
-                .map_err(|e| ApiError::bad("invalid_name", e.to_string()))?;
+            crate::model::validate_name(&q.name).map_err(|e| ApiError::bad("invalid_name", e.to_string()))?;
             let command = st
                 .coord
                 .get_job(&q.name)

@@ -36,9 +36,7 @@ impl ApiError {
 
     fn parts(&self) -> (StatusCode, &str, String) {
         match self {
-            ApiError::BadRequest { code, message } => {
-                (StatusCode::BAD_REQUEST, code, message.clone())
-            }
+            ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message.clone()),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -47,16 +45,10 @@ impl ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
-            ApiError::PayloadTooLarge(m) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                m.clone(),
-            ),
-            ApiError::UnsupportedMediaType(m) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                m.clone(),
-            ),
+            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m.clone()),
+            ApiError::UnsupportedMediaType(m) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", m.clone())
+            }
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone()),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -76,10 +68,8 @@ impl IntoResponse for ApiError {
         let body = Json(serde_json::json!({ "error": { "code": code, "message": message } }));
         let mut resp = (status, body).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -91,9 +81,7 @@ impl From<CoordError> for ApiError {
             CoordError::Invalid(v) => ApiError::bad(&format!("invalid_{}", v.field), v.to_string()),
             CoordError::NotFound(name) => ApiError::NotFound(format!("job {name:?} not found")),
             CoordError::Conflict(m) => ApiError::Conflict(m),
-            e @ (CoordError::Etcd { .. } | CoordError::Timeout { .. }) => {
-                ApiError::Unavailable(e.to_string())
-            }
+            e @ (CoordError::Etcd { .. } | CoordError::Timeout { .. }) => ApiError::Unavailable(e.to_string()),
             e @ CoordError::Decode { .. } => ApiError::Internal(e.to_string()),
         }
     }
@@ -112,9 +100,9 @@ impl From<StoreError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(
-                "request body is larger than master.max_body_bytes".into(),
-            ),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge("request body is larger than master.max_body_bytes".into())
+            }
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 ApiError::UnsupportedMediaType("send Content-Type: application/json".into())
             }

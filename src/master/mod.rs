@@ -50,10 +50,7 @@ impl Ingest {
         }
     }
 
-    pub async fn ingest(
-        &self,
-        batch: crate::model::ReportBatch,
-    ) -> Result<InsertOutcome, StoreError> {
+    pub async fn ingest(&self, batch: crate::model::ReportBatch) -> Result<InsertOutcome, StoreError> {
         {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             for s in batch.started {
@@ -68,8 +65,7 @@ impl Ingest {
         let start = Instant::now();
         let out = self.store.insert(&batch.finished).await;
         let m = &*METRICS;
-        m.logstore_insert_latency
-            .observe(start.elapsed().as_secs_f64());
+        m.logstore_insert_latency.observe(start.elapsed().as_secs_f64());
         m.logstore_batch_size.observe(batch.finished.len() as f64);
         let out = out?;
         m.logstore_records
@@ -99,10 +95,7 @@ impl Ingest {
 /// `standalone` reports straight into the store, through the same queue and spool as workers.
 #[async_trait::async_trait]
 impl crate::worker::reporter::ReportSink for Ingest {
-    async fn send(
-        &self,
-        batch: &crate::model::ReportBatch,
-    ) -> Result<(), crate::worker::reporter::SinkError> {
+    async fn send(&self, batch: &crate::model::ReportBatch) -> Result<(), crate::worker::reporter::SinkError> {
         self.ingest(batch.clone())
             .await
             .map(|_| ())
@@ -142,9 +135,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             axum::routing::get(|| async { crate::telemetry::metrics::render() }),
         )
         .fallback(|| async {
-            error::ApiError::NotFound(
-                "no such route; the API is described at /api/v1/openapi.json".into(),
-            )
+            error::ApiError::NotFound("no such route; the API is described at /api/v1/openapi.json".into())
         })
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(m.max_body_bytes))
@@ -176,11 +167,7 @@ async fn track(req: Request, next: Next) -> Response {
 }
 
 /// Runs a master until `shutdown`: registration, retention, and the HTTP server on `listener`.
-pub async fn run(
-    state: Arc<AppState>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     let cfg = state.config.clone();
     let m = &cfg.master;
     let info = MasterInfo {
@@ -217,11 +204,7 @@ pub async fn run(
     res
 }
 
-async fn retention_loop(
-    store: Arc<dyn LogStore>,
-    retention: Retention,
-    shutdown: CancellationToken,
-) {
+async fn retention_loop(store: Arc<dyn LogStore>, retention: Retention, shutdown: CancellationToken) {
     if retention.max_age.is_none() && retention.max_per_job.is_none() {
         return;
     }

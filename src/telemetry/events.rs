@@ -17,15 +17,10 @@ impl ClaimBatchDone {
     pub fn emit(self) {
         let m = &*METRICS;
         m.claims.with_label_values(&["won"]).inc_by(self.won as u64);
-        m.claims
-            .with_label_values(&["lost"])
-            .inc_by(self.lost as u64);
-        m.claims
-            .with_label_values(&["error"])
-            .inc_by(self.errors as u64);
+        m.claims.with_label_values(&["lost"]).inc_by(self.lost as u64);
+        m.claims.with_label_values(&["error"]).inc_by(self.errors as u64);
         m.claim_latency.observe(self.latency.as_secs_f64());
-        m.claim_batch_size
-            .observe((self.won + self.lost + self.errors) as f64);
+        m.claim_batch_size.observe((self.won + self.lost + self.errors) as f64);
         if self.errors > 0 {
             warn!(
                 won = self.won,
@@ -65,7 +60,11 @@ impl RunStartedEvent<'_> {
         m.runs_started.with_label_values(&[trigger]).inc();
         m.runs_in_progress.inc();
         if self.trigger == Trigger::Schedule {
-            m.schedule_lag.observe(self.lag_ms.max(0) as f64 / 1000.0);
+            let lag = self.lag_ms.max(0) as f64 / 1000.0;
+            m.schedule_lag.observe(lag);
+            if super::metrics::per_job(self.job) {
+                m.job_schedule_lag.with_label_values(&[self.job]).observe(lag);
+            }
         }
         debug!(
             job = self.job,
@@ -88,9 +87,12 @@ impl RunFinishedEvent<'_> {
         let r = self.record;
         let m = &*METRICS;
         m.runs_in_progress.dec();
-        m.runs_finished
-            .with_label_values(&[r.status.as_str()])
-            .inc();
+        m.runs_finished.with_label_values(&[r.status.as_str()]).inc();
+        if super::metrics::per_job(&r.job) {
+            m.job_runs_finished
+                .with_label_values(&[&r.job, r.status.as_str()])
+                .inc();
+        }
         if let Some(d) = r.duration_ms {
             m.run_duration.observe(d as f64 / 1000.0);
         }
@@ -113,10 +115,7 @@ pub struct TickSkipped<'a> {
 }
 impl TickSkipped<'_> {
     pub fn emit(self) {
-        METRICS
-            .ticks_skipped
-            .with_label_values(&[self.reason])
-            .inc();
+        METRICS.ticks_skipped.with_label_values(&[self.reason]).inc();
         info!(
             job = self.job,
             planned_at = self.planned_at,
@@ -190,12 +189,7 @@ pub struct SignalHandled<'a> {
 impl SignalHandled<'_> {
     pub fn emit(self) {
         METRICS.signals.with_label_values(&[self.kind]).inc();
-        info!(
-            kind = self.kind,
-            job = self.job,
-            detail = self.detail,
-            "signal handled"
-        );
+        info!(kind = self.kind, job = self.job, detail = self.detail, "signal handled");
     }
 }
 

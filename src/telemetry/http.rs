@@ -38,11 +38,7 @@ async fn readyz(State(ready): State<watch::Receiver<bool>>) -> impl IntoResponse
 }
 
 /// Serves `router` on `listener` until `cancel`.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) -> std::io::Result<()> {
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

@@ -4,8 +4,8 @@
 //! Cardinality: no metric has a per-job label; jobs are counted, not labelled.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -14,63 +14,65 @@ pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let r = Registry::new();
     #[cfg(target_os = "linux")]
     {
-        let _ = r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
+        let _ = r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
     }
     r
 });
 
+/// Every metric name registered (vectors without series yet are invisible to `gather()`).
+static NAMES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn note(name: &str) {
+    NAMES.lock().unwrap_or_else(|p| p.into_inner()).push(name.to_string());
+}
+
+/// The names of every registered cronmesh metric.
+pub fn registered_names() -> Vec<String> {
+    LazyLock::force(&METRICS);
+    NAMES.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    note(name);
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    REGISTRY
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
+    REGISTRY.register(Box::new(c.clone())).expect("metric registered once");
     c
 }
 fn counter(name: &str, help: &str) -> IntCounter {
+    note(name);
     let c = IntCounter::new(name, help).expect("valid metric");
-    REGISTRY
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
+    REGISTRY.register(Box::new(c.clone())).expect("metric registered once");
     c
 }
 fn gauge(name: &str, help: &str) -> IntGauge {
+    note(name);
     let g = IntGauge::new(name, help).expect("valid metric");
-    REGISTRY
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
+    REGISTRY.register(Box::new(g.clone())).expect("metric registered once");
     g
 }
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    note(name);
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    REGISTRY
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
+    REGISTRY.register(Box::new(g.clone())).expect("metric registered once");
     g
 }
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .expect("valid metric");
-    REGISTRY
-        .register(Box::new(h.clone()))
-        .expect("metric registered once");
+    note(name);
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+    REGISTRY.register(Box::new(h.clone())).expect("metric registered once");
     h
 }
 fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .expect("valid metric");
-    REGISTRY
-        .register(Box::new(h.clone()))
-        .expect("metric registered once");
+    note(name);
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+    REGISTRY.register(Box::new(h.clone())).expect("metric registered once");
     h
 }
 
 /// 0.5 ms … 60 s.
 fn lag_buckets() -> Vec<f64> {
     vec![
-        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        60.0,
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     ]
 }
 /// 0.5 ms … 10 s, for etcd and claim latency.
@@ -118,6 +120,12 @@ pub struct Metrics {
     pub logstore_records: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
+    pub feed_subscribers: IntGauge,
+    pub feed_events: IntCounterVec,
+    pub feed_lagged: IntCounter,
+    pub feed_send_latency: Histogram,
+    pub job_runs_finished: IntCounterVec,
+    pub job_schedule_lag: HistogramVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -131,7 +139,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         claims: counter_vec(
             "cronmesh_claims_total",
-            "Tick claims by outcome: won, lost (another worker holds it: lock contention), error.",
+            "Tick claims by outcome: won, lost (another worker holds it: lock contention), error, already_claimed (a look-back found the tick decided: expected).",
             &["outcome"],
         ),
         claim_latency: histogram(
@@ -144,25 +152,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Ticks per claim transaction.",
             vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
         ),
-        runs_started: counter_vec(
-            "cronmesh_runs_started_total",
-            "Runs started, by trigger.",
-            &["trigger"],
-        ),
-        runs_finished: counter_vec(
-            "cronmesh_runs_finished_total",
-            "Runs finished, by status.",
-            &["status"],
-        ),
+        runs_started: counter_vec("cronmesh_runs_started_total", "Runs started, by trigger.", &["trigger"]),
+        runs_finished: counter_vec("cronmesh_runs_finished_total", "Runs finished, by status.", &["status"]),
         run_duration: histogram(
             "cronmesh_run_duration_seconds",
             "Run wall-clock duration.",
             duration_buckets(),
         ),
-        runs_in_progress: gauge(
-            "cronmesh_runs_in_progress",
-            "Runs currently executing on this worker.",
-        ),
+        runs_in_progress: gauge("cronmesh_runs_in_progress", "Runs currently executing on this worker."),
         ticks_skipped: counter_vec(
             "cronmesh_ticks_skipped_total",
             "Ticks recorded as skipped, by reason (concurrency_forbid, misfire, capacity, ...).",
@@ -205,10 +202,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Kill and run-now signals acted on, by kind.",
             &["kind"],
         ),
-        spawn_errors: counter(
-            "cronmesh_spawn_errors_total",
-            "Commands that could not be started.",
-        ),
+        spawn_errors: counter("cronmesh_spawn_errors_total", "Commands that could not be started."),
         reports: counter_vec(
             "cronmesh_reports_total",
             "Run events handed to the reporter, by kind.",
@@ -262,17 +256,140 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["route"],
             rpc_buckets(),
         ),
-        build_info: gauge_vec(
-            "cronmesh_build_info",
-            "Build information; always 1.",
-            &["version"],
+        feed_subscribers: gauge(
+            "cronmesh_feed_subscribers",
+            "WebSocket event-feed subscribers connected to this master.",
         ),
+        feed_events: counter_vec(
+            "cronmesh_feed_events_sent_total",
+            "Event-feed messages sent, by event type.",
+            &["type"],
+        ),
+        feed_lagged: counter(
+            "cronmesh_feed_lagged_total",
+            "Times a slow feed subscriber was told it missed events.",
+        ),
+        feed_send_latency: histogram(
+            "cronmesh_feed_send_latency_seconds",
+            "Time from an event's publication to its send to a subscriber.",
+            rpc_buckets(),
+        ),
+        job_runs_finished: counter_vec(
+            "cronmesh_job_runs_finished_total",
+            "Runs finished, by job and status; only for the jobs listed in worker.metrics_jobs (bounded).",
+            &["job_name", "status"],
+        ),
+        job_schedule_lag: histogram_vec(
+            "cronmesh_job_schedule_lag_seconds",
+            "Schedule lag by job; only for the jobs listed in worker.metrics_jobs (bounded).",
+            &["job_name"],
+            lag_buckets(),
+        ),
+        build_info: gauge_vec("cronmesh_build_info", "Build information; always 1.", &["version"]),
     };
-    m.build_info
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
-        .set(1);
+    m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    // Known label values start at 0, so every series exists from the first scrape (rates and
+    // dashboards work before the first event of a kind).
+    for o in ["won", "lost", "error", "already_claimed"] {
+        m.claims.with_label_values(&[o]);
+    }
+    for t in ["schedule", "manual", "retry"] {
+        m.runs_started.with_label_values(&[t]);
+    }
+    for st in crate::model::RunStatus::ALL {
+        m.runs_finished.with_label_values(&[st.as_str()]);
+    }
+    for r in SKIP_REASONS {
+        m.ticks_skipped.with_label_values(&[r]);
+    }
+    for op in [
+        "get",
+        "put",
+        "delete",
+        "txn",
+        "watch",
+        "lease_grant",
+        "lease_revoke",
+        "lease_keep_alive",
+        "lease_ttl",
+        "ping",
+    ] {
+        for outcome in ["ok", "error"] {
+            m.etcd_requests.with_label_values(&[op, outcome]);
+        }
+    }
+    for w in ["jobs", "workers", "signals"] {
+        for r in [
+            "compacted",
+            "cancelled",
+            "stream_error",
+            "stream_closed",
+            "list_error",
+            "watch_error",
+        ] {
+            m.watch_restarts.with_label_values(&[w, r]);
+        }
+    }
+    for c in ["unreachable", "rejected", "store"] {
+        m.report_failures.with_label_values(&[c]);
+    }
+    for o in ["inserted", "duplicate"] {
+        m.logstore_records.with_label_values(&[o]);
+    }
+    for k in ["kill", "run_now"] {
+        m.signals.with_label_values(&[k]);
+    }
+    for k in ["started", "finished"] {
+        m.reports.with_label_values(&[k]);
+    }
+    for t in FEED_EVENT_TYPES {
+        m.feed_events.with_label_values(&[t]);
+    }
     m
 });
+
+/// Every reason a tick can be recorded as skipped.
+pub const SKIP_REASONS: [&str; 6] = [
+    "concurrency_forbid",
+    "forbid_check_failed",
+    "capacity",
+    "misfire",
+    "deadline_exceeded",
+    "lost_with_worker",
+];
+
+/// Every event-feed message type.
+pub const FEED_EVENT_TYPES: [&str; 7] = [
+    "job.saved",
+    "job.deleted",
+    "worker.joined",
+    "worker.left",
+    "run.started",
+    "run.finished",
+    "lagged",
+];
+
+static PER_JOB: std::sync::OnceLock<std::collections::HashSet<String>> = std::sync::OnceLock::new();
+
+/// Sets the jobs that get per-job series (at most `MAX_PER_JOB`; the first call wins).
+pub fn set_per_job_metrics(jobs: &[String]) {
+    let jobs: std::collections::HashSet<String> = jobs.iter().take(MAX_PER_JOB).cloned().collect();
+    for j in &jobs {
+        for st in crate::model::RunStatus::ALL {
+            METRICS.job_runs_finished.with_label_values(&[j, st.as_str()]);
+        }
+        METRICS.job_schedule_lag.with_label_values(&[j]);
+    }
+    let _ = PER_JOB.set(jobs);
+}
+
+/// Whether `job` gets per-job series.
+pub fn per_job(job: &str) -> bool {
+    PER_JOB.get().is_some_and(|s| s.contains(job))
+}
+
+/// The most jobs that may have per-job series.
+pub const MAX_PER_JOB: usize = 100;
 
 /// Prometheus text exposition of every registered metric.
 pub fn render() -> String {
@@ -280,4 +397,55 @@ pub fn render() -> String {
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn documented() -> BTreeSet<String> {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/METRICS.md")).unwrap();
+        doc.lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn every_registered_metric_is_documented_and_every_documented_one_exists() {
+        LazyLock::force(&METRICS);
+        let registered: BTreeSet<String> = registered_names().into_iter().collect();
+        let documented = documented();
+        let undocumented: Vec<_> = registered.difference(&documented).collect();
+        let stale: Vec<_> = documented.difference(&registered).collect();
+        assert!(undocumented.is_empty(), "add to docs/METRICS.md: {undocumented:?}");
+        assert!(
+            stale.is_empty(),
+            "docs/METRICS.md lists metrics that do not exist: {stale:?}"
+        );
+    }
+
+    #[test]
+    fn the_exposition_passes_promtool() {
+        // promtool comes with Debian's prometheus package, which scripts/test.sh installs: a
+        // missing promtool fails this test rather than skipping it.
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool is installed (apt-get install prometheus)");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(render().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool check metrics: {text}");
+    }
 }

@@ -11,17 +11,7 @@ pub mod metrics;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Log line format.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -37,12 +27,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let _ = match format {
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
         LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false),
-            )
+            .with(fmt::layer().json().flatten_event(true).with_current_span(false))
             .try_init(),
     };
 }

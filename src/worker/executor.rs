@@ -125,11 +125,7 @@ impl Child {
 
     /// Waits for the process, enforcing the timeout and acting on kill requests (`Some(reason)`
     /// sent on `kill`).
-    pub async fn wait(
-        self,
-        spec: &ExecSpec,
-        mut kill: watch::Receiver<Option<String>>,
-    ) -> ExecResult {
+    pub async fn wait(self, spec: &ExecSpec, mut kill: watch::Receiver<Option<String>>) -> ExecResult {
         let deadline = spec.timeout.map(|t| self.started + t);
         let mut ending = Ending::Exited;
         let mut hard_kill_at: Option<Instant> = None;
@@ -183,10 +179,7 @@ impl Child {
             Ok(Ok(c)) => c,
             _ => {
                 let mut c = Capture::new(0);
-                c.note = Some(
-                    "output incomplete: a process outside the run's group kept the pipe open"
-                        .into(),
-                );
+                c.note = Some("output incomplete: a process outside the run's group kept the pipe open".into());
                 c
             }
         };
@@ -347,10 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_head_and_tail_of_long_output() {
-        let r = run(&spec(
-            "printf 'A%.0s' $(seq 1 2000); printf 'Z%.0s' $(seq 1 2000)",
-        ))
-        .await;
+        let r = run(&spec("printf 'A%.0s' $(seq 1 2000); printf 'Z%.0s' $(seq 1 2000)")).await;
         assert_eq!(r.output_truncated_bytes, 4000 - 1024);
         assert!(r.output.starts_with(&"A".repeat(512)));
         assert!(r.output.ends_with(&"Z".repeat(512)));
@@ -385,11 +375,7 @@ mod tests {
         while !marker.exists() || std::fs::read_to_string(&marker).unwrap().trim().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let grandchild: i32 = std::fs::read_to_string(&marker)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let grandchild: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
         let t = std::time::Instant::now();
         tx.send(Some("test".into())).unwrap();
         let r = waiter.await.unwrap();

@@ -30,6 +30,7 @@ pub async fn run(
     ready: watch::Sender<bool>,
 ) {
     let w = &config.worker;
+    crate::telemetry::metrics::set_per_job_metrics(&w.metrics_jobs);
     let info = WorkerInfo {
         id: w.id.clone(),
         labels: w.labels.clone(),

@@ -51,10 +51,7 @@ mod tests {
             id.to_string(),
             WorkerInfo {
                 id: id.into(),
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                 hostname: "h".into(),
                 pid: 1,
                 started_at: 0,
@@ -67,16 +64,11 @@ mod tests {
 
     #[test]
     fn jobs_spread_evenly_and_move_minimally() {
-        let three: BTreeMap<_, _> = ["w1", "w2", "w3"]
-            .iter()
-            .map(|id| member(id, &[]))
-            .collect();
+        let three: BTreeMap<_, _> = ["w1", "w2", "w3"].iter().map(|id| member(id, &[])).collect();
         let mut counts = BTreeMap::new();
         let jobs: Vec<String> = (0..3000).map(|i| format!("job-{i}")).collect();
         for j in &jobs {
-            *counts
-                .entry(owner(&three, j, &BTreeMap::new()).unwrap())
-                .or_insert(0) += 1;
+            *counts.entry(owner(&three, j, &BTreeMap::new()).unwrap()).or_insert(0) += 1;
         }
         for c in counts.values() {
             assert!((800..1200).contains(c), "{counts:?}");
@@ -94,8 +86,7 @@ mod tests {
 
     #[test]
     fn selector_and_draining_limit_the_candidates() {
-        let mut m: BTreeMap<_, _> =
-            [member("a", &[("zone", "x")]), member("b", &[("zone", "y")])].into();
+        let mut m: BTreeMap<_, _> = [member("a", &[("zone", "x")]), member("b", &[("zone", "y")])].into();
         let sel = BTreeMap::from([("zone".to_string(), "y".to_string())]);
         for i in 0..50 {
             assert_eq!(owner(&m, &format!("j{i}"), &sel), Some("b"));

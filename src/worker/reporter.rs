@@ -200,8 +200,7 @@ impl QueueReporter {
         match self.tx.try_send(ev) {
             Ok(()) => METRICS.report_queue_depth.inc(),
             // Full (or the task is gone): the event goes to disk instead, never dropped.
-            Err(mpsc::error::TrySendError::Full(ev))
-            | Err(mpsc::error::TrySendError::Closed(ev)) => {
+            Err(mpsc::error::TrySendError::Full(ev)) | Err(mpsc::error::TrySendError::Closed(ev)) => {
                 self.spool.append(&[ev]);
             }
         }
@@ -251,18 +250,13 @@ async fn send_or_spool(
     }
     let start = Instant::now();
     let res = tokio::time::timeout(Duration::from_secs(10), sink.send(&to_batch(&events))).await;
-    METRICS
-        .report_latency
-        .observe(start.elapsed().as_secs_f64());
+    METRICS.report_latency.observe(start.elapsed().as_secs_f64());
     let err = match res {
         Ok(Ok(())) => return true,
         Ok(Err(e)) => e,
         Err(_) => SinkError::Unreachable("timed out after 10s".into()),
     };
-    METRICS
-        .report_failures
-        .with_label_values(&[err.cause()])
-        .inc();
+    METRICS.report_failures.with_label_values(&[err.cause()]).inc();
     warn!(error = %err, events = events.len(), "run events not delivered; spooled to disk, will replay");
     spool.append(&events);
     *degraded_until = Some(Instant::now() + DEGRADED_FOR);
@@ -337,10 +331,7 @@ async fn replay(sink: &dyn ReportSink, spool: &Spool) -> bool {
     let total = events.len();
     for (i, chunk) in events.chunks(BATCH).enumerate() {
         if let Err(e) = sink.send(&to_batch(chunk)).await {
-            METRICS
-                .report_failures
-                .with_label_values(&[e.cause()])
-                .inc();
+            METRICS.report_failures.with_label_values(&[e.cause()]).inc();
             // everything not yet confirmed goes back (re-sending a delivered chunk is harmless)
             spool.restore(&events[i * BATCH..]);
             return false;
@@ -364,9 +355,7 @@ impl FileReporter {
             std::fs::create_dir_all(dir)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(FileReporter {
-            file: Mutex::new(file),
-        })
+        Ok(FileReporter { file: Mutex::new(file) })
     }
 
     fn append(&self, record: &RunRecord) {
@@ -447,12 +436,7 @@ impl HttpSink {
 
     async fn candidates(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some(c) = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(c) = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             out.push(c);
         }
         out.extend(self.configured.iter().cloned());

@@ -48,8 +48,7 @@ impl<T> TimerHeap<T> {
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         self.entries.retain(|_, t| keep(t));
         let entries = &self.entries;
-        self.heap
-            .retain(|Reverse((_, seq))| entries.contains_key(seq));
+        self.heap.retain(|Reverse((_, seq))| entries.contains_key(seq));
     }
 
     pub fn len(&self) -> usize {

@@ -13,19 +13,11 @@ async fn every_route_manages_jobs_runs_and_workers_end_to_end() {
     // create (201), replace (200), read back with next fire times
     let spec = json!({"schedule": "@every 1s", "command": c.tick_command("echo out-$CRONMESH_RUN_ID"), "labels": {"team": "core"}});
     let (st, body) = c
-        .send(
-            "PUT",
-            &m,
-            "/api/v1/jobs/api-job",
-            Some(ADMIN),
-            Some(spec.clone()),
-        )
+        .send("PUT", &m, "/api/v1/jobs/api-job", Some(ADMIN), Some(spec.clone()))
         .await;
     assert_eq!(st, 201, "{body}");
     assert_eq!(body["name"], "api-job");
-    let (st, _) = c
-        .send("PUT", &m, "/api/v1/jobs/api-job", Some(ADMIN), Some(spec))
-        .await;
+    let (st, _) = c.send("PUT", &m, "/api/v1/jobs/api-job", Some(ADMIN), Some(spec)).await;
     assert_eq!(st, 200);
     let (st, body) = c.get(&m, "/api/v1/jobs/api-job", Some(READ)).await;
     assert_eq!(st, 200);
@@ -55,9 +47,7 @@ async fn every_route_manages_jobs_runs_and_workers_end_to_end() {
             .map(|j| j["name"].as_str().unwrap().to_string())
             .collect::<Vec<_>>()
     };
-    let (_, b) = c
-        .get(&m, "/api/v1/jobs?prefix=batch-&limit=2", Some(READ))
-        .await;
+    let (_, b) = c.get(&m, "/api/v1/jobs?prefix=batch-&limit=2", Some(READ)).await;
     assert_eq!(names(&b), vec!["batch-0", "batch-1"]);
     let cursor = b["next_cursor"].as_str().unwrap().to_string();
     let (_, b) = c
@@ -68,9 +58,7 @@ async fn every_route_manages_jobs_runs_and_workers_end_to_end() {
         )
         .await;
     assert_eq!(names(&b), vec!["batch-2", "batch-3"]);
-    let (_, b) = c
-        .get(&m, "/api/v1/jobs?prefix=batch-&paused=true", Some(READ))
-        .await;
+    let (_, b) = c.get(&m, "/api/v1/jobs?prefix=batch-&paused=true", Some(READ)).await;
     assert_eq!(names(&b), vec!["batch-0", "batch-2", "batch-4"]);
     let (_, b) = c.get(&m, "/api/v1/jobs?label=team=core", Some(READ)).await;
     assert_eq!(names(&b), vec!["api-job"]);
@@ -87,21 +75,14 @@ async fn every_route_manages_jobs_runs_and_workers_end_to_end() {
         runs.windows(2).all(|w| w[0].planned_at >= w[1].planned_at),
         "newest first"
     );
-    assert!(
-        runs.iter().all(|r| r.output.is_empty()),
-        "lists leave outputs out"
-    );
-    let (st, one) = c
-        .get(&m, &format!("/api/v1/runs/{}", runs[0].run_id), Some(READ))
-        .await;
+    assert!(runs.iter().all(|r| r.output.is_empty()), "lists leave outputs out");
+    let (st, one) = c.get(&m, &format!("/api/v1/runs/{}", runs[0].run_id), Some(READ)).await;
     assert_eq!(st, 200);
     assert_eq!(
         one["output"].as_str().unwrap().trim(),
         format!("out-{}", runs[0].run_id)
     );
-    let (_, page) = c
-        .get(&m, "/api/v1/runs?job=api-job&limit=1", Some(READ))
-        .await;
+    let (_, page) = c.get(&m, "/api/v1/runs?job=api-job&limit=1", Some(READ)).await;
     assert_eq!(page["runs"].as_array().unwrap().len(), 1);
     let cur = page["next_cursor"].as_str().unwrap();
     let (_, page2) = c
@@ -118,10 +99,7 @@ async fn every_route_manages_jobs_runs_and_workers_end_to_end() {
     let (_, ranged) = c
         .get(
             &m,
-            &format!(
-                "/api/v1/runs?job=api-job&from={from}&to={}",
-                runs[0].planned_at
-            ),
+            &format!("/api/v1/runs?job=api-job&from={from}&to={}", runs[0].planned_at),
             Some(READ),
         )
         .await;
@@ -149,33 +127,21 @@ async fn every_route_manages_jobs_runs_and_workers_end_to_end() {
         )
         .await;
     assert_eq!(st, 201);
-    let (st, b) = c
-        .send("POST", &m, "/api/v1/jobs/sleeper/run", Some(ADMIN), None)
-        .await;
+    let (st, b) = c.send("POST", &m, "/api/v1/jobs/sleeper/run", Some(ADMIN), None).await;
     assert_eq!(st, 202, "{b}");
-    wait_for(
-        Duration::from_secs(10),
-        "the manual run is reported as running",
-        || {
-            let c = &c;
-            let m = m.clone();
-            async move {
-                let (_, w) = c.get(&m, "/api/v1/workers", Some(READ)).await;
-                w[0]["running"]
-                    .as_array()
-                    .is_some_and(|r| r.iter().any(|x| x["job"] == "sleeper"))
-            }
-        },
-    )
+    wait_for(Duration::from_secs(10), "the manual run is reported as running", || {
+        let c = &c;
+        let m = m.clone();
+        async move {
+            let (_, w) = c.get(&m, "/api/v1/workers", Some(READ)).await;
+            w[0]["running"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|x| x["job"] == "sleeper"))
+        }
+    })
     .await;
     let (st, _) = c
-        .send(
-            "POST",
-            &m,
-            "/api/v1/jobs/sleeper/kill",
-            Some(ADMIN),
-            Some(json!({})),
-        )
+        .send("POST", &m, "/api/v1/jobs/sleeper/kill", Some(ADMIN), Some(json!({})))
         .await;
     assert_eq!(st, 202);
     wait_for(Duration::from_secs(10), "the killed run is stored", || {
@@ -203,9 +169,7 @@ async fn every_route_manages_jobs_runs_and_workers_end_to_end() {
     assert!(w[0]["last_heartbeat"].as_i64().unwrap() > now_ms() - 5000);
 
     // delete: 204, then 404
-    let (st, _) = c
-        .send("DELETE", &m, "/api/v1/jobs/batch-1", Some(ADMIN), None)
-        .await;
+    let (st, _) = c.send("DELETE", &m, "/api/v1/jobs/batch-1", Some(ADMIN), None).await;
     assert_eq!(st, 204);
     let (st, b) = c.get(&m, "/api/v1/jobs/batch-1", Some(READ)).await;
     assert_eq!((st, b["error"]["code"].as_str()), (404, Some("not_found")));
@@ -220,9 +184,12 @@ async fn every_route_manages_jobs_runs_and_workers_end_to_end() {
     );
     let (st, metrics) = c.get(&m, "/metrics", None).await;
     assert_eq!(st, 200);
-    assert!(metrics.as_str().unwrap().contains(
-        "cronmesh_http_requests_total{method=\"PUT\",route=\"/api/v1/jobs/{name}\",status=\"201\"}"
-    ));
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("cronmesh_http_requests_total{method=\"PUT\",route=\"/api/v1/jobs/{name}\",status=\"201\"}")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,12 +213,8 @@ async fn the_openapi_document_matches_the_routes() {
     assert_eq!(documented, routes, "openapi.json and api::ROUTES differ");
     // and every listed route exists on the server (not 404/405 for its method)
     for (method, path) in &routes {
-        let p = path
-            .replace("{name}", "no-such-job")
-            .replace("{run_id}", "00000000");
-        let (st, body) = c
-            .send(&method.to_uppercase(), &m, &p, Some(ADMIN), None)
-            .await;
+        let p = path.replace("{name}", "no-such-job").replace("{run_id}", "00000000");
+        let (st, body) = c.send(&method.to_uppercase(), &m, &p, Some(ADMIN), None).await;
         assert!(st != 405, "{method} {path} is not routed");
         if st == 404 {
             assert_eq!(
@@ -289,10 +252,7 @@ async fn bad_input_gets_a_specific_4xx_and_changes_nothing() {
             (st, r.json::<serde_json::Value>().await.unwrap_or_default())
         }
     };
-    let big = format!(
-        "{{\"schedule\":\"@hourly\",\"command\":\"{}\"}}",
-        "x".repeat(300_000)
-    );
+    let big = format!("{{\"schedule\":\"@hourly\",\"command\":\"{}\"}}", "x".repeat(300_000));
     let cases: Vec<(&str, &str, String, &str, u16, &str)> = vec![
         (
             "PUT",
@@ -522,11 +482,7 @@ async fn bad_input_gets_a_specific_4xx_and_changes_nothing() {
     for (method, path, body, ctype, want_status, want_code) in cases {
         let (st, b) = raw(method, path, &body, ctype).await;
         assert_eq!(st, want_status, "{method} {path}: {b}");
-        assert_eq!(
-            b["error"]["code"].as_str(),
-            Some(want_code),
-            "{method} {path}: {b}"
-        );
+        assert_eq!(b["error"]["code"].as_str(), Some(want_code), "{method} {path}: {b}");
         assert!(!b["error"]["message"].as_str().unwrap_or("").is_empty());
     }
     let (_, rev_after) = c.coord.list_jobs().await.unwrap();
@@ -545,27 +501,16 @@ async fn tokens_decide_who_may_do_what() {
     let m = c.start_master("m1", &[]).await;
     let spec = Some(json!({"schedule": "@hourly", "command": "true"}));
     let (st, b) = c.get(&m, "/api/v1/jobs", None).await;
-    assert_eq!(
-        (st, b["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
-    );
-    let (st, _) = c
-        .get(&m, "/api/v1/jobs", Some("wrong-token-wrong-token"))
-        .await;
+    assert_eq!((st, b["error"]["code"].as_str()), (401, Some("unauthorized")));
+    let (st, _) = c.get(&m, "/api/v1/jobs", Some("wrong-token-wrong-token")).await;
     assert_eq!(st, 401);
     let (st, _) = c.get(&m, "/api/v1/jobs", Some(READ)).await;
     assert_eq!(st, 200);
-    let (st, b) = c
-        .send("PUT", &m, "/api/v1/jobs/x", Some(READ), spec.clone())
-        .await;
+    let (st, b) = c.send("PUT", &m, "/api/v1/jobs/x", Some(READ), spec.clone()).await;
     assert_eq!((st, b["error"]["code"].as_str()), (403, Some("forbidden")));
-    let (st, _) = c
-        .send("PUT", &m, "/api/v1/jobs/x", Some(WORKER), spec.clone())
-        .await;
+    let (st, _) = c.send("PUT", &m, "/api/v1/jobs/x", Some(WORKER), spec.clone()).await;
     assert_eq!(st, 403, "the worker token only reports");
-    let (st, _) = c
-        .send("POST", &m, "/api/v1/reports", Some(READ), Some(json!({})))
-        .await;
+    let (st, _) = c.send("POST", &m, "/api/v1/reports", Some(READ), Some(json!({}))).await;
     assert_eq!(st, 403);
     let (st, _) = c
         .send("POST", &m, "/api/v1/reports", Some(WORKER), Some(json!({})))
@@ -621,23 +566,13 @@ async fn no_record_is_lost_while_the_master_is_down_and_the_spool_survives_a_wor
     // stop the jobs, then every run that happened must be in the store exactly once
     for j in ["s1", "s2", "s3"] {
         let (st, _) = c
-            .send(
-                "POST",
-                &m,
-                &format!("/api/v1/jobs/{j}/pause"),
-                Some(ADMIN),
-                None,
-            )
+            .send("POST", &m, &format!("/api/v1/jobs/{j}/pause"), Some(ADMIN), None)
             .await;
         assert_eq!(st, 200);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ticks = c.ticks();
-    assert!(
-        ticks.len() >= 3 * 15,
-        "the jobs ran meanwhile ({})",
-        ticks.len()
-    );
+    assert!(ticks.len() >= 3 * 15, "the jobs ran meanwhile ({})", ticks.len());
     wait_for(Duration::from_secs(30), "every run is stored", || {
         let c = &c;
         let m = m.clone();
@@ -647,9 +582,7 @@ async fn no_record_is_lost_while_the_master_is_down_and_the_spool_survives_a_wor
             for j in ["s1", "s2", "s3"] {
                 stored.extend(c.api_runs(&m, j).await);
             }
-            ticks
-                .iter()
-                .all(|t| stored.iter().any(|r| r.run_id == t.run_id))
+            ticks.iter().all(|t| stored.iter().any(|r| r.run_id == t.run_id))
         }
     })
     .await;
@@ -676,14 +609,9 @@ async fn no_record_is_lost_while_the_master_is_down_and_the_spool_survives_a_wor
     // a duplicate report is stored once
     let rec = stored[0].clone();
     let batch = json!({"finished": [rec]});
-    let (st, b) = c
-        .send("POST", &m, "/api/v1/reports", Some(WORKER), Some(batch))
-        .await;
+    let (st, b) = c.send("POST", &m, "/api/v1/reports", Some(WORKER), Some(batch)).await;
     assert_eq!(st, 200);
-    assert_eq!(
-        (b["inserted"].as_u64(), b["duplicates"].as_u64()),
-        (Some(0), Some(1))
-    );
+    assert_eq!((b["inserted"].as_u64(), b["duplicates"].as_u64()), (Some(0), Some(1)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,18 +622,10 @@ async fn the_seeds_routes_answer_as_the_seed_did() {
     c.wait_members(&["w1"]).await;
     let form = |path: &str, pairs: Vec<(&str, String)>| {
         let req = c.http.post(format!("{m}{path}")).form(&pairs);
-        async move {
-            req.send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        }
+        async move { req.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
     };
     // 6 fields in the seed: minutes … year
-    let job =
-        json!({"name": "seedjob", "command": "echo seed", "cronExpr": "* * * * * *"}).to_string();
+    let job = json!({"name": "seedjob", "command": "echo seed", "cronExpr": "* * * * * *"}).to_string();
     let b = form("/job/save", vec![("job", job)]).await;
     assert_eq!(
         (b["errno"].as_i64(), b["msg"].as_str()),
@@ -713,10 +633,7 @@ async fn the_seeds_routes_answer_as_the_seed_did() {
         "{b}"
     );
     let stored = c.coord.get_job("seedjob").await.unwrap().unwrap();
-    assert_eq!(
-        stored.spec.schedule, "0 * * * * * *",
-        "minute-level, as the seed meant"
-    );
+    assert_eq!(stored.spec.schedule, "0 * * * * * *", "minute-level, as the seed meant");
     let b = c
         .http
         .get(format!("{m}/job/list"))
@@ -731,28 +648,23 @@ async fn the_seeds_routes_answer_as_the_seed_did() {
         json!({"name": "seedjob", "command": "echo seed", "cronExpr": "* * * * * *"})
     );
     // a 7-field (seconds) job, so a log appears quickly
-    let job =
-        json!({"name": "fast", "command": "echo fast", "cronExpr": "* * * * * * *"}).to_string();
+    let job = json!({"name": "fast", "command": "echo fast", "cronExpr": "* * * * * * *"}).to_string();
     assert_eq!(form("/job/save", vec![("job", job)]).await["errno"], 0);
-    wait_for(
-        Duration::from_secs(15),
-        "the seed's log route shows runs",
-        || {
-            let http = c.http.clone();
-            let m = m.clone();
-            async move {
-                let b = http
-                    .get(format!("{m}/job/log?name=fast&skip=0&limit=5"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json::<serde_json::Value>()
-                    .await
-                    .unwrap();
-                b["data"].as_array().is_some_and(|a| !a.is_empty())
-            }
-        },
-    )
+    wait_for(Duration::from_secs(15), "the seed's log route shows runs", || {
+        let http = c.http.clone();
+        let m = m.clone();
+        async move {
+            let b = http
+                .get(format!("{m}/job/log?name=fast&skip=0&limit=5"))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap();
+            b["data"].as_array().is_some_and(|a| !a.is_empty())
+        }
+    })
     .await;
     let b = c
         .http
@@ -777,10 +689,7 @@ async fn the_seeds_routes_answer_as_the_seed_did() {
         assert!(log.get(k).is_some(), "{k} missing in {log}");
     }
     assert_eq!(log["output"], "fast\n");
-    assert!(
-        log["planTime"].as_i64().unwrap() > 1_700_000_000_000,
-        "times in ms"
-    );
+    assert!(log["planTime"].as_i64().unwrap() > 1_700_000_000_000, "times in ms");
     let b = c
         .http
         .get(format!("{m}/worker/list"))

@@ -79,8 +79,7 @@ async fn a_garbage_job_written_behind_our_back_is_skipped_and_the_rest_keep_runn
     let mut c = Cluster::new().await;
     c.start_worker("w1", &[]);
     c.wait_members(&["w1"]).await;
-    c.put_job(JobSpec::new("fine", "@every 1s", &c.tick_command("")))
-        .await;
+    c.put_job(JobSpec::new("fine", "@every 1s", &c.tick_command(""))).await;
     // write through a raw etcd client, as an operator with etcdctl might
     let mut raw = etcd_client::Client::connect([c.etcd.client_url.as_str()], None)
         .await
@@ -89,29 +88,18 @@ async fn a_garbage_job_written_behind_our_back_is_skipped_and_the_rest_keep_runn
         .await
         .unwrap();
     let t = now_ms();
-    wait_until(
-        Duration::from_secs(10),
-        "the good job keeps running",
-        || c.ticks().iter().any(|x| x.planned_ms > t + 1000),
-    )
+    wait_until(Duration::from_secs(10), "the good job keeps running", || {
+        c.ticks().iter().any(|x| x.planned_ms > t + 1000)
+    })
     .await;
     let log = std::fs::read_to_string(c.workers["w1"].log.clone()).unwrap();
-    assert!(
-        log.contains("job in etcd is invalid"),
-        "the bad job is reported"
-    );
+    assert!(log.contains("job in etcd is invalid"), "the bad job is reported");
 }
 
 #[test]
 fn invalid_config_names_the_bad_key_and_exits_before_doing_anything() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cronmesh"))
-        .args([
-            "worker",
-            "--etcd",
-            "http://127.0.0.1:1",
-            "--lease-ttl",
-            "1s",
-        ])
+        .args(["worker", "--etcd", "http://127.0.0.1:1", "--lease-ttl", "1s"])
         .env_remove("RUST_BACKTRACE")
         .output()
         .unwrap();
@@ -133,17 +121,17 @@ fn invalid_config_names_the_bad_key_and_exits_before_doing_anything() {
 fn check_command_validates_a_job_file() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "name = \"nightly\"\nschedule = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\ncommand = \"true\"\n").unwrap();
+    std::fs::write(
+        &good,
+        "name = \"nightly\"\nschedule = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\ncommand = \"true\"\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cronmesh"))
         .arg("check")
         .arg(&good)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("nightly: valid"), "{text}");
     assert_eq!(text.lines().count(), 6, "five fire times: {text}");

@@ -10,8 +10,7 @@ async fn run_fleet(dispatch: &str, jobs: usize, seconds: i64) -> (Cluster, Vec<S
     c.wait_members(&["w1", "w2", "w3"]).await;
     let names: Vec<String> = (0..jobs).map(|i| format!("job-{i:03}")).collect();
     for n in &names {
-        c.put_job(JobSpec::new(n, "@every 1s", &c.tick_command("")))
-            .await;
+        c.put_job(JobSpec::new(n, "@every 1s", &c.tick_command(""))).await;
     }
     // ticks from two seconds after the last write are owned by a settled fleet
     let from = now_ms() + 2000;
@@ -98,10 +97,7 @@ async fn a_second_process_with_a_taken_id_waits_instead_of_stealing_it() {
     let _ = second.kill();
     let _ = second.wait();
     assert_eq!(now.len(), 1);
-    assert_eq!(
-        now[0].pid, first,
-        "the registration still belongs to the first process"
-    );
+    assert_eq!(now[0].pid, first, "the registration still belongs to the first process");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,17 +112,13 @@ async fn one_worker_runs_all_of_a_thousand_jobs_every_second_and_skips_none() {
     }
     let from = now_ms() + 2000;
     let to = from + 4000;
-    wait_until(
-        Duration::from_secs(40),
-        "every tick of the window has a record",
-        || {
-            c.records()
-                .iter()
-                .filter(|r| r.planned_at >= from && r.planned_at <= to)
-                .count()
-                >= names.len() * every_ticks(1000, from, to).len()
-        },
-    )
+    wait_until(Duration::from_secs(40), "every tick of the window has a record", || {
+        c.records()
+            .iter()
+            .filter(|r| r.planned_at >= from && r.planned_at <= to)
+            .count()
+            >= names.len() * every_ticks(1000, from, to).len()
+    })
     .await;
     let recs = c.records();
     let in_window: Vec<_> = recs
@@ -143,8 +135,5 @@ async fn one_worker_runs_all_of_a_thousand_jobs_every_second_and_skips_none() {
         );
         assert_eq!(r.status, cronmesh::model::RunStatus::Succeeded, "{r:?}");
     }
-    assert_eq!(
-        in_window.len(),
-        names.len() * every_ticks(1000, from, to).len()
-    );
+    assert_eq!(in_window.len(), names.len() * every_ticks(1000, from, to).len());
 }

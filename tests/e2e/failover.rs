@@ -47,36 +47,24 @@ async fn killed_worker_runs_nothing_twice_and_its_jobs_move_within_the_lease_ttl
     let late_runs = recs
         .iter()
         .filter(|r| {
-            victim_jobs.contains(&r.job)
-                && r.planned_at > killed_at
-                && r.planned_at < settled
-                && r.worker != "w2"
+            victim_jobs.contains(&r.job) && r.planned_at > killed_at && r.planned_at < settled && r.worker != "w2"
         })
         .count();
     assert!(
         late_runs > 0,
         "the failover window's ticks were decided by the new owners"
     );
-    assert!(
-        recs.iter().all(|r| r.status != RunStatus::Failed),
-        "no failures"
-    );
+    assert!(recs.iter().all(|r| r.status != RunStatus::Failed), "no failures");
     // runs the dead worker started and never reported (it died mid-run) are recorded as lost
     // by the new owners, under the dead worker's run id: no run vanishes without a record
     let unreported: Vec<&TickLine> = ticks
         .iter()
-        .filter(|t| {
-            t.worker == "w2"
-                && !recs
-                    .iter()
-                    .any(|r| r.run_id == t.run_id && r.status != RunStatus::Lost)
-        })
+        .filter(|t| t.worker == "w2" && !recs.iter().any(|r| r.run_id == t.run_id && r.status != RunStatus::Lost))
         .collect();
     assert!(!unreported.is_empty(), "w2 died mid-run");
     for t in unreported {
         assert!(
-            recs.iter()
-                .any(|r| r.run_id == t.run_id && r.status == RunStatus::Lost),
+            recs.iter().any(|r| r.run_id == t.run_id && r.status == RunStatus::Lost),
             "run {} of {} (planned {}) has no record at all",
             t.run_id,
             t.job,

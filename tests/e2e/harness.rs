@@ -105,13 +105,9 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let etcd = start_etcd(dir.path()).await;
         let prefix = "/cm-test/".to_string();
-        let coord = Coord::connect(
-            std::slice::from_ref(&etcd.client_url),
-            &prefix,
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("connect");
+        let coord = Coord::connect(std::slice::from_ref(&etcd.client_url), &prefix, Duration::from_secs(5))
+            .await
+            .expect("connect");
         Cluster {
             dir,
             etcd,
@@ -135,14 +131,9 @@ impl Cluster {
 
     /// A shell command that records the tick it runs for, then runs `then`.
     pub fn tick_command(&self, then: &str) -> String {
-        let line =
-            r#"echo "$CRONMESH_JOB $CRONMESH_PLANNED_AT $CRONMESH_WORKER $CRONMESH_RUN_ID" >> "#;
+        let line = r#"echo "$CRONMESH_JOB $CRONMESH_PLANNED_AT $CRONMESH_WORKER $CRONMESH_RUN_ID" >> "#;
         let rec = format!("{line}{}", self.ticks_file().display());
-        if then.is_empty() {
-            rec
-        } else {
-            format!("{rec}; {then}")
-        }
+        if then.is_empty() { rec } else { format!("{rec}; {then}") }
     }
 
     /// Starts `cronmesh worker --id ID` with the cluster's flags plus `extra`.
@@ -156,14 +147,7 @@ impl Cluster {
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_cronmesh"))
             .arg("worker")
-            .args([
-                "--etcd",
-                &self.etcd.client_url,
-                "--prefix",
-                &self.prefix,
-                "--id",
-                id,
-            ])
+            .args(["--etcd", &self.etcd.client_url, "--prefix", &self.prefix, "--id", id])
             .arg("--runs-file")
             .arg(&runs_file)
             .arg("--spool-dir")
@@ -282,12 +266,7 @@ impl Cluster {
     }
 
     /// GET `path` on a master with `token`, returning (status, JSON body).
-    pub async fn get(
-        &self,
-        url: &str,
-        path: &str,
-        token: Option<&str>,
-    ) -> (u16, serde_json::Value) {
+    pub async fn get(&self, url: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
         let mut req = self.http.get(format!("{url}{path}"));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -310,9 +289,7 @@ impl Cluster {
         token: Option<&str>,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{url}{path}"));
+        let mut req = self.http.request(method.parse().unwrap(), format!("{url}{path}"));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -339,8 +316,7 @@ impl Cluster {
             }
             let (status, body) = self.get(url, &path, Some(READ)).await;
             assert_eq!(status, 200, "{body}");
-            let page: Vec<cronmesh::model::RunRecord> =
-                serde_json::from_value(body["runs"].clone()).unwrap();
+            let page: Vec<cronmesh::model::RunRecord> = serde_json::from_value(body["runs"].clone()).unwrap();
             out.extend(page);
             match body["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_string()),
@@ -392,23 +368,19 @@ impl Cluster {
         let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
         want.sort();
         let coord = self.coord.clone();
-        wait_for(
-            Duration::from_secs(20),
-            &format!("members are {want:?}"),
-            || {
-                let coord = coord.clone();
-                let want = want.clone();
-                async move {
-                    let mut have: Vec<String> = coord
-                        .list_workers()
-                        .await
-                        .map(|w| w.into_iter().map(|w| w.id).collect())
-                        .unwrap_or_default();
-                    have.sort();
-                    have == want
-                }
-            },
-        )
+        wait_for(Duration::from_secs(20), &format!("members are {want:?}"), || {
+            let coord = coord.clone();
+            let want = want.clone();
+            async move {
+                let mut have: Vec<String> = coord
+                    .list_workers()
+                    .await
+                    .map(|w| w.into_iter().map(|w| w.id).collect())
+                    .unwrap_or_default();
+                have.sort();
+                have == want
+            }
+        })
         .await;
     }
 
@@ -423,9 +395,7 @@ impl Cluster {
             .filter_map(|l| {
                 let mut p = l.split_whitespace();
                 let job = p.next()?.to_string();
-                let planned = chrono::DateTime::parse_from_rfc3339(p.next()?)
-                    .ok()?
-                    .timestamp_millis();
+                let planned = chrono::DateTime::parse_from_rfc3339(p.next()?).ok()?.timestamp_millis();
                 Some(TickLine {
                     job,
                     planned_ms: planned,
@@ -441,10 +411,7 @@ impl Cluster {
         let mut out = Vec::new();
         for w in self.workers.values() {
             let text = std::fs::read_to_string(&w.runs_file).unwrap_or_default();
-            out.extend(
-                text.lines()
-                    .filter_map(|l| serde_json::from_str::<RunRecord>(l).ok()),
-            );
+            out.extend(text.lines().filter_map(|l| serde_json::from_str::<RunRecord>(l).ok()));
         }
         out
     }
@@ -505,10 +472,7 @@ pub fn tick_counts(ticks: &[TickLine]) -> HashMap<(String, i64), usize> {
 
 /// Panics listing every tick that ran more than once.
 pub fn assert_no_duplicates(ticks: &[TickLine]) {
-    let dups: Vec<_> = tick_counts(ticks)
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .collect();
+    let dups: Vec<_> = tick_counts(ticks).into_iter().filter(|(_, n)| *n > 1).collect();
     assert!(dups.is_empty(), "ticks ran more than once: {dups:?}");
 }
 

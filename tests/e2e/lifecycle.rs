@@ -9,10 +9,7 @@ async fn update_changes_the_schedule_pause_stops_resume_restarts_delete_stops() 
     c.wait_members(&["w1"]).await;
     let cmd = c.tick_command("");
     c.put_job(JobSpec::new("life", "@every 1s", &cmd)).await;
-    wait_until(Duration::from_secs(10), "the job ran", || {
-        c.ticks().len() >= 2
-    })
-    .await;
+    wait_until(Duration::from_secs(10), "the job ran", || c.ticks().len() >= 2).await;
 
     // update: every 3 s
     c.put_job(JobSpec::new("life", "@every 3s", &cmd)).await;
@@ -34,19 +31,14 @@ async fn update_changes_the_schedule_pause_stops_resume_restarts_delete_stops() 
     c.coord.set_paused("life", true).await.unwrap();
     let paused = now_ms() + 1500;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(
-        c.ticks().iter().all(|t| t.planned_ms <= paused),
-        "no run while paused"
-    );
+    assert!(c.ticks().iter().all(|t| t.planned_ms <= paused), "no run while paused");
 
     // resume: runs again, with no backlog from the pause
     c.coord.set_paused("life", false).await.unwrap();
     let resumed = now_ms();
-    wait_until(
-        Duration::from_secs(10),
-        "it runs again after resume",
-        || c.ticks().iter().any(|t| t.planned_ms > resumed),
-    )
+    wait_until(Duration::from_secs(10), "it runs again after resume", || {
+        c.ticks().iter().any(|t| t.planned_ms > resumed)
+    })
     .await;
     let backlog = c
         .ticks()
@@ -59,15 +51,11 @@ async fn update_changes_the_schedule_pause_stops_resume_restarts_delete_stops() 
     c.coord.delete_job("life").await.unwrap();
     let deleted = now_ms() + 1500;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(
-        c.ticks().iter().all(|t| t.planned_ms <= deleted),
-        "no run after delete"
-    );
+    assert!(c.ticks().iter().all(|t| t.planned_ms <= deleted), "no run after delete");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_now_runs_once_even_when_paused_and_kill_stops_sleep_600_with_its_children_within_a_second()
- {
+async fn run_now_runs_once_even_when_paused_and_kill_stops_sleep_600_with_its_children_within_a_second() {
     let mut c = Cluster::new().await;
     c.start_worker("w1", &[]);
     c.start_worker("w2", &[]);
@@ -92,11 +80,7 @@ async fn run_now_runs_once_even_when_paused_and_kill_stops_sleep_600_with_its_ch
         c.ticks().len() == 1 && marker.exists()
     })
     .await;
-    let child: i32 = std::fs::read_to_string(&marker)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let child: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
     let t = now_ms();
     c.coord
         .send_kill(KillSignal {
@@ -108,18 +92,13 @@ async fn run_now_runs_once_even_when_paused_and_kill_stops_sleep_600_with_its_ch
         })
         .await
         .unwrap();
-    wait_until(
-        Duration::from_secs(5),
-        "the run is recorded as killed",
-        || c.records().iter().any(|r| r.status == RunStatus::Killed),
-    )
+    wait_until(Duration::from_secs(5), "the run is recorded as killed", || {
+        c.records().iter().any(|r| r.status == RunStatus::Killed)
+    })
     .await;
     let rec = c.records().into_iter().find(|r| r.job == "long").unwrap();
     let killed_within = rec.ended_at.unwrap() - t;
-    assert!(
-        killed_within < 1000,
-        "killed {killed_within} ms after the request"
-    );
+    assert!(killed_within < 1000, "killed {killed_within} ms after the request");
     assert_eq!(rec.trigger, cronmesh::model::Trigger::Manual);
     assert_eq!(
         rec.trace_id.as_deref(),
@@ -135,12 +114,7 @@ async fn run_now_runs_once_even_when_paused_and_kill_stops_sleep_600_with_its_ch
                 .map(|s| s.contains(") Z "))
                 .unwrap_or(true)
     };
-    wait_until(
-        Duration::from_millis(1000),
-        "the shell's child is gone too",
-        gone,
-    )
-    .await;
+    wait_until(Duration::from_millis(1000), "the shell's child is gone too", gone).await;
     assert_eq!(c.ticks().len(), 1, "a manual run runs once");
 }
 
@@ -156,11 +130,7 @@ async fn a_timeout_is_recorded_as_timed_out_and_retries_follow() {
     c.put_job(spec).await;
     c.coord.send_run_now("slow", None).await.unwrap();
     wait_until(Duration::from_secs(15), "two timed-out attempts", || {
-        c.records()
-            .iter()
-            .filter(|r| r.status == RunStatus::TimedOut)
-            .count()
-            == 2
+        c.records().iter().filter(|r| r.status == RunStatus::TimedOut).count() == 2
     })
     .await;
     let recs = c.records();
@@ -184,10 +154,7 @@ async fn the_command_sees_its_run_identity() {
     spec.workdir = Some("/tmp".into());
     c.put_job(spec).await;
     c.coord.send_run_now("env", None).await.unwrap();
-    wait_until(Duration::from_secs(10), "the run finished", || {
-        !c.records().is_empty()
-    })
-    .await;
+    wait_until(Duration::from_secs(10), "the run finished", || !c.records().is_empty()).await;
     let r = &c.records()[0];
     for k in [
         "CRONMESH_JOB=env",

@@ -10,6 +10,7 @@ mod drain;
 mod exactly_once;
 mod failover;
 mod lifecycle;
+mod observability;
 mod outage;
 mod policies;
 mod standalone;

@@ -11,8 +11,7 @@ async fn etcd_stopped_for_five_seconds_then_everything_recovers_and_nothing_runs
     c.wait_members(&["w1", "w2"]).await;
     let names: Vec<String> = (0..6).map(|i| format!("o{i}")).collect();
     for n in &names {
-        c.put_job(JobSpec::new(n, "@every 1s", &c.tick_command("")))
-            .await;
+        c.put_job(JobSpec::new(n, "@every 1s", &c.tick_command(""))).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stopped_at = now_ms();
@@ -33,11 +32,7 @@ async fn etcd_stopped_for_five_seconds_then_everything_recovers_and_nothing_runs
     let recs = c.records();
     let skipped = recs
         .iter()
-        .filter(|r| {
-            r.status == RunStatus::Skipped
-                && r.planned_at > stopped_at
-                && r.planned_at < restarted_at
-        })
+        .filter(|r| r.status == RunStatus::Skipped && r.planned_at > stopped_at && r.planned_at < restarted_at)
         .count();
     assert!(
         skipped > 0,

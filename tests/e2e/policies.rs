@@ -22,31 +22,19 @@ async fn forbid_never_overlaps_even_when_two_workers_race_for_its_ticks() {
     spec.concurrency = Concurrency::Forbid;
     c.put_job(spec).await;
     wait_until(Duration::from_secs(25), "four runs finished", || {
-        c.records()
-            .iter()
-            .filter(|r| r.status == RunStatus::Succeeded)
-            .count()
-            >= 4
+        c.records().iter().filter(|r| r.status == RunStatus::Succeeded).count() >= 4
     })
     .await;
     assert!(!overlap.exists(), "two runs overlapped");
     let recs = c.records();
-    let skipped = recs
-        .iter()
-        .filter(|r| r.status == RunStatus::Skipped)
-        .count();
+    let skipped = recs.iter().filter(|r| r.status == RunStatus::Skipped).count();
+    assert!(skipped >= 4, "ticks during a run are recorded as skipped ({skipped})");
     assert!(
-        skipped >= 4,
-        "ticks during a run are recorded as skipped ({skipped})"
-    );
-    assert!(
-        recs.iter()
-            .filter(|r| r.status == RunStatus::Skipped)
-            .all(|r| r
-                .error
-                .as_deref()
-                .unwrap_or("")
-                .starts_with("concurrency_forbid"))
+        recs.iter().filter(|r| r.status == RunStatus::Skipped).all(|r| r
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("concurrency_forbid"))
     );
     let workers: std::collections::HashSet<_> = recs
         .iter()
@@ -81,10 +69,7 @@ async fn replace_kills_the_old_run_and_starts_the_new_one() {
                 .filter(|r| r.status == RunStatus::Killed)
                 .collect();
             let ticks = c.ticks();
-            killed.len() >= 2
-                && killed
-                    .iter()
-                    .all(|r| ticks.iter().any(|t| t.run_id == successor(r)))
+            killed.len() >= 2 && killed.iter().all(|r| ticks.iter().any(|t| t.run_id == successor(r)))
         },
     )
     .await;

@@ -54,14 +54,10 @@ async fn the_quick_start_runs_a_job_whose_runs_the_api_and_the_cli_show() {
         .spawn()
         .unwrap();
     let guard = scopeguard(&mut child);
-    wait_until(
-        Duration::from_secs(30),
-        "the job's runs are listed by the CLI",
-        || {
-            let (ok, out, _) = ctl(&url, &["runs", "list", "--job", "hello"]);
-            ok && out.lines().filter(|l| l.contains("succeeded")).count() >= 2
-        },
-    )
+    wait_until(Duration::from_secs(30), "the job's runs are listed by the CLI", || {
+        let (ok, out, _) = ctl(&url, &["runs", "list", "--job", "hello"]);
+        ok && out.lines().filter(|l| l.contains("succeeded")).count() >= 2
+    })
     .await;
     let (ok, out, err) = ctl(&url, &["jobs", "get"]);
     assert!(ok, "{err}");
@@ -69,12 +65,7 @@ async fn the_quick_start_runs_a_job_whose_runs_the_api_and_the_cli_show() {
         out.starts_with("NAME") && out.contains("hello") && out.contains("@every 1s"),
         "{out}"
     );
-    let (ok, out, _) = ctl(
-        &url,
-        &[
-            "-o", "json", "runs", "list", "--job", "hello", "--limit", "1",
-        ],
-    );
+    let (ok, out, _) = ctl(&url, &["-o", "json", "runs", "list", "--job", "hello", "--limit", "1"]);
     assert!(ok);
     let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
     let id = runs[0]["run_id"].as_str().unwrap().to_string();
@@ -83,11 +74,7 @@ async fn the_quick_start_runs_a_job_whose_runs_the_api_and_the_cli_show() {
     assert!(out.contains("hello from hello"), "{out}");
     // apply, pause, delete through the CLI
     let second = dir.path().join("second.json");
-    std::fs::write(
-        &second,
-        r#"{"name":"second","schedule":"@hourly","command":"true"}"#,
-    )
-    .unwrap();
+    std::fs::write(&second, r#"{"name":"second","schedule":"@hourly","command":"true"}"#).unwrap();
     let (ok, out, err) = ctl(&url, &["jobs", "apply", "-f", second.to_str().unwrap()]);
     assert!(ok && out.contains("job second applied"), "{out}{err}");
     assert!(ctl(&url, &["jobs", "pause", "second"]).0);
@@ -104,11 +91,7 @@ async fn the_quick_start_runs_a_job_whose_runs_the_api_and_the_cli_show() {
     assert!(ok && out.contains("standalone"), "{out}");
     // a bad file is refused with its reason
     let bad = dir.path().join("bad.json");
-    std::fs::write(
-        &bad,
-        r#"{"name":"bad","schedule":"61 * * * *","command":"true"}"#,
-    )
-    .unwrap();
+    std::fs::write(&bad, r#"{"name":"bad","schedule":"61 * * * *","command":"true"}"#).unwrap();
     let (ok, _, err) = ctl(&url, &["jobs", "apply", "-f", bad.to_str().unwrap()]);
     assert!(!ok && err.contains("schedule"), "{err}");
     drop(guard);

@@ -26,10 +26,7 @@ async fn a_watch_resumed_behind_a_compaction_lists_again_and_misses_nothing() {
     match ev {
         WatchEvent::Reset { items, .. } => {
             let names: BTreeSet<String> = items.into_iter().map(|kv| kv.key).collect();
-            assert_eq!(
-                names,
-                BTreeSet::from(["keep".to_string(), "new".to_string()])
-            );
+            assert_eq!(names, BTreeSet::from(["keep".to_string(), "new".to_string()]));
         }
         other => panic!("expected a full re-list after compaction, got {other:?}"),
     }
@@ -42,34 +39,27 @@ async fn a_worker_frozen_through_changes_and_a_compaction_catches_up() {
     c.worker_args = vec!["--lease-ttl".into(), "30s".into()];
     c.start_worker("w1", &[]);
     c.wait_members(&["w1"]).await;
-    c.put_job(JobSpec::new("old", "@every 1s", &c.tick_command("")))
-        .await;
+    c.put_job(JobSpec::new("old", "@every 1s", &c.tick_command(""))).await;
     wait_until(Duration::from_secs(10), "old runs", || {
         c.ticks().iter().any(|t| t.job == "old")
     })
     .await;
     c.signal_worker("w1", libc::SIGSTOP);
     c.coord.delete_job("old").await.unwrap();
-    c.put_job(JobSpec::new("new", "@every 1s", &c.tick_command("")))
-        .await;
+    c.put_job(JobSpec::new("new", "@every 1s", &c.tick_command(""))).await;
     for i in 0..50 {
-        c.put_job(JobSpec::new(&format!("filler-{i}"), "@yearly", "true"))
-            .await;
+        c.put_job(JobSpec::new(&format!("filler-{i}"), "@yearly", "true")).await;
     }
     c.coord.compact_now().await.unwrap();
     let thawed = now_ms();
     c.signal_worker("w1", libc::SIGCONT);
     wait_until(Duration::from_secs(15), "the new job runs", || {
-        c.ticks()
-            .iter()
-            .any(|t| t.job == "new" && t.planned_ms > thawed)
+        c.ticks().iter().any(|t| t.job == "new" && t.planned_ms > thawed)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        !c.ticks()
-            .iter()
-            .any(|t| t.job == "old" && t.planned_ms > thawed + 1500),
+        !c.ticks().iter().any(|t| t.job == "old" && t.planned_ms > thawed + 1500),
         "the deleted job stopped"
     );
 }
