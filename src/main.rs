@@ -374,8 +374,10 @@ fn reporter_for(config: &Config, sink: Arc<dyn ReportSink>) -> Result<Arc<dyn Re
         None => None,
     };
     let w = &config.worker;
-    let r = QueueReporter::start(sink, &w.spool_dir, w.report_queue, also)
-        .with_context(|| format!("cannot open the report spool in {}", w.spool_dir.display()))?;
+    // one spool per worker id: workers sharing a data directory never share a spool file
+    let dir = w.spool_dir.join(&w.id);
+    let r = QueueReporter::start(sink, &dir, w.report_queue, also)
+        .with_context(|| format!("cannot open the report spool in {}", dir.display()))?;
     Ok(Arc::new(r))
 }
 

@@ -88,9 +88,7 @@ impl Spool {
         };
         // a replay interrupted by a crash: its events go back into the spool
         if s.replay_path.exists() {
-            let events = s.read(&s.replay_path);
-            s.append(&events);
-            let _ = std::fs::remove_file(&s.replay_path);
+            s.restore();
         }
         s.update_gauge();
         Ok(s)
@@ -121,17 +119,6 @@ impl Spool {
         self.update_gauge();
     }
 
-    fn read(&self, path: &Path) -> Vec<Event> {
-        let Ok(f) = File::open(path) else {
-            return Vec::new();
-        };
-        BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str(&l).ok())
-            .collect()
-    }
-
     fn len_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
     }
@@ -140,15 +127,10 @@ impl Spool {
         METRICS.report_spool_bytes.set(self.len_bytes() as i64);
     }
 
-    /// Moves the spool aside and returns its events (they are now the caller's to deliver or
-    /// to `restore`).
-    fn take(&self) -> Vec<Event> {
+    /// Moves the spool aside for replay; false when there is nothing to replay.
+    fn take(&self) -> bool {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        if std::fs::rename(&self.path, &self.replay_path).is_err() {
-            return Vec::new();
-        }
-        drop(_g);
-        self.read(&self.replay_path)
+        std::fs::rename(&self.path, &self.replay_path).is_ok()
     }
 
     fn done_replaying(&self) {
@@ -156,9 +138,26 @@ impl Spool {
         self.update_gauge();
     }
 
-    fn restore(&self, events: &[Event]) {
-        self.append(events);
-        let _ = std::fs::remove_file(&self.replay_path);
+    /// Puts the file being replayed back into the spool (re-sending what was delivered is
+    /// harmless: the store is idempotent). Streams; never holds the spool in memory.
+    fn restore(&self) {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let res = if !self.path.exists() {
+            std::fs::rename(&self.replay_path, &self.path)
+        } else {
+            (|| {
+                let mut from = File::open(&self.replay_path)?;
+                let mut to = OpenOptions::new().append(true).open(&self.path)?;
+                std::io::copy(&mut from, &mut to)?;
+                to.sync_data()?;
+                std::fs::remove_file(&self.replay_path)
+            })()
+        };
+        if let Err(e) = res {
+            tracing::error!(error = %e, path = %self.replay_path.display(), "cannot put the replayed spool back; it stays in place and is replayed at the next start");
+        }
+        drop(_g);
+        self.update_gauge();
     }
 }
 
@@ -322,20 +321,37 @@ async fn deliver(
     spool.append(&batch);
 }
 
-/// Sends the spool's contents; true when it is empty afterwards.
+/// Sends the spool's contents in batches, reading it as a stream (memory stays bounded by one
+/// batch whatever the spool's size); true when it is empty afterwards.
 async fn replay(sink: &dyn ReportSink, spool: &Spool) -> bool {
-    let events = spool.take();
-    if events.is_empty() {
+    if !spool.take() {
         return true;
     }
-    let total = events.len();
-    for (i, chunk) in events.chunks(BATCH).enumerate() {
-        if let Err(e) = sink.send(&to_batch(chunk)).await {
+    let Ok(f) = File::open(&spool.replay_path) else {
+        return true;
+    };
+    let mut lines = BufReader::new(f).lines();
+    let mut total = 0usize;
+    loop {
+        let mut chunk = Vec::with_capacity(BATCH);
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            if let Ok(ev) = serde_json::from_str::<Event>(&line) {
+                chunk.push(ev);
+            }
+            if chunk.len() == BATCH {
+                break;
+            }
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        if let Err(e) = sink.send(&to_batch(&chunk)).await {
             METRICS.report_failures.with_label_values(&[e.cause()]).inc();
-            // everything not yet confirmed goes back (re-sending a delivered chunk is harmless)
-            spool.restore(&events[i * BATCH..]);
+            spool.restore();
             return false;
         }
+        total += chunk.len();
     }
     spool.done_replaying();
     info!(events = total, "spooled run events delivered");
