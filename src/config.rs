@@ -74,6 +74,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub master: MasterConfig,
     pub standalone: StandaloneConfig,
+    /// OpenTelemetry trace export (off by default).
+    pub tracing: crate::telemetry::trace::TracingConfig,
 }
 
 impl Default for Config {
@@ -87,6 +89,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             master: MasterConfig::default(),
             standalone: StandaloneConfig::default(),
+            tracing: Default::default(),
         }
     }
 }
@@ -327,6 +330,22 @@ impl Config {
         }
         if self.etcd_timeout < Duration::from_millis(100) || self.etcd_timeout > Duration::from_secs(60) {
             return Err(invalid("etcd_timeout", "must be between 100ms and 60s"));
+        }
+        let t = &self.tracing;
+        if t.protocol != "http/protobuf" {
+            return Err(invalid(
+                "tracing.protocol",
+                format!("{:?} is not supported; use \"http/protobuf\"", t.protocol),
+            ));
+        }
+        if !(0.0..=1.0).contains(&t.sampling_ratio) {
+            return Err(invalid("tracing.sampling_ratio", "must be between 0.0 and 1.0"));
+        }
+        if !(t.endpoint.starts_with("http://") || t.endpoint.starts_with("https://")) {
+            return Err(invalid(
+                "tracing.endpoint",
+                format!("{:?} must be an http(s) URL", t.endpoint),
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| invalid("log_level", format!("{:?}: {e}", self.log_level)))?;

@@ -210,14 +210,26 @@ fn main() -> Result<()> {
     }
     telemetry::init_logging(config.log_format, &config.log_level);
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
+    let provider = {
+        let _guard = rt.enter();
+        telemetry::trace::init(&config.tracing).map_err(anyhow::Error::msg)?
+    };
+    if provider.is_some() {
+        info!(endpoint = %config.tracing.endpoint, ratio = config.tracing.sampling_ratio, "exporting a trace per run over OTLP");
+    }
+    let result = rt.block_on(async move {
         match cli.command {
             Cmd::Master(_) => run_master(Arc::new(config)).await,
             Cmd::Worker(_) => run_worker(Arc::new(config)).await,
             Cmd::Standalone(s) => run_standalone(config, s.apply).await,
             Cmd::Check { .. } | Cmd::HashToken { .. } | Cmd::Ctl(_) => unreachable!(),
         }
-    })
+    });
+    if let Some(p) = provider {
+        // flush the last traces
+        let _ = p.shutdown();
+    }
+    result
 }
 
 fn apply_common(c: &mut Config, a: &CommonArgs) {

@@ -98,10 +98,10 @@ impl RunFinishedEvent<'_> {
         }
         match r.status {
             RunStatus::Succeeded => {
-                debug!(job = %r.job, run_id = %r.run_id, status = r.status.as_str(), duration_ms = r.duration_ms, "run finished")
+                debug!(job = %r.job, run_id = %r.run_id, trace_id = r.trace_id.as_deref(), status = r.status.as_str(), duration_ms = r.duration_ms, "run finished")
             }
             _ => {
-                info!(job = %r.job, run_id = %r.run_id, status = r.status.as_str(), exit_code = r.exit_code, signal = r.signal, duration_ms = r.duration_ms, error = r.error.as_deref(), "run finished")
+                info!(job = %r.job, run_id = %r.run_id, trace_id = r.trace_id.as_deref(), status = r.status.as_str(), exit_code = r.exit_code, signal = r.signal, duration_ms = r.duration_ms, error = r.error.as_deref(), "run finished")
             }
         }
     }

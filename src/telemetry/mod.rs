@@ -7,6 +7,7 @@
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod trace;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

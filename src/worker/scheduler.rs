@@ -31,6 +31,8 @@ use crate::telemetry::events::{
     ClaimBatchDone, RunFinishedEvent, RunStartedEvent, SignalHandled, TickSkipped, TicksOverdue,
 };
 use crate::telemetry::metrics::METRICS;
+use crate::telemetry::trace::RunTrace;
+use opentelemetry::KeyValue;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +89,8 @@ struct Fire {
     run_id: String,
     trigger: Trigger,
     attempt: u32,
+    /// When the claim transaction that won this tick started (Unix ms).
+    claim_started: i64,
     claimed_at: i64,
     traceparent: Option<String>,
 }
@@ -739,6 +743,7 @@ impl Scheduler {
     fn on_claimed(&mut self, items: Vec<ClaimItem>, outcomes: Vec<ClaimOutcome>, latency: Duration) {
         self.claims_in_flight -= 1;
         let now = now_ms();
+        let claim_started = now - latency.as_millis() as i64;
         let (mut won, mut lost, mut errors) = (0, 0, 0);
         let mut overdue_won: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
         let mut retry_jobs: BTreeSet<String> = BTreeSet::new();
@@ -770,6 +775,7 @@ impl Scheduler {
                                 run_id: item.run_id,
                                 trigger: Trigger::Manual,
                                 attempt: 1,
+                                claim_started,
                                 claimed_at: now,
                                 traceparent: signal.traceparent,
                             };
@@ -783,6 +789,7 @@ impl Scheduler {
                                     run_id: item.run_id,
                                     trigger: Trigger::Schedule,
                                     attempt: 1,
+                                    claim_started,
                                     claimed_at: now,
                                     traceparent: None,
                                 };
@@ -892,6 +899,7 @@ impl Scheduler {
                 run_id: run_id.clone(),
                 trigger: Trigger::Schedule,
                 attempt: 1,
+                claim_started: now,
                 claimed_at: now,
                 traceparent: None,
             };
@@ -912,6 +920,7 @@ impl Scheduler {
                 run_id,
                 trigger: Trigger::Schedule,
                 attempt: 1,
+                claim_started: now,
                 claimed_at: now,
                 traceparent: None,
             });
@@ -1092,7 +1101,19 @@ impl Scheduler {
         };
         let spec = &e.job.spec;
         let w = &self.cfg.worker;
-        let (trace_id, traceparent) = trace_context(fire.traceparent.as_deref());
+        let run_trace = RunTrace::start(
+            fire.traceparent.as_deref(),
+            fire.claim_started.min(now_ms()),
+            vec![
+                KeyValue::new("cronmesh.job", fire.job.clone()),
+                KeyValue::new("cronmesh.run_id", fire.run_id.clone()),
+                KeyValue::new("cronmesh.planned_at", rfc3339_ms(fire.planned)),
+                KeyValue::new("cronmesh.trigger", format!("{:?}", fire.trigger).to_lowercase()),
+                KeyValue::new("cronmesh.attempt", fire.attempt as i64),
+                KeyValue::new("cronmesh.worker", self.id.clone()),
+            ],
+        );
+        let (trace_id, traceparent) = (run_trace.trace_id.clone(), run_trace.traceparent.clone());
         let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.extend([
             ("CRONMESH_JOB".to_string(), fire.job.clone()),
@@ -1160,6 +1181,9 @@ impl Scheduler {
             };
             let started_ms = now_ms();
             let lag_ms = started_ms - fire.planned;
+            run_trace.child("claim", fire.claim_started, fire.claimed_at, vec![]);
+            run_trace.child("spawn", fired_ms, started_ms, vec![]);
+            run_trace.set(vec![KeyValue::new("cronmesh.lag_ms", lag_ms)]);
             let mut rec = base;
             rec.started_at = Some(started_ms);
             rec.lag_ms = Some(lag_ms);
@@ -1190,6 +1214,8 @@ impl Scheduler {
                     ));
                     RunFinishedEvent { record: &rec }.emit();
                     reporter.finished(&rec);
+                    run_trace.set(vec![KeyValue::new("cronmesh.status", rec.status.as_str())]);
+                    run_trace.end(now_ms(), false);
                     let _ = tx
                         .send(Msg::RunDone {
                             fire: Box::new(fire),
@@ -1239,8 +1265,26 @@ impl Scheduler {
                     (None, None) => None,
                 },
             };
+            let ended_ms = rec.ended_at.unwrap_or(started_ms);
+            run_trace.child(
+                "wait",
+                started_ms,
+                ended_ms,
+                vec![KeyValue::new(
+                    "process.exit_code",
+                    rec.exit_code.map(i64::from).unwrap_or(-1),
+                )],
+            );
             RunFinishedEvent { record: &rec }.emit();
             reporter.finished(&rec);
+            let reported = now_ms();
+            run_trace.child("report", ended_ms, reported, vec![]);
+            let mut attrs = vec![KeyValue::new("cronmesh.status", rec.status.as_str())];
+            if let Some(c) = rec.exit_code {
+                attrs.push(KeyValue::new("process.exit_code", i64::from(c)));
+            }
+            run_trace.set(attrs);
+            run_trace.end(reported, rec.status == RunStatus::Succeeded);
             let _ = tx
                 .send(Msg::RunDone {
                     fire: Box::new(fire),
@@ -1281,6 +1325,7 @@ impl Scheduler {
                 run_id: new_id(),
                 trigger: Trigger::Retry,
                 attempt: fire.attempt + 1,
+                claim_started: now_ms(),
                 claimed_at: now_ms(),
                 ..fire
             };
@@ -1293,19 +1338,4 @@ impl Scheduler {
 /// A run id: UUIDv7 (time-ordered), without dashes.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
-}
-
-/// The run's trace id and the `TRACEPARENT` its command sees: the caller's trace continued when
-/// one came with the trigger, else a new trace.
-fn trace_context(parent: Option<&str>) -> (String, String) {
-    let trace_id = parent
-        .and_then(|p| {
-            let parts: Vec<&str> = p.split('-').collect();
-            (parts.len() == 4 && parts[1].len() == 32 && parts[1].chars().all(|c| c.is_ascii_hexdigit()))
-                .then(|| parts[1].to_lowercase())
-        })
-        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
-    let span_id: String = uuid::Uuid::now_v7().simple().to_string()[16..].to_string();
-    let tp = format!("00-{trace_id}-{span_id}-01");
-    (trace_id, tp)
 }

@@ -14,4 +14,5 @@ mod observability;
 mod outage;
 mod policies;
 mod standalone;
+mod traces;
 mod watch;
