@@ -42,6 +42,9 @@ enum Scenario {
         /// owner (default) or race (the seed's way).
         #[arg(long, default_value = "owner")]
         dispatch: String,
+        /// Export a trace per run to a local OTLP sink (to measure tracing's cost).
+        #[arg(long)]
+        tracing: bool,
     },
     /// Run-log store insert throughput (SQLite in a temp dir, or --uri).
     Store {
@@ -167,7 +170,13 @@ async fn main() -> Result<()> {
             workers,
             seconds,
             dispatch,
+            tracing,
         } => {
+            let traced = if tracing {
+                Some(otlp_sink(dir.path()).await?)
+            } else {
+                None
+            };
             let s = steady(
                 &bin,
                 dir.path(),
@@ -178,9 +187,13 @@ async fn main() -> Result<()> {
                 seconds,
                 &dispatch,
                 &limits,
+                traced.as_deref(),
             )
             .await?;
-            println!("\n## steady: {jobs} jobs @every 1s, {workers} workers, {seconds} s, dispatch {dispatch}\n");
+            let t = if tracing { "on" } else { "off" };
+            println!(
+                "\n## steady: {jobs} jobs @every 1s, {workers} workers, {seconds} s, dispatch {dispatch}, tracing {t}\n"
+            );
             println!("| measure | value |\n| --- | --- |");
             println!("| ticks expected / runs | {} / {} |", s.expected_ticks, s.runs);
             println!("| duplicate ticks | {} |", s.duplicate_ticks);
@@ -345,6 +358,7 @@ async fn steady(
     seconds: u64,
     dispatch: &str,
     limits: &Limits,
+    config: Option<&Path>,
 ) -> Result<Steady> {
     let mut procs = Vec::new();
     for i in 0..workers {
@@ -369,6 +383,13 @@ async fn steady(
                 "--log-level",
                 "warn",
             ])
+            .arg("--spool-dir")
+            .arg(dir.join("spool"))
+            .args(
+                config
+                    .map(|c| vec!["--config".to_string(), c.display().to_string()])
+                    .unwrap_or_default(),
+            )
             .arg("--runs-file")
             .arg(&runs)
             .stdout(log.try_clone()?)
@@ -659,4 +680,52 @@ fn reqwest_client() -> reqwest::Client {
         .pool_max_idle_per_host(64)
         .build()
         .expect("http client")
+}
+
+/// A minimal OTLP/HTTP sink: answers 200 to every request, so trace export costs what it costs
+/// on the worker side and nothing fails. Returns a worker config file that points at it.
+async fn otlp_sink(dir: &Path) -> Result<PathBuf> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut pending: Vec<u8> = Vec::new();
+                loop {
+                    let n = match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buf[..n]);
+                    // answer each complete request (headers + Content-Length body)
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&pending[..end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                            .unwrap_or(0);
+                        if pending.len() < end + 4 + len {
+                            break;
+                        }
+                        pending.drain(..end + 4 + len);
+                        if sock
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let cfg = dir.join("traced.toml");
+    std::fs::write(
+        &cfg,
+        format!("[tracing]\nenabled = true\nendpoint = \"http://127.0.0.1:{port}/v1/traces\"\n"),
+    )?;
+    Ok(cfg)
 }
