@@ -37,6 +37,21 @@ pub enum CtlCmd {
     Runs(RunsCmd),
     /// Live workers.
     Workers,
+    /// Tail the event feed.
+    Events {
+        /// jobs, workers, runs (comma-separated).
+        #[arg(long)]
+        topics: Option<String>,
+        /// Job names (comma-separated).
+        #[arg(long)]
+        job: Option<String>,
+        /// Run statuses (comma-separated).
+        #[arg(long)]
+        status: Option<String>,
+        /// Replay job events from this etcd revision first.
+        #[arg(long)]
+        since_revision: Option<i64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -200,6 +215,16 @@ fn read_spec(path: &PathBuf) -> Result<JobSpec, CtlError> {
 
 /// Runs one ctl command, printing its result; returns the text printed.
 pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
+    if let CtlCmd::Events {
+        topics,
+        job,
+        status,
+        since_revision,
+    } = &a.cmd
+    {
+        events(&a, topics.clone(), job.clone(), status.clone(), *since_revision).await?;
+        return Ok(String::new());
+    }
     let c = Client {
         http: reqwest::Client::new(),
         url: a.url.clone(),
@@ -386,6 +411,7 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                 )
             }
         }
+        CtlCmd::Events { .. } => unreachable!(),
         CtlCmd::Workers => {
             let ws = c.call(Method::GET, "/api/v1/workers", None).await?;
             if json {
@@ -421,4 +447,91 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
         }
     };
     Ok(out)
+}
+
+/// `cronmesh ctl events`: tails the feed, one line per event (`-o json`: the raw messages).
+pub async fn events(
+    a: &CtlArgs,
+    topics: Option<String>,
+    job: Option<String>,
+    status: Option<String>,
+    since_revision: Option<i64>,
+) -> Result<(), CtlError> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut url = format!(
+        "{}/api/v1/events?",
+        a.url.trim_end_matches('/').replacen("http", "ws", 1)
+    );
+    for (k, v) in [
+        ("topics", topics),
+        ("job", job),
+        ("status", status),
+        ("since_revision", since_revision.map(|r| r.to_string())),
+    ] {
+        if let Some(v) = v {
+            url.push_str(&format!("{k}={}&", encode(&v)));
+        }
+    }
+    let mut req = url.into_client_request().map_err(|e| CtlError::Input(e.to_string()))?;
+    if let Some(t) = &a.token {
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| CtlError::Input("bad token".into()))?,
+        );
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| match e {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => CtlError::Api {
+            status: resp.status().as_u16(),
+            message: resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default(),
+        },
+        other => CtlError::Input(format!("cannot open the event feed at {}: {other}", a.url)),
+    })?;
+    while let Some(msg) = ws.next().await {
+        let msg = msg.map_err(|e| CtlError::Input(format!("feed closed: {e}")))?;
+        let text = match msg {
+            tokio_tungstenite::tungstenite::Message::Text(t) => t.to_string(),
+            tokio_tungstenite::tungstenite::Message::Close(_) => break,
+            _ => continue,
+        };
+        if a.output == Output::Json {
+            println!("{text}");
+            continue;
+        }
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let detail = match v["type"].as_str().unwrap_or("") {
+            "job.saved" => format!(
+                "{} rev {} schedule {:?}",
+                s(&v["job"]["name"]),
+                s(&v["revision"]),
+                s(&v["job"]["schedule"])
+            ),
+            "job.deleted" => format!("{} rev {}", s(&v["name"]), s(&v["revision"])),
+            "worker.joined" => s(&v["worker"]["id"]),
+            "worker.left" => s(&v["id"]),
+            "run.started" => format!(
+                "{} run {} on {}",
+                s(&v["run"]["job"]),
+                s(&v["run"]["run_id"]),
+                s(&v["run"]["worker"])
+            ),
+            "run.finished" => format!(
+                "{} run {} {} exit {} in {} ms",
+                s(&v["run"]["job"]),
+                s(&v["run"]["run_id"]),
+                s(&v["run"]["status"]),
+                s(&v["run"]["exit_code"]),
+                s(&v["run"]["duration_ms"])
+            ),
+            _ => text.clone(),
+        };
+        println!("{}  {:<14} {detail}", time(&v["ts"]), s(&v["type"]));
+    }
+    Ok(())
 }

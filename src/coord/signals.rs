@@ -55,3 +55,22 @@ impl Coord {
         Ok(())
     }
 }
+
+impl Coord {
+    /// Puts a batch of feed events under `feed/{master}/{id}` (leased), for the other masters.
+    pub async fn put_feed_batch<T: serde::Serialize>(
+        &self,
+        leases: &super::ClaimLeases,
+        master: &str,
+        events: &T,
+    ) -> Result<(), CoordError> {
+        let lease = leases.lease(self).await?;
+        let key = format!("{}feed/{master}/{}", self.keys.prefix(), uuid::Uuid::now_v7().simple());
+        let value = encode(events);
+        self.call("put", |mut c| async move {
+            c.put(key, value, Some(PutOptions::new().with_lease(lease))).await
+        })
+        .await?;
+        Ok(())
+    }
+}

@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/runs/{run_id}"),
     ("get", "/api/v1/workers"),
     ("post", "/api/v1/reports"),
+    ("get", "/api/v1/events"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -55,6 +56,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/runs/{run_id}", get(get_run))
         .route("/api/v1/workers", get(list_workers))
         .route("/api/v1/reports", post(report))
+        .route("/api/v1/events", get(super::feed::events))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod compat;
 pub mod error;
+pub mod feed;
 
 use crate::config::Config;
 use crate::coord::{Coord, now_ms};
@@ -40,26 +41,60 @@ const MAX_RUNNING: usize = 100_000;
 pub struct Ingest {
     store: Arc<dyn LogStore>,
     running: Mutex<HashMap<String, RunStarted>>,
+    feed: feed::Feed,
+    relay: Option<Relay>,
+}
+
+/// Puts each ingested batch's run events in etcd for the other masters' feeds.
+struct Relay {
+    coord: Coord,
+    master: String,
+    leases: crate::coord::ClaimLeases,
 }
 
 impl Ingest {
-    pub fn new(store: Arc<dyn LogStore>) -> Self {
+    pub fn new(store: Arc<dyn LogStore>, feed: feed::Feed, relay: Option<(Coord, String)>) -> Self {
         Ingest {
             store,
             running: Mutex::new(HashMap::new()),
+            feed,
+            relay: relay.map(|(coord, master)| Relay {
+                coord,
+                master,
+                leases: crate::coord::ClaimLeases::new(Duration::from_secs(30)),
+            }),
+        }
+    }
+
+    async fn relay(&self, events: Vec<feed::FeedEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        if let Some(r) = &self.relay
+            && let Err(e) = r.coord.put_feed_batch(&r.leases, &r.master, &events).await
+        {
+            warn!(error = %e, events = events.len(), "cannot relay run events to the other masters' feeds");
         }
     }
 
     pub async fn ingest(&self, batch: crate::model::ReportBatch) -> Result<InsertOutcome, StoreError> {
+        let mut relayed = Vec::new();
         {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             for s in batch.started {
+                let ev = feed::FeedEvent::RunStarted {
+                    ts: now_ms(),
+                    run: Box::new(s.clone()),
+                };
+                self.feed.publish(ev.clone());
+                relayed.push(ev);
                 if running.len() < MAX_RUNNING {
                     running.insert(s.run_id.clone(), s);
                 }
             }
         }
         if batch.finished.is_empty() {
+            self.relay(relayed).await;
             return Ok(InsertOutcome::default());
         }
         let start = Instant::now();
@@ -74,10 +109,24 @@ impl Ingest {
         m.logstore_records
             .with_label_values(&["duplicate"])
             .inc_by(out.duplicates as u64);
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        for f in &batch.finished {
-            running.remove(&f.run_id);
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            for f in &batch.finished {
+                running.remove(&f.run_id);
+            }
         }
+        // published only now that the store has them: the feed never shows a run the API cannot return
+        for f in batch.finished {
+            let mut summary = f;
+            summary.output = String::new();
+            let ev = feed::FeedEvent::RunFinished {
+                ts: now_ms(),
+                run: Box::new(summary),
+            };
+            self.feed.publish(ev.clone());
+            relayed.push(ev);
+        }
+        self.relay(relayed).await;
         Ok(out)
     }
 
@@ -110,13 +159,23 @@ pub struct AppState {
     pub store: Arc<dyn LogStore>,
     pub auth: auth::Auth,
     pub ingest: Arc<Ingest>,
+    pub feed: feed::Feed,
+    /// Cancelled when the master stops: feed connections close with code 1001.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
     pub fn new(config: Arc<Config>, coord: Coord, store: Arc<dyn LogStore>) -> Arc<Self> {
+        let feed = feed::Feed::default();
         Arc::new(AppState {
             auth: auth::Auth::from_config(&config.master.auth),
-            ingest: Arc::new(Ingest::new(store.clone())),
+            ingest: Arc::new(Ingest::new(
+                store.clone(),
+                feed.clone(),
+                Some((coord.clone(), config.master.id.clone())),
+            )),
+            feed,
+            shutdown: CancellationToken::new(),
             config,
             coord,
             store,
@@ -194,11 +253,19 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
         shutdown.clone(),
     ));
     info!(url = %info.url, log_store = state.store.kind(), "master serving");
+    let sources = tokio::spawn(feed::watch_sources(state.clone(), state.shutdown.clone()));
+    let feed_stop = state.shutdown.clone();
     let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown({
         let s = shutdown.clone();
-        async move { s.cancelled().await }
+        async move {
+            s.cancelled().await;
+            // feed connections close now (code 1001), so the server can finish
+            feed_stop.cancel();
+        }
     });
     let res = server.await;
+    state.shutdown.cancel();
+    let _ = sources.await;
     let _ = retention.await;
     registration.deregister().await;
     res

@@ -123,6 +123,7 @@ pub struct Metrics {
     pub feed_subscribers: IntGauge,
     pub feed_events: IntCounterVec,
     pub feed_lagged: IntCounter,
+    pub feed_buffered: IntGauge,
     pub feed_send_latency: Histogram,
     pub job_runs_finished: IntCounterVec,
     pub job_schedule_lag: HistogramVec,
@@ -268,6 +269,10 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         feed_lagged: counter(
             "cronmesh_feed_lagged_total",
             "Times a slow feed subscriber was told it missed events.",
+        ),
+        feed_buffered: gauge(
+            "cronmesh_feed_buffered_events",
+            "Events held for feed subscribers (a fixed ring shared by all; never above 1024).",
         ),
         feed_send_latency: histogram(
             "cronmesh_feed_send_latency_seconds",

@@ -1238,7 +1238,7 @@ impl Scheduler {
             });
             let res = child.wait(&exec, kill_rx).await;
             drop(slot);
-            rec.ended_at = Some(started_ms + res.duration.as_millis() as i64);
+            rec.ended_at = Some(now_ms().max(started_ms));
             rec.duration_ms = Some(res.duration.as_millis() as i64);
             rec.exit_code = res.exit_code;
             rec.signal = res.signal;

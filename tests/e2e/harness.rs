@@ -247,6 +247,16 @@ impl Cluster {
         .await;
     }
 
+    pub fn signal_master(&mut self, id: &str, sig: i32) {
+        let m = self.masters.get_mut(id).expect("known master");
+        if let Some(c) = &m.child {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     /// SIGKILLs a master.
     pub fn kill_master(&mut self, id: &str) {
         let m = self.masters.get_mut(id).expect("known master");

@@ -9,6 +9,7 @@ mod bad_input;
 mod drain;
 mod exactly_once;
 mod failover;
+mod feed;
 mod lifecycle;
 mod observability;
 mod outage;

@@ -1,0 +1,518 @@
+//! The event feed: `GET /api/v1/events` upgrades to a WebSocket that streams JSON events —
+//! `job.saved`, `job.deleted` (from this master's etcd watch, with the revision),
+//! `worker.joined`, `worker.left`, `run.started`, `run.finished` (after the record is in the
+//! store). Filters: `topics=jobs,workers,runs`, `job=a,b`, `status=failed,...`; resume:
+//! `since_revision=N` replays job events from that etcd revision first.
+//!
+//! Backpressure: events are serialised once into a shared ring (`FEED_BUFFER` events); each
+//! subscriber reads it at its own pace. One that falls more than the ring behind gets
+//! `{"type":"lagged","missed":N}` and goes on from the oldest event still held; one whose socket
+//! accepts nothing for `SEND_TIMEOUT` is closed. Memory is the ring, whatever the subscribers do.
+//!
+//! Several masters: run events are ingested by one master; it also puts each batch's events under
+//! `feed/{master}/…` in etcd (30 s lease), and every master relays the batches of the others, so
+//! every master's subscribers see every run (see docs/ARCHITECTURE.md).
+
+use super::AppState;
+use super::api::authorize;
+use super::auth::Need;
+use super::error::ApiError;
+use crate::coord::{WatchEvent, now_ms};
+use crate::model::{RunRecord, RunStarted, RunStatus, StoredJob, WorkerInfo};
+use crate::telemetry::metrics::METRICS;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Events held for subscribers (shared by all of them).
+pub const FEED_BUFFER: usize = 1024;
+/// A subscriber whose socket takes nothing for this long is closed.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Server pings this often; no pong for three intervals closes the connection.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+
+/// One feed message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum FeedEvent {
+    #[serde(rename = "job.saved")]
+    JobSaved {
+        ts: i64,
+        revision: i64,
+        job: Box<StoredJob>,
+    },
+    #[serde(rename = "job.deleted")]
+    JobDeleted { ts: i64, revision: i64, name: String },
+    #[serde(rename = "worker.joined")]
+    WorkerJoined { ts: i64, worker: Box<WorkerInfo> },
+    #[serde(rename = "worker.left")]
+    WorkerLeft { ts: i64, id: String },
+    #[serde(rename = "run.started")]
+    RunStarted { ts: i64, run: Box<RunStarted> },
+    #[serde(rename = "run.finished")]
+    RunFinished { ts: i64, run: Box<RunRecord> },
+}
+
+impl FeedEvent {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FeedEvent::JobSaved { .. } => "job.saved",
+            FeedEvent::JobDeleted { .. } => "job.deleted",
+            FeedEvent::WorkerJoined { .. } => "worker.joined",
+            FeedEvent::WorkerLeft { .. } => "worker.left",
+            FeedEvent::RunStarted { .. } => "run.started",
+            FeedEvent::RunFinished { .. } => "run.finished",
+        }
+    }
+    fn topic(&self) -> &'static str {
+        match self {
+            FeedEvent::JobSaved { .. } | FeedEvent::JobDeleted { .. } => "jobs",
+            FeedEvent::WorkerJoined { .. } | FeedEvent::WorkerLeft { .. } => "workers",
+            _ => "runs",
+        }
+    }
+    fn job(&self) -> Option<&str> {
+        match self {
+            FeedEvent::JobSaved { job, .. } => Some(&job.spec.name),
+            FeedEvent::JobDeleted { name, .. } => Some(name),
+            FeedEvent::RunStarted { run, .. } => Some(&run.job),
+            FeedEvent::RunFinished { run, .. } => Some(&run.job),
+            _ => None,
+        }
+    }
+    fn job_revision(&self) -> Option<i64> {
+        match self {
+            FeedEvent::JobSaved { revision, .. } | FeedEvent::JobDeleted { revision, .. } => Some(*revision),
+            _ => None,
+        }
+    }
+}
+
+/// An event serialised once, with its publication time.
+pub struct Published {
+    pub event: FeedEvent,
+    pub json: Utf8Bytes,
+    pub at: Instant,
+}
+
+/// The hub every source publishes into.
+#[derive(Clone)]
+pub struct Feed {
+    tx: broadcast::Sender<Arc<Published>>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        let (tx, _) = broadcast::channel(FEED_BUFFER);
+        Feed { tx }
+    }
+}
+
+impl Feed {
+    pub fn publish(&self, event: FeedEvent) {
+        let json = serde_json::to_string(&event).expect("events serialize");
+        let _ = self.tx.send(Arc::new(Published {
+            event,
+            json: json.into(),
+            at: Instant::now(),
+        }));
+        METRICS.feed_buffered.set(self.tx.len() as i64);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
+        self.tx.subscribe()
+    }
+
+    /// Events currently held (never more than `FEED_BUFFER`).
+    pub fn buffered(&self) -> usize {
+        self.tx.len()
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+/// Turns the `jobs/` and `workers/` watches into feed events, until `stop`.
+pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
+    let mut jobs = st.coord.watch_prefix("jobs", "jobs/".into(), stop.clone());
+    let mut workers = st.coord.watch_prefix("workers", "workers/".into(), stop.clone());
+    let mut relay = st.coord.watch_prefix("feed", "feed/".into(), stop.clone());
+    let mut known_jobs: HashMap<String, i64> = HashMap::new();
+    let mut known_workers: HashSet<String> = HashSet::new();
+    let (mut jobs_synced, mut workers_synced) = (false, false);
+    let me = format!("{}/", st.config.master.id);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(ev) = jobs.events.recv() => match ev {
+                WatchEvent::Reset { items, revision } => {
+                    let now: HashMap<String, i64> = items.iter().map(|kv| (kv.key.clone(), kv.mod_revision)).collect();
+                    if jobs_synced {
+                        // a re-list after a compaction or a broken stream: publish the difference
+                        for kv in &items {
+                            if known_jobs.get(&kv.key) != Some(&kv.mod_revision) {
+                                publish_job(&st, &kv.key, &kv.value, kv.mod_revision);
+                            }
+                        }
+                        for gone in known_jobs.keys().filter(|k| !now.contains_key(*k)) {
+                            st.feed.publish(FeedEvent::JobDeleted { ts: now_ms(), revision, name: gone.clone() });
+                        }
+                    }
+                    known_jobs = now;
+                    jobs_synced = true;
+                }
+                WatchEvent::Put(kv) => {
+                    known_jobs.insert(kv.key.clone(), kv.mod_revision);
+                    publish_job(&st, &kv.key, &kv.value, kv.mod_revision);
+                }
+                WatchEvent::Delete { key, revision, .. } => {
+                    known_jobs.remove(&key);
+                    st.feed.publish(FeedEvent::JobDeleted { ts: now_ms(), revision, name: key });
+                }
+            },
+            Some(ev) = workers.events.recv() => match ev {
+                WatchEvent::Reset { items, .. } => {
+                    let now: HashSet<String> = items.iter().map(|kv| kv.key.clone()).collect();
+                    if workers_synced {
+                        for kv in items.iter().filter(|kv| !known_workers.contains(&kv.key)) {
+                            publish_worker(&st, &kv.value);
+                        }
+                        for gone in known_workers.difference(&now) {
+                            st.feed.publish(FeedEvent::WorkerLeft { ts: now_ms(), id: gone.clone() });
+                        }
+                    }
+                    known_workers = now;
+                    workers_synced = true;
+                }
+                WatchEvent::Put(kv) => {
+                    if known_workers.insert(kv.key.clone()) {
+                        publish_worker(&st, &kv.value);
+                    }
+                }
+                WatchEvent::Delete { key, .. } => {
+                    if known_workers.remove(&key) {
+                        st.feed.publish(FeedEvent::WorkerLeft { ts: now_ms(), id: key });
+                    }
+                }
+            },
+            Some(ev) = relay.events.recv() => {
+                // other masters' run events; ours were published when we ingested them
+                if let WatchEvent::Put(kv) = ev
+                    && !kv.key.starts_with(&me)
+                {
+                    match serde_json::from_slice::<Vec<FeedEvent>>(&kv.value) {
+                        Ok(events) => events.into_iter().for_each(|e| st.feed.publish(e)),
+                        Err(e) => warn!(key = %kv.key, error = %e, "undecodable relayed feed batch ignored"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn publish_job(st: &AppState, name: &str, value: &[u8], revision: i64) {
+    match serde_json::from_slice::<StoredJob>(value) {
+        Ok(mut job) => {
+            job.revision = revision;
+            st.feed.publish(FeedEvent::JobSaved {
+                ts: now_ms(),
+                revision,
+                job: Box::new(job),
+            });
+        }
+        Err(e) => warn!(job = name, error = %e, "undecodable job not published on the feed"),
+    }
+}
+
+fn publish_worker(st: &AppState, value: &[u8]) {
+    if let Ok(w) = serde_json::from_slice::<WorkerInfo>(value) {
+        st.feed.publish(FeedEvent::WorkerJoined {
+            ts: now_ms(),
+            worker: Box::new(w),
+        });
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// jobs, workers, runs (comma-separated; default all).
+    topics: Option<String>,
+    /// Job names (comma-separated).
+    job: Option<String>,
+    /// Run statuses for run.finished (comma-separated).
+    status: Option<String>,
+    /// Replay job events from this etcd revision first.
+    since_revision: Option<i64>,
+    /// For browsers, which cannot set headers on a WebSocket.
+    token: Option<String>,
+}
+
+struct Filter {
+    topics: HashSet<String>,
+    jobs: Option<HashSet<String>>,
+    statuses: Option<HashSet<RunStatus>>,
+}
+
+impl Filter {
+    fn parse(q: &EventsQuery) -> Result<Self, ApiError> {
+        let split = |s: &str| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect::<HashSet<_>>()
+        };
+        let topics = match &q.topics {
+            None => ["jobs", "workers", "runs"].iter().map(|s| s.to_string()).collect(),
+            Some(t) => {
+                let t = split(t);
+                if let Some(bad) = t.iter().find(|x| !["jobs", "workers", "runs"].contains(&x.as_str())) {
+                    return Err(ApiError::bad(
+                        "invalid_topics",
+                        format!("unknown topic {bad:?}; use jobs, workers, runs"),
+                    ));
+                }
+                t
+            }
+        };
+        let jobs = q.job.as_deref().map(split);
+        if let Some(js) = &jobs {
+            for j in js {
+                crate::model::validate_name(j).map_err(|e| ApiError::bad("invalid_job", e.to_string()))?;
+            }
+        }
+        let statuses = match &q.status {
+            None => None,
+            Some(s) => Some(
+                split(s)
+                    .iter()
+                    .map(|x| {
+                        RunStatus::parse(x)
+                            .ok_or_else(|| ApiError::bad("invalid_status", format!("unknown status {x:?}")))
+                    })
+                    .collect::<Result<HashSet<_>, _>>()?,
+            ),
+        };
+        Ok(Filter { topics, jobs, statuses })
+    }
+
+    fn wants(&self, e: &FeedEvent) -> bool {
+        if !self.topics.contains(e.topic()) {
+            return false;
+        }
+        if let (Some(js), Some(j)) = (&self.jobs, e.job())
+            && !js.contains(j)
+        {
+            return false;
+        }
+        if let (Some(st), FeedEvent::RunFinished { run, .. }) = (&self.statuses, e)
+            && !st.contains(&run.status)
+        {
+            return false;
+        }
+        if self.statuses.is_some() && matches!(e, FeedEvent::RunStarted { .. }) {
+            return false;
+        }
+        true
+    }
+}
+
+/// `GET /api/v1/events`: authorises and validates before the upgrade (401/403/400 are plain
+/// HTTP answers), then serves the subscriber.
+pub async fn events(
+    State(st): State<Arc<AppState>>,
+    mut headers: HeaderMap,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    if let Some(t) = &q.token
+        && !headers.contains_key(axum::http::header::AUTHORIZATION)
+        && let Ok(v) = format!("Bearer {t}").parse()
+    {
+        headers.insert(axum::http::header::AUTHORIZATION, v);
+    }
+    authorize(&st, &headers, Need::Read)?;
+    let filter = Filter::parse(&q)?;
+    let ws = ws.map_err(|e| ApiError::bad("not_a_websocket", format!("{e}; connect with a WebSocket client")))?;
+    let since = q.since_revision;
+    Ok(ws.on_upgrade(move |socket| subscriber(socket, st, filter, since)))
+}
+
+async fn send(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, msg: Message) -> bool {
+    matches!(tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await, Ok(Ok(())))
+}
+
+async fn subscriber(socket: WebSocket, st: Arc<AppState>, filter: Filter, since: Option<i64>) {
+    METRICS.feed_subscribers.inc();
+    struct Gauge;
+    impl Drop for Gauge {
+        fn drop(&mut self) {
+            METRICS.feed_subscribers.dec();
+        }
+    }
+    let _gauge = Gauge;
+    // subscribe first, so nothing published during the replay is missed
+    let mut rx = st.feed.subscribe();
+    let (mut sink, mut stream) = socket.split();
+    let mut replayed_up_to = 0i64;
+    if let Some(from) = since {
+        match replay(&st, from, &filter, &mut sink).await {
+            Some(rev) => replayed_up_to = rev,
+            None => return,
+        }
+    }
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut last_pong = Instant::now();
+    let shutdown = st.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = send(&mut sink, Message::Close(Some(CloseFrame { code: 1001, reason: "master shutting down".into() }))).await;
+                break;
+            }
+            ev = rx.recv() => match ev {
+                Ok(p) => {
+                    if !filter.wants(&p.event) || p.event.job_revision().is_some_and(|r| r <= replayed_up_to) {
+                        continue;
+                    }
+                    if !send(&mut sink, Message::Text(p.json.clone())).await {
+                        debug!("feed subscriber stuck or gone; closing");
+                        break;
+                    }
+                    METRICS.feed_events.with_label_values(&[p.event.type_name()]).inc();
+                    METRICS.feed_send_latency.observe(p.at.elapsed().as_secs_f64());
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    METRICS.feed_lagged.inc();
+                    METRICS.feed_events.with_label_values(&["lagged"]).inc();
+                    let msg = serde_json::json!({ "type": "lagged", "ts": now_ms(), "missed": n }).to_string();
+                    if !send(&mut sink, Message::Text(msg.into())).await {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            msg = stream.next() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                Some(Ok(Message::Ping(_))) => {}
+                Some(Ok(Message::Text(t))) => {
+                    let reply = match serde_json::from_str::<serde_json::Value>(&t) {
+                        Ok(v) if v["type"] == "ping" => serde_json::json!({ "type": "pong", "ts": now_ms() }),
+                        Ok(_) => serde_json::json!({ "type": "error", "message": "unknown message; the feed accepts only {\"type\":\"ping\"}; set filters in the URL" }),
+                        Err(e) => serde_json::json!({ "type": "error", "message": format!("not JSON: {e}") }),
+                    };
+                    if !send(&mut sink, Message::Text(reply.to_string().into())).await {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let reply = serde_json::json!({ "type": "error", "message": "binary frames are not understood; send JSON text" });
+                    if !send(&mut sink, Message::Text(reply.to_string().into())).await {
+                        break;
+                    }
+                }
+            },
+            _ = ping.tick() => {
+                if last_pong.elapsed() > PING_EVERY * 3 {
+                    info!("feed subscriber answered no ping for a minute; closing");
+                    break;
+                }
+                if !send(&mut sink, Message::Ping(Vec::new().into())).await {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Replays job events from `from` up to now; returns the revision replayed up to (None: the
+/// socket is gone). A compacted revision is said in a message, then the feed goes on live.
+async fn replay(
+    st: &AppState,
+    from: i64,
+    filter: &Filter,
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+) -> Option<i64> {
+    let current = match st.coord.list_jobs().await {
+        Ok((_, rev)) => rev,
+        Err(e) => {
+            let msg = serde_json::json!({ "type": "error", "message": format!("cannot replay: {e}") }).to_string();
+            send(sink, Message::Text(msg.into())).await;
+            return Some(0);
+        }
+    };
+    if from > current || !filter.topics.contains("jobs") {
+        return Some(current);
+    }
+    let stop = CancellationToken::new();
+    let mut w = st
+        .coord
+        .watch_prefix_from("replay", "jobs/".into(), Some(from.max(1)), stop.clone());
+    let mut last = from - 1;
+    let mut result = Some(current);
+    while last < current {
+        // history arrives at once; a quiet second means no more job events up to `current`
+        let ev = match tokio::time::timeout(Duration::from_secs(1), w.events.recv()).await {
+            Ok(Some(ev)) => ev,
+            _ => break,
+        };
+        let event = match ev {
+            WatchEvent::Reset { .. } => {
+                let msg = serde_json::json!({ "type": "resume_failed", "ts": now_ms(), "reason": "compacted", "message": format!("revision {from} was compacted; job events before {current} cannot be replayed; list jobs through the API instead") }).to_string();
+                if !send(sink, Message::Text(msg.into())).await {
+                    result = None;
+                }
+                break;
+            }
+            WatchEvent::Put(kv) => {
+                last = kv.mod_revision;
+                match serde_json::from_slice::<StoredJob>(&kv.value) {
+                    Ok(mut job) => {
+                        job.revision = kv.mod_revision;
+                        FeedEvent::JobSaved {
+                            ts: now_ms(),
+                            revision: kv.mod_revision,
+                            job: Box::new(job),
+                        }
+                    }
+                    Err(_) => continue,
+                }
+            }
+            WatchEvent::Delete { key, revision, .. } => {
+                last = revision;
+                FeedEvent::JobDeleted {
+                    ts: now_ms(),
+                    revision,
+                    name: key,
+                }
+            }
+        };
+        if event.job_revision().is_some_and(|r| r > current) {
+            break;
+        }
+        if filter.wants(&event) {
+            let json = serde_json::to_string(&event).expect("events serialize");
+            if !send(sink, Message::Text(json.into())).await {
+                result = None;
+                break;
+            }
+            METRICS.feed_events.with_label_values(&[event.type_name()]).inc();
+        }
+    }
+    stop.cancel();
+    result
+}
