@@ -62,6 +62,15 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         clients: usize,
     },
+    /// Event-feed fan-out: S WebSocket subscribers while R run events per second are published.
+    Feed {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 500)]
+        rate: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Only the machine's limits.
     Limits,
 }
@@ -103,6 +112,7 @@ struct Steady {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    raise_fd_limit();
     let bin = match &cli.cronmesh {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("cronmesh"),
@@ -152,6 +162,30 @@ async fn main() -> Result<()> {
                 );
             }
             serde_json::json!({ "limits": limits, "store": rows })
+        }
+        Scenario::Feed {
+            subscribers,
+            rate,
+            seconds,
+        } => {
+            let r = feed_load(&bin, dir.path(), &etcd, subscribers, rate, seconds).await?;
+            println!("\n## feed: {subscribers} subscribers, {rate} events/s published for {seconds} s\n");
+            println!("| measure | value |\n| --- | --- |");
+            println!("| events published | {} |", r.published);
+            println!(
+                "| events delivered (all subscribers) | {} ({:.0}/s) |",
+                r.delivered, r.delivered_per_s
+            );
+            println!("| lagged notices / events missed | {} / {} |", r.lagged, r.missed);
+            println!(
+                "| delivery delay p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
+                r.p50_ms, r.p99_ms, r.max_ms
+            );
+            println!(
+                "| master CPU % / peak RSS MB | {:.1} / {:.1} |",
+                r.master_cpu, r.master_rss_mb
+            );
+            serde_json::json!({ "limits": limits, "feed": r })
         }
         Scenario::Api { seconds, clients } => {
             let r = api_load(&bin, dir.path(), &etcd, seconds, clients).await?;
@@ -728,4 +762,157 @@ async fn otlp_sink(dir: &Path) -> Result<PathBuf> {
         format!("[tracing]\nenabled = true\nendpoint = \"http://127.0.0.1:{port}/v1/traces\"\n"),
     )?;
     Ok(cfg)
+}
+
+#[derive(Serialize, Default)]
+struct FeedRow {
+    published: usize,
+    delivered: usize,
+    delivered_per_s: f64,
+    lagged: usize,
+    missed: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    master_cpu: f64,
+    master_rss_mb: f64,
+}
+
+async fn feed_load(
+    bin: &Path,
+    dir: &Path,
+    etcd: &EtcdProcess,
+    subscribers: usize,
+    rate: usize,
+    seconds: u64,
+) -> Result<FeedRow> {
+    use futures_util::StreamExt;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("feed-master.log"))?;
+    let mut master = Command::new(bin)
+        .args([
+            "master",
+            "--etcd",
+            &etcd.client_url,
+            "--prefix",
+            "/loadtest-feed/",
+            "--no-auth",
+            "--log-level",
+            "warn",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--log-store")
+        .arg(format!("sqlite://{}", dir.join("feed-runs.db").display()))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let http = reqwest_client();
+    let t = Instant::now();
+    while http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .map(|r| !r.status().is_success())
+        .unwrap_or(true)
+    {
+        if t.elapsed() > Duration::from_secs(20) {
+            bail!("master did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // subscribers: each records receive delay = now - event ts
+    let mut subs = Vec::new();
+    for _ in 0..subscribers {
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/api/v1/events?topics=runs")).await?;
+        subs.push(ws);
+    }
+    let stop = tokio_util_cancel();
+    let mut tasks = Vec::new();
+    for mut ws in subs {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut delays, mut lagged, mut missed) = (Vec::new(), 0usize, 0usize);
+            loop {
+                let msg = tokio::select! { m = ws.next() => m, _ = stop.notified() => break };
+                let Some(msg) = msg else { break };
+                let Ok(tokio_tungstenite::tungstenite::Message::Text(t)) = msg else {
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+                if v["type"] == "lagged" {
+                    lagged += 1;
+                    missed += v["missed"].as_u64().unwrap_or(0) as usize;
+                } else if let Some(ts) = v["ts"].as_i64() {
+                    delays.push((cronmesh::coord::now_ms() - ts) as f64);
+                }
+            }
+            (delays, lagged, missed)
+        }));
+    }
+    let cpu0 = proc_cpu_ticks(master.id()).unwrap_or(0);
+    let start = Instant::now();
+    let mut published = 0usize;
+    // publish in 10 slices a second, as run.started notices through the reports route
+    let slice = (rate / 10).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        let started: Vec<serde_json::Value> = (0..slice)
+            .map(|i| serde_json::json!({"run_id": format!("f{published:09}{i:04}"), "job": "feed", "worker": "lt", "attempt": 1, "trigger": "schedule", "planned_at": 1, "started_at": 1, "trace_id": null}))
+            .collect();
+        http.post(format!("{url}/api/v1/reports"))
+            .json(&serde_json::json!({"started": started}))
+            .send()
+            .await?;
+        published += slice;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = proc_cpu_ticks(master.id()).unwrap_or(0).saturating_sub(cpu0) as f64 / 100.0;
+    let rss = proc_hwm_kb(master.id()).unwrap_or(0) as f64 / 1024.0;
+    stop.notify_waiters();
+    let mut r = FeedRow::default();
+    let mut all = Vec::new();
+    for t in tasks {
+        let (d, l, m) = t.await?;
+        r.delivered += d.len();
+        r.lagged += l;
+        r.missed += m;
+        all.extend(d);
+    }
+    all.sort_by(f64::total_cmp);
+    r.published = published;
+    r.delivered_per_s = r.delivered as f64 / seconds as f64;
+    r.p50_ms = pct(&all, 0.5);
+    r.p99_ms = pct(&all, 0.99);
+    r.max_ms = all.last().copied().unwrap_or(0.0);
+    r.master_cpu = (cpu / elapsed * 1000.0).round() / 10.0;
+    r.master_rss_mb = (rss * 10.0).round() / 10.0;
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(master.id() as i32, libc::SIGTERM);
+    }
+    let _ = master.wait();
+    Ok(r)
+}
+
+fn tokio_util_cancel() -> std::sync::Arc<tokio::sync::Notify> {
+    std::sync::Arc::new(tokio::sync::Notify::new())
+}
+
+/// Subscribers and their server-side sockets need more descriptors than the usual 1,024.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(65_536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

@@ -384,16 +384,38 @@ async fn subscriber(socket: WebSocket, st: Arc<AppState>, filter: Filter, since:
                 break;
             }
             ev = rx.recv() => match ev {
-                Ok(p) => {
-                    if !filter.wants(&p.event) || p.event.job_revision().is_some_and(|r| r <= replayed_up_to) {
+                Ok(first) => {
+                    // write what is already waiting (up to a batch), then flush once: one
+                    // syscall per batch instead of one per event
+                    let mut batch = vec![first];
+                    while batch.len() < 64 {
+                        match rx.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    let wanted: Vec<_> = batch
+                        .into_iter()
+                        .filter(|p| filter.wants(&p.event) && p.event.job_revision().is_none_or(|r| r > replayed_up_to))
+                        .collect();
+                    if wanted.is_empty() {
                         continue;
                     }
-                    if !send(&mut sink, Message::Text(p.json.clone())).await {
+                    let mut ok = true;
+                    for p in &wanted {
+                        if tokio::time::timeout(SEND_TIMEOUT, sink.feed(Message::Text(p.json.clone()))).await.map(|r| r.is_ok()) != Ok(true) {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if !ok || tokio::time::timeout(SEND_TIMEOUT, sink.flush()).await.map(|r| r.is_ok()) != Ok(true) {
                         debug!("feed subscriber stuck or gone; closing");
                         break;
                     }
-                    METRICS.feed_events.with_label_values(&[p.event.type_name()]).inc();
-                    METRICS.feed_send_latency.observe(p.at.elapsed().as_secs_f64());
+                    for p in &wanted {
+                        METRICS.feed_events.with_label_values(&[p.event.type_name()]).inc();
+                        METRICS.feed_send_latency.observe(p.at.elapsed().as_secs_f64());
+                    }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     METRICS.feed_lagged.inc();
