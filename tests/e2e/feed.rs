@@ -326,3 +326,47 @@ async fn unauthorized_upgrades_are_refused_before_the_upgrade_and_garbage_frames
     let (st, b) = c.get(&m, "/api/v1/events", Some(READ)).await;
     assert_eq!((st, b["error"]["code"].as_str()), (400, Some("not_a_websocket")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_masters_each_feed_shows_runs_ingested_by_the_other_and_ctl_tails_it() {
+    let mut c = Cluster::new().await;
+    let m1 = c.start_master("m1", &["--no-auth"]).await;
+    // m2 has its own store; it never ingests anything in this test
+    let m2_store = format!("sqlite://{}", c.path("runs-m2.db").display());
+    let m2 = c.start_master("m2", &["--no-auth", "--log-store", &m2_store]).await;
+    let mut on_m2 = connect(&m2, "topics=runs", None).await.unwrap();
+    let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_cronmesh"))
+        .args(["ctl", "--url", &m2, "-o", "json", "events", "--topics", "runs"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    c.start_worker("w1", &["--master", &m1]);
+    c.wait_members(&["w1"]).await;
+    let (st, _) = c
+        .send(
+            "PUT",
+            &m1,
+            "/api/v1/jobs/relayed",
+            None,
+            Some(json!({"schedule": "@yearly", "command": "true"})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    c.send("POST", &m1, "/api/v1/jobs/relayed/run", None, None).await;
+    let seen = until(&mut on_m2, "run.finished", Duration::from_secs(15)).await;
+    assert!(seen.iter().any(|e| e["type"] == "run.started"), "{seen:?}");
+    let id = seen.last().unwrap()["run"]["run_id"].as_str().unwrap().to_string();
+    // m1 ingested it: its API returns it
+    let (st, _) = c.get(&m1, &format!("/api/v1/runs/{id}"), None).await;
+    assert_eq!(st, 200);
+    // and `cronmesh ctl events` printed the same events
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = tail.kill();
+    let out = tail.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        lines.lines().any(|l| l.contains("run.finished") && l.contains(&id)),
+        "{lines}"
+    );
+}

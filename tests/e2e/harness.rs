@@ -177,7 +177,7 @@ impl Cluster {
     /// the test tokens; returns its URL once `/healthz` answers.
     pub async fn start_master(&mut self, id: &str, extra: &[&str]) -> String {
         let port = free_port();
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "master",
             "--etcd",
             &self.etcd.client_url,
@@ -185,15 +185,18 @@ impl Cluster {
             &self.prefix,
             "--master-id",
             id,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-store",
-            &format!("sqlite://{}", self.path("runs.db").display()),
         ]
         .iter()
         .map(|s| s.to_string())
-        .chain(extra.iter().map(|s| s.to_string()))
         .collect();
+        args.extend(["--listen".to_string(), format!("127.0.0.1:{port}")]);
+        if !extra.contains(&"--log-store") {
+            args.extend([
+                "--log-store".to_string(),
+                format!("sqlite://{}", self.path("runs.db").display()),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.path(&format!("master-{id}.log"));
         let mut m = MasterProc {
             child: None,
