@@ -150,25 +150,9 @@ struct StandaloneArgs {
     apply: Vec<PathBuf>,
 }
 
-/// Each run holds a few descriptors (pidfd, output pipe, gate): raise the soft limit to the hard
-/// one, as servers do, so thousands of concurrent runs do not hit the usual 1,024.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max.min(1 << 20);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    raise_fd_limit();
+    cronmesh::worker::executor::raise_fd_limit();
     if let Cmd::Check { file, next } = &cli.command {
         return check_job(file, *next);
     }

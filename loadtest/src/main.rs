@@ -112,7 +112,7 @@ struct Steady {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    raise_fd_limit();
+    cronmesh::worker::executor::raise_fd_limit();
     let bin = match &cli.cronmesh {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("cronmesh"),
@@ -900,19 +900,4 @@ async fn feed_load(
 
 fn tokio_util_cancel() -> std::sync::Arc<tokio::sync::Notify> {
     std::sync::Arc::new(tokio::sync::Notify::new())
-}
-
-/// Subscribers and their server-side sockets need more descriptors than the usual 1,024.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on our own process with a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max.min(65_536);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }

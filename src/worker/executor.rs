@@ -240,6 +240,23 @@ fn reap_blocking(pid: libc::pid_t) -> Option<(i32, libc::rusage)> {
     (r == pid).then_some((status, usage))
 }
 
+/// Each run holds a few descriptors (pidfd, output pipe): raises the soft descriptor limit to
+/// the hard one, as servers do, so thousands of concurrent runs (or feed subscribers) do not hit
+/// the usual 1,024.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// Sends `sig` to the process group led by `pgid` (errors such as "no such group" are expected
 /// once it is gone and ignored).
 pub fn kill_group(pgid: libc::pid_t, sig: libc::c_int) {
