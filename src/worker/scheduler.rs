@@ -155,6 +155,8 @@ pub struct Scheduler {
     /// Processes being forked at once (on blocking threads).
     spawn_slots: Arc<Semaphore>,
     jobs: HashMap<String, JobEntry>,
+    /// Jobs with `owned` set (kept as a count: the gauge must not scan every job per change).
+    owned_count: usize,
     members: BTreeMap<String, WorkerInfo>,
     triggers: HashMap<String, RunNowSignal>,
     triggers_in_flight: HashSet<String>,
@@ -193,6 +195,7 @@ impl Scheduler {
             coord,
             reporter,
             jobs: HashMap::new(),
+            owned_count: 0,
             members: BTreeMap::new(),
             triggers: HashMap::new(),
             triggers_in_flight: HashSet::new(),
@@ -322,14 +325,19 @@ impl Scheduler {
         entry.generation = generation;
         entry.overdue.clear();
         // re-evaluate from scratch: a changed spec restarts the job's timeline
-        entry.owned = false;
+        if entry.owned {
+            entry.owned = false;
+            self.owned_count -= 1;
+        }
         self.update_ownership(name);
+        self.refresh_owned_gauge();
     }
 
     fn remove_job(&mut self, name: &str) {
         if let Some(e) = self.jobs.remove(name)
             && e.owned
         {
+            self.owned_count -= 1;
             debug!(job = name, "job removed");
         }
         self.refresh_owned_gauge();
@@ -458,9 +466,7 @@ impl Scheduler {
     }
 
     fn refresh_owned_gauge(&self) {
-        METRICS
-            .owned_jobs
-            .set(self.jobs.values().filter(|e| e.owned).count() as i64);
+        METRICS.owned_jobs.set(self.owned_count as i64);
     }
 
     fn update_ownership(&mut self, name: &str) {
@@ -475,6 +481,7 @@ impl Scheduler {
             self.next_gen += 1;
             entry.generation = self.next_gen;
             entry.owned = true;
+            self.owned_count += 1;
             // Look back: ticks since the job last changed (within its deadline) that nobody may
             // have claimed; claiming them decides each exactly once.
             let from = (now - entry.job.spec.starting_deadline().as_millis() as i64).max(entry.job.updated_at);
@@ -505,6 +512,7 @@ impl Scheduler {
             self.next_gen += 1;
             entry.generation = self.next_gen;
             entry.owned = false;
+            self.owned_count -= 1;
             entry.next_tick = None;
             entry.overdue.clear();
             debug!(job = name, "no longer owned");
