@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Debian packages), then runs every check and test:
+# Installs everything the tests need (Debian packages, and playwright-core from npm for the
+# browser tests), then runs every check and test:
 # formatting, clippy with warnings as errors, unit tests and the end-to-end tests, which start
-# their own etcd processes and cronmesh workers.
+# their own etcd processes and cronmesh workers, and drive the web page in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing test prerequisites: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -17,6 +20,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 etcd --version | head -1
+# the web page's browser tests: playwright-core (pinned by tests/web/package-lock.json) drives
+# Debian's Chromium; no browser download
+echo "== npm ci (tests/web)"
+(cd tests/web && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -193,6 +193,8 @@ pub struct MasterConfig {
     pub retention_max_per_job: Option<u64>,
     /// Who may call the API.
     pub auth: AuthConfig,
+    /// Serve the web page at `/` (its assets are public; its data needs a token like the API).
+    pub web_ui: bool,
 }
 
 impl Default for MasterConfig {
@@ -207,6 +209,7 @@ impl Default for MasterConfig {
             retention_max_age: Some(Duration::from_secs(30 * 86_400)),
             retention_max_per_job: Some(10_000),
             auth: AuthConfig::default(),
+            web_ui: true,
         }
     }
 }

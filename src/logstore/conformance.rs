@@ -45,6 +45,41 @@ where
     list_filters_by_job_status_and_time(&*fresh().await).await;
     a_bad_cursor_is_an_error(&*fresh().await).await;
     retention_by_age_and_by_count_per_job(&*fresh().await).await;
+    latest_per_job_is_each_jobs_newest_record(&*fresh().await).await;
+}
+
+pub async fn latest_per_job_is_each_jobs_newest_record(s: &dyn LogStore) {
+    s.insert(&[
+        record("a-old", "a", 1_000, RunStatus::Succeeded),
+        record("a-new", "a", 3_000, RunStatus::Failed),
+        record("b-1", "b", 2_000, RunStatus::Killed),
+        // same planned time: the larger run id is the newer, as in `list`
+        record("b-2", "b", 2_000, RunStatus::TimedOut),
+        record("c-1", "c", 9_000, RunStatus::Succeeded),
+    ])
+    .await
+    .unwrap();
+    let mut got = s
+        .latest_per_job(&["a".into(), "b".into(), "nothing".into()])
+        .await
+        .unwrap();
+    got.sort_by(|x, y| x.job.cmp(&y.job));
+    let ids: Vec<(&str, &str, RunStatus)> = got
+        .iter()
+        .map(|r| (r.job.as_str(), r.run_id.as_str(), r.status))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![("a", "a-new", RunStatus::Failed), ("b", "b-2", RunStatus::TimedOut)],
+        "one record per job that has runs, the newest; jobs not asked for are left out"
+    );
+    assert!(got.iter().all(|r| r.output.is_empty()), "outputs are left out");
+    assert_eq!(got[0], {
+        let mut r = record("a-new", "a", 3_000, RunStatus::Failed);
+        r.output = String::new();
+        r
+    });
+    assert!(s.latest_per_job(&[]).await.unwrap().is_empty());
 }
 
 pub async fn inserts_are_idempotent_by_run_id(s: &dyn LogStore) {

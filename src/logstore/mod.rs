@@ -10,6 +10,7 @@
 //!   record is replaced by the real one when that arrives (the dead worker's spool replayed);
 //! - `list` returns newest first by `(planned_at, run_id)`, without outputs, with an opaque cursor
 //!   for the next page; `get` returns one record with its output;
+//! - `latest_per_job` returns each job's newest record, as `list` would order them;
 //! - retention deletes by age (`ended_at`) and by count per job.
 
 pub mod conformance;
@@ -31,6 +32,9 @@ pub enum StoreError {
     #[error("run-log store error: {0}")]
     Internal(String),
 }
+
+/// Most job names `latest_per_job` takes in one call (one page of the jobs API).
+pub const MAX_LATEST_JOBS: usize = 1000;
 
 /// Filters and paging for `list`.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +76,10 @@ pub trait LogStore: Send + Sync + 'static {
     async fn insert(&self, records: &[RunRecord]) -> Result<InsertOutcome, StoreError>;
     async fn list(&self, query: &RunQuery) -> Result<RunPage, StoreError>;
     async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// The newest record (by `(planned_at, run_id)`, output left out) of each of `jobs` that
+    /// has one; jobs without runs are absent. For the jobs table's "last status" column, so
+    /// at most `MAX_LATEST_JOBS` names per call.
+    async fn latest_per_job(&self, jobs: &[String]) -> Result<Vec<RunRecord>, StoreError>;
     /// Deletes what retention says; returns how many records went.
     async fn apply_retention(&self, retention: Retention, now_ms: i64) -> Result<u64, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;

@@ -201,6 +201,30 @@ impl LogStore for MongoStore {
         d.map(from_doc).transpose()
     }
 
+    async fn latest_per_job(&self, jobs: &[String]) -> Result<Vec<RunRecord>, StoreError> {
+        let jobs: Vec<&String> = jobs.iter().take(super::MAX_LATEST_JOBS).collect();
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // the {job, planned_at, run_id} index serves the sort; $group keeps each job's first
+        let pipeline = vec![
+            doc! { "$match": { "job": { "$in": jobs } } },
+            doc! { "$sort": { "job": 1, "planned_at": -1, "run_id": -1 } },
+            doc! { "$group": { "_id": "$job", "doc": { "$first": "$$ROOT" } } },
+            doc! { "$replaceRoot": { "newRoot": "$doc" } },
+            doc! { "$project": { "output": 0, "_id": 0 } },
+        ];
+        let cursor = self.coll.aggregate(pipeline).await.map_err(err)?;
+        let docs: Vec<Document> = cursor.try_collect().await.map_err(err)?;
+        let mut out = Vec::with_capacity(docs.len());
+        for mut d in docs {
+            d.insert("output", "");
+            d.remove("ended_at_date");
+            out.push(from_doc(d)?);
+        }
+        Ok(out)
+    }
+
     async fn apply_retention(&self, retention: Retention, now_ms: i64) -> Result<u64, StoreError> {
         let mut deleted = 0;
         if let Some(age) = retention.max_age {

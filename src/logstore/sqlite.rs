@@ -197,6 +197,25 @@ impl LogStore for SqliteStore {
         .await
     }
 
+    async fn latest_per_job(&self, jobs: &[String]) -> Result<Vec<RunRecord>, StoreError> {
+        let jobs: Vec<String> = jobs.iter().take(super::MAX_LATEST_JOBS).cloned().collect();
+        Self::with(&self.reader, move |c| {
+            // one indexed probe per job (runs_by_job): O(jobs × log runs), whatever the history
+            let mut stmt = c
+                .prepare_cached("SELECT record FROM runs WHERE job = ?1 ORDER BY planned_at DESC, run_id DESC LIMIT 1")
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for j in &jobs {
+                let rec: Option<String> = stmt.query_row(params![j], |r| r.get(0)).optional().map_err(err)?;
+                if let Some(rec) = rec {
+                    out.push(row_to_record(rec, None)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn apply_retention(&self, retention: Retention, now_ms: i64) -> Result<u64, StoreError> {
         Self::with(&self.writer, move |c| {
             let mut deleted = 0u64;

@@ -84,19 +84,31 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, need: Need) -> Result<()
 }
 
 fn valid_name(name: &str) -> Result<(), ApiError> {
-    validate_name(name).map_err(|e| ApiError::bad("invalid_name", e.to_string()))
+    validate_name(name).map_err(|e| ApiError::bad_field("name", e.to_string()))
 }
 
-/// A job as the API shows it: the stored job plus its next fire times.
+/// A job as the API shows it: the stored job plus its next fire times and its newest run.
 #[derive(Serialize)]
 pub struct JobView {
     #[serde(flatten)]
     pub job: StoredJob,
     pub schedule_description: String,
     pub next_fire_times: Vec<String>,
+    /// The job's newest run record (by planned time), if it has one.
+    pub last_run: Option<LastRun>,
 }
 
-pub fn job_view(job: StoredJob, n: usize) -> JobView {
+/// The newest run of a job, in brief.
+#[derive(Serialize)]
+pub struct LastRun {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub planned_at: i64,
+    pub ended_at: Option<i64>,
+    pub exit_code: Option<i32>,
+}
+
+pub fn job_view(job: StoredJob, n: usize, last: Option<RunRecord>) -> JobView {
     let (desc, next) = match Schedule::parse(&job.spec.schedule, &job.spec.timezone) {
         Ok(s) => (s.describe(), s.next_n_rfc3339(now_ms(), n)),
         Err(e) => (e.to_string(), Vec::new()),
@@ -105,7 +117,40 @@ pub fn job_view(job: StoredJob, n: usize) -> JobView {
         job,
         schedule_description: desc,
         next_fire_times: next,
+        last_run: last.map(|r| LastRun {
+            run_id: r.run_id,
+            status: r.status,
+            planned_at: r.planned_at,
+            ended_at: r.ended_at,
+            exit_code: r.exit_code,
+        }),
     }
+}
+
+/// Views of `jobs` with their newest runs. The jobs come from etcd; if the run log cannot
+/// answer, the views go out without `last_run` (logged) rather than not at all.
+async fn job_views(st: &AppState, jobs: Vec<StoredJob>, n: usize) -> Vec<JobView> {
+    let names: Vec<String> = jobs.iter().map(|j| j.spec.name.clone()).collect();
+    let mut last: std::collections::HashMap<String, RunRecord> = match st.store.latest_per_job(&names).await {
+        Ok(runs) => runs.into_iter().map(|r| (r.job.clone(), r)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = names.len(), "jobs listed without their last runs: the run log did not answer");
+            Default::default()
+        }
+    };
+    jobs.into_iter()
+        .map(|j| {
+            let l = last.remove(&j.spec.name);
+            job_view(j, n, l)
+        })
+        .collect()
+}
+
+async fn one_view(st: &AppState, job: StoredJob) -> JobView {
+    job_views(st, vec![job], 5)
+        .await
+        .pop()
+        .expect("one job in, one view out")
 }
 
 #[derive(Deserialize)]
@@ -125,6 +170,9 @@ struct JobsQuery {
 struct JobsPage {
     jobs: Vec<JobView>,
     next_cursor: Option<String>,
+    /// The etcd revision the list was read at: subscribe to the feed with
+    /// `since_revision = revision + 1` to miss no change after it.
+    revision: i64,
 }
 
 async fn list_jobs(
@@ -150,7 +198,7 @@ async fn list_jobs(
                 .ok_or_else(|| ApiError::bad("invalid_label", "label filter must be key=value"))?,
         ),
     };
-    let (mut jobs, _) = st.coord.list_jobs().await?;
+    let (mut jobs, revision) = st.coord.list_jobs().await?;
     jobs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     let mut out: Vec<StoredJob> = jobs
         .into_iter()
@@ -167,8 +215,9 @@ async fn list_jobs(
         None
     };
     Ok(Json(JobsPage {
-        jobs: out.into_iter().map(|j| job_view(j, 3)).collect(),
+        jobs: job_views(&st, out, 3).await,
         next_cursor,
+        revision,
     }))
 }
 
@@ -185,7 +234,7 @@ async fn get_job(
         .get_job(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {name:?} not found")))?;
-    Ok(Json(job_view(job, 5)))
+    Ok(Json(one_view(&st, job).await))
 }
 
 async fn put_job(
@@ -213,12 +262,27 @@ async fn put_job(
             ));
         }
     }
-    let spec: JobSpec = serde_json::from_value(value).map_err(|e| ApiError::bad("invalid_body", e.to_string()))?;
+    let spec: JobSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+        // name the field at fault, so a form can show the message next to it
+        let field = match e.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+            _ => None,
+        };
+        let message = e.inner().to_string();
+        match field {
+            Some(f) => ApiError::BadRequest {
+                code: "invalid_body".into(),
+                message: format!("{f}: {message}"),
+                field: Some(f),
+            },
+            None => ApiError::bad("invalid_body", message),
+        }
+    })?;
     let existed = st.coord.get_job(&name).await?.is_some();
     let stored = st.coord.put_job(spec).await?;
     tracing::info!(job = %name, revision = stored.revision, created = !existed, "job saved through the API");
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(job_view(stored, 5))).into_response())
+    Ok((status, Json(one_view(&st, stored).await)).into_response())
 }
 
 async fn delete_job(
@@ -327,7 +391,7 @@ async fn set_paused(
     let Path(name) = name?;
     valid_name(&name)?;
     let job = st.coord.set_paused(&name, paused).await?;
-    Ok(Json(job_view(job, 5)))
+    Ok(Json(one_view(&st, job).await))
 }
 
 #[derive(Deserialize)]

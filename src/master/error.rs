@@ -15,6 +15,8 @@ pub enum ApiError {
     BadRequest {
         code: String,
         message: String,
+        /// The job-spec field at fault, when one is (forms show the message next to it).
+        field: Option<String>,
     },
     Unauthorized,
     Forbidden(String),
@@ -31,12 +33,22 @@ impl ApiError {
         ApiError::BadRequest {
             code: code.to_string(),
             message: message.into(),
+            field: None,
+        }
+    }
+
+    /// A 400 about one field of the body: code `invalid_{field}`, and `field` in the body.
+    pub fn bad_field(field: &str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code: format!("invalid_{field}"),
+            message: message.into(),
+            field: Some(field.to_string()),
         }
     }
 
     fn parts(&self) -> (StatusCode, &str, String) {
         match self {
-            ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message.clone()),
+            ApiError::BadRequest { code, message, .. } => (StatusCode::BAD_REQUEST, code, message.clone()),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -65,7 +77,12 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, "internal API error");
         }
         let (status, code, message) = self.parts();
-        let body = Json(serde_json::json!({ "error": { "code": code, "message": message } }));
+        let body = match &self {
+            ApiError::BadRequest { field: Some(f), .. } => {
+                Json(serde_json::json!({ "error": { "code": code, "message": message, "field": f } }))
+            }
+            _ => Json(serde_json::json!({ "error": { "code": code, "message": message } })),
+        };
         let mut resp = (status, body).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
@@ -78,7 +95,7 @@ impl IntoResponse for ApiError {
 impl From<CoordError> for ApiError {
     fn from(e: CoordError) -> Self {
         match e {
-            CoordError::Invalid(v) => ApiError::bad(&format!("invalid_{}", v.field), v.to_string()),
+            CoordError::Invalid(v) => ApiError::bad_field(v.field, v.to_string()),
             CoordError::NotFound(name) => ApiError::NotFound(format!("job {name:?} not found")),
             CoordError::Conflict(m) => ApiError::Conflict(m),
             e @ (CoordError::Etcd { .. } | CoordError::Timeout { .. }) => ApiError::Unavailable(e.to_string()),

@@ -337,7 +337,10 @@ pub async fn events(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
-    if let Some(t) = &q.token
+    // browsers cannot set headers on a WebSocket: the token may come as a subprotocol
+    // (preferred: it stays out of URLs and access logs) or as `?token=`
+    let token = protocol_token(&headers)?.or_else(|| q.token.clone());
+    if let Some(t) = token
         && !headers.contains_key(axum::http::header::AUTHORIZATION)
         && let Ok(v) = format!("Bearer {t}").parse()
     {
@@ -345,9 +348,47 @@ pub async fn events(
     }
     authorize(&st, &headers, Need::Read)?;
     let filter = Filter::parse(&q)?;
-    let ws = ws.map_err(|e| ApiError::bad("not_a_websocket", format!("{e}; connect with a WebSocket client")))?;
+    let ws = ws
+        .map_err(|e| ApiError::bad("not_a_websocket", format!("{e}; connect with a WebSocket client")))?
+        .protocols([PROTOCOL]);
     let since = q.since_revision;
     Ok(ws.on_upgrade(move |socket| subscriber(socket, st, filter, since)))
+}
+
+/// The subprotocol the feed speaks; a client that offers it gets it back.
+pub const PROTOCOL: &str = "cronmesh.v1";
+/// A subprotocol `cronmesh.bearer.<base64url(token)>` carries the bearer token.
+pub const TOKEN_PROTOCOL_PREFIX: &str = "cronmesh.bearer.";
+
+/// The token a browser put in `Sec-WebSocket-Protocol`, if any.
+fn protocol_token(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    use base64::Engine;
+    let offered = headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    for p in offered {
+        if let Some(enc) = p.strip_prefix(TOKEN_PROTOCOL_PREFIX) {
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(enc.trim_end_matches('='))
+                .map_err(|_| {
+                    ApiError::bad(
+                        "invalid_token_protocol",
+                        "the cronmesh.bearer. subprotocol must carry the token in unpadded base64url",
+                    )
+                })?;
+            let t = String::from_utf8(bytes).map_err(|_| {
+                ApiError::bad(
+                    "invalid_token_protocol",
+                    "the token in the cronmesh.bearer. subprotocol is not UTF-8",
+                )
+            })?;
+            return Ok(Some(t));
+        }
+    }
+    Ok(None)
 }
 
 async fn send(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, msg: Message) -> bool {

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod compat;
 pub mod error;
 pub mod feed;
+pub mod web;
 
 use crate::config::Config;
 use crate::coord::{Coord, now_ms};
@@ -186,9 +187,11 @@ impl AppState {
 /// The whole HTTP surface of a master: API, seed routes, metrics; body limit, timeout, metrics.
 pub fn app(state: Arc<AppState>) -> Router {
     let m = &state.config.master;
-    Router::new()
-        .merge(api::router())
-        .merge(compat::router())
+    let mut router = Router::new().merge(api::router()).merge(compat::router());
+    if m.web_ui {
+        router = router.merge(web::router());
+    }
+    router
         .route(
             "/metrics",
             axum::routing::get(|| async { crate::telemetry::metrics::render() }),

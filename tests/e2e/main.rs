@@ -17,3 +17,4 @@ mod policies;
 mod standalone;
 mod traces;
 mod watch;
+mod web;

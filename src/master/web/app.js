@@ -1,0 +1,1075 @@
+// cronmesh web page. Plain JavaScript, no build step, no dependencies: a client of the REST API
+// (/api/v1) and of the event feed (/api/v1/events). Data never goes into innerHTML: every node
+// is built with el(), so job names, commands and outputs cannot inject markup.
+'use strict';
+
+const PAGE_SIZE = 100;          // jobs table rows per page
+const RUNS_KEPT = 1000;         // runs held in a runs view (older ones: "Load older")
+const STALE_REFRESH_MS = 10000; // a visible job whose next fire times have all passed is re-read this often
+const STALE_PARALLEL = 8;       // at most this many such re-reads at once
+
+const state = {
+  token: sessionStorage.getItem('cronmesh.token') || localStorage.getItem('cronmesh.token') || '',
+  jobs: new Map(),        // name -> job view (API shape)
+  names: null,            // sorted job names, rebuilt lazily after adds and deletes
+  jobsLoaded: false,
+  jobsLoading: false,
+  jobsError: null,
+  jobsRevision: 0,        // etcd revision the job list was read at; the feed resumes after it
+  running: new Map(),     // run_id -> RunStarted, runs in progress (feed + workers' lists)
+  workers: [],
+  workersError: null,
+  view: null,             // { name, job? }
+  jobsQuery: { search: '', filter: 'all', page: 0 },
+  runsView: null,         // { job, status, runs: Map, cursor, loading, error }
+  staleAt: new Map(),     // job name -> last refresh attempt (ms)
+  staleInFlight: 0,
+  pendingJobEvents: [],   // job events seen while the job list is being read
+  loadStats: null,        // { jobs, ms } of the last full job load (shown, and read by tests)
+};
+window.cronmesh = state; // for debugging and for the browser tests' measurements
+
+// ---------------------------------------------------------------- small helpers
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') e.className = v;
+    else if (k === 'text') e.textContent = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else if (k === 'dataset') Object.assign(e.dataset, v);
+    else e.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+const $ = (sel) => document.querySelector(sel);
+// replaceChildren, skipping the nulls that optional parts leave (the DOM would print "null")
+function fill(node, ...kids) {
+  node.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false));
+}
+
+function fmtDuration(ms) {
+  if (ms === null || ms === undefined) return '—';
+  if (ms < 1000) return `${ms} ms`;
+  const s = ms / 1000;
+  if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+function fmtAbs(ms) { return ms ? new Date(ms).toLocaleString() : '—'; }
+// a time of today as hh:mm:ss, another day's with its date
+function fmtShort(ms) {
+  const d = new Date(ms);
+  if (d.toDateString() === new Date().toDateString()) return d.toLocaleTimeString();
+  return d.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+}
+function fmtRel(ms) {
+  if (!ms) return '—';
+  const d = ms - Date.now();
+  const a = Math.abs(d);
+  let t;
+  if (a < 1000) return d >= 0 ? 'now' : 'just now';
+  if (a < 60000) t = `${Math.round(a / 1000)} s`;
+  else if (a < 3600000) t = `${Math.round(a / 60000)} min`;
+  else if (a < 86400000) t = `${Math.round(a / 3600000)} h`;
+  else t = `${Math.round(a / 86400000)} d`;
+  return d >= 0 ? `in ${t}` : `${t} ago`;
+}
+function timeEl(ms) { return el('time', { datetime: ms ? new Date(ms).toISOString() : '', title: fmtAbs(ms) }, fmtRel(ms)); }
+function badge(status) { return el('span', { class: `badge ${status}` }, status.replace('_', ' ')); }
+function b64url(s) {
+  const bytes = new TextEncoder().encode(s);
+  let bin = '';
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+function toast(msg, isError) {
+  const t = el('div', { class: 'toast' + (isError ? ' error' : ''), role: isError ? 'alert' : 'status' }, msg);
+  $('#toasts').append(t);
+  setTimeout(() => t.remove(), isError ? 8000 : 4000);
+}
+function banner(msg) {
+  const b = $('#banner');
+  b.hidden = !msg;
+  b.textContent = msg || '';
+}
+
+// ---------------------------------------------------------------- the API
+
+class ApiError extends Error {
+  constructor(status, code, message, field) {
+    super(message);
+    this.status = status; this.code = code; this.field = field;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: 'application/json' };
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    throw new ApiError(0, 'unreachable', 'The master did not answer; check that it is running and reachable.');
+  }
+  const text = await resp.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
+  if (resp.status === 401) {
+    askToken(state.token ? 'That token was not accepted. Enter a valid token.' : null);
+    throw new ApiError(401, 'unauthorized', 'A token is needed: sign in.');
+  }
+  if (!resp.ok) {
+    const e = (data && data.error) || {};
+    let msg = e.message || text || resp.statusText;
+    if (resp.status === 403) msg = `Not allowed: ${msg}. Sign in with an admin token to change jobs.`;
+    throw new ApiError(resp.status, e.code || `http_${resp.status}`, msg, e.field);
+  }
+  return data;
+}
+
+// ---------------------------------------------------------------- auth
+
+let tokenWaiters = [];
+function askToken(why) {
+  const d = $('#token-dialog');
+  $('#token-error').hidden = !why;
+  $('#token-error').textContent = why || '';
+  $('#token-remember').checked = !!localStorage.getItem('cronmesh.token');
+  if (!d.open) {
+    $('#token-input').value = '';
+    d.showModal();
+    $('#token-input').focus();
+  }
+  return new Promise((resolve) => tokenWaiters.push(resolve));
+}
+
+async function submitToken(ev) {
+  ev.preventDefault();
+  const t = $('#token-input').value.trim();
+  if (!t) return;
+  const previous = state.token;
+  state.token = t;
+  try {
+    // a read works with every token the master knows
+    await fetch('/api/v1/workers', { headers: { Authorization: `Bearer ${t}` } }).then((r) => {
+      if (r.status === 401) throw new Error('unknown');
+      if (r.status === 403) throw new Error('worker');
+    });
+  } catch (e) {
+    state.token = previous;
+    $('#token-error').hidden = false;
+    $('#token-error').textContent = e.message === 'worker'
+      ? 'That is a worker token; it may only report runs. Use a read or admin token.'
+      : (e.message === 'unknown' ? 'The master does not know that token.' : 'The master did not answer.');
+    return;
+  }
+  sessionStorage.setItem('cronmesh.token', t);
+  if ($('#token-remember').checked) localStorage.setItem('cronmesh.token', t);
+  else localStorage.removeItem('cronmesh.token');
+  $('#token-dialog').close();
+  const w = tokenWaiters; tokenWaiters = [];
+  w.forEach((r) => r());
+  state.jobsLoaded = false;
+  loadWorkers();
+  if (state.runsView) loadRuns(true);
+  loadJobs().then(() => feed.restart());
+}
+
+function forgetToken() {
+  state.token = '';
+  sessionStorage.removeItem('cronmesh.token');
+  localStorage.removeItem('cronmesh.token');
+  $('#token-input').value = '';
+  $('#token-error').hidden = false;
+  $('#token-error').textContent = 'Token forgotten on this device.';
+  feed.restart();
+}
+
+// ---------------------------------------------------------------- jobs: load and keep in sync
+
+async function loadJobs() {
+  if (state.jobsLoading) return;
+  state.jobsLoading = true;
+  state.jobsError = null;
+  const t0 = performance.now();
+  const fresh = new Map();
+  let cursor = null;
+  let revision = 0;
+  try {
+    do {
+      const q = new URLSearchParams({ limit: '1000' });
+      if (cursor) q.set('cursor', cursor);
+      const page = await api('GET', `/api/v1/jobs?${q}`);
+      if (!revision) revision = page.revision;
+      for (const j of page.jobs) fresh.set(j.name, j);
+      cursor = page.next_cursor;
+      if (!state.jobsLoaded) {
+        // show the first page while the rest arrives
+        state.jobs = fresh; state.names = null; render();
+      }
+    } while (cursor);
+    state.jobs = fresh;
+    state.names = null;
+    // job events that arrived while the pages were read: apply those after the first page's
+    // revision again (applying one twice is harmless)
+    for (const ev of state.pendingJobEvents) {
+      if (ev.revision <= revision) continue;
+      if (ev.type === 'job.saved') jobSaved(ev.job); else jobDeleted(ev.name);
+    }
+    state.jobsRevision = Math.max(revision, ...state.pendingJobEvents.map((e) => e.revision));
+    state.jobsLoaded = true;
+    state.loadStats = { jobs: fresh.size, ms: Math.round(performance.now() - t0) };
+  } catch (e) {
+    state.jobsError = e;
+  } finally {
+    state.jobsLoading = false;
+    state.pendingJobEvents = [];
+  }
+  render();
+}
+
+function sortedNames() {
+  if (!state.names) state.names = [...state.jobs.keys()].sort();
+  return state.names;
+}
+
+// A job.saved event carries the stored job, not the view's computed fields: keep the old ones
+// (marked stale) and re-read the job when it is on screen.
+function jobSaved(job) {
+  const name = job.name;
+  const old = state.jobs.get(name);
+  if (!old) state.names = null;
+  state.jobs.set(name, {
+    ...job,
+    schedule_description: old && old.schedule === job.schedule ? old.schedule_description : '',
+    next_fire_times: old && old.schedule === job.schedule && old.timezone === job.timezone ? old.next_fire_times : [],
+    last_run: old ? old.last_run : null,
+    stale: true,
+  });
+  state.staleAt.delete(name);
+}
+
+function jobDeleted(name) {
+  if (state.jobs.delete(name)) state.names = null;
+}
+
+function nextFire(job) {
+  const now = Date.now();
+  for (const t of job.next_fire_times || []) {
+    const ms = Date.parse(t);
+    if (ms > now) return ms;
+  }
+  return null;
+}
+
+// Re-read on-screen jobs whose computed fields are out of date (edited, or fire times passed).
+function refreshStale(jobs) {
+  const now = Date.now();
+  for (const j of jobs) {
+    if (state.staleInFlight >= STALE_PARALLEL) return;
+    const name = j.name;
+    const needs = j.stale || (!j.paused && nextFire(j) === null);
+    if (!needs || now - (state.staleAt.get(name) || 0) < STALE_REFRESH_MS) continue;
+    state.staleAt.set(name, now);
+    state.staleInFlight++;
+    api('GET', `/api/v1/jobs/${encodeURIComponent(name)}`)
+      .then((v) => { if (state.jobs.has(name)) state.jobs.set(name, v); scheduleRender(); })
+      .catch(() => { /* shown stale; retried later */ })
+      .finally(() => { state.staleInFlight--; });
+  }
+}
+
+// ---------------------------------------------------------------- the event feed
+
+const feed = {
+  ws: null,
+  backoff: 1000,
+  timer: null,
+  countdown: null,
+  everOpen: false,
+  failures: 0,
+
+  start() {
+    clearTimeout(this.timer);
+    clearInterval(this.countdown);
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const q = new URLSearchParams();
+    if (state.jobsRevision) q.set('since_revision', String(state.jobsRevision + 1));
+    const url = `${proto}//${location.host}/api/v1/events${q.toString() ? '?' + q : ''}`;
+    // the token travels as a subprotocol, so it never appears in a URL or an access log
+    const protocols = ['cronmesh.v1'];
+    if (state.token) protocols.push(`cronmesh.bearer.${b64url(state.token)}`);
+    setConn('connecting', 'connecting…');
+    let ws;
+    try { ws = new WebSocket(url, protocols); } catch (e) { this.retry(); return; }
+    this.ws = ws;
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      this.backoff = 1000;
+      this.failures = 0;
+      setConn('live', 'live');
+      if (this.everOpen) resync(false); // runs and workers changed while we were away
+      this.everOpen = true;
+    };
+    ws.onmessage = (m) => {
+      let ev;
+      try { ev = JSON.parse(m.data); } catch (_) { return; }
+      onEvent(ev);
+    };
+    ws.onclose = () => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      if (!opened) {
+        this.failures++;
+        // a refused upgrade looks like any other failure: ask the API whether it is the token
+        if (this.failures >= 2) api('GET', '/api/v1/workers').catch(() => {});
+      }
+      this.retry();
+    };
+  },
+
+  retry() {
+    const wait = this.backoff;
+    this.backoff = Math.min(this.backoff * 2, 15000);
+    let left = Math.round(wait / 1000);
+    setConn('down', `offline — reconnecting in ${left} s`);
+    clearInterval(this.countdown);
+    this.countdown = setInterval(() => {
+      left = Math.max(0, left - 1);
+      setConn('down', `offline — reconnecting in ${left} s`);
+    }, 1000);
+    this.timer = setTimeout(() => this.start(), wait);
+  },
+
+  restart() {
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close();
+    this.backoff = 1000;
+    this.start();
+  },
+};
+
+function setConn(s, text) {
+  $('#conn').dataset.state = s;
+  $('#conn-text').textContent = text;
+  $('#conn-retry').hidden = s !== 'down';
+}
+
+function onEvent(ev) {
+  if (state.jobsLoading && (ev.type === 'job.saved' || ev.type === 'job.deleted')) state.pendingJobEvents.push(ev);
+  switch (ev.type) {
+    case 'job.saved':
+      jobSaved(ev.job);
+      if (ev.revision > state.jobsRevision) state.jobsRevision = ev.revision;
+      break;
+    case 'job.deleted':
+      jobDeleted(ev.name);
+      if (ev.revision > state.jobsRevision) state.jobsRevision = ev.revision;
+      break;
+    case 'worker.joined':
+    case 'worker.left':
+      loadWorkers();
+      break;
+    case 'run.started':
+      state.running.set(ev.run.run_id, ev.run);
+      addRun({ ...ev.run, status: 'running' });
+      break;
+    case 'run.finished': {
+      state.running.delete(ev.run.run_id);
+      addRun(ev.run);
+      const j = state.jobs.get(ev.run.job);
+      if (j && (!j.last_run || j.last_run.planned_at <= ev.run.planned_at)) {
+        j.last_run = { run_id: ev.run.run_id, status: ev.run.status, planned_at: ev.run.planned_at,
+          ended_at: ev.run.ended_at, exit_code: ev.run.exit_code };
+      }
+      break;
+    }
+    case 'lagged':
+    case 'resume_failed':
+      // events were missed: read everything again
+      resync(true);
+      return;
+    default:
+      return;
+  }
+  scheduleRender();
+}
+
+// After a reconnect (or missed events): runs and workers are read again; jobs too when asked
+// (the feed replays job changes from the list revision otherwise).
+function resync(jobsToo) {
+  if (jobsToo) {
+    state.jobsLoaded = false;
+    loadJobs();
+  }
+  loadWorkers();
+  if (state.runsView) loadRuns(true);
+}
+
+// ---------------------------------------------------------------- runs
+
+function runsMatch(rv, run) {
+  if (rv.job && run.job !== rv.job) return false;
+  if (rv.status && run.status !== rv.status) return false;
+  return true;
+}
+
+function addRun(run) {
+  const rv = state.runsView;
+  if (!rv || !rv.loaded) return;
+  if (!runsMatch(rv, run)) {
+    // a finished run may no longer match a status filter its running row matched
+    rv.runs.delete(run.run_id);
+    return;
+  }
+  rv.runs.set(run.run_id, { ...run, fresh: Date.now() });
+  if (rv.runs.size > RUNS_KEPT) {
+    const oldest = [...rv.runs.values()].sort(runOrder).pop();
+    rv.runs.delete(oldest.run_id);
+    rv.cursor = rv.cursor || `${oldest.planned_at}.${oldest.run_id}`;
+  }
+}
+
+function runOrder(a, b) {
+  return b.planned_at - a.planned_at || (a.run_id < b.run_id ? 1 : a.run_id > b.run_id ? -1 : 0);
+}
+
+async function loadRuns(reset) {
+  const rv = state.runsView;
+  if (!rv || rv.loading) return;
+  rv.loading = true;
+  rv.error = null;
+  scheduleRender();
+  if (rv.status === 'running') {
+    // runs in progress are not in the store: the live list is the whole answer
+    rv.runs = new Map();
+    for (const r of state.running.values()) if (!rv.job || r.job === rv.job) rv.runs.set(r.run_id, { ...r, status: 'running' });
+    rv.cursor = null;
+    rv.loaded = true;
+    rv.loading = false;
+    scheduleRender();
+    return;
+  }
+  const q = new URLSearchParams({ limit: '100' });
+  if (rv.job) q.set('job', rv.job);
+  if (rv.status) q.set('status', rv.status);
+  if (!reset && rv.cursor) q.set('cursor', rv.cursor);
+  try {
+    const page = await api('GET', `/api/v1/runs?${q}`);
+    if (state.runsView !== rv) return;
+    if (reset) rv.runs = new Map();
+    for (const r of page.runs) if (!rv.runs.has(r.run_id) || reset) rv.runs.set(r.run_id, r);
+    // runs in progress are not in the store yet: show them from the live list
+    if (reset && (!rv.status || rv.status === 'running')) {
+      for (const r of state.running.values()) if (!rv.job || r.job === rv.job) rv.runs.set(r.run_id, { ...r, status: 'running' });
+    }
+    rv.cursor = page.next_cursor;
+    rv.loaded = true;
+  } catch (e) {
+    rv.error = e;
+  } finally {
+    rv.loading = false;
+    scheduleRender();
+  }
+}
+
+async function loadWorkers() {
+  try {
+    state.workers = await api('GET', '/api/v1/workers');
+    state.workersError = null;
+    const live = new Map();
+    for (const w of state.workers) for (const r of w.running) live.set(r.run_id, r);
+    // keep runs the feed announced that the master's list does not know (reported elsewhere)
+    for (const [id, r] of state.running) if (!live.has(id) && Date.now() - r.started_at < 60000) live.set(id, r);
+    state.running = live;
+  } catch (e) {
+    state.workersError = e;
+  }
+  scheduleRender();
+}
+
+// ---------------------------------------------------------------- actions
+
+function confirmAction(title, text, okLabel) {
+  const d = $('#confirm-dialog');
+  $('#confirm-title').textContent = title;
+  $('#confirm-text').textContent = text;
+  $('#confirm-ok').textContent = okLabel;
+  d.returnValue = '';
+  d.showModal();
+  $('#confirm-cancel').focus();
+  return new Promise((resolve) => {
+    d.addEventListener('close', () => resolve(d.returnValue === 'ok'), { once: true });
+  });
+}
+
+async function act(label, fn) {
+  try {
+    await fn();
+    toast(label);
+  } catch (e) {
+    toast(e.message, true);
+  }
+}
+
+const actions = {
+  run: (name) => act(`Run of ${name} requested`, () => api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/run`)),
+  pause: (name) => act(`${name} paused`, async () => {
+    const v = await api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/pause`);
+    state.jobs.set(name, v); scheduleRender();
+  }),
+  resume: (name) => act(`${name} resumed`, async () => {
+    const v = await api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/resume`);
+    state.jobs.set(name, v); scheduleRender();
+  }),
+  async kill(name, runId) {
+    const what = runId ? `run ${runId} of ${name}` : `every running run of ${name}`;
+    if (!await confirmAction('Kill?', `Kill ${what}? Its process group gets SIGTERM, then SIGKILL.`, 'Kill')) return;
+    await act(`Kill of ${what} requested`, () =>
+      api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/kill`, runId ? { run_id: runId } : {}));
+  },
+  async remove(name) {
+    if (!await confirmAction('Delete job?', `Delete job ${name}? It stops being scheduled; its run history stays in the run log.`, 'Delete')) return;
+    await act(`${name} deleted`, async () => {
+      await api('DELETE', `/api/v1/jobs/${encodeURIComponent(name)}`);
+      jobDeleted(name);
+      if (state.view.name === 'job' && state.view.job === name) location.hash = '#/jobs';
+      scheduleRender();
+    });
+  },
+};
+
+// ---------------------------------------------------------------- the job form
+
+const FORM_FIELDS = ['name', 'schedule', 'timezone', 'command', 'shell', 'timeout', 'retries', 'retry_backoff',
+  'concurrency', 'misfire', 'starting_deadline', 'workdir', 'max_output_bytes', 'env', 'selector',
+  'description', 'owner', 'labels', 'paused'];
+let formMode = null; // { edit: name } or { create: true }
+
+function mapToLines(m) { return Object.entries(m || {}).map(([k, v]) => `${k}=${v}`).join('\n'); }
+function linesToMap(field, text) {
+  const out = {};
+  for (const [i, raw] of text.split('\n').entries()) {
+    const line = raw.trim();
+    if (!line) continue;
+    const eq = line.indexOf('=');
+    if (eq <= 0) throw new ApiError(400, `invalid_${field}`, `line ${i + 1}: write KEY=value`, field);
+    out[line.slice(0, eq).trim()] = line.slice(eq + 1).trim();
+  }
+  return out;
+}
+
+function openJobForm(name) {
+  const f = $('#job-form');
+  f.reset();
+  clearFormErrors();
+  const job = name ? state.jobs.get(name) : null;
+  formMode = job ? { edit: name } : { create: true };
+  $('#job-title').textContent = job ? `Edit ${name}` : 'New job';
+  const nameInput = f.elements.name;
+  nameInput.readOnly = !!job;
+  if (job) {
+    const s = job;
+    for (const k of FORM_FIELDS) {
+      const input = f.elements[k];
+      const v = s[k];
+      if (k === 'paused') input.checked = !!v;
+      else if (['env', 'selector', 'labels'].includes(k)) input.value = mapToLines(v);
+      else if (v !== undefined && v !== null) input.value = String(v);
+    }
+  } else {
+    f.elements.concurrency.value = 'allow';
+    f.elements.misfire.value = 'run_once';
+  }
+  $('#job-dialog').showModal();
+  (job ? f.elements.schedule : nameInput).focus();
+}
+
+function clearFormErrors() {
+  const f = $('#job-form');
+  $('#job-form-error').hidden = true;
+  for (const k of FORM_FIELDS) {
+    const e = document.getElementById(`e-${k}`);
+    if (e) { e.hidden = true; e.textContent = ''; }
+    f.elements[k].removeAttribute('aria-invalid');
+  }
+}
+
+function showFormError(err) {
+  const f = $('#job-form');
+  const field = err.field || (err.code && err.code.startsWith('invalid_') ? err.code.slice(8) : null);
+  const slot = field && document.getElementById(`e-${field}`);
+  if (slot) {
+    // next to the field, its name need not be repeated
+    slot.textContent = err.message.replace(/^invalid job spec: /, '').replace(new RegExp(`^${field}: `), '');
+    slot.hidden = false;
+    f.elements[field].setAttribute('aria-invalid', 'true');
+    f.elements[field].focus();
+  } else {
+    $('#job-form-error').textContent = err.message;
+    $('#job-form-error').hidden = false;
+  }
+}
+
+function formSpec() {
+  const f = $('#job-form');
+  const spec = {};
+  for (const k of FORM_FIELDS) {
+    const input = f.elements[k];
+    if (k === 'paused') { spec.paused = input.checked; continue; }
+    const v = input.value.trim();
+    if (['env', 'selector', 'labels'].includes(k)) {
+      const m = linesToMap(k, input.value);
+      if (Object.keys(m).length) spec[k] = m;
+    } else if (k === 'retries' || k === 'max_output_bytes') {
+      if (v !== '') {
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < 0) throw new ApiError(400, `invalid_${k}`, 'must be a whole number, 0 or more', k);
+        spec[k] = n;
+      }
+    } else if (v !== '') {
+      spec[k] = k === 'command' ? input.value : v;
+    }
+  }
+  return spec;
+}
+
+async function saveJob(ev) {
+  ev.preventDefault();
+  clearFormErrors();
+  const btn = $('#job-save');
+  let spec;
+  try {
+    spec = formSpec();
+  } catch (e) { showFormError(e); return; }
+  const name = spec.name || '';
+  if (!name) { showFormError(new ApiError(400, 'invalid_name', 'must not be empty', 'name')); return; }
+  if (formMode.create && state.jobs.has(name)) {
+    showFormError(new ApiError(409, 'invalid_name', `a job named ${name} exists; edit it instead, or pick another name`, 'name'));
+    return;
+  }
+  btn.disabled = true;
+  try {
+    const v = await api('PUT', `/api/v1/jobs/${encodeURIComponent(name)}`, spec);
+    if (!state.jobs.has(name)) state.names = null;
+    state.jobs.set(name, v);
+    $('#job-dialog').close();
+    toast(`${name} saved`);
+    scheduleRender();
+  } catch (e) {
+    showFormError(e);
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- the run viewer
+
+async function openRun(runId) {
+  const d = $('#run-dialog');
+  const body = $('#run-body');
+  $('#run-title').textContent = `Run ${runId}`;
+  fill(body, el('p', { class: 'muted' }, 'Loading…'));
+  if (!d.open) d.showModal();
+  $('#run-close').focus();
+  d.dataset.run = runId;
+  const live = state.running.get(runId);
+  try {
+    const r = await api('GET', `/api/v1/runs/${encodeURIComponent(runId)}`);
+    if (d.dataset.run !== runId) return;
+    fill(body, runDetails(r), el('h3', {}, 'Output'),
+      r.output ? el('pre', { class: 'output', tabindex: '0', 'aria-label': 'Output', id: 'run-output' }, r.output)
+        : el('p', { class: 'muted', id: 'run-output' }, 'No output.'),
+      r.output_truncated_bytes ? el('p', { class: 'muted small' },
+        `${r.output_truncated_bytes} bytes from the middle were left out (head and tail kept).`) : null);
+  } catch (e) {
+    if (d.dataset.run !== runId) return;
+    if (e.status === 404 && live) {
+      fill(body, runDetails({ ...live, status: 'running' }),
+        el('p', { class: 'muted' }, 'Still running: its output is stored when it ends.'),
+        el('div', { class: 'buttons' }, el('button', { class: 'danger', type: 'button', onclick: () => actions.kill(live.job, runId) }, 'Kill this run')));
+    } else {
+      fill(body, el('p', { class: 'form-error' }, e.message));
+    }
+  }
+}
+
+function runDetails(r) {
+  const rows = [
+    ['Job', el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job)],
+    ['Status', badge(r.status)],
+    ['Trigger', r.trigger], ['Attempt', r.attempt],
+    ['Planned', fmtAbs(r.planned_at)], ['Started', fmtAbs(r.started_at)], ['Ended', fmtAbs(r.ended_at)],
+    ['Lag', r.lag_ms !== undefined ? fmtDuration(r.lag_ms) : '—'], ['Duration', fmtDuration(r.duration_ms)],
+    ['Exit code', r.exit_code ?? '—'], ['Signal', r.signal ?? '—'], ['Worker', r.worker],
+    ['CPU', r.cpu_ms !== undefined && r.cpu_ms !== null ? fmtDuration(r.cpu_ms) : '—'],
+    ['Max RSS', r.max_rss_kb ? `${r.max_rss_kb} KiB` : '—'],
+    ['Trace id', el('code', {}, r.trace_id || '—')], ['Run id', el('code', {}, r.run_id)],
+  ];
+  if (r.error) rows.push(['Error', r.error]);
+  return el('dl', { class: 'spec' }, rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+}
+
+// ---------------------------------------------------------------- views
+
+let renderQueued = false;
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => { renderQueued = false; render(); });
+}
+
+function route() {
+  const h = decodeURIComponent(location.hash.replace(/^#\/?/, ''));
+  const [section, ...rest] = h.split('/');
+  const arg = rest.join('/');
+  if (section === 'jobs' && arg) return { name: 'job', job: arg };
+  if (section === 'runs') return { name: 'runs' };
+  if (section === 'workers') return { name: 'workers' };
+  return { name: 'jobs' };
+}
+
+function navigate() {
+  const v = route();
+  const same = state.view && state.view.name === v.name && state.view.job === v.job;
+  state.view = v;
+  for (const a of document.querySelectorAll('[data-nav]')) {
+    if (a.dataset.nav === (v.name === 'job' ? 'jobs' : v.name)) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  if (!same) {
+    skeleton = null;
+    state.runsView = null;
+    if (v.name === 'job' || v.name === 'runs') {
+      state.runsView = { job: v.name === 'job' ? v.job : '', status: '', runs: new Map(), cursor: null, loaded: false };
+      loadRuns(true);
+    }
+    if (v.name === 'workers') loadWorkers();
+    document.title = v.name === 'job' ? `${v.job} — cronmesh` : `${v.name[0].toUpperCase()}${v.name.slice(1)} — cronmesh`;
+  }
+  render();
+  if (!same) $('#main').focus({ preventScroll: true });
+}
+
+// Each view builds its frame (headings, filters) once and refreshes the parts that change, so
+// typing in a filter or tabbing through rows is not disturbed by live updates.
+let skeleton = null;
+
+function render() {
+  const v = state.view;
+  if (!v) return;
+  if (v.name === 'jobs') renderJobs();
+  else if (v.name === 'job') renderJob(v.job);
+  else if (v.name === 'runs') renderRuns();
+  else renderWorkers();
+}
+
+function keepFocus(container, build) {
+  const key = document.activeElement && container.contains(document.activeElement) ? document.activeElement.dataset.key : null;
+  build();
+  if (key) {
+    const again = container.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (again) again.focus();
+  }
+}
+
+function filteredJobs() {
+  const q = state.jobsQuery;
+  const s = q.search.trim().toLowerCase();
+  const out = [];
+  for (const name of sortedNames()) {
+    const j = state.jobs.get(name);
+    if (!j) continue;
+    if (s && !name.toLowerCase().includes(s) && !(j.description || '').toLowerCase().includes(s)
+      && !j.command.toLowerCase().includes(s)) continue;
+    const st = j.last_run && j.last_run.status;
+    if (q.filter === 'paused' && !j.paused) continue;
+    if (q.filter === 'active' && j.paused) continue;
+    if (q.filter === 'failing' && !['failed', 'timed_out', 'killed', 'lost'].includes(st)) continue;
+    if (q.filter === 'never' && j.last_run) continue;
+    out.push(j);
+  }
+  return out;
+}
+
+function runningOf(name) {
+  let n = 0;
+  for (const r of state.running.values()) if (r.job === name) n++;
+  return n;
+}
+
+function jobActions(j, key) {
+  const name = j.name;
+  const running = runningOf(name);
+  return [
+    el('button', { type: 'button', class: 'small', dataset: { key: `${key}run` }, onclick: () => actions.run(name), 'aria-label': `Run ${name} now` }, 'Run now'),
+    running ? el('button', { type: 'button', class: 'small danger', dataset: { key: `${key}kill` }, onclick: () => actions.kill(name), 'aria-label': `Kill ${name}` }, 'Kill') : null,
+    j.paused
+      ? el('button', { type: 'button', class: 'small secondary', dataset: { key: `${key}resume` }, onclick: () => actions.resume(name), 'aria-label': `Resume ${name}` }, 'Resume')
+      : el('button', { type: 'button', class: 'small secondary', dataset: { key: `${key}pause` }, onclick: () => actions.pause(name), 'aria-label': `Pause ${name}` }, 'Pause'),
+    el('button', { type: 'button', class: 'small secondary', dataset: { key: `${key}edit` }, onclick: () => openJobForm(name), 'aria-label': `Edit ${name}` }, 'Edit'),
+    el('button', { type: 'button', class: 'small secondary', dataset: { key: `${key}delete` }, onclick: () => actions.remove(name), 'aria-label': `Delete ${name}` }, 'Delete'),
+  ];
+}
+
+function lastRunCell(j) {
+  const running = runningOf(j.name);
+  if (running) return el('span', {}, badge('running'), running > 1 ? ` ×${running}` : '');
+  if (!j.last_run) return el('span', { class: 'muted' }, 'never run');
+  return el('span', {}, el('button', { type: 'button', class: 'link', onclick: () => openRun(j.last_run.run_id), 'aria-label': `Open the last run of ${j.name}` },
+    badge(j.last_run.status)), ' ', el('span', { class: 'muted small' }, timeEl(j.last_run.ended_at || j.last_run.planned_at)));
+}
+
+function renderJobs() {
+  const main = $('#main');
+  if (skeleton !== 'jobs') {
+    skeleton = 'jobs';
+    const q = state.jobsQuery;
+    fill(main, 
+      el('h1', {}, 'Jobs'),
+      el('div', { class: 'toolbar' },
+        el('label', { for: 'job-search', class: 'visually-hidden' }, 'Search'),
+        el('input', { id: 'job-search', class: 'grow', type: 'search', placeholder: 'Search name, command, description  ( / )', value: q.search,
+          oninput: (e) => { q.search = e.target.value; q.page = 0; renderJobsBody(); } }),
+        el('label', { for: 'job-filter' }, 'Show'),
+        el('select', { id: 'job-filter', onchange: (e) => { q.filter = e.target.value; q.page = 0; renderJobsBody(); } },
+          ...[['all', 'all jobs'], ['active', 'active'], ['paused', 'paused'], ['failing', 'last run failed'], ['never', 'never run']]
+            .map(([v, t]) => el('option', { value: v, selected: q.filter === v }, t))),
+        el('button', { type: 'button', id: 'new-job', onclick: () => openJobForm(null) }, 'New job')),
+      el('div', { id: 'jobs-body' }));
+  }
+  renderJobsBody();
+}
+
+function renderJobsBody() {
+  const body = document.getElementById('jobs-body');
+  if (!body) return;
+  keepFocus(body, () => {
+    if (state.jobsError && !state.jobsLoaded) {
+      fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, `Cannot list jobs: ${state.jobsError.message} `,
+        el('button', { type: 'button', class: 'secondary', onclick: () => loadJobs() }, 'Try again'))));
+      return;
+    }
+    if (!state.jobsLoaded && state.jobs.size === 0) {
+      fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, 'Loading jobs…')));
+      return;
+    }
+    const q = state.jobsQuery;
+    const all = filteredJobs();
+    if (state.jobs.size === 0) {
+      fill(body, el('div', { class: 'table-wrap' }, el('div', { class: 'empty' },
+        el('p', {}, 'No jobs yet.'), el('button', { type: 'button', onclick: () => openJobForm(null) }, 'Create the first job'))));
+      return;
+    }
+    const pages = Math.max(1, Math.ceil(all.length / PAGE_SIZE));
+    q.page = Math.min(q.page, pages - 1);
+    const shown = all.slice(q.page * PAGE_SIZE, (q.page + 1) * PAGE_SIZE);
+    refreshStale(shown);
+    const rows = shown.map((j) => {
+      const name = j.name;
+      const nf = nextFire(j);
+      return el('tr', { dataset: { job: name } },
+        el('td', { 'data-label': 'Name' }, el('a', { href: `#/jobs/${encodeURIComponent(name)}`, dataset: { key: `${name}/link` } }, name),
+          j.description ? el('div', { class: 'muted small' }, j.description) : null),
+        el('td', { 'data-label': 'Schedule' }, el('span', { class: 'sched' }, j.schedule),
+          el('div', { class: 'muted small' }, j.schedule_description || ''), j.timezone !== 'UTC' ? el('div', { class: 'muted small' }, j.timezone) : null),
+        el('td', { 'data-label': 'Next run' }, j.paused ? el('span', { class: 'muted' }, '—')
+          : nf ? el('span', {}, timeEl(nf), el('div', { class: 'muted small' }, (j.next_fire_times || []).filter((t) => Date.parse(t) >= nf).slice(0, 3).map((t) => fmtShort(Date.parse(t))).join(', ')))
+            : el('span', { class: 'muted' }, 'due')),
+        el('td', { 'data-label': 'Last run' }, lastRunCell(j)),
+        el('td', { 'data-label': 'State' }, j.paused ? el('span', { class: 'badge paused' }, 'paused') : el('span', { class: 'badge' }, 'active')),
+        el('td', { class: 'actions' }, jobActions(j, `${name}/`)));
+    });
+    const count = all.length === state.jobs.size ? `${state.jobs.size} jobs` : `${all.length} of ${state.jobs.size} jobs`;
+    fill(body, 
+      all.length === 0
+        ? el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, 'No job matches this search.'))
+        : el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'jobs-table' },
+          el('thead', {}, el('tr', {}, ['Name', 'Schedule', 'Next run', 'Last run', 'State', ''].map((t) => el('th', { scope: 'col' }, t)))),
+          el('tbody', {}, rows))),
+      el('div', { class: 'pager' },
+        el('span', { class: 'muted', id: 'jobs-count' }, count, state.jobsLoading ? ' (loading…)' : ''),
+        el('button', { type: 'button', class: 'secondary', disabled: q.page === 0, dataset: { key: 'prev' }, onclick: () => { q.page--; renderJobsBody(); } }, 'Previous'),
+        el('span', {}, `Page ${q.page + 1} of ${pages}`),
+        el('button', { type: 'button', class: 'secondary', disabled: q.page >= pages - 1, dataset: { key: 'next' }, onclick: () => { q.page++; renderJobsBody(); } }, 'Next')));
+  });
+}
+
+function renderJob(name) {
+  const main = $('#main');
+  const j = state.jobs.get(name);
+  if (skeleton !== `job:${name}`) {
+    skeleton = `job:${name}`;
+    fill(main, el('div', { id: 'job-head' }), el('h2', {}, 'Runs'), runsToolbar(), el('div', { id: 'runs-body' }));
+  }
+  const head = document.getElementById('job-head');
+  keepFocus(head, () => {
+    if (!j) {
+      fill(head, el('h1', {}, name), el('p', { class: 'muted' },
+        state.jobsLoaded ? 'This job does not exist (any more). Its past runs are listed below.' : 'Loading…'),
+        el('p', {}, el('a', { href: '#/jobs' }, 'All jobs')));
+      return;
+    }
+    refreshStale([j]);
+    const s = j;
+    const spec = [
+      ['Schedule', el('span', {}, el('code', {}, s.schedule), ' — ', j.schedule_description || '')],
+      ['Time zone', s.timezone],
+      ['Next runs', s.paused ? 'paused' : (j.next_fire_times || []).map((t) => fmtAbs(Date.parse(t))).join(' · ') || '—'],
+      ['Command', el('pre', { class: 'mono' }, s.command)],
+      ['Shell', s.shell], ['Concurrency', s.concurrency || 'allow'],
+      ['Missed ticks', `${s.misfire || 'run_once'}, within ${s.starting_deadline || '30s'}`],
+      ['Timeout', s.timeout || 'none'], ['Retries', s.retries ? `${s.retries}, backoff ${s.retry_backoff || '1s'}` : 'none'],
+      ['Selector', Object.keys(s.selector || {}).length ? Object.entries(s.selector).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : 'any worker'],
+      ['Owner', s.owner || '—'],
+      ['Labels', Object.keys(s.labels || {}).length ? Object.entries(s.labels).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : '—'],
+      ['Revision', `${j.revision}, updated ${fmtAbs(j.updated_at)}`],
+    ];
+    fill(head, 
+      el('p', { class: 'small' }, el('a', { href: '#/jobs' }, '← All jobs')),
+      el('h1', {}, s.name, s.paused ? el('span', { class: 'badge paused' }, 'paused') : null, runningOf(s.name) ? badge('running') : null),
+      s.description ? el('p', { class: 'muted' }, s.description) : null,
+      el('div', { class: 'toolbar' }, jobActions(j, 'head/')),
+      el('dl', { class: 'spec' }, spec.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])));
+  });
+  renderRunsBody();
+}
+
+function runsToolbar(withJob) {
+  const rv = state.runsView;
+  return el('div', { class: 'toolbar' },
+    withJob ? el('label', { for: 'runs-job' }, 'Job') : null,
+    withJob ? el('input', { id: 'runs-job', placeholder: 'all jobs (exact name)', value: rv.job, onchange: (e) => { rv.job = e.target.value.trim(); loadRuns(true); } }) : null,
+    el('label', { for: 'runs-status' }, 'Status'),
+    el('select', { id: 'runs-status', onchange: (e) => { rv.status = e.target.value; loadRuns(true); } },
+      ...['', 'running', 'succeeded', 'failed', 'timed_out', 'killed', 'skipped', 'lost']
+        .map((s) => el('option', { value: s }, s ? s.replace('_', ' ') : 'all statuses'))));
+}
+
+function renderRuns() {
+  const main = $('#main');
+  if (skeleton !== 'runs') {
+    skeleton = 'runs';
+    fill(main, el('h1', {}, 'Runs'), runsToolbar(true), el('div', { id: 'runs-body' }));
+  }
+  renderRunsBody();
+}
+
+function renderRunsBody() {
+  const body = document.getElementById('runs-body');
+  const rv = state.runsView;
+  if (!body || !rv) return;
+  keepFocus(body, () => {
+    if (rv.error && !rv.loaded) {
+      fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, `Cannot list runs: ${rv.error.message} `,
+        el('button', { type: 'button', class: 'secondary', onclick: () => loadRuns(true) }, 'Try again'))));
+      return;
+    }
+    if (!rv.loaded) { fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, 'Loading runs…'))); return; }
+    let runs = [...rv.runs.values()];
+    if (rv.status === 'running') runs = runs.filter((r) => state.running.has(r.run_id));
+    runs.sort(runOrder);
+    if (runs.length === 0) {
+      fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' },
+        rv.status ? `No ${rv.status.replace('_', ' ')} runs.` : 'No runs yet. They appear here as they start.')));
+      return;
+    }
+    const now = Date.now();
+    const rows = runs.map((r) => {
+      const running = r.status === 'running';
+      return el('tr', { class: r.fresh && now - r.fresh < 1500 ? 'fresh' : null, dataset: { run: r.run_id, status: r.status } },
+        el('td', { 'data-label': 'Status' }, badge(r.status)),
+        rv.job ? null : el('td', { 'data-label': 'Job' }, el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job)),
+        el('td', { 'data-label': 'Run' }, el('button', { type: 'button', class: 'link mono', dataset: { key: `${r.run_id}/open` }, onclick: () => openRun(r.run_id), 'aria-label': `Open run ${r.run_id}` }, r.run_id.slice(0, 13))),
+        el('td', { 'data-label': 'Trigger' }, r.trigger + (r.attempt > 1 ? ` #${r.attempt}` : '')),
+        el('td', { 'data-label': 'Planned' }, el('span', { title: fmtAbs(r.planned_at) }, new Date(r.planned_at).toLocaleString())),
+        el('td', { 'data-label': 'Lag' }, r.lag_ms !== undefined && r.lag_ms !== null ? fmtDuration(r.lag_ms) : (r.started_at ? fmtDuration(r.started_at - r.planned_at) : '—')),
+        el('td', { 'data-label': 'Duration' }, running ? fmtDuration(now - r.started_at) : fmtDuration(r.duration_ms)),
+        el('td', { 'data-label': 'Exit' }, r.exit_code ?? (r.signal ? `sig ${r.signal}` : '—')),
+        el('td', { 'data-label': 'Worker' }, r.worker || '—'),
+        el('td', { 'data-label': 'Trace' }, r.trace_id ? el('code', { title: r.trace_id }, r.trace_id.slice(0, 8)) : '—'),
+        el('td', { class: 'actions' }, running ? el('button', { type: 'button', class: 'small danger', dataset: { key: `${r.run_id}/kill` }, onclick: () => actions.kill(r.job, r.run_id), 'aria-label': `Kill run ${r.run_id}` }, 'Kill') : null));
+    });
+    const heads = ['Status', rv.job ? null : 'Job', 'Run', 'Trigger', 'Planned', 'Lag', 'Duration', 'Exit', 'Worker', 'Trace', ''].filter((x) => x !== null);
+    fill(body, 
+      el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'runs-table' },
+        el('thead', {}, el('tr', {}, heads.map((t) => el('th', { scope: 'col' }, t)))),
+        el('tbody', {}, rows))),
+      el('div', { class: 'pager' }, el('span', { class: 'muted' }, `${runs.length} runs shown`),
+        rv.cursor ? el('button', { type: 'button', class: 'secondary', dataset: { key: 'older' }, disabled: rv.loading, onclick: () => loadRuns(false) }, rv.loading ? 'Loading…' : 'Load older') : null));
+  });
+}
+
+function renderWorkers() {
+  const main = $('#main');
+  if (skeleton !== 'workers') {
+    skeleton = 'workers';
+    fill(main, el('h1', {}, 'Workers'), el('div', { id: 'workers-body' }));
+  }
+  const body = document.getElementById('workers-body');
+  keepFocus(body, () => {
+    if (state.workersError && !state.workers.length) {
+      fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, `Cannot list workers: ${state.workersError.message}`)));
+      return;
+    }
+    if (!state.workers.length) {
+      fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' },
+        'No worker is registered. Start one: cronmesh worker --etcd URL --id w1')));
+      return;
+    }
+    const ws = [...state.workers].sort((a, b) => (a.id < b.id ? -1 : 1));
+    fill(body, el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'workers-table' },
+      el('thead', {}, el('tr', {}, ['Worker', 'Labels', 'State', 'Owned jobs', 'Running', 'Last heartbeat', 'Host'].map((t) => el('th', { scope: 'col' }, t)))),
+      el('tbody', {}, ws.map((w) => {
+        const running = [...state.running.values()].filter((r) => r.worker === w.id);
+        return el('tr', { dataset: { worker: w.id } },
+          el('td', { 'data-label': 'Worker' }, el('strong', {}, w.id), el('div', { class: 'muted small' }, `v${w.version}`)),
+          el('td', { 'data-label': 'Labels' }, Object.keys(w.labels || {}).length ? Object.entries(w.labels).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : el('span', { class: 'muted' }, 'none')),
+          el('td', { 'data-label': 'State' }, w.draining ? el('span', { class: 'badge paused' }, 'draining') : el('span', { class: 'badge succeeded' }, 'active')),
+          el('td', { 'data-label': 'Owned jobs' }, String(w.owned_jobs)),
+          el('td', { 'data-label': 'Running' }, running.length ? running.map((r) => el('div', {}, el('button', { type: 'button', class: 'link', onclick: () => openRun(r.run_id) }, r.job))) : '0'),
+          el('td', { 'data-label': 'Last heartbeat' }, w.last_heartbeat ? timeEl(w.last_heartbeat) : '—'),
+          el('td', { 'data-label': 'Host' }, `${w.hostname} (pid ${w.pid})`, el('div', { class: 'muted small' }, `up since ${fmtAbs(w.started_at)}`)));
+      })))));
+  });
+}
+
+// ---------------------------------------------------------------- start
+
+function start() {
+  $('#token-form').addEventListener('submit', submitToken);
+  $('#token-cancel').addEventListener('click', () => $('#token-dialog').close());
+  $('#token-signout').addEventListener('click', forgetToken);
+  $('#token-button').addEventListener('click', () => askToken(null));
+  $('#job-form').addEventListener('submit', saveJob);
+  $('#job-cancel').addEventListener('click', () => $('#job-dialog').close());
+  $('#run-close').addEventListener('click', () => { $('#run-dialog').dataset.run = ''; $('#run-dialog').close(); });
+  $('#conn-retry').addEventListener('click', () => feed.restart());
+  window.addEventListener('hashchange', navigate);
+  document.addEventListener('keydown', (e) => {
+    if (e.key === '/' && !e.ctrlKey && !e.metaKey && !document.querySelector('dialog[open]')
+      && !['INPUT', 'TEXTAREA', 'SELECT'].includes(document.activeElement.tagName)) {
+      const s = document.getElementById('job-search');
+      if (s) { e.preventDefault(); s.focus(); }
+    }
+  });
+  // relative times, running durations and stale next-fire times move on by themselves
+  setInterval(() => { if (!document.hidden) render(); }, 1000);
+  // heartbeats and owned-job counts are not events: the workers view re-reads them
+  setInterval(() => { if (!document.hidden && state.view && state.view.name === 'workers') loadWorkers(); }, 5000);
+  navigate();
+  loadWorkers();
+  loadJobs().then(() => feed.start());
+}
+
+start();

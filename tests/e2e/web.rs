@@ -1,0 +1,114 @@
+//! The web page in a real browser: headless Debian Chromium driven by `playwright-core`
+//! (`tests/web/ui.test.mjs`), against a real cluster from the shared harness. `scripts/test.sh`
+//! installs Chromium and the npm package; without them these tests fail and say so.
+
+use crate::harness::*;
+use cronmesh::model::JobSpec;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web")
+}
+
+/// Runs the browser script in `mode` against `url`; panics with its output if it fails.
+fn run_browser(mode: &str, url: &str, out: &Path, extra: &[(&str, String)]) -> String {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing: run ./scripts/test.sh (it installs Debian's chromium)"
+    );
+    assert!(
+        web_dir().join("node_modules/playwright-core").exists(),
+        "tests/web/node_modules is missing: run ./scripts/test.sh (it runs npm ci in tests/web)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg("--test")
+        .arg("--test-reporter=spec")
+        .arg("ui.test.mjs")
+        .current_dir(web_dir())
+        .env("CRONMESH_URL", url)
+        .env("CRONMESH_ADMIN_TOKEN", ADMIN)
+        .env("CRONMESH_READ_TOKEN", READ)
+        .env("WEB_OUT", out)
+        .env("WEB_MODE", mode);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().expect("node runs (Debian's nodejs)");
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(o.status.success(), "the browser test failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-output/web")
+        .join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_browser() {
+    let mut c = Cluster::new().await;
+    let url = c.start_master("m1", &[]).await;
+    c.start_worker("w1", &["--labels", "zone=web"]);
+    c.wait_members(&["w1"]).await;
+    let out = out_dir("ui");
+    run_browser("ui", &url, &out, &[]);
+    for shot in [
+        "01-sign-in",
+        "03-job-form-error",
+        "04-job-detail-live-runs",
+        "05-run-output",
+        "11-workers",
+    ] {
+        let p = out.join(format!("{shot}.png"));
+        assert!(
+            std::fs::metadata(&p).map(|m| m.len() > 1000).unwrap_or(false),
+            "screenshot {} missing",
+            p.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_lists_10000_jobs_one_page_at_a_time() {
+    const JOBS: usize = 10_000;
+    let mut c = Cluster::new().await;
+    let url = c.start_master("m1", &[]).await;
+    // jobs straight into etcd, 32 writes in flight; no worker, so nothing runs
+    let coord = c.coord.clone();
+    let started = std::time::Instant::now();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::with_capacity(JOBS);
+    for i in 0..JOBS {
+        let coord = coord.clone();
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut spec = JobSpec::new(&format!("scale-{i:05}"), "0 * * * *", "true");
+            spec.description = format!("hourly job number {i}");
+            coord.put_job(spec).await.expect("put job");
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!("{JOBS} jobs written in {:?}", started.elapsed());
+    wait_for(Duration::from_secs(30), "the API lists every job", || {
+        let c = &c;
+        let url = url.clone();
+        async move {
+            let (s, body) = c.get(&url, "/api/v1/jobs?limit=1&cursor=scale-09998", Some(READ)).await;
+            s == 200 && body["jobs"][0]["name"] == "scale-09999"
+        }
+    })
+    .await;
+    let out = out_dir("scale");
+    let stdout = run_browser("scale", &url, &out, &[("WEB_JOBS", JOBS.to_string())]);
+    assert!(stdout.contains("WEB_SCALE"), "the scale run printed its figures");
+}

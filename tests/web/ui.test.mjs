@@ -1,0 +1,357 @@
+// The web page, end to end, in headless Debian Chromium driven by playwright-core, against a
+// real cluster that tests/e2e/web.rs starts (etcd, a master with tokens, a worker).
+//
+// Env: CRONMESH_URL (the master), CRONMESH_ADMIN_TOKEN, CRONMESH_READ_TOKEN, WEB_OUT (screenshots),
+// WEB_MODE=ui (the user journeys) or scale (10,000 jobs: load time and memory, printed).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const MASTER = process.env.CRONMESH_URL;
+const ADMIN = process.env.CRONMESH_ADMIN_TOKEN;
+const READ = process.env.CRONMESH_READ_TOKEN;
+const OUT = process.env.WEB_OUT || 'target/test-output/web';
+const MODE = process.env.WEB_MODE || 'ui';
+assert.ok(MASTER && ADMIN && READ, 'CRONMESH_URL, CRONMESH_ADMIN_TOKEN and CRONMESH_READ_TOKEN must be set');
+fs.mkdirSync(OUT, { recursive: true });
+
+async function apiCall(method, p, body, token = ADMIN) {
+  const r = await fetch(MASTER + p, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+
+// A TCP proxy in front of the master, so a test can cut the browser off the network and back.
+function proxy(target) {
+  const u = new URL(target);
+  const sockets = new Set();
+  let down = false;
+  const server = net.createServer((client) => {
+    if (down) { client.destroy(); return; }
+    const upstream = net.connect(Number(u.port), u.hostname);
+    client.pipe(upstream).pipe(client);
+    const both = [client, upstream];
+    both.forEach((s) => { sockets.add(s); s.on('error', () => {}); s.on('close', () => { both.forEach((x) => { x.destroy(); sockets.delete(x); }); }); });
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+    url: `http://127.0.0.1:${server.address().port}`,
+    cut() { down = true; for (const s of sockets) s.destroy(); sockets.clear(); },
+    restore() { down = false; },
+    close() { server.close(); for (const s of sockets) s.destroy(); },
+  })));
+}
+
+async function launch() {
+  return chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+      '--no-first-run', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+// Takes a screenshot, and checks the page shows no leaked placeholders of missing data.
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(OUT, `${name}.png`), fullPage: true });
+  const text = await page.evaluate(() => document.body.innerText);
+  const leak = text.match(/\b(undefined|null|NaN|\[object Object\])\b/);
+  assert.equal(leak, null, `${name}: the page shows "${leak && leak[0]}"`);
+}
+
+async function signIn(page) {
+  const dialog = page.locator('#token-dialog');
+  await dialog.waitFor({ state: 'visible' });
+  await page.fill('#token-input', ADMIN);
+  await page.click('#token-submit');
+  await dialog.waitFor({ state: 'hidden' });
+}
+
+if (MODE === 'ui') {
+  test('the web page manages jobs and shows runs live', { timeout: 240_000 }, async (t) => {
+    const net1 = await proxy(MASTER);
+    const browser = await launch();
+    const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    const page = await context.newPage();
+    const urls = [];
+    const consoleErrors = [];
+    page.on('request', (r) => urls.push(r.url()));
+    page.on('websocket', (ws) => urls.push(ws.url()));
+    page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+    page.on('pageerror', (e) => consoleErrors.push(String(e)));
+    t.after(async () => { await browser.close(); net1.close(); });
+
+    await t.test('asks for a token, rejects an unknown one, and accepts a valid one', async () => {
+      await page.goto(net1.url + '/');
+      await page.locator('#token-dialog').waitFor({ state: 'visible' });
+      await shot(page, '01-sign-in');
+      await page.fill('#token-input', 'not-a-token-this-master-knows');
+      await page.click('#token-submit');
+      await page.locator('#token-error', { hasText: 'does not know' }).waitFor();
+      await page.fill('#token-input', ADMIN);
+      await page.click('#token-submit');
+      await page.locator('#token-dialog').waitFor({ state: 'hidden' });
+      await page.locator('#conn[data-state="live"]').waitFor({ timeout: 15_000 });
+    });
+
+    await t.test('shows an empty state with no jobs', async () => {
+      await page.getByText('No jobs yet.').waitFor();
+      await shot(page, '02-jobs-empty');
+    });
+
+    await t.test('a bad cron expression gets its error next to the field, and nothing is created', async () => {
+      await page.click('#new-job');
+      await page.fill('#f-name', 'ui-hello');
+      await page.fill('#f-schedule', 'every two seconds');
+      await page.fill('#f-command', 'echo "hello from the web page"');
+      await page.click('#job-save');
+      const err = page.locator('#e-schedule');
+      await err.waitFor({ state: 'visible' });
+      assert.match(await err.textContent(), /invalid cron expression "every two seconds"/);
+      assert.equal(await page.getAttribute('#f-schedule', 'aria-invalid'), 'true');
+      assert.equal(await page.evaluate(() => document.activeElement.id), 'f-schedule', 'focus moves to the field at fault');
+      await shot(page, '03-job-form-error');
+      assert.equal((await apiCall('GET', '/api/v1/jobs/ui-hello')).status, 404, 'the invalid job was not stored');
+    });
+
+    await t.test('a bad time zone and a bad timeout are shown next to their fields too', async () => {
+      await page.fill('#f-schedule', '@every 2s');
+      await page.fill('#f-timezone', 'Mars/Olympus_Mons');
+      await page.click('#job-save');
+      await page.locator('#e-timezone').waitFor({ state: 'visible' });
+      assert.equal(await page.isVisible('#e-schedule'), false, 'the old error is cleared');
+      await page.fill('#f-timezone', 'Europe/Berlin');
+      await page.fill('#f-timeout', 'forever');
+      await page.click('#job-save');
+      await page.locator('#e-timeout').waitFor({ state: 'visible' });
+      await page.fill('#f-timeout', '30s');
+    });
+
+    await t.test('a valid job is created through the form and listed', async () => {
+      await page.click('#job-save');
+      await page.locator('#job-dialog').waitFor({ state: 'hidden' });
+      await page.locator('#jobs-table tr[data-job="ui-hello"]').waitFor();
+      const stored = await apiCall('GET', '/api/v1/jobs/ui-hello');
+      assert.equal(stored.status, 200);
+      assert.equal(stored.body.schedule, '@every 2s');
+      assert.equal(stored.body.timezone, 'Europe/Berlin');
+      assert.equal(stored.body.timeout, '30s');
+    });
+
+    await t.test('its runs appear live on its page, without reload', async () => {
+      const navigations = [];
+      page.on('framenavigated', (f) => { if (f === page.mainFrame()) navigations.push(f.url()); });
+      await page.click('#jobs-table tr[data-job="ui-hello"] a');
+      await page.locator('h1', { hasText: 'ui-hello' }).waitFor();
+      const finished = page.locator('#runs-table tr[data-status="succeeded"]');
+      await finished.first().waitFor({ timeout: 20_000 });
+      const before = await finished.count();
+      await page.waitForFunction((n) => document.querySelectorAll('#runs-table tr[data-status="succeeded"]').length > n, before, { timeout: 20_000 });
+      assert.ok(navigations.every((u) => !u.includes('reload')), 'no reload');
+      await shot(page, '04-job-detail-live-runs');
+    });
+
+    await t.test("a run's output opens in the viewer", async () => {
+      await page.locator('#runs-table tr[data-status="succeeded"] button.link').first().click();
+      const out = page.locator('#run-output');
+      await out.waitFor();
+      assert.match(await out.textContent(), /hello from the web page/);
+      const details = await page.locator('#run-body dl').textContent();
+      assert.match(details, /Trace id/);
+      assert.match(details, /w1/);
+      await shot(page, '05-run-output');
+      await page.keyboard.press('Escape');
+      await page.locator('#run-dialog').waitFor({ state: 'hidden' });
+    });
+
+    await t.test('pause and resume', async () => {
+      await page.click('button[data-key="head/pause"]');
+      await page.locator('#job-head .badge.paused').waitFor();
+      assert.equal((await apiCall('GET', '/api/v1/jobs/ui-hello')).body.paused, true);
+      await page.click('button[data-key="head/resume"]');
+      await page.locator('#job-head .badge.paused').waitFor({ state: 'detached' });
+      assert.equal((await apiCall('GET', '/api/v1/jobs/ui-hello')).body.paused, false);
+    });
+
+    await t.test('a long run is killed from the page', async () => {
+      assert.equal((await apiCall('PUT', '/api/v1/jobs/ui-long', { schedule: '0 0 1 1 *', command: 'sleep 120' })).status, 201);
+      await page.goto(net1.url + '/#/jobs/ui-long');
+      await page.locator('h1', { hasText: 'ui-long' }).waitFor();
+      await page.click('button[data-key="head/run"]');
+      const running = page.locator('#runs-table tr[data-status="running"]');
+      await running.waitFor({ timeout: 20_000 });
+      await shot(page, '06-long-run-running');
+      await running.locator('button', { hasText: 'Kill' }).click();
+      await page.locator('#confirm-dialog').waitFor({ state: 'visible' });
+      await page.click('#confirm-ok');
+      await page.locator('#runs-table tr[data-status="killed"]').waitFor({ timeout: 20_000 });
+      const runs = (await apiCall('GET', '/api/v1/runs?job=ui-long')).body.runs;
+      assert.equal(runs.length, 1);
+      assert.equal(runs[0].status, 'killed');
+      await shot(page, '07-long-run-killed');
+    });
+
+    await t.test('job changes made elsewhere appear live, also across a network outage', async () => {
+      await page.goto(net1.url + '/#/jobs');
+      await page.locator('#jobs-table').waitFor();
+      await page.locator('#conn[data-state="live"]').waitFor({ timeout: 15_000 });
+      await apiCall('PUT', '/api/v1/jobs/from-the-api', { schedule: '@hourly', command: 'true', description: 'made with curl' });
+      await page.locator('#jobs-table tr[data-job="from-the-api"]').waitFor({ timeout: 10_000 });
+      // cut the browser off; change jobs meanwhile; it reconnects and catches up
+      net1.cut();
+      await page.locator('#conn[data-state="down"]').waitFor({ timeout: 10_000 });
+      await shot(page, '08-offline');
+      await apiCall('DELETE', '/api/v1/jobs/from-the-api');
+      await apiCall('PUT', '/api/v1/jobs/made-while-offline', { schedule: '@daily', command: 'true' });
+      net1.restore();
+      await page.click('#conn-retry');
+      await page.locator('#conn[data-state="live"]').waitFor({ timeout: 20_000 });
+      await page.locator('#jobs-table tr[data-job="made-while-offline"]').waitFor({ timeout: 10_000 });
+      await page.locator('#jobs-table tr[data-job="from-the-api"]').waitFor({ state: 'detached', timeout: 10_000 });
+    });
+
+    await t.test('search filters the table, and / focuses it', async () => {
+      await page.locator('body').click({ position: { x: 5, y: 300 } });
+      await page.keyboard.press('/');
+      assert.equal(await page.evaluate(() => document.activeElement.id), 'job-search');
+      await page.keyboard.type('long');
+      await page.locator('#jobs-table tr[data-job="ui-hello"]').waitFor({ state: 'detached' });
+      assert.equal(await page.locator('#jobs-table tbody tr').count(), 1);
+      await page.fill('#job-search', '');
+      await page.locator('#jobs-table tr[data-job="ui-hello"]').waitFor();
+      await shot(page, '09-jobs');
+    });
+
+    await t.test('delete asks for confirmation, cancel keeps the job, OK deletes it', async () => {
+      await page.click('button[data-key="ui-long/delete"]');
+      await page.locator('#confirm-dialog').waitFor({ state: 'visible' });
+      assert.equal(await page.evaluate(() => document.activeElement.id), 'confirm-cancel', 'Cancel has the focus');
+      await page.keyboard.press('Enter');
+      await page.locator('#confirm-dialog').waitFor({ state: 'hidden' });
+      assert.equal((await apiCall('GET', '/api/v1/jobs/ui-long')).status, 200, 'cancel deletes nothing');
+      await page.click('button[data-key="ui-long/delete"]');
+      await page.click('#confirm-ok');
+      await page.locator('#jobs-table tr[data-job="ui-long"]').waitFor({ state: 'detached' });
+      assert.equal((await apiCall('GET', '/api/v1/jobs/ui-long')).status, 404);
+    });
+
+    await t.test('the keyboard alone opens and closes the job form', async () => {
+      await page.focus('#new-job');
+      await page.keyboard.press('Enter');
+      await page.locator('#job-dialog').waitFor({ state: 'visible' });
+      assert.equal(await page.evaluate(() => document.activeElement.id), 'f-name');
+      await page.keyboard.press('Escape');
+      await page.locator('#job-dialog').waitFor({ state: 'hidden' });
+    });
+
+    await t.test('runs view with a status filter', async () => {
+      await page.goto(net1.url + '/#/runs');
+      await page.locator('#runs-table').waitFor();
+      await page.selectOption('#runs-status', 'killed');
+      await page.waitForFunction(() => {
+        const rows = [...document.querySelectorAll('#runs-table tbody tr')];
+        return rows.length === 1 && rows[0].dataset.status === 'killed';
+      }, null, { timeout: 10_000 });
+      await page.selectOption('#runs-status', '');
+      await page.locator('#runs-table tr[data-status="succeeded"]').first().waitFor();
+      await shot(page, '10-runs');
+    });
+
+    await t.test('workers view: labels, owned jobs, heartbeat', async () => {
+      await page.goto(net1.url + '/#/workers');
+      const row = page.locator('#workers-table tr[data-worker="w1"]');
+      await row.waitFor();
+      const text = await row.textContent();
+      assert.match(text, /zone=web/);
+      assert.match(text, /ago|now/);
+      await shot(page, '11-workers');
+    });
+
+    await t.test('a narrow screen shows cards without horizontal scrolling', async () => {
+      await page.setViewportSize({ width: 390, height: 844 });
+      await page.goto(net1.url + '/#/jobs');
+      await page.locator('#jobs-table tr[data-job="ui-hello"]').waitFor();
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 1, `the page is ${overflow}px wider than the screen`);
+      await shot(page, '12-jobs-narrow');
+      await page.setViewportSize({ width: 1280, height: 860 });
+    });
+
+    await t.test('a read-only token sees everything and is told when it may not change something', async () => {
+      await page.click('#token-button');
+      await page.fill('#token-input', READ);
+      await page.click('#token-submit');
+      await page.locator('#token-dialog').waitFor({ state: 'hidden' });
+      await page.locator('#jobs-table tr[data-job="ui-hello"]').waitFor();
+      await page.click('button[data-key="ui-hello/run"]');
+      await page.locator('.toast.error', { hasText: 'admin' }).waitFor();
+    });
+
+    await t.test('no token ever appears in a URL, and the console has no errors', async () => {
+      for (const u of urls) {
+        assert.ok(!u.includes(ADMIN) && !u.includes(READ), `a token leaked into ${u}`);
+      }
+      assert.ok(urls.some((u) => u.includes('/api/v1/events')), 'the page used the event feed');
+      assert.ok(urls.every((u) => u.startsWith(net1.url) || u.startsWith(net1.url.replace('http', 'ws')) || u.startsWith('data:')),
+        `the page fetched something from elsewhere: ${urls.filter((u) => !u.startsWith(net1.url))}`);
+      const real = consoleErrors.filter((e) => !/Failed to load resource|WebSocket connection|ERR_CONNECTION|status of 40[134]/.test(e));
+      assert.deepEqual(real, [], 'console errors');
+    });
+  });
+}
+
+if (MODE === 'scale') {
+  test('the page stays usable with 10,000 jobs', { timeout: 240_000 }, async () => {
+    const expected = Number(process.env.WEB_JOBS || 10000);
+    const browser = await launch();
+    try {
+      const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+      await context.addInitScript((t) => sessionStorage.setItem('cronmesh.token', t), ADMIN);
+      const page = await context.newPage();
+      const cdp = await context.newCDPSession(page);
+      await cdp.send('Performance.enable');
+      const t0 = Date.now();
+      await page.goto(MASTER + '/');
+      await page.locator('#jobs-table tbody tr').first().waitFor({ timeout: 60_000 });
+      const firstRows = Date.now() - t0;
+      await page.waitForFunction((n) => window.cronmesh.jobsLoaded && window.cronmesh.jobs.size === n, expected, { timeout: 120_000 });
+      const allLoaded = Date.now() - t0;
+      const stats = await page.evaluate(() => window.cronmesh.loadStats);
+      assert.equal(await page.locator('#jobs-table tbody tr').count(), 100, 'one page of rows in the DOM, not 10,000');
+      assert.match(await page.locator('#jobs-count').textContent(), new RegExp(`${expected} jobs`));
+      // search and paging stay quick
+      const s0 = Date.now();
+      await page.fill('#job-search', 'scale-09999');
+      await page.waitForFunction(() => document.querySelectorAll('#jobs-table tbody tr').length === 1);
+      const searchMs = Date.now() - s0;
+      await page.fill('#job-search', '');
+      const p0 = Date.now();
+      await page.click('button[data-key="next"]');
+      await page.getByText('Page 2 of').waitFor();
+      const pageMs = Date.now() - p0;
+      const metrics = Object.fromEntries((await cdp.send('Performance.getMetrics')).metrics.map((m) => [m.name, m.value]));
+      const domNodes = await page.evaluate(() => document.getElementsByTagName('*').length);
+      await shot(page, '20-jobs-10000');
+      const report = {
+        jobs: expected,
+        first_rows_ms: firstRows,
+        all_jobs_loaded_ms: allLoaded,
+        api_load_ms: stats.ms,
+        search_ms: searchMs,
+        next_page_ms: pageMs,
+        js_heap_used_mb: +(metrics.JSHeapUsedSize / 1048576).toFixed(1),
+        js_heap_total_mb: +(metrics.JSHeapTotalSize / 1048576).toFixed(1),
+        dom_nodes: domNodes,
+      };
+      console.log(`WEB_SCALE ${JSON.stringify(report)}`);
+      assert.ok(report.js_heap_used_mb < 200, `the page holds ${report.js_heap_used_mb} MB of JS heap`);
+    } finally {
+      await browser.close();
+    }
+  });
+}
