@@ -10,7 +10,7 @@ name_p={"name":"name","in":"path","required":True,"schema":{"type":"string","pat
 def q(n,t="string",d=""): return {"name":n,"in":"query","required":False,"schema":{"type":t},"description":d}
 paths={
  "/api/v1/jobs":{"get":{"summary":"List jobs","operationId":"listJobs","parameters":[q("prefix",d="name prefix"),q("label",d="key=value"),q("paused","boolean"),q("limit","integer","1-1000, default 100"),q("cursor",d="next_cursor of the previous page")],
-   "responses":{"200":resp("A page of jobs",{"type":"object","properties":{"jobs":{"type":"array","items":ref("Job")},"next_cursor":{"type":["string","null"]}}}),**common}}},
+   "responses":{"200":resp("A page of jobs",{"type":"object","properties":{"jobs":{"type":"array","items":ref("Job")},"next_cursor":{"type":["string","null"]},"revision":{"type":"integer","description":"etcd revision the list was read at; the event feed's since_revision=revision+1 misses no later change"}}}),**common}}},
  "/api/v1/jobs/{name}":{
    "get":{"summary":"Get a job with its next fire times","operationId":"getJob","parameters":[name_p],"responses":{"200":resp("The job",ref("Job")),"404":err,**common}},
    "put":{"summary":"Create or replace a job","operationId":"putJob","parameters":[name_p],"requestBody":{"required":True,"content":{"application/json":{"schema":ref("JobSpec")}}},
@@ -26,7 +26,7 @@ paths={
  "/api/v1/workers":{"get":{"summary":"Live workers","operationId":"listWorkers","responses":{"200":resp("Workers",{"type":"array","items":ref("Worker")}),**common}}},
  "/api/v1/reports":{"post":{"summary":"Report runs (workers; role worker or admin)","operationId":"report","requestBody":{"required":True,"content":{"application/json":{"schema":ref("ReportBatch")}}},"responses":{"200":resp("Stored",{"type":"object","properties":{"inserted":{"type":"integer"},"duplicates":{"type":"integer"}}}),"413":err,**common}}},
  "/api/v1/events":{"get":{"summary":"WebSocket event feed (upgrade): job.saved, job.deleted, worker.joined, worker.left, run.started, run.finished, lagged","operationId":"events",
-   "parameters":[q("topics",d="jobs,workers,runs (default all)"),q("job",d="job names, comma-separated"),q("status",d="run statuses for run.finished"),q("since_revision","integer","replay job events from this etcd revision"),q("token",d="bearer token, for browsers")],
+   "parameters":[q("topics",d="jobs,workers,runs (default all)"),q("job",d="job names, comma-separated"),q("status",d="run statuses for run.finished"),q("since_revision","integer","replay job events from this etcd revision"),q("token",d="bearer token, for clients that can set neither a header nor a subprotocol; browsers should offer the subprotocols cronmesh.v1 and cronmesh.bearer.<base64url(token)> instead, which keeps the token out of URLs")],
    "responses":{"101":resp("Switching protocols: one JSON message per event"),**common}}},
  "/api/v1/openapi.json":{"get":{"summary":"This document","operationId":"openapi","security":[],"responses":{"200":resp("OpenAPI 3.1")}}},
  "/healthz":{"get":{"summary":"The process is up","operationId":"healthz","security":[],"responses":{"200":resp("ok")}}},
@@ -40,7 +40,8 @@ jobspec={"type":"object","additionalProperties":False,"required":["schedule","co
  "env":smap,"workdir":{"type":"string"},"timeout":dur,"retries":{"type":"integer"},"retry_backoff":dur,
  "concurrency":{"enum":["allow","forbid","replace"]},"misfire":{"enum":["run_once","skip"]},"starting_deadline":dur,
  "selector":smap,"paused":{"type":"boolean"},"max_output_bytes":{"type":"integer"},"description":{"type":"string"},"owner":{"type":"string"},"labels":smap}}
-job={"allOf":[ref("JobSpec"),{"type":"object","properties":{"created_at":{"type":"integer"},"updated_at":{"type":"integer"},"revision":{"type":"integer"},"schedule_description":{"type":"string"},"next_fire_times":{"type":"array","items":{"type":"string"}}}}]}
+job={"allOf":[ref("JobSpec"),{"type":"object","properties":{"created_at":{"type":"integer"},"updated_at":{"type":"integer"},"revision":{"type":"integer"},"schedule_description":{"type":"string"},"next_fire_times":{"type":"array","items":{"type":"string"}},
+ "last_run":{"type":["object","null"],"description":"the newest run record of the job, in brief","properties":{"run_id":{"type":"string"},"status":{"enum":["succeeded","failed","timed_out","killed","skipped","lost"]},"planned_at":{"type":"integer"},"ended_at":{"type":["integer","null"]},"exit_code":{"type":["integer","null"]}}}}}]}
 ms={"type":["integer","null"],"description":"Unix ms"}
 run={"type":"object","properties":{"run_id":{"type":"string"},"job":{"type":"string"},"worker":{"type":"string"},"attempt":{"type":"integer"},"trigger":{"enum":["schedule","manual","retry"]},
  "planned_at":{"type":"integer"},"claimed_at":ms,"started_at":ms,"ended_at":ms,"lag_ms":{"type":["integer","null"]},"duration_ms":{"type":["integer","null"]},
@@ -48,10 +49,10 @@ run={"type":"object","properties":{"run_id":{"type":"string"},"job":{"type":"str
  "output_truncated_bytes":{"type":"integer"},"error":{"type":["string","null"]},"max_rss_kb":{"type":["integer","null"]},"cpu_ms":{"type":["integer","null"]},"trace_id":{"type":["string","null"]}}}
 started={"type":"object","properties":{k:run["properties"][k] for k in ["run_id","job","worker","attempt","trigger","planned_at","started_at","trace_id"]}}
 worker={"type":"object","properties":{"id":{"type":"string"},"labels":smap,"hostname":{"type":"string"},"pid":{"type":"integer"},"started_at":{"type":"integer"},"draining":{"type":"boolean"},"listen":{"type":["string","null"]},"version":{"type":"string"},"owned_jobs":{"type":"integer"},"running":{"type":"array","items":ref("RunStarted")},"last_heartbeat":ms}}
-doc={"openapi":"3.1.0","info":{"title":"cronmesh","version":"0.1.0","description":"Distributed cron: jobs, runs, workers. Errors are {\"error\":{\"code\",\"message\"}}."},
+doc={"openapi":"3.1.0","info":{"title":"cronmesh","version":"0.1.0","description":"Distributed cron: jobs, runs, workers. Errors are {\"error\":{\"code\",\"message\",\"field\"?}}. The web page is served at /."},
  "servers":[{"url":"/"}],"security":[{"bearer":[]}],"paths":paths,
  "components":{"securitySchemes":{"bearer":{"type":"http","scheme":"bearer","description":"Roles: read (GET), admin (everything), worker (reports)"}},
-  "schemas":{"Error":{"type":"object","properties":{"error":{"type":"object","properties":{"code":{"type":"string"},"message":{"type":"string"}},"required":["code","message"]}}},
+  "schemas":{"Error":{"type":"object","properties":{"error":{"type":"object","properties":{"code":{"type":"string"},"message":{"type":"string"},"field":{"type":"string","description":"the job-spec field at fault, when one is"}},"required":["code","message"]}}},
    "JobSpec":jobspec,"Job":job,"RunRecord":run,"RunStarted":started,"Worker":worker,
    "ReportBatch":{"type":"object","additionalProperties":False,"properties":{"started":{"type":"array","items":ref("RunStarted")},"finished":{"type":"array","items":ref("RunRecord")}}}}}}
 open(__import__('os').path.join(__import__('os').path.dirname(__file__), 'openapi.json'),'w').write(json.dumps(doc,indent=1)+"\n")

@@ -106,6 +106,20 @@ async fn every_route_manages_jobs_runs_and_workers_end_to_end() {
     assert_eq!(ranged["runs"].as_array().unwrap().len(), 1);
     assert_eq!(ranged["runs"][0]["planned_at"].as_i64(), Some(from));
 
+    // the job list carries each job's newest run and the revision it was read at
+    let newest = c.api_runs(&m, "api-job").await.remove(0);
+    let (_, b) = c.get(&m, "/api/v1/jobs?prefix=api-", Some(READ)).await;
+    let last = &b["jobs"][0]["last_run"];
+    assert!(
+        last["planned_at"].as_i64().unwrap() >= newest.planned_at,
+        "last_run is the newest: {last}"
+    );
+    assert_eq!(last["status"], "succeeded");
+    let (_, rev) = c.coord.list_jobs().await.unwrap();
+    assert!(b["revision"].as_i64().unwrap() > 0 && b["revision"].as_i64().unwrap() <= rev);
+    let (_, b) = c.get(&m, "/api/v1/jobs?prefix=batch-0", Some(READ)).await;
+    assert!(b["jobs"][0]["last_run"].is_null(), "a job that never ran has none");
+
     // pause stops it; resume restarts it
     let (st, b) = c
         .send("POST", &m, "/api/v1/jobs/api-job/pause", Some(ADMIN), None)
@@ -714,4 +728,104 @@ async fn the_seeds_routes_answer_as_the_seed_did() {
     let job = json!({"name": "x", "command": "true", "cronExpr": "bad cron"}).to_string();
     let b = form("/job/save", vec![("job", job)]).await;
     assert_eq!(b["errno"], -1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_errors_name_the_field_at_fault() {
+    let mut c = Cluster::new().await;
+    let m = c.start_master("m1", &["--no-auth"]).await;
+    for (body, field, code) in [
+        (
+            json!({"schedule": "every two seconds", "command": "true"}),
+            "schedule",
+            "invalid_schedule",
+        ),
+        (
+            json!({"schedule": "@hourly", "timezone": "Mars/Base", "command": "true"}),
+            "timezone",
+            "invalid_timezone",
+        ),
+        (
+            json!({"schedule": "@hourly", "command": "true", "timeout": "forever"}),
+            "timeout",
+            "invalid_body",
+        ),
+        (
+            json!({"schedule": "@hourly", "command": "true", "concurrency": "sometimes"}),
+            "concurrency",
+            "invalid_body",
+        ),
+        (
+            json!({"schedule": "@hourly", "command": "true", "retries": -1}),
+            "retries",
+            "invalid_body",
+        ),
+        (
+            json!({"schedule": "@hourly", "command": "  "}),
+            "command",
+            "invalid_command",
+        ),
+    ] {
+        let (st, b) = c.send("PUT", &m, "/api/v1/jobs/fields", None, Some(body.clone())).await;
+        assert_eq!(st, 400, "{body}: {b}");
+        assert_eq!(b["error"]["field"], field, "{body}: {b}");
+        assert_eq!(b["error"]["code"], code, "{body}: {b}");
+        assert!(!b["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // a name with '/' in the path
+    let (st, b) = c
+        .send(
+            "PUT",
+            &m,
+            "/api/v1/jobs/a%2Fb",
+            None,
+            Some(json!({"schedule": "@hourly", "command": "true"})),
+        )
+        .await;
+    assert_eq!((st, b["error"]["field"].as_str()), (400, Some("name")), "{b}");
+    // none of them was written
+    let (st, b) = c.get(&m, "/api/v1/jobs/fields", None).await;
+    assert_eq!(st, 404, "nothing was written: {b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_is_served_from_the_binary_with_a_strict_policy_and_can_be_turned_off() {
+    let mut c = Cluster::new().await;
+    let m = c.start_master("m1", &[]).await;
+    // public: the assets hold no data (the data needs a token, as the API's 401 shows)
+    for (path, ctype) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ] {
+        let r = c.http.get(format!("{m}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        assert!(h["content-type"].to_str().unwrap().starts_with(ctype), "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        let etag = h["etag"].clone();
+        // revalidation is a cheap 304
+        let again = c
+            .http
+            .get(format!("{m}{path}"))
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+    }
+    let (st, _) = c.get(&m, "/api/v1/jobs", None).await;
+    assert_eq!(st, 401);
+    // web_ui = false: no page
+    let cfg = c.path("no-ui.toml");
+    std::fs::write(&cfg, "[master]\nweb_ui = false\n").unwrap();
+    let m2 = c.start_master("m2", &["--config", cfg.to_str().unwrap()]).await;
+    let r = c.http.get(format!("{m2}/")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
 }

@@ -370,3 +370,63 @@ async fn with_two_masters_each_feed_shows_runs_ingested_by_the_other_and_ctl_tai
         "{lines}"
     );
 }
+
+/// Connects offering `protocols` in `Sec-WebSocket-Protocol`; returns the protocol the server chose.
+async fn connect_with_protocols(
+    master: &str,
+    protocols: &str,
+) -> Result<(Ws, Option<String>), tokio_tungstenite::tungstenite::Error> {
+    let url = format!("{}/api/v1/events?topics=jobs", master.replacen("http", "ws", 1));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", protocols.parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.map(|(ws, resp)| {
+        let chosen = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_string());
+        (ws, chosen)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_can_send_its_token_as_a_subprotocol_and_keep_it_out_of_urls() {
+    use base64::Engine;
+    let mut c = Cluster::new().await;
+    let m = c.start_master("m1", &[]).await;
+    let enc = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+    // a known read token: accepted, and the server answers with the feed's protocol
+    let (mut ws, chosen) = connect_with_protocols(&m, &format!("cronmesh.v1, cronmesh.bearer.{}", enc(READ)))
+        .await
+        .unwrap();
+    assert_eq!(chosen.as_deref(), Some("cronmesh.v1"));
+    c.send(
+        "PUT",
+        &m,
+        "/api/v1/jobs/sub",
+        Some(ADMIN),
+        Some(json!({"schedule": "@yearly", "command": "true"})),
+    )
+    .await;
+    let ev = until(&mut ws, "job.saved", Duration::from_secs(10))
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(ev["job"]["name"], "sub");
+    // an unknown token: 401; a worker token: 403; not base64url: 400 — all before the upgrade
+    for (protocols, status) in [
+        (
+            format!("cronmesh.v1, cronmesh.bearer.{}", enc("nobody-knows-this-token")),
+            401,
+        ),
+        (format!("cronmesh.v1, cronmesh.bearer.{}", enc(WORKER)), 403),
+        ("cronmesh.v1, cronmesh.bearer.!!not*base64!!".to_string(), 400),
+    ] {
+        match connect_with_protocols(&m, &protocols).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), status, "{protocols}")
+            }
+            other => panic!("{protocols}: expected {status}, got {:?}", other.map(|_| ())),
+        }
+    }
+}
