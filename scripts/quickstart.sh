@@ -16,5 +16,5 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 cargo build --release --locked
-echo "cronmesh: API on http://127.0.0.1:8070; try: ./target/release/cronmesh ctl runs list --job hello"
+echo "cronmesh: web page and API on http://127.0.0.1:8070/ ; try: ./target/release/cronmesh ctl runs list --job hello"
 exec ./target/release/cronmesh standalone --config config/standalone.toml --apply config/jobs/hello.toml "$@"

@@ -7,7 +7,7 @@
 //! - [`schedule`]: cron and `@every` parsing, time zones, next fire times (pure functions).
 //! - [`coord`]: everything stored in or learnt from etcd; the only module that talks to etcd.
 //! - [`worker`]: ownership, the timer, claims, the executor, the reporter seam.
-//! - [`master`]: the master role: REST API, seed routes, run-log ingest, auth.
+//! - [`master`]: the master role: REST API, event feed, web page, seed routes, run-log ingest, auth.
 //! - [`logstore`]: the run-log store trait, SQLite backend, conformance suite.
 //! - [`ctl`]: `cronmesh ctl`, the command-line client of the REST API.
 //! - [`telemetry`]: metric names, typed internal events, logging, the ops HTTP listener.

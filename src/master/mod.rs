@@ -1,4 +1,5 @@
-//! The master role: the REST API (`api`), the seed's routes (`compat`), run-log ingest and
+//! The master role: the REST API (`api`), the event feed (`feed`), the web page (`web`), the
+//! seed's routes (`compat`), run-log ingest and
 //! queries over a `LogStore`, `/metrics`, and a leased registration under `masters/{id}` through
 //! which workers find it. Masters are stateless: run as many as you like.
 
