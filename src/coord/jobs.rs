@@ -83,6 +83,50 @@ impl Coord {
         Ok((jobs, rev))
     }
 
+    /// One range of jobs in name order: names after `after` (exclusive) that start with
+    /// `name_prefix`, at most `limit`, read at `revision` (0: now). Returns the jobs, whether more
+    /// keys follow in the range, and the revision read. Pages of the jobs list cost O(page),
+    /// not O(all jobs).
+    pub async fn list_jobs_range(
+        &self,
+        after: Option<&str>,
+        name_prefix: Option<&str>,
+        limit: usize,
+        revision: i64,
+    ) -> Result<(Vec<StoredJob>, bool, i64), CoordError> {
+        let base = format!("{}{}", self.keys.jobs(), name_prefix.unwrap_or(""));
+        let end = prefix_end(base.as_bytes());
+        let start: Vec<u8> = match after {
+            // the smallest key after `jobs/{after}`
+            Some(a) if format!("{}{a}", self.keys.jobs()) >= base => {
+                let mut k = format!("{}{a}", self.keys.jobs()).into_bytes();
+                k.push(0);
+                k
+            }
+            _ => base.clone().into_bytes(),
+        };
+        let mut opts = GetOptions::new().with_range(end).with_limit(limit as i64);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let resp = self
+            .call("get", |mut c| async move { c.get(start, Some(opts)).await })
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut jobs = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).to_string();
+            match decode::<StoredJob>(&key, kv.value()) {
+                Ok(mut j) => {
+                    j.revision = kv.mod_revision();
+                    jobs.push(j);
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping undecodable job"),
+            }
+        }
+        Ok((jobs, resp.more(), rev))
+    }
+
     /// Deletes a job. `NotFound` if there was none.
     pub async fn delete_job(&self, name: &str) -> Result<(), CoordError> {
         validate_name(name)?;
@@ -106,4 +150,16 @@ impl Coord {
         spec.paused = paused;
         self.put_job(spec).await
     }
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }

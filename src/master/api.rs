@@ -198,16 +198,33 @@ async fn list_jobs(
                 .ok_or_else(|| ApiError::bad("invalid_label", "label filter must be key=value"))?,
         ),
     };
-    let (mut jobs, revision) = st.coord.list_jobs().await?;
-    jobs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-    let mut out: Vec<StoredJob> = jobs
-        .into_iter()
-        .filter(|j| q.prefix.as_ref().is_none_or(|p| j.spec.name.starts_with(p.as_str())))
-        .filter(|j| q.paused.is_none_or(|p| j.spec.paused == p))
-        .filter(|j| label.as_ref().is_none_or(|(k, v)| j.spec.labels.get(k) == Some(v)))
-        .filter(|j| q.cursor.as_ref().is_none_or(|c| j.spec.name.as_str() > c.as_str()))
-        .take(limit + 1)
-        .collect();
+    // read the range from the cursor on, in chunks pinned to the first chunk's revision (one
+    // consistent snapshot), until limit + 1 jobs pass the filters or the range ends
+    let wanted = |j: &StoredJob| {
+        q.paused.is_none_or(|p| j.spec.paused == p)
+            && label.as_ref().is_none_or(|(k, v)| j.spec.labels.get(k) == Some(v))
+    };
+    let chunk = if q.paused.is_none() && label.is_none() {
+        limit + 1
+    } else {
+        (limit + 1).max(500)
+    };
+    let mut out: Vec<StoredJob> = Vec::with_capacity(limit + 1);
+    let mut after = q.cursor.clone();
+    let mut revision = 0;
+    loop {
+        let (jobs, more, rev) = st
+            .coord
+            .list_jobs_range(after.as_deref(), q.prefix.as_deref(), chunk, revision)
+            .await?;
+        revision = rev;
+        after = jobs.last().map(|j| j.spec.name.clone()).or(after);
+        out.extend(jobs.into_iter().filter(&wanted));
+        if out.len() > limit || !more {
+            break;
+        }
+    }
+    out.truncate(limit + 1);
     let next_cursor = if out.len() > limit {
         out.truncate(limit);
         out.last().map(|j| j.spec.name.clone())
