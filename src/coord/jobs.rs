@@ -69,17 +69,7 @@ impl Coord {
             })
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let mut jobs = Vec::with_capacity(resp.kvs().len());
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).to_string();
-            match decode::<StoredJob>(&key, kv.value()) {
-                Ok(mut j) => {
-                    j.revision = kv.mod_revision();
-                    jobs.push(j);
-                }
-                Err(e) => tracing::warn!(error = %e, "skipping undecodable job"),
-            }
-        }
+        let jobs = decode_jobs(resp.kvs());
         Ok((jobs, rev))
     }
 
@@ -113,17 +103,7 @@ impl Coord {
             .call("get", |mut c| async move { c.get(start, Some(opts)).await })
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let mut jobs = Vec::with_capacity(resp.kvs().len());
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).to_string();
-            match decode::<StoredJob>(&key, kv.value()) {
-                Ok(mut j) => {
-                    j.revision = kv.mod_revision();
-                    jobs.push(j);
-                }
-                Err(e) => tracing::warn!(error = %e, "skipping undecodable job"),
-            }
-        }
+        let jobs = decode_jobs(resp.kvs());
         Ok((jobs, resp.more(), rev))
     }
 
@@ -162,4 +142,21 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+/// The jobs among `kvs`; one that does not decode is logged and skipped, so one bad key does not
+/// hide the rest.
+fn decode_jobs(kvs: &[etcd_client::KeyValue]) -> Vec<StoredJob> {
+    let mut jobs = Vec::with_capacity(kvs.len());
+    for kv in kvs {
+        let key = String::from_utf8_lossy(kv.key()).to_string();
+        match decode::<StoredJob>(&key, kv.value()) {
+            Ok(mut j) => {
+                j.revision = kv.mod_revision();
+                jobs.push(j);
+            }
+            Err(e) => tracing::warn!(error = %e, "skipping undecodable job"),
+        }
+    }
+    jobs
 }
