@@ -1,24 +1,92 @@
-//! A few seconds of `steady`, to keep the harness working in CI. Its figures are printed, not
-//! held to thresholds (timing belongs to the full runs in RESULTS.md); it fails only if the
-//! harness breaks or a tick runs twice.
+//! Short runs of the scenarios that start clusters, to keep the harness working in CI. Their
+//! figures are printed, not held to timing thresholds (timing belongs to the full runs in
+//! RESULTS.md); they fail if the harness breaks, a tick runs twice, or a tick has no record.
+//! Reports go to `target/test-output/loadtest/<scenario>/`.
 
-#[test]
-fn steady_smoke_runs_and_reports() {
+use std::path::PathBuf;
+
+fn run(scenario: &str, args: &[&str]) -> serde_json::Value {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-output/loadtest")
+        .join(scenario);
+    let _ = std::fs::remove_dir_all(&dir);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cronmesh-loadtest"))
-        .args(["steady", "--jobs", "20", "--workers", "2", "--seconds", "3"])
+        .arg(scenario)
+        .args(args)
+        .arg("--report-dir")
+        .arg(&dir)
         .env_remove("RUST_BACKTRACE")
         .output()
         .expect("run the load test");
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let json = text
-        .split("```json")
-        .nth(1)
-        .and_then(|t| t.split("```").next())
-        .expect("a JSON report");
-    let report: serde_json::Value = serde_json::from_str(json).unwrap();
-    assert_eq!(report["steady"]["duplicate_ticks"], 0);
-    assert!(report["steady"]["runs"].as_u64().unwrap() > 0);
+    for f in ["report.md", "report.json", "lag.svg"] {
+        assert!(dir.join(f).exists(), "{f} written");
+    }
+    let svg = std::fs::read_to_string(dir.join("lag.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("p99"),
+        "the lag chart has its legend"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert!(report["limits"]["spawn_per_s_sequential"].as_f64().unwrap() > 0.0);
+    assert!(report["limits"]["etcd_cas_p50_ms"].as_f64().unwrap() > 0.0);
+    report
+}
+
+fn assert_every_tick_once(t: &serde_json::Value) {
+    assert!(t["ticks_run"].as_u64().unwrap() > 0, "runs happened");
+    assert_eq!(t["duplicate_ticks"], 0, "no tick ran twice");
+    assert_eq!(t["missed_ticks"], 0, "every tick has a record");
+}
+
+#[test]
+fn steady_smoke_runs_and_reports() {
+    let r = run("steady", &["--jobs", "20", "--workers", "2", "--seconds", "3"]);
+    assert_every_tick_once(&r["steady"]);
+}
+
+#[test]
+fn churn_smoke_kills_a_worker_and_stops_the_etcd_leader_and_no_tick_runs_twice() {
+    let r = run(
+        "churn",
+        &[
+            "--jobs",
+            "20",
+            "--workers",
+            "2",
+            "--seconds",
+            "12",
+            "--kill-every",
+            "6",
+            "--lease-ttl",
+            "3",
+        ],
+    );
+    let c = &r["churn"];
+    assert_every_tick_once(c);
+    assert_eq!(c["worker_kills"], 1);
+    assert_eq!(c["etcd_member_stops"], 1);
+}
+
+#[test]
+fn scale_smoke_defines_jobs_in_bulk_and_measures_start_up() {
+    let r = run(
+        "scale",
+        &[
+            "--jobs",
+            "3000",
+            "--every-second",
+            "10",
+            "--workers",
+            "1",
+            "--seconds",
+            "3",
+        ],
+    );
+    let s = &r["scale"];
+    assert_every_tick_once(s);
+    assert!(s["startup_to_first_tick_ms"].as_f64().unwrap() > 0.0);
+    assert!(s["etcd_db_mb"].as_f64().unwrap() > 0.0);
 }

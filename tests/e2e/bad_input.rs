@@ -159,3 +159,34 @@ fn check_command_validates_a_job_file() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("cronExpr"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_create_writes_valid_batches_and_refuses_a_bad_spec_or_an_existing_name_without_writing() {
+    let c = Cluster::new().await;
+    let batch: Vec<JobSpec> = (0..250)
+        .map(|i| JobSpec::new(&format!("bulk-{i:03}"), "@hourly", "true"))
+        .collect();
+    assert_eq!(
+        c.coord.create_jobs(&batch).await.unwrap(),
+        250,
+        "three etcd transactions"
+    );
+    assert_eq!(c.coord.list_jobs().await.unwrap().0.len(), 250);
+    // one bad schedule: nothing of the call is written
+    let mut bad: Vec<JobSpec> = (0..10)
+        .map(|i| JobSpec::new(&format!("more-{i}"), "@hourly", "true"))
+        .collect();
+    bad[7].schedule = "61 * * * *".into();
+    assert!(matches!(c.coord.create_jobs(&bad).await, Err(CoordError::Invalid(_))));
+    // a batch that meets an existing name: that batch writes nothing, the job keeps its spec
+    let clash = vec![
+        JobSpec::new("fresh", "@hourly", "true"),
+        JobSpec::new("bulk-007", "@every 1s", "echo replaced"),
+    ];
+    let err = c.coord.create_jobs(&clash).await.unwrap_err();
+    assert!(matches!(err, CoordError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains("put_job"), "says what to do instead: {err}");
+    assert!(c.coord.get_job("fresh").await.unwrap().is_none());
+    assert_eq!(c.coord.get_job("bulk-007").await.unwrap().unwrap().spec.command, "true");
+    assert_eq!(c.coord.list_jobs().await.unwrap().0.len(), 250);
+}

@@ -1,0 +1,132 @@
+//! `feed`: S WebSocket subscribers while R run events per second are published through the
+//! reports route: events delivered per second and the delay from publish to delivery.
+
+use crate::Ctx;
+use crate::fleet::{CpuMeter, ProcStat, http_client, proc_stat, spawn_master};
+use crate::records::pct;
+use crate::report::Report;
+use crate::steady::{PROC_HEADER, proc_rows};
+use anyhow::Result;
+use futures_util::StreamExt;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Serialize, Default)]
+pub struct Feed {
+    pub subscribers: usize,
+    pub rate: usize,
+    pub seconds: u64,
+    pub published: usize,
+    pub delivered: usize,
+    pub delivered_per_s: f64,
+    pub lagged: usize,
+    pub missed: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub processes: Vec<ProcStat>,
+}
+
+pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64) -> Result<Feed> {
+    let (mut master, url) = spawn_master(&ctx.bin, &ctx.dir, &ctx.etcd.endpoints(), "/lt-feed/", "feed-master").await?;
+    let ws_url = format!("{}/api/v1/events?topics=runs", url.replace("http://", "ws://"));
+    let mut subs = Vec::new();
+    for _ in 0..subscribers {
+        subs.push(tokio_tungstenite::connect_async(ws_url.as_str()).await?.0);
+    }
+    let stop = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    for mut ws in subs {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut delays, mut lagged, mut missed) = (Vec::new(), 0usize, 0usize);
+            loop {
+                let msg = tokio::select! { m = ws.next() => m, _ = stop.notified() => break };
+                let Some(Ok(Message::Text(t))) = msg else {
+                    if msg.is_none() {
+                        break;
+                    }
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+                if v["type"] == "lagged" {
+                    lagged += 1;
+                    missed += v["missed"].as_u64().unwrap_or(0) as usize;
+                } else if let Some(ts) = v["ts"].as_i64() {
+                    delays.push((cronmesh::coord::now_ms() - ts) as f64);
+                }
+            }
+            (delays, lagged, missed)
+        }));
+    }
+    let http = http_client();
+    let mut meter = CpuMeter::new(master.pid());
+    let start = Instant::now();
+    let mut published = 0usize;
+    // 10 slices a second, as run.started notices through the reports route
+    let slice = (rate / 10).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        let started: Vec<serde_json::Value> = (0..slice)
+            .map(|i| serde_json::json!({"run_id": format!("f{published:09}{i:04}"), "job": "feed", "worker": "lt", "attempt": 1, "trigger": "schedule", "planned_at": 1, "started_at": 1, "trace_id": null}))
+            .collect();
+        http.post(format!("{url}/api/v1/reports"))
+            .json(&serde_json::json!({"started": started}))
+            .send()
+            .await?
+            .error_for_status()?;
+        published += slice;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut r = Feed {
+        subscribers,
+        rate,
+        seconds,
+        published,
+        processes: vec![proc_stat("master", master.pid(), &mut meter)],
+        ..Default::default()
+    };
+    stop.notify_waiters();
+    let mut all = Vec::new();
+    for t in tasks {
+        let (d, l, m) = t.await?;
+        r.delivered += d.len();
+        r.lagged += l;
+        r.missed += m;
+        all.extend(d);
+    }
+    all.sort_by(f64::total_cmp);
+    r.delivered_per_s = r.delivered as f64 / seconds as f64;
+    r.p50_ms = pct(&all, 0.5);
+    r.p99_ms = pct(&all, 0.99);
+    r.max_ms = all.last().copied().unwrap_or(0.0);
+    master.terminate();
+    Ok(r)
+}
+
+pub fn report(rep: &mut Report, r: &Feed) {
+    rep.measures(
+        &format!(
+            "feed: {} subscribers, {} events/s published for {} s",
+            r.subscribers, r.rate, r.seconds
+        ),
+        &[
+            ("events published", r.published.to_string()),
+            (
+                "events delivered (all subscribers)",
+                format!("{} ({:.0}/s)", r.delivered, r.delivered_per_s),
+            ),
+            ("lagged notices / events missed", format!("{} / {}", r.lagged, r.missed)),
+            (
+                "delivery delay p50 / p99 / max",
+                format!("{:.1} / {:.1} / {:.1} ms", r.p50_ms, r.p99_ms, r.max_ms),
+            ),
+        ],
+    );
+    rep.table("Processes", &PROC_HEADER, &proc_rows(&r.processes));
+    rep.json("feed", r);
+}

@@ -1,0 +1,204 @@
+//! `scale`: 100,000 jobs defined (most hourly, spread over the minutes; some every second).
+//! Measures how fast they are defined, how long workers take from start to their first
+//! scheduled tick, worker memory, CPU between ticks, and what it all costs etcd.
+
+use crate::Ctx;
+use crate::fleet::{CpuMeter, ProcStat, WorkerSpec, metric_sum, proc_stat, scrape_url, wait_members};
+use crate::records::{self, TickStats, pct};
+use crate::report::Report;
+use crate::steady::{PROC_HEADER, proc_rows, tick_rows};
+use anyhow::{Result, bail};
+use cronmesh::coord::now_ms;
+use cronmesh::model::JobSpec;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct Opts {
+    pub jobs: usize,
+    pub every_second: usize,
+    pub workers: usize,
+    pub seconds: u64,
+}
+
+#[derive(Serialize, Default)]
+pub struct Scale {
+    pub jobs: usize,
+    pub every_second_jobs: usize,
+    pub workers: usize,
+    pub seconds: u64,
+    pub define_seconds: f64,
+    pub jobs_defined_per_s: f64,
+    /// From spawning the workers to all of them registered.
+    pub startup_to_members_ms: f64,
+    /// From spawning the workers to the first run of a scheduled tick (its `started_at`).
+    pub startup_to_first_tick_ms: f64,
+    #[serde(flatten)]
+    pub ticks: TickStats,
+    /// Runs of the hourly jobs whose minute came up during the window.
+    pub hourly_runs_in_window: usize,
+    /// Per worker: the median of its per-second CPU % over the window (the cost between ticks).
+    pub worker_cpu_median_percent: Vec<f64>,
+    pub etcd_txn_per_s: f64,
+    pub etcd_db_mb: f64,
+    pub etcd_keys: f64,
+    pub processes: Vec<ProcStat>,
+}
+
+pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
+    if o.every_second > o.jobs {
+        bail!("--every-second ({}) cannot exceed --jobs ({})", o.every_second, o.jobs);
+    }
+    let prefix = "/lt-scale/";
+    let coord = ctx.etcd.coord(prefix).await?;
+    let fast: Vec<String> = (0..o.every_second).map(|i| format!("s-{i:06}")).collect();
+    let mut specs: Vec<JobSpec> = fast.iter().map(|n| JobSpec::new(n, "@every 1s", "true")).collect();
+    specs.extend(
+        (o.every_second..o.jobs).map(|i| JobSpec::new(&format!("h-{i:06}"), &format!("{} * * * *", i % 60), "true")),
+    );
+    // define them: 8 writers, 100 jobs per etcd transaction
+    let t = Instant::now();
+    let chunks: Vec<Vec<JobSpec>> = specs
+        .chunks(specs.len().div_ceil(8).max(1))
+        .map(|c| c.to_vec())
+        .collect();
+    let mut tasks = Vec::new();
+    for chunk in chunks {
+        let coord = coord.clone();
+        tasks.push(tokio::spawn(async move { coord.create_jobs(&chunk).await }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let mut s = Scale {
+        jobs: o.jobs,
+        every_second_jobs: o.every_second,
+        workers: o.workers,
+        seconds: o.seconds,
+        define_seconds: t.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
+    s.jobs_defined_per_s = o.jobs as f64 / s.define_seconds.max(1e-3);
+    // start the workers
+    let endpoints = ctx.etcd.endpoints();
+    let spec = WorkerSpec {
+        bin: &ctx.bin,
+        dir: &ctx.dir,
+        etcd: &endpoints,
+        prefix,
+        dispatch: "owner",
+        config: None,
+        extra: &[],
+    };
+    let ids: Vec<String> = (0..o.workers).map(|i| format!("sw{i}")).collect();
+    let files: Vec<PathBuf> = ids.iter().map(|id| spec.runs_file(id)).collect();
+    let spawned_at = now_ms();
+    let mut procs = Vec::new();
+    for id in &ids {
+        procs.push(spec.spawn(id)?);
+    }
+    s.startup_to_members_ms = wait_members(&coord, o.workers, Duration::from_secs(120))
+        .await?
+        .as_secs_f64()
+        * 1000.0;
+    // the first scheduled run of any job
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let first = records::read(&files).iter().filter_map(|r| r.started_at).min();
+        if let Some(started) = first {
+            s.startup_to_first_tick_ms = (started - spawned_at) as f64;
+            break;
+        }
+        if Instant::now() > deadline || o.every_second == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // the window
+    let from = now_ms() + 1000;
+    let to = from + o.seconds as i64 * 1000 - 1;
+    tokio::time::sleep(Duration::from_millis((from - now_ms()).max(0) as u64)).await;
+    let mut meters: Vec<CpuMeter> = procs.iter().map(|p| CpuMeter::new(p.pid())).collect();
+    let etcd_pid = ctx.etcd.members[0].pid().unwrap_or(0);
+    let mut etcd_meter = CpuMeter::new(etcd_pid);
+    let mut txn0 = 0.0;
+    for p in &procs {
+        txn0 += metric_sum(&p.metrics().await, "cronmesh_etcd_requests_total", "op=\"txn\"");
+    }
+    let mut per_second: Vec<Vec<f64>> = vec![Vec::new(); procs.len()];
+    let mut seconds: Vec<CpuMeter> = procs.iter().map(|p| CpuMeter::new(p.pid())).collect();
+    let wall = Instant::now();
+    while now_ms() < to {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (i, m) in seconds.iter_mut().enumerate() {
+            per_second[i].push(m.lap());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let elapsed = wall.elapsed().as_secs_f64();
+    let mut txn1 = 0.0;
+    for (p, m) in procs.iter().zip(meters.iter_mut()) {
+        txn1 += metric_sum(&p.metrics().await, "cronmesh_etcd_requests_total", "op=\"txn\"");
+        s.processes.push(proc_stat(&format!("worker {}", p.name), p.pid(), m));
+    }
+    s.processes.push(proc_stat("etcd", etcd_pid, &mut etcd_meter));
+    s.etcd_txn_per_s = (txn1 - txn0) / elapsed;
+    for mut v in per_second {
+        v.sort_by(f64::total_cmp);
+        s.worker_cpu_median_percent.push(pct(&v, 0.5));
+    }
+    let etcd_metrics = scrape_url(&ctx.etcd.members[0].client_url).await;
+    s.etcd_db_mb = (metric_sum(&etcd_metrics, "etcd_mvcc_db_total_size_in_bytes", "") / 1e5).round() / 10.0;
+    s.etcd_keys = metric_sum(&etcd_metrics, "etcd_debugging_mvcc_keys_total", "");
+    for p in procs.iter_mut() {
+        p.terminate();
+    }
+    let recs = records::read(&files);
+    s.ticks = records::ticks(&recs, &fast, 1000, from, to);
+    s.hourly_runs_in_window = recs
+        .iter()
+        .filter(|r| r.job.starts_with("h-") && r.planned_at >= from && r.planned_at <= to)
+        .count();
+    Ok(s)
+}
+
+pub fn report(r: &mut Report, s: &Scale) {
+    let mut rows: Vec<(&str, String)> = vec![
+        (
+            "jobs defined",
+            format!(
+                "{} in {:.1} s ({:.0} jobs/s, 100 per etcd txn, 8 writers)",
+                s.jobs, s.define_seconds, s.jobs_defined_per_s
+            ),
+        ),
+        (
+            "worker start → all registered",
+            format!("{:.0} ms", s.startup_to_members_ms),
+        ),
+        (
+            "worker start → first scheduled run",
+            format!("{:.0} ms", s.startup_to_first_tick_ms),
+        ),
+        (
+            "worker CPU % between ticks (median of 1 s samples)",
+            format!("{:?}", s.worker_cpu_median_percent),
+        ),
+        (
+            "hourly runs whose minute fell in the window",
+            s.hourly_runs_in_window.to_string(),
+        ),
+        ("etcd txn/s (all workers)", format!("{:.1}", s.etcd_txn_per_s)),
+        ("etcd db size", format!("{:.1} MB, {} keys", s.etcd_db_mb, s.etcd_keys)),
+    ];
+    rows.extend(tick_rows(&s.ticks));
+    r.measures(
+        &format!(
+            "scale: {} jobs ({} @every 1s, the rest hourly), {} workers, {} s window",
+            s.jobs, s.every_second_jobs, s.workers, s.seconds
+        ),
+        &rows,
+    );
+    r.table("Processes (during the window)", &PROC_HEADER, &proc_rows(&s.processes));
+    r.lag_series("every-second jobs", &s.ticks.lags);
+    r.json("scale", s);
+}
