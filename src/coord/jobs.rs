@@ -1,6 +1,6 @@
 //! The jobs store: `jobs/{name}` keys holding `StoredJob` JSON.
 
-use super::{Coord, CoordError, decode, encode, now_ms};
+use super::{Coord, CoordError, decode, encode, now_ms, prefix_end};
 use crate::model::{JobSpec, StoredJob, validate_name};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 
@@ -100,15 +100,8 @@ impl Coord {
     /// Lists every job and the revision of the read. Entries that do not decode are returned as
     /// errors beside the good ones, so one bad key does not hide the rest.
     pub async fn list_jobs(&self) -> Result<(Vec<StoredJob>, i64), CoordError> {
-        let prefix = self.keys.jobs();
-        let resp = self
-            .call("get", |mut c| async move {
-                c.get(prefix, Some(GetOptions::new().with_prefix())).await
-            })
-            .await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let jobs = decode_jobs(resp.kvs());
-        Ok((jobs, rev))
+        let (kvs, rev) = self.get_prefix_snapshot(&self.keys.jobs()).await?;
+        Ok((decode_jobs(&kvs), rev))
     }
 
     /// One range of jobs in name order: names after `after` (exclusive) that start with
@@ -168,18 +161,6 @@ impl Coord {
         spec.paused = paused;
         self.put_job(spec).await
     }
-}
-
-/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// The jobs among `kvs`; one that does not decode is logged and skipped, so one bad key does not

@@ -27,6 +27,9 @@ use crate::model::ValidationError;
 use crate::telemetry::events::EtcdRequest;
 use etcd_client::{Client, ConnectOptions};
 use std::future::Future;
+
+/// Keys per page of a snapshot read (~0.5 MB of jobs; the gRPC limit is 4 MB).
+const SNAPSHOT_PAGE: i64 = 1000;
 use std::time::{Duration, Instant};
 
 /// Errors of the coordination layer. Callers branch on `NotFound`/`Conflict`/`Invalid`; the rest
@@ -132,6 +135,48 @@ impl Coord {
         })
     }
 
+    /// Reads every key under `full_prefix` (absolute, with the cluster prefix) in pages of
+    /// `SNAPSHOT_PAGE` keys, all at the first page's revision: one consistent snapshot however
+    /// large the prefix. A single range response is capped by the gRPC message limit (4 MB by
+    /// default, about 10,000 jobs), so an unpaged read of 100,000 jobs fails outright.
+    pub(crate) async fn get_prefix_snapshot(
+        &self,
+        full_prefix: &str,
+    ) -> Result<(Vec<etcd_client::KeyValue>, i64), CoordError> {
+        let end = prefix_end(full_prefix.as_bytes());
+        let mut start = full_prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut out = Vec::new();
+        loop {
+            let mut opts = etcd_client::GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(SNAPSHOT_PAGE);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let from = start.clone();
+            let mut resp = self
+                .call("get", |mut c| async move { c.get(from, Some(opts)).await })
+                .await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            match kvs.last() {
+                Some(last) if more => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => {
+                    out.extend(kvs);
+                    return Ok((out, revision));
+                }
+            }
+            out.extend(kvs);
+        }
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
@@ -205,4 +250,16 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 /// Unix milliseconds now (wall clock).
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }

@@ -6,7 +6,7 @@
 use super::Coord;
 use crate::telemetry::events::WatchRestarted;
 use crate::telemetry::metrics::METRICS;
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, WatchOptions};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -189,18 +189,15 @@ impl Coord {
                 .unwrap_or_default()
                 .to_string()
         };
-        let list_key = full.to_string();
         let listed = tokio::select! {
             _ = cancel.cancelled() => return Err(Ended::Cancelled),
-            r = self.call("get", |mut c| async move { c.get(list_key, Some(GetOptions::new().with_prefix())).await }) => r,
+            r = self.get_prefix_snapshot(full) => r,
         };
-        let resp = match listed {
+        let (kvs, revision) = match listed {
             Ok(r) => r,
             Err(e) => return Err(Ended::Restart("list_error", e.to_string())),
         };
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let items = resp
-            .kvs()
+        let items = kvs
             .iter()
             .map(|kv| Kv {
                 key: strip(kv.key()),

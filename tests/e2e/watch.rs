@@ -63,3 +63,24 @@ async fn a_worker_frozen_through_changes_and_a_compaction_catches_up() {
         "the deleted job stopped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_jobs_than_fit_in_one_grpc_message_are_listed_watched_and_run() {
+    // 25,000 jobs with 300-byte commands: ~10 MB of values, over the 4 MB gRPC message limit
+    // that an unpaged range read of the prefix runs into
+    let mut c = Cluster::new().await;
+    let pad = "x".repeat(300);
+    let mut specs: Vec<JobSpec> = (0..25_000)
+        .map(|i| JobSpec::new(&format!("big-{i:05}"), "30 3 * * *", &format!("echo {pad}")))
+        .collect();
+    specs.push(JobSpec::new("big-every-second", "@every 1s", "true"));
+    c.coord.create_jobs(&specs).await.unwrap();
+    let (jobs, _) = c.coord.list_jobs().await.unwrap();
+    assert_eq!(jobs.len(), 25_001);
+    c.start_worker("w", &[]);
+    c.wait_members(&["w"]).await;
+    wait_until(Duration::from_secs(30), "the every-second job runs", || {
+        c.records().iter().any(|r| r.job == "big-every-second")
+    })
+    .await;
+}
