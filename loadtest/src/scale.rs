@@ -31,8 +31,9 @@ pub struct Scale {
     pub jobs_defined_per_s: f64,
     /// From spawning the workers to all of them registered.
     pub startup_to_members_ms: f64,
-    /// From spawning the workers to the first run of a scheduled tick (its `started_at`).
-    pub startup_to_first_tick_ms: f64,
+    /// From spawning the workers to the first run of a scheduled tick (its `started_at`);
+    /// `null` when none ran within 120 s.
+    pub startup_to_first_tick_ms: Option<f64>,
     #[serde(flatten)]
     pub ticks: TickStats,
     /// Runs of the hourly jobs whose minute came up during the window.
@@ -106,7 +107,7 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
     loop {
         let first = records::read(&files).iter().filter_map(|r| r.started_at).min();
         if let Some(started) = first {
-            s.startup_to_first_tick_ms = (started - spawned_at) as f64;
+            s.startup_to_first_tick_ms = Some((started - spawned_at) as f64);
             break;
         }
         if Instant::now() > deadline || o.every_second == 0 {
@@ -177,7 +178,9 @@ pub fn report(r: &mut Report, s: &Scale) {
         ),
         (
             "worker start → first scheduled run",
-            format!("{:.0} ms", s.startup_to_first_tick_ms),
+            s.startup_to_first_tick_ms
+                .map(|ms| format!("{ms:.0} ms"))
+                .unwrap_or_else(|| "none within 120 s".into()),
         ),
         (
             "worker CPU % between ticks (median of 1 s samples)",
