@@ -36,8 +36,9 @@ pub struct Scale {
     pub startup_to_first_tick_ms: Option<f64>,
     #[serde(flatten)]
     pub ticks: TickStats,
-    /// Runs of the hourly jobs whose minute came up during the window.
-    pub hourly_runs_in_window: usize,
+    /// Ticks of the hourly jobs whose minute came up during the window (about 1/60 of them
+    /// fire together at each minute boundary), accounted like the every-second ones.
+    pub hourly: TickStats,
     /// Per worker: the median of its per-second CPU % over the window (the cost between ticks).
     pub worker_cpu_median_percent: Vec<f64>,
     pub etcd_txn_per_s: f64,
@@ -156,11 +157,28 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
     }
     let recs = records::read(&files);
     s.ticks = records::ticks(&recs, &fast, 1000, from, to);
-    s.hourly_runs_in_window = recs
-        .iter()
-        .filter(|r| r.job.starts_with("h-") && r.planned_at >= from && r.planned_at <= to)
-        .count();
+    s.hourly = hourly_ticks(&recs, o, from, to);
     Ok(s)
+}
+
+/// The hourly jobs are `M * * * *` with M = index % 60: at each minute boundary in the window,
+/// the jobs of that minute are due.
+fn hourly_ticks(recs: &[cronmesh::model::RunRecord], o: &Opts, from: i64, to: i64) -> TickStats {
+    let mut expected = 0;
+    let mut names = Vec::new();
+    let mut t = (from + 59_999).div_euclid(60_000) * 60_000;
+    while t <= to {
+        let minute = (t / 60_000 % 60) as usize;
+        for i in (o.every_second..o.jobs).filter(|i| i % 60 == minute) {
+            names.push(format!("h-{i:06}"));
+            expected += 1;
+        }
+        t += 60_000;
+    }
+    let mut s = records::ticks(recs, &names, 60_000, from, to);
+    s.expected_ticks = expected;
+    s.missed_ticks = expected.saturating_sub(s.ticks_run + s.skipped_ticks + s.lost_ticks);
+    s
 }
 
 pub fn report(r: &mut Report, s: &Scale) {
@@ -187,8 +205,15 @@ pub fn report(r: &mut Report, s: &Scale) {
             format!("{:?}", s.worker_cpu_median_percent),
         ),
         (
-            "hourly runs whose minute fell in the window",
-            s.hourly_runs_in_window.to_string(),
+            "hourly ticks in the window: expected / run / duplicate / missed",
+            format!(
+                "{} / {} / {} / {} (lag p99 {:.0} ms)",
+                s.hourly.expected_ticks,
+                s.hourly.ticks_run,
+                s.hourly.duplicate_ticks,
+                s.hourly.missed_ticks,
+                s.hourly.lag_p99_ms
+            ),
         ),
         ("etcd txn/s (all workers)", format!("{:.1}", s.etcd_txn_per_s)),
         ("etcd db size", format!("{:.1} MB, {} keys", s.etcd_db_mb, s.etcd_keys)),

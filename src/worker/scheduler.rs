@@ -26,7 +26,7 @@ use crate::coord::{
 use crate::model::{
     Concurrency, KillSignal, Misfire, RunNowSignal, RunRecord, RunStarted, RunStatus, StoredJob, Trigger, WorkerInfo,
 };
-use crate::schedule::{Schedule, rfc3339_ms};
+use crate::schedule::{Schedule, ScheduleError, rfc3339_ms};
 use crate::telemetry::events::{
     ClaimBatchDone, RunFinishedEvent, RunStartedEvent, SignalHandled, TickSkipped, TicksOverdue,
 };
@@ -95,18 +95,18 @@ struct ScheduleCache {
 }
 
 impl ScheduleCache {
-    fn share(&mut self, parsed: Schedule) -> Arc<Schedule> {
-        let key = (parsed.expr().to_string(), parsed.tz().name().to_string());
+    fn get_or_parse(&mut self, expr: &str, tz: &str) -> Result<Arc<Schedule>, ScheduleError> {
+        let key = (expr.to_string(), tz.to_string());
         if let Some(shared) = self.map.get(&key).and_then(std::sync::Weak::upgrade) {
-            return shared;
+            return Ok(shared);
         }
         if self.map.len() >= self.sweep_at {
             self.map.retain(|_, w| w.strong_count() > 0);
             self.sweep_at = (self.map.len() * 2).max(1024);
         }
-        let shared = Arc::new(parsed);
+        let shared = Arc::new(Schedule::parse(expr, tz)?);
         self.map.insert(key, Arc::downgrade(&shared));
-        shared
+        Ok(shared)
     }
 }
 
@@ -324,7 +324,10 @@ impl Scheduler {
             .map_err(|e| e.to_string())
             .and_then(|mut j| {
                 j.revision = revision;
-                let schedule = j.spec.validate().map_err(|e| e.to_string())?;
+                let schedule = j
+                    .spec
+                    .validate_with(|expr, tz| self.schedules.get_or_parse(expr, tz))
+                    .map_err(|e| e.to_string())?;
                 if j.spec.name != name {
                     return Err(format!("its name field {:?} differs from its key", j.spec.name));
                 }
@@ -338,7 +341,6 @@ impl Scheduler {
                 return;
             }
         };
-        let schedule = self.schedules.share(schedule);
         self.next_gen += 1;
         let generation = self.next_gen;
         let entry = self.jobs.entry(name.to_string()).or_insert_with(|| JobEntry {
@@ -1386,20 +1388,22 @@ mod tests {
     #[test]
     fn jobs_with_the_same_expression_and_zone_share_one_parsed_schedule() {
         let mut cache = ScheduleCache::default();
-        let parse = |e: &str, tz: &str| Schedule::parse(e, tz).unwrap();
-        let a = cache.share(parse("5 * * * *", "UTC"));
-        let b = cache.share(parse("5 * * * *", "UTC"));
-        let other_zone = cache.share(parse("5 * * * *", "Europe/Berlin"));
-        let other_expr = cache.share(parse("6 * * * *", "UTC"));
+        let a = cache.get_or_parse("5 * * * *", "UTC").unwrap();
+        let b = cache.get_or_parse("5 * * * *", "UTC").unwrap();
+        let other_zone = cache.get_or_parse("5 * * * *", "Europe/Berlin").unwrap();
+        let other_expr = cache.get_or_parse("6 * * * *", "UTC").unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &other_zone));
         assert!(!Arc::ptr_eq(&a, &other_expr));
         // a schedule no job holds any more is parsed afresh, and swept from the map
         drop((a, b));
-        let again = cache.share(parse("5 * * * *", "UTC"));
+        let again = cache.get_or_parse("5 * * * *", "UTC").unwrap();
         assert_eq!(Arc::strong_count(&again), 1);
+        // a bad expression is an error, and not remembered
+        assert!(cache.get_or_parse("61 * * * *", "UTC").is_err());
+        assert!(cache.get_or_parse("5 * * * *", "Mars/Olympus").is_err());
         for i in 0..3000 {
-            drop(cache.share(parse(&format!("@every {}s", i + 1), "UTC")));
+            drop(cache.get_or_parse(&format!("@every {}s", i + 1), "UTC").unwrap());
         }
         assert!(cache.map.len() < 2100, "dead entries are swept: {}", cache.map.len());
         assert!(cache.map.contains_key(&("5 * * * *".to_string(), "UTC".to_string())));
