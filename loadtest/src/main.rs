@@ -84,8 +84,10 @@ enum Scenario {
         /// SIGKILL a worker every this many seconds (round robin).
         #[arg(long, default_value_t = 15)]
         kill_every: u64,
-        /// Seconds a killed worker stays down.
-        #[arg(long, default_value_t = 2)]
+        /// Seconds a killed worker stays down. Longer than the lease TTL: its jobs move to the
+        /// others, then back when it rejoins. Shorter: the restarted process (same id) takes
+        /// its jobs back before the old lease expires.
+        #[arg(long, default_value_t = 8)]
         down_for: u64,
         /// Seconds the etcd leader stays stopped.
         #[arg(long, default_value_t = 5)]
