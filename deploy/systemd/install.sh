@@ -24,7 +24,7 @@ elif [ "$rc" -ne 0 ]; then
 fi
 
 install -D -m 0755 "$bin" "$dest/usr/local/bin/cronmesh"
-group=root
+group=$(id -gn)
 if [ -z "$dest" ]; then
   id cronmesh >/dev/null 2>&1 ||
     useradd --system --user-group --home-dir /var/lib/cronmesh --no-create-home --shell /usr/sbin/nologin cronmesh
@@ -50,6 +50,10 @@ fi
 install -D -m 0644 docs/OPERATIONS.md "$dest/usr/share/doc/cronmesh/OPERATIONS.md"
 install -D -m 0644 -t "$dest/etc/systemd/system" deploy/systemd/cronmesh-worker.service deploy/systemd/cronmesh-master.service
 
+if grep -q 'example-admin-token-change-me' "$dest/etc/cronmesh/master.toml"; then
+  echo "WARNING: /etc/cronmesh/master.toml still accepts the example tokens of config/master.toml;" >&2
+  echo "         replace [master.auth] tokens (or delete them and set tokens in master.env) before starting" >&2
+fi
 if [ -z "$dest" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
 fi

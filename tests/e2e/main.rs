@@ -6,6 +6,7 @@ mod harness;
 mod api;
 
 mod bad_input;
+mod deploy;
 mod drain;
 mod exactly_once;
 mod failover;
