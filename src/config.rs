@@ -176,6 +176,10 @@ pub struct MasterConfig {
     pub id: String,
     /// Address of the HTTP listener.
     pub listen: String,
+    /// The URL workers and the other masters use to reach this master, registered in etcd
+    /// (none: `http://` + the listen address). Set it when listening on `0.0.0.0`, behind NAT
+    /// or in a container, e.g. `http://10.0.3.7:8070` or `http://$(POD_IP):8070`.
+    pub advertise_url: Option<String>,
     /// Run-log store URI: `sqlite://PATH` or `mongodb://HOST/DB`.
     pub log_store: String,
     /// Registration lease TTL.
@@ -202,6 +206,7 @@ impl Default for MasterConfig {
         MasterConfig {
             id: default_id(),
             listen: "127.0.0.1:8070".into(),
+            advertise_url: None,
             log_store: "sqlite://./data/runs.db".into(),
             lease_ttl: Duration::from_secs(10),
             max_body_bytes: 256 * 1024,
@@ -403,6 +408,15 @@ impl Config {
         m.listen
             .parse::<std::net::SocketAddr>()
             .map_err(|e| invalid("master.listen", format!("{:?}: {e}", m.listen)))?;
+        if let Some(u) = &m.advertise_url {
+            let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
+            if !rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace)) {
+                return Err(invalid(
+                    "master.advertise_url",
+                    format!("{u:?} must be an http:// or https:// URL, e.g. http://10.0.3.7:8070"),
+                ));
+            }
+        }
         if !(m.log_store.starts_with("sqlite://")
             || m.log_store.starts_with("mongodb://")
             || m.log_store.starts_with("mongodb+srv://"))

@@ -53,7 +53,7 @@ struct CommonArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a master (registration, health and metrics; the REST API comes later).
+    /// Run a master: the REST API, the event feed, the web page, run ingest and retention.
     Master(MasterArgs),
     /// Run a worker: schedule, claim and run jobs.
     Worker(WorkerArgs),
@@ -87,6 +87,9 @@ struct MasterArgs {
     /// Run-log store: sqlite://PATH or mongodb://HOST/DB.
     #[arg(long, env = "CRONMESH_LOG_STORE")]
     log_store: Option<String>,
+    /// URL registered for workers and other masters to reach this one (default: from --listen).
+    #[arg(long, env = "CRONMESH_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// Turn authentication off (local use only).
     #[arg(long, env = "CRONMESH_NO_AUTH")]
     no_auth: bool,
@@ -257,6 +260,9 @@ fn apply_master(c: &mut Config, a: &MasterArgs) {
     }
     if let Some(v) = &a.log_store {
         c.master.log_store = v.clone();
+    }
+    if let Some(v) = &a.advertise_url {
+        c.master.advertise_url = Some(v.clone());
     }
     if a.no_auth {
         c.master.auth.no_auth = true;

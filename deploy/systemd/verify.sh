@@ -39,6 +39,8 @@ if [ -z "$bin" ]; then
   chmod +x "$bin"
 fi
 [ -x "$bin" ] || { echo "CRONMESH_BIN=$bin is not executable" >&2; exit 1; }
+# ExecStart needs an absolute path
+bin=$(realpath "$bin")
 
 fail=0
 for u in "${units[@]}"; do

@@ -43,17 +43,41 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
             }
-            let open = || -> Result<Connection, StoreError> {
-                let c = Connection::open(&path)
-                    .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-                c.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
-                c.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-                c.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-                Ok(c)
+            // Another process opening the same fresh file at the same moment (two masters
+            // sharing a run log) can make the switch to WAL or the schema fail with "busy"
+            // without the busy timeout applying; that clears in milliseconds, so retry for 5 s.
+            let open_once = || -> rusqlite::Result<(Connection, Connection)> {
+                let open = || -> rusqlite::Result<Connection> {
+                    let c = Connection::open(&path)?;
+                    c.busy_timeout(std::time::Duration::from_secs(5))?;
+                    c.pragma_update(None, "journal_mode", "WAL")?;
+                    c.pragma_update(None, "synchronous", "NORMAL")?;
+                    Ok(c)
+                };
+                let writer = open()?;
+                writer.execute_batch(SCHEMA)?;
+                Ok((writer, open()?))
             };
-            let writer = open()?;
-            writer.execute_batch(SCHEMA).map_err(err)?;
-            let reader = open()?;
+            let started = std::time::Instant::now();
+            let (writer, reader) = loop {
+                match open_once() {
+                    Ok(pair) => break pair,
+                    Err(e)
+                        if matches!(
+                            e.sqlite_error_code(),
+                            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                        ) && started.elapsed() < std::time::Duration::from_secs(5) =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "cannot open the run log {}: {e}; check the path and its permissions, and that no other program holds it locked",
+                            path.display()
+                        )));
+                    }
+                }
+            };
             Ok(SqliteStore {
                 writer: Arc::new(Mutex::new(writer)),
                 reader: Arc::new(Mutex::new(reader)),
@@ -251,5 +275,30 @@ impl LogStore for SqliteStore {
 
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn masters_opening_one_fresh_file_at_once_all_get_the_store() {
+        // two masters of deploy/local-cluster.sh share one SQLite file; started together, the
+        // second used to exit with "database is locked" (switching to WAL is not covered by
+        // the busy timeout)
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20 {
+            let path = dir.path().join(format!("runs-{round}.db"));
+            let opens: Vec<_> = (0..4)
+                .map(|_| {
+                    let p = path.clone();
+                    tokio::spawn(async move { SqliteStore::open(&p).await.map(|_| ()) })
+                })
+                .collect();
+            for o in opens {
+                o.await.unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+        }
     }
 }

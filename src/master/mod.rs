@@ -235,10 +235,16 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
     let m = &cfg.master;
     let info = MasterInfo {
         id: m.id.clone(),
-        url: format!("http://{}", listener.local_addr()?),
+        url: match &m.advertise_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", listener.local_addr()?),
+        },
         started_at: now_ms(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
+    if m.advertise_url.is_none() && listener.local_addr()?.ip().is_unspecified() {
+        warn!(url = %info.url, "registered a wildcard address that other hosts cannot reach; set master.advertise_url (--advertise-url) to this master's reachable URL");
+    }
     if state.auth.is_open() {
         warn!(listen = %info.url, "authentication is OFF (no_auth): anyone who can reach this address can change jobs");
     }

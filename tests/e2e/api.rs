@@ -829,3 +829,34 @@ async fn the_web_page_is_served_from_the_binary_with_a_strict_policy_and_can_be_
     let r = c.http.get(format!("{m2}/")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_registers_the_url_it_is_told_to_advertise_and_a_bad_one_is_refused() {
+    let mut c = Cluster::new().await;
+    c.start_master(
+        "adv",
+        &["--no-auth", "--advertise-url", "http://cronmesh-adv.internal:8070/"],
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "the master registers", || async {
+        c.coord.list_master_urls().await.unwrap_or_default() == vec!["http://cronmesh-adv.internal:8070".to_string()]
+    })
+    .await;
+    for bad in ["cronmesh-adv:8070", "ftp://x", "http://", "http://a b"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cronmesh"))
+            .args([
+                "master",
+                "--etcd",
+                &c.etcd.client_url,
+                "--no-auth",
+                "--advertise-url",
+                bad,
+            ])
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad} refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("master.advertise_url"), "{bad}: {err}");
+    }
+}
