@@ -288,6 +288,9 @@ if (MODE === 'ui') {
       await page.fill('#token-input', READ);
       await page.click('#token-submit');
       await page.locator('#token-dialog').waitFor({ state: 'hidden' });
+      // the new token re-reads every job and rebuilds the table; a click during that rebuild
+      // can land on a row that is being replaced (CI saw it under load)
+      await page.waitForFunction(() => window.cronmesh.jobsLoaded);
       await page.locator('#jobs-table tr[data-job="ui-hello"]').waitFor();
       await page.click('button[data-key="ui-hello/run"]');
       await page.locator('.toast.error', { hasText: 'admin' }).waitFor();
