@@ -68,6 +68,7 @@ impl SqliteStore {
                             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
                         ) && started.elapsed() < std::time::Duration::from_secs(5) =>
                     {
+                        tracing::debug!(path = %path.display(), error = %e, "run log busy while opening (another process is opening it too); retrying");
                         std::thread::sleep(std::time::Duration::from_millis(20));
                     }
                     Err(e) => {
