@@ -42,8 +42,10 @@ fn esc(s: &str) -> String {
 }
 
 pub fn lag_chart(title: &str, series: &[(String, Vec<f64>)]) -> String {
-    let (w, h) = (820.0, 380.0);
-    let (left, right, top, bottom) = (56.0, 16.0, 56.0, 64.0);
+    // one legend line per series above the plot
+    let legend_h = 16.0 * series.len() as f64;
+    let (w, h) = (820.0, 360.0 + legend_h);
+    let (left, right, top, bottom) = (56.0, 16.0, 40.0 + legend_h, 64.0);
     let plot_w = w - left - right;
     let plot_h = h - top - bottom;
     let nb = EDGES.len() + 1;
@@ -62,12 +64,13 @@ pub fn lag_chart(title: &str, series: &[(String, Vec<f64>)]) -> String {
     );
     // legend
     for (k, (name, lags)) in series.iter().enumerate() {
-        let x = left + k as f64 * 260.0;
+        let y = 28.0 + 16.0 * k as f64;
         let _ = writeln!(
             s,
-            r#"<rect x="{x}" y="28" width="10" height="10" fill="{}"/><text x="{}" y="37">{} — {} runs, p50 {:.0} / p99 {:.0} / max {:.0} ms</text>"#,
+            r#"<rect x="{left}" y="{y}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{} — {} runs, p50 {:.0} / p99 {:.0} / max {:.0} ms</text>"#,
             COLOURS[k % COLOURS.len()],
-            x + 14.0,
+            left + 14.0,
+            y + 9.0,
             esc(name),
             lags.len(),
             pct(lags, 0.5),
