@@ -15,17 +15,29 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[derive(clap::Args)]
 pub struct Opts {
+    /// Jobs `@every 1s`.
+    #[arg(long, default_value_t = 100)]
     pub jobs: usize,
+    #[arg(long, default_value_t = 3)]
     pub workers: usize,
+    /// Length of the measured window.
+    #[arg(long, default_value_t = 60)]
     pub seconds: u64,
     /// A worker is SIGKILLed every this many seconds (round robin).
+    #[arg(long, default_value_t = 15)]
     pub kill_every: u64,
-    /// How long a killed worker stays down before it is started again.
+    /// Seconds a killed worker stays down. Longer than the lease TTL: its jobs move to the
+    /// others, then back when it rejoins. Shorter: the restarted process (same id) takes its
+    /// jobs back before the old lease expires.
+    #[arg(long, default_value_t = 8)]
     pub down_for: u64,
-    /// How long the etcd leader stays stopped.
+    /// Seconds the etcd leader stays stopped.
+    #[arg(long, default_value_t = 5)]
     pub etcd_down_for: u64,
-    /// The workers' membership lease TTL (how fast a dead worker's jobs move).
+    /// The workers' membership lease TTL, in seconds (how fast a dead worker's jobs move).
+    #[arg(long, default_value_t = 5)]
     pub lease_ttl: u64,
 }
 

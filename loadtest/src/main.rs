@@ -62,40 +62,9 @@ enum Scenario {
         seconds: u64,
     },
     /// 100,000 jobs defined (most hourly, some every second): start-up, memory, idle CPU, etcd.
-    Scale {
-        #[arg(long, default_value_t = 100_000)]
-        jobs: usize,
-        /// How many of them fire every second.
-        #[arg(long, default_value_t = 100)]
-        every_second: usize,
-        #[arg(long, default_value_t = 3)]
-        workers: usize,
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-    },
+    Scale(scale::Opts),
     /// Steady load while workers are SIGKILLed and the etcd leader (of 3) is stopped.
-    Churn {
-        #[arg(long, default_value_t = 100)]
-        jobs: usize,
-        #[arg(long, default_value_t = 3)]
-        workers: usize,
-        #[arg(long, default_value_t = 60)]
-        seconds: u64,
-        /// SIGKILL a worker every this many seconds (round robin).
-        #[arg(long, default_value_t = 15)]
-        kill_every: u64,
-        /// Seconds a killed worker stays down. Longer than the lease TTL: its jobs move to the
-        /// others, then back when it rejoins. Shorter: the restarted process (same id) takes
-        /// its jobs back before the old lease expires.
-        #[arg(long, default_value_t = 8)]
-        down_for: u64,
-        /// Seconds the etcd leader stays stopped.
-        #[arg(long, default_value_t = 5)]
-        etcd_down_for: u64,
-        /// The workers' membership lease TTL in seconds.
-        #[arg(long, default_value_t = 5)]
-        lease_ttl: u64,
-    },
+    Churn(churn::Opts),
     /// Run-log store insert throughput (SQLite in a temp dir, or --uri).
     Store {
         /// sqlite://PATH or mongodb://HOST/DB (default: a SQLite file in a temp dir).
@@ -130,8 +99,8 @@ impl Scenario {
         match self {
             Scenario::Steady { .. } => "steady",
             Scenario::Compare { .. } => "compare",
-            Scenario::Scale { .. } => "scale",
-            Scenario::Churn { .. } => "churn",
+            Scenario::Scale(_) => "scale",
+            Scenario::Churn(_) => "churn",
             Scenario::Store { .. } => "store",
             Scenario::Api { .. } => "api",
             Scenario::Feed { .. } => "feed",
@@ -176,7 +145,7 @@ async fn main() -> Result<()> {
         PathBuf::from("target/loadtest").join(format!("{name}-{stamp}"))
     });
     let tmp = tempfile::tempdir()?;
-    let members = if matches!(cli.scenario, Scenario::Churn { .. }) {
+    let members = if matches!(cli.scenario, Scenario::Churn(_)) {
         3
     } else {
         1
@@ -241,39 +210,11 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
             let race = steady::run(ctx, &o, "/lt-race/").await?;
             steady::report_compare(rep, &owner, &race);
         }
-        Scenario::Scale {
-            jobs,
-            every_second,
-            workers,
-            seconds,
-        } => {
-            let o = scale::Opts {
-                jobs,
-                every_second,
-                workers,
-                seconds,
-            };
+        Scenario::Scale(o) => {
             let s = scale::run(ctx, &o).await?;
             scale::report(rep, &s);
         }
-        Scenario::Churn {
-            jobs,
-            workers,
-            seconds,
-            kill_every,
-            down_for,
-            etcd_down_for,
-            lease_ttl,
-        } => {
-            let o = churn::Opts {
-                jobs,
-                workers,
-                seconds,
-                kill_every,
-                down_for,
-                etcd_down_for,
-                lease_ttl,
-            };
+        Scenario::Churn(o) => {
             let s = churn::run(ctx, &o).await?;
             churn::report(rep, &s);
         }

@@ -14,10 +14,18 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+#[derive(clap::Args)]
 pub struct Opts {
+    /// Jobs defined.
+    #[arg(long, default_value_t = 100_000)]
     pub jobs: usize,
+    /// How many of them fire every second (the rest are hourly).
+    #[arg(long, default_value_t = 100)]
     pub every_second: usize,
+    #[arg(long, default_value_t = 3)]
     pub workers: usize,
+    /// Length of the measured window.
+    #[arg(long, default_value_t = 20)]
     pub seconds: u64,
 }
 
