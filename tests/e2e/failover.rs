@@ -72,3 +72,33 @@ async fn killed_worker_runs_nothing_twice_and_its_jobs_move_within_the_lease_ttl
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_restarted_at_once_with_its_id_takes_its_jobs_back_before_the_old_lease_expires_and_runs_nothing_twice()
+ {
+    // a crash-looping or quickly rescheduled worker (systemd Restart=, a pod restart) comes back
+    // with the same id while its dead process's lease still has seconds to live. Ownership is
+    // by id, so the new process schedules the jobs at once; the per-tick claims keep each tick
+    // to one run even though the old process had claimed ahead.
+    let mut c = Cluster::new().await;
+    c.worker_args = vec!["--lease-ttl".into(), "10s".into()];
+    c.start_worker("solo", &[]);
+    c.wait_members(&["solo"]).await;
+    let names: Vec<String> = (0..5).map(|i| format!("r{i}")).collect();
+    for n in &names {
+        c.put_job(JobSpec::new(n, "@every 1s", &c.tick_command("true"))).await;
+    }
+    wait_until(Duration::from_secs(10), "the jobs run", || c.ticks().len() >= 10).await;
+    c.kill_worker("solo");
+    let killed = now_ms();
+    c.start_worker("solo", &[]);
+    // the old lease expires at killed + 10 s; the window ends well before that
+    let (from, to) = (killed + 3000, killed + 7000);
+    wait_until(Duration::from_secs(20), "the window has passed", || {
+        now_ms() > to + 1500
+    })
+    .await;
+    let ticks = c.ticks();
+    assert_no_duplicates(&ticks);
+    assert_all_ran(&ticks, &names, 1000, from, to);
+}
