@@ -14,7 +14,43 @@ use std::time::Duration;
 
 pub struct MongoStore {
     coll: Collection<Document>,
+    /// Whether the indexes exist. The unique `run_id` index is what makes inserts idempotent,
+    /// so until it exists inserts are refused as `Unavailable` (workers keep those reports
+    /// spooled and send them again) and `ping` fails (the master is not ready).
+    indexes: std::sync::Arc<IndexState>,
+    /// The task that keeps trying to create the indexes while MongoDB is unreachable; aborted
+    /// when the store is dropped.
+    setup: Option<tokio::task::JoinHandle<()>>,
 }
+
+#[derive(Default)]
+struct IndexState {
+    ready: std::sync::atomic::AtomicBool,
+    last_error: std::sync::Mutex<String>,
+}
+
+impl IndexState {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let why = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Err(StoreError::Unavailable(format!(
+            "the MongoDB run log is not set up yet (its indexes could not be created: {why}); check that MongoDB is running and reachable at the log_store URI — the master keeps trying, and workers keep their reports until it succeeds"
+        )))
+    }
+}
+
+impl Drop for MongoStore {
+    fn drop(&mut self) {
+        if let Some(t) = self.setup.take() {
+            t.abort();
+        }
+    }
+}
+
+/// How long start-up waits for the first index creation before going on without it.
+const FIRST_SETUP_WAIT: Duration = Duration::from_secs(3);
 
 fn err(e: mongodb::error::Error) -> StoreError {
     match *e.kind {
@@ -87,8 +123,52 @@ impl MongoStore {
                     .build(),
             );
         }
-        coll.create_indexes(indexes).await.map_err(err)?;
-        Ok(MongoStore { coll })
+        let state = std::sync::Arc::new(IndexState::default());
+        // A reachable MongoDB is set up before the master serves, as a misconfiguration (say,
+        // an index whose options changed) should stop it at start. An unreachable one must
+        // not: the master starts not ready and keeps trying in the background.
+        let first = tokio::time::timeout(FIRST_SETUP_WAIT, coll.create_indexes(indexes.clone())).await;
+        let why = match first {
+            Ok(Ok(_)) => {
+                state.ready.store(true, std::sync::atomic::Ordering::Release);
+                return Ok(MongoStore {
+                    coll,
+                    indexes: state,
+                    setup: None,
+                });
+            }
+            Ok(Err(e)) => match err(e) {
+                StoreError::Unavailable(m) => m,
+                other => return Err(other),
+            },
+            Err(_) => format!("no answer within {FIRST_SETUP_WAIT:?}"),
+        };
+        tracing::warn!(error = %why, "MongoDB run log unreachable at start; the master starts not ready and keeps trying to set it up");
+        *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = why;
+        let (c, st) = (coll.clone(), state.clone());
+        let setup = tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                tokio::time::sleep(backoff).await;
+                match c.create_indexes(indexes.clone()).await.map_err(err) {
+                    Ok(_) => {
+                        st.ready.store(true, std::sync::atomic::Ordering::Release);
+                        tracing::info!("MongoDB run log reachable: indexes created, accepting records");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "MongoDB run log still not set up");
+                        *st.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+        Ok(MongoStore {
+            coll,
+            indexes: state,
+            setup: Some(setup),
+        })
     }
 }
 
@@ -98,6 +178,7 @@ impl LogStore for MongoStore {
         if records.is_empty() {
             return Ok(InsertOutcome::default());
         }
+        self.indexes.check()?;
         let docs = records.iter().map(to_doc).collect::<Result<Vec<_>, _>>()?;
         let mut out = InsertOutcome {
             inserted: records.len(),
@@ -270,6 +351,7 @@ impl LogStore for MongoStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        self.indexes.check()?;
         tokio::time::timeout(Duration::from_secs(5), self.coll.estimated_document_count())
             .await
             .map_err(|_| StoreError::Unavailable("MongoDB did not answer within 5s".into()))?

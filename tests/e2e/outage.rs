@@ -51,3 +51,74 @@ async fn etcd_stopped_for_five_seconds_then_everything_recovers_and_nothing_runs
     // workers are still alive
     c.wait_members(&["w1", "w2"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_mongodb_is_unreachable_starts_not_ready_and_refuses_reports_so_workers_keep_them() {
+    // compose and Kubernetes start masters and MongoDB together: a master must not exit because
+    // its run log is not up yet (it did); it serves, says it is not ready, and refuses records
+    // (503, which makes workers spool them) until its indexes exist
+    let c = Cluster::new().await;
+    let port = cronmesh::etcd_process::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(c.path("mongo-master.log")).unwrap();
+    let mut master = std::process::Command::new(env!("CARGO_BIN_EXE_cronmesh"))
+        .args([
+            "master",
+            "--etcd",
+            &c.etcd.client_url,
+            "--prefix",
+            &c.prefix,
+            "--no-auth",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--log-store",
+            "mongodb://127.0.0.1:1/cronmesh?serverSelectionTimeoutMS=300",
+        ])
+        .env_remove("RUST_BACKTRACE")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let health = format!("{url}/healthz");
+    wait_for(Duration::from_secs(20), "the master answers /healthz", || {
+        let health = health.clone();
+        async move { reqwest::get(&health).await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let (status, body) = c.get(&url, "/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["etcd"], "ok");
+    let why = body["log_store"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("MongoDB") && why.contains("reachable"),
+        "says what to check: {why}"
+    );
+    // job management works (etcd is up); job views just lack their last run
+    let (status, _) = c
+        .send(
+            "PUT",
+            &url,
+            "/api/v1/jobs/m1",
+            None,
+            Some(serde_json::json!({"schedule": "@hourly", "command": "true"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(c.get(&url, "/api/v1/jobs/m1", None).await.0, 200);
+    // a report is refused with 503: the worker keeps it in its spool
+    let record = cronmesh::logstore::conformance::record("r-mongo-down", "m1", 1_000, RunStatus::Succeeded);
+    let (status, body) = c
+        .send(
+            "POST",
+            &url,
+            "/api/v1/reports",
+            None,
+            Some(serde_json::json!({"finished": [record]})),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(master.try_wait().unwrap().is_none(), "the master is still running");
+    let _ = master.kill();
+    let _ = master.wait();
+}
