@@ -131,13 +131,23 @@ pub fn job_view(job: StoredJob, n: usize, last: Option<RunRecord>) -> JobView {
 /// answer, the views go out without `last_run` (logged) rather than not at all.
 async fn job_views(st: &AppState, jobs: Vec<StoredJob>, n: usize) -> Vec<JobView> {
     let names: Vec<String> = jobs.iter().map(|j| j.spec.name.clone()).collect();
-    let mut last: std::collections::HashMap<String, RunRecord> = match st.store.latest_per_job(&names).await {
-        Ok(runs) => runs.into_iter().map(|r| (r.job.clone(), r)).collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, jobs = names.len(), "jobs listed without their last runs: the run log did not answer");
-            Default::default()
+    // from memory where known; the rest from the run log, which then fills the memory
+    let (mut last, missing) = st.ingest.last_runs.get(&names);
+    let m = &crate::telemetry::metrics::METRICS.last_run_lookups;
+    m.with_label_values(&["memory"])
+        .inc_by((names.len() - missing.len()) as u64);
+    m.with_label_values(&["store"]).inc_by(missing.len() as u64);
+    if !missing.is_empty() {
+        match st.store.latest_per_job(&missing).await {
+            Ok(runs) => {
+                st.ingest.last_runs.filled(&missing, &runs);
+                last.extend(runs.into_iter().map(|r| (r.job.clone(), r)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = missing.len(), "jobs listed without their last runs: the run log did not answer");
+            }
         }
-    };
+    }
     jobs.into_iter()
         .map(|j| {
             let l = last.remove(&j.spec.name);

@@ -211,7 +211,12 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                     && !kv.key.starts_with(&me)
                 {
                     match serde_json::from_slice::<Vec<FeedEvent>>(&kv.value) {
-                        Ok(events) => events.into_iter().for_each(|e| st.feed.publish(e)),
+                        Ok(events) => events.into_iter().for_each(|e| {
+                            if let FeedEvent::RunFinished { run, .. } = &e {
+                                st.ingest.last_runs.observe(run);
+                            }
+                            st.feed.publish(e)
+                        }),
                         Err(e) => warn!(key = %kv.key, error = %e, "undecodable relayed feed batch ignored"),
                     }
                 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod compat;
 pub mod error;
 pub mod feed;
+pub mod last_runs;
 pub mod web;
 
 use crate::config::Config;
@@ -42,6 +43,8 @@ const MAX_RUNNING: usize = 100_000;
 /// Run-log ingest: stores finished records (idempotently) and remembers runs in progress.
 pub struct Ingest {
     store: Arc<dyn LogStore>,
+    /// Each job's newest record, for the job views (see `last_runs`).
+    pub last_runs: last_runs::LastRuns,
     running: Mutex<HashMap<String, RunStarted>>,
     feed: feed::Feed,
     relay: Option<Relay>,
@@ -58,6 +61,7 @@ impl Ingest {
     pub fn new(store: Arc<dyn LogStore>, feed: feed::Feed, relay: Option<(Coord, String)>) -> Self {
         Ingest {
             store,
+            last_runs: last_runs::LastRuns::default(),
             running: Mutex::new(HashMap::new()),
             feed,
             relay: relay.map(|(coord, master)| Relay {
@@ -119,6 +123,7 @@ impl Ingest {
         }
         // published only now that the store has them: the feed never shows a run the API cannot return
         for f in batch.finished {
+            self.last_runs.observe(&f);
             let mut summary = f;
             summary.output = String::new();
             let ev = feed::FeedEvent::RunFinished {

@@ -118,6 +118,7 @@ pub struct Metrics {
     pub logstore_insert_latency: Histogram,
     pub logstore_batch_size: Histogram,
     pub logstore_records: IntCounterVec,
+    pub last_run_lookups: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
     pub feed_subscribers: IntGauge,
@@ -246,6 +247,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Run records offered to the store, by outcome (inserted, duplicate).",
             &["outcome"],
         ),
+        last_run_lookups: counter_vec(
+            "cronmesh_last_run_lookups_total",
+            "Job views' last-run lookups, by where the answer came from (memory, store).",
+            &["source"],
+        ),
         http_requests: counter_vec(
             "cronmesh_http_requests_total",
             "HTTP requests by route template, method and status.",
@@ -340,6 +346,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for o in ["inserted", "duplicate"] {
         m.logstore_records.with_label_values(&[o]);
+    }
+    for s in ["memory", "store"] {
+        m.last_run_lookups.with_label_values(&[s]);
     }
     for k in ["kill", "run_now"] {
         m.signals.with_label_values(&[k]);

@@ -860,3 +860,59 @@ async fn a_master_registers_the_url_it_is_told_to_advertise_and_a_bad_one_is_ref
         assert!(err.contains("master.advertise_url"), "{bad}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_last_run_follows_the_records_every_master_ingests() {
+    // job views read last_run from memory: it must follow records ingested here and, through
+    // the relay, by the other masters, and never go back to an older one
+    let mut c = Cluster::new().await;
+    let a = c.start_master("a", &[]).await;
+    let b = c.start_master("b", &[]).await;
+    let (status, _) = c
+        .send(
+            "PUT",
+            &a,
+            "/api/v1/jobs/lr",
+            Some(ADMIN),
+            Some(json!({"schedule": "@hourly", "command": "true"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, view) = c.get(&a, "/api/v1/jobs/lr", Some(READ)).await;
+    assert!(view["last_run"].is_null(), "no run yet: {view}");
+    let report = |m: &str, id: &str, planned: i64, status: RunStatus| {
+        let r = cronmesh::logstore::conformance::record(id, "lr", planned, status);
+        (m.to_string(), json!({ "finished": [r] }))
+    };
+    let last_on_a = || async { c.get(&a, "/api/v1/jobs/lr", Some(READ)).await.1["last_run"]["run_id"].clone() };
+    // ingested by b: a learns it from b's relay
+    let (m, body) = report(&b, "lr-1", 1_000, RunStatus::Succeeded);
+    assert_eq!(
+        c.send("POST", &m, "/api/v1/reports", Some(WORKER), Some(body)).await.0,
+        200
+    );
+    wait_for(Duration::from_secs(10), "a shows the run b ingested", || async {
+        last_on_a().await == "lr-1"
+    })
+    .await;
+    // ingested by a: at once
+    let (m, body) = report(&a, "lr-2", 2_000, RunStatus::Failed);
+    assert_eq!(
+        c.send("POST", &m, "/api/v1/reports", Some(WORKER), Some(body)).await.0,
+        200
+    );
+    assert_eq!(last_on_a().await, "lr-2");
+    // an older record arriving late does not replace it, on either master
+    let (m, body) = report(&b, "lr-0", 500, RunStatus::Succeeded);
+    assert_eq!(
+        c.send("POST", &m, "/api/v1/reports", Some(WORKER), Some(body)).await.0,
+        200
+    );
+    let (_, view_b) = c.get(&b, "/api/v1/jobs/lr", Some(READ)).await;
+    assert_eq!(view_b["last_run"]["run_id"], "lr-2");
+    assert_eq!(last_on_a().await, "lr-2");
+    assert_eq!(
+        c.get(&a, "/api/v1/jobs", Some(READ)).await.1["jobs"][0]["last_run"]["status"],
+        "failed"
+    );
+}
