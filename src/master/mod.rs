@@ -123,9 +123,9 @@ impl Ingest {
         }
         // published only now that the store has them: the feed never shows a run the API cannot return
         for f in batch.finished {
-            self.last_runs.observe(&f);
             let mut summary = f;
             summary.output = String::new();
+            self.last_runs.observe(&summary);
             let ev = feed::FeedEvent::RunFinished {
                 ts: now_ms(),
                 run: Box::new(summary),
