@@ -44,17 +44,7 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// How workers share jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Dispatch {
-    /// One owner per job, chosen by rendezvous hashing over live matching workers (default).
-    #[default]
-    Owner,
-    /// Every matching worker schedules every job and races for each tick's claim (the seed's way;
-    /// kept for comparison).
-    Race,
-}
+pub use crate::model::Dispatch;
 
 /// Everything, for every role. Unknown keys are errors.
 #[derive(Debug, Clone, Serialize, Deserialize)]

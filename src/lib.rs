@@ -2,17 +2,20 @@
 //! of workers coordinated through etcd, and every run is recorded and observable.
 //!
 //! Module map (one concern each; see docs/ARCHITECTURE.md for the invariants):
+//! - [`cluster`]: what both roles agree on: who schedules which job, and the report seam.
 //! - [`config`]: typed configuration for every role, file + env + flags, validated up front.
 //! - [`model`]: jobs, run records, worker registrations, signals; validation of job specs.
 //! - [`schedule`]: cron and `@every` parsing, time zones, next fire times (pure functions).
 //! - [`coord`]: everything stored in or learnt from etcd; the only module that talks to etcd.
-//! - [`worker`]: ownership, the timer, claims, the executor, the reporter seam.
+//! - [`worker`]: the worker role: the scheduler (a sans-I/O core and its shell), the executor,
+//!   the reporter.
 //! - [`master`]: the master role: REST API, event feed, web page, seed routes, run-log ingest, auth.
 //! - [`logstore`]: the run-log store trait, SQLite backend, conformance suite.
 //! - [`ctl`]: `cronmesh ctl`, the command-line client of the REST API.
 //! - [`telemetry`]: metric names, typed internal events, logging, the ops HTTP listener.
 //! - [`etcd_process`]: starting etcd as a child process (standalone mode and tests).
 
+pub mod cluster;
 pub mod config;
 pub mod coord;
 pub mod ctl;

@@ -391,9 +391,40 @@ pub struct WorkerInfo {
     /// A draining worker is still alive but takes no new ticks; ownership moves off it.
     #[serde(default)]
     pub draining: bool,
+    /// Every run slot of the worker is taken (`max_concurrent_runs`, counting ticks it has
+    /// claimed and not yet started): ownership moves off it to workers with room, and comes
+    /// back when it has room again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_capacity: bool,
+    /// How it takes ticks: `owner` (rendezvous) or `race` (every matching worker tries).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dispatch: Dispatch,
     /// `host:port` of its metrics listener, if any.
     #[serde(default)]
     pub listen: Option<String>,
+    pub version: String,
+}
+
+/// How workers share jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Dispatch {
+    /// One owner per job, chosen by rendezvous hashing over live matching workers (default).
+    #[default]
+    Owner,
+    /// Every matching worker schedules every job and races for each tick's claim (the seed's way;
+    /// kept for comparison).
+    Race,
+}
+
+/// What a master registers under `masters/{id}` (its session lease), so that workers and the
+/// other masters find it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MasterInfo {
+    pub id: String,
+    /// Where its HTTP listener can be reached (`master.advertise_url`).
+    pub url: String,
+    pub started_at: i64,
     pub version: String,
 }
 
@@ -551,6 +582,8 @@ mod tests {
             pid: 1,
             started_at: 0,
             draining: false,
+            at_capacity: false,
+            dispatch: Dispatch::Owner,
             listen: None,
             version: "x".into(),
         };

@@ -254,8 +254,8 @@ impl Coord {
         Ok(resp
             .kvs()
             .iter()
-            .filter_map(|kv| serde_json::from_slice::<serde_json::Value>(kv.value()).ok())
-            .filter_map(|v| v.get("url").and_then(|u| u.as_str()).map(String::from))
+            .filter_map(|kv| serde_json::from_slice::<crate::model::MasterInfo>(kv.value()).ok())
+            .map(|m| m.url)
             .collect())
     }
 }

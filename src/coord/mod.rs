@@ -12,6 +12,7 @@
 //! | `running/{job}/{run_id}` | `ClaimValue` JSON | the runner's session lease (forbid jobs) |
 //! | `signals/kill/{job}/{id}` | `KillSignal` JSON | a short lease |
 //! | `signals/run/{job}/{id}` | `RunNowSignal` JSON | a short lease, deleted when taken |
+//! | `feed/{master}/{id}` | a batch of feed events (other masters relay them) | 30 s lease |
 
 mod claims;
 mod jobs;
@@ -21,7 +22,7 @@ mod watch;
 
 pub use claims::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
 pub use membership::Registration;
-pub use watch::{Kv, WatchEvent, WatchHandle};
+pub use watch::{FeedRelay, JobEvent, JobRead, MemberEvent, SignalEvent, Watch};
 
 use crate::model::ValidationError;
 use crate::telemetry::events::EtcdRequest;
@@ -106,6 +107,12 @@ impl Keys {
     }
     pub fn run_signal(&self, job: &str, id: &str) -> String {
         format!("{}signals/run/{job}/{id}", self.prefix)
+    }
+    pub fn feed(&self) -> String {
+        format!("{}feed/", self.prefix)
+    }
+    pub fn feed_batch(&self, master: &str, id: &str) -> String {
+        format!("{}feed/{master}/{id}", self.prefix)
     }
 }
 

@@ -65,7 +65,7 @@ impl Coord {
         events: &T,
     ) -> Result<(), CoordError> {
         let lease = leases.lease(self).await?;
-        let key = format!("{}feed/{master}/{}", self.keys.prefix(), uuid::Uuid::now_v7().simple());
+        let key = self.keys.feed_batch(master, &uuid::Uuid::now_v7().simple().to_string());
         let value = encode(events);
         self.call("put", |mut c| async move {
             c.put(key, value, Some(PutOptions::new().with_lease(lease))).await

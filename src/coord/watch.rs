@@ -2,9 +2,15 @@
 //! the list's. When the watch is cancelled for compaction, or the stream breaks or ends, list again and
 //! hand the consumer a full `Reset`, which it diffs against what it holds. A change can therefore
 //! be seen late, but never lost.
+//!
+//! Consumers get typed events (`JobEvent`, `MemberEvent`, `SignalEvent`, `FeedRelay`), decoded
+//! here, in the watch task: nobody outside `coord` sees etcd's bytes. A value that does not decode
+//! is logged and counted (`cronmesh_bad_values_total{watch}`) and skipped; a bad job is handed on
+//! as `JobRead::Bad`, so that whoever scheduled it stops.
 
 use super::Coord;
-use crate::telemetry::events::WatchRestarted;
+use crate::model::{KillSignal, RunNowSignal, StoredJob, WorkerInfo};
+use crate::telemetry::events::{BadValueSkipped, WatchRestarted};
 use crate::telemetry::metrics::METRICS;
 use etcd_client::{EventType, WatchOptions};
 use std::time::Duration;
@@ -14,14 +20,15 @@ use tokio_util::sync::CancellationToken;
 
 /// One key under the watched prefix (`key` has the prefix removed).
 #[derive(Debug, Clone)]
-pub struct Kv {
+pub(crate) struct Kv {
     pub key: String,
     pub value: Vec<u8>,
     pub mod_revision: i64,
 }
 
+/// What the raw watch sees.
 #[derive(Debug, Clone)]
-pub enum WatchEvent {
+pub(crate) enum WatchEvent {
     /// The complete current contents of the prefix at `revision`; replaces all previous state.
     Reset {
         items: Vec<Kv>,
@@ -30,14 +37,89 @@ pub enum WatchEvent {
     Put(Kv),
     Delete {
         key: String,
-        prev_value: Option<Vec<u8>>,
         revision: i64,
     },
 }
 
-/// The watch task; dropping the handle does not stop it, cancelling its token does.
-pub struct WatchHandle {
-    pub events: mpsc::Receiver<WatchEvent>,
+/// A job as read from `jobs/{name}`: decoded, its `revision` filled in, its name checked
+/// against its key. The spec itself is not validated here (a worker validates it with its cache
+/// of parsed schedules).
+#[derive(Debug, Clone)]
+pub enum JobRead {
+    Job(Box<StoredJob>),
+    /// The key holds something that is not a job; whoever had the job must drop it.
+    Bad {
+        name: String,
+        revision: i64,
+        error: String,
+    },
+}
+
+impl JobRead {
+    pub fn name(&self) -> &str {
+        match self {
+            JobRead::Job(j) => &j.spec.name,
+            JobRead::Bad { name, .. } => name,
+        }
+    }
+    pub fn revision(&self) -> i64 {
+        match self {
+            JobRead::Job(j) => j.revision,
+            JobRead::Bad { revision, .. } => *revision,
+        }
+    }
+}
+
+/// Changes under `jobs/`.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// Every job at `revision` (after a start, a compaction or a broken stream).
+    Reset {
+        jobs: Vec<JobRead>,
+        revision: i64,
+    },
+    Saved(JobRead),
+    Deleted {
+        name: String,
+        revision: i64,
+    },
+}
+
+/// Changes under `workers/`. A registration that does not decode counts as absent.
+#[derive(Debug, Clone)]
+pub enum MemberEvent {
+    Reset(Vec<WorkerInfo>),
+    /// Joined, or changed its registration (draining, at capacity).
+    Up(WorkerInfo),
+    Left(String),
+}
+
+/// Changes under `signals/`.
+#[derive(Debug, Clone)]
+pub enum SignalEvent {
+    Reset {
+        kills: Vec<KillSignal>,
+        run_now: Vec<RunNowSignal>,
+    },
+    Kill(KillSignal),
+    RunNow(RunNowSignal),
+    /// A run-now request was taken (or expired).
+    RunNowGone {
+        job: String,
+        id: String,
+    },
+}
+
+/// A batch of feed events another master put under `feed/{master}/`.
+#[derive(Debug, Clone)]
+pub struct FeedRelay<T> {
+    pub master: String,
+    pub events: T,
+}
+
+/// A typed watch: its events, and its task (cancel the token given at the start, then await).
+pub struct Watch<T> {
+    pub events: mpsc::Receiver<T>,
     pub task: JoinHandle<()>,
 }
 
@@ -50,30 +132,196 @@ enum Ended {
     Restart(&'static str, String),
 }
 
+fn decode_job(name: &str, value: &[u8], revision: i64) -> JobRead {
+    match serde_json::from_slice::<StoredJob>(value) {
+        Ok(mut j) if j.spec.name == name => {
+            j.revision = revision;
+            JobRead::Job(Box::new(j))
+        }
+        Ok(j) => JobRead::Bad {
+            name: name.to_string(),
+            revision,
+            error: format!("its name field {:?} differs from its key", j.spec.name),
+        },
+        Err(e) => JobRead::Bad {
+            name: name.to_string(),
+            revision,
+            error: e.to_string(),
+        },
+    }
+}
+
+fn decode_or_skip<T: serde::de::DeserializeOwned>(watch: &'static str, key: &str, value: &[u8]) -> Option<T> {
+    match serde_json::from_slice(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            BadValueSkipped {
+                watch,
+                key,
+                error: &e.to_string(),
+            }
+            .emit();
+            None
+        }
+    }
+}
+
+fn job_event(ev: WatchEvent) -> Option<JobEvent> {
+    Some(match ev {
+        WatchEvent::Reset { items, revision } => JobEvent::Reset {
+            jobs: items
+                .iter()
+                .map(|kv| decode_job(&kv.key, &kv.value, kv.mod_revision))
+                .collect(),
+            revision,
+        },
+        WatchEvent::Put(kv) => JobEvent::Saved(decode_job(&kv.key, &kv.value, kv.mod_revision)),
+        WatchEvent::Delete { key, revision } => JobEvent::Deleted { name: key, revision },
+    })
+}
+
+fn member_event(ev: WatchEvent) -> Option<MemberEvent> {
+    Some(match ev {
+        WatchEvent::Reset { items, .. } => MemberEvent::Reset(
+            items
+                .iter()
+                .filter_map(|kv| decode_member(&kv.key, &kv.value))
+                .collect(),
+        ),
+        WatchEvent::Put(kv) => match decode_member(&kv.key, &kv.value) {
+            Some(w) => MemberEvent::Up(w),
+            None => MemberEvent::Left(kv.key),
+        },
+        WatchEvent::Delete { key, .. } => MemberEvent::Left(key),
+    })
+}
+
+/// A registration under `workers/{id}`; its `id` must be its key's.
+pub(crate) fn decode_member(key: &str, value: &[u8]) -> Option<WorkerInfo> {
+    let w = decode_or_skip::<WorkerInfo>("workers", key, value)?;
+    if w.id != key {
+        BadValueSkipped {
+            watch: "workers",
+            key,
+            error: &format!("its id {:?} differs from its key", w.id),
+        }
+        .emit();
+        return None;
+    }
+    Some(w)
+}
+
+/// Signal keys are `kill/{job}/{id}` and `run/{job}/{id}`.
+fn signal_event(ev: WatchEvent) -> Option<SignalEvent> {
+    match ev {
+        WatchEvent::Reset { items, .. } => {
+            let (mut kills, mut run_now) = (Vec::new(), Vec::new());
+            for kv in &items {
+                match decode_signal(&kv.key, &kv.value)? {
+                    SignalEvent::Kill(k) => kills.push(k),
+                    SignalEvent::RunNow(r) => run_now.push(r),
+                    _ => {}
+                }
+            }
+            Some(SignalEvent::Reset { kills, run_now })
+        }
+        WatchEvent::Put(kv) => decode_signal(&kv.key, &kv.value),
+        WatchEvent::Delete { key, .. } => {
+            let (job, id) = key.strip_prefix("run/")?.split_once('/')?;
+            Some(SignalEvent::RunNowGone {
+                job: job.to_string(),
+                id: id.to_string(),
+            })
+        }
+    }
+}
+
+fn decode_signal(key: &str, value: &[u8]) -> Option<SignalEvent> {
+    if key.starts_with("kill/") {
+        decode_or_skip::<KillSignal>("signals", key, value).map(SignalEvent::Kill)
+    } else if key.starts_with("run/") {
+        decode_or_skip::<RunNowSignal>("signals", key, value).map(SignalEvent::RunNow)
+    } else {
+        None
+    }
+}
+
 impl Coord {
-    /// Watches `prefix` (relative to the cluster prefix, e.g. `"jobs/"`). `name` labels metrics.
-    pub fn watch_prefix(&self, name: &'static str, prefix: String, cancel: CancellationToken) -> WatchHandle {
-        self.watch_prefix_from(name, prefix, None, cancel)
+    /// Watches every job.
+    pub fn watch_jobs(&self, cancel: CancellationToken) -> Watch<JobEvent> {
+        self.watch_jobs_from("jobs", None, cancel)
     }
 
-    /// Like `watch_prefix`, but when `from_revision` is given the first round skips the list and
-    /// replays changes from that revision on (resuming a consumer that kept its state). If that
-    /// revision was compacted, the watch reports it, lists, and the consumer gets a `Reset`.
-    pub fn watch_prefix_from(
+    /// Watches jobs; with `from_revision`, the first round skips the list and replays changes
+    /// from that revision on (resuming a consumer that kept its state). If that revision was
+    /// compacted, the consumer gets a `Reset` instead.
+    pub fn watch_jobs_from(
         &self,
         name: &'static str,
-        prefix: String,
         from_revision: Option<i64>,
         cancel: CancellationToken,
-    ) -> WatchHandle {
+    ) -> Watch<JobEvent> {
+        self.watch_typed(name, self.keys.jobs(), from_revision, cancel, job_event)
+    }
+
+    /// Watches worker registrations.
+    pub fn watch_members(&self, cancel: CancellationToken) -> Watch<MemberEvent> {
+        self.watch_typed("workers", self.keys.workers(), None, cancel, member_event)
+    }
+
+    /// Watches kill and run-now signals.
+    pub fn watch_signals(&self, cancel: CancellationToken) -> Watch<SignalEvent> {
+        self.watch_typed("signals", self.keys.signals(), None, cancel, signal_event)
+    }
+
+    /// Watches the feed relay (`feed/{master}/…`, see `put_feed_batch`), decoding each batch as
+    /// `T`. Batches that do not decode are skipped.
+    pub fn watch_feed<T>(&self, cancel: CancellationToken) -> Watch<FeedRelay<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        self.watch_typed("feed", self.keys.feed(), None, cancel, |ev| match ev {
+            WatchEvent::Put(kv) => {
+                let master = kv.key.split_once('/').map(|(m, _)| m.to_string())?;
+                let events = decode_or_skip::<T>("feed", &kv.key, &kv.value)?;
+                Some(FeedRelay { master, events })
+            }
+            _ => None,
+        })
+    }
+
+    fn watch_typed<T, F>(
+        &self,
+        name: &'static str,
+        full_prefix: String,
+        from_revision: Option<i64>,
+        cancel: CancellationToken,
+        mut decode: F,
+    ) -> Watch<T>
+    where
+        T: Send + 'static,
+        F: FnMut(WatchEvent) -> Option<T> + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
         let coord = self.clone();
         let task = tokio::spawn(async move {
-            let full = format!("{}{}", coord.keys.prefix(), prefix);
             let mut backoff = Duration::from_millis(100);
             let mut resume = from_revision;
+            let mut send = |ev: WatchEvent| {
+                let typed = decode(ev);
+                let tx = tx.clone();
+                async move {
+                    match typed {
+                        Some(t) => tx.send(t).await.is_ok(),
+                        None => !tx.is_closed(),
+                    }
+                }
+            };
             loop {
-                match coord.watch_once(name, &full, resume.take(), &tx, &cancel).await {
+                match coord
+                    .watch_once(name, &full_prefix, resume.take(), &mut send, &cancel)
+                    .await
+                {
                     Ended::Cancelled => return,
                     Ended::Restart(reason, detail) => {
                         WatchRestarted {
@@ -91,17 +339,21 @@ impl Coord {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         });
-        WatchHandle { events: rx, task }
+        Watch { events: rx, task }
     }
 
-    async fn watch_once(
+    async fn watch_once<S, Fut>(
         &self,
         name: &'static str,
         full: &str,
         resume: Option<i64>,
-        tx: &mpsc::Sender<WatchEvent>,
+        send: &mut S,
         cancel: &CancellationToken,
-    ) -> Ended {
+    ) -> Ended
+    where
+        S: FnMut(WatchEvent) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let strip = |k: &[u8]| {
             String::from_utf8_lossy(k)
                 .strip_prefix(full)
@@ -110,14 +362,31 @@ impl Coord {
         };
         let revision = match resume {
             Some(r) => r - 1,
-            None => match self.list_into(full, tx, cancel).await {
-                Ok(r) => r,
-                Err(e) => return e,
-            },
+            None => {
+                let listed = tokio::select! {
+                    _ = cancel.cancelled() => return Ended::Cancelled,
+                    r = self.get_prefix_snapshot(full) => r,
+                };
+                let (kvs, revision) = match listed {
+                    Ok(r) => r,
+                    Err(e) => return Ended::Restart("list_error", e.to_string()),
+                };
+                let items = kvs
+                    .iter()
+                    .map(|kv| Kv {
+                        key: strip(kv.key()),
+                        value: kv.value().to_vec(),
+                        mod_revision: kv.mod_revision(),
+                    })
+                    .collect();
+                if !send(WatchEvent::Reset { items, revision }).await {
+                    return Ended::Cancelled;
+                }
+                revision
+            }
         };
         let opts = WatchOptions::new()
             .with_prefix()
-            .with_prev_key()
             .with_progress_notify()
             .with_start_revision(revision + 1);
         let watch_key = full.to_string();
@@ -165,49 +434,13 @@ impl Coord {
                     }),
                     EventType::Delete => WatchEvent::Delete {
                         key: strip(kv.key()),
-                        prev_value: ev.prev_kv().map(|p| p.value().to_vec()),
                         revision: kv.mod_revision(),
                     },
                 };
-                if tx.send(event).await.is_err() {
+                if !send(event).await {
                     return Ended::Cancelled;
                 }
             }
         }
-    }
-
-    /// Lists the prefix and sends a `Reset`; returns the list's revision.
-    async fn list_into(
-        &self,
-        full: &str,
-        tx: &mpsc::Sender<WatchEvent>,
-        cancel: &CancellationToken,
-    ) -> Result<i64, Ended> {
-        let strip = |k: &[u8]| {
-            String::from_utf8_lossy(k)
-                .strip_prefix(full)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let listed = tokio::select! {
-            _ = cancel.cancelled() => return Err(Ended::Cancelled),
-            r = self.get_prefix_snapshot(full) => r,
-        };
-        let (kvs, revision) = match listed {
-            Ok(r) => r,
-            Err(e) => return Err(Ended::Restart("list_error", e.to_string())),
-        };
-        let items = kvs
-            .iter()
-            .map(|kv| Kv {
-                key: strip(kv.key()),
-                value: kv.value().to_vec(),
-                mod_revision: kv.mod_revision(),
-            })
-            .collect();
-        if tx.send(WatchEvent::Reset { items, revision }).await.is_err() {
-            return Err(Ended::Cancelled);
-        }
-        Ok(revision)
     }
 }

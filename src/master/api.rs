@@ -526,14 +526,12 @@ pub async fn workers_view(st: &AppState) -> Result<Vec<WorkerView>, ApiError> {
     let workers = st.coord.list_workers_with_heartbeat().await?;
     let (jobs, _) = st.coord.list_jobs().await?;
     let members: BTreeMap<String, WorkerInfo> = workers.iter().map(|(w, _)| (w.id.clone(), w.clone())).collect();
-    let mut owned: BTreeMap<&str, usize> = BTreeMap::new();
-    for j in &jobs {
-        if !j.spec.paused
-            && let Some(o) = crate::worker::ownership::owner(&members, &j.spec.name, &j.spec.selector)
-        {
-            *owned.entry(o).or_default() += 1;
-        }
-    }
+    let owned = crate::cluster::ownership::scheduled_counts(
+        &members,
+        jobs.iter()
+            .filter(|j| !j.spec.paused)
+            .map(|j| (j.spec.name.as_str(), &j.spec.selector)),
+    );
     let running = st.ingest.running();
     Ok(workers
         .iter()

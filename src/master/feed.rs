@@ -17,7 +17,7 @@ use super::AppState;
 use super::api::authorize;
 use super::auth::Need;
 use super::error::ApiError;
-use crate::coord::{WatchEvent, now_ms};
+use crate::coord::{JobEvent, JobRead, MemberEvent, now_ms};
 use crate::model::{RunRecord, RunStarted, RunStatus, StoredJob, WorkerInfo};
 use crate::telemetry::metrics::METRICS;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -144,24 +144,23 @@ impl Feed {
 
 /// Turns the `jobs/` and `workers/` watches into feed events, until `stop`.
 pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
-    let mut jobs = st.coord.watch_prefix("jobs", "jobs/".into(), stop.clone());
-    let mut workers = st.coord.watch_prefix("workers", "workers/".into(), stop.clone());
-    let mut relay = st.coord.watch_prefix("feed", "feed/".into(), stop.clone());
+    let mut jobs = st.coord.watch_jobs(stop.clone());
+    let mut workers = st.coord.watch_members(stop.clone());
+    let mut relay = st.coord.watch_feed::<Vec<FeedEvent>>(stop.clone());
     let mut known_jobs: HashMap<String, i64> = HashMap::new();
     let mut known_workers: HashSet<String> = HashSet::new();
     let (mut jobs_synced, mut workers_synced) = (false, false);
-    let me = format!("{}/", st.config.master.id);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(ev) = jobs.events.recv() => match ev {
-                WatchEvent::Reset { items, revision } => {
-                    let now: HashMap<String, i64> = items.iter().map(|kv| (kv.key.clone(), kv.mod_revision)).collect();
+                JobEvent::Reset { jobs: all, revision } => {
+                    let now: HashMap<String, i64> = all.iter().map(|j| (j.name().to_string(), j.revision())).collect();
                     if jobs_synced {
                         // a re-list after a compaction or a broken stream: publish the difference
-                        for kv in &items {
-                            if known_jobs.get(&kv.key) != Some(&kv.mod_revision) {
-                                publish_job(&st, &kv.key, &kv.value, kv.mod_revision);
+                        for j in all {
+                            if known_jobs.get(j.name()) != Some(&j.revision()) {
+                                publish_job(&st, j);
                             }
                         }
                         for gone in known_jobs.keys().filter(|k| !now.contains_key(*k)) {
@@ -171,21 +170,21 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                     known_jobs = now;
                     jobs_synced = true;
                 }
-                WatchEvent::Put(kv) => {
-                    known_jobs.insert(kv.key.clone(), kv.mod_revision);
-                    publish_job(&st, &kv.key, &kv.value, kv.mod_revision);
+                JobEvent::Saved(j) => {
+                    known_jobs.insert(j.name().to_string(), j.revision());
+                    publish_job(&st, j);
                 }
-                WatchEvent::Delete { key, revision, .. } => {
-                    known_jobs.remove(&key);
-                    st.feed.publish(FeedEvent::JobDeleted { ts: now_ms(), revision, name: key });
+                JobEvent::Deleted { name, revision } => {
+                    known_jobs.remove(&name);
+                    st.feed.publish(FeedEvent::JobDeleted { ts: now_ms(), revision, name });
                 }
             },
             Some(ev) = workers.events.recv() => match ev {
-                WatchEvent::Reset { items, .. } => {
-                    let now: HashSet<String> = items.iter().map(|kv| kv.key.clone()).collect();
+                MemberEvent::Reset(all) => {
+                    let now: HashSet<String> = all.iter().map(|w| w.id.clone()).collect();
                     if workers_synced {
-                        for kv in items.iter().filter(|kv| !known_workers.contains(&kv.key)) {
-                            publish_worker(&st, &kv.value);
+                        for w in all.into_iter().filter(|w| !known_workers.contains(&w.id)) {
+                            st.feed.publish(FeedEvent::WorkerJoined { ts: now_ms(), worker: Box::new(w) });
                         }
                         for gone in known_workers.difference(&now) {
                             st.feed.publish(FeedEvent::WorkerLeft { ts: now_ms(), id: gone.clone() });
@@ -194,30 +193,25 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                     known_workers = now;
                     workers_synced = true;
                 }
-                WatchEvent::Put(kv) => {
-                    if known_workers.insert(kv.key.clone()) {
-                        publish_worker(&st, &kv.value);
+                MemberEvent::Up(w) => {
+                    if known_workers.insert(w.id.clone()) {
+                        st.feed.publish(FeedEvent::WorkerJoined { ts: now_ms(), worker: Box::new(w) });
                     }
                 }
-                WatchEvent::Delete { key, .. } => {
-                    if known_workers.remove(&key) {
-                        st.feed.publish(FeedEvent::WorkerLeft { ts: now_ms(), id: key });
+                MemberEvent::Left(id) => {
+                    if known_workers.remove(&id) {
+                        st.feed.publish(FeedEvent::WorkerLeft { ts: now_ms(), id });
                     }
                 }
             },
-            Some(ev) = relay.events.recv() => {
+            Some(batch) = relay.events.recv() => {
                 // other masters' run events; ours were published when we ingested them
-                if let WatchEvent::Put(kv) = ev
-                    && !kv.key.starts_with(&me)
-                {
-                    match serde_json::from_slice::<Vec<FeedEvent>>(&kv.value) {
-                        Ok(events) => events.into_iter().for_each(|e| {
-                            if let FeedEvent::RunFinished { run, .. } = &e {
-                                st.ingest.last_runs.observe(run);
-                            }
-                            st.feed.publish(e)
-                        }),
-                        Err(e) => warn!(key = %kv.key, error = %e, "undecodable relayed feed batch ignored"),
+                if batch.master != st.config.master.id {
+                    for e in batch.events {
+                        if let FeedEvent::RunFinished { run, .. } = &e {
+                            st.ingest.last_runs.observe(run);
+                        }
+                        st.feed.publish(e);
                     }
                 }
             }
@@ -225,26 +219,16 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
     }
 }
 
-fn publish_job(st: &AppState, name: &str, value: &[u8], revision: i64) {
-    match serde_json::from_slice::<StoredJob>(value) {
-        Ok(mut job) => {
-            job.revision = revision;
-            st.feed.publish(FeedEvent::JobSaved {
-                ts: now_ms(),
-                revision,
-                job: Box::new(job),
-            });
-        }
-        Err(e) => warn!(job = name, error = %e, "undecodable job not published on the feed"),
-    }
-}
-
-fn publish_worker(st: &AppState, value: &[u8]) {
-    if let Ok(w) = serde_json::from_slice::<WorkerInfo>(value) {
-        st.feed.publish(FeedEvent::WorkerJoined {
+fn publish_job(st: &AppState, read: JobRead) {
+    match read {
+        JobRead::Job(job) => st.feed.publish(FeedEvent::JobSaved {
             ts: now_ms(),
-            worker: Box::new(w),
-        });
+            revision: job.revision,
+            job,
+        }),
+        JobRead::Bad { name, error, .. } => {
+            warn!(job = %name, error = %error, "unreadable job not published on the feed")
+        }
     }
 }
 
@@ -527,9 +511,7 @@ async fn replay(
         return Some(current);
     }
     let stop = CancellationToken::new();
-    let mut w = st
-        .coord
-        .watch_prefix_from("replay", "jobs/".into(), Some(from.max(1)), stop.clone());
+    let mut w = st.coord.watch_jobs_from("replay", Some(from.max(1)), stop.clone());
     let mut last = from - 1;
     let mut result = Some(current);
     while last < current {
@@ -539,33 +521,30 @@ async fn replay(
             _ => break,
         };
         let event = match ev {
-            WatchEvent::Reset { .. } => {
+            JobEvent::Reset { .. } => {
                 let msg = serde_json::json!({ "type": "resume_failed", "ts": now_ms(), "reason": "compacted", "message": format!("revision {from} was compacted; job events before {current} cannot be replayed; list jobs through the API instead") }).to_string();
                 if !send(sink, Message::Text(msg.into())).await {
                     result = None;
                 }
                 break;
             }
-            WatchEvent::Put(kv) => {
-                last = kv.mod_revision;
-                match serde_json::from_slice::<StoredJob>(&kv.value) {
-                    Ok(mut job) => {
-                        job.revision = kv.mod_revision;
-                        FeedEvent::JobSaved {
-                            ts: now_ms(),
-                            revision: kv.mod_revision,
-                            job: Box::new(job),
-                        }
-                    }
-                    Err(_) => continue,
+            JobEvent::Saved(read) => {
+                last = read.revision();
+                match read {
+                    JobRead::Job(job) => FeedEvent::JobSaved {
+                        ts: now_ms(),
+                        revision: job.revision,
+                        job,
+                    },
+                    JobRead::Bad { .. } => continue,
                 }
             }
-            WatchEvent::Delete { key, revision, .. } => {
+            JobEvent::Deleted { name, revision } => {
                 last = revision;
                 FeedEvent::JobDeleted {
                     ts: now_ms(),
                     revision,
-                    name: key,
+                    name,
                 }
             }
         };

@@ -14,7 +14,7 @@ pub mod web;
 use crate::config::Config;
 use crate::coord::{Coord, now_ms};
 use crate::logstore::{InsertOutcome, LogStore, Retention, StoreError};
-use crate::model::RunStarted;
+use crate::model::{MasterInfo, RunStarted};
 use crate::telemetry::metrics::METRICS;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -26,16 +26,6 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-
-/// What a master registers.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct MasterInfo {
-    pub id: String,
-    /// Where its HTTP listener is.
-    pub url: String,
-    pub started_at: i64,
-    pub version: String,
-}
 
 /// Most in-progress runs remembered (from run-started notices) for the workers view.
 const MAX_RUNNING: usize = 100_000;
@@ -150,12 +140,12 @@ impl Ingest {
 
 /// `standalone` reports straight into the store, through the same queue and spool as workers.
 #[async_trait::async_trait]
-impl crate::worker::reporter::ReportSink for Ingest {
-    async fn send(&self, batch: &crate::model::ReportBatch) -> Result<(), crate::worker::reporter::SinkError> {
+impl crate::cluster::report::ReportSink for Ingest {
+    async fn send(&self, batch: &crate::model::ReportBatch) -> Result<(), crate::cluster::report::SinkError> {
         self.ingest(batch.clone())
             .await
             .map(|_| ())
-            .map_err(|e| crate::worker::reporter::SinkError::Store(e.to_string()))
+            .map_err(|e| crate::cluster::report::SinkError::Store(e.to_string()))
     }
 }
 

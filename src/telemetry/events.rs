@@ -143,6 +143,24 @@ impl TicksOverdue<'_> {
     }
 }
 
+/// A value read from etcd did not decode and was skipped.
+pub struct BadValueSkipped<'a> {
+    pub watch: &'static str,
+    pub key: &'a str,
+    pub error: &'a str,
+}
+impl BadValueSkipped<'_> {
+    pub fn emit(self) {
+        METRICS.bad_values.with_label_values(&[self.watch]).inc();
+        warn!(
+            watch = self.watch,
+            key = self.key,
+            error = self.error,
+            "undecodable value in etcd skipped; fix or delete the key"
+        );
+    }
+}
+
 /// A watch re-listed its prefix.
 pub struct WatchRestarted<'a> {
     pub watch: &'static str,

@@ -106,6 +106,11 @@ pub struct Metrics {
     pub etcd_latency: HistogramVec,
     pub watch_restarts: IntCounterVec,
     pub watch_events: IntCounterVec,
+    pub bad_values: IntCounterVec,
+    pub run_slots_used: IntGauge,
+    pub run_slots: IntGauge,
+    pub at_capacity: IntGauge,
+    pub ticks_waiting_for_slot: IntGauge,
     pub lease_lost: IntCounter,
     pub signals: IntCounterVec,
     pub spawn_errors: IntCounter,
@@ -194,6 +199,27 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "cronmesh_watch_events_total",
             "Watch events received, by watched prefix.",
             &["watch"],
+        ),
+        bad_values: counter_vec(
+            "cronmesh_bad_values_total",
+            "Values in etcd that did not decode and were skipped, by watched prefix (jobs, workers, signals, feed).",
+            &["watch"],
+        ),
+        run_slots_used: gauge(
+            "cronmesh_run_slots_used",
+            "Run slots taken on this worker: runs in progress plus ticks claimed and not yet started.",
+        ),
+        run_slots: gauge(
+            "cronmesh_run_slots",
+            "Run slots of this worker (worker.max_concurrent_runs).",
+        ),
+        at_capacity: gauge(
+            "cronmesh_at_capacity",
+            "1 while this worker has no free run slot and has asked the others to take its ticks.",
+        ),
+        ticks_waiting_for_slot: gauge(
+            "cronmesh_ticks_waiting_for_slot",
+            "Ticks due for claiming that wait for a free run slot on this worker.",
         ),
         lease_lost: counter(
             "cronmesh_membership_lease_lost_total",
@@ -309,6 +335,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for st in crate::model::RunStatus::ALL {
         m.runs_finished.with_label_values(&[st.as_str()]);
+    }
+    for w in ["jobs", "workers", "signals", "feed"] {
+        m.bad_values.with_label_values(&[w]);
     }
     for r in SKIP_REASONS {
         m.ticks_skipped.with_label_values(&[r]);

@@ -2,11 +2,12 @@
 //! owns, claims their ticks, runs them and reports every run.
 //!
 //! Tasks and their owners: `run` spawns the three watches and the scheduler; the scheduler owns
-//! claim tasks and run-waiter tasks (tracked by its counters and awaited through its drain);
-//! `run` awaits the scheduler, then cancels and awaits the watches.
+//! the tasks it spawns for its effects (claims, marks, runs) in a `JoinSet` and returns only
+//! when its core says every tick it won has its record; `run` awaits the scheduler, then
+//! cancels and awaits the watches.
 
+pub mod clock;
 pub mod executor;
-pub mod ownership;
 pub mod reporter;
 pub mod scheduler;
 pub mod timer;
@@ -14,8 +15,9 @@ pub mod timer;
 use crate::config::Config;
 use crate::coord::{Coord, now_ms};
 use crate::model::WorkerInfo;
+use clock::SystemClock;
 use reporter::Reporter;
-use scheduler::{Scheduler, SchedulerParts};
+use scheduler::SchedulerParts;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +42,8 @@ pub async fn run(
         pid: std::process::id(),
         started_at: now_ms(),
         draining: false,
+        at_capacity: false,
+        dispatch: w.dispatch,
         listen: w.listen.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
@@ -51,10 +55,10 @@ pub async fn run(
         w.lease_ttl,
     );
     let watches = CancellationToken::new();
-    let jobs = coord.watch_prefix("jobs", "jobs/".into(), watches.clone());
-    let members = coord.watch_prefix("workers", "workers/".into(), watches.clone());
-    let signals = coord.watch_prefix("signals", "signals/".into(), watches.clone());
-    Scheduler::run(SchedulerParts {
+    let jobs = coord.watch_jobs(watches.clone());
+    let members = coord.watch_members(watches.clone());
+    let signals = coord.watch_signals(watches.clone());
+    scheduler::run(SchedulerParts {
         config: config.clone(),
         coord: coord.clone(),
         reporter,
@@ -65,6 +69,7 @@ pub async fn run(
         signals: signals.events,
         shutdown,
         ready,
+        clock: Arc::new(SystemClock),
     })
     .await;
     watches.cancel();

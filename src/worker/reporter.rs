@@ -7,6 +7,7 @@
 //! a spool file on disk (fsynced) and are replayed when the sink takes them again — also after a
 //! restart of the worker. Delivery is at-least-once; the store is idempotent by run id.
 
+pub use crate::cluster::report::{ReportSink, SinkError};
 use crate::model::{ReportBatch, RunRecord, RunStarted};
 use crate::telemetry::metrics::METRICS;
 use serde::{Deserialize, Serialize};
@@ -25,32 +26,6 @@ pub trait Reporter: Send + Sync + 'static {
     fn finished(&self, record: &RunRecord);
     /// Deliver (or make durable) everything reported so far; called on shutdown.
     async fn flush(&self) {}
-}
-
-/// Where batches go.
-#[async_trait::async_trait]
-pub trait ReportSink: Send + Sync + 'static {
-    async fn send(&self, batch: &ReportBatch) -> Result<(), SinkError>;
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("no master reachable: {0}")]
-    Unreachable(String),
-    #[error("the master rejected the report: {0}")]
-    Rejected(String),
-    #[error("the run-log store failed: {0}")]
-    Store(String),
-}
-
-impl SinkError {
-    fn cause(&self) -> &'static str {
-        match self {
-            SinkError::Unreachable(_) => "unreachable",
-            SinkError::Rejected(_) => "rejected",
-            SinkError::Store(_) => "store",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

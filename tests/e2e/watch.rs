@@ -1,5 +1,5 @@
 use crate::harness::*;
-use cronmesh::coord::WatchEvent;
+use cronmesh::coord::JobEvent;
 use cronmesh::model::JobSpec;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,16 +16,14 @@ async fn a_watch_resumed_behind_a_compaction_lists_again_and_misses_nothing() {
     c.put_job(JobSpec::new("new", "@hourly", "true")).await;
     c.coord.compact_now().await.unwrap();
     let cancel = CancellationToken::new();
-    let mut w = c
-        .coord
-        .watch_prefix_from("jobs", "jobs/".into(), Some(rev + 1), cancel.clone());
+    let mut w = c.coord.watch_jobs_from("jobs", Some(rev + 1), cancel.clone());
     let ev = tokio::time::timeout(Duration::from_secs(10), w.events.recv())
         .await
         .unwrap()
         .unwrap();
     match ev {
-        WatchEvent::Reset { items, .. } => {
-            let names: BTreeSet<String> = items.into_iter().map(|kv| kv.key).collect();
+        JobEvent::Reset { jobs, .. } => {
+            let names: BTreeSet<String> = jobs.iter().map(|j| j.name().to_string()).collect();
             assert_eq!(names, BTreeSet::from(["keep".to_string(), "new".to_string()]));
         }
         other => panic!("expected a full re-list after compaction, got {other:?}"),

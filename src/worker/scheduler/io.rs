@@ -1,0 +1,86 @@
+//! What goes into the scheduler core (`Input`) and what comes out (`Effect`). The core never
+//! performs I/O; the shell (`scheduler::run`) turns effects into etcd requests, processes and
+//! reports, and turns their outcomes into inputs.
+
+use super::tick::ClaimTimes;
+use crate::coord::{ClaimOutcome, ClaimRequest, ClaimValue, JobEvent, MemberEvent, SignalEvent};
+use crate::model::{KillSignal, RunRecord, RunStarted, StoredJob};
+use crate::worker::executor::ExecResult;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An event the core reacts to. Times are Unix ms, read by the shell from its `Clock`.
+#[derive(Debug)]
+pub enum Input {
+    Jobs(JobEvent),
+    Members(MemberEvent),
+    Signals(SignalEvent),
+    /// The worker's session lease (None while it is not registered).
+    Session(Option<i64>),
+    /// The answer to `Effect::Claim { batch }`, one outcome per request, in order.
+    Claimed {
+        batch: u64,
+        outcomes: Vec<ClaimOutcome>,
+        latency: Duration,
+    },
+    /// The answer to `Effect::Mark`: `Ok(false)` when another run holds the job.
+    Marked {
+        run_id: String,
+        result: Result<bool, String>,
+    },
+    /// The answer to `Effect::Spawn`: the process started (`error` is None) or could not be.
+    Spawned {
+        run_id: String,
+        at: i64,
+        trace_id: String,
+        error: Option<String>,
+    },
+    /// A started process ended and was reaped.
+    Exited {
+        run_id: String,
+        at: i64,
+        result: ExecResult,
+    },
+    /// SIGTERM: stop taking ticks, let what was won finish, then stop.
+    Drain,
+}
+
+/// Everything the shell needs to start a run.
+#[derive(Debug, Clone)]
+pub struct RunOrder {
+    pub run_id: String,
+    pub job: Arc<StoredJob>,
+    pub planned: i64,
+    pub attempt: u32,
+    pub trigger: crate::model::Trigger,
+    pub traceparent: Option<String>,
+    pub claim: ClaimTimes,
+    /// When the core decided to start it (the trace's spawn span starts here).
+    pub fired_at: i64,
+}
+
+/// Something the core wants done.
+#[derive(Debug)]
+pub enum Effect {
+    /// Claim these ticks (compare-and-create), then answer with `Input::Claimed { batch }`.
+    Claim { batch: u64, requests: Vec<ClaimRequest> },
+    /// Delete a run-now request that was claimed.
+    AckRunNow { job: String, trigger: String },
+    /// `forbid`: mark the run as running cluster-wide, only if no other run of the job is
+    /// marked; answer with `Input::Marked`.
+    Mark { job: String, value: ClaimValue, lease: i64 },
+    /// Clear a running mark.
+    Unmark { job: String, run_id: String },
+    /// Start the process; answer with `Input::Spawned`, then `Input::Exited`.
+    Spawn(Box<RunOrder>),
+    /// Kill a run of this worker (its whole process group), recorded as `killed` with `reason`.
+    Kill { run_id: String, reason: String },
+    /// Ask every worker to kill matching runs (`replace` across an ownership move).
+    BroadcastKill(KillSignal),
+    /// Hand a run start to the reporter.
+    ReportStarted(RunStarted),
+    /// Hand a finished (or skipped, or lost) record to the reporter.
+    ReportFinished(Box<RunRecord>),
+    /// Update this worker's registration: draining, or at capacity.
+    Announce { draining: bool, at_capacity: bool },
+}

@@ -1,0 +1,281 @@
+//! The scheduler: a sans-I/O `core` that makes every scheduling decision, and this shell around
+//! it, which owns the I/O. The shell feeds the core the worker's watches (typed events from
+//! `coord`), the answers of the tasks it spawned, the drain request and the time from its
+//! `Clock`; it sleeps until the core's next deadline; and it carries out the core's effects:
+//! claim transactions and running marks in spawned tasks (the scheduler task never awaits
+//! etcd), processes through `run`, records through the `Reporter`, registration updates.
+//!
+//! - `tick`: the tick lifecycle (states, ends, skip reasons, the run slot) and its diagram;
+//! - `io`: the core's inputs and effects;
+//! - `core`: the state machine;
+//! - `run`: one run's task (spawn, wait, trace);
+//! - `schedules`: parsed schedules shared between jobs.
+
+pub mod core;
+pub mod io;
+pub mod run;
+pub mod schedules;
+pub mod tick;
+
+#[cfg(test)]
+mod tests;
+
+use self::core::{Core, CoreConfig};
+use self::io::{Effect, Input};
+use super::clock::Clock;
+use super::reporter::Reporter;
+use crate::config::Config;
+use crate::coord::{ClaimLeases, Coord, JobEvent, MemberEvent, Registration, SignalEvent};
+use crate::model::WorkerInfo;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Processes forked at once (the raw spawn rate on 2 cores peaks at about 4 in flight).
+const SPAWNS_IN_FLIGHT: usize = 4;
+/// Claim transactions in flight at once; further batches wait for a slot.
+const CLAIMS_IN_FLIGHT: usize = 8;
+/// Inputs from spawned tasks back to the scheduler. Senders wait when it is full (the
+/// scheduler reads it on every loop turn), so nothing is dropped.
+const INPUT_CHANNEL: usize = 4096;
+/// Inputs taken from that channel per loop turn before the other sources get a look in.
+const INPUTS_PER_TURN: usize = 256;
+/// How long the stop waits for fire-and-forget requests (acks, unmarks) still in flight.
+const FINAL_REQUESTS_WAIT: Duration = Duration::from_secs(2);
+
+/// Everything the scheduler needs from outside.
+pub struct SchedulerParts {
+    pub config: Arc<Config>,
+    pub coord: Coord,
+    pub reporter: Arc<dyn Reporter>,
+    pub registration: Registration,
+    pub info: WorkerInfo,
+    pub jobs: mpsc::Receiver<JobEvent>,
+    pub members: mpsc::Receiver<MemberEvent>,
+    pub signals: mpsc::Receiver<SignalEvent>,
+    pub shutdown: CancellationToken,
+    pub ready: watch::Sender<bool>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The I/O side: what the effects need.
+struct Shell {
+    cfg: Arc<crate::config::WorkerConfig>,
+    coord: Coord,
+    reporter: Arc<dyn Reporter>,
+    registration: Registration,
+    info: WorkerInfo,
+    leases: Arc<ClaimLeases>,
+    claim_slots: Arc<Semaphore>,
+    spawn_slots: Arc<Semaphore>,
+    /// Kill switches of the runs this worker started, by run id.
+    kills: HashMap<String, watch::Sender<Option<String>>>,
+    /// Every task spawned for an effect: claims, marks, runs, acks.
+    tasks: JoinSet<()>,
+    tx: mpsc::Sender<Input>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Runs until shutdown and a complete drain.
+pub async fn run(parts: SchedulerParts) {
+    let SchedulerParts {
+        config,
+        coord,
+        reporter,
+        registration,
+        info,
+        mut jobs,
+        mut members,
+        mut signals,
+        shutdown,
+        ready,
+        clock,
+    } = parts;
+    let mut core = Core::new(CoreConfig::from_config(&config.worker));
+    let (tx, mut rx) = mpsc::channel(INPUT_CHANNEL);
+    let mut lease_watch = registration.lease_watch();
+    let mut shell = Shell {
+        cfg: Arc::new(config.worker.clone()),
+        leases: Arc::new(ClaimLeases::new(config.worker.claim_ttl)),
+        claim_slots: Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT)),
+        spawn_slots: Arc::new(Semaphore::new(SPAWNS_IN_FLIGHT)),
+        coord,
+        reporter,
+        registration,
+        info,
+        kills: HashMap::new(),
+        tasks: JoinSet::new(),
+        tx,
+        clock: clock.clone(),
+    };
+    let lease = *lease_watch.borrow_and_update();
+    core.handle(clock.now_ms(), Input::Session(lease));
+    let mut draining = false;
+    loop {
+        while let Some(effect) = core.poll_effect() {
+            shell.execute(effect);
+        }
+        let _ = ready.send(core.ready() && lease_watch.borrow().is_some());
+        if core.done() {
+            break;
+        }
+        let sleep_for = core
+            .poll_timeout()
+            .map(|at| Duration::from_millis((at - clock.now_ms()).max(0) as u64));
+        tokio::select! {
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                core.handle(clock.now_ms(), Input::Drain);
+            }
+            Some(ev) = jobs.recv() => core.handle(clock.now_ms(), Input::Jobs(ev)),
+            Some(ev) = members.recv() => core.handle(clock.now_ms(), Input::Members(ev)),
+            Some(ev) = signals.recv() => core.handle(clock.now_ms(), Input::Signals(ev)),
+            Some(input) = rx.recv() => {
+                shell.observe(&input);
+                core.handle(clock.now_ms(), input);
+                for _ in 1..INPUTS_PER_TURN {
+                    let Ok(input) = rx.try_recv() else { break };
+                    shell.observe(&input);
+                    core.handle(clock.now_ms(), input);
+                }
+            }
+            changed = lease_watch.changed() => {
+                if changed.is_err() {
+                    warn!("the registration task ended; the scheduler stops");
+                    break;
+                }
+                let lease = *lease_watch.borrow_and_update();
+                core.handle(clock.now_ms(), Input::Session(lease));
+            }
+            _ = tokio::time::sleep(sleep_for.unwrap_or(Duration::from_secs(3600))), if sleep_for.is_some() => {
+                core.handle_timeout(clock.now_ms());
+            }
+            Some(joined) = shell.tasks.join_next(), if !shell.tasks.is_empty() => {
+                if let Err(e) = joined
+                    && e.is_panic()
+                {
+                    tracing::error!(error = %e, "a scheduler task panicked");
+                }
+            }
+        }
+    }
+    let _ = ready.send(false);
+    // what is left are fire-and-forget requests (acks, unmarks): give them a moment
+    let _ = tokio::time::timeout(FINAL_REQUESTS_WAIT, async {
+        while shell.tasks.join_next().await.is_some() {}
+    })
+    .await;
+    shell.tasks.abort_all();
+    shell.reporter.flush().await;
+    let id = shell.info.id.clone();
+    shell.registration.deregister().await;
+    info!(worker = %id, "drained and deregistered");
+}
+
+impl Shell {
+    /// Bookkeeping on an input passing through to the core.
+    fn observe(&mut self, input: &Input) {
+        if let Input::Exited { run_id, .. } = input {
+            self.kills.remove(run_id);
+        }
+        if let Input::Spawned {
+            run_id, error: Some(_), ..
+        } = input
+        {
+            self.kills.remove(run_id);
+        }
+    }
+
+    fn execute(&mut self, effect: Effect) {
+        match effect {
+            Effect::Claim { batch, requests } => {
+                let (coord, leases, slots, tx) = (
+                    self.coord.clone(),
+                    self.leases.clone(),
+                    self.claim_slots.clone(),
+                    self.tx.clone(),
+                );
+                self.tasks.spawn(async move {
+                    let _slot = slots.acquire_owned().await;
+                    let start = Instant::now();
+                    let outcomes = coord.claim_batch(&leases, &requests).await;
+                    let _ = tx
+                        .send(Input::Claimed {
+                            batch,
+                            outcomes,
+                            latency: start.elapsed(),
+                        })
+                        .await;
+                });
+            }
+            Effect::AckRunNow { job, trigger } => {
+                let coord = self.coord.clone();
+                self.tasks.spawn(async move {
+                    if let Err(e) = coord.ack_run_now(&job, &trigger).await {
+                        warn!(job, error = %e, "could not remove the run-now request; it expires by itself");
+                    }
+                });
+            }
+            Effect::Mark { job, value, lease } => {
+                let (coord, tx) = (self.coord.clone(), self.tx.clone());
+                self.tasks.spawn(async move {
+                    let result = coord
+                        .mark_running(&job, &value, lease, true)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let _ = tx
+                        .send(Input::Marked {
+                            run_id: value.run_id,
+                            result,
+                        })
+                        .await;
+                });
+            }
+            Effect::Unmark { job, run_id } => {
+                let coord = self.coord.clone();
+                self.tasks.spawn(async move {
+                    if let Err(e) = coord.unmark_running(&job, &run_id).await {
+                        warn!(job, run_id, error = %e, "could not clear the running mark; it goes with this worker's lease");
+                    }
+                });
+            }
+            Effect::Spawn(order) => {
+                let (kill_tx, kill_rx) = watch::channel(None);
+                self.kills.insert(order.run_id.clone(), kill_tx);
+                self.tasks.spawn(run::run(
+                    *order,
+                    self.cfg.clone(),
+                    self.spawn_slots.clone(),
+                    kill_rx,
+                    self.tx.clone(),
+                    self.clock.clone(),
+                ));
+            }
+            Effect::Kill { run_id, reason } => {
+                if let Some(k) = self.kills.get(&run_id) {
+                    let _ = k.send(Some(reason));
+                }
+            }
+            Effect::BroadcastKill(signal) => {
+                let coord = self.coord.clone();
+                self.tasks.spawn(async move {
+                    if let Err(e) = coord.send_kill(signal).await {
+                        warn!(error = %e, "could not publish the replace kill signal");
+                    }
+                });
+            }
+            Effect::ReportStarted(s) => self.reporter.started(&s),
+            Effect::ReportFinished(r) => self.reporter.finished(&r),
+            Effect::Announce { draining, at_capacity } => {
+                self.info.draining = draining;
+                self.info.at_capacity = at_capacity;
+                self.registration
+                    .update(serde_json::to_vec(&self.info).expect("serializes"));
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Specs of the scheduler core, driven with a manual clock.
