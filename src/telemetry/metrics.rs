@@ -392,13 +392,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 });
 
 /// Every reason a tick can be recorded as skipped.
-pub const SKIP_REASONS: [&str; 6] = [
+pub const SKIP_REASONS: [&str; 10] = [
     "concurrency_forbid",
     "forbid_check_failed",
     "capacity",
     "misfire",
     "deadline_exceeded",
     "lost_with_worker",
+    "job_paused",
+    "job_deleted",
+    "job_rescheduled",
+    "drain_timeout",
 ];
 
 /// Every event-feed message type.

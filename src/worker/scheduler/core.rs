@@ -92,6 +92,9 @@ struct JobState {
     overdue: BTreeMap<i64, Option<String>>,
     /// The tick of this job waiting for a free slot, if any (unclaimed).
     waiting: Option<String>,
+    /// The newest planned time this worker's claims have decided (won or lost): a look-back
+    /// after regaining the job starts after it.
+    decided_until: i64,
 }
 
 /// How far back to look for unclaimed ticks when a job is gained.
@@ -289,6 +292,49 @@ impl Core {
         out
     }
 
+    /// Asserts what must hold between calls (the specs call it after every step).
+    #[cfg(test)]
+    pub fn check_invariants(&self) {
+        let holding = self
+            .ticks
+            .values()
+            .filter(|t| match &t.state {
+                TickState::Claiming { plan, .. } => matches!(plan, ClaimPlan::Run(_) | ClaimPlan::CatchUp(Some(_))),
+                TickState::Claimed { .. } | TickState::Marking { .. } | TickState::Running { .. } => true,
+                TickState::WaitingForSlot { .. } | TickState::Backoff { .. } => false,
+            })
+            .count();
+        assert_eq!(
+            self.slots.used(),
+            holding,
+            "every slot taken is held by a tick: {:?}",
+            self.tick_states()
+        );
+        assert!(self.slots.used() <= self.slots.max());
+        assert_eq!(self.owned_count, self.jobs.values().filter(|e| e.owned).count());
+        assert!(self.batch.is_empty(), "claims are sent at the end of every call");
+        for (id, t) in &self.ticks {
+            assert_eq!(id, &t.run_id);
+            if let TickState::Claiming { batch, .. } = t.state {
+                assert!(
+                    self.batches.get(&batch).is_some_and(|b| b.contains(id)),
+                    "{id} is in batch {batch}"
+                );
+            }
+        }
+        for e in self.jobs.values() {
+            if let Some(w) = &e.waiting {
+                assert!(
+                    matches!(
+                        self.ticks.get(w).map(|t| &t.state),
+                        Some(TickState::WaitingForSlot { claimed: None, .. })
+                    ),
+                    "a job's waiting tick waits, unclaimed"
+                );
+            }
+        }
+    }
+
     /// After every call: send the claims collected, give freed slots to waiting ticks, and
     /// tell the cluster whether this worker has room.
     fn settle(&mut self, now: i64) {
@@ -390,6 +436,7 @@ impl Core {
                 next_tick: None,
                 overdue: BTreeMap::new(),
                 waiting: None,
+                decided_until: 0,
             },
         );
         // a changed spec starts the job's timeline afresh (looking back no further than the
@@ -555,7 +602,7 @@ impl Core {
                 Lookback::Full => now - e.job.spec.starting_deadline().as_millis() as i64,
                 Lookback::Handover => now - claim_ahead - HANDOVER_LOOKBACK_MS,
             };
-            let from = window_start.max(e.job.updated_at);
+            let from = window_start.max(e.job.updated_at).max(e.decided_until);
             let found = e.schedule.ticks_between(from, now, MAX_OVERDUE);
             let any = !found.is_empty();
             e.overdue.extend(found.into_iter().map(|t| (t, None)));
@@ -959,6 +1006,12 @@ impl Core {
             let TickState::Claiming { plan, .. } = std::mem::replace(&mut t.state, placeholder) else {
                 unreachable!("checked above")
             };
+            if let (TickKind::Scheduled { planned }, ClaimOutcome::Won | ClaimOutcome::Lost { .. }) =
+                (&t.kind, &outcome)
+                && let Some(e) = self.jobs.get_mut(&t.job)
+            {
+                e.decided_until = e.decided_until.max(*planned);
+            }
             match outcome {
                 ClaimOutcome::Won => {
                     won += 1;

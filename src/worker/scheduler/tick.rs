@@ -364,3 +364,48 @@ pub fn exec_status(res: &ExecResult) -> RunStatus {
         Ending::Exited => RunStatus::Failed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_skip_reason_has_its_metric_label_created_at_start() {
+        let all = [
+            SkipReason::ConcurrencyForbid { elsewhere: false },
+            SkipReason::ForbidCheckFailed(String::new()),
+            SkipReason::Capacity { max: 1 },
+            SkipReason::Misfire,
+            SkipReason::DeadlineExceeded,
+            SkipReason::JobPaused,
+            SkipReason::JobDeleted,
+            SkipReason::JobRescheduled,
+            SkipReason::DrainTimeout,
+        ];
+        for r in all {
+            assert!(
+                crate::telemetry::metrics::SKIP_REASONS.contains(&r.as_str()),
+                "{} is missing from SKIP_REASONS",
+                r.as_str()
+            );
+            assert!(!r.text().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_slot_goes_back_to_the_pool_when_dropped_whatever_path_drops_it() {
+        let slots = Slots::new(2);
+        let a = slots.try_take().unwrap();
+        let b = slots.try_take().unwrap();
+        assert!(slots.try_take().is_none());
+        assert_eq!(slots.free(), 0);
+        drop(a);
+        assert_eq!(slots.used(), 1);
+        let state = TickState::Claimed {
+            slot: b,
+            claim: ClaimTimes { started: 0, won: 0 },
+        };
+        drop(state);
+        assert_eq!(slots.used(), 0);
+    }
+}
