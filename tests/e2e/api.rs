@@ -916,3 +916,41 @@ async fn a_jobs_last_run_follows_the_records_every_master_ingests() {
         "failed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_view_counts_every_job_a_racing_worker_schedules() {
+    use cronmesh::model::JobSpec;
+    let mut c = Cluster::new().await;
+    for w in ["r1", "r2"] {
+        c.start_worker(w, &["--dispatch", "race"]);
+    }
+    c.start_worker("o1", &[]);
+    c.wait_members(&["r1", "r2", "o1"]).await;
+    let url = c.start_master("m1", &[]).await;
+    for n in ["a", "b", "c"] {
+        c.put_job(JobSpec::new(n, "@hourly", "true")).await;
+    }
+    let mut paused = JobSpec::new("p", "@hourly", "true");
+    paused.paused = true;
+    c.put_job(paused).await;
+    let (status, body) = c.get(&url, "/api/v1/workers", Some(READ)).await;
+    assert_eq!(status, 200, "{body}");
+    let owned = |id: &str| {
+        body.as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] == id)
+            .map(|w| w["owned_jobs"].as_u64().unwrap())
+            .unwrap()
+    };
+    // a racing worker schedules every job it may run; the owner-mode worker gets the jobs it
+    // wins by rendezvous (the racers count there too, so its share is whatever it wins)
+    assert_eq!(owned("r1"), 3);
+    assert_eq!(owned("r2"), 3);
+    assert!(
+        body.as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["id"] == "r1" && w["dispatch"] == "race")
+    );
+}

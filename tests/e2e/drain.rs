@@ -42,3 +42,33 @@ async fn graceful_stop_loses_no_run_and_no_tick() {
     let log = std::fs::read_to_string(c.workers["w1"].log.clone()).unwrap();
     assert!(log.contains("drained and deregistered"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_drain_timeout_the_runs_still_going_are_killed_and_recorded_killed() {
+    let mut c = Cluster::new().await;
+    c.start_worker("w1", &["--drain-timeout", "2s"]);
+    c.wait_members(&["w1"]).await;
+    c.put_job(JobSpec::new("long", "@yearly", &c.tick_command("sleep 600")))
+        .await;
+    c.coord.send_run_now("long", None).await.unwrap();
+    wait_until(Duration::from_secs(10), "the long run started", || {
+        !c.ticks().is_empty()
+    })
+    .await;
+    let stopped = std::time::Instant::now();
+    c.stop_worker("w1", Duration::from_secs(15)).await;
+    let took = stopped.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "it waited for the drain timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(8), "and not much longer: {took:?}");
+    let recs = c.records();
+    let run_id = &c.ticks()[0].run_id;
+    let r = recs
+        .iter()
+        .find(|r| &r.run_id == run_id)
+        .expect("the killed run has a record");
+    assert_eq!(r.status, RunStatus::Killed, "{r:?}");
+    assert_eq!(r.error.as_deref(), Some("worker drain timeout"));
+}

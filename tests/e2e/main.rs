@@ -6,6 +6,7 @@ mod harness;
 mod api;
 
 mod bad_input;
+mod capacity;
 mod deploy;
 mod drain;
 mod exactly_once;

@@ -13,6 +13,10 @@ async fn etcd_stopped_for_five_seconds_then_everything_recovers_and_nothing_runs
     for n in &names {
         c.put_job(JobSpec::new(n, "@every 1s", &c.tick_command(""))).await;
     }
+    // and one that runs no tick late (misfire = skip)
+    let mut strict = JobSpec::new("strict", "@every 1s", &c.tick_command(""));
+    strict.misfire = cronmesh::model::Misfire::Skip;
+    c.put_job(strict).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stopped_at = now_ms();
     c.etcd.stop();
@@ -37,6 +41,17 @@ async fn etcd_stopped_for_five_seconds_then_everything_recovers_and_nothing_runs
     assert!(
         skipped > 0,
         "overdue ticks are recorded as skipped, not silently dropped"
+    );
+    // misfire = skip: no tick ran late (the overdue ones are recorded skipped)
+    let late: Vec<_> = recs
+        .iter()
+        .filter(|r| r.job == "strict" && r.lag_ms.is_some_and(|l| l >= 1000))
+        .collect();
+    assert!(late.is_empty(), "misfire = skip runs no overdue tick: {late:?}");
+    assert!(
+        recs.iter()
+            .any(|r| r.job == "strict" && r.status == RunStatus::Skipped && r.planned_at > stopped_at),
+        "its overdue ticks are recorded skipped"
     );
     // and the failure was said out loud
     let logs: String = c

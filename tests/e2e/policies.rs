@@ -86,3 +86,32 @@ async fn replace_kills_the_old_run_and_starts_the_new_one() {
         assert!(next.planned_ms > r.planned_at);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_starts_each_tick_beside_the_previous_run_still_going() {
+    let mut c = Cluster::new().await;
+    c.start_worker("w1", &[]);
+    c.wait_members(&["w1"]).await;
+    c.put_job(JobSpec::new("overlap", "@every 1s", &c.tick_command("sleep 2.5")))
+        .await;
+    wait_until(Duration::from_secs(20), "three runs finished", || {
+        c.records().iter().filter(|r| r.status == RunStatus::Succeeded).count() >= 3
+    })
+    .await;
+    let mut recs: Vec<_> = c
+        .records()
+        .into_iter()
+        .filter(|r| r.status == RunStatus::Succeeded)
+        .collect();
+    recs.sort_by_key(|r| r.planned_at);
+    // each run started while the one before it was still going
+    for w in recs.windows(2) {
+        assert!(
+            w[1].started_at.unwrap() < w[0].ended_at.unwrap(),
+            "{:?} did not overlap {:?}",
+            w[1].planned_at,
+            w[0].planned_at
+        );
+    }
+    assert!(c.records().iter().all(|r| r.status != RunStatus::Skipped));
+}

@@ -43,7 +43,7 @@ pub const LATE_TOLERANCE_MS: i64 = 1000;
 /// Overdue ticks kept per job (the newest).
 pub const MAX_OVERDUE: usize = 100;
 /// A worker that filled up stays "at capacity" at least this long (fewer ownership moves).
-pub const CAPACITY_HOLD_MS: i64 = 1000;
+pub const CAPACITY_HOLD_MS: i64 = 5000;
 /// After a live worker hands a job over (it filled up, freed up or joined), the new owner
 /// claims the ticks of this much time before `claim_ahead` too, in case the old owner dropped
 /// them while the news travelled.
@@ -151,6 +151,8 @@ pub struct Core {
     ticks: HashMap<String, Tick>,
     /// Ticks waiting for a slot, oldest first (entries of ticks that moved on are skipped).
     waiting: VecDeque<String>,
+    /// How many ticks are in `WaitingForSlot` (all of them are in `waiting`).
+    waiting_live: usize,
     /// Runs (marking or running) per job on this worker, for `forbid`.
     active: HashMap<String, usize>,
     timers: TimerHeap<Timer>,
@@ -171,6 +173,11 @@ pub struct Core {
     /// Last values sent in `Announce`.
     announced: (bool, bool),
     effects: VecDeque<Effect>,
+    /// The time of the latest step, and whether it still has to be settled (claims batched,
+    /// slots handed out, capacity announced): steps are settled lazily, when effects or the
+    /// next deadline are asked for, so the claims of many inputs go out as one batch.
+    now: i64,
+    dirty: bool,
 }
 
 impl Core {
@@ -189,6 +196,7 @@ impl Core {
             triggers_in_flight: HashSet::new(),
             ticks: HashMap::new(),
             waiting: VecDeque::new(),
+            waiting_live: 0,
             active: HashMap::new(),
             timers: TimerHeap::default(),
             batch: Vec::new(),
@@ -204,6 +212,8 @@ impl Core {
             full_since: 0,
             announced: (false, false),
             effects: VecDeque::new(),
+            now: 0,
+            dirty: false,
         }
     }
 
@@ -231,7 +241,8 @@ impl Core {
             Input::Exited { run_id, at, result } => self.on_exited(now, &run_id, at, result),
             Input::Drain => self.on_drain(now),
         }
-        self.settle(now);
+        self.now = self.now.max(now);
+        self.dirty = true;
     }
 
     /// Runs every timer due at `now`.
@@ -248,16 +259,19 @@ impl Core {
                 Timer::DrainDeadline => self.on_drain_deadline(now),
             }
         }
-        self.settle(now);
+        self.now = self.now.max(now);
+        self.dirty = true;
     }
 
     /// When `handle_timeout` should next be called.
-    pub fn poll_timeout(&self) -> Option<i64> {
+    pub fn poll_timeout(&mut self) -> Option<i64> {
+        self.settle();
         self.timers.next_at()
     }
 
     /// The next effect to carry out, in order.
     pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.settle();
         self.effects.pop_front()
     }
 
@@ -268,7 +282,7 @@ impl Core {
 
     /// Draining and nothing left: every tick won here has its record.
     pub fn done(&self) -> bool {
-        self.draining && self.ticks.is_empty() && self.effects.is_empty()
+        self.draining && !self.dirty && self.ticks.is_empty() && self.effects.is_empty()
     }
 
     pub fn owned_jobs(&self) -> usize {
@@ -302,8 +316,20 @@ impl Core {
                 TickState::Claiming { plan, .. } => matches!(plan, ClaimPlan::Run(_) | ClaimPlan::CatchUp(Some(_))),
                 TickState::Claimed { .. } | TickState::Marking { .. } | TickState::Running { .. } => true,
                 TickState::WaitingForSlot { .. } | TickState::Backoff { .. } => false,
+                TickState::Deciding { .. } => panic!("a tick is still being decided after a step"),
             })
             .count();
+        let waiting = self
+            .ticks
+            .values()
+            .filter(|t| matches!(t.state, TickState::WaitingForSlot { .. }))
+            .count();
+        assert_eq!(self.waiting_live, waiting, "the count of waiting ticks");
+        for (id, t) in &self.ticks {
+            if matches!(t.state, TickState::WaitingForSlot { .. }) {
+                assert!(self.waiting.contains(id), "a waiting tick is queued");
+            }
+        }
         assert_eq!(
             self.slots.used(),
             holding,
@@ -312,7 +338,10 @@ impl Core {
         );
         assert!(self.slots.used() <= self.slots.max());
         assert_eq!(self.owned_count, self.jobs.values().filter(|e| e.owned).count());
-        assert!(self.batch.is_empty(), "claims are sent at the end of every call");
+        assert!(
+            !self.dirty && self.batch.is_empty(),
+            "claims are sent at the end of every step"
+        );
         for (id, t) in &self.ticks {
             assert_eq!(id, &t.run_id);
             if let TickState::Claiming { batch, .. } = t.state {
@@ -337,18 +366,20 @@ impl Core {
 
     /// After every call: send the claims collected, give freed slots to waiting ticks, and
     /// tell the cluster whether this worker has room.
-    fn settle(&mut self, now: i64) {
+    fn settle(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let now = self.now;
         self.serve_waiting(now);
         self.update_capacity(now);
         self.serve_waiting(now);
         self.flush_claims(now);
         METRICS.run_slots_used.set(self.slots.used() as i64);
-        METRICS.ticks_waiting_for_slot.set(self.waiting.len() as i64);
-    }
-
-    /// Drops queue entries of ticks that are no longer waiting for a slot; true if any waits.
-    fn compact_waiting(&mut self) -> bool {
-        if !self.waiting.is_empty() {
+        METRICS.ticks_waiting_for_slot.set(self.waiting_live as i64);
+        // entries of ticks that moved on are dropped from time to time (amortised O(1))
+        if self.waiting.len() > 2 * self.waiting_live + 64 {
             let ticks = &self.ticks;
             self.waiting.retain(|id| {
                 ticks
@@ -356,7 +387,22 @@ impl Core {
                     .is_some_and(|t| matches!(t.state, TickState::WaitingForSlot { .. }))
             });
         }
-        !self.waiting.is_empty()
+    }
+
+    /// Puts a tick in the queue of ticks waiting for a slot.
+    fn enqueue_waiting(&mut self, run_id: &str, deadline: i64, claimed: Option<ClaimTimes>) {
+        let Some(t) = self.ticks.get_mut(run_id) else { return };
+        if !matches!(t.state, TickState::WaitingForSlot { .. }) {
+            self.waiting_live += 1;
+        }
+        t.state = TickState::WaitingForSlot { deadline, claimed };
+        self.waiting.push_back(run_id.to_string());
+        self.timers.push(
+            deadline,
+            Timer::SlotDeadline {
+                run_id: run_id.to_string(),
+            },
+        );
     }
 
     /// A run id: a UUIDv7 (time-ordered, from the core's `now`), without dashes.
@@ -656,6 +702,7 @@ impl Core {
             let TickState::WaitingForSlot { claimed, .. } = t.state else {
                 continue;
             };
+            self.waiting_live -= 1;
             let slot = self.slots.try_take().expect("a slot is free");
             match claimed {
                 Some(claim) => {
@@ -686,7 +733,7 @@ impl Core {
     /// tick waits; free again when a twentieth of the slots (at least one) is free, nothing
     /// waits, and it has been full for `CAPACITY_HOLD_MS`.
     fn update_capacity(&mut self, now: i64) {
-        let waiting = self.compact_waiting();
+        let waiting = self.waiting_live > 0;
         let full = self.slots.free() == 0 || waiting;
         let room_to_clear = (self.slots.max() / 20).max(1);
         let changed = if !self.at_capacity && full {
@@ -778,10 +825,7 @@ impl Core {
                 batch: 0,
                 plan: ClaimPlan::Run(slot),
             },
-            None => TickState::WaitingForSlot {
-                deadline: wait_deadline,
-                claimed: None,
-            },
+            None => TickState::Deciding { claimed: None },
         };
         self.ticks.insert(
             run_id.clone(),
@@ -802,8 +846,7 @@ impl Core {
         }
         if waits {
             self.jobs.get_mut(name).expect("present").waiting = Some(run_id.clone());
-            self.waiting.push_back(run_id.clone());
-            self.timers.push(wait_deadline, Timer::SlotDeadline { run_id });
+            self.enqueue_waiting(&run_id, wait_deadline, None);
             debug!(job = name, planned, "tick waits for a run slot");
         } else {
             self.batch.push(run_id);
@@ -817,6 +860,8 @@ impl Core {
         let TickState::WaitingForSlot { claimed, .. } = t.state else {
             return;
         };
+        self.waiting_live -= 1;
+        t.state = TickState::Deciding { claimed };
         let job = t.job.clone();
         if let Some(e) = self.jobs.get_mut(&job)
             && e.waiting.as_deref() == Some(run_id)
@@ -999,10 +1044,7 @@ impl Core {
                 continue;
             }
             // the tick leaves `Claiming`: take its plan (and the slot in it) out
-            let placeholder = TickState::WaitingForSlot {
-                deadline: now,
-                claimed: Some(claim),
-            };
+            let placeholder = TickState::Deciding { claimed: Some(claim) };
             let TickState::Claiming { plan, .. } = std::mem::replace(&mut t.state, placeholder) else {
                 unreachable!("checked above")
             };
@@ -1154,13 +1196,8 @@ impl Core {
             }
             if let Some(t) = self.ticks.get_mut(run_id)
                 && let TickState::Claimed { claim, .. } = t.state
-                && let TickState::Claimed { slot, .. } = std::mem::replace(
-                    &mut t.state,
-                    TickState::WaitingForSlot {
-                        deadline: now,
-                        claimed: Some(claim),
-                    },
-                )
+                && let TickState::Claimed { slot, .. } =
+                    std::mem::replace(&mut t.state, TickState::Deciding { claimed: Some(claim) })
                 && spare.is_none()
             {
                 spare = Some(slot);
@@ -1176,22 +1213,12 @@ impl Core {
         let Some(t) = self.ticks.get_mut(&run_id) else { return };
         match t.state {
             TickState::Claimed { .. } => self.fire(now, &run_id),
-            TickState::WaitingForSlot {
-                claimed: Some(claim), ..
-            } => match spare.or_else(|| self.slots.try_take()) {
+            TickState::Deciding { claimed: Some(claim) } => match spare.or_else(|| self.slots.try_take()) {
                 Some(slot) => {
                     t.state = TickState::Claimed { slot, claim };
                     self.fire(now, &run_id);
                 }
-                None => {
-                    let deadline = planned + deadline;
-                    t.state = TickState::WaitingForSlot {
-                        deadline,
-                        claimed: Some(claim),
-                    };
-                    self.waiting.push_back(run_id.clone());
-                    self.timers.push(deadline, Timer::SlotDeadline { run_id });
-                }
+                None => self.enqueue_waiting(&run_id, planned + deadline, Some(claim)),
             },
             _ => {}
         }
@@ -1530,17 +1557,7 @@ impl Core {
                         .get(&t.job)
                         .map(|e| e.job.spec.starting_deadline().as_millis() as i64)
                         .unwrap_or(0);
-                t.state = TickState::WaitingForSlot {
-                    deadline,
-                    claimed: Some(claim),
-                };
-                self.waiting.push_back(run_id.to_string());
-                self.timers.push(
-                    deadline,
-                    Timer::SlotDeadline {
-                        run_id: run_id.to_string(),
-                    },
-                );
+                self.enqueue_waiting(run_id, deadline, Some(claim));
             }
         }
     }
@@ -1553,7 +1570,8 @@ impl Core {
             | TickState::Marking { claim, .. }
             | TickState::WaitingForSlot {
                 claimed: Some(claim), ..
-            } => Some(claim.won),
+            }
+            | TickState::Deciding { claimed: Some(claim) } => Some(claim.won),
             _ => None,
         };
         TickSkipped {
@@ -1573,6 +1591,9 @@ impl Core {
     /// Removes a tick; a slot it held goes back to the pool.
     fn end_tick(&mut self, run_id: &str, end: TickEnd) {
         if let Some(t) = self.ticks.remove(run_id) {
+            if matches!(t.state, TickState::WaitingForSlot { .. }) {
+                self.waiting_live -= 1;
+            }
             debug!(job = %t.job, run_id, planned = t.planned(), end = end.as_str(), "tick ended");
             if let Some(e) = self.jobs.get_mut(&t.job)
                 && e.waiting.as_deref() == Some(run_id)

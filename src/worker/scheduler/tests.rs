@@ -429,7 +429,7 @@ impl Sim {
     /// the way, in time order.
     fn advance_to(&mut self, until: i64) {
         loop {
-            let next_timer = self.cores.values().filter_map(|c| c.poll_timeout()).min();
+            let next_timer = self.cores.values_mut().filter_map(|c| c.poll_timeout()).min();
             let next_exit = self.procs.values().map(|p| p.ends_at).min();
             let next = match (next_timer, next_exit) {
                 (Some(a), Some(b)) => a.min(b),
@@ -1059,7 +1059,8 @@ fn a_worker_with_room_again_takes_its_jobs_back() {
     sim.put(JobSpec::new(&mine[0], "@every 1h", "sleep 3"));
     sim.run_now(&mine[0], "long");
     sim.put(JobSpec::new(&mine[1], "@every 10s", "true"));
-    sim.advance(secs(12));
+    // the run ends at 3 s; the worker says it has room once it has been full for the hold time
+    sim.advance(secs(8));
     assert!(!sim.core("w1").at_capacity(), "{:?}", sim.announcements);
     sim.advance(secs(20));
     let ran = sim.ran(&mine[1]);

@@ -147,8 +147,12 @@ pub struct Started {
 #[derive(Debug)]
 pub enum TickState {
     /// Due for claiming (or, if `claimed`, already ours: a retry or a catch-up tick) while every
-    /// run slot is taken. Unclaimed, it can still go to another worker; it gives up at `deadline`.
+    /// run slot is taken; in the core's queue of waiting ticks. Unclaimed, it can still go to
+    /// another worker; it gives up at `deadline`.
     WaitingForSlot { deadline: i64, claimed: Option<ClaimTimes> },
+    /// Its claim just came back (or it is a catch-up tick without a slot): its fate is being
+    /// decided within the current step. Never seen between two steps.
+    Deciding { claimed: Option<ClaimTimes> },
     /// In the claim transaction `batch`.
     Claiming { batch: u64, plan: ClaimPlan },
     /// Ours; waits for its planned time.
@@ -173,6 +177,7 @@ impl TickState {
     pub fn name(&self) -> &'static str {
         match self {
             TickState::WaitingForSlot { .. } => "waiting_for_slot",
+            TickState::Deciding { .. } => "deciding",
             TickState::Claiming { .. } => "claiming",
             TickState::Claimed { .. } => "claimed",
             TickState::Marking { .. } => "marking",
