@@ -43,11 +43,21 @@ impl Registration {
     }
 }
 
+/// Who registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Worker,
+    Master,
+}
+
 impl Coord {
-    /// Registers `{kind}/{id}` (kind is `workers` or `masters`) with `value` under a lease of
-    /// `ttl`, in the background; retries until etcd answers.
-    pub fn register(&self, kind: &'static str, id: &str, value: Vec<u8>, ttl: Duration) -> Registration {
-        let key = format!("{}{kind}/{id}", self.keys.prefix());
+    /// Registers `workers/{id}` or `masters/{id}` with `value` under a lease of `ttl`, in the
+    /// background; retries until etcd answers.
+    pub fn register(&self, role: Role, id: &str, value: Vec<u8>, ttl: Duration) -> Registration {
+        let key = match role {
+            Role::Worker => self.keys.worker(id),
+            Role::Master => self.keys.master(id),
+        };
         let (value_tx, value_rx) = watch::channel(value);
         let (lease_tx, lease_rx) = watch::channel(None);
         let stop = CancellationToken::new();

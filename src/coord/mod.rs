@@ -21,7 +21,7 @@ mod signals;
 mod watch;
 
 pub use claims::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
-pub use membership::Registration;
+pub use membership::{Registration, Role};
 pub use watch::{FeedRelay, JobEvent, JobRead, MemberEvent, SignalEvent, Watch};
 
 use crate::model::ValidationError;
@@ -83,6 +83,12 @@ impl Keys {
     }
     pub fn masters(&self) -> String {
         format!("{}masters/", self.prefix)
+    }
+    pub fn worker(&self, id: &str) -> String {
+        format!("{}workers/{id}", self.prefix)
+    }
+    pub fn master(&self, id: &str) -> String {
+        format!("{}masters/{id}", self.prefix)
     }
     pub fn claims_of(&self, job: &str) -> String {
         format!("{}claims/{job}/", self.prefix)

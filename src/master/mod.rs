@@ -244,7 +244,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
         warn!(listen = %info.url, "authentication is OFF (no_auth): anyone who can reach this address can change jobs");
     }
     let registration = state.coord.register(
-        "masters",
+        crate::coord::Role::Master,
         &m.id,
         serde_json::to_vec(&info).expect("serializes"),
         m.lease_ttl,

@@ -49,7 +49,7 @@ pub async fn run(
     };
     tracing::info!(worker = %w.id, labels = ?w.labels, dispatch = ?w.dispatch, prefix = coord.keys().prefix(), "worker starting");
     let registration = coord.register(
-        "workers",
+        crate::coord::Role::Worker,
         &w.id,
         serde_json::to_vec(&info).expect("serializes"),
         w.lease_ttl,

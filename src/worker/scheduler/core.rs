@@ -90,8 +90,9 @@ struct JobState {
     /// of an earlier attempt: a claim that succeeded although its answer was lost is then
     /// recognised as ours.
     overdue: BTreeMap<i64, Option<String>>,
-    /// The tick of this job waiting for a free slot, if any (unclaimed).
-    waiting: Option<String>,
+    /// This job's ticks waiting, unclaimed, for a free slot (oldest first; rarely more than
+    /// one: an older one gives up when the next one is due).
+    waiting: Vec<String>,
     /// The newest planned time this worker's claims have decided (won or lost): a look-back
     /// after regaining the job starts after it.
     decided_until: i64,
@@ -352,7 +353,7 @@ impl Core {
             }
         }
         for e in self.jobs.values() {
-            if let Some(w) = &e.waiting {
+            for w in &e.waiting {
                 assert!(
                     matches!(
                         self.ticks.get(w).map(|t| &t.state),
@@ -470,7 +471,9 @@ impl Core {
             if old.owned {
                 self.owned_count -= 1;
             }
-            self.drop_waiting(old.waiting, TickEnd::Dropped);
+            for id in old.waiting {
+                self.drop_waiting(&id, TickEnd::Dropped);
+            }
         }
         self.jobs.insert(
             name.clone(),
@@ -481,7 +484,7 @@ impl Core {
                 owned: false,
                 next_tick: None,
                 overdue: BTreeMap::new(),
-                waiting: None,
+                waiting: Vec::new(),
                 decided_until: 0,
             },
         );
@@ -495,7 +498,9 @@ impl Core {
             if e.owned {
                 self.owned_count -= 1;
             }
-            self.drop_waiting(e.waiting, TickEnd::Dropped);
+            for id in e.waiting {
+                self.drop_waiting(&id, TickEnd::Dropped);
+            }
             debug!(job = name, "job removed");
         }
     }
@@ -676,8 +681,9 @@ impl Core {
             self.owned_count -= 1;
             e.next_tick = None;
             e.overdue.clear();
-            let waiting = e.waiting.take();
-            self.drop_waiting(waiting, TickEnd::HandedOver);
+            for id in std::mem::take(&mut e.waiting) {
+                self.drop_waiting(&id, TickEnd::HandedOver);
+            }
             debug!(job = name, "no longer owned");
         }
     }
@@ -685,12 +691,11 @@ impl Core {
     // ---- capacity ------------------------------------------------------------------------
 
     /// A tick waiting for a slot and not yet claimed is given up (handed over or dropped).
-    fn drop_waiting(&mut self, run_id: Option<String>, end: TickEnd) {
-        let Some(run_id) = run_id else { return };
-        if let Some(t) = self.ticks.get(&run_id)
+    fn drop_waiting(&mut self, run_id: &str, end: TickEnd) {
+        if let Some(t) = self.ticks.get(run_id)
             && matches!(t.state, TickState::WaitingForSlot { claimed: None, .. })
         {
-            self.end_tick(&run_id, end);
+            self.end_tick(run_id, end);
         }
     }
 
@@ -715,10 +720,8 @@ impl Core {
                         batch: 0,
                         plan: ClaimPlan::Run(slot),
                     };
-                    if let Some(e) = self.jobs.get_mut(&job)
-                        && e.waiting.as_deref() == Some(run_id.as_str())
-                    {
-                        e.waiting = None;
+                    if let Some(e) = self.jobs.get_mut(&job) {
+                        e.waiting.retain(|w| *w != run_id);
                     }
                     self.batch.push(run_id);
                 }
@@ -816,7 +819,7 @@ impl Core {
             Misfire::RunOnce => planned + deadline,
             Misfire::Skip => planned + LATE_TOLERANCE_MS,
         };
-        let superseded = e.waiting.take();
+        let older = e.waiting.clone();
         let run_id = self.new_run_id(now);
         let slot = self.slots.try_take();
         let waits = slot.is_none();
@@ -838,14 +841,20 @@ impl Core {
                 state,
             },
         );
-        // An older tick of the job still waiting for a slot is superseded by this one: like an
-        // overdue tick under `run_once`, it is decided (claimed) and recorded skipped.
-        if let Some(old) = superseded {
-            let max = self.slots.max();
-            self.give_up_waiting(now, &old, SkipReason::Capacity { max });
+        // An older tick of the job still waiting for a slot waits no longer than until this
+        // one is due: then, like an overdue tick under `run_once`, it is decided (claimed) and
+        // recorded skipped, and this newer one runs when a slot comes.
+        for old in older {
+            if let Some(t) = self.ticks.get_mut(&old)
+                && let TickState::WaitingForSlot { deadline, .. } = &mut t.state
+                && *deadline > planned
+            {
+                *deadline = planned;
+                self.timers.push(planned, Timer::SlotDeadline { run_id: old });
+            }
         }
         if waits {
-            self.jobs.get_mut(name).expect("present").waiting = Some(run_id.clone());
+            self.jobs.get_mut(name).expect("present").waiting.push(run_id.clone());
             self.enqueue_waiting(&run_id, wait_deadline, None);
             debug!(job = name, planned, "tick waits for a run slot");
         } else {
@@ -863,10 +872,8 @@ impl Core {
         self.waiting_live -= 1;
         t.state = TickState::Deciding { claimed };
         let job = t.job.clone();
-        if let Some(e) = self.jobs.get_mut(&job)
-            && e.waiting.as_deref() == Some(run_id)
-        {
-            e.waiting = None;
+        if let Some(e) = self.jobs.get_mut(&job) {
+            e.waiting.retain(|w| w != run_id);
         }
         match claimed {
             Some(_) => self.skip(now, run_id, reason),
@@ -881,6 +888,11 @@ impl Core {
     }
 
     fn on_slot_deadline(&mut self, now: i64, run_id: &str) {
+        // (a deadline moved earlier leaves its first timer behind)
+        match self.ticks.get(run_id).map(|t| &t.state) {
+            Some(TickState::WaitingForSlot { deadline, .. }) if *deadline <= now => {}
+            _ => return,
+        }
         let reason = if self.drain_expired {
             SkipReason::DrainTimeout
         } else {
@@ -1595,10 +1607,8 @@ impl Core {
                 self.waiting_live -= 1;
             }
             debug!(job = %t.job, run_id, planned = t.planned(), end = end.as_str(), "tick ended");
-            if let Some(e) = self.jobs.get_mut(&t.job)
-                && e.waiting.as_deref() == Some(run_id)
-            {
-                e.waiting = None;
+            if let Some(e) = self.jobs.get_mut(&t.job) {
+                e.waiting.retain(|w| w != run_id);
             }
         }
     }
