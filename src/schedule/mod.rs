@@ -2,26 +2,59 @@
 //! "when is the next tick". Everything here is a pure function of its inputs (no clock is read),
 //! so it is tested exhaustively without waiting.
 //!
-//! Syntax (a superset of Vixie cron, parsed by `croner`):
+//! Syntax (a superset of Vixie cron and of the seed's cronexpr):
 //! - 5 fields `min hour dom month dow` (standard crontab), 6 fields with seconds first,
-//!   7 fields with seconds first and year last (the seed's cronexpr syntax);
+//!   7 fields with seconds first and year last;
 //! - macros `@yearly` `@annually` `@monthly` `@weekly` `@daily` `@midnight` `@hourly`;
 //! - `@every 10s` / `@every 1h30m`: a fixed interval, anchored to the Unix epoch so that every
 //!   worker computes the same ticks;
-//! - POSIX weekdays: 0 or 7 = Sunday; `L`, `W`, `#` as croner documents.
+//! - lists `1,5`, ranges `1-5`, steps `*/15` `10-50/20`, and the seed's `a/n` ("from a, every
+//!   n": `3/3` in the month field is March, June, September, December);
+//! - month and weekday names, three letters or in full, any case (`jan`, `January`, `FRI`,
+//!   `friday`); POSIX weekdays: 0 or 7 = Sunday; `L`, `LW`, `15W` in day-of-month; `5L`, `5#3`
+//!   in day-of-week; `?` = `*` in the two day fields;
+//! - `H` (hash spread): one value chosen by a stable hash of the job's name (`hash.rs`): `H`,
+//!   `H(0-29)`, `H/15`, `H(0-29)/10`, in any field but the year; in day-of-month it picks 1-28.
 //!
-//! Time zones are IANA names (chrono-tz). A wall time that falls in a DST gap runs at the first
-//! instant after the gap; a wall time that repeats in a DST fall-back runs once, at its first
-//! occurrence (Vixie cron behaviour, implemented by croner).
+//! **Days** (crontab(5)): when day-of-month and day-of-week are both restricted (neither starts
+//! with `*` or `?`), a day matches when either matches; otherwise both must (`0 0 */2 * 1` is
+//! "Mondays that are odd days"; `0 0 1-31/2 * 1` is "odd days, and Mondays").
+//!
+//! **DST** (cron(8)): a job is *fixed-time* unless its minute or hour field starts with `*`
+//! (`@hourly` is not fixed-time; `@every` is not a wall-clock schedule at all). Fixed-time jobs
+//! run once at a repeated wall time (its first occurrence), and a wall time skipped by a gap runs
+//! at the first instant after the gap — once, even when several of the job's times fell in it.
+//! The seconds field plays no part in the decision: `* 30 2 * * *` is fixed-time (its 60 ticks
+//! run in the first pass of a repeated 02:30, and once at the end of a gap). Other jobs follow the
+//! wall clock: in a repeated hour they run in both passes, in a skipped hour not at all. See
+//! `wall.rs`.
+//!
+//! croner does the calendar arithmetic, asked in UTC (a clock without DST) for the pattern as
+//! rewritten by `expr.rs`; its own DST handling is not used, because it treats only single-value
+//! seconds, minutes and hours as fixed-time. Time zones are IANA names (chrono-tz).
 
-use chrono::{DateTime, TimeZone, Utc};
+mod expr;
+mod hash;
+mod wall;
+
+#[cfg(test)]
+mod specs;
+
+pub use expr::{Field, day_rule_change, uses_hash};
+pub use wall::DstRule;
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
+use expr::TextError;
 use std::time::Duration;
 
 /// Smallest interval (and finest cron granularity) we schedule.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many fire times a preview may ask for.
+pub const MAX_PREVIEW: usize = 100;
 
 /// Why a schedule or time zone was rejected. The message says what to write instead.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,6 +63,22 @@ pub enum ScheduleError {
         "invalid cron expression {expr:?}: {reason}; use 5 fields (min hour dom month dow), 6 with seconds first, 7 with a trailing year, a macro like @hourly, or @every 30s"
     )]
     Cron { expr: String, reason: String },
+    #[error(
+        "invalid cron expression {expr:?}: the {field} field {text:?}: {reason}; the {field} field accepts {accepts}"
+    )]
+    Field {
+        expr: String,
+        /// `minute`, `day-of-week`, … (see [`Field::name`]).
+        field: &'static str,
+        /// The field as written.
+        text: String,
+        reason: String,
+        accepts: &'static str,
+    },
+    #[error(
+        "schedule {0:?} uses H, which picks its values from the job's name: give the job's name (name the job first)"
+    )]
+    NeedsJobName(String),
     #[error(
         "invalid interval {expr:?}: {reason}; write e.g. \"@every 30s\" or \"@every 1h30m\" (at least 1s, whole milliseconds)"
     )]
@@ -46,12 +95,27 @@ pub struct Schedule {
     kind: Kind,
     tz: Tz,
     expr: String,
+    /// The expression with each `H` replaced by its values (the expression itself without `H`).
+    resolved: String,
+    warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Cron(Box<Cron>),
+    Cron { cron: Box<Cron>, rule: DstRule },
     Every { interval_ms: i64 },
+}
+
+/// croner, asked for wall times on a clock without DST.
+struct CronerWall<'a>(&'a Cron);
+
+impl wall::WallMatches for CronerWall<'_> {
+    fn next_match(&self, after: NaiveDateTime) -> Option<NaiveDateTime> {
+        self.0
+            .find_next_occurrence(&Utc.from_utc_datetime(&after), false)
+            .ok()
+            .map(|t| t.naive_utc())
+    }
 }
 
 /// Parses an IANA time zone name.
@@ -60,55 +124,98 @@ pub fn parse_tz(name: &str) -> Result<Tz, ScheduleError> {
         .map_err(|_| ScheduleError::TimeZone(name.to_string()))
 }
 
+fn parse_every(expr: &str, rest: &str) -> Result<Kind, ScheduleError> {
+    let text = rest.trim();
+    let every_err = |reason: &str| ScheduleError::Every {
+        expr: expr.to_string(),
+        reason: reason.to_string(),
+    };
+    if text.is_empty() {
+        return Err(every_err("missing duration"));
+    }
+    let d = humantime::parse_duration(text).map_err(|e| every_err(&e.to_string()))?;
+    if d < MIN_INTERVAL {
+        return Err(every_err("interval is shorter than 1s"));
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(every_err("interval has sub-millisecond precision"));
+    }
+    let interval_ms = i64::try_from(d.as_millis()).map_err(|_| every_err("too long"))?;
+    if interval_ms > 366 * 24 * 3600 * 1000 {
+        return Err(every_err("interval is longer than a year; use a cron expression"));
+    }
+    Ok(Kind::Every { interval_ms })
+}
+
+fn text_error(expr: &str, e: TextError) -> ScheduleError {
+    let cron = |reason: String| ScheduleError::Cron {
+        expr: expr.to_string(),
+        reason,
+    };
+    match e {
+        TextError::FieldCount(n) => cron(format!("it has {n} fields")),
+        TextError::UnknownMacro(m) => cron(format!(
+            "{m:?} is not a macro (@yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly, @every <interval>)"
+        )),
+        TextError::NeedsJobName => ScheduleError::NeedsJobName(expr.to_string()),
+        TextError::Field(f) => ScheduleError::Field {
+            expr: expr.to_string(),
+            field: f.field.name(),
+            text: f.text,
+            reason: f.reason,
+            accepts: f.field.accepts(),
+        },
+    }
+}
+
 impl Schedule {
-    /// Parses `expr` in time zone `tz` (an IANA name).
+    /// Parses `expr` in time zone `tz` (an IANA name). An expression with `H` needs its job's
+    /// name: it is refused here with [`ScheduleError::NeedsJobName`]; use [`Self::parse_for_job`].
     pub fn parse(expr: &str, tz: &str) -> Result<Self, ScheduleError> {
+        Self::parse_inner(expr, tz, None)
+    }
+
+    /// Parses `expr` for the job named `job` (whose name `H` hashes).
+    pub fn parse_for_job(expr: &str, tz: &str, job: &str) -> Result<Self, ScheduleError> {
+        Self::parse_inner(expr, tz, Some(job))
+    }
+
+    fn parse_inner(expr: &str, tz: &str, job: Option<&str>) -> Result<Self, ScheduleError> {
         let tz = parse_tz(tz)?;
         let trimmed = expr.trim();
+        let mut resolved_text = trimmed.to_string();
+        let mut warnings = Vec::new();
         let kind = if let Some(rest) = trimmed.strip_prefix("@every") {
-            let text = rest.trim();
-            let every_err = |reason: &str| ScheduleError::Every {
-                expr: expr.to_string(),
-                reason: reason.to_string(),
-            };
-            if text.is_empty() {
-                return Err(every_err("missing duration"));
-            }
-            let d = humantime::parse_duration(text).map_err(|e| every_err(&e.to_string()))?;
-            if d < MIN_INTERVAL {
-                return Err(every_err("interval is shorter than 1s"));
-            }
-            if d.subsec_nanos() % 1_000_000 != 0 {
-                return Err(every_err("interval has sub-millisecond precision"));
-            }
-            let interval_ms = i64::try_from(d.as_millis()).map_err(|_| every_err("too long"))?;
-            if interval_ms > 366 * 24 * 3600 * 1000 {
-                return Err(every_err("interval is longer than a year; use a cron expression"));
-            }
-            Kind::Every { interval_ms }
+            parse_every(expr, rest)?
         } else {
-            let normalized = normalize_macro(trimmed);
-            let fields = normalized.split_whitespace().count();
-            if !normalized.starts_with('@') && !(5..=7).contains(&fields) {
-                return Err(ScheduleError::Cron {
-                    expr: expr.to_string(),
-                    reason: format!("it has {fields} fields"),
-                });
-            }
+            let r = expr::resolve(trimmed, job).map_err(|e| text_error(expr, e))?;
             let parser = CronParser::builder()
                 .seconds(Seconds::Optional)
                 .year(Year::Optional)
+                .dom_and_dow(r.days_both)
                 .build();
-            let cron = parser.parse(&normalized).map_err(|e| ScheduleError::Cron {
+            let cron = parser.parse(&r.croner).map_err(|e| ScheduleError::Cron {
                 expr: expr.to_string(),
                 reason: e.to_string(),
             })?;
-            Kind::Cron(Box::new(cron))
+            resolved_text = r.shown;
+            warnings.extend(day_rule_change(trimmed));
+            let rule = if r.fixed_time {
+                DstRule::FixedTime
+            } else {
+                DstRule::WallClock
+            };
+            Kind::Cron {
+                cron: Box::new(cron),
+                rule,
+            }
         };
         let schedule = Schedule {
             kind,
             tz,
             expr: trimmed.to_string(),
+            resolved: resolved_text,
+            warnings,
         };
         // A pattern like `0 0 30 2 *` parses but never fires: say so now, not at run time.
         let probe = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single().unwrap_or_default();
@@ -123,6 +230,27 @@ impl Schedule {
         &self.expr
     }
 
+    /// The expression with each `H` replaced by the values it stands for for this job (the
+    /// expression as written when it has no `H`).
+    pub fn resolved(&self) -> &str {
+        &self.resolved
+    }
+
+    /// Warnings for people: the expression's meaning changed in this release (see
+    /// [`day_rule_change`]). Empty for almost every schedule.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// How the schedule behaves across DST changes (`None` for `@every`, which has no wall
+    /// times).
+    pub fn dst_rule(&self) -> Option<DstRule> {
+        match &self.kind {
+            Kind::Cron { rule, .. } => Some(*rule),
+            Kind::Every { .. } => None,
+        }
+    }
+
     /// The time zone the expression is evaluated in.
     pub fn tz(&self) -> Tz {
         self.tz
@@ -132,18 +260,7 @@ impl Schedule {
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
         match &self.kind {
             Kind::Every { interval_ms } => Some((after_ms.div_euclid(*interval_ms) + 1) * interval_ms),
-            Kind::Cron(cron) => {
-                let start = self.tz.timestamp_millis_opt(after_ms).single()?;
-                // croner works at second granularity: start from the whole second.
-                let next = cron.find_next_occurrence(&start, false).ok()?;
-                let ms = next.timestamp_millis();
-                if ms > after_ms {
-                    Some(ms)
-                } else {
-                    let bumped = self.tz.timestamp_millis_opt(ms + 1000).single()?;
-                    Some(cron.find_next_occurrence(&bumped, true).ok()?.timestamp_millis())
-                }
-            }
+            Kind::Cron { cron, rule } => wall::next_after(&CronerWall(cron), self.tz, *rule, after_ms),
         }
     }
 
@@ -194,24 +311,19 @@ impl Schedule {
             .collect()
     }
 
-    /// A short description in English ("Every 10 seconds", croner's words for cron patterns).
+    /// A short description in English ("Every 10 seconds", croner's words for cron patterns);
+    /// with `H`, it describes the values chosen and says so.
     pub fn describe(&self) -> String {
         match &self.kind {
             Kind::Every { interval_ms } => format!(
                 "Every {}",
                 humantime::format_duration(Duration::from_millis(*interval_ms as u64))
             ),
-            Kind::Cron(c) => c.describe(),
+            Kind::Cron { cron, .. } if self.resolved != self.expr && !self.expr.starts_with('@') => {
+                format!("{} (H for this job: {})", cron.describe(), self.resolved)
+            }
+            Kind::Cron { cron, .. } => cron.describe(),
         }
-    }
-}
-
-/// `@midnight` is Vixie cron's alias for `@daily`; croner knows the others.
-fn normalize_macro(expr: &str) -> String {
-    if expr.eq_ignore_ascii_case("@midnight") {
-        "@daily".to_string()
-    } else {
-        expr.to_string()
     }
 }
 
@@ -354,7 +466,10 @@ mod tests {
         ] {
             let err = Schedule::parse(bad, "UTC").unwrap_err();
             assert!(
-                matches!(err, ScheduleError::Cron { .. } | ScheduleError::NeverFires(_)),
+                matches!(
+                    err,
+                    ScheduleError::Cron { .. } | ScheduleError::Field { .. } | ScheduleError::NeverFires(_)
+                ),
                 "{bad:?}: {err}"
             );
         }
@@ -368,6 +483,85 @@ mod tests {
             Schedule::parse("* * * * *", "Mars/Olympus").unwrap_err(),
             ScheduleError::TimeZone("Mars/Olympus".into())
         );
+    }
+
+    #[test]
+    fn h_needs_the_job_name_and_describes_the_values_it_chose() {
+        assert_eq!(
+            Schedule::parse("H * * * *", "UTC").unwrap_err(),
+            ScheduleError::NeedsJobName("H * * * *".into())
+        );
+        let s = Schedule::parse_for_job("H H * * *", "UTC", "backup-db").unwrap();
+        let (m, h) = s.resolved().split_once(' ').unwrap();
+        let (m, h): (u32, u32) = (m.parse().unwrap(), h.split(' ').next().unwrap().parse().unwrap());
+        assert_eq!(s.resolved(), format!("{m} {h} * * *"));
+        assert!(s.describe().contains(&format!("{h:02}:{m:02}")), "{}", s.describe());
+        assert!(s.describe().contains("H for this job"), "{}", s.describe());
+        let next = s.next_after(ms("2026-01-01T00:00:00Z")).unwrap();
+        assert_eq!(rfc3339_ms(next), format!("2026-01-01T{h:02}:{m:02}:00.000Z"));
+        // the same name, the same values; and H is fixed-time like the numbers it stands for
+        let again = Schedule::parse_for_job("H H * * *", "UTC", "backup-db").unwrap();
+        assert_eq!(again.resolved(), s.resolved());
+        assert_eq!(s.dst_rule(), Some(DstRule::FixedTime));
+        // an expression without H parses the same with or without a name
+        let plain = Schedule::parse_for_job("*/5 * * * *", "UTC", "x").unwrap();
+        assert_eq!(plain.resolved(), "*/5 * * * *");
+        assert_eq!(
+            plain.describe(),
+            Schedule::parse("*/5 * * * *", "UTC").unwrap().describe()
+        );
+    }
+
+    #[test]
+    fn a_thousand_hourly_h_jobs_cover_at_least_fifty_minutes() {
+        let from = ms("2026-01-01T00:00:00Z");
+        let minutes: std::collections::HashSet<i64> = (0..1000)
+            .map(|i| {
+                let s = Schedule::parse_for_job("H * * * *", "UTC", &format!("report-{i}")).unwrap();
+                (s.next_after(from).unwrap() - from) / 60_000
+            })
+            .collect();
+        assert!(minutes.len() >= 50, "{} distinct minutes", minutes.len());
+    }
+
+    #[test]
+    fn field_errors_name_the_field_and_what_it_accepts() {
+        let err = Schedule::parse("0 9 * * 5DAY", "UTC").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("the day-of-week field \"5DAY\""), "{text}");
+        assert!(text.contains("accepts 0-7 (0 and 7 = Sunday) or names"), "{text}");
+        assert!(!text.contains("illegal character"), "{text}");
+        assert!(matches!(
+            err,
+            ScheduleError::Field {
+                field: "day-of-week",
+                ..
+            }
+        ));
+        let err = Schedule::parse("0 0 * 13 *", "UTC").unwrap_err().to_string();
+        assert!(err.contains("the month field \"13\": 13 is out of range 1-12"), "{err}");
+    }
+
+    #[test]
+    fn a_schedule_whose_meaning_changed_with_the_day_rule_carries_a_warning() {
+        let s = Schedule::parse("0 0 */2 * 1", "UTC").unwrap();
+        assert_eq!(s.warnings().len(), 1);
+        assert!(s.warnings()[0].contains("1-31/2"), "{:?}", s.warnings());
+        assert!(Schedule::parse("0 0 1-31/2 * 1", "UTC").unwrap().warnings().is_empty());
+        assert!(Schedule::parse("@weekly", "UTC").unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn wildcard_and_interval_schedules_follow_the_wall_clock() {
+        for (e, rule) in [
+            ("* * * * *", Some(DstRule::WallClock)),
+            ("@hourly", Some(DstRule::WallClock)),
+            ("@daily", Some(DstRule::FixedTime)),
+            ("30 1,2 * * *", Some(DstRule::FixedTime)),
+            ("@every 1h", None),
+        ] {
+            assert_eq!(Schedule::parse(e, "UTC").unwrap().dst_rule(), rule, "{e}");
+        }
     }
 
     #[test]
