@@ -148,6 +148,7 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
     let mut workers = st.coord.watch_prefix("workers", "workers/".into(), stop.clone());
     let mut relay = st.coord.watch_prefix("feed", "feed/".into(), stop.clone());
     let mut known_jobs: HashMap<String, i64> = HashMap::new();
+    let mut changed_meaning = super::meaning::ChangedMeaning::default();
     let mut known_workers: HashSet<String> = HashSet::new();
     let (mut jobs_synced, mut workers_synced) = (false, false);
     let me = format!("{}/", st.config.master.id);
@@ -168,15 +169,18 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                             st.feed.publish(FeedEvent::JobDeleted { ts: now_ms(), revision, name: gone.clone() });
                         }
                     }
+                    changed_meaning.listed(items.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())));
                     known_jobs = now;
                     jobs_synced = true;
                 }
                 WatchEvent::Put(kv) => {
                     known_jobs.insert(kv.key.clone(), kv.mod_revision);
+                    changed_meaning.saved(&kv.key, &kv.value);
                     publish_job(&st, &kv.key, &kv.value, kv.mod_revision);
                 }
                 WatchEvent::Delete { key, revision, .. } => {
                     known_jobs.remove(&key);
+                    changed_meaning.deleted(&key);
                     st.feed.publish(FeedEvent::JobDeleted { ts: now_ms(), revision, name: key });
                 }
             },

@@ -272,7 +272,7 @@ pub fn day_rule_change(expr: &str) -> Option<String> {
         format!("day-of-week {dow_text:?}")
     };
     Some(format!(
-        "the meaning of {t:?} changed in cronmesh 0.2: {which} starts with '*', so a day must now match both day-of-month and day-of-week (the crontab(5) rule); before, either was enough. To keep the old meaning, write {:?}",
+        "the meaning of {t:?} changed when cronmesh adopted the crontab(5) day rule: {which} starts with '*', so a day must now match both day-of-month and day-of-week; before, either was enough. To keep the old meaning, write {:?}",
         kept.join(" ")
     ))
 }
@@ -478,8 +478,11 @@ fn hashed(field: Field, element: &str, rest: &str, step: Option<u32>, job: Optio
         None => hash::pick(job, field.name(), lo, span).to_string(),
         Some(n) => {
             let start = hash::pick(job, field.name(), lo, n.min(span));
-            let values: Vec<String> = (start..=hi).step_by(n as usize).map(|v| v.to_string()).collect();
-            values.join(",")
+            if start == hi {
+                start.to_string()
+            } else {
+                format!("{start}-{hi}/{n}")
+            }
         }
     };
     Ok(Element { croner, hashed: true })
@@ -572,11 +575,9 @@ mod tests {
         for job in (0..200).map(|i| format!("j{i}")) {
             let r = resolve("H(0-29)/10 H(9-17) H * H", Some(&job)).unwrap();
             let f: Vec<&str> = r.shown.split(' ').collect();
-            let mins: Vec<u32> = f[0].split(',').map(|v| v.parse().unwrap()).collect();
-            assert!(
-                mins.len() == 3 && mins[0] < 10 && mins.windows(2).all(|w| w[1] == w[0] + 10),
-                "{r:?}"
-            );
+            let (start, rest) = f[0].split_once('-').unwrap();
+            let start: u32 = start.parse().unwrap();
+            assert!(start < 10 && rest == "29/10", "{r:?}");
             let hour: u32 = f[1].parse().unwrap();
             assert!((9..=17).contains(&hour));
             let day: u32 = f[2].parse().unwrap();

@@ -15,6 +15,7 @@ mod lifecycle;
 mod observability;
 mod outage;
 mod policies;
+mod schedules;
 mod standalone;
 mod traces;
 mod watch;
