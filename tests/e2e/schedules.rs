@@ -186,6 +186,37 @@ async fn schedule_preview_lists_fire_times_and_names_the_field_of_bad_input_with
         .send("POST", &m, "/api/v1/schedules/preview", Some(READ), Some(json!([1, 2])))
         .await;
     assert_eq!(st, 400);
+    // the CLI client of the route
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cronmesh"))
+            .args(["ctl", "--url", &m, "--token", READ, "preview"])
+            .args(args)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&[
+        "0,30 2 * * *",
+        "--timezone",
+        "America/New_York",
+        "--from",
+        "2030-03-09T12:00:00Z",
+        "--count",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("2030-03-10T03:00:00-04:00") && shown.contains("fixed_time"),
+        "{shown}"
+    );
+    let out = ctl(&["0 24 * * *"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("the hour field \"24\""),
+        "{}",
+        text(&out.stderr)
+    );
     let (_, rev_after) = c.coord.list_jobs().await.unwrap();
     assert_eq!(rev_before, rev_after, "a preview writes nothing");
 }
