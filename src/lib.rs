@@ -4,7 +4,8 @@
 //! Module map (one concern each; see docs/ARCHITECTURE.md for the invariants):
 //! - [`config`]: typed configuration for every role, file + env + flags, validated up front.
 //! - [`model`]: jobs, run records, worker registrations, signals; validation of job specs.
-//! - [`schedule`]: cron and `@every` parsing, time zones, next fire times (pure functions).
+//! - [`schedule`]: cron and `@every` parsing (names, `a/n`, `H`), the crontab(5) day rule, the
+//!   cron(8) DST rule, time zones, next fire times (pure functions).
 //! - [`coord`]: everything stored in or learnt from etcd; the only module that talks to etcd.
 //! - [`worker`]: ownership, the timer, claims, the executor, the reporter seam.
 //! - [`master`]: the master role: REST API, event feed, web page, seed routes, run-log ingest, auth.
