@@ -425,11 +425,17 @@ fn read_element(field: Field, element: &str, job: Option<&str>) -> Result<Elemen
                 return Err(format!("{element:?}: # takes no step"));
             }
             let day = value(field, day)?;
-            if nth != "L" && !matches!(nth, "1" | "2" | "3" | "4" | "5") {
-                return Err(format!(
-                    "{element:?}: # is followed by 1-5 or L (5#3: the third Friday)"
-                ));
-            }
+            let nth = match nth {
+                "L" => "L".to_string(),
+                n => match n.parse::<u32>() {
+                    Ok(k @ 1..=5) if n.bytes().all(|b| b.is_ascii_digit()) => k.to_string(),
+                    _ => {
+                        return Err(format!(
+                            "{element:?}: # is followed by 1-5 or L (5#3: the third Friday)"
+                        ));
+                    }
+                },
+            };
             return Ok(plain(format!("{day}#{nth}")));
         }
         if let Some(day) = base.strip_suffix('L')

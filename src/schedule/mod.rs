@@ -97,6 +97,7 @@ pub struct Schedule {
     expr: String,
     /// The expression with each `H` replaced by its values (the expression itself without `H`).
     resolved: String,
+    uses_hash: bool,
     warnings: Vec<String>,
 }
 
@@ -184,6 +185,7 @@ impl Schedule {
         let tz = parse_tz(tz)?;
         let trimmed = expr.trim();
         let mut resolved_text = trimmed.to_string();
+        let mut uses_hash = false;
         let mut warnings = Vec::new();
         let kind = if let Some(rest) = trimmed.strip_prefix("@every") {
             parse_every(expr, rest)?
@@ -198,7 +200,10 @@ impl Schedule {
                 expr: expr.to_string(),
                 reason: e.to_string(),
             })?;
-            resolved_text = r.shown;
+            if r.uses_hash {
+                resolved_text = r.shown;
+                uses_hash = true;
+            }
             warnings.extend(day_rule_change(trimmed));
             let rule = if r.fixed_time {
                 DstRule::FixedTime
@@ -215,6 +220,7 @@ impl Schedule {
             tz,
             expr: trimmed.to_string(),
             resolved: resolved_text,
+            uses_hash,
             warnings,
         };
         // A pattern like `0 0 30 2 *` parses but never fires: say so now, not at run time.
@@ -319,7 +325,7 @@ impl Schedule {
                 "Every {}",
                 humantime::format_duration(Duration::from_millis(*interval_ms as u64))
             ),
-            Kind::Cron { cron, .. } if self.resolved != self.expr && !self.expr.starts_with('@') => {
+            Kind::Cron { cron, .. } if self.uses_hash => {
                 format!("{} (H for this job: {})", cron.describe(), self.resolved)
             }
             Kind::Cron { cron, .. } => cron.describe(),
@@ -562,6 +568,75 @@ mod tests {
         ] {
             assert_eq!(Schedule::parse(e, "UTC").unwrap().dst_rule(), rule, "{e}");
         }
+    }
+
+    #[test]
+    fn expressions_croner_accepted_still_parse_and_mean_the_same_away_from_dst() {
+        // what stored jobs may hold: croner's syntax as cronmesh accepted it before; in UTC
+        // (no DST) and with no day rule change, every tick must be the one croner computes
+        let exprs = [
+            "*/5 * * * *",
+            "0 9 * * 1-5",
+            "0 9 * * MON-FRI",
+            "0 0 * * SAT-SUN",
+            "0 0 * * sun",
+            "30 9 1,15 * *",
+            "0 0 L * *",
+            "0 0 LW * *",
+            "0 0 15W * *",
+            "0 0 1W,15W * *",
+            "0 12 * * 5L",
+            "0 12 * * 5#L",
+            "0 12 * * 1#05",
+            "0 12 * * 7#2",
+            "0 0 1 JAN-MAR *",
+            "0 0 ? * 1",
+            "0 0 1 * ?",
+            "0 0 1,15 * 5",
+            "0 0 L * 5",
+            "0 0 1 * +5",
+            "0 0 */2 * *",
+            "00 01 * * *",
+            "*/60 * * * *",
+            "*/90 * * * *",
+            "10-50/20 */3 * * *",
+            "*/10 * * * * *",
+            "0 30 9 1 1 * 2030",
+            "0 0 0 * * * 2027-2031/2",
+            "@yearly",
+            "@monthly",
+            "@weekly",
+            "@daily",
+            "@hourly",
+        ];
+        let croner = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Optional)
+            .build();
+        for e in exprs {
+            let ours = Schedule::parse(e, "UTC").unwrap_or_else(|err| panic!("{e}: {err}"));
+            assert!(ours.warnings().is_empty(), "{e}");
+            let theirs = croner.parse(e).unwrap();
+            let mut t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+            for _ in 0..40 {
+                let Ok(next) = theirs.find_next_occurrence(&t, false) else {
+                    break;
+                };
+                assert_eq!(
+                    ours.next_after(t.timestamp_millis()).map(rfc3339_ms),
+                    Some(rfc3339_ms(next.timestamp_millis())),
+                    "{e} after {t}"
+                );
+                t = next;
+            }
+        }
+    }
+
+    #[test]
+    fn a_schedule_without_h_resolves_to_itself_as_written() {
+        let s = Schedule::parse("0  9 * *   fri", "UTC").unwrap();
+        assert_eq!(s.resolved(), "0  9 * *   fri");
+        assert!(!s.describe().contains("H for this job"), "{}", s.describe());
     }
 
     #[test]
