@@ -37,6 +37,23 @@ pub enum CtlCmd {
     Runs(RunsCmd),
     /// Live workers.
     Workers,
+    /// The next fire times of a schedule (or why it is invalid), as the master computes them.
+    Preview {
+        /// The schedule, e.g. "0,30 2 * * *" or "H H * * *".
+        schedule: String,
+        /// IANA time zone.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// Fire times after this instant (RFC 3339 or Unix ms; default now).
+        #[arg(long)]
+        from: Option<String>,
+        /// How many fire times (1-100).
+        #[arg(long, default_value_t = 5)]
+        count: u32,
+        /// The job's name, which H hashes.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Tail the event feed.
     Events {
         /// jobs, workers, runs (comma-separated).
@@ -255,6 +272,9 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                 for t in j["next_fire_times"].as_array().into_iter().flatten() {
                     text.push_str(&format!("\n  {}", s(t)));
                 }
+                for w in j["schedule_warnings"].as_array().into_iter().flatten() {
+                    text.push_str(&format!("\nwarning: {}", s(w)));
+                }
                 text
             }
         }
@@ -306,7 +326,11 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                 lines.push(if json {
                     j.to_string()
                 } else {
-                    format!("job {name} applied (revision {})", s(&j["revision"]))
+                    let mut line = format!("job {name} applied (revision {})", s(&j["revision"]));
+                    for w in j["schedule_warnings"].as_array().into_iter().flatten() {
+                        line.push_str(&format!("\nwarning: {name}: {}", s(w)));
+                    }
+                    line
                 });
             }
             lines.join("\n")
@@ -412,6 +436,39 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
             }
         }
         CtlCmd::Events { .. } => unreachable!(),
+        CtlCmd::Preview {
+            schedule,
+            timezone,
+            from,
+            count,
+            name,
+        } => {
+            let mut body = serde_json::json!({ "schedule": schedule, "timezone": timezone, "count": count });
+            if let Some(f) = from {
+                body["from"] = f.parse::<i64>().map(Value::from).unwrap_or(Value::String(f));
+            }
+            if let Some(n) = name {
+                body["name"] = Value::String(n);
+            }
+            let p = c.call(Method::POST, "/api/v1/schedules/preview", Some(body)).await?;
+            if json {
+                serde_json::to_string_pretty(&p).unwrap_or_default()
+            } else {
+                let mut text = format!(
+                    "{}\n{} ({})",
+                    s(&p["resolved"]),
+                    s(&p["description"]),
+                    s(&p["dst_rule"])
+                );
+                for t in p["next_fire_times"].as_array().into_iter().flatten() {
+                    text.push_str(&format!("\n  {}", s(t)));
+                }
+                for w in p["warnings"].as_array().into_iter().flatten() {
+                    text.push_str(&format!("\nwarning: {}", s(w)));
+                }
+                text
+            }
+        }
         CtlCmd::Workers => {
             let ws = c.call(Method::GET, "/api/v1/workers", None).await?;
             if json {

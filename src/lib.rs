@@ -5,7 +5,8 @@
 //! - [`cluster`]: what both roles agree on: who schedules which job, and the report seam.
 //! - [`config`]: typed configuration for every role, file + env + flags, validated up front.
 //! - [`model`]: jobs, run records, worker registrations, signals; validation of job specs.
-//! - [`schedule`]: cron and `@every` parsing, time zones, next fire times (pure functions).
+//! - [`schedule`]: cron and `@every` parsing (names, `a/n`, `H`), the crontab(5) day rule, the
+//!   cron(8) DST rule, time zones, next fire times (pure functions).
 //! - [`coord`]: everything stored in or learnt from etcd; the only module that talks to etcd.
 //! - [`worker`]: the worker role: the scheduler (a sans-I/O core and its shell), the executor,
 //!   the reporter.

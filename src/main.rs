@@ -59,13 +59,16 @@ enum Cmd {
     Worker(WorkerArgs),
     /// A master and a worker in one process, with a private etcd unless --etcd is given.
     Standalone(StandaloneArgs),
-    /// Check a job spec file (JSON or TOML) and print its next fire times.
+    /// Check a job spec file (JSON or TOML) and print its next fire times (warnings on stderr).
     Check {
         /// The job file.
         file: PathBuf,
         /// How many fire times to print.
         #[arg(long, default_value_t = 5)]
         next: usize,
+        /// Fire times after this instant instead of now (RFC 3339, e.g. 2026-03-29T00:00:00+01:00).
+        #[arg(long, value_parser = parse_instant)]
+        from: Option<i64>,
     },
     /// Client of the REST API: jobs, runs, workers.
     Ctl(cronmesh::ctl::CtlArgs),
@@ -156,8 +159,8 @@ struct StandaloneArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     cronmesh::worker::executor::raise_fd_limit();
-    if let Cmd::Check { file, next } = &cli.command {
-        return check_job(file, *next);
+    if let Cmd::Check { file, next, from } = &cli.command {
+        return check_job(file, *next, *from);
     }
     if let Cmd::Ctl(_) = &cli.command {
         let Cmd::Ctl(args) = cli.command else { unreachable!() };
@@ -345,12 +348,22 @@ fn read_job(file: &std::path::Path) -> Result<JobSpec> {
     Ok(spec)
 }
 
-fn check_job(file: &std::path::Path, next: usize) -> Result<()> {
+/// `--from`: an RFC 3339 instant, as Unix milliseconds.
+fn parse_instant(v: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| "write an RFC 3339 time with its offset, e.g. 2026-03-29T00:00:00Z".to_string())
+}
+
+fn check_job(file: &std::path::Path, next: usize, from: Option<i64>) -> Result<()> {
     let spec = read_job(file)?;
     let schedule: Schedule = spec.validate()?;
     println!("{}: valid. {}", spec.name, schedule.describe());
-    for t in schedule.next_n_rfc3339(chrono::Utc::now().timestamp_millis(), next) {
+    for t in schedule.next_n_rfc3339(from.unwrap_or_else(|| chrono::Utc::now().timestamp_millis()), next) {
         println!("  {t}");
+    }
+    for w in schedule.warnings() {
+        eprintln!("warning: {}: {w}", spec.name);
     }
     Ok(())
 }

@@ -186,14 +186,15 @@ impl JobSpec {
 
     /// Validates every field; returns the parsed schedule so callers need not parse twice.
     pub fn validate(&self) -> Result<Schedule, ValidationError> {
-        self.validate_with(Schedule::parse)
+        self.validate_with(Schedule::parse_for_job)
     }
 
-    /// `validate` with the schedule parsed by `parse(expr, timezone)`: the worker passes its
-    /// cache of shared schedules, so 100,000 jobs of a few expressions parse a few times.
+    /// `validate` with the schedule parsed by `parse(expr, timezone, job_name)` (the name is
+    /// what `H` hashes): the worker passes its cache of shared schedules, so 100,000 jobs of a
+    /// few expressions parse a few times.
     pub fn validate_with<S>(
         &self,
-        parse: impl FnOnce(&str, &str) -> Result<S, ScheduleError>,
+        parse: impl FnOnce(&str, &str, &str) -> Result<S, ScheduleError>,
     ) -> Result<S, ValidationError> {
         validate_name(&self.name)?;
         if self.command.trim().is_empty() {
@@ -253,7 +254,7 @@ impl JobSpec {
                 return Err(invalid("selector", "label keys must be 1-63 characters"));
             }
         }
-        parse(&self.schedule, &self.timezone).map_err(|e| match e {
+        parse(&self.schedule, &self.timezone, &self.name).map_err(|e| match e {
             ScheduleError::TimeZone(_) => invalid("timezone", e.to_string()),
             _ => invalid("schedule", e.to_string()),
         })
@@ -537,6 +538,8 @@ mod tests {
         let cases: Vec<(&str, Mutation)> = vec![
             ("schedule", Box::new(|s| s.schedule = "61 * * * *".into())),
             ("schedule", Box::new(|s| s.schedule = "@every 0s".into())),
+            ("schedule", Box::new(|s| s.schedule = "H(5) * * * *".into())),
+            ("schedule", Box::new(|s| s.schedule = "0 9 * * fryday".into())),
             ("timezone", Box::new(|s| s.timezone = "Mars/Base".into())),
             ("name", Box::new(|s| s.name = "a/b".into())),
             ("name", Box::new(|s| s.name = "..".into())),
@@ -571,6 +574,22 @@ mod tests {
             assert_eq!(err.field, field, "{err}");
             assert!(!err.message.is_empty());
         }
+    }
+
+    #[test]
+    fn a_schedule_with_h_is_resolved_with_the_jobs_own_name() {
+        let mut s = spec();
+        s.schedule = "H H * * *".into();
+        let parsed = s.validate().unwrap();
+        let expected = Schedule::parse_for_job("H H * * *", "UTC", "backup-db").unwrap();
+        assert_eq!(parsed.resolved(), expected.resolved());
+        let mut seen = None;
+        s.validate_with(|expr, tz, job| {
+            seen = Some((expr.to_string(), tz.to_string(), job.to_string()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, Some(("H H * * *".into(), "UTC".into(), "backup-db".into())));
     }
 
     #[test]

@@ -9,13 +9,14 @@ use crate::logstore::RunQuery;
 use crate::model::{
     JobSpec, KillSignal, ReportBatch, RunRecord, RunStarted, RunStatus, StoredJob, WorkerInfo, validate_name,
 };
-use crate::schedule::Schedule;
+use crate::schedule::{DstRule, MAX_PREVIEW, Schedule, ScheduleError};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::TimeZone;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/runs"),
     ("get", "/api/v1/runs/{run_id}"),
     ("get", "/api/v1/workers"),
+    ("post", "/api/v1/schedules/preview"),
     ("post", "/api/v1/reports"),
     ("get", "/api/v1/events"),
     ("get", "/api/v1/openapi.json"),
@@ -55,6 +57,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{run_id}", get(get_run))
         .route("/api/v1/workers", get(list_workers))
+        .route("/api/v1/schedules/preview", post(preview_schedule))
         .route("/api/v1/reports", post(report))
         .route("/api/v1/events", get(super::feed::events))
         .route("/api/v1/openapi.json", get(openapi))
@@ -93,6 +96,11 @@ pub struct JobView {
     #[serde(flatten)]
     pub job: StoredJob,
     pub schedule_description: String,
+    /// The schedule with each `H` replaced by the values chosen for this job.
+    pub schedule_resolved: String,
+    /// Things people should know about the schedule: its meaning changed with the crontab(5)
+    /// day rule (and how to keep the old one). Usually empty.
+    pub schedule_warnings: Vec<String>,
     pub next_fire_times: Vec<String>,
     /// The job's newest run record (by planned time), if it has one.
     pub last_run: Option<LastRun>,
@@ -109,13 +117,21 @@ pub struct LastRun {
 }
 
 pub fn job_view(job: StoredJob, n: usize, last: Option<RunRecord>) -> JobView {
-    let (desc, next) = match Schedule::parse(&job.spec.schedule, &job.spec.timezone) {
-        Ok(s) => (s.describe(), s.next_n_rfc3339(now_ms(), n)),
-        Err(e) => (e.to_string(), Vec::new()),
+    let spec = &job.spec;
+    let (desc, resolved, warnings, next) = match Schedule::parse_for_job(&spec.schedule, &spec.timezone, &spec.name) {
+        Ok(s) => (
+            s.describe(),
+            s.resolved().to_string(),
+            s.warnings().to_vec(),
+            s.next_n_rfc3339(now_ms(), n),
+        ),
+        Err(e) => (e.to_string(), spec.schedule.clone(), Vec::new(), Vec::new()),
     };
     JobView {
         job,
         schedule_description: desc,
+        schedule_resolved: resolved,
+        schedule_warnings: warnings,
         next_fire_times: next,
         last_run: last.map(|r| LastRun {
             run_id: r.run_id,
@@ -557,6 +573,131 @@ async fn report(
     ))
 }
 
+/// A time as JSON: Unix milliseconds or RFC 3339.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TimeArg {
+    Ms(i64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewBody {
+    schedule: Option<String>,
+    timezone: Option<String>,
+    /// Fire times strictly after this (default now).
+    from: Option<TimeArg>,
+    /// How many fire times (1-100, default 5).
+    count: Option<i64>,
+    /// The job's name, which `H` hashes (needed only when the schedule uses `H`).
+    name: Option<String>,
+}
+
+/// What `POST /api/v1/schedules/preview` answers.
+#[derive(Debug, Serialize)]
+pub struct Preview {
+    pub schedule: String,
+    pub timezone: String,
+    pub description: String,
+    /// The schedule with each `H` replaced by its values for `name`.
+    pub resolved: String,
+    /// `fixed_time` (runs once across DST changes), `wall_clock` (follows the clock), or
+    /// `interval` (`@every`).
+    pub dst_rule: &'static str,
+    pub from: String,
+    pub next_fire_times: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The next fire times of a schedule, or its validation error: what a job form shows while
+/// someone types. Changes nothing.
+async fn preview_schedule(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Json<Preview>, ApiError> {
+    authorize(&st, &headers, Need::Read)?;
+    let Json(value) = body?;
+    if !value.is_object() {
+        return Err(ApiError::bad(
+            "invalid_body",
+            "the body must be a JSON object: {\"schedule\", \"timezone\", \"from\", \"count\", \"name\"}",
+        ));
+    }
+    let b: PreviewBody = serde_path_to_error::deserialize(value).map_err(|e| {
+        let message = e.inner().to_string();
+        match e.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) => ApiError::BadRequest {
+                code: "invalid_body".into(),
+                message: format!("{key}: {message}"),
+                field: Some(key.clone()),
+            },
+            _ => ApiError::bad("invalid_body", message),
+        }
+    })?;
+    Ok(Json(preview(b, now_ms())?))
+}
+
+fn preview(b: PreviewBody, now: i64) -> Result<Preview, ApiError> {
+    let schedule = b
+        .schedule
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_field("schedule", "schedule is required, e.g. \"*/5 * * * *\""))?;
+    let timezone = b.timezone.unwrap_or_else(|| "UTC".into());
+    let count = b.count.unwrap_or(5);
+    if count < 1 || count > MAX_PREVIEW as i64 {
+        return Err(ApiError::bad_field(
+            "count",
+            format!("count must be between 1 and {MAX_PREVIEW}"),
+        ));
+    }
+    let from = match b.from {
+        None => now,
+        Some(TimeArg::Ms(ms)) => ms,
+        Some(TimeArg::Text(t)) => chrono::DateTime::parse_from_rfc3339(&t)
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| {
+                ApiError::bad_field(
+                    "from",
+                    format!("from {t:?} must be RFC 3339 (2026-01-01T00:00:00Z) or Unix milliseconds"),
+                )
+            })?,
+    };
+    if let Some(n) = &b.name {
+        valid_name(n)?;
+    }
+    let parsed = match &b.name {
+        Some(n) => Schedule::parse_for_job(&schedule, &timezone, n),
+        None => Schedule::parse(&schedule, &timezone),
+    };
+    let s = parsed.map_err(|e| match e {
+        ScheduleError::TimeZone(_) => ApiError::bad_field("timezone", e.to_string()),
+        ScheduleError::NeedsJobName(_) => ApiError::bad_field("name", e.to_string()),
+        _ => ApiError::bad_field("schedule", e.to_string()),
+    })?;
+    let from_text = s
+        .tz()
+        .timestamp_millis_opt(from)
+        .single()
+        .map(|t| t.to_rfc3339())
+        .ok_or_else(|| ApiError::bad_field("from", "from is outside the representable range"))?;
+    Ok(Preview {
+        description: s.describe(),
+        resolved: s.resolved().to_string(),
+        dst_rule: match s.dst_rule() {
+            Some(DstRule::FixedTime) => "fixed_time",
+            Some(DstRule::WallClock) => "wall_clock",
+            None => "interval",
+        },
+        next_fire_times: s.next_n_rfc3339(from, count as usize),
+        warnings: s.warnings().to_vec(),
+        schedule,
+        timezone,
+        from: from_text,
+    })
+}
+
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
@@ -574,4 +715,98 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: serde_json::Value) -> PreviewBody {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn field_of(e: ApiError) -> Option<String> {
+        match e {
+            ApiError::BadRequest { field, .. } => field,
+            other => panic!("not a 400: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_preview_lists_the_next_times_from_the_given_instant_in_the_zone() {
+        let p = preview(
+            body(serde_json::json!({"schedule": "0,30 2 * * *", "timezone": "America/New_York", "from": "2030-03-09T12:00:00Z", "count": 3})),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            p.next_fire_times,
+            [
+                "2030-03-10T03:00:00-04:00",
+                "2030-03-11T02:00:00-04:00",
+                "2030-03-11T02:30:00-04:00"
+            ]
+        );
+        assert_eq!(p.dst_rule, "fixed_time");
+        assert_eq!(p.from, "2030-03-09T07:00:00-05:00");
+        // from as Unix ms, count defaults to 5, zone to UTC
+        let p = preview(body(serde_json::json!({"schedule": "@hourly", "from": 0})), 0).unwrap();
+        assert_eq!(p.next_fire_times.len(), 5);
+        assert_eq!(p.next_fire_times[0], "1970-01-01T01:00:00+00:00");
+        assert_eq!(p.dst_rule, "wall_clock");
+    }
+
+    #[test]
+    fn a_preview_with_h_shows_the_values_chosen_for_the_name() {
+        let p = preview(
+            body(serde_json::json!({"schedule": "H * * * *", "name": "backup-db", "from": 0})),
+            0,
+        )
+        .unwrap();
+        let want = Schedule::parse_for_job("H * * * *", "UTC", "backup-db").unwrap();
+        assert_eq!(p.resolved, want.resolved());
+        assert_eq!(p.next_fire_times, want.next_n_rfc3339(0, 5));
+    }
+
+    #[test]
+    fn a_bad_preview_names_the_field_at_fault() {
+        let cases = [
+            (serde_json::json!({"timezone": "UTC"}), "schedule"),
+            (serde_json::json!({"schedule": "  "}), "schedule"),
+            (serde_json::json!({"schedule": "0 9 * * fryday"}), "schedule"),
+            (
+                serde_json::json!({"schedule": "@hourly", "timezone": "Mars/Olympus"}),
+                "timezone",
+            ),
+            (serde_json::json!({"schedule": "@hourly", "from": "yesterday"}), "from"),
+            (serde_json::json!({"schedule": "@hourly", "count": 0}), "count"),
+            (serde_json::json!({"schedule": "@hourly", "count": 101}), "count"),
+            (serde_json::json!({"schedule": "H * * * *"}), "name"),
+            (serde_json::json!({"schedule": "H * * * *", "name": "a/b"}), "name"),
+        ];
+        for (b, field) in cases {
+            let e = preview(body(b.clone()), 0).unwrap_err();
+            assert_eq!(field_of(e).as_deref(), Some(field), "{b}");
+        }
+    }
+
+    #[test]
+    fn a_job_view_shows_h_values_and_day_rule_warnings() {
+        let job = |name: &str, schedule: &str| StoredJob {
+            spec: JobSpec::new(name, schedule, "true"),
+            created_at: 0,
+            updated_at: 0,
+            revision: 1,
+        };
+        let v = job_view(job("backup-db", "H 3 * * *"), 1, None);
+        assert_eq!(
+            v.schedule_resolved,
+            Schedule::parse_for_job("H 3 * * *", "UTC", "backup-db")
+                .unwrap()
+                .resolved()
+        );
+        assert!(v.schedule_warnings.is_empty());
+        let v = job_view(job("odd-mondays", "0 0 */2 * 1"), 1, None);
+        assert_eq!(v.schedule_warnings.len(), 1, "{:?}", v.schedule_warnings);
+    }
 }

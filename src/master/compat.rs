@@ -2,7 +2,9 @@
 //! `{errno, msg, data}` envelope (`errno` 0 on success, -1 on error, HTTP 200 either way, as the
 //! seed did; auth failures keep their 401/403). Its `cronExpr` keeps the seed's cronexpr
 //! meaning: 5 fields are minute-level, 6 fields are minutes … year (a 0 second is prepended),
-//! 7 fields are seconds … year.
+//! 7 fields are seconds … year. The rest of cronexpr's syntax (`a/n` as "from a, every n", day
+//! and month names in full) is understood by `schedule` itself, here as everywhere, and a bad
+//! expression's message names the field at fault.
 
 use super::AppState;
 use super::api::authorize;

@@ -148,6 +148,7 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
     let mut workers = st.coord.watch_members(stop.clone());
     let mut relay = st.coord.watch_feed::<Vec<FeedEvent>>(stop.clone());
     let mut known_jobs: HashMap<String, i64> = HashMap::new();
+    let mut changed_meaning = super::meaning::ChangedMeaning::default();
     let mut known_workers: HashSet<String> = HashSet::new();
     let (mut jobs_synced, mut workers_synced) = (false, false);
     loop {
@@ -156,6 +157,7 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
             Some(ev) = jobs.events.recv() => match ev {
                 JobEvent::Reset { jobs: all, revision } => {
                     let now: HashMap<String, i64> = all.iter().map(|j| (j.name().to_string(), j.revision())).collect();
+                    changed_meaning.listed(all.iter().map(|j| (j.name(), schedule_of(j))));
                     if jobs_synced {
                         // a re-list after a compaction or a broken stream: publish the difference
                         for j in all {
@@ -172,10 +174,12 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                 }
                 JobEvent::Saved(j) => {
                     known_jobs.insert(j.name().to_string(), j.revision());
+                    changed_meaning.saved(j.name(), schedule_of(&j));
                     publish_job(&st, j);
                 }
                 JobEvent::Deleted { name, revision } => {
                     known_jobs.remove(&name);
+                    changed_meaning.deleted(&name);
                     st.feed.publish(FeedEvent::JobDeleted { ts: now_ms(), revision, name });
                 }
             },
@@ -216,6 +220,13 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+fn schedule_of(read: &JobRead) -> Option<&str> {
+    match read {
+        JobRead::Job(j) => Some(&j.spec.schedule),
+        JobRead::Bad { .. } => None,
     }
 }
 

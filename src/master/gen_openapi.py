@@ -24,6 +24,9 @@ paths={
    "responses":{"200":resp("A page of runs (without output)",{"type":"object","properties":{"runs":{"type":"array","items":ref("RunRecord")},"next_cursor":{"type":["string","null"]}}}),**common}}},
  "/api/v1/runs/{run_id}":{"get":{"summary":"One run with its output","operationId":"getRun","parameters":[{"name":"run_id","in":"path","required":True,"schema":{"type":"string"}}],"responses":{"200":resp("The run",ref("RunRecord")),"404":err,**common}}},
  "/api/v1/workers":{"get":{"summary":"Live workers","operationId":"listWorkers","responses":{"200":resp("Workers",{"type":"array","items":ref("Worker")}),**common}}},
+ "/api/v1/schedules/preview":{"post":{"summary":"The next fire times of a schedule, or its validation error (changes nothing; what the job form shows while typing)","operationId":"previewSchedule",
+   "requestBody":{"required":True,"content":{"application/json":{"schema":ref("PreviewRequest")}}},
+   "responses":{"200":resp("The next fire times",ref("Preview")),"413":err,"415":err,**common}}},
  "/api/v1/reports":{"post":{"summary":"Report runs (workers; role worker or admin)","operationId":"report","requestBody":{"required":True,"content":{"application/json":{"schema":ref("ReportBatch")}}},"responses":{"200":resp("Stored",{"type":"object","properties":{"inserted":{"type":"integer"},"duplicates":{"type":"integer"}}}),"413":err,**common}}},
  "/api/v1/events":{"get":{"summary":"WebSocket event feed (upgrade): job.saved, job.deleted, worker.joined, worker.left, run.started, run.finished, lagged","operationId":"events",
    "parameters":[q("topics",d="jobs,workers,runs (default all)"),q("job",d="job names, comma-separated"),q("status",d="run statuses for run.finished"),q("since_revision","integer","replay job events from this etcd revision"),q("token",d="bearer token, for clients that can set neither a header nor a subprotocol; browsers should offer the subprotocols cronmesh.v1 and cronmesh.bearer.<base64url(token)> instead, which keeps the token out of URLs")],
@@ -35,12 +38,14 @@ paths={
 dur={"type":"string","description":"humantime duration, e.g. 30s, 1h30m"}
 smap={"type":"object","additionalProperties":{"type":"string"}}
 jobspec={"type":"object","additionalProperties":False,"required":["schedule","command"],"properties":{
- "name":{"type":"string"},"schedule":{"type":"string","description":"5/6/7-field cron, @hourly-style macro, or @every 30s"},
+ "name":{"type":"string"},"schedule":{"type":"string","description":"5/6/7-field cron (names, a/n, L, W, #, H for a value hashed from the job name), @hourly-style macro, or @every 30s"},
  "timezone":{"type":"string","default":"UTC"},"command":{"type":"string"},"shell":{"type":"string","default":"/bin/sh"},
  "env":smap,"workdir":{"type":"string"},"timeout":dur,"retries":{"type":"integer"},"retry_backoff":dur,
  "concurrency":{"enum":["allow","forbid","replace"]},"misfire":{"enum":["run_once","skip"]},"starting_deadline":dur,
  "selector":smap,"paused":{"type":"boolean"},"max_output_bytes":{"type":"integer"},"description":{"type":"string"},"owner":{"type":"string"},"labels":smap}}
-job={"allOf":[ref("JobSpec"),{"type":"object","properties":{"created_at":{"type":"integer"},"updated_at":{"type":"integer"},"revision":{"type":"integer"},"schedule_description":{"type":"string"},"next_fire_times":{"type":"array","items":{"type":"string"}},
+warnings={"type":"array","items":{"type":"string"},"description":"things to know about the schedule, e.g. that its meaning changed with the crontab(5) day rule, with the expression that keeps the old meaning; usually empty"}
+job={"allOf":[ref("JobSpec"),{"type":"object","properties":{"created_at":{"type":"integer"},"updated_at":{"type":"integer"},"revision":{"type":"integer"},"schedule_description":{"type":"string"},
+ "schedule_resolved":{"type":"string","description":"the schedule with each H replaced by the values chosen for this job's name"},"schedule_warnings":warnings,"next_fire_times":{"type":"array","items":{"type":"string"}},
  "last_run":{"type":["object","null"],"description":"the newest run record of the job, in brief","properties":{"run_id":{"type":"string"},"status":{"enum":["succeeded","failed","timed_out","killed","skipped","lost"]},"planned_at":{"type":"integer"},"ended_at":{"type":["integer","null"]},"exit_code":{"type":["integer","null"]}}}}}]}
 ms={"type":["integer","null"],"description":"Unix ms"}
 run={"type":"object","properties":{"run_id":{"type":"string"},"job":{"type":"string"},"worker":{"type":"string"},"attempt":{"type":"integer"},"trigger":{"enum":["schedule","manual","retry"]},
@@ -53,6 +58,15 @@ doc={"openapi":"3.1.0","info":{"title":"cronmesh","version":"0.1.0","description
  "servers":[{"url":"/"}],"security":[{"bearer":[]}],"paths":paths,
  "components":{"securitySchemes":{"bearer":{"type":"http","scheme":"bearer","description":"Roles: read (GET), admin (everything), worker (reports)"}},
   "schemas":{"Error":{"type":"object","properties":{"error":{"type":"object","properties":{"code":{"type":"string"},"message":{"type":"string"},"field":{"type":"string","description":"the job-spec field at fault, when one is"}},"required":["code","message"]}}},
-   "JobSpec":jobspec,"Job":job,"RunRecord":run,"RunStarted":started,"Worker":worker,
+   "JobSpec":jobspec,"Job":job,
+   "PreviewRequest":{"type":"object","additionalProperties":False,"required":["schedule"],"properties":{
+     "schedule":{"type":"string","description":"as in a job spec"},"timezone":{"type":"string","default":"UTC"},
+     "from":{"type":["string","integer"],"description":"fire times strictly after this: RFC 3339 or Unix ms (default now)"},
+     "count":{"type":"integer","minimum":1,"maximum":100,"default":5},
+     "name":{"type":"string","description":"the job's name, which H hashes; required when the schedule uses H"}}},
+   "Preview":{"type":"object","properties":{"schedule":{"type":"string"},"timezone":{"type":"string"},"description":{"type":"string"},
+     "resolved":{"type":"string","description":"the schedule with each H replaced by its values for name"},
+     "dst_rule":{"enum":["fixed_time","wall_clock","interval"],"description":"fixed_time: runs once at a repeated wall time and at the end of a DST gap; wall_clock: follows the clock (both passes, skips the gap); interval: @every"},
+     "from":{"type":"string"},"next_fire_times":{"type":"array","items":{"type":"string"}},"warnings":warnings}},"RunRecord":run,"RunStarted":started,"Worker":worker,
    "ReportBatch":{"type":"object","additionalProperties":False,"properties":{"started":{"type":"array","items":ref("RunStarted")},"finished":{"type":"array","items":ref("RunRecord")}}}}}}
 open(__import__('os').path.join(__import__('os').path.dirname(__file__), 'openapi.json'),'w').write(json.dumps(doc,indent=1)+"\n")

@@ -228,3 +228,26 @@ impl EtcdRequest {
             .observe(self.latency.as_secs_f64());
     }
 }
+
+/// A stored job's schedule means something else since cronmesh adopted the crontab(5) day rule
+/// (seen by a master's job watch: at start, and when such a job is saved).
+pub struct ScheduleMeaningChanged<'a> {
+    pub job: &'a str,
+    pub schedule: &'a str,
+    /// What changed, and the expression that keeps the old meaning.
+    pub advice: &'a str,
+    /// How many stored jobs are in this case now.
+    pub jobs_affected: usize,
+}
+impl ScheduleMeaningChanged<'_> {
+    pub fn emit(self) {
+        METRICS.jobs_day_rule_changed.set(self.jobs_affected as i64);
+        warn!(
+            job = self.job,
+            schedule = self.schedule,
+            jobs_affected = self.jobs_affected,
+            advice = self.advice,
+            "a stored job's schedule changed meaning with the crontab(5) day rule; rewrite it as advised to keep the old meaning"
+        );
+    }
+}

@@ -124,6 +124,7 @@ pub struct Metrics {
     pub logstore_batch_size: Histogram,
     pub logstore_records: IntCounterVec,
     pub last_run_lookups: IntCounterVec,
+    pub jobs_day_rule_changed: IntGauge,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
     pub feed_subscribers: IntGauge,
@@ -277,6 +278,10 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "cronmesh_last_run_lookups_total",
             "Job views' last-run lookups, by where the answer came from (memory, store).",
             &["source"],
+        ),
+        jobs_day_rule_changed: gauge(
+            "cronmesh_jobs_day_rule_changed",
+            "Stored jobs (seen by this master) whose schedule means something else since cronmesh adopted the crontab(5) day rule; each is logged with the expression that keeps its old meaning.",
         ),
         http_requests: counter_vec(
             "cronmesh_http_requests_total",

@@ -16,6 +16,7 @@ mod lifecycle;
 mod observability;
 mod outage;
 mod policies;
+mod schedules;
 mod standalone;
 mod traces;
 mod watch;

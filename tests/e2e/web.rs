@@ -62,6 +62,7 @@ async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_br
     for shot in [
         "01-sign-in",
         "03-job-form-error",
+        "03b-job-form-preview",
         "04-job-detail-live-runs",
         "05-run-output",
         "11-workers",

@@ -119,6 +119,39 @@ if (MODE === 'ui') {
       assert.equal((await apiCall('GET', '/api/v1/jobs/ui-hello')).status, 404, 'the invalid job was not stored');
     });
 
+    await t.test('the form previews the next fire times while a schedule is typed', async () => {
+      const box = page.locator('#schedule-preview');
+      const times = page.locator('#preview-times li');
+      // the issue's New York example: the times are shown in the job's zone, with its offset
+      await page.fill('#f-schedule', '0,30 2 * * *');
+      await page.fill('#f-timezone', 'America/New_York');
+      await page.waitForFunction(() => document.querySelectorAll('#preview-times li').length === 5
+        && document.querySelector('#preview-times li').textContent.match(/ 0[23]:[03]0:00 -0[45]:00$/));
+      assert.match(await box.textContent(), /Runs once when DST repeats an hour/);
+      // H: the values chosen for this job's name, the same the API gives
+      await page.fill('#f-schedule', 'H H * * *');
+      const api = await apiCall('POST', '/api/v1/schedules/preview', { schedule: 'H H * * *', timezone: 'America/New_York', name: 'ui-hello' }, READ);
+      assert.equal(api.status, 200);
+      await box.getByText(`H for this job: ${api.body.resolved}`).waitFor();
+      assert.equal(await times.count(), 5);
+      // without a name, H cannot be resolved, and the page says what to do
+      await page.fill('#f-name', '');
+      await page.locator('#preview-error', { hasText: 'enter the name' }).waitFor();
+      await page.fill('#f-name', 'ui-hello');
+      await times.first().waitFor();
+      // an invalid expression: the field at fault and what it accepts, while typing
+      await page.fill('#f-schedule', '0 9 * * fryday');
+      await page.locator('#preview-error', { hasText: 'the day-of-week field "fryday"' }).waitFor();
+      assert.match(await page.locator('#preview-error').textContent(), /names \(mon or monday\)/);
+      // a schedule whose meaning changed with the crontab(5) day rule: a warning with the rewrite
+      await page.fill('#f-schedule', '0 0 */2 * 1');
+      await box.locator('.warning', { hasText: '0 0 1-31/2 * 1' }).waitFor();
+      await shot(page, '03b-job-form-preview');
+      await page.fill('#f-schedule', '');
+      await page.waitForFunction(() => document.getElementById('schedule-preview').dataset.state === 'empty');
+      assert.equal((await apiCall('GET', '/api/v1/jobs/ui-hello')).status, 404, 'previews store nothing');
+    });
+
     await t.test('a bad time zone and a bad timeout are shown next to their fields too', async () => {
       await page.fill('#f-schedule', '@every 2s');
       await page.fill('#f-timezone', 'Mars/Olympus_Mons');

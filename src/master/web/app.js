@@ -250,6 +250,7 @@ function jobSaved(job) {
   state.jobs.set(name, {
     ...job,
     schedule_description: old && old.schedule === job.schedule ? old.schedule_description : '',
+    schedule_warnings: old && old.schedule === job.schedule ? old.schedule_warnings : [],
     next_fire_times: old && old.schedule === job.schedule && old.timezone === job.timezone ? old.next_fire_times : [],
     last_run: old ? old.last_run : null,
     stale: true,
@@ -593,6 +594,61 @@ function openJobForm(name) {
   }
   $('#job-dialog').showModal();
   (job ? f.elements.schedule : nameInput).focus();
+  runPreview();
+}
+
+// ---------------------------------------------------------------- the schedule preview
+
+// While someone types a schedule, its next fire times (or why it is invalid) come from
+// POST /api/v1/schedules/preview, a quarter of a second after the last key; an older answer
+// arriving late is dropped.
+const PREVIEW_DELAY_MS = 250;
+const preview = { timer: null, seq: 0 };
+
+function previewSoon() {
+  clearTimeout(preview.timer);
+  preview.timer = setTimeout(runPreview, PREVIEW_DELAY_MS);
+}
+
+// "2030-03-10T03:00:00-04:00" as "Sun 2030-03-10 03:00:00 -04:00": the zone's own wall time,
+// so a DST change shows in the offset.
+function fmtZoned(t) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}:\d{2}:\d{2})(?:\.\d+)?(.*)$/.exec(t);
+  if (!m) return t;
+  const wd = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'][new Date(Date.UTC(+m[1], +m[2] - 1, +m[3])).getUTCDay()];
+  return `${wd} ${m[1]}-${m[2]}-${m[3]} ${m[4]} ${m[5] === '+00:00' ? 'UTC' : m[5]}`;
+}
+
+async function runPreview() {
+  clearTimeout(preview.timer);
+  const f = $('#job-form');
+  const box = $('#schedule-preview');
+  const seq = ++preview.seq;
+  const schedule = f.elements.schedule.value.trim();
+  if (!schedule) { box.dataset.state = 'empty'; fill(box); return; }
+  const body = { schedule, count: 5 };
+  const tz = f.elements.timezone.value.trim();
+  if (tz) body.timezone = tz;
+  const name = f.elements.name.value.trim();
+  if (name) body.name = name;
+  let p;
+  try {
+    p = await api('POST', '/api/v1/schedules/preview', body);
+  } catch (e) {
+    if (seq !== preview.seq) return;
+    box.dataset.state = 'error';
+    const msg = e.field === 'name' && !name ? 'This schedule uses H, which is chosen from the job name: enter the name to see its times.'
+      : e.message;
+    fill(box, el('p', { class: 'preview-error', id: 'preview-error' }, msg));
+    return;
+  }
+  if (seq !== preview.seq) return;
+  box.dataset.state = 'ok';
+  fill(box,
+    el('p', { class: 'muted' }, p.description,
+      p.dst_rule === 'fixed_time' && p.timezone !== 'UTC' ? ' Runs once when DST repeats an hour, and at the end of a skipped hour.' : ''),
+    el('ol', { id: 'preview-times' }, p.next_fire_times.map((t) => el('li', {}, el('time', { datetime: t }, fmtZoned(t))))),
+    (p.warnings || []).map((w) => el('p', { class: 'warning' }, w)));
 }
 
 function clearFormErrors() {
@@ -882,7 +938,8 @@ function renderJobsBody() {
         el('td', { 'data-label': 'Name' }, el('a', { href: `#/jobs/${encodeURIComponent(name)}`, dataset: { key: `${name}/link` } }, name),
           j.description ? el('div', { class: 'muted small' }, j.description) : null),
         el('td', { 'data-label': 'Schedule' }, el('span', { class: 'sched' }, j.schedule),
-          el('div', { class: 'muted small' }, j.schedule_description || ''), j.timezone !== 'UTC' ? el('div', { class: 'muted small' }, j.timezone) : null),
+          el('div', { class: 'muted small' }, j.schedule_description || ''), j.timezone !== 'UTC' ? el('div', { class: 'muted small' }, j.timezone) : null,
+          (j.schedule_warnings || []).length ? el('div', { class: 'warning small', title: j.schedule_warnings[0] }, 'meaning changed: see the job') : null),
         el('td', { 'data-label': 'Next run' }, j.paused ? el('span', { class: 'muted' }, '—')
           : nf ? el('span', {}, timeEl(nf), el('div', { class: 'muted small' }, (j.next_fire_times || []).filter((t) => Date.parse(t) >= nf).slice(0, 3).map((t) => fmtShort(Date.parse(t))).join(', ')))
             : el('span', { class: 'muted' }, 'due')),
@@ -939,6 +996,7 @@ function renderJob(name) {
       el('p', { class: 'small' }, el('a', { href: '#/jobs' }, '← All jobs')),
       el('h1', {}, s.name, s.paused ? el('span', { class: 'badge paused' }, 'paused') : null, runningOf(s.name) ? badge('running') : null),
       s.description ? el('p', { class: 'muted' }, s.description) : null,
+      (j.schedule_warnings || []).map((w) => el('p', { class: 'warning', role: 'note' }, w)),
       el('div', { class: 'toolbar' }, jobActions(j, 'head/')),
       el('dl', { class: 'spec' }, spec.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])));
   });
@@ -1052,6 +1110,12 @@ function start() {
   $('#token-signout').addEventListener('click', forgetToken);
   $('#token-button').addEventListener('click', () => askToken(null));
   $('#job-form').addEventListener('submit', saveJob);
+  for (const k of ['schedule', 'timezone', 'name']) $('#job-form').elements[k].addEventListener('input', previewSoon);
+  // editing a field takes its old error away (the preview speaks for the schedule meanwhile)
+  $('#job-form').addEventListener('input', (ev) => {
+    const slot = ev.target.name && document.getElementById(`e-${ev.target.name}`);
+    if (slot && !slot.hidden) { slot.hidden = true; slot.textContent = ''; ev.target.removeAttribute('aria-invalid'); }
+  });
   $('#job-cancel').addEventListener('click', () => $('#job-dialog').close());
   $('#run-close').addEventListener('click', () => { $('#run-dialog').dataset.run = ''; $('#run-dialog').close(); });
   $('#conn-retry').addEventListener('click', () => feed.restart());

@@ -457,7 +457,10 @@ impl Core {
                 return;
             }
         };
-        let schedule = match job.spec.validate_with(|expr, tz| self.schedules.get_or_parse(expr, tz)) {
+        let schedule = match job
+            .spec
+            .validate_with(|expr, tz, job| self.schedules.get_or_parse(expr, tz, job))
+        {
             Ok(s) => s,
             Err(e) => {
                 error!(job = %job.spec.name, revision = job.revision, error = %e, "job in etcd is invalid and will not be scheduled; fix it through the API");
