@@ -56,8 +56,9 @@ fleet = [
     panel(17, "Workers up", ['max(cronmesh_members)'], 0, 44, w=6, kind="stat"),
     panel(18, "Jobs", ['max(cronmesh_jobs)'], 6, 44, w=6, kind="stat"),
     panel(19, "Owned jobs per worker", ['cronmesh_owned_jobs'], 12, 44, legends=["{{instance}}"]),
-    panel(20, "Watch restarts, by watch and reason", ['sum by (watch, reason) (increase(cronmesh_watch_restarts_total[1h]))'], 0, 52, legends=["{{watch}} {{reason}}"]),
-    panel(21, "Membership leases lost", ['sum(increase(cronmesh_membership_lease_lost_total[1h]))'], 12, 52),
+    panel(20, "Watch restarts, by watch and reason", ['sum by (watch, reason) (increase(cronmesh_watch_restarts_total[1h]))'], 0, 52, w=8, legends=["{{watch}} {{reason}}"]),
+    panel(21, "Membership leases lost, undecodable values in etcd", ['sum(increase(cronmesh_membership_lease_lost_total[1h]))', 'sum by (watch) (increase(cronmesh_bad_values_total[1h]))'], 8, 52, w=8, legends=["leases lost", "bad values under {{watch}}/"]),
+    panel(31, "Run slots used per worker (and at capacity)", ['cronmesh_run_slots_used', 'cronmesh_run_slots', 'cronmesh_at_capacity * cronmesh_run_slots'], 16, 52, w=8, legends=["{{instance}} used", "{{instance}} slots", "{{instance}} at capacity"]),
 ]
 fleet += [
     row(22, "Reporting, run log, API, feed", 60),

@@ -114,7 +114,10 @@ pub struct WorkerConfig {
     /// Between SIGTERM and SIGKILL when a run times out.
     #[serde(with = "dur")]
     pub timeout_grace: Duration,
-    /// Most runs at once on this worker; further ticks are recorded as skipped (`capacity`).
+    /// Run slots: runs at once on this worker, counting the ticks claimed ahead and not yet
+    /// started. With no free slot the worker claims nothing and its jobs go to workers with
+    /// room; a tick is recorded skipped (`capacity`) only when no eligible worker has room
+    /// before its starting deadline.
     pub max_concurrent_runs: usize,
     /// Output kept per run when the job does not say (head and tail halves).
     pub max_output_bytes: u64,

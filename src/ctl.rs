@@ -475,7 +475,7 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                 serde_json::to_string_pretty(&ws).unwrap_or_default()
             } else {
                 table(
-                    &["ID", "LABELS", "OWNED", "RUNNING", "DRAINING", "HEARTBEAT"],
+                    &["ID", "LABELS", "OWNED", "RUNNING", "STATE", "HEARTBEAT"],
                     ws.as_array()
                         .into_iter()
                         .flatten()
@@ -494,7 +494,7 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                                 if labels.is_empty() { "-".into() } else { labels },
                                 s(&w["owned_jobs"]),
                                 w["running"].as_array().map(|r| r.len()).unwrap_or(0).to_string(),
-                                s(&w["draining"]),
+                                worker_state(w),
                                 time(&w["last_heartbeat"]),
                             ]
                         })
@@ -591,4 +591,21 @@ pub async fn events(
         println!("{}  {:<14} {detail}", time(&v["ts"]), s(&v["type"]));
     }
     Ok(())
+}
+
+/// A worker's state as the workers table shows it: draining, full (no free run slot: its jobs
+/// run elsewhere) or active, and `race` when it races for every tick.
+fn worker_state(w: &serde_json::Value) -> String {
+    let state = if w["draining"].as_bool() == Some(true) {
+        "draining"
+    } else if w["at_capacity"].as_bool() == Some(true) {
+        "full"
+    } else {
+        "active"
+    };
+    if w["dispatch"].as_str() == Some("race") {
+        format!("{state} (race)")
+    } else {
+        state.to_string()
+    }
 }

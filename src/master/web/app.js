@@ -1093,7 +1093,11 @@ function renderWorkers() {
         return el('tr', { dataset: { worker: w.id } },
           el('td', { 'data-label': 'Worker' }, el('strong', {}, w.id), el('div', { class: 'muted small' }, `v${w.version}`)),
           el('td', { 'data-label': 'Labels' }, Object.keys(w.labels || {}).length ? Object.entries(w.labels).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : el('span', { class: 'muted' }, 'none')),
-          el('td', { 'data-label': 'State' }, w.draining ? el('span', { class: 'badge paused' }, 'draining') : el('span', { class: 'badge succeeded' }, 'active')),
+          el('td', { 'data-label': 'State' },
+            w.draining ? el('span', { class: 'badge paused' }, 'draining')
+              : w.at_capacity ? el('span', { class: 'badge failed', title: 'every run slot is taken: its jobs run on workers with room' }, 'full')
+                : el('span', { class: 'badge succeeded' }, 'active'),
+            w.dispatch === 'race' ? el('span', { class: 'chip', title: 'dispatch = race: tries every tick it may run' }, 'race') : null),
           el('td', { 'data-label': 'Owned jobs' }, String(w.owned_jobs)),
           el('td', { 'data-label': 'Running' }, running.length ? running.map((r) => el('div', {}, el('button', { type: 'button', class: 'link', onclick: () => openRun(r.run_id) }, r.job))) : '0'),
           el('td', { 'data-label': 'Last heartbeat' }, w.last_heartbeat ? timeEl(w.last_heartbeat) : '—'),
