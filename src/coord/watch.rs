@@ -138,16 +138,34 @@ fn decode_job(name: &str, value: &[u8], revision: i64) -> JobRead {
             j.revision = revision;
             JobRead::Job(Box::new(j))
         }
-        Ok(j) => JobRead::Bad {
-            name: name.to_string(),
-            revision,
-            error: format!("its name field {:?} differs from its key", j.spec.name),
-        },
-        Err(e) => JobRead::Bad {
-            name: name.to_string(),
-            revision,
-            error: e.to_string(),
-        },
+        Ok(j) => {
+            let error = format!("its name field {:?} differs from its key", j.spec.name);
+            BadValueSkipped {
+                watch: "jobs",
+                key: name,
+                error: &error,
+            }
+            .emit();
+            JobRead::Bad {
+                name: name.to_string(),
+                revision,
+                error,
+            }
+        }
+        Err(e) => {
+            let error = e.to_string();
+            BadValueSkipped {
+                watch: "jobs",
+                key: name,
+                error: &error,
+            }
+            .emit();
+            JobRead::Bad {
+                name: name.to_string(),
+                revision,
+                error,
+            }
+        }
     }
 }
 
