@@ -1,0 +1,703 @@
+//! The scheduler core: every scheduling decision of a worker, as a state machine without I/O.
+//!
+//! It is fed `Input`s (watch events, claim answers, process starts and exits, drain) and the
+//! time, and asked for `Effect`s (claim these ticks, start this run, record this outcome, …)
+//! and for its next deadline (`poll_timeout`); `handle_timeout(now)` runs what is due. It never
+//! reads a clock, never touches etcd or a process, and never blocks, so it is tested with a
+//! manual clock in milliseconds (`scheduler::tests`). The shell (`scheduler::run`) drives it.
+//!
+//! Rules it keeps:
+//! - a tick runs only after its claim was won; ownership only decides who tries;
+//! - a run slot is taken *before* a tick is claimed: a full worker claims nothing, asks the
+//!   others to take its jobs (`Announce { at_capacity }`), and its due ticks wait for a slot
+//!   until they are handed over or reach their deadline;
+//! - every tick claimed here ends with a record (run, skipped), also through a drain;
+//! - work per tick is O(log n) (the timer heap); only membership changes touch every job.
+
+mod capacity;
+mod claiming;
+mod drain;
+mod running;
+
+use super::io::{Effect, Input, RunOrder};
+use super::schedules::ScheduleCache;
+use super::tick::{
+    ClaimPlan, ClaimTimes, SkipReason, Slot, Slots, Started, Tick, TickEnd, TickKind, TickState, exec_status, record,
+};
+use crate::cluster::ownership;
+use crate::coord::{ClaimOutcome, ClaimRequest, ClaimValue, JobEvent, JobRead, MemberEvent, SignalEvent};
+use crate::model::{
+    Concurrency, Dispatch, KillSignal, Misfire, RunNowSignal, RunRecord, RunStarted, RunStatus, StoredJob, Trigger,
+    WorkerInfo,
+};
+use crate::schedule::Schedule;
+use crate::telemetry::events::{
+    ClaimBatchDone, RunFinishedEvent, RunStartedEvent, SignalHandled, TickSkipped, TicksOverdue,
+};
+use crate::telemetry::metrics::METRICS;
+use crate::worker::executor::{Ending, ExecResult};
+use crate::worker::timer::TimerHeap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, error, info, warn};
+
+/// A tick whose claim is won this late (or less) still runs as an on-time tick; later, the
+/// misfire policy decides.
+pub const LATE_TOLERANCE_MS: i64 = 1000;
+/// Overdue ticks kept per job (the newest).
+pub const MAX_OVERDUE: usize = 100;
+/// A worker that filled up stays "at capacity" at least this long (fewer ownership moves).
+pub const CAPACITY_HOLD_MS: i64 = 5000;
+/// After a live worker hands a job over (it filled up, freed up or joined), the new owner
+/// claims the ticks of this much time before `claim_ahead` too, in case the old owner dropped
+/// them while the news travelled.
+pub const HANDOVER_LOOKBACK_MS: i64 = 1000;
+/// A run-now request whose claim failed is tried again after this long.
+pub const RUN_NOW_RETRY_MS: i64 = 1000;
+/// First and longest wait before overdue ticks are claimed again after a failed claim.
+const CLAIM_BACKOFF_MIN_MS: i64 = 100;
+const CLAIM_BACKOFF_MAX_MS: i64 = 2000;
+
+/// What the core needs to know about its worker.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub worker: String,
+    pub dispatch: Dispatch,
+    pub claim_ahead_ms: i64,
+    pub max_concurrent_runs: usize,
+    pub drain_timeout_ms: i64,
+}
+
+impl CoreConfig {
+    pub fn from_config(c: &crate::config::WorkerConfig) -> Self {
+        CoreConfig {
+            worker: c.id.clone(),
+            dispatch: c.dispatch,
+            claim_ahead_ms: c.claim_ahead.as_millis() as i64,
+            max_concurrent_runs: c.max_concurrent_runs,
+            drain_timeout_ms: c.drain_timeout.as_millis() as i64,
+        }
+    }
+}
+
+/// One job as the core holds it.
+struct JobState {
+    job: Arc<StoredJob>,
+    /// Shared with every job of the same expression and zone.
+    schedule: Arc<Schedule>,
+    /// Bumped when the spec or the ownership changes; older timers and ticks are stale.
+    generation: u64,
+    owned: bool,
+    /// The next scheduled tick not yet due for claiming.
+    next_tick: Option<i64>,
+    /// Ticks to claim as catch-up (found in a look-back, or whose claim failed), with the run id
+    /// of an earlier attempt: a claim that succeeded although its answer was lost is then
+    /// recognised as ours.
+    overdue: BTreeMap<i64, Option<String>>,
+    /// This job's ticks waiting, unclaimed, for a free slot (oldest first; rarely more than
+    /// one: an older one gives up when the next one is due).
+    waiting: Vec<String>,
+    /// The newest planned time this worker's claims have decided (won or lost): a look-back
+    /// after regaining the job starts after it.
+    decided_until: i64,
+}
+
+/// How far back to look for unclaimed ticks when a job is gained.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Lookback {
+    /// From the job's deadline window (or its last change): after a start, a job change, or
+    /// when the previous owner left the cluster.
+    Full,
+    /// Just the hand-over moment: the previous owner is alive and claimed what it owned.
+    Handover,
+}
+
+#[derive(Debug)]
+enum Timer {
+    Claim {
+        job: String,
+        generation: u64,
+    },
+    Overdue {
+        job: String,
+        generation: u64,
+    },
+    /// A claimed tick's planned time.
+    Fire {
+        run_id: String,
+    },
+    /// A retry's backoff ended.
+    Retry {
+        run_id: String,
+    },
+    /// A tick waiting for a slot reached its deadline.
+    SlotDeadline {
+        run_id: String,
+    },
+    RunNowRetry,
+    CapacityHold,
+    DrainDeadline,
+}
+
+/// The sans-I/O scheduler of one worker.
+pub struct Core {
+    cfg: CoreConfig,
+    jobs: HashMap<String, JobState>,
+    schedules: ScheduleCache,
+    members: BTreeMap<String, WorkerInfo>,
+    session: Option<i64>,
+    synced_jobs: bool,
+    synced_members: bool,
+    /// Run-now requests not yet claimed, by id.
+    triggers: HashMap<String, RunNowSignal>,
+    /// Run-now ids in a claim right now.
+    triggers_in_flight: HashSet<String>,
+    /// Every tick in flight on this worker, by its current run id.
+    ticks: HashMap<String, Tick>,
+    /// Ticks waiting for a slot, oldest first (entries of ticks that moved on are skipped).
+    waiting: VecDeque<String>,
+    /// How many ticks are in `WaitingForSlot` (all of them are in `waiting`).
+    waiting_live: usize,
+    /// Runs (marking or running) per job on this worker, for `forbid`.
+    active: HashMap<String, usize>,
+    timers: TimerHeap<Timer>,
+    slots: Slots,
+    /// Claims collected during one call, sent as one batch at its end.
+    batch: Vec<String>,
+    /// Claim batches in flight: their ticks in request order.
+    batches: HashMap<u64, Vec<String>>,
+    next_batch: u64,
+    next_gen: u64,
+    claim_backoff_ms: i64,
+    owned_count: usize,
+    draining: bool,
+    drain_deadline: Option<i64>,
+    drain_expired: bool,
+    at_capacity: bool,
+    full_since: i64,
+    /// Last values sent in `Announce`.
+    announced: (bool, bool),
+    effects: VecDeque<Effect>,
+    /// The time of the latest step, and whether it still has to be settled (claims batched,
+    /// slots handed out, capacity announced): steps are settled lazily, when effects or the
+    /// next deadline are asked for, so the claims of many inputs go out as one batch.
+    now: i64,
+    dirty: bool,
+}
+
+impl Core {
+    pub fn new(cfg: CoreConfig) -> Self {
+        METRICS.run_slots.set(cfg.max_concurrent_runs as i64);
+        Core {
+            slots: Slots::new(cfg.max_concurrent_runs),
+            cfg,
+            jobs: HashMap::new(),
+            schedules: ScheduleCache::default(),
+            members: BTreeMap::new(),
+            session: None,
+            synced_jobs: false,
+            synced_members: false,
+            triggers: HashMap::new(),
+            triggers_in_flight: HashSet::new(),
+            ticks: HashMap::new(),
+            waiting: VecDeque::new(),
+            waiting_live: 0,
+            active: HashMap::new(),
+            timers: TimerHeap::default(),
+            batch: Vec::new(),
+            batches: HashMap::new(),
+            next_batch: 0,
+            next_gen: 0,
+            claim_backoff_ms: CLAIM_BACKOFF_MIN_MS,
+            owned_count: 0,
+            draining: false,
+            drain_deadline: None,
+            drain_expired: false,
+            at_capacity: false,
+            full_since: 0,
+            announced: (false, false),
+            effects: VecDeque::new(),
+            now: 0,
+            dirty: false,
+        }
+    }
+
+    // ---- the driver's interface ----------------------------------------------------------
+
+    /// Reacts to one input at time `now`.
+    pub fn handle(&mut self, now: i64, input: Input) {
+        match input {
+            Input::Jobs(ev) => self.on_jobs(now, ev),
+            Input::Members(ev) => self.on_members(now, ev),
+            Input::Signals(ev) => self.on_signals(now, ev),
+            Input::Session(lease) => self.session = lease,
+            Input::Claimed {
+                batch,
+                outcomes,
+                latency,
+            } => self.on_claimed(now, batch, outcomes, latency),
+            Input::Marked { run_id, result } => self.on_marked(now, &run_id, result),
+            Input::Spawned {
+                run_id,
+                at,
+                trace_id,
+                error,
+            } => self.on_spawned(now, &run_id, at, trace_id, error),
+            Input::Exited { run_id, at, result } => self.on_exited(now, &run_id, at, result),
+            Input::Drain => self.on_drain(now),
+        }
+        self.now = self.now.max(now);
+        self.dirty = true;
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: i64) {
+        while let Some((_, timer)) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Claim { job, generation } => self.on_claim_timer(now, &job, generation),
+                Timer::Overdue { job, generation } => self.on_overdue_timer(now, &job, generation),
+                Timer::Fire { run_id } => self.fire(now, &run_id),
+                Timer::Retry { run_id } => self.on_retry_due(now, &run_id),
+                Timer::SlotDeadline { run_id } => self.on_slot_deadline(now, &run_id),
+                Timer::RunNowRetry => self.try_run_now(now),
+                Timer::CapacityHold => {}
+                Timer::DrainDeadline => self.on_drain_deadline(now),
+            }
+        }
+        self.now = self.now.max(now);
+        self.dirty = true;
+    }
+
+    /// When `handle_timeout` should next be called.
+    pub fn poll_timeout(&mut self) -> Option<i64> {
+        self.settle();
+        self.timers.next_at()
+    }
+
+    /// The next effect to carry out, in order.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.settle();
+        self.effects.pop_front()
+    }
+
+    /// Registered (as far as the core knows), listed jobs and members, and not draining.
+    pub fn ready(&self) -> bool {
+        self.synced_jobs && self.synced_members && self.session.is_some() && !self.draining
+    }
+
+    /// Draining and nothing left: every tick won here has its record.
+    pub fn done(&self) -> bool {
+        self.draining && !self.dirty && self.ticks.is_empty() && self.effects.is_empty()
+    }
+
+    pub fn owned_jobs(&self) -> usize {
+        self.owned_count
+    }
+
+    pub fn slots_used(&self) -> usize {
+        self.slots.used()
+    }
+
+    pub fn at_capacity(&self) -> bool {
+        self.at_capacity
+    }
+
+    /// Ticks in flight, by state name (for tests and the drain log line).
+    pub fn tick_states(&self) -> BTreeMap<&'static str, usize> {
+        let mut out = BTreeMap::new();
+        for t in self.ticks.values() {
+            *out.entry(t.state.name()).or_default() += 1;
+        }
+        out
+    }
+
+    /// Asserts what must hold between calls (the specs call it after every step).
+    #[cfg(test)]
+    pub fn check_invariants(&self) {
+        let holding = self
+            .ticks
+            .values()
+            .filter(|t| match &t.state {
+                TickState::Claiming { plan, .. } => matches!(plan, ClaimPlan::Run(_) | ClaimPlan::CatchUp(Some(_))),
+                TickState::Claimed { .. } | TickState::Marking { .. } | TickState::Running { .. } => true,
+                TickState::WaitingForSlot { .. } | TickState::Backoff { .. } => false,
+                TickState::Deciding { .. } => panic!("a tick is still being decided after a step"),
+            })
+            .count();
+        let waiting = self
+            .ticks
+            .values()
+            .filter(|t| matches!(t.state, TickState::WaitingForSlot { .. }))
+            .count();
+        assert_eq!(self.waiting_live, waiting, "the count of waiting ticks");
+        for (id, t) in &self.ticks {
+            if matches!(t.state, TickState::WaitingForSlot { .. }) {
+                assert!(self.waiting.contains(id), "a waiting tick is queued");
+            }
+        }
+        assert_eq!(
+            self.slots.used(),
+            holding,
+            "every slot taken is held by a tick: {:?}",
+            self.tick_states()
+        );
+        assert!(self.slots.used() <= self.slots.max());
+        assert_eq!(self.owned_count, self.jobs.values().filter(|e| e.owned).count());
+        assert!(
+            !self.dirty && self.batch.is_empty(),
+            "claims are sent at the end of every step"
+        );
+        for (id, t) in &self.ticks {
+            assert_eq!(id, &t.run_id);
+            if let TickState::Claiming { batch, .. } = t.state {
+                assert!(
+                    self.batches.get(&batch).is_some_and(|b| b.contains(id)),
+                    "{id} is in batch {batch}"
+                );
+            }
+        }
+        for e in self.jobs.values() {
+            for w in &e.waiting {
+                assert!(
+                    matches!(
+                        self.ticks.get(w).map(|t| &t.state),
+                        Some(TickState::WaitingForSlot { claimed: None, .. })
+                    ),
+                    "a job's waiting tick waits, unclaimed"
+                );
+            }
+        }
+    }
+
+    /// After every call: send the claims collected, give freed slots to waiting ticks, and
+    /// tell the cluster whether this worker has room.
+    fn settle(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let now = self.now;
+        self.serve_waiting(now);
+        self.update_capacity(now);
+        self.serve_waiting(now);
+        self.flush_claims(now);
+        METRICS.run_slots_used.set(self.slots.used() as i64);
+        METRICS.ticks_waiting_for_slot.set(self.waiting_live as i64);
+        // entries of ticks that moved on are dropped from time to time (amortised O(1))
+        if self.waiting.len() > 2 * self.waiting_live + 64 {
+            let ticks = &self.ticks;
+            self.waiting.retain(|id| {
+                ticks
+                    .get(id)
+                    .is_some_and(|t| matches!(t.state, TickState::WaitingForSlot { .. }))
+            });
+        }
+    }
+
+    /// Puts a tick in the queue of ticks waiting for a slot.
+    fn enqueue_waiting(&mut self, run_id: &str, deadline: i64, claimed: Option<ClaimTimes>) {
+        let Some(t) = self.ticks.get_mut(run_id) else { return };
+        if !matches!(t.state, TickState::WaitingForSlot { .. }) {
+            self.waiting_live += 1;
+        }
+        t.state = TickState::WaitingForSlot { deadline, claimed };
+        self.waiting.push_back(run_id.to_string());
+        self.timers.push(
+            deadline,
+            Timer::SlotDeadline {
+                run_id: run_id.to_string(),
+            },
+        );
+    }
+
+    /// A run id: a UUIDv7 (time-ordered, from the core's `now`), without dashes.
+    fn new_run_id(&self, now: i64) -> String {
+        let now = now.max(0);
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, (now / 1000) as u64, ((now % 1000) * 1_000_000) as u32);
+        uuid::Uuid::new_v7(ts).simple().to_string()
+    }
+
+    fn bump_gen(&mut self) -> u64 {
+        self.next_gen += 1;
+        self.next_gen
+    }
+
+    // ---- watches -------------------------------------------------------------------------
+
+    fn on_jobs(&mut self, now: i64, ev: JobEvent) {
+        match ev {
+            JobEvent::Reset { jobs, .. } => {
+                self.synced_jobs = true;
+                let present: HashSet<&str> = jobs.iter().map(|j| j.name()).collect();
+                let gone: Vec<String> = self
+                    .jobs
+                    .keys()
+                    .filter(|k| !present.contains(k.as_str()))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    self.remove_job(&name);
+                }
+                for read in jobs {
+                    if self.jobs.get(read.name()).map(|e| e.job.revision) != Some(read.revision()) {
+                        self.upsert_job(now, read);
+                    }
+                }
+            }
+            JobEvent::Saved(read) => self.upsert_job(now, read),
+            JobEvent::Deleted { name, .. } => self.remove_job(&name),
+        }
+        METRICS.known_jobs.set(self.jobs.len() as i64);
+        METRICS.owned_jobs.set(self.owned_count as i64);
+        self.try_run_now(now);
+    }
+
+    fn upsert_job(&mut self, now: i64, read: JobRead) {
+        let job = match read {
+            JobRead::Job(j) => *j,
+            JobRead::Bad { name, revision, error } => {
+                error!(job = %name, revision, error = %error, "job in etcd is invalid and will not be scheduled; fix it through the API");
+                self.remove_job(&name);
+                return;
+            }
+        };
+        let schedule = match job
+            .spec
+            .validate_with(|expr, tz, job| self.schedules.get_or_parse(expr, tz, job))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                error!(job = %job.spec.name, revision = job.revision, error = %e, "job in etcd is invalid and will not be scheduled; fix it through the API");
+                self.remove_job(&job.spec.name.clone());
+                return;
+            }
+        };
+        let name = job.spec.name.clone();
+        let generation = self.bump_gen();
+        if let Some(old) = self.jobs.remove(&name) {
+            if old.owned {
+                self.owned_count -= 1;
+            }
+            for id in old.waiting {
+                self.drop_waiting(&id, TickEnd::Dropped);
+            }
+        }
+        self.jobs.insert(
+            name.clone(),
+            JobState {
+                job: Arc::new(job),
+                schedule,
+                generation,
+                owned: false,
+                next_tick: None,
+                overdue: BTreeMap::new(),
+                waiting: Vec::new(),
+                decided_until: 0,
+            },
+        );
+        // a changed spec starts the job's timeline afresh (looking back no further than the
+        // change itself: `updated_at`)
+        self.update_ownership(now, &name, Lookback::Full);
+    }
+
+    fn remove_job(&mut self, name: &str) {
+        if let Some(e) = self.jobs.remove(name) {
+            if e.owned {
+                self.owned_count -= 1;
+            }
+            for id in e.waiting {
+                self.drop_waiting(&id, TickEnd::Dropped);
+            }
+            debug!(job = name, "job removed");
+        }
+    }
+
+    fn on_members(&mut self, now: i64, ev: MemberEvent) {
+        let me = self.cfg.worker.clone();
+        let lookback = match ev {
+            MemberEvent::Reset(list) => {
+                let next: BTreeMap<String, WorkerInfo> = list.into_iter().map(|w| (w.id.clone(), w)).collect();
+                let first = !self.synced_members;
+                let someone_left = self.members.keys().any(|k| !next.contains_key(k));
+                let i_appeared = !self.members.contains_key(&me) && next.contains_key(&me);
+                self.synced_members = true;
+                self.members = next;
+                if first || someone_left || i_appeared {
+                    Lookback::Full
+                } else {
+                    Lookback::Handover
+                }
+            }
+            MemberEvent::Up(w) => {
+                let new = !self.members.contains_key(&w.id);
+                if new {
+                    info!(member = %w.id, "worker joined");
+                }
+                let id = w.id.clone();
+                self.members.insert(w.id.clone(), w);
+                // This worker (re)appearing: it may be restarting after a crash, so look as
+                // far back as a dead owner's ticks go. Another worker's change (joined,
+                // draining, full, free) hands jobs over between live workers.
+                if new && id == me {
+                    Lookback::Full
+                } else {
+                    Lookback::Handover
+                }
+            }
+            MemberEvent::Left(id) => {
+                if self.members.remove(&id).is_some() {
+                    info!(member = %id, "worker left");
+                }
+                Lookback::Full
+            }
+        };
+        self.apply_own_flags();
+        METRICS.members.set(self.members.len() as i64);
+        self.recompute_ownership(now, lookback);
+        self.try_run_now(now);
+    }
+
+    /// This worker's view of itself wins over its registration as last seen in etcd (which
+    /// lags behind its own announcements).
+    fn apply_own_flags(&mut self) {
+        if let Some(me) = self.members.get_mut(&self.cfg.worker) {
+            me.draining = self.draining;
+            me.at_capacity = self.at_capacity;
+        }
+    }
+
+    fn on_signals(&mut self, now: i64, ev: SignalEvent) {
+        match ev {
+            SignalEvent::Reset { kills, run_now } => {
+                self.triggers = run_now.into_iter().map(|t| (t.id.clone(), t)).collect();
+                for k in kills {
+                    self.apply_kill(&k);
+                }
+            }
+            SignalEvent::Kill(k) => self.apply_kill(&k),
+            SignalEvent::RunNow(t) => {
+                self.triggers.insert(t.id.clone(), t);
+            }
+            SignalEvent::RunNowGone { id, .. } => {
+                self.triggers.remove(&id);
+            }
+        }
+        self.try_run_now(now);
+    }
+
+    fn apply_kill(&mut self, k: &KillSignal) {
+        let reason = if k.reason.is_empty() {
+            "killed on request".to_string()
+        } else {
+            k.reason.clone()
+        };
+        let mut kills = Vec::new();
+        for (run_id, t) in &self.ticks {
+            let TickState::Running { fired_at, .. } = &t.state else {
+                continue;
+            };
+            let matches = t.job == k.job
+                && k.run_id.as_ref().is_none_or(|id| id == run_id)
+                && k.planned_before.is_none_or(|pb| t.planned() < pb)
+                && (k.run_id.is_some() || *fired_at <= k.requested_at + 100);
+            if matches {
+                kills.push(run_id.clone());
+            }
+        }
+        for run_id in kills {
+            SignalHandled {
+                kind: "kill",
+                job: &k.job,
+                detail: &run_id,
+            }
+            .emit();
+            self.effects.push_back(Effect::Kill {
+                run_id,
+                reason: reason.clone(),
+            });
+        }
+    }
+
+    // ---- ownership -----------------------------------------------------------------------
+
+    fn should_own(&self, job: &StoredJob) -> bool {
+        !self.draining
+            && !job.spec.paused
+            && ownership::schedules(
+                &self.members,
+                &self.cfg.worker,
+                self.cfg.dispatch,
+                &job.spec.name,
+                &job.spec.selector,
+            )
+    }
+
+    fn recompute_ownership(&mut self, now: i64, lookback: Lookback) {
+        let names: Vec<String> = self.jobs.keys().cloned().collect();
+        for name in names {
+            self.update_ownership(now, &name, lookback);
+        }
+        METRICS.owned_jobs.set(self.owned_count as i64);
+    }
+
+    fn update_ownership(&mut self, now: i64, name: &str, lookback: Lookback) {
+        let Some(entry) = self.jobs.get(name) else {
+            return;
+        };
+        let own = self.should_own(&entry.job);
+        if own == entry.owned {
+            return;
+        }
+        let generation = self.bump_gen();
+        let claim_ahead = self.cfg.claim_ahead_ms;
+        let e = self.jobs.get_mut(name).expect("present");
+        e.generation = generation;
+        e.owned = own;
+        if own {
+            self.owned_count += 1;
+            // Look back for ticks nobody may have claimed: claiming them decides each once.
+            let window_start = match lookback {
+                Lookback::Full => now - e.job.spec.starting_deadline().as_millis() as i64,
+                Lookback::Handover => now - claim_ahead - HANDOVER_LOOKBACK_MS,
+            };
+            let from = window_start.max(e.job.updated_at).max(e.decided_until);
+            let found = e.schedule.ticks_between(from, now, MAX_OVERDUE);
+            let any = !found.is_empty();
+            e.overdue.extend(found.into_iter().map(|t| (t, None)));
+            e.next_tick = e.schedule.next_after(now);
+            if let Some(t) = e.next_tick {
+                self.timers.push(
+                    (t - claim_ahead).max(now),
+                    Timer::Claim {
+                        job: name.to_string(),
+                        generation,
+                    },
+                );
+            }
+            if any {
+                self.timers.push(
+                    now,
+                    Timer::Overdue {
+                        job: name.to_string(),
+                        generation,
+                    },
+                );
+            }
+            debug!(job = name, "owned");
+        } else {
+            self.owned_count -= 1;
+            e.next_tick = None;
+            e.overdue.clear();
+            for id in std::mem::take(&mut e.waiting) {
+                self.drop_waiting(&id, TickEnd::HandedOver);
+            }
+            debug!(job = name, "no longer owned");
+        }
+    }
+}
+
+/// A momentary state while a tick's resources move from one state to the next.
+fn placeholder() -> TickState {
+    TickState::Backoff { until: 0 }
+}
