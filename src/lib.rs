@@ -14,6 +14,7 @@
 //! - [`logstore`]: the run-log store trait, SQLite backend, conformance suite.
 //! - [`ctl`]: `cronmesh ctl`, the command-line client of the REST API.
 //! - [`telemetry`]: metric names, typed internal events, logging, the ops HTTP listener.
+//! - [`timer`]: a deadline heap, the clock-free timer of both sans-I/O cores.
 //! - [`etcd_process`]: starting etcd as a child process (standalone mode and tests).
 
 pub mod cluster;
@@ -26,4 +27,5 @@ pub mod master;
 pub mod model;
 pub mod schedule;
 pub mod telemetry;
+pub mod timer;
 pub mod worker;

@@ -116,7 +116,7 @@ fn the_scheduler_core_reads_no_clock_and_does_no_io() {
         "src/worker/scheduler/core/drain.rs",
         "src/worker/scheduler/tick.rs",
         "src/worker/scheduler/io.rs",
-        "src/worker/scheduler/schedules.rs",
+        "src/master/ledger/core.rs",
     ];
     let forbidden = [
         "now_ms(",

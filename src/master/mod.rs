@@ -9,6 +9,7 @@ pub mod compat;
 pub mod error;
 pub mod feed;
 pub mod last_runs;
+pub mod ledger;
 pub mod meaning;
 pub mod web;
 

@@ -33,6 +33,8 @@
 //! rewritten by `expr.rs`; its own DST handling is not used, because it treats only single-value
 //! seconds, minutes and hours as fixed-time. Time zones are IANA names (chrono-tz).
 
+mod cache;
+pub use cache::ScheduleCache;
 mod expr;
 mod hash;
 mod wall;

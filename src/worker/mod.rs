@@ -10,7 +10,6 @@ pub mod clock;
 pub mod executor;
 pub mod reporter;
 pub mod scheduler;
-pub mod timer;
 
 use crate::config::Config;
 use crate::coord::{Coord, now_ms};

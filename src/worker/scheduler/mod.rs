@@ -9,12 +9,10 @@
 //! - `io`: the core's inputs and effects;
 //! - `core`: the state machine;
 //! - `run`: one run's task (spawn, wait, trace);
-//! - `schedules`: parsed schedules shared between jobs.
 
 pub mod core;
 pub mod io;
 pub mod run;
-pub mod schedules;
 pub mod tick;
 
 #[cfg(test)]

@@ -20,7 +20,6 @@ mod drain;
 mod running;
 
 use super::io::{Effect, Input, RunOrder};
-use super::schedules::ScheduleCache;
 use super::tick::{
     ClaimPlan, ClaimTimes, SkipReason, Slot, Slots, Started, Tick, TickEnd, TickKind, TickState, exec_status, record,
 };
@@ -31,12 +30,13 @@ use crate::model::{
     WorkerInfo,
 };
 use crate::schedule::Schedule;
+use crate::schedule::ScheduleCache;
 use crate::telemetry::events::{
     ClaimBatchDone, RunFinishedEvent, RunStartedEvent, SignalHandled, TickSkipped, TicksOverdue,
 };
 use crate::telemetry::metrics::METRICS;
+use crate::timer::TimerHeap;
 use crate::worker::executor::{Ending, ExecResult};
-use crate::worker::timer::TimerHeap;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;

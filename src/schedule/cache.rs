@@ -1,11 +1,12 @@
-//! Parsed schedules shared by the jobs with the same expression and time zone. A parsed cron
+//! Parsed schedules shared by the jobs with the same expression and time zone (the workers' and
+//! the tick ledger's). A parsed cron
 //! expression holds about 5.6 KB of lookup tables (croner keeps one per field, years included),
 //! so 100,000 hourly jobs each with their own copy cost ~570 MB per worker (measured by the
 //! load test's `scale`); fleets repeat a few expressions, so sharing brings that to kilobytes.
 //! An expression with `H` stands for values chosen by the job's name, so its key also has the
 //! name (such schedules are shared by nobody).
 
-use crate::schedule::{Schedule, ScheduleError};
+use super::{Schedule, ScheduleError};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
@@ -18,7 +19,7 @@ pub struct ScheduleCache {
 
 impl ScheduleCache {
     pub fn get_or_parse(&mut self, expr: &str, tz: &str, job: &str) -> Result<Arc<Schedule>, ScheduleError> {
-        let named = crate::schedule::uses_hash(expr).then(|| job.to_string());
+        let named = super::uses_hash(expr).then(|| job.to_string());
         let key = (expr.to_string(), tz.to_string(), named);
         if let Some(shared) = self.map.get(&key).and_then(Weak::upgrade) {
             return Ok(shared);

@@ -1,0 +1,527 @@
+//! The tick ledger's core: which expected ticks are due for accounting, and why one that
+//! nobody claimed was missed. Sans-I/O like the scheduler core: it is fed job and membership
+//! events and the time, and asked for the ticks whose accounting time has come; the shell
+//! (`ledger::run`) looks each up in the run log and in etcd and writes what is missing.
+//!
+//! Expected ticks are the schedule's ticks while the job exists and is not paused, under the
+//! spec in force at that tick: every change of a job closes a *segment* of its history at the
+//! change's `updated_at`, and the next one starts there. A tick is due for accounting at
+//! `planned + starting_deadline + grace`: by then a worker either claimed it (no worker claims a
+//! tick past its deadline) or nobody will. Work per tick is O(log n) (one heap entry per job).
+
+use crate::coord::{JobEvent, JobRead, MemberEvent};
+use crate::model::{StoredJob, WorkerInfo};
+use crate::schedule::Schedule;
+use crate::timer::TimerHeap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+/// How long membership history is kept for the reasons of missed ticks.
+const MEMBERSHIP_HISTORY_MS: i64 = 3600 * 1000;
+
+/// A tick whose accounting time has come.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueTick {
+    pub job: String,
+    pub planned: i64,
+    /// The job's starting deadline (ms) under the spec of that tick.
+    pub deadline_ms: i64,
+    pub selector: BTreeMap<String, String>,
+}
+
+/// One stretch of a job's history under one spec.
+struct Segment {
+    schedule: Arc<Schedule>,
+    paused: bool,
+    deadline_ms: i64,
+    selector: BTreeMap<String, String>,
+    /// Ticks after this (exclusive) …
+    start: i64,
+    /// … up to this (inclusive) belong to the segment; None while it is the current spec.
+    end: Option<i64>,
+}
+
+struct JobTrack {
+    revision: i64,
+    segments: VecDeque<Segment>,
+    /// The last tick handed out (ticks after it are next).
+    cursor: i64,
+    /// Bumped when the heap entry is replaced; older entries are stale.
+    generation: u64,
+}
+
+/// The ledger's books.
+pub struct Ledger {
+    grace_ms: i64,
+    jobs: HashMap<String, JobTrack>,
+    heap: TimerHeap<(String, u64)>,
+    next_gen: u64,
+    /// (since, the members from then on), oldest first.
+    members: VecDeque<(i64, Vec<WorkerInfo>)>,
+    /// Every tick due at or before this has been handed out.
+    watermark: i64,
+}
+
+impl Ledger {
+    /// Books that resume after `watermark`: ticks due at or before it are taken as accounted.
+    pub fn new(watermark: i64, grace_ms: i64) -> Self {
+        Ledger {
+            grace_ms,
+            jobs: HashMap::new(),
+            heap: TimerHeap::default(),
+            next_gen: 0,
+            members: VecDeque::new(),
+            watermark,
+        }
+    }
+
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    pub fn jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// When the next tick falls due.
+    pub fn next_due(&self) -> Option<i64> {
+        self.heap.next_at()
+    }
+
+    // ---- jobs --------------------------------------------------------------------------------
+
+    /// Applies a change of the jobs at `now`. A schedule that no longer parses counts as gone
+    /// (no worker runs it either).
+    pub fn on_jobs(&mut self, now: i64, ev: JobEvent, parse: &mut impl FnMut(&StoredJob) -> Option<Arc<Schedule>>) {
+        match ev {
+            JobEvent::Reset { jobs, .. } => {
+                let present: std::collections::HashSet<String> = jobs.iter().map(|j| j.name().to_string()).collect();
+                let gone: Vec<String> = self.jobs.keys().filter(|k| !present.contains(*k)).cloned().collect();
+                for name in gone {
+                    self.close(&name, now);
+                }
+                for read in jobs {
+                    if self.jobs.get(read.name()).map(|t| t.revision) != Some(read.revision()) {
+                        self.saved(now, read, parse);
+                    }
+                }
+            }
+            JobEvent::Saved(read) => self.saved(now, read, parse),
+            JobEvent::Deleted { name, .. } => self.close(&name, now),
+        }
+    }
+
+    fn saved(&mut self, now: i64, read: JobRead, parse: &mut impl FnMut(&StoredJob) -> Option<Arc<Schedule>>) {
+        let job = match read {
+            JobRead::Job(j) => j,
+            JobRead::Bad { name, .. } => {
+                self.close(&name, now);
+                return;
+            }
+        };
+        let Some(schedule) = parse(&job) else {
+            self.close(&job.spec.name, now);
+            return;
+        };
+        let name = job.spec.name.clone();
+        let deadline_ms = job.spec.starting_deadline().as_millis() as i64;
+        let change = job.updated_at.min(now);
+        // a job first seen: only ticks not yet due count, and none before its last change
+        let first_start = (self.watermark - deadline_ms - self.grace_ms).max(job.updated_at);
+        let track = self.jobs.entry(name.clone()).or_insert_with(|| JobTrack {
+            revision: 0,
+            segments: VecDeque::new(),
+            cursor: first_start,
+            generation: 0,
+        });
+        track.revision = job.revision;
+        let start = match track.segments.back_mut() {
+            Some(last) if last.end.is_none() => {
+                last.end = Some(change.max(last.start));
+                change.max(last.start)
+            }
+            Some(last) => last.end.unwrap_or(change).max(change),
+            None => first_start,
+        };
+        track.segments.push_back(Segment {
+            schedule,
+            paused: job.spec.paused,
+            deadline_ms,
+            selector: job.spec.selector.clone(),
+            start,
+            end: None,
+        });
+        self.rearm(&name);
+    }
+
+    /// The job is gone from `now` on: ticks after it are not expected.
+    fn close(&mut self, name: &str, now: i64) {
+        if let Some(track) = self.jobs.get_mut(name)
+            && let Some(last) = track.segments.back_mut()
+            && last.end.is_none()
+        {
+            last.end = Some(now.max(last.start));
+        }
+        self.rearm(name);
+    }
+
+    /// Puts the job's next tick on the heap (or forgets the job when it has none left).
+    fn rearm(&mut self, name: &str) {
+        let grace = self.grace_ms;
+        let Some(track) = self.jobs.get_mut(name) else { return };
+        loop {
+            let Some(seg) = track.segments.front() else {
+                self.jobs.remove(name);
+                return;
+            };
+            let from = track.cursor.max(seg.start);
+            let next = if seg.paused {
+                None
+            } else {
+                seg.schedule.next_after(from)
+            };
+            match next {
+                Some(t) if seg.end.is_none_or(|e| t <= e) => {
+                    self.next_gen += 1;
+                    track.generation = self.next_gen;
+                    self.heap
+                        .push(t + seg.deadline_ms + grace, (name.to_string(), self.next_gen));
+                    return;
+                }
+                // a closed segment with no tick left: the next segment takes over
+                _ if seg.end.is_some() => {
+                    track.segments.pop_front();
+                }
+                // the current spec has no further tick (or is paused): wait for a change
+                _ => {
+                    self.next_gen += 1;
+                    track.generation = self.next_gen;
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---- members -----------------------------------------------------------------------------
+
+    pub fn on_members(&mut self, now: i64, ev: MemberEvent) {
+        let mut current: BTreeMap<String, WorkerInfo> = self
+            .members
+            .back()
+            .map(|(_, m)| m.iter().map(|w| (w.id.clone(), w.clone())).collect())
+            .unwrap_or_default();
+        match ev {
+            MemberEvent::Reset(all) => current = all.into_iter().map(|w| (w.id.clone(), w)).collect(),
+            MemberEvent::Up(w) => {
+                current.insert(w.id.clone(), w);
+            }
+            MemberEvent::Left(id) => {
+                current.remove(&id);
+            }
+        }
+        self.members.push_back((now, current.into_values().collect()));
+        // keep an hour, and the snapshot in force at its start
+        while self.members.len() > 1 && self.members[1].0 < now - MEMBERSHIP_HISTORY_MS {
+            self.members.pop_front();
+        }
+    }
+
+    /// Whether `id` is a live member now.
+    pub fn is_member(&self, id: &str) -> bool {
+        self.members.back().is_some_and(|(_, m)| m.iter().any(|w| w.id == id))
+    }
+
+    /// Why nobody claimed `tick` before its deadline, in words an operator can act on.
+    pub fn reason(&self, tick: &DueTick) -> String {
+        let (from, to) = (tick.planned, tick.planned + tick.deadline_ms);
+        // the snapshots in force during [from, to]
+        let mut live = false;
+        let mut eligible = 0usize;
+        for (i, (since, members)) in self.members.iter().enumerate() {
+            let until = self.members.get(i + 1).map(|(t, _)| *t).unwrap_or(i64::MAX);
+            if until < from || *since > to {
+                continue;
+            }
+            live |= !members.is_empty();
+            eligible = eligible.max(
+                members
+                    .iter()
+                    .filter(|w| crate::cluster::ownership::eligible(w, &tick.selector))
+                    .count(),
+            );
+        }
+        let selector = || {
+            tick.selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if !live {
+            "no live worker: start a worker (or check why they cannot reach etcd)".into()
+        } else if eligible == 0 && !tick.selector.is_empty() {
+            format!(
+                "no worker matches selector {{{}}}: start a worker with these labels or change the job's selector",
+                selector()
+            )
+        } else if eligible == 0 {
+            "no live worker could take it (every worker was draining)".into()
+        } else {
+            format!(
+                "not claimed before the starting deadline ({} s) although {eligible} eligible worker(s) were live: check their logs, CPU and their connection to etcd",
+                tick.deadline_ms / 1000
+            )
+        }
+    }
+
+    // ---- accounting ----------------------------------------------------------------------------
+
+    /// The ticks due at or before `now`, in due order; the watermark moves to `now` (the shell
+    /// persists it once it has accounted them).
+    pub fn due(&mut self, now: i64) -> Vec<DueTick> {
+        let mut out = Vec::new();
+        while let Some((_, (name, generation))) = self.heap.pop_due(now) {
+            let Some(track) = self.jobs.get_mut(&name) else {
+                continue;
+            };
+            if track.generation != generation {
+                continue;
+            }
+            let Some(seg) = track.segments.front() else { continue };
+            let from = track.cursor.max(seg.start);
+            let Some(planned) = (if seg.paused {
+                None
+            } else {
+                seg.schedule.next_after(from)
+            }) else {
+                self.rearm(&name);
+                continue;
+            };
+            if seg.end.is_some_and(|e| planned > e) {
+                // the segment was closed after this entry was pushed: its tick is not expected
+                track.segments.pop_front();
+                self.rearm(&name);
+                continue;
+            }
+            out.push(DueTick {
+                job: name.clone(),
+                planned,
+                deadline_ms: seg.deadline_ms,
+                selector: seg.selector.clone(),
+            });
+            track.cursor = planned;
+            self.rearm(&name);
+        }
+        self.watermark = self.watermark.max(now);
+        out
+    }
+}
+
+/// The run id of the `missed` record of (job, planned): deterministic, so a tick is never
+/// recorded missed twice, and shaped like the workers' UUIDv7 ids (32 hex digits, the first 48
+/// bits the planned time in ms, version nibble 8), so it sorts with them.
+pub fn missed_run_id(job: &str, planned: i64) -> String {
+    let h1 = fnv1a(job.as_bytes(), 0xcbf29ce484222325 ^ 0x6d69_7373);
+    let h2 = fnv1a(job.as_bytes(), 0x84222325cbf29ce4);
+    format!(
+        "{:012x}8{:03x}{:016x}",
+        (planned.max(0) as u64) & 0xffff_ffff_ffff,
+        (h1 >> 52) & 0xfff,
+        h2
+    )
+}
+
+fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h ^ (h >> 29)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Dispatch, JobSpec};
+    use std::time::Duration;
+
+    const T0: i64 = 1_893_456_000_000;
+    const GRACE: i64 = 5000;
+
+    fn job(name: &str, schedule: &str, updated_at: i64, revision: i64) -> StoredJob {
+        let mut spec = JobSpec::new(name, schedule, "true");
+        spec.starting_deadline = Some(Duration::from_secs(10));
+        StoredJob {
+            spec,
+            created_at: updated_at,
+            updated_at,
+            revision,
+        }
+    }
+
+    fn parse(j: &StoredJob) -> Option<Arc<Schedule>> {
+        Schedule::parse_for_job(&j.spec.schedule, &j.spec.timezone, &j.spec.name)
+            .ok()
+            .map(Arc::new)
+    }
+
+    fn save(l: &mut Ledger, now: i64, j: StoredJob) {
+        l.on_jobs(now, JobEvent::Saved(JobRead::Job(Box::new(j))), &mut parse);
+    }
+
+    fn planned(due: &[DueTick]) -> Vec<i64> {
+        due.iter().map(|d| d.planned).collect()
+    }
+
+    fn member(id: &str, labels: &[(&str, &str)]) -> WorkerInfo {
+        WorkerInfo {
+            id: id.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            hostname: "h".into(),
+            pid: 1,
+            started_at: 0,
+            draining: false,
+            at_capacity: false,
+            dispatch: Dispatch::Owner,
+            listen: None,
+            version: "t".into(),
+        }
+    }
+
+    #[test]
+    fn each_tick_is_due_once_after_its_deadline_and_grace_in_order() {
+        let mut l = Ledger::new(T0, GRACE);
+        save(&mut l, T0, job("a", "@every 1s", T0, 2));
+        // tick T0+1s is due at T0+1s+10s+5s
+        assert!(l.due(T0 + 15_999).is_empty());
+        assert_eq!(planned(&l.due(T0 + 16_000)), vec![T0 + 1000]);
+        assert_eq!(planned(&l.due(T0 + 19_500)), vec![T0 + 2000, T0 + 3000, T0 + 4000]);
+        assert!(l.due(T0 + 19_500).is_empty(), "nothing twice");
+        assert_eq!(l.watermark(), T0 + 19_500);
+        let d = &l.due(T0 + 20_000)[0];
+        assert_eq!((d.planned, d.deadline_ms), (T0 + 5000, 10_000));
+    }
+
+    #[test]
+    fn a_paused_stretch_has_no_expected_ticks() {
+        let mut l = Ledger::new(T0, GRACE);
+        save(&mut l, T0, job("p", "@every 1s", T0, 2));
+        let mut paused = job("p", "@every 1s", T0 + 3500, 3);
+        paused.spec.paused = true;
+        save(&mut l, T0 + 3500, paused);
+        save(&mut l, T0 + 7500, job("p", "@every 1s", T0 + 7500, 4));
+        let all = planned(&l.due(T0 + 60_000));
+        let want: Vec<i64> = [1, 2, 3, 8, 9]
+            .into_iter()
+            .map(|s| T0 + s * 1000)
+            .chain((10..=45).map(|s| T0 + s * 1000))
+            .collect();
+        assert_eq!(all, want);
+    }
+
+    #[test]
+    fn a_schedule_change_is_followed_tick_by_tick() {
+        let mut l = Ledger::new(T0, GRACE);
+        save(&mut l, T0, job("s", "@every 2s", T0, 2));
+        save(&mut l, T0 + 5000, job("s", "@every 3s", T0 + 5000, 3));
+        let all = planned(&l.due(T0 + 30_000));
+        // every 2 s until the change at 5 s, then every 3 s (epoch-aligned: 6, 9, 12, 15)
+        assert_eq!(
+            all,
+            vec![T0 + 2000, T0 + 4000, T0 + 6000, T0 + 9000, T0 + 12_000, T0 + 15_000]
+        );
+    }
+
+    #[test]
+    fn a_deleted_job_has_no_ticks_after_its_deletion_but_the_ones_before_still_count() {
+        let mut l = Ledger::new(T0, GRACE);
+        save(&mut l, T0, job("d", "@every 1s", T0, 2));
+        l.on_jobs(
+            T0 + 2500,
+            JobEvent::Deleted {
+                name: "d".into(),
+                revision: 3,
+            },
+            &mut parse,
+        );
+        assert_eq!(planned(&l.due(T0 + 60_000)), vec![T0 + 1000, T0 + 2000]);
+        assert_eq!(l.jobs(), 0, "forgotten once accounted");
+    }
+
+    #[test]
+    fn books_resumed_from_a_watermark_start_after_it_and_after_the_jobs_last_change() {
+        // the previous ledger accounted every tick due up to W
+        let w = T0 + 100_000;
+        let mut l = Ledger::new(w, GRACE);
+        save(&mut l, w, job("old", "@every 1s", T0, 2));
+        save(&mut l, w, job("new", "@every 1s", w - 12_500, 3));
+        let due = l.due(w + 2000);
+        let old: Vec<i64> = due.iter().filter(|d| d.job == "old").map(|d| d.planned).collect();
+        let new: Vec<i64> = due.iter().filter(|d| d.job == "new").map(|d| d.planned).collect();
+        // due in (W, W+2s] means planned in (W-15s, W-13s]
+        assert_eq!(old, vec![w - 14_000, w - 13_000]);
+        // and not before the job's last change at W-12.5s
+        assert!(new.is_empty(), "{new:?}");
+    }
+
+    #[test]
+    fn a_job_that_is_bad_or_never_fires_waits_for_a_change() {
+        let mut l = Ledger::new(T0, GRACE);
+        save(&mut l, T0, job("y", "0 0 1 1 * 2020", T0, 2));
+        assert!(l.due(T0 + 10_000_000).is_empty());
+        l.on_jobs(
+            T0,
+            JobEvent::Saved(JobRead::Bad {
+                name: "y".into(),
+                revision: 3,
+                error: "x".into(),
+            }),
+            &mut parse,
+        );
+        assert_eq!(l.jobs(), 0);
+    }
+
+    #[test]
+    fn the_reason_of_a_missed_tick_says_what_to_do() {
+        let mut l = Ledger::new(T0, GRACE);
+        let mut tick = DueTick {
+            job: "j".into(),
+            planned: T0 + 1000,
+            deadline_ms: 10_000,
+            selector: BTreeMap::new(),
+        };
+        l.on_members(T0, MemberEvent::Reset(vec![]));
+        assert!(l.reason(&tick).starts_with("no live worker"), "{}", l.reason(&tick));
+        l.on_members(T0 + 500, MemberEvent::Up(member("w1", &[("zone", "a")])));
+        tick.selector = BTreeMap::from([("zone".to_string(), "x".to_string())]);
+        assert_eq!(
+            l.reason(&tick),
+            "no worker matches selector {zone=x}: start a worker with these labels or change the job's selector"
+        );
+        tick.selector = BTreeMap::from([("zone".to_string(), "a".to_string())]);
+        assert!(
+            l.reason(&tick)
+                .starts_with("not claimed before the starting deadline (10 s) although 1 eligible")
+        );
+        // a worker that only came after the tick's deadline does not count
+        let mut late = tick.clone();
+        late.planned = T0 - 20_000;
+        late.selector = BTreeMap::new();
+        assert!(l.reason(&late).starts_with("no live worker"), "{}", l.reason(&late));
+        assert!(l.is_member("w1") && !l.is_member("w2"));
+    }
+
+    #[test]
+    fn missed_run_ids_are_deterministic_distinct_and_time_ordered() {
+        let a = missed_run_id("job-a", T0);
+        assert_eq!(a, missed_run_id("job-a", T0));
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, missed_run_id("job-b", T0));
+        assert_ne!(a, missed_run_id("job-a", T0 + 1000));
+        assert!(
+            missed_run_id("zzz", T0) < missed_run_id("aaa", T0 + 1),
+            "sorted by planned time first"
+        );
+    }
+}
