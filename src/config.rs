@@ -192,6 +192,20 @@ pub struct MasterConfig {
     pub auth: AuthConfig,
     /// Serve the web page at `/` (its assets are public; its data needs a token like the API).
     pub web_ui: bool,
+    /// Take part in keeping the tick ledger (one master at a time does: it records every
+    /// expected tick nobody claimed as `missed`).
+    pub ledger: bool,
+    /// How long after a tick's starting deadline the ledger accounts for it (claims and
+    /// reports in flight, clocks a little apart).
+    #[serde(with = "dur")]
+    pub ledger_grace: Duration,
+    /// After the ledger was stopped (every master down), how far back a new keeper accounts
+    /// for ticks; older ones are logged as not checked.
+    #[serde(with = "dur")]
+    pub ledger_catch_up: Duration,
+    /// Jobs that get per-job metric series on this master (`cronmesh_job_ticks_missed_total`);
+    /// at most 100.
+    pub metrics_jobs: Vec<String>,
 }
 
 impl Default for MasterConfig {
@@ -208,6 +222,10 @@ impl Default for MasterConfig {
             retention_max_per_job: Some(10_000),
             auth: AuthConfig::default(),
             web_ui: true,
+            ledger: true,
+            ledger_grace: Duration::from_secs(5),
+            ledger_catch_up: Duration::from_secs(24 * 3600),
+            metrics_jobs: Vec::new(),
         }
     }
 }
@@ -418,6 +436,15 @@ impl Config {
                 "master.log_store",
                 format!("{:?} must be sqlite://PATH or mongodb://HOST/DB", m.log_store),
             ));
+        }
+        if m.ledger_grace < Duration::from_secs(1) || m.ledger_grace > Duration::from_secs(300) {
+            return Err(invalid("master.ledger_grace", "must be between 1s and 5m"));
+        }
+        if m.ledger_catch_up < Duration::from_secs(60) || m.ledger_catch_up > Duration::from_secs(7 * 86_400) {
+            return Err(invalid("master.ledger_catch_up", "must be between 1m and 7d"));
+        }
+        if m.metrics_jobs.len() > 100 {
+            return Err(invalid("master.metrics_jobs", "at most 100 jobs get per-job series"));
         }
         if m.lease_ttl < Duration::from_secs(2) || m.lease_ttl > Duration::from_secs(300) {
             return Err(invalid("master.lease_ttl", "must be between 2s and 5m"));

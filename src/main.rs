@@ -96,6 +96,16 @@ struct MasterArgs {
     /// Turn authentication off (local use only).
     #[arg(long, env = "CRONMESH_NO_AUTH")]
     no_auth: bool,
+    /// The master's registration lease TTL, e.g. 10s (the tick ledger moves within it when its
+    /// master dies).
+    #[arg(long, env = "CRONMESH_MASTER_LEASE_TTL")]
+    master_lease_ttl: Option<humantime::Duration>,
+    /// Take no part in keeping the tick ledger.
+    #[arg(long, env = "CRONMESH_NO_LEDGER")]
+    no_ledger: bool,
+    /// How long after a tick's starting deadline the ledger accounts for it, e.g. 5s.
+    #[arg(long, env = "CRONMESH_LEDGER_GRACE")]
+    ledger_grace: Option<humantime::Duration>,
 }
 
 #[derive(Args, Default)]
@@ -269,6 +279,15 @@ fn apply_master(c: &mut Config, a: &MasterArgs) {
     }
     if a.no_auth {
         c.master.auth.no_auth = true;
+    }
+    if let Some(v) = a.master_lease_ttl {
+        c.master.lease_ttl = v.into();
+    }
+    if a.no_ledger {
+        c.master.ledger = false;
+    }
+    if let Some(v) = a.ledger_grace {
+        c.master.ledger_grace = v.into();
     }
 }
 

@@ -299,17 +299,20 @@ pub enum RunStatus {
     Killed,
     Skipped,
     Lost,
+    /// Nobody claimed the tick before its starting deadline (recorded by the tick ledger).
+    Missed,
 }
 
 impl RunStatus {
     /// Every status, for documentation and filters.
-    pub const ALL: [RunStatus; 6] = [
+    pub const ALL: [RunStatus; 7] = [
         RunStatus::Succeeded,
         RunStatus::Failed,
         RunStatus::TimedOut,
         RunStatus::Killed,
         RunStatus::Skipped,
         RunStatus::Lost,
+        RunStatus::Missed,
     ];
 
     /// Parses the wire name (`timed_out`, ...).
@@ -325,6 +328,7 @@ impl RunStatus {
             RunStatus::Killed => "killed",
             RunStatus::Skipped => "skipped",
             RunStatus::Lost => "lost",
+            RunStatus::Missed => "missed",
         }
     }
 }

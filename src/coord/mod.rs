@@ -13,14 +13,18 @@
 //! | `signals/kill/{job}/{id}` | `KillSignal` JSON | a short lease |
 //! | `signals/run/{job}/{id}` | `RunNowSignal` JSON | a short lease, deleted when taken |
 //! | `feed/{master}/{id}` | a batch of feed events (other masters relay them) | 30 s lease |
+//! | `ledger/leader` | the id of the master keeping the tick ledger | its session lease |
+//! | `ledger/watermark` | `Watermark` JSON: every tick due before `until` is accounted | until deleted |
 
 mod claims;
 mod jobs;
+mod ledger;
 mod membership;
 mod signals;
 mod watch;
 
 pub use claims::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
+pub use ledger::Watermark;
 pub use membership::{Registration, Role};
 pub use watch::{FeedRelay, JobEvent, JobRead, MemberEvent, SignalEvent, Watch};
 
@@ -113,6 +117,12 @@ impl Keys {
     }
     pub fn run_signal(&self, job: &str, id: &str) -> String {
         format!("{}signals/run/{job}/{id}", self.prefix)
+    }
+    pub fn ledger_leader(&self) -> String {
+        format!("{}ledger/leader", self.prefix)
+    }
+    pub fn ledger_watermark(&self) -> String {
+        format!("{}ledger/watermark", self.prefix)
     }
     pub fn feed(&self) -> String {
         format!("{}feed/", self.prefix)

@@ -46,6 +46,109 @@ where
     a_bad_cursor_is_an_error(&*fresh().await).await;
     retention_by_age_and_by_count_per_job(&*fresh().await).await;
     latest_per_job_is_each_jobs_newest_record(&*fresh().await).await;
+    a_missed_record_gives_way_to_the_ticks_real_record(&*fresh().await).await;
+    recorded_ticks_are_found_and_manual_runs_do_not_count(&*fresh().await).await;
+    counts_since_group_each_jobs_records_by_status(&*fresh().await).await;
+}
+
+/// A `missed` record of a scheduled tick.
+pub fn missed(run_id: &str, job: &str, planned: i64) -> RunRecord {
+    let mut r = record(run_id, job, planned, RunStatus::Missed);
+    r.worker = String::new();
+    r.claimed_at = None;
+    r.started_at = None;
+    r.lag_ms = None;
+    r.duration_ms = None;
+    r.exit_code = None;
+    r.output = String::new();
+    r.error = Some("no live worker".into());
+    r
+}
+
+pub async fn a_missed_record_gives_way_to_the_ticks_real_record(s: &dyn LogStore) {
+    // recorded missed, then the real record of the same tick arrives: it replaces the missed one
+    s.insert(&[missed("m1", "j", 1_000)]).await.unwrap();
+    let out = s.insert(&[record("r1", "j", 1_000, RunStatus::Skipped)]).await.unwrap();
+    assert_eq!(out.inserted, 1);
+    let runs = s
+        .list(&RunQuery {
+            job: Some("j".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .runs;
+    assert_eq!(runs.len(), 1, "one record per tick: {runs:?}");
+    assert_eq!(runs[0].run_id, "r1");
+    // a missed record for a tick that has a record is not stored
+    let out = s.insert(&[missed("m2", "j", 1_000)]).await.unwrap();
+    assert_eq!((out.inserted, out.duplicates), (0, 1));
+    assert!(s.get("m2").await.unwrap().is_none());
+    // a manual run at the same instant does not stand for the tick, and does not replace it
+    s.insert(&[missed("m3", "k", 2_000)]).await.unwrap();
+    let mut manual = record("man", "k", 2_000, RunStatus::Succeeded);
+    manual.trigger = Trigger::Manual;
+    s.insert(&[manual]).await.unwrap();
+    assert!(
+        s.get("m3").await.unwrap().is_some(),
+        "a manual run leaves the missed tick alone"
+    );
+    // the same missed record again is a duplicate (deterministic ids)
+    let out = s.insert(&[missed("m3", "k", 2_000)]).await.unwrap();
+    assert_eq!((out.inserted, out.duplicates), (0, 1));
+}
+
+pub async fn recorded_ticks_are_found_and_manual_runs_do_not_count(s: &dyn LogStore) {
+    let mut manual = record("man", "a", 3_000, RunStatus::Succeeded);
+    manual.trigger = Trigger::Manual;
+    s.insert(&[
+        record("r1", "a", 1_000, RunStatus::Succeeded),
+        missed("m1", "a", 2_000),
+        manual,
+        record("r2", "b", 1_000, RunStatus::Failed),
+    ])
+    .await
+    .unwrap();
+    let asked: Vec<(String, i64)> = [("a", 1_000), ("a", 2_000), ("a", 3_000), ("b", 1_000), ("b", 2_000)]
+        .into_iter()
+        .map(|(j, p)| (j.to_string(), p))
+        .collect();
+    let found = s.recorded_ticks(&asked).await.unwrap();
+    let want: HashSet<(String, i64)> = [("a", 1_000), ("a", 2_000), ("b", 1_000)]
+        .into_iter()
+        .map(|(j, p)| (j.to_string(), p))
+        .collect();
+    assert_eq!(found, want);
+    assert!(s.recorded_ticks(&[]).await.unwrap().is_empty());
+}
+
+pub async fn counts_since_group_each_jobs_records_by_status(s: &dyn LogStore) {
+    s.insert(&[
+        record("r1", "a", 1_000, RunStatus::Failed),
+        record("r2", "a", 2_000, RunStatus::Failed),
+        record("r3", "a", 3_000, RunStatus::Succeeded),
+        missed("m1", "b", 4_000),
+        record("old", "b", 10, RunStatus::Failed),
+    ])
+    .await
+    .unwrap();
+    let mut got: Vec<(String, RunStatus, u64)> = s
+        .counts_since(1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.job, c.status, c.count))
+        .collect();
+    got.sort_by(|a, b| (a.0.clone(), a.1.as_str()).cmp(&(b.0.clone(), b.1.as_str())));
+    assert_eq!(
+        got,
+        vec![
+            ("a".into(), RunStatus::Failed, 2),
+            ("a".into(), RunStatus::Succeeded, 1),
+            ("b".into(), RunStatus::Missed, 1),
+        ]
+    );
 }
 
 pub async fn latest_per_job_is_each_jobs_newest_record(s: &dyn LogStore) {

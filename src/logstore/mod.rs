@@ -8,6 +8,9 @@
 //! Contract:
 //! - inserts are idempotent by `run_id`: a record already stored is kept, except that a `lost`
 //!   record is replaced by the real one when that arrives (the dead worker's spool replayed);
+//! - a `missed` record (the tick ledger's) is the record of a scheduled tick only while it has
+//!   no other: a record of that tick (job, planned time; not a manual run) arriving later
+//!   replaces it, and a `missed` record for a tick that has one is not stored;
 //! - `list` returns newest first by `(planned_at, run_id)`, without outputs, with an opaque cursor
 //!   for the next page; `get` returns one record with its output;
 //! - `latest_per_job` returns each job's newest record, as `list` would order them;
@@ -18,6 +21,7 @@ pub mod mongodb;
 pub mod sqlite;
 
 use crate::model::{RunRecord, RunStatus};
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// Errors of the store layer.
@@ -35,6 +39,16 @@ pub enum StoreError {
 
 /// Most job names `latest_per_job` takes in one call (one page of the jobs API).
 pub const MAX_LATEST_JOBS: usize = 1000;
+/// Most ticks `recorded_ticks` takes in one call.
+pub const MAX_TICK_LOOKUPS: usize = 1000;
+
+/// Records of one job with one status (`counts_since`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusCount {
+    pub job: String,
+    pub status: RunStatus,
+    pub count: u64,
+}
 
 /// Filters and paging for `list`.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +94,12 @@ pub trait LogStore: Send + Sync + 'static {
     /// has one; jobs without runs are absent. For the jobs table's "last status" column, so
     /// at most `MAX_LATEST_JOBS` names per call.
     async fn latest_per_job(&self, jobs: &[String]) -> Result<Vec<RunRecord>, StoreError>;
+    /// Which of these scheduled ticks (job, planned ms) have at least one record (manual runs
+    /// do not count). For the tick ledger, at most `MAX_TICK_LOOKUPS` per call.
+    async fn recorded_ticks(&self, ticks: &[(String, i64)]) -> Result<HashSet<(String, i64)>, StoreError>;
+    /// How many records of each job, by status, were planned at or after `since`: the jobs
+    /// list's failure and missed counts over the last 24 h.
+    async fn counts_since(&self, since: i64) -> Result<Vec<StatusCount>, StoreError>;
     /// Deletes what retention says; returns how many records went.
     async fn apply_retention(&self, retention: Retention, now_ms: i64) -> Result<u64, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;

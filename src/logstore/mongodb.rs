@@ -3,13 +3,16 @@
 //! index on `ended_at_date` when retention by age is configured (MongoDB then deletes old
 //! records itself; `apply_retention` does the per-job count).
 
-use super::{InsertOutcome, LogStore, Retention, RunPage, RunQuery, StoreError, decode_cursor, encode_cursor};
-use crate::model::RunRecord;
+use super::{
+    InsertOutcome, LogStore, Retention, RunPage, RunQuery, StatusCount, StoreError, decode_cursor, encode_cursor,
+};
+use crate::model::{RunRecord, RunStatus, Trigger};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, DateTime, Document, doc};
 use mongodb::error::ErrorKind;
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, IndexModel};
+use std::collections::HashSet;
 use std::time::Duration;
 
 pub struct MongoStore {
@@ -179,6 +182,32 @@ impl LogStore for MongoStore {
             return Ok(InsertOutcome::default());
         }
         self.indexes.check()?;
+        // a scheduled tick's real record replaces its `missed` one; a `missed` one is not stored
+        // for a tick that has a record
+        let mut skipped_missed = 0;
+        let mut kept: Vec<&RunRecord> = Vec::with_capacity(records.len());
+        for r in records {
+            if r.status == RunStatus::Missed {
+                let real = doc! { "job": &r.job, "planned_at": r.planned_at, "status": { "$ne": "missed" }, "trigger": { "$ne": "manual" } };
+                if self.coll.find_one(real).await.map_err(err)?.is_some() {
+                    skipped_missed += 1;
+                    continue;
+                }
+            } else if r.trigger != Trigger::Manual {
+                self.coll
+                    .delete_many(doc! { "job": &r.job, "planned_at": r.planned_at, "status": "missed" })
+                    .await
+                    .map_err(err)?;
+            }
+            kept.push(r);
+        }
+        let records: Vec<RunRecord> = kept.into_iter().cloned().collect();
+        if records.is_empty() {
+            return Ok(InsertOutcome {
+                inserted: 0,
+                duplicates: skipped_missed,
+            });
+        }
         let docs = records.iter().map(to_doc).collect::<Result<Vec<_>, _>>()?;
         let mut out = InsertOutcome {
             inserted: records.len(),
@@ -205,7 +234,7 @@ impl LogStore for MongoStore {
             },
         }
         out.inserted -= dup_indexes.len();
-        out.duplicates = dup_indexes.len();
+        out.duplicates = dup_indexes.len() + skipped_missed;
         // a `lost` placeholder gives way to the real record
         for i in dup_indexes {
             let r = &records[i];
@@ -302,6 +331,54 @@ impl LogStore for MongoStore {
             d.insert("output", "");
             d.remove("ended_at_date");
             out.push(from_doc(d)?);
+        }
+        Ok(out)
+    }
+
+    async fn recorded_ticks(&self, ticks: &[(String, i64)]) -> Result<HashSet<(String, i64)>, StoreError> {
+        let ticks: Vec<&(String, i64)> = ticks.iter().take(super::MAX_TICK_LOOKUPS).collect();
+        if ticks.is_empty() {
+            return Ok(HashSet::new());
+        }
+        // the {job, planned_at} index serves each branch of the $or
+        let either: Vec<Document> = ticks
+            .iter()
+            .map(|(job, planned)| doc! { "job": job, "planned_at": planned })
+            .collect();
+        let filter = doc! { "$or": either, "trigger": { "$ne": "manual" } };
+        let cursor = self
+            .coll
+            .find(filter)
+            .projection(doc! { "job": 1, "planned_at": 1, "_id": 0 })
+            .await
+            .map_err(err)?;
+        let docs: Vec<Document> = cursor.try_collect().await.map_err(err)?;
+        Ok(docs
+            .into_iter()
+            .filter_map(|d| Some((d.get_str("job").ok()?.to_string(), d.get_i64("planned_at").ok()?)))
+            .collect())
+    }
+
+    async fn counts_since(&self, since: i64) -> Result<Vec<StatusCount>, StoreError> {
+        let pipeline = vec![
+            doc! { "$match": { "planned_at": { "$gte": since } } },
+            doc! { "$group": { "_id": { "job": "$job", "status": "$status" }, "n": { "$sum": 1 } } },
+        ];
+        let cursor = self.coll.aggregate(pipeline).await.map_err(err)?;
+        let docs: Vec<Document> = cursor.try_collect().await.map_err(err)?;
+        let mut out = Vec::with_capacity(docs.len());
+        for d in docs {
+            let Ok(id) = d.get_document("_id") else { continue };
+            let (Ok(job), Some(status)) = (id.get_str("job"), id.get_str("status").ok().and_then(RunStatus::parse))
+            else {
+                continue;
+            };
+            let count = d.get_i32("n").map(i64::from).or_else(|_| d.get_i64("n")).unwrap_or(0);
+            out.push(StatusCount {
+                job: job.to_string(),
+                status,
+                count: count as u64,
+            });
         }
         Ok(out)
     }

@@ -1,9 +1,12 @@
 //! The SQLite run log: one file, WAL journal, one writer connection (batches in one transaction)
 //! and one reader connection, both used from blocking threads.
 
-use super::{InsertOutcome, LogStore, Retention, RunPage, RunQuery, StoreError, decode_cursor, encode_cursor};
-use crate::model::RunRecord;
+use super::{
+    InsertOutcome, LogStore, Retention, RunPage, RunQuery, StatusCount, StoreError, decode_cursor, encode_cursor,
+};
+use crate::model::{RunRecord, RunStatus, Trigger};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -130,7 +133,26 @@ impl LogStore for SqliteStore {
                          WHERE runs.status = 'lost' AND excluded.status <> 'lost'",
                     )
                     .map_err(err)?;
+                // a scheduled tick's real record replaces its `missed` one; a `missed` one is not
+                // stored for a tick that has a record
+                let mut has_real = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM runs WHERE job = ?1 AND planned_at = ?2 AND status <> 'missed'
+                           AND json_extract(record, '$.trigger') <> 'manual' LIMIT 1",
+                    )
+                    .map_err(err)?;
+                let mut drop_missed = tx
+                    .prepare_cached("DELETE FROM runs WHERE job = ?1 AND planned_at = ?2 AND status = 'missed'")
+                    .map_err(err)?;
                 for r in &records {
+                    if r.status == RunStatus::Missed {
+                        if has_real.exists(params![r.job, r.planned_at]).map_err(err)? {
+                            out.duplicates += 1;
+                            continue;
+                        }
+                    } else if r.trigger != Trigger::Manual {
+                        drop_missed.execute(params![r.job, r.planned_at]).map_err(err)?;
+                    }
                     let mut meta = r.clone();
                     meta.output = String::new();
                     let json = serde_json::to_string(&meta).expect("records serialize");
@@ -247,6 +269,53 @@ impl LogStore for SqliteStore {
             return probe(&mut c);
         }
         Self::with(&self.reader, probe).await
+    }
+
+    async fn recorded_ticks(&self, ticks: &[(String, i64)]) -> Result<HashSet<(String, i64)>, StoreError> {
+        let ticks: Vec<(String, i64)> = ticks.iter().take(super::MAX_TICK_LOOKUPS).cloned().collect();
+        Self::with(&self.reader, move |c| {
+            // one indexed probe per tick (runs_by_job)
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT 1 FROM runs WHERE job = ?1 AND planned_at = ?2
+                       AND json_extract(record, '$.trigger') <> 'manual' LIMIT 1",
+                )
+                .map_err(err)?;
+            let mut out = HashSet::new();
+            for (job, planned) in ticks {
+                if stmt.exists(params![job, planned]).map_err(err)? {
+                    out.insert((job, planned));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn counts_since(&self, since: i64) -> Result<Vec<StatusCount>, StoreError> {
+        Self::with(&self.reader, move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT job, status, COUNT(*) FROM runs WHERE planned_at >= ?1 GROUP BY job, status")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(params![since], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                })
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (job, status, count) = row.map_err(err)?;
+                if let Some(status) = RunStatus::parse(&status) {
+                    out.push(StatusCount {
+                        job,
+                        status,
+                        count: count as u64,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn apply_retention(&self, retention: Retention, now_ms: i64) -> Result<u64, StoreError> {

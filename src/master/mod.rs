@@ -261,6 +261,14 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
     ));
     info!(url = %info.url, log_store = state.store.kind(), "master serving");
     let sources = tokio::spawn(feed::watch_sources(state.clone(), state.shutdown.clone()));
+    crate::telemetry::metrics::set_per_job_metrics(&m.metrics_jobs);
+    let ledger = m.ledger.then(|| {
+        tokio::spawn(ledger::run(
+            state.clone(),
+            registration.lease_watch(),
+            state.shutdown.clone(),
+        ))
+    });
     let feed_stop = state.shutdown.clone();
     let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown({
         let s = shutdown.clone();
@@ -273,6 +281,9 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
     let res = server.await;
     state.shutdown.cancel();
     let _ = sources.await;
+    if let Some(l) = ledger {
+        let _ = l.await;
+    }
     let _ = retention.await;
     registration.deregister().await;
     res

@@ -133,7 +133,7 @@ pub struct TicksOverdue<'a> {
 }
 impl TicksOverdue<'_> {
     pub fn emit(self) {
-        METRICS.ticks_missed.inc_by(self.count as u64);
+        METRICS.ticks_overdue.inc_by(self.count as u64);
         warn!(
             job = self.job,
             count = self.count,
@@ -249,5 +249,55 @@ impl ScheduleMeaningChanged<'_> {
             advice = self.advice,
             "a stored job's schedule changed meaning with the crontab(5) day rule; rewrite it as advised to keep the old meaning"
         );
+    }
+}
+
+/// The tick ledger recorded a tick as missed: nobody claimed it before its starting deadline.
+pub struct TickMissed<'a> {
+    pub job: &'a str,
+    pub planned_at: i64,
+    /// `no_live_worker`, `no_matching_worker` or `not_claimed`.
+    pub kind: &'static str,
+    pub reason: &'a str,
+}
+impl TickMissed<'_> {
+    pub fn emit(self) {
+        METRICS.ticks_missed.with_label_values(&[self.kind]).inc();
+        if super::metrics::per_job(self.job) {
+            METRICS.job_ticks_missed.with_label_values(&[self.job]).inc();
+        }
+        warn!(
+            job = self.job,
+            planned_at = self.planned_at,
+            reason = self.reason,
+            "tick missed: nobody claimed it before its starting deadline"
+        );
+    }
+}
+
+/// This master took the tick ledger over, or gave it up.
+pub struct LedgerKeeper<'a> {
+    pub master: &'a str,
+    pub keeping: bool,
+    /// Where the books resume (when taken over).
+    pub watermark: i64,
+    pub detail: &'a str,
+}
+impl LedgerKeeper<'_> {
+    pub fn emit(self) {
+        METRICS.ledger_keeper.set(i64::from(self.keeping));
+        if self.keeping {
+            info!(
+                master = self.master,
+                watermark = self.watermark,
+                "this master keeps the tick ledger: every expected tick is accounted for from here"
+            );
+        } else {
+            info!(
+                master = self.master,
+                detail = self.detail,
+                "this master no longer keeps the tick ledger"
+            );
+        }
     }
 }

@@ -50,6 +50,12 @@ fn gauge(name: &str, help: &str) -> IntGauge {
     REGISTRY.register(Box::new(g.clone())).expect("metric registered once");
     g
 }
+fn float_gauge(name: &str, help: &str) -> prometheus::Gauge {
+    note(name);
+    let g = prometheus::Gauge::new(name, help).expect("valid metric");
+    REGISTRY.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     note(name);
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -98,7 +104,13 @@ pub struct Metrics {
     pub run_duration: Histogram,
     pub runs_in_progress: IntGauge,
     pub ticks_skipped: IntCounterVec,
-    pub ticks_missed: IntCounter,
+    pub ticks_overdue: IntCounter,
+    pub ticks_missed: IntCounterVec,
+    pub job_ticks_missed: IntCounterVec,
+    pub ledger_keeper: IntGauge,
+    pub ledger_lag: prometheus::Gauge,
+    pub ledger_pending: IntGauge,
+    pub ledger_ticks_checked: IntCounter,
     pub owned_jobs: IntGauge,
     pub known_jobs: IntGauge,
     pub members: IntGauge,
@@ -173,9 +185,35 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Ticks recorded as skipped, by reason (concurrency_forbid, misfire, capacity, ...).",
             &["reason"],
         ),
-        ticks_missed: counter(
-            "cronmesh_ticks_missed_total",
+        ticks_overdue: counter(
+            "cronmesh_ticks_overdue_total",
             "Ticks found overdue (not claimed by their planned time); the misfire policy decides their fate.",
+        ),
+        ticks_missed: counter_vec(
+            "cronmesh_ticks_missed_total",
+            "Expected ticks nobody claimed before their starting deadline, recorded missed by the tick ledger, by reason (no_live_worker, no_matching_worker, not_claimed).",
+            &["reason"],
+        ),
+        job_ticks_missed: counter_vec(
+            "cronmesh_job_ticks_missed_total",
+            "Missed ticks by job; only for the jobs listed in master.metrics_jobs (bounded).",
+            &["job_name"],
+        ),
+        ledger_keeper: gauge(
+            "cronmesh_ledger_keeper",
+            "1 on the master that keeps the tick ledger (one at a time), 0 on the others.",
+        ),
+        ledger_lag: float_gauge(
+            "cronmesh_ledger_lag_seconds",
+            "How far the tick ledger's watermark is behind now (ticks are due for accounting at planned + starting deadline + grace).",
+        ),
+        ledger_pending: gauge(
+            "cronmesh_ledger_pending_ticks",
+            "Ticks past their accounting time that are claimed by a live worker and have no record yet (long runs, delayed reports).",
+        ),
+        ledger_ticks_checked: counter(
+            "cronmesh_ledger_ticks_checked_total",
+            "Expected ticks the tick ledger has accounted for.",
         ),
         owned_jobs: gauge("cronmesh_owned_jobs", "Jobs this worker schedules."),
         known_jobs: gauge("cronmesh_jobs", "Jobs known from etcd."),
@@ -341,6 +379,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for st in crate::model::RunStatus::ALL {
         m.runs_finished.with_label_values(&[st.as_str()]);
     }
+    for r in ["no_live_worker", "no_matching_worker", "not_claimed"] {
+        m.ticks_missed.with_label_values(&[r]);
+    }
     for w in ["jobs", "workers", "signals", "feed"] {
         m.bad_values.with_label_values(&[w]);
     }
@@ -431,6 +472,7 @@ pub fn set_per_job_metrics(jobs: &[String]) {
             METRICS.job_runs_finished.with_label_values(&[j, st.as_str()]);
         }
         METRICS.job_schedule_lag.with_label_values(&[j]);
+        METRICS.job_ticks_missed.with_label_values(&[j]);
     }
     let _ = PER_JOB.set(jobs);
 }

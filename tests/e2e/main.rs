@@ -12,6 +12,7 @@ mod drain;
 mod exactly_once;
 mod failover;
 mod feed;
+mod ledger;
 mod lifecycle;
 mod observability;
 mod outage;

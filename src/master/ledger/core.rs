@@ -231,8 +231,9 @@ impl Ledger {
         self.members.back().is_some_and(|(_, m)| m.iter().any(|w| w.id == id))
     }
 
-    /// Why nobody claimed `tick` before its deadline, in words an operator can act on.
-    pub fn reason(&self, tick: &DueTick) -> String {
+    /// Why nobody claimed `tick` before its deadline: a metric label (`no_live_worker`,
+    /// `no_matching_worker`, `not_claimed`) and words an operator can act on.
+    pub fn reason(&self, tick: &DueTick) -> (&'static str, String) {
         let (from, to) = (tick.planned, tick.planned + tick.deadline_ms);
         // the snapshots in force during [from, to]
         let mut live = false;
@@ -258,18 +259,30 @@ impl Ledger {
                 .join(",")
         };
         if !live {
-            "no live worker: start a worker (or check why they cannot reach etcd)".into()
+            (
+                "no_live_worker",
+                "no live worker: start a worker (or check why they cannot reach etcd)".into(),
+            )
         } else if eligible == 0 && !tick.selector.is_empty() {
-            format!(
-                "no worker matches selector {{{}}}: start a worker with these labels or change the job's selector",
-                selector()
+            (
+                "no_matching_worker",
+                format!(
+                    "no worker matches selector {{{}}}: start a worker with these labels or change the job's selector",
+                    selector()
+                ),
             )
         } else if eligible == 0 {
-            "no live worker could take it (every worker was draining)".into()
+            (
+                "no_live_worker",
+                "no live worker could take it (every worker was draining)".into(),
+            )
         } else {
-            format!(
-                "not claimed before the starting deadline ({} s) although {eligible} eligible worker(s) were live: check their logs, CPU and their connection to etcd",
-                tick.deadline_ms / 1000
+            (
+                "not_claimed",
+                format!(
+                    "not claimed before the starting deadline ({} s) although {eligible} eligible worker(s) were live: check their logs, CPU and their connection to etcd",
+                    tick.deadline_ms / 1000
+                ),
             )
         }
     }
@@ -491,23 +504,24 @@ mod tests {
             selector: BTreeMap::new(),
         };
         l.on_members(T0, MemberEvent::Reset(vec![]));
-        assert!(l.reason(&tick).starts_with("no live worker"), "{}", l.reason(&tick));
+        assert!(l.reason(&tick).1.starts_with("no live worker"), "{}", l.reason(&tick).1);
         l.on_members(T0 + 500, MemberEvent::Up(member("w1", &[("zone", "a")])));
         tick.selector = BTreeMap::from([("zone".to_string(), "x".to_string())]);
         assert_eq!(
-            l.reason(&tick),
+            l.reason(&tick).1,
             "no worker matches selector {zone=x}: start a worker with these labels or change the job's selector"
         );
         tick.selector = BTreeMap::from([("zone".to_string(), "a".to_string())]);
         assert!(
             l.reason(&tick)
+                .1
                 .starts_with("not claimed before the starting deadline (10 s) although 1 eligible")
         );
         // a worker that only came after the tick's deadline does not count
         let mut late = tick.clone();
         late.planned = T0 - 20_000;
         late.selector = BTreeMap::new();
-        assert!(l.reason(&late).starts_with("no live worker"), "{}", l.reason(&late));
+        assert!(l.reason(&late).1.starts_with("no live worker"), "{}", l.reason(&late).1);
         assert!(l.is_member("w1") && !l.is_member("w2"));
     }
 

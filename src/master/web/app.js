@@ -851,7 +851,7 @@ function filteredJobs() {
     const st = j.last_run && j.last_run.status;
     if (q.filter === 'paused' && !j.paused) continue;
     if (q.filter === 'active' && j.paused) continue;
-    if (q.filter === 'failing' && !['failed', 'timed_out', 'killed', 'lost'].includes(st)) continue;
+    if (q.filter === 'failing' && !['failed', 'timed_out', 'killed', 'lost', 'missed'].includes(st)) continue;
     if (q.filter === 'never' && j.last_run) continue;
     out.push(j);
   }
@@ -1010,7 +1010,7 @@ function runsToolbar(withJob) {
     withJob ? el('input', { id: 'runs-job', placeholder: 'all jobs (exact name)', value: rv.job, onchange: (e) => { rv.job = e.target.value.trim(); loadRuns(true); } }) : null,
     el('label', { for: 'runs-status' }, 'Status'),
     el('select', { id: 'runs-status', onchange: (e) => { rv.status = e.target.value; loadRuns(true); } },
-      ...['', 'running', 'succeeded', 'failed', 'timed_out', 'killed', 'skipped', 'lost']
+      ...['', 'running', 'succeeded', 'failed', 'timed_out', 'killed', 'skipped', 'lost', 'missed']
         .map((s) => el('option', { value: s }, s ? s.replace('_', ' ') : 'all statuses'))));
 }
 
