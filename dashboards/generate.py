@@ -39,7 +39,7 @@ fleet = [
     panel(3, "Failure ratio (failed, timed out, killed, lost)", ['sum(rate(cronmesh_runs_finished_total{status=~"failed|timed_out|killed|lost"}' + R + ')) / clamp_min(sum(rate(cronmesh_runs_finished_total' + R + ')), 1e-9)'], 12, 1, unit="percentunit"),
     panel(4, "Runs in progress", ['sum(cronmesh_runs_in_progress)'], 0, 9, w=8, kind="stat"),
     panel(5, "Skipped ticks per second, by reason", ['sum by (reason) (rate(cronmesh_ticks_skipped_total' + R + '))'], 8, 9, w=8, legends=["{{reason}}"], unit="ops"),
-    panel(6, "Missed ticks (overdue) per second", ['sum(rate(cronmesh_ticks_overdue_total' + R + '))'], 16, 9, w=8, unit="ops"),
+    panel(6, "Missed ticks (nobody ran them), by reason; overdue ticks", ['sum by (reason) (increase(cronmesh_ticks_missed_total[1h]))', 'sum(increase(cronmesh_ticks_overdue_total[1h]))', 'max(cronmesh_ledger_lag_seconds)'], 16, 9, w=8, legends=["missed: {{reason}}", "overdue (misfire policy)", "ledger lag (s)"], unit="short"),
     row(7, "Schedule lag", 17),
     panel(8, "Schedule lag p50 / p99 (started - planned)", [
         'histogram_quantile(0.5, sum by (le) (rate(cronmesh_schedule_lag_seconds_bucket' + R + ')))',

@@ -29,7 +29,7 @@ pub enum Output {
 
 #[derive(Subcommand, Debug)]
 pub enum CtlCmd {
-    /// Jobs: get, apply, delete, run, kill, pause, resume.
+    /// Jobs: get, apply, delete, run, kill, pause, resume, ticks.
     #[command(subcommand)]
     Jobs(JobsCmd),
     /// Runs: list, get.
@@ -103,6 +103,17 @@ pub enum JobsCmd {
     },
     Resume {
         name: String,
+    },
+    /// Every expected tick of a job in a range, newest first, and what became of it (run,
+    /// skipped, missed, lost, running, pending) with the reason.
+    Ticks {
+        name: String,
+        /// How far back, e.g. 1h, 30m, 1d (from now, or from --to).
+        #[arg(long, default_value = "1h")]
+        since: humantime::Duration,
+        /// The end of the range (RFC 3339 or Unix ms; default now).
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -369,6 +380,39 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
             c.call(Method::POST, &format!("/api/v1/jobs/{}/resume", encode(&name)), None)
                 .await?;
             format!("job {name} resumed")
+        }
+        CtlCmd::Jobs(JobsCmd::Ticks { name, since, to }) => {
+            let to_ms = match &to {
+                None => crate::coord::now_ms(),
+                Some(t) => match t.parse::<i64>() {
+                    Ok(ms) => ms,
+                    Err(_) => chrono::DateTime::parse_from_rfc3339(t)
+                        .map(|d| d.timestamp_millis())
+                        .map_err(|_| CtlError::Input(format!("--to {t:?} is not RFC 3339 or Unix milliseconds")))?,
+                },
+            };
+            let from_ms = to_ms - std::time::Duration::from(since).as_millis() as i64;
+            let path = format!("/api/v1/jobs/{}/ticks?from={from_ms}&to={to_ms}", encode(&name));
+            let body = c.call(Method::GET, &path, None).await?;
+            let ticks = body["ticks"].as_array().cloned().unwrap_or_default();
+            if json {
+                serde_json::to_string_pretty(&ticks).unwrap_or_default()
+            } else {
+                table(
+                    &["PLANNED", "OUTCOME", "RUN", "REASON"],
+                    ticks
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                time(&t["planned_at"]),
+                                s(&t["outcome"]),
+                                t["run_id"].as_str().unwrap_or("-").to_string(),
+                                t["reason"].as_str().unwrap_or("").to_string(),
+                            ]
+                        })
+                        .collect(),
+                )
+            }
         }
         CtlCmd::Runs(RunsCmd::List { job, status, limit }) => {
             let mut path = format!("/api/v1/runs?limit={limit}");

@@ -32,6 +32,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/jobs/{name}/kill"),
     ("post", "/api/v1/jobs/{name}/pause"),
     ("post", "/api/v1/jobs/{name}/resume"),
+    ("get", "/api/v1/jobs/{name}/ticks"),
     ("get", "/api/v1/runs"),
     ("get", "/api/v1/runs/{run_id}"),
     ("get", "/api/v1/workers"),
@@ -54,6 +55,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/jobs/{name}/kill", post(kill_job))
         .route("/api/v1/jobs/{name}/pause", post(pause_job))
         .route("/api/v1/jobs/{name}/resume", post(resume_job))
+        .route("/api/v1/jobs/{name}/ticks", get(super::ticks::job_ticks))
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{run_id}", get(get_run))
         .route("/api/v1/workers", get(list_workers))
@@ -86,7 +88,7 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, need: Need) -> Result<()
     }
 }
 
-fn valid_name(name: &str) -> Result<(), ApiError> {
+pub fn valid_name(name: &str) -> Result<(), ApiError> {
     validate_name(name).map_err(|e| ApiError::bad_field("name", e.to_string()))
 }
 
@@ -104,6 +106,8 @@ pub struct JobView {
     pub next_fire_times: Vec<String>,
     /// The job's newest run record (by planned time), if it has one.
     pub last_run: Option<LastRun>,
+    /// Its records of the last 24 hours by outcome (at most 30 s old).
+    pub stats_24h: crate::master::stats::DayCounts,
 }
 
 /// The newest run of a job, in brief.
@@ -116,7 +120,12 @@ pub struct LastRun {
     pub exit_code: Option<i32>,
 }
 
-pub fn job_view(job: StoredJob, n: usize, last: Option<RunRecord>) -> JobView {
+pub fn job_view(
+    job: StoredJob,
+    n: usize,
+    last: Option<RunRecord>,
+    stats_24h: crate::master::stats::DayCounts,
+) -> JobView {
     let spec = &job.spec;
     let (desc, resolved, warnings, next) = match Schedule::parse_for_job(&spec.schedule, &spec.timezone, &spec.name) {
         Ok(s) => (
@@ -140,6 +149,7 @@ pub fn job_view(job: StoredJob, n: usize, last: Option<RunRecord>) -> JobView {
             ended_at: r.ended_at,
             exit_code: r.exit_code,
         }),
+        stats_24h,
     }
 }
 
@@ -167,7 +177,8 @@ async fn job_views(st: &AppState, jobs: Vec<StoredJob>, n: usize) -> Vec<JobView
     jobs.into_iter()
         .map(|j| {
             let l = last.remove(&j.spec.name);
-            job_view(j, n, l)
+            let stats = st.stats.get(&j.spec.name);
+            job_view(j, n, l, stats)
         })
         .collect()
 }
@@ -450,7 +461,7 @@ struct RunsQuery {
     cursor: Option<String>,
 }
 
-fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
+pub fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
     if let Ok(ms) = v.parse::<i64>() {
         return Ok(ms);
     }
@@ -798,7 +809,7 @@ mod tests {
             updated_at: 0,
             revision: 1,
         };
-        let v = job_view(job("backup-db", "H 3 * * *"), 1, None);
+        let v = job_view(job("backup-db", "H 3 * * *"), 1, None, Default::default());
         assert_eq!(
             v.schedule_resolved,
             Schedule::parse_for_job("H 3 * * *", "UTC", "backup-db")
@@ -806,7 +817,7 @@ mod tests {
                 .resolved()
         );
         assert!(v.schedule_warnings.is_empty());
-        let v = job_view(job("odd-mondays", "0 0 */2 * 1"), 1, None);
+        let v = job_view(job("odd-mondays", "0 0 */2 * 1"), 1, None, Default::default());
         assert_eq!(v.schedule_warnings.len(), 1, "{:?}", v.schedule_warnings);
     }
 }

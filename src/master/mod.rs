@@ -11,6 +11,8 @@ pub mod feed;
 pub mod last_runs;
 pub mod ledger;
 pub mod meaning;
+pub mod stats;
+pub mod ticks;
 pub mod web;
 
 use crate::config::Config;
@@ -159,6 +161,8 @@ pub struct AppState {
     pub auth: auth::Auth,
     pub ingest: Arc<Ingest>,
     pub feed: feed::Feed,
+    /// Each job's runs over the last 24 hours, for the job views.
+    pub stats: stats::DayStats,
     /// Cancelled when the master stops: feed connections close with code 1001.
     pub shutdown: CancellationToken,
 }
@@ -174,6 +178,7 @@ impl AppState {
                 Some((coord.clone(), config.master.id.clone())),
             )),
             feed,
+            stats: stats::DayStats::default(),
             shutdown: CancellationToken::new(),
             config,
             coord,
@@ -262,6 +267,12 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
     info!(url = %info.url, log_store = state.store.kind(), "master serving");
     let sources = tokio::spawn(feed::watch_sources(state.clone(), state.shutdown.clone()));
     crate::telemetry::metrics::set_per_job_metrics(&m.metrics_jobs);
+    let day_stats = tokio::spawn(
+        state
+            .stats
+            .clone()
+            .keep_fresh(state.store.clone(), state.shutdown.clone()),
+    );
     let ledger = m.ledger.then(|| {
         tokio::spawn(ledger::run(
             state.clone(),
@@ -284,6 +295,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
     if let Some(l) = ledger {
         let _ = l.await;
     }
+    let _ = day_stats.await;
     let _ = retention.await;
     registration.deregister().await;
     res
