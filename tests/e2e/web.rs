@@ -64,6 +64,8 @@ async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_br
         "03-job-form-error",
         "03b-job-form-preview",
         "04-job-detail-live-runs",
+        "04b-tick-strip",
+        "04c-jobs-summary",
         "05-run-output",
         "11-workers",
     ] {

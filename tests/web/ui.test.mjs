@@ -189,6 +189,35 @@ if (MODE === 'ui') {
       await shot(page, '04-job-detail-live-runs');
     });
 
+    await t.test('the tick strip shows each expected tick; a missed one says why, and the jobs list counts it', async () => {
+      // ui-hello's page: its ticks, succeeded
+      await page.locator('#tick-strip .tick.succeeded').first().waitFor({ timeout: 30_000 });
+      // a job no worker may run: the tick ledger records its ticks missed
+      const put = await apiCall('PUT', '/api/v1/jobs/ui-nowhere', {
+        schedule: '@every 1s', command: 'true', selector: { zone: 'nowhere' }, starting_deadline: '1s',
+      });
+      assert.equal(put.status, 201, JSON.stringify(put.body));
+      await page.goto(net1.url + '/#/jobs/ui-nowhere');
+      const missed = page.locator('#tick-strip .tick.missed');
+      await missed.first().waitFor({ timeout: 30_000 });
+      assert.match(await missed.first().getAttribute('title'), /missed: no worker matches selector \{zone=nowhere\}/);
+      // each cell is reachable by keyboard and opens its record
+      await missed.first().focus();
+      await page.keyboard.press('Enter');
+      await page.locator('#run-dialog').waitFor();
+      assert.match(await page.locator('#run-body').textContent(), /missed/);
+      await page.keyboard.press('Escape');
+      await page.locator('#run-dialog').waitFor({ state: 'hidden' });
+      await shot(page, '04b-tick-strip');
+      await page.goto(net1.url + '/#/jobs');
+      await page.locator('#fleet-summary', { hasText: /1 job with missed ticks/ }).waitFor({ timeout: 30_000 });
+      await page.locator('#jobs-table tr[data-job="ui-nowhere"] td[data-label="Last 24 h"] .badge.missed').waitFor();
+      await shot(page, '04c-jobs-summary');
+      assert.equal((await apiCall('DELETE', '/api/v1/jobs/ui-nowhere')).status, 204);
+      await page.goto(net1.url + '/#/jobs/ui-hello');
+      await page.locator('h1', { hasText: 'ui-hello' }).waitFor();
+    });
+
     await t.test("a run's output opens in the viewer", async () => {
       await page.locator('#runs-table tr[data-status="succeeded"] button.link').first().click();
       const out = page.locator('#run-output');

@@ -22,6 +22,7 @@ const state = {
   view: null,             // { name, job? }
   jobsQuery: { search: '', filter: 'all', page: 0 },
   runsView: null,         // { job, status, runs: Map, cursor, loading, error }
+  ticks: null,            // the job page's tick strip: { job, list, loading, error, at }
   staleAt: new Map(),     // job name -> last refresh attempt (ms)
   staleInFlight: 0,
   pendingJobEvents: [],   // job events seen while the job list is being read
@@ -253,6 +254,7 @@ function jobSaved(job) {
     schedule_warnings: old && old.schedule === job.schedule ? old.schedule_warnings : [],
     next_fire_times: old && old.schedule === job.schedule && old.timezone === job.timezone ? old.next_fire_times : [],
     last_run: old ? old.last_run : null,
+    stats_24h: old ? old.stats_24h : null,
     stale: true,
   });
   state.staleAt.delete(name);
@@ -393,6 +395,11 @@ function onEvent(ev) {
         j.last_run = { run_id: ev.run.run_id, status: ev.run.status, planned_at: ev.run.planned_at,
           ended_at: ev.run.ended_at, exit_code: ev.run.exit_code };
       }
+      if (j && ev.run.status === 'missed') {
+        const d = j.stats_24h || { runs: 0, succeeded: 0, failed: 0, skipped: 0, missed: 0 };
+        j.stats_24h = { ...d, runs: d.runs + 1, missed: d.missed + 1 };
+      }
+      if (state.view && state.view.name === 'job' && state.view.job === ev.run.job) ticksSoon();
       break;
     }
     case 'lagged':
@@ -806,6 +813,8 @@ function navigate() {
   if (!same) {
     skeleton = null;
     state.runsView = null;
+    state.ticks = null;
+    clearTimeout(ticksTimer);
     if (v.name === 'job' || v.name === 'runs') {
       state.runsView = { job: v.name === 'job' ? v.job : '', status: '', runs: new Map(), cursor: null, loaded: false };
       loadRuns(true);
@@ -853,6 +862,7 @@ function filteredJobs() {
     if (q.filter === 'active' && j.paused) continue;
     if (q.filter === 'failing' && !['failed', 'timed_out', 'killed', 'lost', 'missed'].includes(st)) continue;
     if (q.filter === 'never' && j.last_run) continue;
+    if (q.filter === 'missed' && !((j.stats_24h || {}).missed > 0)) continue;
     out.push(j);
   }
   return out;
@@ -893,13 +903,14 @@ function renderJobs() {
     const q = state.jobsQuery;
     fill(main, 
       el('h1', {}, 'Jobs'),
+      el('p', { id: 'fleet-summary', class: 'summary', 'aria-live': 'polite' }),
       el('div', { class: 'toolbar' },
         el('label', { for: 'job-search', class: 'visually-hidden' }, 'Search'),
         el('input', { id: 'job-search', class: 'grow', type: 'search', placeholder: 'Search name, command, description  ( / )', value: q.search,
           oninput: (e) => { q.search = e.target.value; q.page = 0; renderJobsBody(); } }),
         el('label', { for: 'job-filter' }, 'Show'),
         el('select', { id: 'job-filter', onchange: (e) => { q.filter = e.target.value; q.page = 0; renderJobsBody(); } },
-          ...[['all', 'all jobs'], ['active', 'active'], ['paused', 'paused'], ['failing', 'last run failed'], ['never', 'never run']]
+          ...[['all', 'all jobs'], ['active', 'active'], ['paused', 'paused'], ['failing', 'last run failed'], ['missed', 'missed ticks (24 h)'], ['never', 'never run']]
             .map(([v, t]) => el('option', { value: v, selected: q.filter === v }, t))),
         el('button', { type: 'button', id: 'new-job', onclick: () => openJobForm(null) }, 'New job')),
       el('div', { id: 'jobs-body' }));
@@ -907,7 +918,39 @@ function renderJobs() {
   renderJobsBody();
 }
 
+const FAILED = ['failed', 'timed_out', 'killed', 'lost', 'missed'];
+
+// The line at the top of the jobs list: what needs a look first. Each count filters the list.
+function renderSummary() {
+  const line = document.getElementById('fleet-summary');
+  if (!line || !state.jobsLoaded) return;
+  let failing = 0; let missed = 0; let paused = 0;
+  for (const j of state.jobs.values()) {
+    if (j.last_run && FAILED.includes(j.last_run.status)) failing++;
+    if ((j.stats_24h || {}).missed > 0) missed++;
+    if (j.paused) paused++;
+  }
+  const q = state.jobsQuery;
+  const pick = (filter) => () => { q.filter = filter; q.page = 0; const f = document.getElementById('job-filter'); if (f) f.value = filter; renderJobsBody(); };
+  const item = (n, text, cls, filter) => el('button', { type: 'button', class: `link summary-item ${n ? cls : ''}`, dataset: { key: `summary/${filter}` }, onclick: pick(filter) }, `${n} ${text}`);
+  fill(line,
+    item(failing, failing === 1 ? 'job failing' : 'jobs failing', 'bad', 'failing'), ' · ',
+    item(missed, missed === 1 ? 'job with missed ticks (24 h)' : 'jobs with missed ticks (24 h)', 'bad', 'missed'), ' · ',
+    el('span', { class: 'summary-item' }, `${state.running.size} ${state.running.size === 1 ? 'run' : 'runs'} in progress`), ' · ',
+    item(paused, 'paused', '', 'paused'));
+}
+
+function dayCell(j) {
+  const d = j.stats_24h;
+  if (!d || !d.runs) return el('span', { class: 'muted small' }, 'no runs');
+  return el('span', { class: 'small', title: `last 24 h: ${d.runs} records, ${d.succeeded} succeeded, ${d.failed} failed, ${d.skipped} skipped, ${d.missed} missed` },
+    `${d.runs} runs`,
+    d.failed ? el('span', { class: 'badge failed' }, `${d.failed} failed`) : null,
+    d.missed ? el('span', { class: 'badge missed' }, `${d.missed} missed`) : null);
+}
+
 function renderJobsBody() {
+  renderSummary();
   const body = document.getElementById('jobs-body');
   if (!body) return;
   keepFocus(body, () => {
@@ -944,6 +987,7 @@ function renderJobsBody() {
           : nf ? el('span', {}, timeEl(nf), el('div', { class: 'muted small' }, (j.next_fire_times || []).filter((t) => Date.parse(t) >= nf).slice(0, 3).map((t) => fmtShort(Date.parse(t))).join(', ')))
             : el('span', { class: 'muted' }, 'due')),
         el('td', { 'data-label': 'Last run' }, lastRunCell(j)),
+        el('td', { 'data-label': 'Last 24 h' }, dayCell(j)),
         el('td', { 'data-label': 'State' }, j.paused ? el('span', { class: 'badge paused' }, 'paused') : el('span', { class: 'badge' }, 'active')),
         el('td', { class: 'actions' }, jobActions(j, `${name}/`)));
     });
@@ -952,7 +996,7 @@ function renderJobsBody() {
       all.length === 0
         ? el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, 'No job matches this search.'))
         : el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'jobs-table' },
-          el('thead', {}, el('tr', {}, ['Name', 'Schedule', 'Next run', 'Last run', 'State', ''].map((t) => el('th', { scope: 'col' }, t)))),
+          el('thead', {}, el('tr', {}, ['Name', 'Schedule', 'Next run', 'Last run', 'Last 24 h', 'State', ''].map((t) => el('th', { scope: 'col' }, t)))),
           el('tbody', {}, rows))),
       el('div', { class: 'pager' },
         el('span', { class: 'muted', id: 'jobs-count' }, count, state.jobsLoading ? ' (loading…)' : ''),
@@ -967,7 +1011,11 @@ function renderJob(name) {
   const j = state.jobs.get(name);
   if (skeleton !== `job:${name}`) {
     skeleton = `job:${name}`;
-    fill(main, el('div', { id: 'job-head' }), el('h2', {}, 'Runs'), runsToolbar(), el('div', { id: 'runs-body' }));
+    fill(main, el('div', { id: 'job-head' }),
+      el('h2', {}, 'Ticks'), el('div', { id: 'tick-strip', class: 'tick-strip', role: 'list', 'aria-label': 'Recent expected ticks, oldest first' }),
+      el('h2', {}, 'Runs'), runsToolbar(), el('div', { id: 'runs-body' }));
+    state.ticks = { job: name, list: null, loading: false, at: 0 };
+    loadTicks();
   }
   const head = document.getElementById('job-head');
   keepFocus(head, () => {
@@ -1001,6 +1049,64 @@ function renderJob(name) {
       el('dl', { class: 'spec' }, spec.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])));
   });
   renderRunsBody();
+}
+
+// ---------------------------------------------------------------- the tick strip
+
+const STRIP_CELLS = 60;
+const STRIP_RANGES = [3600e3, 600e3, 60e3];
+let ticksTimer = null;
+
+// One cell per expected tick (newest STRIP_CELLS), coloured by outcome: the question "did each
+// tick it should have run, run?" at a glance. Read from GET /jobs/{name}/ticks; the range
+// shrinks for jobs that tick so often that an hour holds more than the API answers.
+async function loadTicks() {
+  const t = state.ticks;
+  if (!t || t.loading) return;
+  t.loading = true;
+  try {
+    for (const range of STRIP_RANGES) {
+      const to = Date.now();
+      try {
+        const body = await api('GET', `/api/v1/jobs/${encodeURIComponent(t.job)}/ticks?from=${Math.floor(to - range)}&to=${to}`);
+        t.list = body.ticks.slice(0, STRIP_CELLS).reverse();
+        t.error = null;
+        break;
+      } catch (e) {
+        if (e.code !== 'range_too_wide') { t.error = e; break; }
+      }
+    }
+  } finally {
+    t.loading = false;
+    t.at = Date.now();
+  }
+  renderTicks();
+  clearTimeout(ticksTimer);
+  ticksTimer = setTimeout(() => { if (state.ticks === t) loadTicks(); }, 10000);
+}
+
+function ticksSoon() {
+  const t = state.ticks;
+  if (!t || t.soon) return;
+  t.soon = true;
+  setTimeout(() => { t.soon = false; if (state.ticks === t) loadTicks(); }, Math.max(0, 2000 - (Date.now() - t.at)));
+}
+
+function renderTicks() {
+  const strip = document.getElementById('tick-strip');
+  const t = state.ticks;
+  if (!strip || !t) return;
+  if (t.error) { fill(strip, el('p', { class: 'muted small' }, `Cannot read the ticks: ${t.error.message}`)); return; }
+  if (!t.list) { fill(strip, el('p', { class: 'muted small' }, 'Loading ticks…')); return; }
+  if (!t.list.length) { fill(strip, el('p', { class: 'muted small' }, 'No expected tick in the last hour.')); return; }
+  keepFocus(strip, () => fill(strip, t.list.map((k) => {
+    const text = `${fmtAbs(k.planned_at)} — ${k.outcome.replace('_', ' ')}${k.reason ? `: ${k.reason}` : ''}`;
+    return el('button', {
+      type: 'button', role: 'listitem', class: `tick ${k.outcome}`, title: text, 'aria-label': text,
+      dataset: { key: `tick/${k.planned_at}`, outcome: k.outcome },
+      disabled: !k.run_id, onclick: k.run_id ? () => openRun(k.run_id) : null,
+    });
+  })));
 }
 
 function runsToolbar(withJob) {
