@@ -155,6 +155,10 @@ async fn keep_books(
             }
             Some(ev) = members.events.recv() => {
                 members_synced |= matches!(ev, crate::coord::MemberEvent::Reset(_));
+                // a worker gone: the ticks it claimed and never reported are lost; look now
+                if !matches!(ev, crate::coord::MemberEvent::Up(_)) {
+                    books.last_recheck = 0;
+                }
                 books.ledger.on_members(now_ms(), ev);
             }
             _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {
