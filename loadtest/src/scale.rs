@@ -52,6 +52,15 @@ pub struct Scale {
     pub etcd_txn_per_s: f64,
     pub etcd_db_mb: f64,
     pub etcd_keys: f64,
+    /// The master keeping the tick ledger over every job: its CPU (median of 1 s samples), its
+    /// etcd requests/s (all of them: watches' lists, the ledger's claim look-ups, the
+    /// watermark), the ticks it accounted for per second, how far behind it was at the end,
+    /// and the ticks it recorded missed (0 when every tick ran).
+    pub ledger_master_cpu_median_percent: f64,
+    pub ledger_master_etcd_requests_per_s: f64,
+    pub ledger_ticks_checked_per_s: f64,
+    pub ledger_lag_s: f64,
+    pub ledger_missed: f64,
     pub processes: Vec<ProcStat>,
 }
 
@@ -111,6 +120,8 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
         .await?
         .as_secs_f64()
         * 1000.0;
+    // a master that keeps the tick ledger over every job (and takes the workers' reports)
+    let (master, _url) = crate::fleet::spawn_master(&ctx.bin, &ctx.dir, &endpoints, prefix, "scale-master").await?;
     // the first scheduled run of any job
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -135,6 +146,12 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
     for p in &procs {
         txn0 += metric_sum(&p.metrics().await, "cronmesh_etcd_requests_total", "op=\"txn\"");
     }
+    let m0 = master.metrics().await;
+    let master_etcd0 = metric_sum(&m0, "cronmesh_etcd_requests_total", "");
+    let checked0 = metric_sum(&m0, "cronmesh_ledger_ticks_checked_total", "");
+    let mut master_meter = CpuMeter::new(master.pid());
+    let mut master_second = CpuMeter::new(master.pid());
+    let mut master_per_second = Vec::new();
     let mut per_second: Vec<Vec<f64>> = vec![Vec::new(); procs.len()];
     let mut seconds: Vec<CpuMeter> = procs.iter().map(|p| CpuMeter::new(p.pid())).collect();
     let wall = Instant::now();
@@ -143,6 +160,7 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
         for (i, m) in seconds.iter_mut().enumerate() {
             per_second[i].push(m.lap());
         }
+        master_per_second.push(master_second.lap());
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let elapsed = wall.elapsed().as_secs_f64();
@@ -152,6 +170,14 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
         s.processes.push(proc_stat(&format!("worker {}", p.name), p.pid(), m));
     }
     s.processes.push(proc_stat("etcd", etcd_pid, &mut etcd_meter));
+    let m1 = master.metrics().await;
+    s.processes.push(proc_stat("master (ledger)", master.pid(), &mut master_meter));
+    s.ledger_master_etcd_requests_per_s = (metric_sum(&m1, "cronmesh_etcd_requests_total", "") - master_etcd0) / elapsed;
+    s.ledger_ticks_checked_per_s = (metric_sum(&m1, "cronmesh_ledger_ticks_checked_total", "") - checked0) / elapsed;
+    s.ledger_lag_s = metric_sum(&m1, "cronmesh_ledger_lag_seconds", "");
+    s.ledger_missed = metric_sum(&m1, "cronmesh_ticks_missed_total", "");
+    master_per_second.sort_by(f64::total_cmp);
+    s.ledger_master_cpu_median_percent = pct(&master_per_second, 0.5);
     s.etcd_txn_per_s = (txn1 - txn0) / elapsed;
     for mut v in per_second {
         v.sort_by(f64::total_cmp);
@@ -163,6 +189,8 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
     for p in procs.iter_mut() {
         p.terminate();
     }
+    let mut master = master;
+    master.terminate();
     let recs = records::read(&files);
     s.ticks = records::ticks(&recs, &fast, 1000, from, to);
     s.hourly = hourly_ticks(&recs, o, from, to);
@@ -224,6 +252,17 @@ pub fn report(r: &mut Report, s: &Scale) {
             ),
         ),
         ("etcd txn/s (all workers)", format!("{:.1}", s.etcd_txn_per_s)),
+        (
+            "tick ledger (the master): CPU median, etcd requests/s, ticks accounted/s, lag, missed",
+            format!(
+                "{:.1} %, {:.1}/s, {:.1}/s, {:.1} s, {}",
+                s.ledger_master_cpu_median_percent,
+                s.ledger_master_etcd_requests_per_s,
+                s.ledger_ticks_checked_per_s,
+                s.ledger_lag_s,
+                s.ledger_missed
+            ),
+        ),
         ("etcd db size", format!("{:.1} MB, {} keys", s.etcd_db_mb, s.etcd_keys)),
     ];
     rows.extend(tick_rows(&s.ticks));
