@@ -83,6 +83,7 @@ fn scale_smoke_defines_jobs_in_bulk_and_measures_start_up() {
             "1",
             "--seconds",
             "3",
+            "--no-ledger-wait",
         ],
     );
     let s = &r["scale"];
