@@ -43,6 +43,17 @@ async fn a_tick_no_worker_may_run_is_recorded_missed_naming_the_selector_until_a
             "recorded {late} ms after its planned time"
         );
     }
+    let mut after_deadline: Vec<i64> = missed
+        .iter()
+        .map(|r| r.ended_at.unwrap() - r.planned_at - 1000)
+        .collect();
+    after_deadline.sort();
+    println!(
+        "missed ticks recorded after their deadline (grace 1 s): p50 {} ms, max {} ms over {}",
+        after_deadline[after_deadline.len() / 2],
+        after_deadline[after_deadline.len() - 1],
+        after_deadline.len()
+    );
     // a worker that may run it ends the misses
     c.start_worker("zoned", &["--labels", "zone=x"]);
     wait_until(Duration::from_secs(15), "the job runs on the zoned worker", || {
@@ -329,6 +340,20 @@ async fn the_ticks_api_shows_runs_skips_lost_and_missed_ticks_and_refuses_a_bad_
     }
     let lost = ticks.iter().find(|t| t["outcome"] == "lost").unwrap();
     assert!(lost["reason"].as_str().unwrap().contains("w1"), "{lost}");
+    // the same through the CLI
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cronmesh"))
+        .args([
+            "ctl", "--url", &url, "--token", READ, "jobs", "ticks", "mix", "--since", "2m",
+        ])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("PLANNED"), "{text}");
+    for o in ["succeeded", "skipped", "lost", "missed"] {
+        assert!(text.contains(o), "ctl jobs ticks shows {o}: {text}");
+    }
     // a reversed range, and one holding too many ticks, are refused with what to do
     let (status, body) = c
         .get(&url, "/api/v1/jobs/mix/ticks?from=2000&to=1000", Some(READ))
