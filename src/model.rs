@@ -361,6 +361,43 @@ pub struct RunRecord {
     pub trace_id: Option<String>,
 }
 
+impl RunRecord {
+    /// A record with its identity filled in and nothing else: the one place a `RunRecord` is
+    /// made (workers, the tick ledger).
+    pub fn new(
+        job: &str,
+        run_id: &str,
+        attempt: u32,
+        trigger: Trigger,
+        planned_at: i64,
+        worker: &str,
+        status: RunStatus,
+    ) -> Self {
+        RunRecord {
+            run_id: run_id.to_string(),
+            job: job.to_string(),
+            worker: worker.to_string(),
+            attempt,
+            trigger,
+            planned_at,
+            claimed_at: None,
+            started_at: None,
+            ended_at: None,
+            lag_ms: None,
+            duration_ms: None,
+            status,
+            exit_code: None,
+            signal: None,
+            output: String::new(),
+            output_truncated_bytes: 0,
+            error: None,
+            max_rss_kb: None,
+            cpu_ms: None,
+            trace_id: None,
+        }
+    }
+}
+
 /// Sent when a run starts (before its record exists).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunStarted {

@@ -133,39 +133,24 @@ enum Ended {
 }
 
 fn decode_job(name: &str, value: &[u8], revision: i64) -> JobRead {
-    match serde_json::from_slice::<StoredJob>(value) {
+    let error = match serde_json::from_slice::<StoredJob>(value) {
         Ok(mut j) if j.spec.name == name => {
             j.revision = revision;
-            JobRead::Job(Box::new(j))
+            return JobRead::Job(Box::new(j));
         }
-        Ok(j) => {
-            let error = format!("its name field {:?} differs from its key", j.spec.name);
-            BadValueSkipped {
-                watch: "jobs",
-                key: name,
-                error: &error,
-            }
-            .emit();
-            JobRead::Bad {
-                name: name.to_string(),
-                revision,
-                error,
-            }
-        }
-        Err(e) => {
-            let error = e.to_string();
-            BadValueSkipped {
-                watch: "jobs",
-                key: name,
-                error: &error,
-            }
-            .emit();
-            JobRead::Bad {
-                name: name.to_string(),
-                revision,
-                error,
-            }
-        }
+        Ok(j) => format!("its name field {:?} differs from its key", j.spec.name),
+        Err(e) => e.to_string(),
+    };
+    BadValueSkipped {
+        watch: "jobs",
+        key: name,
+        error: &error,
+    }
+    .emit();
+    JobRead::Bad {
+        name: name.to_string(),
+        revision,
+        error,
     }
 }
 

@@ -293,28 +293,9 @@ async fn write(st: &Arc<AppState>, records: Vec<RunRecord>) -> Result<(), String
 }
 
 fn base(tick: &DueTick, run_id: String, worker: &str, status: RunStatus, now: i64) -> RunRecord {
-    RunRecord {
-        run_id,
-        job: tick.job.clone(),
-        worker: worker.to_string(),
-        attempt: 1,
-        trigger: Trigger::Schedule,
-        planned_at: tick.planned,
-        claimed_at: None,
-        started_at: None,
-        ended_at: Some(now),
-        lag_ms: None,
-        duration_ms: None,
-        status,
-        exit_code: None,
-        signal: None,
-        output: String::new(),
-        output_truncated_bytes: 0,
-        error: None,
-        max_rss_kb: None,
-        cpu_ms: None,
-        trace_id: None,
-    }
+    let mut r = RunRecord::new(&tick.job, &run_id, 1, Trigger::Schedule, tick.planned, worker, status);
+    r.ended_at = Some(now);
+    r
 }
 
 /// The record of a tick nobody claimed.

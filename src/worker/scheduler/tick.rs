@@ -294,6 +294,18 @@ pub struct Tick {
 }
 
 impl Tick {
+    /// A tick's first attempt.
+    pub fn new(job: &str, kind: TickKind, run_id: String, generation: u64, state: TickState) -> Self {
+        Tick {
+            job: job.to_string(),
+            kind,
+            run_id,
+            attempt: 1,
+            generation,
+            state,
+        }
+    }
+
     pub fn trigger(&self) -> Trigger {
         if self.attempt > 1 {
             Trigger::Retry
@@ -323,8 +335,7 @@ impl Tick {
     }
 }
 
-/// A record with its identity filled in and nothing else: the one place a `RunRecord` is made
-/// on the worker.
+/// A record with its identity filled in and nothing else (see `RunRecord::new`).
 pub fn record(
     job: &str,
     run_id: &str,
@@ -334,30 +345,7 @@ pub fn record(
     worker: &str,
     status: RunStatus,
 ) -> RunRecord {
-    {
-        RunRecord {
-            run_id: run_id.to_string(),
-            job: job.to_string(),
-            worker: worker.to_string(),
-            attempt,
-            trigger,
-            planned_at: planned,
-            claimed_at: None,
-            started_at: None,
-            ended_at: None,
-            lag_ms: None,
-            duration_ms: None,
-            status,
-            exit_code: None,
-            signal: None,
-            output: String::new(),
-            output_truncated_bytes: 0,
-            error: None,
-            max_rss_kb: None,
-            cpu_ms: None,
-            trace_id: None,
-        }
-    }
+    RunRecord::new(job, run_id, attempt, trigger, planned, worker, status)
 }
 
 /// How an ended process is recorded.

@@ -59,14 +59,7 @@ impl Core {
         };
         self.ticks.insert(
             run_id.clone(),
-            Tick {
-                job: name.to_string(),
-                kind: TickKind::Scheduled { planned },
-                run_id: run_id.clone(),
-                attempt: 1,
-                generation,
-                state,
-            },
+            Tick::new(name, TickKind::Scheduled { planned }, run_id.clone(), generation, state),
         );
         // An older tick of the job still waiting for a slot waits no longer than until this
         // one is due: then, like an overdue tick under `run_once`, it is decided (claimed) and
@@ -169,17 +162,16 @@ impl Core {
             };
             self.ticks.insert(
                 run_id.clone(),
-                Tick {
-                    job: name.to_string(),
-                    kind: TickKind::Scheduled { planned },
-                    run_id: run_id.clone(),
-                    attempt: 1,
+                Tick::new(
+                    name,
+                    TickKind::Scheduled { planned },
+                    run_id.clone(),
                     generation,
-                    state: TickState::Claiming {
+                    TickState::Claiming {
                         batch: 0,
                         plan: ClaimPlan::CatchUp(slot),
                     },
-                },
+                ),
             );
             self.batch.push(run_id);
         }
@@ -216,21 +208,20 @@ impl Core {
             self.triggers_in_flight.insert(t.id.clone());
             self.ticks.insert(
                 run_id.clone(),
-                Tick {
-                    job: t.job.clone(),
-                    kind: TickKind::Manual {
-                        trigger: t.id,
+                Tick::new(
+                    &t.job,
+                    TickKind::Manual {
+                        trigger: t.id.clone(),
                         requested_at: t.requested_at,
-                        traceparent: t.traceparent,
+                        traceparent: t.traceparent.clone(),
                     },
-                    run_id: run_id.clone(),
-                    attempt: 1,
+                    run_id.clone(),
                     generation,
-                    state: TickState::Claiming {
+                    TickState::Claiming {
                         batch: 0,
                         plan: ClaimPlan::Run(slot),
                     },
-                },
+                ),
             );
             self.batch.push(run_id);
         }
