@@ -824,14 +824,20 @@ async fn replay(st: &AppState, from: i64, filter: &Filter, sink: &mut Sink, mine
         };
         let event = match ev {
             JobEvent::Reset { .. } => {
-                FeedResumed { part: "jobs", outcome: "failed" }.emit();
+                FeedResumed {
+                    part: "jobs",
+                    outcome: "failed",
+                }
+                .emit();
                 mine.jobs = mine.jobs.max(current);
                 let msg = wire(
                     &FeedEvent::ResumeFailed {
                         ts: now_ms(),
                         topics: "jobs".into(),
                         reason: "compacted".into(),
-                        message: format!("revision {from} was compacted; job events before {current} cannot be replayed; list jobs through the API instead"),
+                        message: format!(
+                            "revision {from} was compacted; job events before {current} cannot be replayed; list jobs through the API instead"
+                        ),
                     },
                     mine,
                 );
@@ -877,7 +883,11 @@ async fn replay(st: &AppState, from: i64, filter: &Filter, sink: &mut Sink, mine
     }
     stop.cancel();
     if result.is_some() {
-        FeedResumed { part: "jobs", outcome: "replayed" }.emit();
+        FeedResumed {
+            part: "jobs",
+            outcome: "replayed",
+        }
+        .emit();
         mine.jobs = mine.jobs.max(current);
     }
     result
@@ -895,7 +905,11 @@ async fn replay_runs(
     mine: &mut Cursor,
 ) -> bool {
     let fail = |mine: &mut Cursor, reason: &str, message: String| {
-        FeedResumed { part: "runs", outcome: "failed" }.emit();
+        FeedResumed {
+            part: "runs",
+            outcome: "failed",
+        }
+        .emit();
         mine.runs = hub.clone().max(mine.runs.clone());
         wire(
             &FeedEvent::ResumeFailed {
@@ -912,11 +926,19 @@ async fn replay_runs(
             return true;
         }
         // the cursor was made before this master (or that one) knew a run-log position
-        let msg = fail(mine, "no_position", "the cursor holds no run-log position; read the runs again from the API".into());
+        let msg = fail(
+            mine,
+            "no_position",
+            "the cursor holds no run-log position; read the runs again from the API".into(),
+        );
         return send(sink, Message::Text(msg.into())).await;
     };
     if hub.as_ref().is_some_and(|h| *h == from) {
-        FeedResumed { part: "runs", outcome: "replayed" }.emit();
+        FeedResumed {
+            part: "runs",
+            outcome: "replayed",
+        }
+        .emit();
         return true;
     }
     let mut stream = match st.store.run_events(Some(from.clone())).await {
@@ -937,11 +959,19 @@ async fn replay_runs(
         let item = match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(Ok(i))) => i,
             Ok(Some(Err(e))) => {
-                let msg = fail(mine, "store_unavailable", format!("the replay of run events broke off: {e}"));
+                let msg = fail(
+                    mine,
+                    "store_unavailable",
+                    format!("the replay of run events broke off: {e}"),
+                );
                 return send(sink, Message::Text(msg.into())).await;
             }
             Ok(None) | Err(_) => {
-                let msg = fail(mine, "store_unavailable", "the run log did not finish the replay within 30 s".into());
+                let msg = fail(
+                    mine,
+                    "store_unavailable",
+                    "the run log did not finish the replay within 30 s".into(),
+                );
                 return send(sink, Message::Text(msg.into())).await;
             }
         };
@@ -950,7 +980,11 @@ async fn replay_runs(
             RunEventItem::Event(pos, ev) => {
                 n += 1;
                 if n > REPLAY_MAX {
-                    let msg = fail(mine, "too_far_behind", format!("more than {REPLAY_MAX} run events to replay; read the runs again from the API"));
+                    let msg = fail(
+                        mine,
+                        "too_far_behind",
+                        format!("more than {REPLAY_MAX} run events to replay; read the runs again from the API"),
+                    );
                     return send(sink, Message::Text(msg.into())).await;
                 }
                 mine.runs = Some(pos);
@@ -964,6 +998,10 @@ async fn replay_runs(
             }
         }
     }
-    FeedResumed { part: "runs", outcome: "replayed" }.emit();
+    FeedResumed {
+        part: "runs",
+        outcome: "replayed",
+    }
+    .emit();
     true
 }

@@ -175,7 +175,10 @@ impl AppState {
         let feed = feed::Feed::default();
         Arc::new(AppState {
             auth: auth::Auth::from_config(&config.master.auth),
-            ingest: Arc::new(Ingest::new(store.clone(), Some((coord.clone(), config.master.id.clone())))),
+            ingest: Arc::new(Ingest::new(
+                store.clone(),
+                Some((coord.clone(), config.master.id.clone())),
+            )),
             feed,
             shutdown: CancellationToken::new(),
             config,

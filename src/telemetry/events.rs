@@ -194,7 +194,10 @@ impl FeedResumed {
     pub fn emit(self) {
         METRICS.feed_resumes.with_label_values(&[self.part, self.outcome]).inc();
         if self.outcome == "failed" {
-            info!(part = self.part, "a feed subscriber's cursor could not be replayed; it was told resume_failed");
+            info!(
+                part = self.part,
+                "a feed subscriber's cursor could not be replayed; it was told resume_failed"
+            );
         } else {
             debug!(part = self.part, "a feed subscriber resumed from its cursor");
         }
