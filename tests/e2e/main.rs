@@ -18,6 +18,7 @@ mod mongodb;
 mod observability;
 mod outage;
 mod policies;
+mod resume;
 mod schedules;
 mod standalone;
 mod traces;
