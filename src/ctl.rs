@@ -584,7 +584,11 @@ async fn feed_once(
         "{}/api/v1/events?",
         a.url.trim_end_matches('/').replacen("http", "ws", 1)
     );
-    let since = if cursor.is_some() { None } else { since_revision.map(|r| r.to_string()) };
+    let since = if cursor.is_some() {
+        None
+    } else {
+        since_revision.map(|r| r.to_string())
+    };
     for (k, v) in [
         ("topics", q.topics.clone()),
         ("job", q.job.clone()),

@@ -120,13 +120,10 @@ async fn quiet(stream: &mut RunEventStream) -> Option<RunPos> {
 /// The first `CaughtUp` position of a fresh stream (where "now" is).
 async fn now_pos(s: &dyn LogStore) -> (RunEventStream, RunPos) {
     let mut stream = s.run_events(None).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(RunEventItem::CaughtUp(p)))) => return (stream, p),
-            Ok(Some(Ok(RunEventItem::Event(_, e)))) => panic!("an event on an empty store: {}", brief(&e)),
-            other => panic!("no CaughtUp from a fresh stream: {other:?}"),
-        }
+    match tokio::time::timeout(Duration::from_secs(20), stream.next()).await {
+        Ok(Some(Ok(RunEventItem::CaughtUp(p)))) => (stream, p),
+        Ok(Some(Ok(RunEventItem::Event(_, e)))) => panic!("an event on an empty store: {}", brief(&e)),
+        other => panic!("no CaughtUp from a fresh stream: {other:?}"),
     }
 }
 

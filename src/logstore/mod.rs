@@ -2,8 +2,8 @@
 //!
 //! One trait, `LogStore`, two backends: `sqlite` (default: one file, WAL, batched inserts) and
 //! `mongodb` (several masters, scale). Both pass the same conformance suite
-//! (`logstore::conformance`), run against SQLite always and against MongoDB when
-//! `CRONMESH_TEST_MONGODB_URI` is set.
+//! (`logstore::conformance`), run against SQLite, against the MongoDB stand-in server the tests
+//! start (`mongo_process`), and against a real MongoDB when `CRONMESH_TEST_MONGODB_URI` is set.
 //!
 //! Contract:
 //! - inserts are idempotent by `run_id`: a record already stored is kept, except that a `lost`
@@ -90,6 +90,8 @@ impl Ord for RunPos {
 }
 
 /// What `run_events` yields.
+// Items are moved one at a time through a channel; boxing the event would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEventItem {
     Event(RunPos, RunEvent),

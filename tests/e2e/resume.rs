@@ -15,7 +15,10 @@ fn identity(e: &Value) -> Option<(&'static str, String)> {
         "job.saved" => ("jobs", format!("saved {} {}", e["job"]["name"], e["revision"])),
         "job.deleted" => ("jobs", format!("deleted {} {}", e["name"], e["revision"])),
         "run.started" => ("runs", format!("started {}", e["run"]["run_id"])),
-        "run.finished" => ("runs", format!("finished {} {}", e["run"]["run_id"], e["run"]["status"])),
+        "run.finished" => (
+            "runs",
+            format!("finished {} {}", e["run"]["run_id"], e["run"]["status"]),
+        ),
         _ => return None,
     })
 }
@@ -74,7 +77,9 @@ async fn away_for_ten_seconds(c: &Cluster, first: &str, second: &str) {
     r.pump(Duration::from_secs(2)).await;
     let (st, _) = c.send("DELETE", first, "/api/v1/jobs/rs-a", Some(ADMIN), None).await;
     assert_eq!(st, 204);
-    let (st, _) = c.send("POST", second, "/api/v1/jobs/rs-b/pause", Some(ADMIN), None).await;
+    let (st, _) = c
+        .send("POST", second, "/api/v1/jobs/rs-b/pause", Some(ADMIN), None)
+        .await;
     assert_eq!(st, 200);
     let (st, _) = c.send("POST", first, "/api/v1/jobs/rs-b/run", Some(ADMIN), None).await;
     assert_eq!(st, 202);
@@ -84,7 +89,9 @@ async fn away_for_ten_seconds(c: &Cluster, first: &str, second: &str) {
     s.resume(second).await;
     s.pump(Duration::from_secs(3)).await;
     // then live: the runs stop, one more job change
-    let (st, _) = c.send("POST", first, "/api/v1/jobs/rs-tick/pause", Some(ADMIN), None).await;
+    let (st, _) = c
+        .send("POST", first, "/api/v1/jobs/rs-tick/pause", Some(ADMIN), None)
+        .await;
     assert_eq!(st, 200);
     put(c, second, "rs-live", "@hourly", "true").await;
     for _ in 0..8 {
@@ -100,15 +107,24 @@ async fn away_for_ten_seconds(c: &Cluster, first: &str, second: &str) {
         let got = after(resumed, &[], topic);
         let want = after(&r.events, &seen_before, topic);
         assert!(!want.is_empty(), "{topic} events happened meanwhile");
-        assert_eq!(got, want, "{topic}: exactly the missed events, in order, then the live ones");
+        assert_eq!(
+            got, want,
+            "{topic}: exactly the missed events, in order, then the live ones"
+        );
         let unique: HashSet<&String> = got.iter().collect();
         assert_eq!(unique.len(), got.len(), "{topic}: nothing twice");
     }
     let jobs = after(resumed, &[], "jobs");
     assert!(jobs.iter().any(|j| j.contains("\"rs-a\"")) && jobs.iter().any(|j| j.starts_with("deleted \"rs-a\"")));
-    assert!(jobs.last().unwrap().contains("\"rs-live\""), "the live change came last: {jobs:?}");
+    assert!(
+        jobs.last().unwrap().contains("\"rs-live\""),
+        "the live change came last: {jobs:?}"
+    );
     let runs = after(resumed, &[], "runs");
-    assert!(runs.iter().any(|r| r.starts_with("finished")), "runs finished while away: {runs:?}");
+    assert!(
+        runs.iter().any(|r| r.starts_with("finished")),
+        "runs finished while away: {runs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,12 +166,23 @@ async fn a_cursor_the_run_log_cannot_replay_gets_resume_failed_and_then_the_live
     let foreign = format!("1.{}", b64.encode(serde_json::to_vec(&inner).unwrap()));
     let mut g = Follower::open(&m, &format!("topics=jobs,runs&cursor={foreign}")).await;
     g.pump(Duration::from_secs(2)).await;
-    let failed = g.events.iter().find(|e| e["type"] == "resume_failed").expect("resume_failed");
+    let failed = g
+        .events
+        .iter()
+        .find(|e| e["type"] == "resume_failed")
+        .expect("resume_failed");
     assert_eq!(failed["topics"], "runs");
-    assert!(failed["message"].as_str().unwrap().contains("API"), "says what to do: {failed}");
+    assert!(
+        failed["message"].as_str().unwrap().contains("API"),
+        "says what to do: {failed}"
+    );
     put(&c, &m, "rf-live", "@yearly", "true").await;
     g.pump(Duration::from_secs(2)).await;
-    assert!(g.events.iter().any(|e| e["job"]["name"] == "rf-live"), "then live: {:?}", g.events);
+    assert!(
+        g.events.iter().any(|e| e["job"]["name"] == "rf-live"),
+        "then live: {:?}",
+        g.events
+    );
     // garbage cursors are refused before the upgrade, like any bad parameter
     for bad in ["x", "2.AAAA", "1.!!!", "1.e30"] {
         match crate::feed_client::connect(&m, &format!("cursor={bad}"), Some(READ)).await {
@@ -178,7 +205,19 @@ async fn ctl_events_follow_reconnects_through_a_master_restart_and_misses_no_run
     let out_path = c.path("ctl-events.jsonl");
     let out = std::fs::File::create(&out_path).unwrap();
     let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_cronmesh"))
-        .args(["ctl", "--url", &m, "--token", READ, "-o", "json", "events", "--topics", "jobs,runs", "--follow"])
+        .args([
+            "ctl",
+            "--url",
+            &m,
+            "--token",
+            READ,
+            "-o",
+            "json",
+            "events",
+            "--topics",
+            "jobs,runs",
+            "--follow",
+        ])
         .env_remove("RUST_BACKTRACE")
         .stdout(out)
         .stderr(std::fs::File::create(c.path("ctl-events.err")).unwrap())
