@@ -146,7 +146,7 @@ impl MongoProcess {
                     "the MongoDB server exited with {status}; last log lines:\n{tail}"
                 )));
             }
-            if crate::logstore::mongodb::server_answers(&self.uri).await.is_ok() {
+            if crate::logstore::mongodb_answers(&self.uri).await.is_ok() {
                 return Ok(());
             }
             if start.elapsed() > timeout {

@@ -183,6 +183,11 @@ pub fn decode_cursor(c: &str) -> Result<(i64, String), StoreError> {
     Ok((p, id.to_string()))
 }
 
+/// Whether a MongoDB server answers a `ping` at `uri` (for tools that start one).
+pub async fn mongodb_answers(uri: &str) -> Result<(), StoreError> {
+    mongodb::server_answers(uri).await
+}
+
 /// Opens the store a URI names (`retention` lets MongoDB keep a TTL index).
 pub async fn open(uri: &str, retention: Retention) -> Result<std::sync::Arc<dyn LogStore>, StoreError> {
     if let Some(path) = uri.strip_prefix("sqlite://") {
