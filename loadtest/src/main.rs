@@ -262,9 +262,12 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
 /// The MongoDB stand-in server (secantusd-py), on a free port with its data in `dir`.
 async fn stand_in(dir: &std::path::Path) -> Result<cronmesh::mongo_process::MongoProcess> {
     let bin = cronmesh::mongo_process::find_binary().ok_or_else(|| {
-        anyhow::anyhow!("no secantusd-py: run scripts/test.sh once (it makes target/mongo-venv), or set CRONMESH_TEST_SECANTUSD")
+        anyhow::anyhow!(
+            "no secantusd-py: run scripts/test.sh once (it makes target/mongo-venv), or set CRONMESH_TEST_SECANTUSD"
+        )
     })?;
-    let mut p = cronmesh::mongo_process::MongoProcess::start(&bin, &dir.join("mongo"), cronmesh::etcd_process::free_port())?;
+    let mut p =
+        cronmesh::mongo_process::MongoProcess::start(&bin, &dir.join("mongo"), cronmesh::etcd_process::free_port())?;
     p.wait_ready(std::time::Duration::from_secs(30)).await?;
     Ok(p)
 }

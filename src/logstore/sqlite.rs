@@ -523,6 +523,24 @@ impl LogStore for SqliteStore {
             let tx = c.transaction().map_err(err)?;
             let at = unix_ms();
             for e in &events {
+                // the store's rule for records, applied to their events: a `lost` placeholder
+                // gives way to the real record, never the other way round, and the first real
+                // one wins
+                if let RunEvent::Finished(r) = e {
+                    let mut stmt = tx
+                        .prepare_cached("SELECT status FROM run_events WHERE kind = 'finished' AND run_id = ?1")
+                        .map_err(err)?;
+                    let have: Vec<String> = stmt
+                        .query_map(params![r.run_id], |row| row.get(0))
+                        .map_err(err)?
+                        .collect::<Result<_, _>>()
+                        .map_err(err)?;
+                    if have.iter().any(|st| st != "lost")
+                        || (r.status == crate::model::RunStatus::Lost && !have.is_empty())
+                    {
+                        continue;
+                    }
+                }
                 append_event(&tx, at, e)?;
             }
             tx.commit().map_err(err)

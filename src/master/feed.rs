@@ -243,6 +243,12 @@ impl Feed {
         self.send(event, Some(pos));
     }
 
+    /// The job list was read at `revision` (a watch's start or re-list): cursors start there.
+    pub fn jobs_listed(&self, revision: i64) {
+        let mut c = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        c.jobs = c.jobs.max(revision);
+    }
+
     /// The run log has nothing after `pos` yet: cursors start there.
     pub fn caught_up(&self, pos: RunPos) {
         let mut c = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
@@ -416,6 +422,7 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                     }
                     known_jobs = now;
                     jobs_synced = true;
+                    st.feed.jobs_listed(revision);
                 }
                 JobEvent::Saved(j) => {
                     known_jobs.insert(j.name().to_string(), j.revision());
@@ -921,6 +928,10 @@ async fn replay_runs(
             mine,
         )
     };
+    if !filter.topics.contains("runs") {
+        mine.runs = hub.max(mine.runs.clone());
+        return true;
+    }
     let Some(from) = from else {
         if hub.is_none() {
             return true;
