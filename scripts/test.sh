@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Debian packages, and playwright-core from npm for the
-# browser tests), then runs every check and test:
+# Installs everything the tests need (Debian packages, playwright-core from npm for the
+# browser tests, PyPI tools and the MongoDB stand-in server in venvs under target/), then runs
+# every check and test:
 # formatting, clippy with warnings as errors, unit tests and the end-to-end tests, which start
 # their own etcd processes and cronmesh workers, and drive the web page in headless Chromium.
 set -euo pipefail
@@ -36,6 +37,15 @@ echo "== deploy-check venv"
 # shellcheck source-path=SCRIPTDIR source=deploy-venv.sh
 . scripts/deploy-venv.sh
 ensure_deploy_venv "${DEPLOY_VENV:-$PWD/target/deploy-venv}"
+
+# the MongoDB stand-in server (secantusd-py) the MongoDB conformance suite and the end-to-end
+# specs on MongoDB start; under CI a missing server fails those tests instead of skipping them
+echo "== mongo venv"
+# shellcheck source-path=SCRIPTDIR source=mongo-venv.sh
+. scripts/mongo-venv.sh
+ensure_mongo_venv "${MONGO_VENV:-$PWD/target/mongo-venv}"
+export CRONMESH_TEST_SECANTUSD="${MONGO_VENV:-$PWD/target/mongo-venv}/bin/secantusd-py"
+"$CRONMESH_TEST_SECANTUSD" --help >/dev/null
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -66,8 +66,15 @@ pub enum CtlCmd {
         #[arg(long)]
         status: Option<String>,
         /// Replay job events from this etcd revision first.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cursor")]
         since_revision: Option<i64>,
+        /// Replay everything after this cursor (an event's `cursor`) first.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Keep following: after a dropped connection (or a lag), connect again with the last
+        /// cursor received, so no event is missed.
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -248,9 +255,17 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
         job,
         status,
         since_revision,
+        cursor,
+        follow,
     } = &a.cmd
     {
-        events(&a, topics.clone(), job.clone(), status.clone(), *since_revision).await?;
+        let q = FeedQuery {
+            topics: topics.clone(),
+            job: job.clone(),
+            status: status.clone(),
+            since_revision: *since_revision,
+        };
+        events(&a, q, cursor.clone(), *follow).await?;
         return Ok(String::new());
     }
     let c = Client {
@@ -550,25 +565,80 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
     Ok(out)
 }
 
+/// The filters of `cronmesh ctl events`.
+pub struct FeedQuery {
+    pub topics: Option<String>,
+    pub job: Option<String>,
+    pub status: Option<String>,
+    pub since_revision: Option<i64>,
+}
+
+/// How one connection of `events` ended.
+enum FeedEnd {
+    /// The server closed it, or the network broke.
+    Dropped(String),
+    /// The server said this subscriber lagged: reconnecting with the cursor fills the gap.
+    Lagged,
+}
+
 /// `cronmesh ctl events`: tails the feed, one line per event (`-o json`: the raw messages).
-pub async fn events(
+/// With `follow`, a dropped connection is opened again (backoff 1 s … 15 s) from the last
+/// cursor, so the replay gives exactly what was missed meanwhile.
+pub async fn events(a: &CtlArgs, q: FeedQuery, mut cursor: Option<String>, follow: bool) -> Result<(), CtlError> {
+    let mut backoff = std::time::Duration::from_secs(1);
+    let mut first = true;
+    loop {
+        let end = match feed_once(a, &q, if first { q.since_revision } else { None }, &mut cursor).await {
+            Ok(end) => end,
+            // the first connection's refusal (401, 403, 400) is the answer; later ones are retried
+            Err(e) if first || !follow => return Err(e),
+            Err(e) => FeedEnd::Dropped(e.to_string()),
+        };
+        first = false;
+        if !follow {
+            return Ok(());
+        }
+        match end {
+            FeedEnd::Lagged => {
+                eprintln!("cronmesh ctl events: fell behind the feed; resuming from the last cursor");
+                continue;
+            }
+            FeedEnd::Dropped(why) => {
+                eprintln!(
+                    "cronmesh ctl events: feed connection lost ({why}); reconnecting in {} s{}",
+                    backoff.as_secs(),
+                    if cursor.is_some() { " from the last cursor" } else { "" }
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(15));
+            }
+        }
+    }
+}
+
+async fn feed_once(
     a: &CtlArgs,
-    topics: Option<String>,
-    job: Option<String>,
-    status: Option<String>,
+    q: &FeedQuery,
     since_revision: Option<i64>,
-) -> Result<(), CtlError> {
+    cursor: &mut Option<String>,
+) -> Result<FeedEnd, CtlError> {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut url = format!(
         "{}/api/v1/events?",
         a.url.trim_end_matches('/').replacen("http", "ws", 1)
     );
+    let since = if cursor.is_some() {
+        None
+    } else {
+        since_revision.map(|r| r.to_string())
+    };
     for (k, v) in [
-        ("topics", topics),
-        ("job", job),
-        ("status", status),
-        ("since_revision", since_revision.map(|r| r.to_string())),
+        ("topics", q.topics.clone()),
+        ("job", q.job.clone()),
+        ("status", q.status.clone()),
+        ("since_revision", since),
+        ("cursor", cursor.clone()),
     ] {
         if let Some(v) = v {
             url.push_str(&format!("{k}={}&", encode(&v)));
@@ -595,17 +665,34 @@ pub async fn events(
         other => CtlError::Input(format!("cannot open the event feed at {}: {other}", a.url)),
     })?;
     while let Some(msg) = ws.next().await {
-        let msg = msg.map_err(|e| CtlError::Input(format!("feed closed: {e}")))?;
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => return Ok(FeedEnd::Dropped(e.to_string())),
+        };
         let text = match msg {
             tokio_tungstenite::tungstenite::Message::Text(t) => t.to_string(),
-            tokio_tungstenite::tungstenite::Message::Close(_) => break,
+            tokio_tungstenite::tungstenite::Message::Close(f) => {
+                return Ok(FeedEnd::Dropped(
+                    f.map(|f| format!("closed: {} {}", u16::from(f.code), f.reason))
+                        .unwrap_or_else(|| "closed".into()),
+                ));
+            }
             _ => continue,
         };
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if let Some(c) = v["cursor"].as_str() {
+            *cursor = Some(c.to_string());
+        }
+        if v["type"] == "lagged" && cursor.is_some() {
+            if a.output == Output::Json {
+                println!("{text}");
+            }
+            return Ok(FeedEnd::Lagged);
+        }
         if a.output == Output::Json {
             println!("{text}");
             continue;
         }
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let detail = match v["type"].as_str().unwrap_or("") {
             "job.saved" => format!(
                 "{} rev {} schedule {:?}",
@@ -630,11 +717,12 @@ pub async fn events(
                 s(&v["run"]["exit_code"]),
                 s(&v["run"]["duration_ms"])
             ),
+            "resume_failed" => format!("{} ({}): {}", s(&v["topics"]), s(&v["reason"]), s(&v["message"])),
             _ => text.clone(),
         };
         println!("{}  {:<14} {detail}", time(&v["ts"]), s(&v["type"]));
     }
-    Ok(())
+    Ok(FeedEnd::Dropped("the server ended the stream".into()))
 }
 
 /// A worker's state as the workers table shows it: draining, full (no free run slot: its jobs

@@ -11,11 +11,12 @@
 //! - [`worker`]: the worker role: the scheduler (a sans-I/O core and its shell), the executor,
 //!   the reporter.
 //! - [`master`]: the master role: REST API, event feed, web page, seed routes, run-log ingest, auth.
-//! - [`logstore`]: the run-log store trait, SQLite backend, conformance suite.
+//! - [`logstore`]: the run-log store trait, SQLite and MongoDB backends, conformance suite.
 //! - [`ctl`]: `cronmesh ctl`, the command-line client of the REST API.
 //! - [`telemetry`]: metric names, typed internal events, logging, the ops HTTP listener.
 //! - [`timer`]: a deadline heap, the clock-free timer of both sans-I/O cores.
 //! - [`etcd_process`]: starting etcd as a child process (standalone mode and tests).
+//! - [`mongo_process`]: starting the MongoDB stand-in server (`secantusd-py`) for tests and load tests.
 
 pub mod cluster;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod etcd_process;
 pub mod logstore;
 pub mod master;
 pub mod model;
+pub mod mongo_process;
 pub mod schedule;
 pub mod telemetry;
 pub mod timer;

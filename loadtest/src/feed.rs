@@ -1,8 +1,10 @@
 //! `feed`: S WebSocket subscribers while R run events per second are published through the
-//! reports route: events delivered per second and the delay from publish to delivery.
+//! reports route: events delivered per second, the delay from publication to delivery (`ts`),
+//! and from the report to delivery (the marker's `started_at`: the store and its run-event
+//! stream included).
 
 use crate::Ctx;
-use crate::fleet::{CpuMeter, ProcStat, http_client, proc_stat, spawn_master};
+use crate::fleet::{CpuMeter, ProcStat, http_client, proc_stat, spawn_master_on};
 use crate::records::pct;
 use crate::report::Report;
 use crate::steady::{PROC_HEADER, proc_rows};
@@ -16,6 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Serialize, Default)]
 pub struct Feed {
+    /// The master's run log.
+    pub store: String,
     pub subscribers: usize,
     pub rate: usize,
     pub seconds: u64,
@@ -27,11 +31,23 @@ pub struct Feed {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// From the report (the marker's started_at) to delivery.
+    pub e2e_p50_ms: f64,
+    pub e2e_p99_ms: f64,
+    pub e2e_max_ms: f64,
     pub processes: Vec<ProcStat>,
 }
 
-pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64) -> Result<Feed> {
-    let (mut master, url) = spawn_master(&ctx.bin, &ctx.dir, &ctx.etcd.endpoints(), "/lt-feed/", "feed-master").await?;
+pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64, store: Option<&str>) -> Result<Feed> {
+    let (mut master, url) = spawn_master_on(
+        &ctx.bin,
+        &ctx.dir,
+        &ctx.etcd.endpoints(),
+        "/lt-feed/",
+        "feed-master",
+        store,
+    )
+    .await?;
     let ws_url = format!("{}/api/v1/events?topics=runs", url.replace("http://", "ws://"));
     let mut subs = Vec::new();
     for _ in 0..subscribers {
@@ -42,7 +58,7 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64) -> Re
     for mut ws in subs {
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let (mut delays, mut lagged, mut missed) = (Vec::new(), 0usize, 0usize);
+            let (mut delays, mut e2e, mut lagged, mut missed) = (Vec::new(), Vec::new(), 0usize, 0usize);
             loop {
                 let msg = tokio::select! { m = ws.next() => m, _ = stop.notified() => break };
                 let Some(Ok(Message::Text(t))) = msg else {
@@ -56,10 +72,14 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64) -> Re
                     lagged += 1;
                     missed += v["missed"].as_u64().unwrap_or(0) as usize;
                 } else if let Some(ts) = v["ts"].as_i64() {
-                    delays.push((cronmesh::coord::now_ms() - ts) as f64);
+                    let now = cronmesh::coord::now_ms();
+                    delays.push((now - ts) as f64);
+                    if let Some(at) = v["run"]["started_at"].as_i64() {
+                        e2e.push((now - at) as f64);
+                    }
                 }
             }
-            (delays, lagged, missed)
+            (delays, e2e, lagged, missed)
         }));
     }
     let http = http_client();
@@ -71,8 +91,9 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64) -> Re
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     while start.elapsed() < Duration::from_secs(seconds) {
         tick.tick().await;
+        let at = cronmesh::coord::now_ms();
         let started: Vec<serde_json::Value> = (0..slice)
-            .map(|i| serde_json::json!({"run_id": format!("f{published:09}{i:04}"), "job": "feed", "worker": "lt", "attempt": 1, "trigger": "schedule", "planned_at": 1, "started_at": 1, "trace_id": null}))
+            .map(|i| serde_json::json!({"run_id": format!("f{published:09}{i:04}"), "job": "feed", "worker": "lt", "attempt": 1, "trigger": "schedule", "planned_at": at, "started_at": at, "trace_id": null}))
             .collect();
         http.post(format!("{url}/api/v1/reports"))
             .json(&serde_json::json!({"started": started}))
@@ -83,6 +104,11 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64) -> Re
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut r = Feed {
+        store: if store.is_some() {
+            "MongoDB on the stand-in server secantusd-py (not mongod)".into()
+        } else {
+            "SQLite".into()
+        },
         subscribers,
         rate,
         seconds,
@@ -91,14 +117,19 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64) -> Re
         ..Default::default()
     };
     stop.notify_waiters();
-    let mut all = Vec::new();
+    let (mut all, mut all_e2e) = (Vec::new(), Vec::new());
     for t in tasks {
-        let (d, l, m) = t.await?;
+        let (d, e, l, m) = t.await?;
         r.delivered += d.len();
         r.lagged += l;
         r.missed += m;
         all.extend(d);
+        all_e2e.extend(e);
     }
+    all_e2e.sort_by(f64::total_cmp);
+    r.e2e_p50_ms = pct(&all_e2e, 0.5);
+    r.e2e_p99_ms = pct(&all_e2e, 0.99);
+    r.e2e_max_ms = all_e2e.last().copied().unwrap_or(0.0);
     all.sort_by(f64::total_cmp);
     r.delivered_per_s = r.delivered as f64 / seconds as f64;
     r.p50_ms = pct(&all, 0.5);
@@ -111,8 +142,8 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64) -> Re
 pub fn report(rep: &mut Report, r: &Feed) {
     rep.measures(
         &format!(
-            "feed: {} subscribers, {} events/s published for {} s",
-            r.subscribers, r.rate, r.seconds
+            "feed: {} subscribers, {} events/s published for {} s, run log: {}",
+            r.subscribers, r.rate, r.seconds, r.store
         ),
         &[
             ("events published", r.published.to_string()),
@@ -124,6 +155,10 @@ pub fn report(rep: &mut Report, r: &Feed) {
             (
                 "delivery delay p50 / p99 / max",
                 format!("{:.1} / {:.1} / {:.1} ms", r.p50_ms, r.p99_ms, r.max_ms),
+            ),
+            (
+                "report → delivery p50 / p99 / max (store and its event stream included)",
+                format!("{:.1} / {:.1} / {:.1} ms", r.e2e_p50_ms, r.e2e_p99_ms, r.e2e_max_ms),
             ),
         ],
     );

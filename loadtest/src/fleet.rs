@@ -155,6 +155,18 @@ impl WorkerSpec<'_> {
 
 /// Starts a master with no auth and a SQLite run log in `dir`; waits until it is ready.
 pub async fn spawn_master(bin: &Path, dir: &Path, etcd: &str, prefix: &str, name: &str) -> Result<(Proc, String)> {
+    spawn_master_on(bin, dir, etcd, prefix, name, None).await
+}
+
+/// `spawn_master` with the run log at `store` (a `--log-store` URI; default a SQLite file in `dir`).
+pub async fn spawn_master_on(
+    bin: &Path,
+    dir: &Path,
+    etcd: &str,
+    prefix: &str,
+    name: &str,
+    store: Option<&str>,
+) -> Result<(Proc, String)> {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
@@ -162,7 +174,11 @@ pub async fn spawn_master(bin: &Path, dir: &Path, etcd: &str, prefix: &str, name
         .args(["master", "--etcd", etcd, "--prefix", prefix, "--no-auth"])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--log-level", "warn"])
         .arg("--log-store")
-        .arg(format!("sqlite://{}", dir.join(format!("{name}-runs.db")).display()))
+        .arg(
+            store
+                .map(String::from)
+                .unwrap_or_else(|| format!("sqlite://{}", dir.join(format!("{name}-runs.db")).display())),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -68,8 +68,11 @@ enum Scenario {
     /// Run-log store insert throughput (SQLite in a temp dir, or --uri).
     Store {
         /// sqlite://PATH or mongodb://HOST/DB (default: a SQLite file in a temp dir).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "mongodb")]
         uri: Option<String>,
+        /// Against MongoDB on the stand-in server (secantusd-py from target/mongo-venv), started here.
+        #[arg(long)]
+        mongodb: bool,
         #[arg(long, default_value_t = 20000)]
         records: usize,
     },
@@ -89,6 +92,9 @@ enum Scenario {
         rate: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// The master's run log on MongoDB on the stand-in server (secantusd-py), started here.
+        #[arg(long)]
+        mongodb: bool,
     },
     /// Only the machine's limits.
     Limits,
@@ -218,10 +224,21 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
             let s = churn::run(ctx, &o).await?;
             churn::report(rep, &s);
         }
-        Scenario::Store { uri, records } => {
-            let uri = uri.unwrap_or_else(|| format!("sqlite://{}", ctx.dir.join("runs.db").display()));
+        Scenario::Store { uri, records, mongodb } => {
+            let server = if mongodb { Some(stand_in(&ctx.dir).await?) } else { None };
+            let (uri, label) = match (&server, uri) {
+                (Some(s), _) => (
+                    format!("{}/lt_store", s.uri),
+                    "MongoDB on the stand-in server secantusd-py (not mongod)".to_string(),
+                ),
+                (None, Some(u)) => (u.clone(), u),
+                (None, None) => {
+                    let u = format!("sqlite://{}", ctx.dir.join("runs.db").display());
+                    (u.clone(), u)
+                }
+            };
             let rows = store::run(&uri, records).await?;
-            store::report(rep, &uri, &rows);
+            store::report(rep, &label, &rows);
         }
         Scenario::Api { seconds, clients } => {
             let a = api::run(ctx, seconds, clients).await?;
@@ -231,12 +248,28 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
             subscribers,
             rate,
             seconds,
+            mongodb,
         } => {
-            let f = feed::run(ctx, subscribers, rate, seconds).await?;
+            let server = if mongodb { Some(stand_in(&ctx.dir).await?) } else { None };
+            let store = server.as_ref().map(|s| format!("{}/lt_feed", s.uri));
+            let f = feed::run(ctx, subscribers, rate, seconds, store.as_deref()).await?;
             feed::report(rep, &f);
         }
     }
     Ok(())
+}
+
+/// The MongoDB stand-in server (secantusd-py), on a free port with its data in `dir`.
+async fn stand_in(dir: &std::path::Path) -> Result<cronmesh::mongo_process::MongoProcess> {
+    let bin = cronmesh::mongo_process::find_binary().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no secantusd-py: run scripts/test.sh once (it makes target/mongo-venv), or set CRONMESH_TEST_SECANTUSD"
+        )
+    })?;
+    let mut p =
+        cronmesh::mongo_process::MongoProcess::start(&bin, &dir.join("mongo"), cronmesh::etcd_process::free_port())?;
+    p.wait_ready(std::time::Duration::from_secs(30)).await?;
+    Ok(p)
 }
 
 /// A minimal OTLP/HTTP sink: answers 200 to every request, so trace export costs what it costs

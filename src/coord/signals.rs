@@ -57,6 +57,12 @@ impl Coord {
 }
 
 impl Coord {
+    /// How many relayed feed batches are under `feed/` now (operators and tests: with MongoDB
+    /// there are none).
+    pub async fn feed_relay_batches(&self) -> Result<usize, CoordError> {
+        Ok(self.get_prefix_snapshot(&self.keys.feed()).await?.0.len())
+    }
+
     /// Puts a batch of feed events under `feed/{master}/{id}` (leased), for the other masters.
     pub async fn put_feed_batch<T: serde::Serialize>(
         &self,

@@ -2,8 +2,8 @@
 //!
 //! One trait, `LogStore`, two backends: `sqlite` (default: one file, WAL, batched inserts) and
 //! `mongodb` (several masters, scale). Both pass the same conformance suite
-//! (`logstore::conformance`), run against SQLite always and against MongoDB when
-//! `CRONMESH_TEST_MONGODB_URI` is set.
+//! (`logstore::conformance`), run against SQLite, against the MongoDB stand-in server the tests
+//! start (`mongo_process`), and against a real MongoDB when `CRONMESH_TEST_MONGODB_URI` is set.
 //!
 //! Contract:
 //! - inserts are idempotent by `run_id`: a record already stored is kept, except that a `lost`
@@ -14,13 +14,19 @@
 //! - `list` returns newest first by `(planned_at, run_id)`, without outputs, with an opaque cursor
 //!   for the next page; `get` returns one record with its output;
 //! - `latest_per_job` returns each job's newest record, as `list` would order them;
-//! - retention deletes by age (`ended_at`) and by count per job.
+//! - retention deletes by age (`ended_at`) and by count per job;
+//! - the run log also keeps its **run events** (each run-started marker and each record as it is
+//!   stored: inserted, or a `lost` placeholder replaced) in insert order, each at a `RunPos`:
+//!   `run_events(from)` streams those after a position, then the live ones (MongoDB: a change
+//!   stream on the database, resumed from its resume token; SQLite: an insertion sequence).
+//!   A duplicate adds no event. Positions stay replayable for `RUN_EVENTS_KEPT` at least (MongoDB:
+//!   as long as its oplog holds them); older ones are `HistoryLost`.
 
 pub mod conformance;
 pub mod mongodb;
 pub mod sqlite;
 
-use crate::model::{RunRecord, RunStatus};
+use crate::model::{RunRecord, RunStarted, RunStatus};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -35,7 +41,71 @@ pub enum StoreError {
     BadUri(String),
     #[error("run-log store error: {0}")]
     Internal(String),
+    /// A run-event position that cannot be replayed any more (or was never this store's).
+    #[error("run events after that position cannot be replayed: {0}; read the runs from the API instead")]
+    HistoryLost(String),
 }
+
+/// How long run events stay replayable from a position (SQLite's event log; MongoDB's run-started
+/// markers — its change stream itself reaches back as far as the oplog does).
+pub const RUN_EVENTS_KEPT: Duration = Duration::from_secs(3600);
+
+/// A run event as the feed shows it: a run-started marker, or a stored record (output left out).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "run", rename_all = "snake_case")]
+pub enum RunEvent {
+    Started(RunStarted),
+    Finished(RunRecord),
+}
+
+impl RunEvent {
+    pub fn run_id(&self) -> &str {
+        match self {
+            RunEvent::Started(s) => &s.run_id,
+            RunEvent::Finished(r) => &r.run_id,
+        }
+    }
+}
+
+/// A position in the run log's event history. `order` (then `tie`) orders positions of one
+/// store (SQLite: the insertion sequence; MongoDB: the event's cluster time, then its resume
+/// token); `data` is what the store needs to resume after it (SQLite: the file's identity;
+/// MongoDB: the resume token). Opaque to everyone else.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RunPos {
+    #[serde(rename = "o")]
+    pub order: u64,
+    #[serde(rename = "k", default, skip_serializing_if = "String::is_empty")]
+    pub tie: String,
+    #[serde(rename = "d")]
+    pub data: String,
+}
+
+impl PartialOrd for RunPos {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RunPos {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.order, &self.tie).cmp(&(other.order, &other.tie))
+    }
+}
+
+/// What `run_events` yields.
+// Items are moved one at a time through a channel; boxing the event would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEventItem {
+    Event(RunPos, RunEvent),
+    /// Everything stored so far has been yielded; `RunPos` is where a resume would go on from.
+    CaughtUp(RunPos),
+}
+
+/// The stream of `run_events`: it does not end by itself; an error ends it (resume from the
+/// last position seen).
+pub type RunEventStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<RunEventItem, StoreError>> + Send>>;
 
 /// Most job names `latest_per_job` takes in one call (one page of the jobs API).
 pub const MAX_LATEST_JOBS: usize = 1000;
@@ -104,6 +174,19 @@ pub trait LogStore: Send + Sync + 'static {
     async fn apply_retention(&self, retention: Retention, now_ms: i64) -> Result<u64, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
     fn kind(&self) -> &'static str;
+    /// Stores run-started markers (a marker already stored adds nothing).
+    async fn insert_started(&self, started: &[RunStarted]) -> Result<(), StoreError>;
+    /// The run events after `from` (`None`: from now on) in insert order, then the live ones,
+    /// with a `CaughtUp` each time everything stored so far was yielded. `BadCursor` for a
+    /// position that is not one of this store's; `HistoryLost` for one too old to replay.
+    async fn run_events(&self, from: Option<RunPos>) -> Result<RunEventStream, StoreError>;
+    /// Whether this store is this master's alone (SQLite: one machine), so the run events the
+    /// other masters ingest must be relayed to it (`append_relayed`). MongoDB: no, every master
+    /// reads every insert from the change stream.
+    fn needs_relay(&self) -> bool;
+    /// Appends run events another master ingested (relayed through etcd) to this store's event
+    /// history; an event already there (a shared file) adds nothing.
+    async fn append_relayed(&self, events: &[RunEvent]) -> Result<(), StoreError>;
 }
 
 /// Cursor: the last `(planned_at, run_id)` of a page, as `planned_at.run_id` (run ids are hex).
@@ -118,6 +201,11 @@ pub fn decode_cursor(c: &str) -> Result<(i64, String), StoreError> {
         return Err(StoreError::BadCursor);
     }
     Ok((p, id.to_string()))
+}
+
+/// Whether a MongoDB server answers a `ping` at `uri` (for tools that start one).
+pub async fn mongodb_answers(uri: &str) -> Result<(), StoreError> {
+    mongodb::server_answers(uri).await
 }
 
 /// Opens the store a URI names (`retention` lets MongoDB keep a TTL index).

@@ -1,18 +1,44 @@
 //! The SQLite run log: one file, WAL journal, one writer connection (batches in one transaction)
 //! and one reader connection, both used from blocking threads.
+//!
+//! Run events live in `run_events`, one row per event in insertion order (`seq`, AUTOINCREMENT,
+//! so a number is never reused after a deletion), written in the same transaction as the record
+//! they announce; `run_events` tails it from a position (`{file id}` + `seq`). The file's id is
+//! a UUID made when the file is created, so a position of another file is refused.
 
 use super::{
-    InsertOutcome, LogStore, Retention, RunPage, RunQuery, StatusCount, StoreError, decode_cursor, encode_cursor,
+    InsertOutcome, LogStore, Retention, RunEvent, RunEventItem, RunEventStream, RunPage, RunPos, RunQuery, StatusCount,
+    StoreError, decode_cursor, encode_cursor,
 };
-use crate::model::{RunRecord, RunStatus, Trigger};
+use crate::model::{RunRecord, RunStarted, RunStatus, Trigger};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    /// The file's identity (in every run-event position).
+    id: String,
+    /// Bumped after every commit that added run events: wakes the tails at once. Another
+    /// process writing the same file (two masters sharing it) is seen by the tails' poll.
+    appended: tokio::sync::watch::Sender<u64>,
+}
+
+const RUN_EVENTS_KEPT_MS: i64 = super::RUN_EVENTS_KEPT.as_millis() as i64;
+
+/// Run events read per query of a tail.
+const TAIL_PAGE: usize = 500;
+/// How often a tail looks for events written by another process sharing the file.
+const TAIL_POLL: Duration = Duration::from_millis(500);
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn err(e: rusqlite::Error) -> StoreError {
@@ -33,7 +59,51 @@ CREATE INDEX IF NOT EXISTS runs_by_time ON runs (planned_at DESC, run_id DESC);
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job, planned_at DESC, run_id DESC);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, planned_at DESC, run_id DESC);
 CREATE INDEX IF NOT EXISTS runs_by_end ON runs (ended_at);
+CREATE TABLE IF NOT EXISTS run_events (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    at     INTEGER NOT NULL,
+    kind   TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    event  TEXT NOT NULL,
+    UNIQUE (kind, run_id, status)
+);
+CREATE INDEX IF NOT EXISTS run_events_by_at ON run_events (at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
+
+/// Adds one run event (ignored when the same one is already there); returns whether it was added.
+fn append_event(tx: &rusqlite::Transaction<'_>, at: i64, event: &RunEvent) -> Result<bool, StoreError> {
+    let (kind, status, json) = match event {
+        RunEvent::Started(s) => ("started", "", serde_json::to_string(s).expect("serializes")),
+        RunEvent::Finished(r) => {
+            let mut meta = r.clone();
+            meta.output = String::new();
+            (
+                "finished",
+                r.status.as_str(),
+                serde_json::to_string(&meta).expect("serializes"),
+            )
+        }
+    };
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO run_events (at, kind, run_id, status, event) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(err)?;
+    Ok(stmt
+        .execute(params![at, kind, event.run_id(), status, json])
+        .map_err(err)?
+        == 1)
+}
+
+fn decode_event(kind: &str, json: &str) -> Result<RunEvent, StoreError> {
+    let bad = |e: serde_json::Error| StoreError::Internal(format!("stored run event is not valid: {e}"));
+    match kind {
+        "started" => Ok(RunEvent::Started(serde_json::from_str(json).map_err(bad)?)),
+        _ => Ok(RunEvent::Finished(serde_json::from_str(json).map_err(bad)?)),
+    }
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and its directory.
@@ -59,6 +129,10 @@ impl SqliteStore {
                 };
                 let writer = open()?;
                 writer.execute_batch(SCHEMA)?;
+                writer.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('id', ?1)",
+                    params![uuid::Uuid::now_v7().simple().to_string()],
+                )?;
                 Ok((writer, open()?))
             };
             let started = std::time::Instant::now();
@@ -82,9 +156,14 @@ impl SqliteStore {
                     }
                 }
             };
+            let id: String = writer
+                .query_row("SELECT value FROM meta WHERE key = 'id'", [], |r| r.get(0))
+                .map_err(err)?;
             Ok(SqliteStore {
                 writer: Arc::new(Mutex::new(writer)),
                 reader: Arc::new(Mutex::new(reader)),
+                id,
+                appended: tokio::sync::watch::channel(0).0,
             })
         })
         .await
@@ -118,9 +197,11 @@ fn row_to_record(record: String, output: Option<String>) -> Result<RunRecord, St
 impl LogStore for SqliteStore {
     async fn insert(&self, records: &[RunRecord]) -> Result<InsertOutcome, StoreError> {
         let records = records.to_vec();
-        Self::with(&self.writer, move |c| {
+        let out = Self::with(&self.writer, move |c| {
             let tx = c.transaction().map_err(err)?;
             let mut out = InsertOutcome::default();
+            let at = unix_ms();
+            let mut stored = Vec::new();
             {
                 // Insert if absent; a `lost` placeholder gives way to the real record.
                 let mut stmt = tx
@@ -169,15 +250,23 @@ impl LogStore for SqliteStore {
                         .map_err(err)?;
                     if n == 1 {
                         out.inserted += 1;
+                        stored.push(r);
                     } else {
                         out.duplicates += 1;
                     }
                 }
             }
+            for r in stored {
+                append_event(&tx, at, &RunEvent::Finished(r.clone()))?;
+            }
             tx.commit().map_err(err)?;
             Ok(out)
         })
-        .await
+        .await?;
+        if out.inserted > 0 {
+            self.appended.send_modify(|n| *n += 1);
+        }
+        Ok(out)
     }
 
     async fn list(&self, q: &RunQuery) -> Result<RunPage, StoreError> {
@@ -338,6 +427,24 @@ impl LogStore for SqliteStore {
                     )
                     .map_err(err)? as u64;
             }
+            // run events older than RUN_EVENTS_KEPT: positions at or below the newest one
+            // deleted can no longer be replayed
+            let cutoff = now_ms - RUN_EVENTS_KEPT_MS;
+            let tx = c.transaction().map_err(err)?;
+            let newest_gone: Option<i64> = tx
+                .query_row("SELECT MAX(seq) FROM run_events WHERE at < ?1", params![cutoff], |r| r.get(0))
+                .map_err(err)?;
+            if let Some(seq) = newest_gone {
+                tx.execute("DELETE FROM run_events WHERE seq <= ?1", params![seq])
+                    .map_err(err)?;
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('pruned_through', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![seq.to_string()],
+                )
+                .map_err(err)?;
+            }
+            tx.commit().map_err(err)?;
             Ok(deleted)
         })
         .await
@@ -354,11 +461,229 @@ impl LogStore for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
     }
+
+    async fn insert_started(&self, started: &[RunStarted]) -> Result<(), StoreError> {
+        let events: Vec<RunEvent> = started.iter().cloned().map(RunEvent::Started).collect();
+        self.append_relayed(&events).await
+    }
+
+    async fn run_events(&self, from: Option<RunPos>) -> Result<RunEventStream, StoreError> {
+        let id = self.id.clone();
+        let start = Self::with(&self.reader, {
+            let id = id.clone();
+            move |c| {
+                let newest: i64 = c
+                    .query_row("SELECT COALESCE(MAX(seq), 0) FROM run_events", [], |r| r.get(0))
+                    .map_err(err)?;
+                let Some(from) = from else { return Ok(newest) };
+                if from.data != id {
+                    return Err(StoreError::HistoryLost(
+                        "the position is another run log's (another SQLite file)".into(),
+                    ));
+                }
+                // AUTOINCREMENT: numbers handed out so far, even if their rows are gone
+                let issued: i64 = c
+                    .query_row(
+                        "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'run_events'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(err)?
+                    .unwrap_or(0);
+                let pruned: i64 = c
+                    .query_row("SELECT value FROM meta WHERE key = 'pruned_through'", [], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .optional()
+                    .map_err(err)?
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let order = i64::try_from(from.order).unwrap_or(i64::MAX);
+                if order > issued.max(newest) {
+                    return Err(StoreError::HistoryLost(format!(
+                        "position {order} is beyond this run log's newest event ({}); was the file replaced?",
+                        issued.max(newest)
+                    )));
+                }
+                if order < pruned {
+                    return Err(StoreError::HistoryLost(format!(
+                        "the run events up to position {pruned} were pruned (they are kept {:?})",
+                        super::RUN_EVENTS_KEPT
+                    )));
+                }
+                Ok(order)
+            }
+        })
+        .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<RunEventItem, StoreError>>(TAIL_PAGE);
+        let reader = self.reader.clone();
+        let mut appended = self.appended.subscribe();
+        tokio::spawn(async move {
+            let mut last = start;
+            let pos = |seq: i64| RunPos {
+                order: seq as u64,
+                tie: String::new(),
+                data: id.clone(),
+            };
+            loop {
+                appended.mark_unchanged();
+                let page = Self::with(&reader, move |c| {
+                    let mut stmt = c
+                        .prepare_cached("SELECT seq, kind, event FROM run_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                        .map_err(err)?;
+                    let rows = stmt
+                        .query_map(params![last, TAIL_PAGE as i64], |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                        })
+                        .map_err(err)?;
+                    let mut out = Vec::new();
+                    for row in rows {
+                        let (seq, kind, json) = row.map_err(err)?;
+                        out.push((seq, decode_event(&kind, &json)?));
+                    }
+                    Ok(out)
+                })
+                .await;
+                let page = match page {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let full = page.len() == TAIL_PAGE;
+                for (seq, ev) in page {
+                    last = seq;
+                    if tx.send(Ok(RunEventItem::Event(pos(seq), ev))).await.is_err() {
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                if tx.send(Ok(RunEventItem::CaughtUp(pos(last)))).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = appended.changed() => {}
+                    _ = tokio::time::sleep(TAIL_POLL) => {}
+                }
+            }
+        });
+        Ok(Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })))
+    }
+
+    fn needs_relay(&self) -> bool {
+        true
+    }
+
+    async fn append_relayed(&self, events: &[RunEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let events = events.to_vec();
+        Self::with(&self.writer, move |c| {
+            let tx = c.transaction().map_err(err)?;
+            let at = unix_ms();
+            for e in &events {
+                // the store's rule for records, applied to their events: a `lost` placeholder
+                // gives way to the real record, never the other way round, and the first real
+                // one wins
+                if let RunEvent::Finished(r) = e {
+                    let mut stmt = tx
+                        .prepare_cached("SELECT status FROM run_events WHERE kind = 'finished' AND run_id = ?1")
+                        .map_err(err)?;
+                    let have: Vec<String> = stmt
+                        .query_map(params![r.run_id], |row| row.get(0))
+                        .map_err(err)?
+                        .collect::<Result<_, _>>()
+                        .map_err(err)?;
+                    if have.iter().any(|st| st != "lost")
+                        || (r.status == crate::model::RunStatus::Lost && !have.is_empty())
+                    {
+                        continue;
+                    }
+                }
+                append_event(&tx, at, e)?;
+            }
+            tx.commit().map_err(err)
+        })
+        .await?;
+        self.appended.send_modify(|n| *n += 1);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logstore::conformance::record;
+    use crate::model::RunStatus;
+    use futures_util::StreamExt;
+
+    async fn first_event(s: &SqliteStore, from: Option<RunPos>) -> RunPos {
+        let mut st = s.run_events(from).await.unwrap();
+        loop {
+            match st.next().await.unwrap().unwrap() {
+                RunEventItem::Event(p, _) => return p,
+                RunEventItem::CaughtUp(_) => continue,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn run_event_positions_older_than_the_kept_history_or_of_another_file_are_history_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("a.db")).await.unwrap();
+        s.insert(&[record("k1", "j", 1_000, RunStatus::Succeeded)])
+            .await
+            .unwrap();
+        let p1 = first_event(
+            &s,
+            Some(RunPos {
+                order: 0,
+                tie: String::new(),
+                data: s.id.clone(),
+            }),
+        )
+        .await;
+        s.insert(&[record("k2", "j", 2_000, RunStatus::Succeeded)])
+            .await
+            .unwrap();
+        let p2 = first_event(&s, Some(p1.clone())).await;
+        assert!(p2 > p1);
+        // retention an hour and a bit later: both events are pruned, the records stay
+        let later = unix_ms() + RUN_EVENTS_KEPT_MS + 60_000;
+        s.apply_retention(Retention::default(), later).await.unwrap();
+        assert!(
+            s.get("k1").await.unwrap().is_some(),
+            "records follow their own retention"
+        );
+        assert!(matches!(
+            s.run_events(Some(p1.clone())).await,
+            Err(StoreError::HistoryLost(_))
+        ));
+        // the newest position pruned is still a valid place to go on from: nothing after it is lost
+        assert!(s.run_events(Some(p2.clone())).await.is_ok());
+        // another file's position, and one beyond the newest
+        let other = SqliteStore::open(&dir.path().join("b.db")).await.unwrap();
+        assert!(matches!(
+            other.run_events(Some(p1.clone())).await,
+            Err(StoreError::HistoryLost(_))
+        ));
+        let future = RunPos {
+            order: 99,
+            ..p2.clone()
+        };
+        assert!(matches!(
+            s.run_events(Some(future)).await,
+            Err(StoreError::HistoryLost(_))
+        ));
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn masters_opening_one_fresh_file_at_once_all_get_the_store() {

@@ -109,7 +109,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::BadCursor => ApiError::bad("bad_cursor", e.to_string()),
             StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
-            StoreError::BadUri(_) | StoreError::Internal(_) => ApiError::Internal(e.to_string()),
+            StoreError::BadUri(_) | StoreError::Internal(_) | StoreError::HistoryLost(_) => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }

@@ -1,24 +1,35 @@
 //! The event feed: `GET /api/v1/events` upgrades to a WebSocket that streams JSON events —
 //! `job.saved`, `job.deleted` (from this master's etcd watch, with the revision),
 //! `worker.joined`, `worker.left`, `run.started`, `run.finished` (after the record is in the
-//! store). Filters: `topics=jobs,workers,runs`, `job=a,b`, `status=failed,...`; resume:
-//! `since_revision=N` replays job events from that etcd revision first.
+//! store). Filters: `topics=jobs,workers,runs`, `job=a,b`, `status=failed,...`.
+//!
+//! Resume: every event carries an opaque `cursor` (`Cursor`: the newest job revision and the
+//! newest run-log position the subscriber has been given, or covered). `cursor=C` replays job
+//! events after C's revision (an etcd watch from it) and run events after C's run-log position
+//! (`LogStore::run_events`), then goes on live, skipping what the replay already sent; what
+//! cannot be replayed is said with `{"type":"resume_failed"}`. `since_revision=N` replays job
+//! events from N (the older form). Worker events carry the cursor too but are not replayed: they
+//! are presence, read again from `/api/v1/workers`.
 //!
 //! Backpressure: events are serialised once into a shared ring (`FEED_BUFFER` events); each
 //! subscriber reads it at its own pace. One that falls more than the ring behind gets
 //! `{"type":"lagged","missed":N}` and goes on from the oldest event still held; one whose socket
 //! accepts nothing for `SEND_TIMEOUT` is closed. Memory is the ring, whatever the subscribers do.
 //!
-//! Several masters: run events are ingested by one master; it also puts each batch's events under
-//! `feed/{master}/…` in etcd (30 s lease), and every master relays the batches of the others, so
-//! every master's subscribers see every run (see docs/ARCHITECTURE.md).
+//! Run events come from the run log, not from ingest: `run_tail` follows `LogStore::run_events`
+//! (MongoDB: a change stream, so every master sees every master's inserts in insert order;
+//! SQLite: its event table). A SQLite store is one machine's, so there the ingesting master also
+//! puts each batch's events under `feed/{master}/…` in etcd (30 s lease) and every other master
+//! appends them to its own store's history (see docs/ARCHITECTURE.md).
 
 use super::AppState;
 use super::api::authorize;
 use super::auth::Need;
 use super::error::ApiError;
 use crate::coord::{JobEvent, JobRead, MemberEvent, now_ms};
+use crate::logstore::{RunEvent, RunEventItem, RunPos, StoreError};
 use crate::model::{RunRecord, RunStarted, RunStatus, StoredJob, WorkerInfo};
+use crate::telemetry::events::{FeedResumed, RunStreamRestarted};
 use crate::telemetry::metrics::METRICS;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -27,7 +38,7 @@ use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +50,63 @@ pub const FEED_BUFFER: usize = 1024;
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Server pings this often; no pong for three intervals closes the connection.
 pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// Most run events one resume replays; a cursor further behind gets `resume_failed`.
+pub const REPLAY_MAX: usize = 20_000;
+
+/// Where a subscriber is: the newest job revision and run-log position it was given (or that
+/// nothing it asked for lies before). Opaque to clients: `1.` + base64url(JSON), versioned by
+/// its prefix.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cursor {
+    #[serde(rename = "j")]
+    pub jobs: i64,
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<RunPos>,
+}
+
+const CURSOR_VERSION: &str = "1.";
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(self).expect("cursors serialize");
+        format!(
+            "{CURSOR_VERSION}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
+    }
+
+    pub fn decode(s: &str) -> Result<Cursor, ApiError> {
+        use base64::Engine;
+        let bad = || {
+            ApiError::bad(
+                "bad_cursor",
+                "invalid cursor; use the cursor of an event this feed sent (or since_revision)",
+            )
+        };
+        let body = s.strip_prefix(CURSOR_VERSION).ok_or_else(bad)?;
+        if body.len() > 8192 {
+            return Err(bad());
+        }
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| bad())?;
+        let c: Cursor = serde_json::from_slice(&json).map_err(|_| bad())?;
+        if c.jobs < 0 {
+            return Err(bad());
+        }
+        Ok(c)
+    }
+
+    /// Component-wise the newer of the two.
+    fn merge(&mut self, other: &Cursor) {
+        self.jobs = self.jobs.max(other.jobs);
+        if other.runs > self.runs {
+            self.runs = other.runs.clone();
+        }
+    }
+}
 
 /// One feed message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +128,15 @@ pub enum FeedEvent {
     RunStarted { ts: i64, run: Box<RunStarted> },
     #[serde(rename = "run.finished")]
     RunFinished { ts: i64, run: Box<RunRecord> },
+    /// Events were lost for every subscriber (the master's run-event stream could not resume):
+    /// read what `topics` names again from the API.
+    #[serde(rename = "resume_failed")]
+    ResumeFailed {
+        ts: i64,
+        topics: String,
+        reason: String,
+        message: String,
+    },
 }
 
 impl FeedEvent {
@@ -71,6 +148,7 @@ impl FeedEvent {
             FeedEvent::WorkerLeft { .. } => "worker.left",
             FeedEvent::RunStarted { .. } => "run.started",
             FeedEvent::RunFinished { .. } => "run.finished",
+            FeedEvent::ResumeFailed { .. } => "resume_failed",
         }
     }
     fn topic(&self) -> &'static str {
@@ -89,6 +167,19 @@ impl FeedEvent {
             _ => None,
         }
     }
+    fn from_run(e: RunEvent) -> FeedEvent {
+        match e {
+            RunEvent::Started(s) => FeedEvent::RunStarted {
+                ts: now_ms(),
+                run: Box::new(s),
+            },
+            RunEvent::Finished(r) => FeedEvent::RunFinished {
+                ts: now_ms(),
+                run: Box::new(r),
+            },
+        }
+    }
+
     fn job_revision(&self) -> Option<i64> {
         match self {
             FeedEvent::JobSaved { revision, .. } | FeedEvent::JobDeleted { revision, .. } => Some(*revision),
@@ -97,39 +188,101 @@ impl FeedEvent {
     }
 }
 
-/// An event serialised once, with its publication time.
+/// An event serialised once (with the hub's cursor after it), with its publication time.
 pub struct Published {
     pub event: FeedEvent,
     pub json: Utf8Bytes,
     pub at: Instant,
+    /// The hub's cursor after this event.
+    pub cursor: Cursor,
+    /// The run-log position of a run event.
+    pub run_pos: Option<RunPos>,
 }
 
-/// The hub every source publishes into.
+/// `event` as sent, with `cursor`.
+fn wire(event: &FeedEvent, cursor: &Cursor) -> String {
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        #[serde(flatten)]
+        event: &'a FeedEvent,
+        cursor: String,
+    }
+    serde_json::to_string(&Wire {
+        event,
+        cursor: cursor.encode(),
+    })
+    .expect("events serialize")
+}
+
+/// The hub every source publishes into. Publishing and subscribing hold one lock, so a
+/// subscriber's starting cursor is exactly what was published before it subscribed.
 #[derive(Clone)]
 pub struct Feed {
     tx: broadcast::Sender<Arc<Published>>,
+    cursor: Arc<Mutex<Cursor>>,
 }
 
 impl Default for Feed {
     fn default() -> Self {
         let (tx, _) = broadcast::channel(FEED_BUFFER);
-        Feed { tx }
+        Feed {
+            tx,
+            cursor: Arc::new(Mutex::new(Cursor::default())),
+        }
     }
 }
 
 impl Feed {
+    /// Publishes a job, worker or notice event (job events move the cursor's revision).
     pub fn publish(&self, event: FeedEvent) {
-        let json = serde_json::to_string(&event).expect("events serialize");
+        self.send(event, None);
+    }
+
+    /// Publishes a run event read from the run log at `pos`.
+    pub fn publish_run(&self, pos: RunPos, event: FeedEvent) {
+        self.send(event, Some(pos));
+    }
+
+    /// The job list was read at `revision` (a watch's start or re-list): cursors start there.
+    pub fn jobs_listed(&self, revision: i64) {
+        let mut c = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        c.jobs = c.jobs.max(revision);
+    }
+
+    /// The run log has nothing after `pos` yet: cursors start there.
+    pub fn caught_up(&self, pos: RunPos) {
+        let mut c = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        if c.runs.as_ref().is_none_or(|r| pos > *r) {
+            c.runs = Some(pos);
+        }
+    }
+
+    fn send(&self, event: FeedEvent, run_pos: Option<RunPos>) {
+        let mut c = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = event.job_revision() {
+            c.jobs = c.jobs.max(r);
+        }
+        if let Some(p) = &run_pos
+            && c.runs.as_ref().is_none_or(|r| p > r)
+        {
+            c.runs = Some(p.clone());
+        }
+        let json = wire(&event, &c);
         let _ = self.tx.send(Arc::new(Published {
             event,
             json: json.into(),
             at: Instant::now(),
+            cursor: c.clone(),
+            run_pos,
         }));
+        drop(c);
         METRICS.feed_buffered.set(self.tx.len() as i64);
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
-        self.tx.subscribe()
+    /// A receiver of everything published from now on, and the cursor of what came before.
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<Published>>, Cursor) {
+        let c = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        (self.tx.subscribe(), c.clone())
     }
 
     /// Events currently held (never more than `FEED_BUFFER`).
@@ -142,11 +295,105 @@ impl Feed {
     }
 }
 
+/// Follows the run log's events (`LogStore::run_events`) into the feed, until `stop`: every
+/// run started and every record stored, by any master (MongoDB) or relayed to this one
+/// (SQLite), in the store's order. A broken stream resumes from the last position; one that
+/// cannot (its history is gone) starts again from now and tells every subscriber.
+pub async fn run_tail(st: Arc<AppState>, stop: CancellationToken) {
+    let mut from: Option<RunPos> = None;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let opened = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = st.store.run_events(from.clone()) => r,
+        };
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                let lost = matches!(e, StoreError::HistoryLost(_) | StoreError::BadCursor);
+                RunStreamRestarted {
+                    reason: if lost { "history_lost" } else { "open_error" },
+                    detail: &e.to_string(),
+                }
+                .emit();
+                if lost {
+                    st.feed.publish(FeedEvent::ResumeFailed {
+                        ts: now_ms(),
+                        topics: "runs".into(),
+                        reason: "history_lost".into(),
+                        message: format!("this master missed run events ({e}); read the runs again from the API"),
+                    });
+                    from = None;
+                    continue;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        METRICS.feed_run_stream_up.set(1);
+        loop {
+            let item = tokio::select! {
+                _ = stop.cancelled() => {
+                    METRICS.feed_run_stream_up.set(0);
+                    return;
+                }
+                i = stream.next() => i,
+            };
+            match item {
+                Some(Ok(RunEventItem::Event(pos, ev))) => {
+                    backoff = Duration::from_millis(200);
+                    st.ingest.observe(&ev);
+                    from = Some(pos.clone());
+                    st.feed.publish_run(pos, FeedEvent::from_run(ev));
+                }
+                Some(Ok(RunEventItem::CaughtUp(pos))) => {
+                    backoff = Duration::from_millis(200);
+                    if from.as_ref().is_none_or(|f| pos > *f) {
+                        from = Some(pos.clone());
+                    }
+                    st.feed.caught_up(pos);
+                }
+                Some(Err(e)) => {
+                    RunStreamRestarted {
+                        reason: "stream_error",
+                        detail: &e.to_string(),
+                    }
+                    .emit();
+                    break;
+                }
+                None => {
+                    RunStreamRestarted {
+                        reason: "stream_closed",
+                        detail: "",
+                    }
+                    .emit();
+                    break;
+                }
+            }
+        }
+        METRICS.feed_run_stream_up.set(0);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Turns the `jobs/` and `workers/` watches into feed events, until `stop`.
 pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
     let mut jobs = st.coord.watch_jobs(stop.clone());
     let mut workers = st.coord.watch_members(stop.clone());
-    let mut relay = st.coord.watch_feed::<Vec<FeedEvent>>(stop.clone());
+    // the relay matters only to a store of this master's own (SQLite)
+    let relay_stop = stop.child_token();
+    if !st.store.needs_relay() {
+        relay_stop.cancel();
+    }
+    let mut relay = st.coord.watch_feed::<Vec<FeedEvent>>(relay_stop.clone());
     let mut known_jobs: HashMap<String, i64> = HashMap::new();
     let mut changed_meaning = super::meaning::ChangedMeaning::default();
     let mut known_workers: HashSet<String> = HashSet::new();
@@ -159,11 +406,15 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                     let now: HashMap<String, i64> = all.iter().map(|j| (j.name().to_string(), j.revision())).collect();
                     changed_meaning.listed(all.iter().map(|j| (j.name(), schedule_of(j))));
                     if jobs_synced {
-                        // a re-list after a compaction or a broken stream: publish the difference
-                        for j in all {
-                            if known_jobs.get(j.name()) != Some(&j.revision()) {
-                                publish_job(&st, j);
-                            }
+                        // a re-list after a compaction or a broken stream: publish the
+                        // difference, in revision order (cursors only move forward)
+                        let mut changed: Vec<JobRead> = all
+                            .into_iter()
+                            .filter(|j| known_jobs.get(j.name()) != Some(&j.revision()))
+                            .collect();
+                        changed.sort_by_key(|j| j.revision());
+                        for j in changed {
+                            publish_job(&st, j);
                         }
                         for gone in known_jobs.keys().filter(|k| !now.contains_key(*k)) {
                             st.feed.publish(FeedEvent::JobDeleted { ts: now_ms(), revision, name: gone.clone() });
@@ -171,6 +422,7 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                     }
                     known_jobs = now;
                     jobs_synced = true;
+                    st.feed.jobs_listed(revision);
                 }
                 JobEvent::Saved(j) => {
                     known_jobs.insert(j.name().to_string(), j.revision());
@@ -209,13 +461,19 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                 }
             },
             Some(batch) = relay.events.recv() => {
-                // other masters' run events; ours were published when we ingested them
+                // other masters' run events, into this store's history (run_tail publishes them)
                 if batch.master != st.config.master.id {
-                    for e in batch.events {
-                        if let FeedEvent::RunFinished { run, .. } = &e {
-                            st.ingest.last_runs.observe(run);
-                        }
-                        st.feed.publish(e);
+                    let events: Vec<RunEvent> = batch
+                        .events
+                        .into_iter()
+                        .filter_map(|e| match e {
+                            FeedEvent::RunStarted { run, .. } => Some(RunEvent::Started(*run)),
+                            FeedEvent::RunFinished { run, .. } => Some(RunEvent::Finished(*run)),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Err(e) = st.store.append_relayed(&events).await {
+                        warn!(error = %e, events = events.len(), from = %batch.master, "cannot add relayed run events to this master's run log; its feed misses them");
                     }
                 }
             }
@@ -254,6 +512,8 @@ pub struct EventsQuery {
     status: Option<String>,
     /// Replay job events from this etcd revision first.
     since_revision: Option<i64>,
+    /// Replay everything after this cursor (from an event's `cursor`) first.
+    cursor: Option<String>,
     /// For browsers, which cannot set headers on a WebSocket.
     token: Option<String>,
 }
@@ -348,11 +608,21 @@ pub async fn events(
     }
     authorize(&st, &headers, Need::Read)?;
     let filter = Filter::parse(&q)?;
+    let resume = match (&q.cursor, q.since_revision) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "invalid_resume",
+                "give cursor or since_revision, not both (a cursor holds a revision)",
+            ));
+        }
+        (Some(c), None) => Resume::Cursor(Cursor::decode(c)?),
+        (None, Some(r)) => Resume::Since(r),
+        (None, None) => Resume::Live,
+    };
     let ws = ws
         .map_err(|e| ApiError::bad("not_a_websocket", format!("{e}; connect with a WebSocket client")))?
         .protocols([PROTOCOL]);
-    let since = q.since_revision;
-    Ok(ws.on_upgrade(move |socket| subscriber(socket, st, filter, since)))
+    Ok(ws.on_upgrade(move |socket| subscriber(socket, st, filter, resume)))
 }
 
 /// The subprotocol the feed speaks; a client that offers it gets it back.
@@ -391,11 +661,20 @@ fn protocol_token(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(None)
 }
 
-async fn send(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, msg: Message) -> bool {
+/// Where a subscriber starts.
+enum Resume {
+    Live,
+    Since(i64),
+    Cursor(Cursor),
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+async fn send(sink: &mut Sink, msg: Message) -> bool {
     matches!(tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await, Ok(Ok(())))
 }
 
-async fn subscriber(socket: WebSocket, st: Arc<AppState>, filter: Filter, since: Option<i64>) {
+async fn subscriber(socket: WebSocket, st: Arc<AppState>, filter: Filter, resume: Resume) {
     METRICS.feed_subscribers.inc();
     struct Gauge;
     impl Drop for Gauge {
@@ -405,13 +684,26 @@ async fn subscriber(socket: WebSocket, st: Arc<AppState>, filter: Filter, since:
     }
     let _gauge = Gauge;
     // subscribe first, so nothing published during the replay is missed
-    let mut rx = st.feed.subscribe();
+    let (mut rx, mut mine) = st.feed.subscribe();
     let (mut sink, mut stream) = socket.split();
+    // job events up to this revision were replayed: the ring's copies are skipped
     let mut replayed_up_to = 0i64;
-    if let Some(from) = since {
-        match replay(&st, from, &filter, &mut sink).await {
+    match resume {
+        Resume::Live => {}
+        Resume::Since(from) => match replay(&st, from, &filter, &mut sink, &mut mine).await {
             Some(rev) => replayed_up_to = rev,
             None => return,
+        },
+        Resume::Cursor(c) => {
+            let hub = mine.clone();
+            mine = c.clone();
+            match replay(&st, c.jobs + 1, &filter, &mut sink, &mut mine).await {
+                Some(rev) => replayed_up_to = rev,
+                None => return,
+            }
+            if !replay_runs(&st, c.runs, hub.runs, &filter, &mut sink, &mut mine).await {
+                return;
+            }
         }
     }
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -435,16 +727,26 @@ async fn subscriber(socket: WebSocket, st: Arc<AppState>, filter: Filter, since:
                             Err(_) => break,
                         }
                     }
-                    let wanted: Vec<_> = batch
-                        .into_iter()
-                        .filter(|p| filter.wants(&p.event) && p.event.job_revision().is_none_or(|r| r > replayed_up_to))
-                        .collect();
+                    // what a replay (or another master, for a resumed cursor) already gave is
+                    // skipped; each event sent carries this subscriber's cursor, which is the
+                    // hub's unless a replay put it ahead
+                    let mut wanted = Vec::new();
+                    for p in batch {
+                        let replayed = p.event.job_revision().is_some_and(|r| r <= replayed_up_to)
+                            || p.run_pos.as_ref().is_some_and(|pos| mine.runs.as_ref().is_some_and(|m| pos <= m));
+                        mine.merge(&p.cursor);
+                        if replayed || !filter.wants(&p.event) {
+                            continue;
+                        }
+                        let text = if mine == p.cursor { p.json.clone() } else { wire(&p.event, &mine).into() };
+                        wanted.push((p, text));
+                    }
                     if wanted.is_empty() {
                         continue;
                     }
                     let mut ok = true;
-                    for p in &wanted {
-                        if tokio::time::timeout(SEND_TIMEOUT, sink.feed(Message::Text(p.json.clone()))).await.map(|r| r.is_ok()) != Ok(true) {
+                    for (_, text) in &wanted {
+                        if tokio::time::timeout(SEND_TIMEOUT, sink.feed(Message::Text(text.clone()))).await.map(|r| r.is_ok()) != Ok(true) {
                             ok = false;
                             break;
                         }
@@ -453,7 +755,7 @@ async fn subscriber(socket: WebSocket, st: Arc<AppState>, filter: Filter, since:
                         debug!("feed subscriber stuck or gone; closing");
                         break;
                     }
-                    for p in &wanted {
+                    for (p, _) in &wanted {
                         METRICS.feed_events.with_label_values(&[p.event.type_name()]).inc();
                         METRICS.feed_send_latency.observe(p.at.elapsed().as_secs_f64());
                     }
@@ -504,12 +806,7 @@ async fn subscriber(socket: WebSocket, st: Arc<AppState>, filter: Filter, since:
 
 /// Replays job events from `from` up to now; returns the revision replayed up to (None: the
 /// socket is gone). A compacted revision is said in a message, then the feed goes on live.
-async fn replay(
-    st: &AppState,
-    from: i64,
-    filter: &Filter,
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-) -> Option<i64> {
+async fn replay(st: &AppState, from: i64, filter: &Filter, sink: &mut Sink, mine: &mut Cursor) -> Option<i64> {
     let current = match st.coord.list_jobs().await {
         Ok((_, rev)) => rev,
         Err(e) => {
@@ -519,6 +816,7 @@ async fn replay(
         }
     };
     if from > current || !filter.topics.contains("jobs") {
+        mine.jobs = mine.jobs.max(current);
         return Some(current);
     }
     let stop = CancellationToken::new();
@@ -533,11 +831,28 @@ async fn replay(
         };
         let event = match ev {
             JobEvent::Reset { .. } => {
-                let msg = serde_json::json!({ "type": "resume_failed", "ts": now_ms(), "reason": "compacted", "message": format!("revision {from} was compacted; job events before {current} cannot be replayed; list jobs through the API instead") }).to_string();
+                FeedResumed {
+                    part: "jobs",
+                    outcome: "failed",
+                }
+                .emit();
+                mine.jobs = mine.jobs.max(current);
+                let msg = wire(
+                    &FeedEvent::ResumeFailed {
+                        ts: now_ms(),
+                        topics: "jobs".into(),
+                        reason: "compacted".into(),
+                        message: format!(
+                            "revision {from} was compacted; job events before {current} cannot be replayed; list jobs through the API instead"
+                        ),
+                    },
+                    mine,
+                );
                 if !send(sink, Message::Text(msg.into())).await {
                     result = None;
                 }
-                break;
+                stop.cancel();
+                return result;
             }
             JobEvent::Saved(read) => {
                 last = read.revision();
@@ -562,9 +877,11 @@ async fn replay(
         if event.job_revision().is_some_and(|r| r > current) {
             break;
         }
+        if let Some(r) = event.job_revision() {
+            mine.jobs = mine.jobs.max(r);
+        }
         if filter.wants(&event) {
-            let json = serde_json::to_string(&event).expect("events serialize");
-            if !send(sink, Message::Text(json.into())).await {
+            if !send(sink, Message::Text(wire(&event, mine).into())).await {
                 result = None;
                 break;
             }
@@ -572,5 +889,130 @@ async fn replay(
         }
     }
     stop.cancel();
+    if result.is_some() {
+        FeedResumed {
+            part: "jobs",
+            outcome: "replayed",
+        }
+        .emit();
+        mine.jobs = mine.jobs.max(current);
+    }
     result
+}
+
+/// Replays the run events after `from` (a resumed cursor's position) from the run log, up to
+/// what it holds now; `mine.runs` ends at the last one. What cannot be replayed is said with
+/// `resume_failed`, and the cursor goes on from the hub's (`hub`). False: the socket is gone.
+async fn replay_runs(
+    st: &AppState,
+    from: Option<RunPos>,
+    hub: Option<RunPos>,
+    filter: &Filter,
+    sink: &mut Sink,
+    mine: &mut Cursor,
+) -> bool {
+    let fail = |mine: &mut Cursor, reason: &str, message: String| {
+        FeedResumed {
+            part: "runs",
+            outcome: "failed",
+        }
+        .emit();
+        mine.runs = hub.clone().max(mine.runs.clone());
+        wire(
+            &FeedEvent::ResumeFailed {
+                ts: now_ms(),
+                topics: "runs".into(),
+                reason: reason.into(),
+                message,
+            },
+            mine,
+        )
+    };
+    if !filter.topics.contains("runs") {
+        mine.runs = hub.max(mine.runs.clone());
+        return true;
+    }
+    let Some(from) = from else {
+        if hub.is_none() {
+            return true;
+        }
+        // the cursor was made before this master (or that one) knew a run-log position
+        let msg = fail(
+            mine,
+            "no_position",
+            "the cursor holds no run-log position; read the runs again from the API".into(),
+        );
+        return send(sink, Message::Text(msg.into())).await;
+    };
+    if hub.as_ref().is_some_and(|h| *h == from) {
+        FeedResumed {
+            part: "runs",
+            outcome: "replayed",
+        }
+        .emit();
+        return true;
+    }
+    let mut stream = match st.store.run_events(Some(from.clone())).await {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = match e {
+                StoreError::HistoryLost(_) => "history_lost",
+                StoreError::BadCursor => "invalid",
+                _ => "store_unavailable",
+            };
+            let msg = fail(mine, reason, format!("{e}"));
+            return send(sink, Message::Text(msg.into())).await;
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut n = 0usize;
+    loop {
+        let item = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(i))) => i,
+            Ok(Some(Err(e))) => {
+                let msg = fail(
+                    mine,
+                    "store_unavailable",
+                    format!("the replay of run events broke off: {e}"),
+                );
+                return send(sink, Message::Text(msg.into())).await;
+            }
+            Ok(None) | Err(_) => {
+                let msg = fail(
+                    mine,
+                    "store_unavailable",
+                    "the run log did not finish the replay within 30 s".into(),
+                );
+                return send(sink, Message::Text(msg.into())).await;
+            }
+        };
+        match item {
+            RunEventItem::CaughtUp(_) => break,
+            RunEventItem::Event(pos, ev) => {
+                n += 1;
+                if n > REPLAY_MAX {
+                    let msg = fail(
+                        mine,
+                        "too_far_behind",
+                        format!("more than {REPLAY_MAX} run events to replay; read the runs again from the API"),
+                    );
+                    return send(sink, Message::Text(msg.into())).await;
+                }
+                mine.runs = Some(pos);
+                let event = FeedEvent::from_run(ev);
+                if filter.wants(&event) {
+                    if !send(sink, Message::Text(wire(&event, mine).into())).await {
+                        return false;
+                    }
+                    METRICS.feed_events.with_label_values(&[event.type_name()]).inc();
+                }
+            }
+        }
+    }
+    FeedResumed {
+        part: "runs",
+        outcome: "replayed",
+    }
+    .emit();
+    true
 }

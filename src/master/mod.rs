@@ -34,17 +34,19 @@ use tracing::{info, warn};
 /// Most in-progress runs remembered (from run-started notices) for the workers view.
 const MAX_RUNNING: usize = 100_000;
 
-/// Run-log ingest: stores finished records (idempotently) and remembers runs in progress.
+/// Run-log ingest: stores run-started markers and finished records (idempotently). The feed's
+/// run events come back from the store (`feed::run_tail`), which also keeps `running` and
+/// `last_runs` current, for every master's ingest alike.
 pub struct Ingest {
     store: Arc<dyn LogStore>,
     /// Each job's newest record, for the job views (see `last_runs`).
     pub last_runs: last_runs::LastRuns,
     running: Mutex<HashMap<String, RunStarted>>,
-    feed: feed::Feed,
     relay: Option<Relay>,
 }
 
-/// Puts each ingested batch's run events in etcd for the other masters' feeds.
+/// With a store of its own (SQLite), a master puts each ingested batch's run events in etcd for
+/// the other masters, which append them to their stores' event history.
 struct Relay {
     coord: Coord,
     master: String,
@@ -52,12 +54,13 @@ struct Relay {
 }
 
 impl Ingest {
-    pub fn new(store: Arc<dyn LogStore>, feed: feed::Feed, relay: Option<(Coord, String)>) -> Self {
+    /// `relay`: this master's coord and id, used only when the store `needs_relay`.
+    pub fn new(store: Arc<dyn LogStore>, relay: Option<(Coord, String)>) -> Self {
+        let relay = relay.filter(|_| store.needs_relay());
         Ingest {
             store,
             last_runs: last_runs::LastRuns::default(),
             running: Mutex::new(HashMap::new()),
-            feed,
             relay: relay.map(|(coord, master)| Relay {
                 coord,
                 master,
@@ -78,20 +81,15 @@ impl Ingest {
     }
 
     pub async fn ingest(&self, batch: crate::model::ReportBatch) -> Result<InsertOutcome, StoreError> {
-        let mut relayed = Vec::new();
-        {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            for s in batch.started {
-                let ev = feed::FeedEvent::RunStarted {
-                    ts: now_ms(),
-                    run: Box::new(s.clone()),
-                };
-                self.feed.publish(ev.clone());
-                relayed.push(ev);
-                if running.len() < MAX_RUNNING {
-                    running.insert(s.run_id.clone(), s);
-                }
-            }
+        if !batch.started.is_empty() {
+            self.store.insert_started(&batch.started).await?;
+        }
+        let mut relayed: Vec<feed::FeedEvent> = Vec::new();
+        if self.relay.is_some() {
+            relayed.extend(batch.started.iter().map(|s| feed::FeedEvent::RunStarted {
+                ts: now_ms(),
+                run: Box::new(s.clone()),
+            }));
         }
         if batch.finished.is_empty() {
             self.relay(relayed).await;
@@ -109,26 +107,36 @@ impl Ingest {
         m.logstore_records
             .with_label_values(&["duplicate"])
             .inc_by(out.duplicates as u64);
-        {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            for f in &batch.finished {
-                running.remove(&f.run_id);
+        if self.relay.is_some() {
+            for f in batch.finished {
+                let mut summary = f;
+                summary.output = String::new();
+                relayed.push(feed::FeedEvent::RunFinished {
+                    ts: now_ms(),
+                    run: Box::new(summary),
+                });
             }
-        }
-        // published only now that the store has them: the feed never shows a run the API cannot return
-        for f in batch.finished {
-            let mut summary = f;
-            summary.output = String::new();
-            self.last_runs.observe(&summary);
-            let ev = feed::FeedEvent::RunFinished {
-                ts: now_ms(),
-                run: Box::new(summary),
-            };
-            self.feed.publish(ev.clone());
-            relayed.push(ev);
         }
         self.relay(relayed).await;
         Ok(out)
+    }
+
+    /// A run event read back from the store (any master's): runs in progress and last runs.
+    pub fn observe(&self, event: &crate::logstore::RunEvent) {
+        use crate::logstore::RunEvent;
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            RunEvent::Started(s) => {
+                if running.len() < MAX_RUNNING {
+                    running.insert(s.run_id.clone(), s.clone());
+                }
+            }
+            RunEvent::Finished(r) => {
+                running.remove(&r.run_id);
+                drop(running);
+                self.last_runs.observe(r);
+            }
+        }
     }
 
     /// Runs reported as started and not yet finished.
@@ -174,7 +182,6 @@ impl AppState {
             auth: auth::Auth::from_config(&config.master.auth),
             ingest: Arc::new(Ingest::new(
                 store.clone(),
-                feed.clone(),
                 Some((coord.clone(), config.master.id.clone())),
             )),
             feed,
@@ -280,6 +287,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
             state.shutdown.clone(),
         ))
     });
+    let runs = tokio::spawn(feed::run_tail(state.clone(), state.shutdown.clone()));
     let feed_stop = state.shutdown.clone();
     let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown({
         let s = shutdown.clone();
@@ -296,15 +304,15 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
         let _ = l.await;
     }
     let _ = day_stats.await;
+    let _ = runs.await;
     let _ = retention.await;
     registration.deregister().await;
     res
 }
 
+/// Applies retention every 10 minutes; always runs, as the store also prunes its run-event
+/// history (`RUN_EVENTS_KEPT`) there.
 async fn retention_loop(store: Arc<dyn LogStore>, retention: Retention, shutdown: CancellationToken) {
-    if retention.max_age.is_none() && retention.max_per_job.is_none() {
-        return;
-    }
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tokio::select! {

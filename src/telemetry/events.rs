@@ -161,6 +161,49 @@ impl BadValueSkipped<'_> {
     }
 }
 
+/// The master's run-event stream (run log → feed) is opened again.
+pub struct RunStreamRestarted<'a> {
+    pub reason: &'static str,
+    pub detail: &'a str,
+}
+impl RunStreamRestarted<'_> {
+    pub fn emit(self) {
+        METRICS.feed_run_stream_restarts.with_label_values(&[self.reason]).inc();
+        if self.reason == "history_lost" {
+            error!(
+                reason = self.reason,
+                detail = self.detail,
+                "the feed's run-event stream cannot resume (its position is gone from the run log); starting from now and telling subscribers to read runs again"
+            );
+        } else {
+            warn!(
+                reason = self.reason,
+                detail = self.detail,
+                "the feed's run-event stream broke; resuming from its last position (no run event is lost)"
+            );
+        }
+    }
+}
+
+/// A feed subscriber resumed from a cursor (one line and count per part).
+pub struct FeedResumed {
+    pub part: &'static str,
+    pub outcome: &'static str,
+}
+impl FeedResumed {
+    pub fn emit(self) {
+        METRICS.feed_resumes.with_label_values(&[self.part, self.outcome]).inc();
+        if self.outcome == "failed" {
+            info!(
+                part = self.part,
+                "a feed subscriber's cursor could not be replayed; it was told resume_failed"
+            );
+        } else {
+            debug!(part = self.part, "a feed subscriber resumed from its cursor");
+        }
+    }
+}
+
 /// A watch re-listed its prefix.
 pub struct WatchRestarted<'a> {
     pub watch: &'static str,

@@ -144,6 +144,9 @@ pub struct Metrics {
     pub feed_lagged: IntCounter,
     pub feed_buffered: IntGauge,
     pub feed_send_latency: Histogram,
+    pub feed_resumes: IntCounterVec,
+    pub feed_run_stream_up: IntGauge,
+    pub feed_run_stream_restarts: IntCounterVec,
     pub job_runs_finished: IntCounterVec,
     pub job_schedule_lag: HistogramVec,
     pub build_info: IntGaugeVec,
@@ -354,6 +357,20 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Time from an event's publication to its send to a subscriber.",
             rpc_buckets(),
         ),
+        feed_resumes: counter_vec(
+            "cronmesh_feed_resumes_total",
+            "Feed subscribers resuming from a cursor, by part (jobs, runs) and outcome (replayed, failed: told resume_failed).",
+            &["part", "outcome"],
+        ),
+        feed_run_stream_up: gauge(
+            "cronmesh_feed_run_stream_up",
+            "1 while this master follows the run log's events (MongoDB change stream, SQLite event table) into its feed.",
+        ),
+        feed_run_stream_restarts: counter_vec(
+            "cronmesh_feed_run_stream_restarts_total",
+            "Times the run-event stream into the feed was opened again, by reason (open_error, stream_error, stream_closed, history_lost).",
+            &["reason"],
+        ),
         job_runs_finished: counter_vec(
             "cronmesh_job_runs_finished_total",
             "Runs finished, by job and status; only for the jobs listed in worker.metrics_jobs (bounded).",
@@ -422,6 +439,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for o in ["inserted", "duplicate"] {
         m.logstore_records.with_label_values(&[o]);
     }
+    for part in ["jobs", "runs"] {
+        for outcome in ["replayed", "failed"] {
+            m.feed_resumes.with_label_values(&[part, outcome]);
+        }
+    }
+    for r in ["open_error", "stream_error", "stream_closed", "history_lost"] {
+        m.feed_run_stream_restarts.with_label_values(&[r]);
+    }
     for s in ["memory", "store"] {
         m.last_run_lookups.with_label_values(&[s]);
     }
@@ -452,7 +477,7 @@ pub const SKIP_REASONS: [&str; 10] = [
 ];
 
 /// Every event-feed message type.
-pub const FEED_EVENT_TYPES: [&str; 7] = [
+pub const FEED_EVENT_TYPES: [&str; 8] = [
     "job.saved",
     "job.deleted",
     "worker.joined",
@@ -460,6 +485,7 @@ pub const FEED_EVENT_TYPES: [&str; 7] = [
     "run.started",
     "run.finished",
     "lagged",
+    "resume_failed",
 ];
 
 static PER_JOB: std::sync::OnceLock<std::collections::HashSet<String>> = std::sync::OnceLock::new();

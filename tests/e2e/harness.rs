@@ -98,6 +98,8 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// Extra flags for every worker started.
     pub worker_args: Vec<String>,
+    /// The MongoDB stand-in server, once `start_mongo` started it.
+    pub mongo: Option<cronmesh::mongo_process::MongoProcess>,
 }
 
 impl Cluster {
@@ -117,7 +119,19 @@ impl Cluster {
             masters: BTreeMap::new(),
             http: reqwest::Client::new(),
             worker_args: vec!["--lease-ttl".into(), "2s".into()],
+            mongo: None,
         }
+    }
+
+    /// Starts the MongoDB stand-in server (`secantusd-py`) for this cluster and returns a
+    /// `--log-store` URI for database `cronmesh`; `None` (after saying SKIPPED) where the server
+    /// is not installed, which fails the test under CI.
+    pub async fn start_mongo(&mut self, what: &str) -> Option<String> {
+        let dir = self.path("mongo");
+        let server = cronmesh::mongo_process::MongoProcess::start_for_tests(&dir, what).await?;
+        let uri = format!("{}/cronmesh", server.uri);
+        self.mongo = Some(server);
+        Some(uri)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

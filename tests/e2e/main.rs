@@ -1,6 +1,7 @@
 //! End-to-end specs: real etcd processes, real `cronmesh worker` processes, real commands.
 //! Each test builds its own cluster (temp dir, free ports), so tests run in parallel.
 
+mod feed_client;
 mod harness;
 
 mod api;
@@ -14,9 +15,11 @@ mod failover;
 mod feed;
 mod ledger;
 mod lifecycle;
+mod mongodb;
 mod observability;
 mod outage;
 mod policies;
+mod resume;
 mod schedules;
 mod standalone;
 mod traces;

@@ -265,6 +265,8 @@ if (MODE === 'ui') {
       await apiCall('PUT', '/api/v1/jobs/from-the-api', { schedule: '@hourly', command: 'true', description: 'made with curl' });
       await page.locator('#jobs-table tr[data-job="from-the-api"]').waitFor({ timeout: 10_000 });
       // cut the browser off; change jobs meanwhile; it reconnects and catches up
+      const feedUrls = [];
+      page.on('websocket', (ws) => feedUrls.push(ws.url()));
       net1.cut();
       await page.locator('#conn[data-state="down"]').waitFor({ timeout: 10_000 });
       await shot(page, '08-offline');
@@ -276,6 +278,8 @@ if (MODE === 'ui') {
       await page.locator('#conn[data-state="live"]').waitFor({ timeout: 20_000 });
       await page.locator('#jobs-table tr[data-job="made-while-offline"]').waitFor({ timeout: 10_000 });
       await page.locator('#jobs-table tr[data-job="from-the-api"]').waitFor({ state: 'detached', timeout: 10_000 });
+      // it came back with the cursor of the last event it had (the master replayed from there)
+      assert.ok(feedUrls.some((u) => new URL(u).searchParams.get('cursor')?.startsWith('1.')), feedUrls.join(' '));
     });
 
     await t.test('search filters the table, and / focuses it', async () => {

@@ -16,6 +16,7 @@ const state = {
   jobsLoading: false,
   jobsError: null,
   jobsRevision: 0,        // etcd revision the job list was read at; the feed resumes after it
+  feedCursor: '',         // the cursor of the last feed event: a reconnect replays what came after it
   running: new Map(),     // run_id -> RunStarted, runs in progress (feed + workers' lists)
   workers: [],
   workersError: null,
@@ -305,7 +306,11 @@ const feed = {
     clearInterval(this.countdown);
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const q = new URLSearchParams();
-    if (state.jobsRevision) q.set('since_revision', String(state.jobsRevision + 1));
+    // with a cursor the master replays job and run events missed meanwhile; before the first
+    // event, job changes since the list are replayed from its revision
+    const resumed = Boolean(state.feedCursor);
+    if (resumed) q.set('cursor', state.feedCursor);
+    else if (state.jobsRevision) q.set('since_revision', String(state.jobsRevision + 1));
     const url = `${proto}//${location.host}/api/v1/events${q.toString() ? '?' + q : ''}`;
     // the token travels as a subprotocol, so it never appears in a URL or an access log
     const protocols = ['cronmesh.v1'];
@@ -320,7 +325,8 @@ const feed = {
       this.backoff = 1000;
       this.failures = 0;
       setConn('live', 'live');
-      if (this.everOpen) resync(false); // runs and workers changed while we were away
+      // workers are presence, not replayed: read them again; runs too when nothing is replayed
+      if (this.everOpen) { if (resumed) loadWorkers(); else resync(false); }
       this.everOpen = true;
     };
     ws.onmessage = (m) => {
@@ -369,6 +375,7 @@ function setConn(s, text) {
 }
 
 function onEvent(ev) {
+  if (typeof ev.cursor === 'string') state.feedCursor = ev.cursor;
   if (state.jobsLoading && (ev.type === 'job.saved' || ev.type === 'job.deleted')) state.pendingJobEvents.push(ev);
   switch (ev.type) {
     case 'job.saved':
@@ -403,9 +410,13 @@ function onEvent(ev) {
       break;
     }
     case 'lagged':
+      // events were dropped for us: reconnecting from the cursor replays them
+      if (state.feedCursor) feed.restart();
+      else resync(true);
+      return;
     case 'resume_failed':
-      // events were missed: read everything again
-      resync(true);
+      // what the master could not replay is read again from the API
+      resync(ev.topics !== 'runs');
       return;
     default:
       return;
