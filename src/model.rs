@@ -158,6 +158,21 @@ pub fn validate_name(name: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Checks the name of a job being created or replaced: a valid name that does not begin with
+/// `-` (it would read as an option on command lines: `cronmesh ctl jobs get -x`). Stored jobs
+/// named so before this rule keep running and can be read and deleted; they cannot be saved
+/// again under that name.
+pub fn validate_new_name(name: &str) -> Result<(), ValidationError> {
+    validate_name(name)?;
+    if name.starts_with('-') {
+        return Err(invalid(
+            "name",
+            "must not begin with '-' (it would read as an option on command lines)",
+        ));
+    }
+    Ok(())
+}
+
 impl JobSpec {
     /// A minimal spec (everything else default); handy for tests and the CLI.
     pub fn new(name: &str, schedule: &str, command: &str) -> Self {
@@ -574,6 +589,15 @@ mod tests {
             assert_eq!(err.field, field, "{err}");
             assert!(!err.message.is_empty());
         }
+    }
+
+    #[test]
+    fn a_new_job_name_may_not_begin_with_a_dash_but_a_stored_one_stays_readable() {
+        let e = validate_new_name("-rf").unwrap_err();
+        assert_eq!(e.field, "name");
+        assert!(e.message.contains("'-'"), "{e}");
+        assert!(validate_name("-rf").is_ok(), "stored jobs named so keep running");
+        assert!(validate_new_name("a-b").is_ok());
     }
 
     #[test]

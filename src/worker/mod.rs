@@ -6,6 +6,7 @@
 //! when its core says every tick it won has its record; `run` awaits the scheduler, then
 //! cancels and awaits the watches.
 
+pub mod cgroup;
 pub mod clock;
 pub mod executor;
 pub mod reporter;

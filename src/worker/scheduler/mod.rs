@@ -64,7 +64,7 @@ pub struct SchedulerParts {
 
 /// The I/O side: what the effects need.
 struct Shell {
-    cfg: Arc<crate::config::WorkerConfig>,
+    run_ctx: Arc<run::RunContext>,
     coord: Coord,
     reporter: Arc<dyn Reporter>,
     registration: Registration,
@@ -99,7 +99,7 @@ pub async fn run(parts: SchedulerParts) {
     let (tx, mut rx) = mpsc::channel(INPUT_CHANNEL);
     let mut lease_watch = registration.lease_watch();
     let mut shell = Shell {
-        cfg: Arc::new(config.worker.clone()),
+        run_ctx: Arc::new(run::RunContext::new(Arc::new(config.worker.clone()))),
         leases: Arc::new(ClaimLeases::new(config.worker.claim_ttl)),
         claim_slots: Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT)),
         spawn_slots: Arc::new(Semaphore::new(SPAWNS_IN_FLIGHT)),
@@ -248,7 +248,7 @@ impl Shell {
                 self.kills.insert(order.run_id.clone(), kill_tx);
                 self.tasks.spawn(run::run(
                     *order,
-                    self.cfg.clone(),
+                    self.run_ctx.clone(),
                     self.spawn_slots.clone(),
                     kill_rx,
                     self.tx.clone(),
