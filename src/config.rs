@@ -149,7 +149,9 @@ pub struct WorkerConfig {
 }
 
 /// The variables a job inherits from the worker unless `worker.inherit_env` says otherwise.
-pub const DEFAULT_INHERIT_ENV: [&str; 9] = ["PATH", "HOME", "LANG", "LC_*", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR"];
+pub const DEFAULT_INHERIT_ENV: [&str; 9] = [
+    "PATH", "HOME", "LANG", "LC_*", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR",
+];
 
 /// `worker.run_cgroups`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -537,8 +539,12 @@ impl Config {
                         format!("token {:?}: `worker` binds only tokens of role \"worker\"", t.name),
                     ));
                 }
-                crate::model::validate_name(w)
-                    .map_err(|e| invalid("master.auth.tokens", format!("token {:?}: worker {w:?}: {}", t.name, e.message)))?;
+                crate::model::validate_name(w).map_err(|e| {
+                    invalid(
+                        "master.auth.tokens",
+                        format!("token {:?}: worker {w:?}: {}", t.name, e.message),
+                    )
+                })?;
             }
         }
         if !m.auth.no_auth && m.auth.tokens.is_empty() {
@@ -593,7 +599,10 @@ mod tests {
             ("prefix = \"cronmesh\"\n", "prefix"),
             ("etcd = [\"127.0.0.1:2379\"]\n", "etcd"),
             ("log_level = \"[[[\"\n", "log_level"),
-            ("[worker]\ninherit_env = [\"CRONMESH_WORKER_TOKEN\"]\n", "worker.inherit_env"),
+            (
+                "[worker]\ninherit_env = [\"CRONMESH_WORKER_TOKEN\"]\n",
+                "worker.inherit_env",
+            ),
             ("[worker]\ninherit_env = [\"CRON*\"]\n", "worker.inherit_env"),
             ("[worker]\ninherit_env = [\"*\"]\n", "worker.inherit_env"),
             ("[worker]\ninherit_env = [\"PATH=x\"]\n", "worker.inherit_env"),
@@ -615,7 +624,17 @@ mod tests {
         for ok in ["PATH", "LC_*", "MY_APP_*", "C_FLAGS", "CRONTAB_HOME"] {
             assert!(validate_inherit_pattern(ok).is_ok(), "{ok}");
         }
-        for bad in ["CRONMESH_WORKER_TOKEN", "CRONMESH_*", "CRON*", "C*", "*", "", "A B", "X=1", "PA*TH"] {
+        for bad in [
+            "CRONMESH_WORKER_TOKEN",
+            "CRONMESH_*",
+            "CRON*",
+            "C*",
+            "*",
+            "",
+            "A B",
+            "X=1",
+            "PA*TH",
+        ] {
             assert!(validate_inherit_pattern(bad).is_err(), "{bad}");
         }
     }

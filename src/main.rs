@@ -366,7 +366,10 @@ unsafe fn scrub_secrets_from_environment(names: &[&str]) {
         while !entry.is_null() && !(*entry).is_null() {
             let s = *entry;
             let text = std::ffi::CStr::from_ptr(s).to_bytes();
-            if let Some(name) = names.iter().find(|n| text.len() > n.len() && text.starts_with(n.as_bytes()) && text[n.len()] == b'=') {
+            if let Some(name) = names
+                .iter()
+                .find(|n| text.len() > n.len() && text.starts_with(n.as_bytes()) && text[n.len()] == b'=')
+            {
                 for i in name.len() + 1..text.len() {
                     *s.add(i) = 0;
                 }

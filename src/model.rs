@@ -412,6 +412,13 @@ pub struct WorkerInfo {
     /// back when it has room again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub at_capacity: bool,
+    /// Its clock is off from the masters' by more than its `worker.max_clock_skew`: ownership
+    /// moves off it to workers whose clocks are right (unless none is eligible).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_skewed: bool,
+    /// How far its clock is ahead of the masters' (ms; negative: behind), as it last measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
     /// How it takes ticks: `owner` (rendezvous) or `race` (every matching worker tries).
     #[serde(default, skip_serializing_if = "is_default")]
     pub dispatch: Dispatch,
@@ -626,6 +633,8 @@ mod tests {
             started_at: 0,
             draining: false,
             at_capacity: false,
+            clock_skewed: false,
+            clock_offset_ms: None,
             dispatch: Dispatch::Owner,
             listen: None,
             version: "x".into(),

@@ -11,7 +11,10 @@ enum Stored {
     Job(StoredJob),
     /// Not a readable job named `name` (garbage, or a job whose `name` differs from its key),
     /// at this mod revision.
-    Unreadable { revision: i64, message: String },
+    Unreadable {
+        revision: i64,
+        message: String,
+    },
 }
 
 /// Decodes the value of `jobs/{name}`; the job inside must carry the key's name.

@@ -580,7 +580,11 @@ async fn report(
     let batch: ReportBatch = serde_path_to_error::deserialize(value).map_err(|e| {
         ApiError::bad(
             "invalid_body",
-            format!("{}: {} (a report is {{\"started\": [...], \"finished\": [...]}})", e.path(), e.inner()),
+            format!(
+                "{}: {} (a report is {{\"started\": [...], \"finished\": [...]}})",
+                e.path(),
+                e.inner()
+            ),
         )
     })?;
     let refused = super::reports::check(&batch, &caller, &st.jobs, &st.coord, |w| st.ingest.running_count(w)).await;

@@ -176,7 +176,9 @@ impl FailureThrottle {
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         if !sources.contains_key(&ip) && sources.len() >= MAX_SOURCES {
             // forget the addresses whose budget is whole again
-            sources.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * AUTH_FAILURE_RATE < AUTH_FAILURE_BURST);
+            sources.retain(|_, b| {
+                b.tokens + now.duration_since(b.at).as_secs_f64() * AUTH_FAILURE_RATE < AUTH_FAILURE_BURST
+            });
         }
         let key = if !sources.contains_key(&ip) && sources.len() >= MAX_SOURCES {
             IpAddr::from([0, 0, 0, 0])
@@ -254,7 +256,11 @@ mod tests {
         ));
         assert!(a.check(Some("admin-token-0123456789"), Need::Admin).is_ok());
         let w = a.check(Some("worker-token-0123456789"), Need::Report).unwrap();
-        assert_eq!(w.worker.as_deref(), Some("w1"), "a bound worker token says which worker");
+        assert_eq!(
+            w.worker.as_deref(),
+            Some("w1"),
+            "a bound worker token says which worker"
+        );
         assert!(matches!(
             a.check(Some("worker-token-0123456789"), Need::Read),
             Err(AuthError::Forbidden { .. })
@@ -282,7 +288,10 @@ mod tests {
             panic!("the burst is spent")
         };
         assert!(first && retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
-        assert!(matches!(t.failed(a, t0), Verdict::Throttled { first: false, .. }), "logged once");
+        assert!(
+            matches!(t.failed(a, t0), Verdict::Throttled { first: false, .. }),
+            "logged once"
+        );
         assert_eq!(t.failed(b, t0), Verdict::Allowed, "another source has its own budget");
         assert_eq!(
             t.failed(a, t0 + Duration::from_millis(1100)),

@@ -22,13 +22,21 @@ pub enum ApiError {
     Forbidden(String),
     NotFound(String),
     /// 409, with a code (`conflict`, `unreadable_job`).
-    Conflict { code: String, message: String },
+    Conflict {
+        code: String,
+        message: String,
+    },
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
     /// 422: some reported run events are refused; `refused` lists each with its reason.
-    RefusedEvents { message: String, refused: serde_json::Value },
+    RefusedEvents {
+        message: String,
+        refused: serde_json::Value,
+    },
     /// 429: too many failed authentications from this client address.
-    TooManyRequests { retry_after: std::time::Duration },
+    TooManyRequests {
+        retry_after: std::time::Duration,
+    },
     Unavailable(String),
     Internal(String),
 }

@@ -18,7 +18,9 @@ impl<S: Send + Sync> FromRequest<S> for StrictJson {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if !is_json(req.headers()) {
-            return Err(ApiError::UnsupportedMediaType("send Content-Type: application/json".into()));
+            return Err(ApiError::UnsupportedMediaType(
+                "send Content-Type: application/json".into(),
+            ));
         }
         let body = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -100,7 +102,11 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Strict(Value::from(v)))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
-        Ok(Strict(serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)))
+        Ok(Strict(
+            serde_json::Number::from_f64(v)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+        ))
     }
     fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
         Ok(Strict(Value::String(v.to_string())))

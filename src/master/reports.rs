@@ -170,11 +170,17 @@ pub async fn check(
             message,
         };
         if !valid_run_id(run_id) {
-            refused.push(refuse("invalid_run_id", "run ids are 1-64 letters, digits and dashes".into()));
+            refused.push(refuse(
+                "invalid_run_id",
+                "run ids are 1-64 letters, digits and dashes".into(),
+            ));
             continue;
         }
         if !seen.insert((kind, run_id)) {
-            refused.push(refuse("duplicate_in_batch", format!("run {run_id} appears twice in the batch")));
+            refused.push(refuse(
+                "duplicate_in_batch",
+                format!("run {run_id} appears twice in the batch"),
+            ));
             continue;
         }
         if let Err(e) = validate_name(job) {
@@ -203,7 +209,10 @@ pub async fn check(
             } else {
                 refused.push(refuse(
                     "wrong_worker",
-                    format!("token {:?} reports for worker {bound:?} only, not {worker:?}", caller.name),
+                    format!(
+                        "token {:?} reports for worker {bound:?} only, not {worker:?}",
+                        caller.name
+                    ),
                 ));
                 continue;
             }
@@ -221,7 +230,9 @@ pub async fn check(
                     kind: "started",
                     run_id: s.run_id.clone(),
                     reason: "too_many_running",
-                    message: format!("worker {worker:?} would have more than {MAX_RUNNING_PER_WORKER} runs in progress"),
+                    message: format!(
+                        "worker {worker:?} would have more than {MAX_RUNNING_PER_WORKER} runs in progress"
+                    ),
                 });
             }
         }

@@ -186,5 +186,3 @@ async fn readyz(State(ready): State<watch::Receiver<bool>>) -> impl IntoResponse
         )
     }
 }
-
-

@@ -39,18 +39,21 @@ pub struct RunCgroup {
 
 /// Where the cgroup2 hierarchy is mounted and this process' place in it.
 fn own_cgroup_dir() -> Result<PathBuf, String> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+    let own =
+        std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
     let path = own
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .ok_or("this process is in no cgroup v2 hierarchy (cgroup v1 only)")?
         .trim()
         .to_string();
-    let mounts =
-        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
     for line in mounts.lines() {
         // id parent major:minor root mountpoint options ... - fstype source superoptions
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         if right.split_whitespace().next() != Some("cgroup2") {
             continue;
         }

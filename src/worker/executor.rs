@@ -109,7 +109,9 @@ pub fn cloexec_stray_descriptors() -> bool {
 
 /// The same, for kernels without `close_range`: through `/proc/self/fd` (once, at start).
 pub fn cloexec_stray_descriptors_slowly() {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
     let fds: Vec<i32> = dir
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
@@ -620,7 +622,12 @@ mod tests {
             libc::kill(pid, libc::SIGKILL);
         }
         assert!(r.output.starts_with("one\ntwo\n"), "{:?}", r.output);
-        assert!(r.output.ends_with("[output incomplete: a process outside the run's group kept the pipe open]"), "{:?}", r.output);
+        assert!(
+            r.output
+                .ends_with("[output incomplete: a process outside the run's group kept the pipe open]"),
+            "{:?}",
+            r.output
+        );
     }
 
     #[tokio::test]
@@ -651,12 +658,19 @@ mod tests {
         assert_eq!(pids.len(), 5);
         let t = std::time::Instant::now();
         // SAFETY: signal 0 only checks for existence.
-        let alive = || pids.iter().filter(|p| unsafe { libc::kill(**p, 0) } == 0 && !is_zombie(**p)).count();
+        let alive = || {
+            pids.iter()
+                .filter(|p| unsafe { libc::kill(**p, 0) } == 0 && !is_zombie(**p))
+                .count()
+        };
         while alive() > 0 && t.elapsed() < Duration::from_secs(1) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(alive(), 0, "escaped sleeps survived the run: {pids:?}");
-        assert!(!cgroups.base().join("run-setsid").exists(), "the run's cgroup is removed");
+        assert!(
+            !cgroups.base().join("run-setsid").exists(),
+            "the run's cgroup is removed"
+        );
     }
 
     /// Spawn cost, for the report: `cargo test --release --lib spawn_cost -- --ignored --nocapture`.
@@ -668,7 +682,10 @@ mod tests {
         for _ in 0..N {
             cloexec_stray_descriptors();
         }
-        println!("close_range(CLOEXEC): {:.2} us per call", t.elapsed().as_secs_f64() * 1e6 / N as f64);
+        println!(
+            "close_range(CLOEXEC): {:.2} us per call",
+            t.elapsed().as_secs_f64() * 1e6 / N as f64
+        );
         let std_spawn = |pre_exec: bool| {
             let t = std::time::Instant::now();
             for _ in 0..N {
@@ -709,7 +726,9 @@ mod tests {
             let mut s = spec("true");
             s.cgroups = Some(Arc::new(cg));
             let (sp, all) = ours(s).await;
-            println!("executor::spawn with a cgroup per run: {sp:.3} ms spawn, {all:.3} ms spawn + wait (+ cgroup removal)");
+            println!(
+                "executor::spawn with a cgroup per run: {sp:.3} ms spawn, {all:.3} ms spawn + wait (+ cgroup removal)"
+            );
         }
     }
 }

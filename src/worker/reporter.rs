@@ -424,8 +424,18 @@ fn refused_events(body: &serde_json::Value) -> std::collections::HashSet<(String
 fn without(batch: &ReportBatch, refused: &std::collections::HashSet<(String, String)>) -> ReportBatch {
     let keep = |kind: &str, id: &str| !refused.contains(&(kind.to_string(), id.to_string()));
     ReportBatch {
-        started: batch.started.iter().filter(|s| keep("started", &s.run_id)).cloned().collect(),
-        finished: batch.finished.iter().filter(|r| keep("finished", &r.run_id)).cloned().collect(),
+        started: batch
+            .started
+            .iter()
+            .filter(|s| keep("started", &s.run_id))
+            .cloned()
+            .collect(),
+        finished: batch
+            .finished
+            .iter()
+            .filter(|r| keep("finished", &r.run_id))
+            .cloned()
+            .collect(),
     }
 }
 

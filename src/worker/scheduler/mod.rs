@@ -60,6 +60,8 @@ pub struct SchedulerParts {
     pub shutdown: CancellationToken,
     pub ready: watch::Sender<bool>,
     pub clock: Arc<dyn Clock>,
+    /// This worker's clock offset against the masters, as measured (`clock::measure_offsets`).
+    pub clock_offsets: watch::Receiver<Option<i64>>,
 }
 
 /// The I/O side: what the effects need.
@@ -94,7 +96,9 @@ pub async fn run(parts: SchedulerParts) {
         shutdown,
         ready,
         clock,
+        mut clock_offsets,
     } = parts;
+    let mut offsets_open = true;
     let mut core = Core::new(CoreConfig::from_config(&config.worker));
     let (tx, mut rx) = mpsc::channel(INPUT_CHANNEL);
     let mut lease_watch = registration.lease_watch();
@@ -141,6 +145,15 @@ pub async fn run(parts: SchedulerParts) {
                     let Ok(input) = rx.try_recv() else { break };
                     shell.observe(&input);
                     core.handle(clock.now_ms(), input);
+                }
+            }
+            changed = clock_offsets.changed(), if offsets_open => {
+                match changed {
+                    Err(_) => offsets_open = false,
+                    Ok(()) => {
+                        let offset_ms = *clock_offsets.borrow_and_update();
+                        core.handle(clock.now_ms(), Input::ClockOffset { offset_ms });
+                    }
                 }
             }
             changed = lease_watch.changed() => {
@@ -270,9 +283,11 @@ impl Shell {
             }
             Effect::ReportStarted(s) => self.reporter.started(&s),
             Effect::ReportFinished(r) => self.reporter.finished(&r),
-            Effect::Announce { draining, at_capacity } => {
-                self.info.draining = draining;
-                self.info.at_capacity = at_capacity;
+            Effect::Announce(a) => {
+                self.info.draining = a.draining;
+                self.info.at_capacity = a.at_capacity;
+                self.info.clock_skewed = a.clock_skewed;
+                self.info.clock_offset_ms = a.clock_offset_ms;
                 self.registration
                     .update(serde_json::to_vec(&self.info).expect("serializes"));
             }

@@ -57,7 +57,11 @@ impl RunContext {
                 }
             },
         };
-        RunContext { cfg, inherited, cgroups }
+        RunContext {
+            cfg,
+            inherited,
+            cgroups,
+        }
     }
 }
 
