@@ -324,7 +324,12 @@ async fn put_job(
             None => ApiError::bad("invalid_body", message),
         }
     })?;
-    let existed = st.coord.get_job(&name).await?.is_some();
+    let existed = match st.coord.get_job(&name).await {
+        Ok(j) => j.is_some(),
+        // an unreadable value is replaced
+        Err(crate::coord::CoordError::Unreadable { .. }) => true,
+        Err(e) => return Err(e.into()),
+    };
     let stored = st.coord.put_job(spec).await?;
     tracing::info!(job = %name, revision = stored.revision, created = !existed, "job saved through the API");
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
@@ -587,7 +592,7 @@ async fn report(
             ),
         )
     })?;
-    let refused = super::reports::check(&batch, &caller, &st.jobs, &st.coord, |w| st.ingest.running_count(w)).await;
+    let refused = super::reports::check(&batch, &caller, &st.known, &st.coord, |w| st.ingest.running_count(w)).await;
     if let Some(first) = refused.first() {
         crate::telemetry::events::ReportsRefused {
             token: &caller.name,

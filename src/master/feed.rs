@@ -160,7 +160,7 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
             Some(ev) = jobs.events.recv() => match ev {
                 JobEvent::Reset { jobs: all, revision } => {
                     let now: HashMap<String, i64> = all.iter().map(|j| (j.name().to_string(), j.revision())).collect();
-                    st.jobs.listed(all.iter().map(|j| j.name()), now_ms());
+                    st.known.listed(all.iter().map(|j| j.name()), now_ms());
                     changed_meaning.listed(all.iter().map(|j| (j.name(), schedule_of(j))));
                     if jobs_synced {
                         // a re-list after a compaction or a broken stream: publish the difference
@@ -178,13 +178,13 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                 }
                 JobEvent::Saved(j) => {
                     known_jobs.insert(j.name().to_string(), j.revision());
-                    st.jobs.saved(j.name());
+                    st.known.saved(j.name());
                     changed_meaning.saved(j.name(), schedule_of(&j));
                     publish_job(&st, j);
                 }
                 JobEvent::Deleted { name, revision } => {
                     known_jobs.remove(&name);
-                    st.jobs.deleted(&name, now_ms());
+                    st.known.deleted(&name, now_ms());
                     changed_meaning.deleted(&name);
                     st.feed.publish(FeedEvent::JobDeleted { ts: now_ms(), revision, name });
                 }
@@ -192,6 +192,7 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
             Some(ev) = workers.events.recv() => match ev {
                 MemberEvent::Reset(all) => {
                     let now: HashSet<String> = all.iter().map(|w| w.id.clone()).collect();
+                    st.known.workers_listed(now.iter().map(String::as_str));
                     if workers_synced {
                         for w in all.into_iter().filter(|w| !known_workers.contains(&w.id)) {
                             st.feed.publish(FeedEvent::WorkerJoined { ts: now_ms(), worker: Box::new(w) });
@@ -205,11 +206,13 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                     workers_synced = true;
                 }
                 MemberEvent::Up(w) => {
+                    st.known.worker_up(&w.id);
                     if known_workers.insert(w.id.clone()) {
                         st.feed.publish(FeedEvent::WorkerJoined { ts: now_ms(), worker: Box::new(w) });
                     }
                 }
                 MemberEvent::Left(id) => {
+                    st.known.worker_left(&id);
                     st.ingest.forget_worker(&id);
                     if known_workers.remove(&id) {
                         st.feed.publish(FeedEvent::WorkerLeft { ts: now_ms(), id });

@@ -203,8 +203,8 @@ pub struct AppState {
     pub auth: auth::Auth,
     pub ingest: Arc<Ingest>,
     pub feed: feed::Feed,
-    /// The jobs that exist (and were deleted lately), for checking reports.
-    pub jobs: reports::JobDirectory,
+    /// The jobs that exist (and were deleted lately) and the live workers, for checking reports.
+    pub known: reports::Known,
     /// Failed authentications per client address.
     pub throttle: auth::FailureThrottle,
     /// Cancelled when the master stops: feed connections close with code 1001.
@@ -222,7 +222,7 @@ impl AppState {
                 Some((coord.clone(), config.master.id.clone())),
             )),
             feed,
-            jobs: reports::JobDirectory::default(),
+            known: reports::Known::default(),
             throttle: auth::FailureThrottle::default(),
             shutdown: CancellationToken::new(),
             config,

@@ -11,7 +11,10 @@
 //!   worker only; the one exception is a `lost` record, which names the dead worker that held the
 //!   tick, and is accepted only while that worker is not a member. A worker token without a bound
 //!   id may report for any worker id (documented in OPERATIONS.md);
-//! - at most `MAX_RUNNING_PER_WORKER` runs in progress per worker.
+//! - a run start must name a live worker (one registered in etcd, as this master's member watch
+//!   sees it), with at most `MAX_RUNNING_PER_WORKER` runs in progress: the workers view stays
+//!   bounded whatever a token holder sends. (A refused start costs nothing: its run's record
+//!   follows.)
 //!
 //! A batch with anything refused changes nothing: 422 lists each refused event with its reason,
 //! and the worker drops those (resending cannot help) and sends the rest again.
@@ -49,9 +52,10 @@ pub struct Refused {
     pub message: String,
 }
 
-/// The jobs this master knows to exist, and the recently deleted ones, from its job watch.
+/// The jobs this master knows to exist and the recently deleted ones (from its job watch), and
+/// the live workers (from its member watch).
 #[derive(Default)]
-pub struct JobDirectory {
+pub struct Known {
     inner: Mutex<Directory>,
 }
 
@@ -61,9 +65,11 @@ struct Directory {
     present: HashSet<String>,
     /// name -> deleted at (Unix ms).
     deleted: HashMap<String, i64>,
+    /// Live workers, once the member watch has listed them.
+    workers: Option<HashSet<String>>,
 }
 
-impl JobDirectory {
+impl Known {
     /// The job watch listed every job (after a start or a re-list).
     pub fn listed<'a>(&self, names: impl IntoIterator<Item = &'a str>, now: i64) {
         let mut d = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -91,6 +97,32 @@ impl JobDirectory {
         d.present.remove(name);
         d.deleted.insert(name.to_string(), now);
         d.prune(now);
+    }
+
+    /// The member watch listed the live workers.
+    pub fn workers_listed<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut d = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        d.workers = Some(ids.into_iter().map(String::from).collect());
+    }
+
+    pub fn worker_up(&self, id: &str) {
+        let mut d = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = &mut d.workers {
+            w.insert(id.to_string());
+        }
+    }
+
+    pub fn worker_left(&self, id: &str) {
+        let mut d = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = &mut d.workers {
+            w.remove(id);
+        }
+    }
+
+    /// Whether `id` is a live worker (true while the member watch has not listed them yet).
+    fn worker_live(&self, id: &str) -> bool {
+        let d = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        d.workers.as_ref().is_none_or(|w| w.contains(id))
     }
 
     /// `Some(true)`: exists or was deleted recently; `Some(false)`: unknown although the watch
@@ -128,7 +160,7 @@ fn valid_run_id(id: &str) -> bool {
 pub async fn check(
     batch: &ReportBatch,
     caller: &Caller,
-    jobs: &JobDirectory,
+    known: &Known,
     coord: &Coord,
     running_of: impl Fn(&str) -> usize,
 ) -> Vec<Refused> {
@@ -218,6 +250,13 @@ pub async fn check(
             }
         }
         if kind == "started" {
+            if !known.worker_live(worker) {
+                refused.push(refuse(
+                    "unknown_worker",
+                    format!("worker {worker:?} is not registered: runs in progress are shown for live workers only"),
+                ));
+                continue;
+            }
             *starts.entry(worker).or_default() += 1;
         }
         wanted_jobs.push((kind, run_id, job));
@@ -257,7 +296,7 @@ pub async fn check(
     // the job must exist (or have been deleted lately)
     let mut asked: HashMap<&str, bool> = HashMap::new();
     for (kind, run_id, job) in wanted_jobs {
-        let known = match jobs.knows(job, now) {
+        let known = match known.knows(job, now) {
             Some(k) => k,
             None => match asked.get(job) {
                 Some(k) => *k,
@@ -292,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_job_is_known_while_it_exists_and_for_a_day_after_its_deletion() {
-        let d = JobDirectory::default();
+        let d = Known::default();
         assert_eq!(d.knows("a", 0), None, "not in sync yet: ask etcd");
         d.listed(["a", "b"], 1000);
         assert_eq!(d.knows("a", 1000), Some(true));

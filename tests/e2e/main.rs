@@ -7,6 +7,7 @@ mod api;
 
 mod bad_input;
 mod capacity;
+mod clock_skew;
 mod deploy;
 mod drain;
 mod exactly_once;
