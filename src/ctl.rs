@@ -17,6 +17,10 @@ pub struct CtlArgs {
     /// table (default) or json.
     #[arg(long, short = 'o', default_value = "table")]
     pub output: Output,
+    /// Print control characters of outputs, names and messages as they are. By default they are
+    /// shown escaped (`\x1b[31m`), so a run's output cannot drive the terminal.
+    #[arg(long, global = true)]
+    pub raw: bool,
     #[command(subcommand)]
     pub cmd: CtlCmd,
 }
@@ -165,14 +169,38 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status >= 400 {
-            let message = value["error"]["message"]
-                .as_str()
-                .map(String::from)
-                .unwrap_or_else(|| value.to_string());
+            let message = escape_controls(
+                &value["error"]["message"]
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| value.to_string()),
+            );
             return Err(CtlError::Api { status, message });
         }
         Ok(value)
     }
+}
+
+/// `text` with control characters shown as escapes (`\x1b`, `\u{9b}`), and the invisible
+/// bidirectional controls too (they reorder what a terminal shows); newlines and tabs stay.
+pub fn escape_controls(text: &str) -> String {
+    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(|c| (c.is_control() && c != '\n' && c != '\t') || bidi(c)) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if (c.is_control() && c != '\n' && c != '\t') || bidi(c) {
+            if (c as u32) < 0x80 {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            } else {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn encode(s: &str) -> String {
@@ -503,7 +531,7 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
             }
         }
     };
-    Ok(out)
+    Ok(if json || a.raw { out } else { escape_controls(&out) })
 }
 
 /// `cronmesh ctl events`: tails the feed, one line per event (`-o json`: the raw messages).
@@ -558,7 +586,7 @@ pub async fn events(
             _ => continue,
         };
         if a.output == Output::Json {
-            println!("{text}");
+            println!("{}", if a.raw { text } else { escape_controls(&text) });
             continue;
         }
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -588,7 +616,22 @@ pub async fn events(
             ),
             _ => text.clone(),
         };
-        println!("{}  {:<14} {detail}", time(&v["ts"]), s(&v["type"]));
+        let line = format!("{}  {:<14} {detail}", time(&v["ts"]), s(&v["type"]));
+        println!("{}", if a.raw { line } else { escape_controls(&line) });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped_and_text_stays_as_it_is() {
+        assert_eq!(escape_controls("plain\ttext\nnext"), "plain\ttext\nnext");
+        assert_eq!(escape_controls("\u{1b}[31mred\u{1b}[0m"), "\\x1b[31mred\\x1b[0m");
+        assert_eq!(escape_controls("a\rb\u{7}\u{9b}c"), "a\\x0db\\x07\\u{9b}c");
+        assert_eq!(escape_controls("ab\u{202e}cd"), "ab\\u{202e}cd");
+        assert_eq!(escape_controls("grüße ✓"), "grüße ✓");
+    }
 }

@@ -4,9 +4,9 @@
 //! - job and worker names must be valid names, run ids the run-id charset;
 //! - every time must lie between 2000-01-01 and `MAX_FUTURE_MS` after the master's clock (so a
 //!   record planned in year 9999 cannot pin a job's `last_run`);
-//! - the job must exist, or have been deleted less than `TOMBSTONE_MS` ago (as this master's
-//!   job watch saw it: records of runs that were going on or spooled when their job was deleted
-//!   still arrive);
+//! - the job must exist (in this master's job watch, or else in etcd: the watch may lag behind a
+//!   job just created), or have been deleted less than `TOMBSTONE_MS` ago as the watch saw it
+//!   (records of runs that were going on or spooled when their job was deleted still arrive);
 //! - a worker token bound to a worker id (`worker = "..."` in `[master.auth]`) reports for that
 //!   worker only; the one exception is a `lost` record, which names the dead worker that held the
 //!   tick, and is accepted only while that worker is not a member. A worker token without a bound
@@ -61,7 +61,6 @@ pub struct Known {
 
 #[derive(Default)]
 struct Directory {
-    synced: bool,
     present: HashSet<String>,
     /// name -> deleted at (Unix ms).
     deleted: HashMap<String, i64>,
@@ -82,7 +81,6 @@ impl Known {
             d.deleted.remove(n);
         }
         d.present = next;
-        d.synced = true;
         d.prune(now);
     }
 
@@ -125,14 +123,12 @@ impl Known {
         d.workers.as_ref().is_none_or(|w| w.contains(id))
     }
 
-    /// `Some(true)`: exists or was deleted recently; `Some(false)`: unknown although the watch
-    /// is in sync; `None`: not known here (ask etcd).
-    fn knows(&self, name: &str, now: i64) -> Option<bool> {
+    /// Whether the job exists or was deleted recently, as far as the watch knows. A job it
+    /// does not know is asked of etcd before a record is refused: the watch may lag behind a job
+    /// just created.
+    fn knows(&self, name: &str, now: i64) -> bool {
         let d = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if d.present.contains(name) || d.deleted.get(name).is_some_and(|at| now - at <= TOMBSTONE_MS) {
-            return Some(true);
-        }
-        d.synced.then_some(false)
+        d.present.contains(name) || d.deleted.get(name).is_some_and(|at| now - at <= TOMBSTONE_MS)
     }
 }
 
@@ -296,9 +292,8 @@ pub async fn check(
     // the job must exist (or have been deleted lately)
     let mut asked: HashMap<&str, bool> = HashMap::new();
     for (kind, run_id, job) in wanted_jobs {
-        let known = match known.knows(job, now) {
-            Some(k) => k,
-            None => match asked.get(job) {
+        let known = known.knows(job, now)
+            || match asked.get(job) {
                 Some(k) => *k,
                 None if asked.len() < MAX_LOOKUPS => {
                     // an error (etcd down) or an unreadable job counts as existing: the record
@@ -308,8 +303,7 @@ pub async fn check(
                     k
                 }
                 None => false,
-            },
-        };
+            };
         if !known {
             refused.push(Refused {
                 kind,
@@ -332,16 +326,16 @@ mod tests {
     #[test]
     fn a_job_is_known_while_it_exists_and_for_a_day_after_its_deletion() {
         let d = Known::default();
-        assert_eq!(d.knows("a", 0), None, "not in sync yet: ask etcd");
+        assert!(!d.knows("a", 0));
         d.listed(["a", "b"], 1000);
-        assert_eq!(d.knows("a", 1000), Some(true));
-        assert_eq!(d.knows("zz", 1000), Some(false));
+        assert!(d.knows("a", 1000));
+        assert!(!d.knows("zz", 1000));
         d.deleted("a", 2000);
-        assert_eq!(d.knows("a", 2000 + TOMBSTONE_MS), Some(true));
-        assert_eq!(d.knows("a", 2001 + TOMBSTONE_MS), Some(false));
+        assert!(d.knows("a", 2000 + TOMBSTONE_MS));
+        assert!(!d.knows("a", 2001 + TOMBSTONE_MS));
         d.listed(["c"], 3000);
-        assert_eq!(d.knows("b", 3000), Some(true), "gone from a re-list: deleted now");
+        assert!(d.knows("b", 3000), "gone from a re-list: deleted now");
         d.saved("zz");
-        assert_eq!(d.knows("zz", 3000), Some(true));
+        assert!(d.knows("zz", 3000));
     }
 }

@@ -13,6 +13,7 @@ mod drain;
 mod exactly_once;
 mod failover;
 mod feed;
+mod hardening;
 mod lifecycle;
 mod observability;
 mod outage;
