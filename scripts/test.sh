@@ -18,6 +18,8 @@ command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# a worker with a wrong clock, in the clock-skew spec (tests/e2e/clock_skew.rs)
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing test prerequisites: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -36,6 +38,13 @@ echo "== deploy-check venv"
 # shellcheck source-path=SCRIPTDIR source=deploy-venv.sh
 . scripts/deploy-venv.sh
 ensure_deploy_venv "${DEPLOY_VENV:-$PWD/target/deploy-venv}"
+
+# schemathesis (fuzzes the API from its OpenAPI document) and jsonschema-rs (validates real
+# responses against it), for tests/e2e/openapi.rs
+echo "== schemathesis venv"
+# shellcheck source-path=SCRIPTDIR source=schemathesis-venv.sh
+. scripts/schemathesis-venv.sh
+ensure_schemathesis_venv "${SCHEMATHESIS_VENV:-$PWD/target/schemathesis-venv}"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

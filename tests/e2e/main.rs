@@ -16,6 +16,7 @@ mod feed;
 mod hardening;
 mod lifecycle;
 mod observability;
+mod openapi;
 mod outage;
 mod policies;
 mod schedules;
