@@ -248,6 +248,15 @@ fn time(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A worker's clock offset against the masters: `+3012ms OFF` when beyond its limit.
+fn clock(w: &Value) -> String {
+    match w["clock_offset_ms"].as_i64() {
+        None => "-".into(),
+        Some(o) if w["clock_skewed"] == true => format!("{o:+}ms OFF"),
+        Some(o) => format!("{o:+}ms"),
+    }
+}
+
 fn read_spec(path: &PathBuf) -> Result<JobSpec, CtlError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| CtlError::Input(format!("cannot read {}: {e}", path.display())))?;
@@ -503,7 +512,7 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                 serde_json::to_string_pretty(&ws).unwrap_or_default()
             } else {
                 table(
-                    &["ID", "LABELS", "OWNED", "RUNNING", "DRAINING", "HEARTBEAT"],
+                    &["ID", "LABELS", "OWNED", "RUNNING", "DRAINING", "CLOCK", "HEARTBEAT"],
                     ws.as_array()
                         .into_iter()
                         .flatten()
@@ -523,6 +532,7 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                                 s(&w["owned_jobs"]),
                                 w["running"].as_array().map(|r| r.len()).unwrap_or(0).to_string(),
                                 s(&w["draining"]),
+                                clock(w),
                                 time(&w["last_heartbeat"]),
                             ]
                         })

@@ -182,7 +182,7 @@ async fn readyz(State(ready): State<watch::Receiver<bool>>) -> impl IntoResponse
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: not registered in etcd or not yet in sync\n",
+            "not ready: not registered in etcd, not yet in sync, draining, or its clock is off from the masters'\n",
         )
     }
 }
