@@ -185,7 +185,10 @@ impl Client {
 /// bidirectional controls too (they reorder what a terminal shows); newlines and tabs stay.
 pub fn escape_controls(text: &str) -> String {
     let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !text.chars().any(|c| (c.is_control() && c != '\n' && c != '\t') || bidi(c)) {
+    if !text
+        .chars()
+        .any(|c| (c.is_control() && c != '\n' && c != '\t') || bidi(c))
+    {
         return text.to_string();
     }
     let mut out = String::with_capacity(text.len() + 16);

@@ -3,8 +3,9 @@
 //!
 //! At start the worker finds its own cgroup (`/proc/self/cgroup`, the `0::` line) and the
 //! cgroup2 mount, and creates `cronmesh-{id}.{pid}/` under it; each run gets `run-{run_id}/`
-//! there. The child enters its run's cgroup before it execs the shell (a `write` of `0` to the
-//! cgroup's `cgroup.procs`, opened by the parent), so everything it forks starts inside. When the
+//! there. The child is born in its run's cgroup (`clone3` with `CLONE_INTO_CGROUP`, Linux 5.7;
+//! before that, or where a seccomp filter refuses `clone3`, it writes `0` to the cgroup's
+//! `cgroup.procs` before it execs), so everything it forks starts inside. When the
 //! run ends, `cgroup.kill` (Linux 5.14; before that, SIGKILL to each member of `cgroup.procs`)
 //! kills what is left and the directory is removed. The worker needs to be allowed to create
 //! cgroups (root, or a delegated subtree: systemd's `Delegate=yes`); otherwise `detect` says
@@ -29,12 +30,26 @@ pub struct RunCgroups {
     has_kill: bool,
 }
 
-/// One run's cgroup. The child writes itself into `procs` before it execs.
+/// One run's cgroup. The child is born in it (`clone3` with `CLONE_INTO_CGROUP` and `dir_fd`),
+/// or, where the kernel lacks that, writes itself into `procs` before it execs.
 #[derive(Debug)]
 pub struct RunCgroup {
     dir: PathBuf,
+    dir_fd: OwnedFd,
     procs: OwnedFd,
     has_kill: bool,
+}
+
+/// open(2) of `path` with `flags`, close-on-exec.
+fn open_fd(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: open(2) with a valid C string; a non-negative result is a descriptor we own.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// Where the cgroup2 hierarchy is mounted and this process' place in it.
@@ -128,21 +143,20 @@ impl RunCgroups {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        let path = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).map_err(io::Error::other)?;
-        // SAFETY: open(2) with a valid C string; a non-negative result is a descriptor we own.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            let _ = std::fs::remove_dir(&dir);
-            return Err(e);
+        let fds = open_fd(&dir, libc::O_RDONLY | libc::O_DIRECTORY)
+            .and_then(|d| Ok((d, open_fd(&dir.join("cgroup.procs"), libc::O_WRONLY)?)));
+        match fds {
+            Ok((dir_fd, procs)) => Ok(RunCgroup {
+                dir,
+                dir_fd,
+                procs,
+                has_kill: self.has_kill,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
         }
-        // SAFETY: fd is a fresh descriptor owned by nobody else.
-        let procs = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        Ok(RunCgroup {
-            dir,
-            procs,
-            has_kill: self.has_kill,
-        })
     }
 }
 
@@ -190,6 +204,11 @@ impl RunCgroup {
     /// The descriptor the child writes `0` to (before exec) to enter the cgroup.
     pub fn procs_fd(&self) -> RawFd {
         self.procs.as_raw_fd()
+    }
+
+    /// The cgroup's directory, for `clone3`'s `CLONE_INTO_CGROUP`.
+    pub fn dir_fd(&self) -> RawFd {
+        self.dir_fd.as_raw_fd()
     }
 
     pub fn dir_path(&self) -> &Path {

@@ -10,9 +10,10 @@
 use super::cgroup::{RunCgroup, RunCgroups};
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -128,6 +129,157 @@ pub fn cloexec_stray_descriptors_slowly() {
     }
 }
 
+/// Whether `clone3` with `CLONE_INTO_CGROUP` worked so far (false after the kernel or a seccomp
+/// filter refused it once).
+static CLONE3_WORKS: AtomicBool = AtomicBool::new(true);
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The kernel's `struct clone_args` (version 2, Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+enum CloneError {
+    /// This kernel (or a seccomp filter) does not do it: use the other way.
+    Unsupported(io::Error),
+    /// The child could not exec the shell (its errno), or the set-up failed.
+    Failed(io::Error),
+}
+
+/// Starts `shell -c command` born in the cgroup `cgroup_dir` (`clone3` with
+/// `CLONE_INTO_CGROUP | CLONE_PIDFD`, fork-like: the child has its own copy of memory), so no
+/// process of the run ever runs outside it, and no migration (`cgroup.procs`) is paid for. The
+/// child does what std's `Command` does after a fork: default SIGPIPE and an empty signal mask,
+/// its own process group, stdin from /dev/null, stdout and stderr to `out`, the working
+/// directory, then `execve` with the prepared environment; an exec failure comes back as its
+/// errno on a close-on-exec pipe. Returns the pid and its pidfd.
+fn clone_into_cgroup(
+    spec: &ExecSpec,
+    out: &io::PipeWriter,
+    cgroup_dir: RawFd,
+) -> Result<(libc::pid_t, OwnedFd), CloneError> {
+    use std::ffi::CString;
+    let cstr =
+        |s: &str| CString::new(s).map_err(|e| CloneError::Failed(io::Error::new(io::ErrorKind::InvalidInput, e)));
+    // everything the child needs is made here: it allocates nothing
+    let shell = cstr(&spec.shell)?;
+    let args = [cstr(&spec.shell)?, cstr("-c")?, cstr(&spec.command)?];
+    let argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+    let env: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).chain([std::ptr::null()]).collect();
+    let workdir = spec.workdir.as_deref().map(cstr).transpose()?;
+    let (err_r, err_w) = io::pipe().map_err(CloneError::Failed)?;
+    let out_fd = out.as_raw_fd();
+    let err_fd = err_w.as_raw_fd();
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_INTO_CGROUP | libc::CLONE_PIDFD as u64,
+        pidfd: (&mut pidfd as *mut libc::c_int) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup_dir as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM is fork-like: the child runs on its own copy of this
+    // thread's stack and memory. It calls only async-signal-safe functions on memory prepared
+    // above and leaves through execve or _exit, as after fork(2).
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EPERM) => CloneError::Unsupported(e),
+            _ => CloneError::Failed(e),
+        });
+    }
+    if pid == 0 {
+        // SAFETY: the child, see above.
+        unsafe {
+            let fail = |fd: libc::c_int| -> ! {
+                let errno = *libc::__errno_location();
+                libc::write(
+                    fd,
+                    (&errno as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>(),
+                );
+                libc::_exit(127)
+            };
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            if libc::setpgid(0, 0) != 0 {
+                fail(err_fd);
+            }
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(out_fd, 1) < 0 || libc::dup2(out_fd, 2) < 0 {
+                fail(err_fd);
+            }
+            if let Some(dir) = &workdir
+                && libc::chdir(dir.as_ptr()) != 0
+            {
+                fail(err_fd);
+            }
+            libc::execve(shell.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            fail(err_fd);
+        }
+    }
+    let pid = pid as libc::pid_t;
+    drop(err_w);
+    // SAFETY: the kernel wrote a fresh pidfd for the child (CLONE_PIDFD); we own it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // EOF: the exec happened (the pipe is close-on-exec); 4 bytes: the child's errno
+    let mut errno = [0u8; 4];
+    let mut got = 0;
+    let mut r = err_r;
+    while got < errno.len() {
+        match io::Read::read(&mut r, &mut errno[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                kill_group(pid, libc::SIGKILL);
+                let _ = reap_blocking(pid);
+                return Err(CloneError::Failed(e));
+            }
+        }
+    }
+    if got == errno.len() {
+        let _ = reap_blocking(pid);
+        return Err(CloneError::Failed(io::Error::from_raw_os_error(i32::from_ne_bytes(
+            errno,
+        ))));
+    }
+    // pidfds are close-on-exec; non-blocking for epoll use
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(pidfd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(pidfd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    Ok((pid, pidfd))
+}
+
 fn check_workdir(dir: &str) -> Result<(), SpawnError> {
     let problem = match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {
@@ -164,60 +316,92 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
         None => None,
     };
     let (reader, writer) = io::pipe().map_err(SpawnError::Setup)?;
-    let writer2 = writer.try_clone().map_err(SpawnError::Setup)?;
-    let mut cmd = Command::new(&spec.shell);
-    cmd.arg("-c")
-        .arg(&spec.command)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(writer2)
-        .process_group(0);
-    if let Some(dir) = &spec.workdir {
-        cmd.current_dir(dir);
-    }
-    if let Some(cg) = &cgroup {
-        let fd = cg.procs_fd();
-        // SAFETY: runs in the forked child before exec; write(2) is async-signal-safe and the
-        // descriptor stays open in the parent until the spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            });
-        }
-    }
     // a descriptor opened since the last spawn without O_CLOEXEC does not reach the job either
     cloexec_stray_descriptors();
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(source) => {
-            if let Some(dir) = &spec.workdir {
-                check_workdir(dir)?;
+    let born_in_cgroup = match &cgroup {
+        Some(cg) if CLONE3_WORKS.load(Ordering::Relaxed) => match clone_into_cgroup(spec, &writer, cg.dir_fd()) {
+            Ok(x) => Some(x),
+            Err(CloneError::Unsupported(e)) => {
+                CLONE3_WORKS.store(false, Ordering::Relaxed);
+                tracing::info!(error = %e, "clone3 with CLONE_INTO_CGROUP is not available: runs enter their cgroup before exec instead (a little slower)");
+                None
             }
-            if let Some(cg) = cgroup {
-                let _ = std::fs::remove_dir(&cg.dir_path());
+            Err(CloneError::Failed(source)) => {
+                drop(writer);
+                if let Some(cg) = cgroup {
+                    let _ = std::fs::remove_dir(cg.dir_path());
+                }
+                if let Some(dir) = &spec.workdir {
+                    check_workdir(dir)?;
+                }
+                return Err(SpawnError::Shell {
+                    shell: spec.shell.clone(),
+                    source,
+                });
             }
-            return Err(SpawnError::Shell {
-                shell: spec.shell.clone(),
-                source,
-            });
-        }
+        },
+        _ => None,
     };
-    drop(cmd); // closes our copies of the pipe's write end, so EOF comes when the group is gone
-    let pid = child.id() as libc::pid_t;
-    let pidfd = match pidfd_open(pid) {
-        Ok(fd) => fd,
-        Err(e) => {
-            kill_group(pid, libc::SIGKILL);
-            if let Some(cg) = &cgroup {
-                cg.kill();
+    let (pid, pidfd) = match born_in_cgroup {
+        Some(x) => {
+            drop(writer); // our copy of the write end: EOF comes when the run's processes are gone
+            x
+        }
+        None => {
+            let writer2 = writer.try_clone().map_err(SpawnError::Setup)?;
+            let mut cmd = Command::new(&spec.shell);
+            cmd.arg("-c")
+                .arg(&spec.command)
+                .env_clear()
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(writer)
+                .stderr(writer2)
+                .process_group(0);
+            if let Some(dir) = &spec.workdir {
+                cmd.current_dir(dir);
             }
-            return Err(SpawnError::Setup(e));
+            if let Some(cg) = &cgroup {
+                let fd = cg.procs_fd();
+                // SAFETY: runs in the forked child before exec; write(2) is async-signal-safe
+                // and the descriptor stays open in the parent until the spawn returns.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                            Ok(())
+                        } else {
+                            Err(io::Error::last_os_error())
+                        }
+                    });
+                }
+            }
+            let child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(source) => {
+                    if let Some(dir) = &spec.workdir {
+                        check_workdir(dir)?;
+                    }
+                    if let Some(cg) = cgroup {
+                        let _ = std::fs::remove_dir(cg.dir_path());
+                    }
+                    return Err(SpawnError::Shell {
+                        shell: spec.shell.clone(),
+                        source,
+                    });
+                }
+            };
+            drop(cmd); // closes our copies of the pipe's write end, so EOF comes when the group is gone
+            let pid = child.id() as libc::pid_t;
+            match pidfd_open(pid) {
+                Ok(fd) => (pid, fd),
+                Err(e) => {
+                    kill_group(pid, libc::SIGKILL);
+                    if let Some(cg) = &cgroup {
+                        cg.kill();
+                    }
+                    return Err(SpawnError::Setup(e));
+                }
+            }
         }
     };
     let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(SpawnError::Setup)?;
@@ -639,45 +823,50 @@ mod tests {
                 return;
             }
         };
-        let dir = tempfile::tempdir().unwrap();
-        let pids = dir.path().join("pids");
-        let mut s = spec(&format!(
-            "for i in 1 2 3 4 5; do setsid sleep 301 & echo $! >> {}; done",
-            pids.display()
-        ));
-        s.cgroups = Some(cgroups.clone());
-        s.run_id = "setsid".into();
-        let r = run(&s).await;
-        assert_eq!(r.exit_code, Some(0));
-        assert!(!r.output.contains("incomplete"), "{:?}", r.output);
-        let pids: Vec<i32> = std::fs::read_to_string(&pids)
-            .unwrap()
-            .lines()
-            .map(|l| l.trim().parse().unwrap())
-            .collect();
-        assert_eq!(pids.len(), 5);
-        let t = std::time::Instant::now();
-        // SAFETY: signal 0 only checks for existence.
-        let alive = || {
-            pids.iter()
-                .filter(|p| unsafe { libc::kill(**p, 0) } == 0 && !is_zombie(**p))
-                .count()
-        };
-        while alive() > 0 && t.elapsed() < Duration::from_secs(1) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // born in the cgroup (clone3), and entering it before exec (kernels before 5.7)
+        for clone3 in [true, false] {
+            CLONE3_WORKS.store(clone3, Ordering::Relaxed);
+            let dir = tempfile::tempdir().unwrap();
+            let pids = dir.path().join("pids");
+            let mut s = spec(&format!(
+                "for i in 1 2 3 4 5; do setsid sleep 301 & echo $! >> {}; done; echo started",
+                pids.display()
+            ));
+            s.cgroups = Some(cgroups.clone());
+            s.run_id = format!("setsid-{clone3}");
+            let r = run(&s).await;
+            CLONE3_WORKS.store(true, Ordering::Relaxed);
+            assert_eq!(r.exit_code, Some(0));
+            assert_eq!(r.output, "started\n", "clone3 {clone3}");
+            let pids: Vec<i32> = std::fs::read_to_string(&pids)
+                .unwrap()
+                .lines()
+                .map(|l| l.trim().parse().unwrap())
+                .collect();
+            assert_eq!(pids.len(), 5);
+            let t = std::time::Instant::now();
+            // SAFETY: signal 0 only checks for existence.
+            let alive = || {
+                pids.iter()
+                    .filter(|p| unsafe { libc::kill(**p, 0) } == 0 && !is_zombie(**p))
+                    .count()
+            };
+            while alive() > 0 && t.elapsed() < Duration::from_secs(1) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(alive(), 0, "clone3 {clone3}: escaped sleeps survived the run: {pids:?}");
+            X
         }
-        assert_eq!(alive(), 0, "escaped sleeps survived the run: {pids:?}");
-        assert!(
-            !cgroups.base().join("run-setsid").exists(),
-            "the run's cgroup is removed"
-        );
     }
 
     /// Spawn cost, for the report: `cargo test --release --lib spawn_cost -- --ignored --nocapture`.
+    /// Rounds of 200 spawns of `/bin/sh -c true` each way, interleaved (the machine is shared),
+    /// and the median round of each.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore]
     async fn spawn_cost() {
-        const N: u32 = 1000;
+        const N: u32 = 200;
+        const ROUNDS: usize = 7;
         let t = std::time::Instant::now();
         for _ in 0..N {
             cloexec_stray_descriptors();
@@ -686,6 +875,9 @@ mod tests {
             "close_range(CLOEXEC): {:.2} us per call",
             t.elapsed().as_secs_f64() * 1e6 / N as f64
         );
+        let cg = RunCgroups::detect(&format!("bench-{}", std::process::id()))
+            .ok()
+            .map(Arc::new);
         let std_spawn = |pre_exec: bool| {
             let t = std::time::Instant::now();
             for _ in 0..N {
@@ -701,13 +893,13 @@ mod tests {
             }
             t.elapsed().as_secs_f64() * 1e3 / N as f64
         };
-        println!("std posix_spawn + wait: {:.3} ms", std_spawn(false));
-        println!("std fork (pre_exec) + wait: {:.3} ms", std_spawn(true));
-        let ours = |s: ExecSpec| async move {
+        let ours = |cgroups: Option<Arc<RunCgroups>>, clone3: bool| async move {
+            CLONE3_WORKS.store(clone3, Ordering::Relaxed);
             let mut spawn_only = Duration::ZERO;
             let t = std::time::Instant::now();
             for i in 0..N {
-                let mut s = s.clone();
+                let mut s = spec("true");
+                s.cgroups = cgroups.clone();
                 s.run_id = format!("bench-{i}");
                 let t0 = std::time::Instant::now();
                 let c = spawn(&s).unwrap();
@@ -715,20 +907,37 @@ mod tests {
                 let (_tx, rx) = watch::channel(None);
                 c.wait(&s, rx).await;
             }
+            CLONE3_WORKS.store(true, Ordering::Relaxed);
             (
                 spawn_only.as_secs_f64() * 1e3 / N as f64,
                 t.elapsed().as_secs_f64() * 1e3 / N as f64,
             )
         };
-        let (sp, all) = ours(spec("true")).await;
-        println!("executor::spawn: {sp:.3} ms spawn, {all:.3} ms spawn + wait");
-        if let Ok(cg) = RunCgroups::detect(&format!("bench-{}", std::process::id())) {
-            let mut s = spec("true");
-            s.cgroups = Some(Arc::new(cg));
-            let (sp, all) = ours(s).await;
-            println!(
-                "executor::spawn with a cgroup per run: {sp:.3} ms spawn, {all:.3} ms spawn + wait (+ cgroup removal)"
-            );
+        let mut rows: Vec<(&str, Vec<(f64, f64)>)> = vec![
+            ("std Command (posix_spawn), spawn + wait", vec![]),
+            ("std Command with pre_exec (fork), spawn + wait", vec![]),
+            ("executor::spawn, no cgroup", vec![]),
+            ("executor::spawn, cgroup per run, clone3(CLONE_INTO_CGROUP)", vec![]),
+            ("executor::spawn, cgroup per run, fork + write cgroup.procs", vec![]),
+        ];
+        for _ in 0..ROUNDS {
+            let a = std_spawn(false);
+            rows[0].1.push((a, a));
+            let b = std_spawn(true);
+            rows[1].1.push((b, b));
+            rows[2].1.push(ours(None, true).await);
+            if cg.is_some() {
+                rows[3].1.push(ours(cg.clone(), true).await);
+                rows[4].1.push(ours(cg.clone(), false).await);
+            }
+        }
+        for (name, mut v) in rows {
+            if v.is_empty() {
+                continue;
+            }
+            v.sort_by(|x, y| x.1.total_cmp(&y.1));
+            let (sp, all) = v[v.len() / 2];
+            println!("{name}: {sp:.3} ms spawn, {all:.3} ms spawn + wait (median of {ROUNDS} rounds of {N})");
         }
     }
 }

@@ -29,9 +29,11 @@ async fn run_now(c: &Cluster, m: &str, name: &str) -> Value {
         .send("POST", m, &format!("/api/v1/jobs/{name}/run"), Some(ADMIN), None)
         .await;
     assert_eq!(st, 202, "{b}");
-    wait_for(Duration::from_secs(20), &format!("a run of {name} is stored"), || async {
-        !c.api_runs(m, name).await.is_empty()
-    })
+    wait_for(
+        Duration::from_secs(20),
+        &format!("a run of {name} is stored"),
+        || async { !c.api_runs(m, name).await.is_empty() },
+    )
     .await;
     let id = c.api_runs(m, name).await.remove(0).run_id;
     let (st, run) = c.get(m, &format!("/api/v1/runs/{id}"), Some(READ)).await;
@@ -149,7 +151,10 @@ async fn misbehaving_commands_escaped_children_die_output_is_kept_and_a_missing_
         while !pids.iter().all(|p| gone(*p)) && t.elapsed() < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(pids.iter().all(|p| gone(*p)), "setsid children survived their run: {pids:?}");
+        assert!(
+            pids.iter().all(|p| gone(*p)),
+            "setsid children survived their run: {pids:?}"
+        );
         assert!(!out.contains("incomplete"), "{out:?}");
     } else {
         // without cgroups the limit is documented: the record says the output is incomplete
@@ -205,7 +210,9 @@ async fn the_worker_role_cannot_poison_run_data() {
     let cfg = c.path("master.toml");
     std::fs::write(
         &cfg,
-        format!("[master.auth]\ntokens = [{{ name = \"w1\", role = \"worker\", token = \"{bound}\", worker = \"w1\" }}]\n"),
+        format!(
+            "[master.auth]\ntokens = [{{ name = \"w1\", role = \"worker\", token = \"{bound}\", worker = \"w1\" }}]\n"
+        ),
     )
     .unwrap();
     let m = c.start_master("m1", &["--config", cfg.to_str().unwrap()]).await;
@@ -224,15 +231,31 @@ async fn the_worker_role_cannot_poison_run_data() {
     let now = now_ms();
     let good = record("real", "w1", "0190aaaa000070008000000000000001", now - 1000);
     let cases = [
-        (WORKER, json!({"finished": [record("../../x", "w1", "r1", now)]}), "invalid_name"),
-        (WORKER, json!({"finished": [record("ghost", "w1", "r2", now)]}), "unknown_job"),
+        (
+            WORKER,
+            json!({"finished": [record("../../x", "w1", "r1", now)]}),
+            "invalid_name",
+        ),
+        (
+            WORKER,
+            json!({"finished": [record("ghost", "w1", "r2", now)]}),
+            "unknown_job",
+        ),
         (
             WORKER,
             json!({"finished": [record("real", "w1", "r3", 253_402_300_799_000)]}),
             "time_out_of_range",
         ),
-        (WORKER, json!({"finished": [record("real", "w1", "bad id!", now)]}), "invalid_run_id"),
-        (bound, json!({"finished": [record("real", "w2", "r4", now)]}), "wrong_worker"),
+        (
+            WORKER,
+            json!({"finished": [record("real", "w1", "bad id!", now)]}),
+            "invalid_run_id",
+        ),
+        (
+            bound,
+            json!({"finished": [record("real", "w2", "r4", now)]}),
+            "wrong_worker",
+        ),
         // w1 is alive: only it may report its runs, also as lost
         (bound, json!({"finished": [lost_of("w9", "r5", now)]}), ""),
         (bound, json!({"finished": [lost_of("w1", "r8", now)]}), ""),
@@ -249,7 +272,9 @@ async fn the_worker_role_cannot_poison_run_data() {
         ),
     ];
     for (token, body, reason) in cases {
-        let (st, b) = c.send("POST", &m, "/api/v1/reports", Some(token), Some(body.clone())).await;
+        let (st, b) = c
+            .send("POST", &m, "/api/v1/reports", Some(token), Some(body.clone()))
+            .await;
         if reason.is_empty() {
             // a lost record naming a worker that is not alive: that one is fine
             assert_eq!(st, 200, "{body}: {b}");
@@ -259,10 +284,18 @@ async fn the_worker_role_cannot_poison_run_data() {
         assert_eq!(b["error"]["code"], "refused_events", "{b}");
         assert_eq!(b["refused"][0]["reason"], reason, "{b}");
     }
-    assert!(c.api_runs(&m, "real").await.iter().all(|r| r.run_id != "0190aaaa000070008000000000000001"));
+    assert!(
+        c.api_runs(&m, "real")
+            .await
+            .iter()
+            .all(|r| r.run_id != "0190aaaa000070008000000000000001")
+    );
     // a record planned in year 9999 did not pin the job's last run
     let (_, job) = c.get(&m, "/api/v1/jobs/real", Some(READ)).await;
-    assert!(job["last_run"]["planned_at"].as_i64().is_none_or(|p| p < now + 60_000), "{job}");
+    assert!(
+        job["last_run"]["planned_at"].as_i64().is_none_or(|p| p < now + 60_000),
+        "{job}"
+    );
     // a duplicate key is refused, not resolved
     let raw = c
         .http
@@ -278,7 +311,13 @@ async fn the_worker_role_cannot_poison_run_data() {
     assert_eq!(b["error"]["code"], "duplicate_key");
     // the bound token reports for its own worker
     let (st, b) = c
-        .send("POST", &m, "/api/v1/reports", Some(bound), Some(json!({"finished": [good]})))
+        .send(
+            "POST",
+            &m,
+            "/api/v1/reports",
+            Some(bound),
+            Some(json!({"finished": [good]})),
+        )
         .await;
     assert_eq!(st, 200, "{b}");
     // runs in progress stay bounded per worker
@@ -288,7 +327,13 @@ async fn the_worker_role_cannot_poison_run_data() {
             .map(|i| json!({"run_id": format!("s{batch}x{i}"), "job": "real", "worker": "w1", "attempt": 1, "trigger": "schedule", "planned_at": now, "started_at": now, "trace_id": null}))
             .collect();
         let (st, b) = c
-            .send("POST", &m, "/api/v1/reports", Some(WORKER), Some(json!({ "started": started })))
+            .send(
+                "POST",
+                &m,
+                "/api/v1/reports",
+                Some(WORKER),
+                Some(json!({ "started": started })),
+            )
             .await;
         if st == 422 {
             assert_eq!(b["refused"][0]["reason"], "too_many_running", "{b}");
@@ -301,9 +346,18 @@ async fn the_worker_role_cannot_poison_run_data() {
     let (_, ws) = c.get(&m, "/api/v1/workers", Some(READ)).await;
     assert!(ws[0]["running"].as_array().unwrap().len() <= 10_000);
     let metrics = text(&c, &format!("{m}/metrics")).await;
-    for reason in ["invalid_name", "unknown_job", "time_out_of_range", "wrong_worker", "too_many_running"] {
+    for reason in [
+        "invalid_name",
+        "unknown_job",
+        "time_out_of_range",
+        "wrong_worker",
+        "too_many_running",
+    ] {
         assert!(
-            sample(&metrics, &format!("cronmesh_reports_refused_total{{reason=\"{reason}\"}}")) >= 1.0,
+            sample(
+                &metrics,
+                &format!("cronmesh_reports_refused_total{{reason=\"{reason}\"}}")
+            ) >= 1.0,
             "{reason} is counted"
         );
     }
@@ -383,17 +437,32 @@ async fn slow_clients_cannot_hold_the_master_or_a_workers_listener() {
     let mut on_master = slowloris(&master_addr, 200).await;
     let on_worker = slowloris(&worker_addr, 100).await;
     assert!(on_master.len() >= 150 && on_worker.len() == 100);
-    assert!(fds() <= baseline + 64 + 8, "the connection cap bounds the descriptors: {} > {baseline} + 64", fds());
+    assert!(
+        fds() <= baseline + 64 + 8,
+        "the connection cap bounds the descriptors: {} > {baseline} + 64",
+        fds()
+    );
     // the master answers while they hang: at once (busy, 503) or, once the slow ones are cut
     // off after the header timeout, normally
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     wait_for(Duration::from_secs(5), "the master's /healthz answers 200", || async {
-        client.get(format!("{m}/healthz")).send().await.is_ok_and(|r| r.status() == 200)
+        client
+            .get(format!("{m}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
     })
     .await;
     assert!(t.elapsed() < Duration::from_secs(5));
     // a worker's listener (cap 256) is not even at its limit
-    let r = client.get(format!("http://{worker_addr}/healthz")).send().await.unwrap();
+    let r = client
+        .get(format!("http://{worker_addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // every slow connection to the master was closed by it
     let mut buf = [0u8; 256];
@@ -407,11 +476,19 @@ async fn slow_clients_cannot_hold_the_master_or_a_workers_listener() {
             }
         })
         .await;
-        assert!(closed.is_ok(), "a slow connection is still open after the header timeout");
+        assert!(
+            closed.is_ok(),
+            "a slow connection is still open after the header timeout"
+        );
     }
     let metrics = text(&c, &format!("{m}/metrics")).await;
     assert!(sample(&metrics, "cronmesh_http_connections_closed_total{reason=\"limit\"}") >= 1.0);
-    assert!(sample(&metrics, "cronmesh_http_connections_closed_total{reason=\"header_timeout\"}") >= 1.0);
+    assert!(
+        sample(
+            &metrics,
+            "cronmesh_http_connections_closed_total{reason=\"header_timeout\"}"
+        ) >= 1.0
+    );
     drop(on_worker);
 }
 
@@ -447,7 +524,11 @@ async fn the_feed_closes_a_client_message_over_4_kib_with_1009() {
     // a ping is still answered
     let mut ws = open().await;
     ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await.unwrap();
-    let pong = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(pong.to_text().unwrap().contains("pong"), "{pong:?}");
     // one big frame
     ws.send(Message::Text("x".repeat(64 * 1024).into())).await.unwrap();
@@ -455,12 +536,20 @@ async fn the_feed_closes_a_client_message_over_4_kib_with_1009() {
     // a message of small fragments that adds up to more
     let mut ws = open().await;
     let part = vec![b'y'; 2048];
-    ws.send(Message::Frame(Frame::message(part.clone(), OpCode::Data(Data::Text), false)))
-        .await
-        .unwrap();
+    ws.send(Message::Frame(Frame::message(
+        part.clone(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
     for _ in 0..3 {
         if ws
-            .send(Message::Frame(Frame::message(part.clone(), OpCode::Data(Data::Continue), false)))
+            .send(Message::Frame(Frame::message(
+                part.clone(),
+                OpCode::Data(Data::Continue),
+                false,
+            )))
             .await
             .is_err()
         {
@@ -483,7 +572,9 @@ async fn garbage_in_etcd_gets_a_clear_answer_never_a_500_nor_another_name() {
     raw.put(format!("{p}workers/garbage"), "{not json", None).await.unwrap();
     raw.put(format!("{p}jobs/bad"), "{nope", None).await.unwrap();
     let other = json!({"name": "other", "schedule": "@yearly", "command": "true", "created_at": 1, "updated_at": 1});
-    raw.put(format!("{p}jobs/alias"), other.to_string(), None).await.unwrap();
+    raw.put(format!("{p}jobs/alias"), other.to_string(), None)
+        .await
+        .unwrap();
     let (st, ws) = c.get(&m, "/api/v1/workers", Some(READ)).await;
     assert_eq!(st, 200, "{ws}");
     let ids: Vec<&str> = ws.as_array().unwrap().iter().filter_map(|w| w["id"].as_str()).collect();
@@ -547,7 +638,13 @@ async fn failed_authentications_are_throttled_per_address_and_answers_are_not_sn
     let secs: u64 = retry_after.expect("Retry-After").parse().unwrap();
     assert!((1..=2).contains(&secs), "{secs}");
     // a valid token from the same address is not locked out
-    let r = c.http.get(format!("{m}/api/v1/jobs")).bearer_auth(READ).send().await.unwrap();
+    let r = c
+        .http
+        .get(format!("{m}/api/v1/jobs"))
+        .bearer_auth(READ)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     assert_eq!(r.headers()["cache-control"], "no-store");
@@ -562,7 +659,10 @@ async fn failed_authentications_are_throttled_per_address_and_answers_are_not_sn
     );
     let log = std::fs::read_to_string(&c.masters["m1"].log).unwrap();
     let lines = log.matches("too many failed authentications").count();
-    assert!(lines >= 1 && lines < throttled, "logged once per spell, not per request: {lines}");
+    assert!(
+        lines >= 1 && lines < throttled,
+        "logged once per spell, not per request: {lines}"
+    );
     // the web page's assets revalidate (ETag) rather than never being stored
     let r = c.http.get(format!("{m}/ui/app.js")).send().await.unwrap();
     assert_eq!(r.headers()["cache-control"], "no-cache");
@@ -608,7 +708,10 @@ async fn ctl_shows_control_characters_escaped_unless_raw_and_names_may_not_begin
     let out = ctl(false);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let shown = String::from_utf8(out.stdout).unwrap();
-    assert!(!shown.contains('\u{1b}'), "an escape sequence reached the terminal: {shown:?}");
+    assert!(
+        !shown.contains('\u{1b}'),
+        "an escape sequence reached the terminal: {shown:?}"
+    );
     assert!(shown.contains("\\x1b[31mred\\x1b[0m"), "{shown}");
     let raw = String::from_utf8(ctl(true).stdout).unwrap();
     assert!(raw.contains("\u{1b}[31mred"), "{raw:?}");
