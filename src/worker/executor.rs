@@ -855,7 +855,8 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert_eq!(alive(), 0, "clone3 {clone3}: escaped sleeps survived the run: {pids:?}");
-            X
+            let dir = cgroups.base().join(format!("run-{}", s.run_id));
+            assert!(!dir.exists(), "the run's cgroup is removed: {}", dir.display());
         }
     }
 
