@@ -8,7 +8,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 /// What `jobs/{name}` holds.
 enum Stored {
     Absent,
-    Job(StoredJob),
+    Job(Box<StoredJob>),
     /// Not a readable job named `name` (garbage, or a job whose `name` differs from its key),
     /// at this mod revision.
     Unreadable {
@@ -116,7 +116,7 @@ impl Coord {
     pub async fn get_job(&self, name: &str) -> Result<Option<StoredJob>, CoordError> {
         match self.read_job(name).await? {
             Stored::Absent => Ok(None),
-            Stored::Job(j) => Ok(Some(j)),
+            Stored::Job(j) => Ok(Some(*j)),
             Stored::Unreadable { message, .. } => Err(CoordError::Unreadable {
                 name: name.to_string(),
                 message,
@@ -131,7 +131,7 @@ impl Coord {
         Ok(match resp.kvs().first() {
             None => Stored::Absent,
             Some(kv) => match decode_job(name, kv.value(), kv.mod_revision()) {
-                Ok(j) => Stored::Job(j),
+                Ok(j) => Stored::Job(Box::new(j)),
                 Err(message) => Stored::Unreadable {
                     revision: kv.mod_revision(),
                     message,
