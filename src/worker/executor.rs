@@ -236,6 +236,9 @@ fn clone_into_cgroup(
             if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(out_fd, 1) < 0 || libc::dup2(out_fd, 2) < 0 {
                 fail(err_fd);
             }
+            if null > 2 {
+                libc::close(null);
+            }
             if let Some(dir) = &workdir
                 && libc::chdir(dir.as_ptr()) != 0
             {
@@ -829,7 +832,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let pids = dir.path().join("pids");
             let mut s = spec(&format!(
-                "for i in 1 2 3 4 5; do setsid sleep 301 & echo $! >> {}; done; echo started",
+                "for i in 1 2 3 4 5; do setsid sleep 301 & echo $! >> {}; done; ls /proc/$$/fd; echo started",
                 pids.display()
             ));
             s.cgroups = Some(cgroups.clone());
@@ -837,7 +840,7 @@ mod tests {
             let r = run(&s).await;
             CLONE3_WORKS.store(true, Ordering::Relaxed);
             assert_eq!(r.exit_code, Some(0));
-            assert_eq!(r.output, "started\n", "clone3 {clone3}");
+            assert_eq!(r.output, "0\n1\n2\nstarted\n", "clone3 {clone3}: descriptors 0-2 only");
             let pids: Vec<i32> = std::fs::read_to_string(&pids)
                 .unwrap()
                 .lines()
