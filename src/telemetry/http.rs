@@ -4,10 +4,13 @@
 //!
 //! `serve` is hyper's HTTP/1 connection loop with the limits a server on a hostile network
 //! needs: a client must send a request's headers within `header_read_timeout` (which is also how
-//! long an idle keep-alive connection stays open), and at most `max_connections` are open at
-//! once; one more is answered `503` and closed at once, so slow or idle clients cannot take the
-//! process' descriptors and the listener keeps answering. Each request carries the peer's
-//! address (`ConnectInfo<SocketAddr>`).
+//! long an idle keep-alive connection stays open), and at most `max_connections` HTTP
+//! connections are open at once. At the cap, the connection that has been waiting longest for a
+//! request (a slow client's, or an idle keep-alive one) is closed to make room, so slow clients
+//! cannot lock others out and the listener keeps answering; only when every connection is busy
+//! with a request is a new one answered `503` and closed. A WebSocket leaves the count once
+//! upgraded (the feed counts its subscribers). Each request carries the peer's address
+//! (`ConnectInfo<SocketAddr>`).
 
 use super::events::{HttpConnectionClosed, HttpConnectionsAtLimit};
 use super::metrics::METRICS;
@@ -16,7 +19,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -40,7 +44,8 @@ impl HttpLimits {
         max_connections: 256,
     };
 
-    /// `max_connections` lowered to leave `reserve` descriptors of the process' limit free.
+    /// `max_connections` lowered to leave `reserve` descriptors (at most a quarter) of the
+    /// process' limit free.
     pub fn within_fd_limit(mut self, reserve: usize) -> Self {
         let mut lim = libc::rlimit {
             rlim_cur: 0,
@@ -48,7 +53,8 @@ impl HttpLimits {
         };
         // SAFETY: getrlimit on our own process with a valid struct.
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-            let room = (lim.rlim_cur as usize).saturating_sub(reserve).max(16);
+            let limit = lim.rlim_cur as usize;
+            let room = limit.saturating_sub(reserve.min(limit / 4)).max(16);
             if room < self.max_connections {
                 tracing::warn!(
                     max_connections = self.max_connections,
@@ -76,9 +82,11 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let idle = Arc::new(Mutex::new(Idle::default()));
     let conns = TaskTracker::new();
     let mut at_limit = false;
     let mut last_accept_error: Option<Instant> = None;
+    let mut next_id = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -95,7 +103,23 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            // at the cap: the connection idle the longest (sending no request: a slow client, or
+            // an idle keep-alive one) makes room, so a new client is always answered
+            Err(_) => match { idle.lock().unwrap_or_else(|p| p.into_inner()).pop_oldest() } {
+                Some(evict) => {
+                    evict.cancel();
+                    HttpConnectionClosed { reason: "evicted" }.emit();
+                    tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                None => None,
+            },
+        };
+        let Some(permit) = permit else {
             refuse(stream);
             HttpConnectionClosed { reason: "limit" }.emit();
             if !at_limit {
@@ -111,19 +135,36 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let cancel = cancel.clone();
+        let id = next_id;
+        next_id += 1;
+        let evicted = CancellationToken::new();
+        idle.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .waiting(id, evicted.clone());
+        let idle = idle.clone();
         conns.spawn(async move {
             let _permit = permit;
             METRICS.http_connections.inc();
-            struct Open;
+            struct Open(Arc<Mutex<Idle>>, u64);
             impl Drop for Open {
                 fn drop(&mut self) {
                     METRICS.http_connections.dec();
+                    self.0.lock().unwrap_or_else(|p| p.into_inner()).busy(self.1);
                 }
             }
-            let _open = Open;
+            let _open = Open(idle.clone(), id);
+            let token = evicted.clone();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
-                router.clone().oneshot(req)
+                // busy while a request is served; idle again (the newest) once it is answered
+                idle.lock().unwrap_or_else(|p| p.into_inner()).busy(id);
+                let (idle, token) = (idle.clone(), token.clone());
+                let answer = router.clone().oneshot(req);
+                async move {
+                    let r = answer.await;
+                    idle.lock().unwrap_or_else(|p| p.into_inner()).waiting(id, token);
+                    r
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -133,6 +174,8 @@ pub async fn serve(
             tokio::pin!(conn);
             let res = tokio::select! {
                 r = conn.as_mut() => r,
+                // dropped at once: it was sending nothing
+                _ = evicted.cancelled() => return,
                 _ = cancel.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
@@ -151,6 +194,39 @@ pub async fn serve(
     conns.close();
     let _ = tokio::time::timeout(DRAIN, conns.wait()).await;
     Ok(())
+}
+
+/// How long a new connection waits for the room an evicted idle one makes.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
+
+/// The connections waiting for a request (a first one, or the next on a keep-alive connection),
+/// oldest first.
+#[derive(Default)]
+struct Idle {
+    since: BTreeMap<u64, (u64, CancellationToken)>,
+    by_conn: HashMap<u64, u64>,
+    seq: u64,
+}
+
+impl Idle {
+    fn waiting(&mut self, conn: u64, token: CancellationToken) {
+        self.busy(conn);
+        self.seq += 1;
+        self.since.insert(self.seq, (conn, token));
+        self.by_conn.insert(conn, self.seq);
+    }
+
+    fn busy(&mut self, conn: u64) {
+        if let Some(seq) = self.by_conn.remove(&conn) {
+            self.since.remove(&seq);
+        }
+    }
+
+    fn pop_oldest(&mut self) -> Option<CancellationToken> {
+        let (_, (conn, token)) = self.since.pop_first()?;
+        self.by_conn.remove(&conn);
+        Some(token)
+    }
 }
 
 /// One connection too many: a best-effort `503` (without waiting for the client), then close.

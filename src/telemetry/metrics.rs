@@ -309,11 +309,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         http_connections: gauge(
             "cronmesh_http_connections",
-            "HTTP connections open on this process' listener (feed subscribers included).",
+            "HTTP connections open on this process' listener (a WebSocket leaves the count once upgraded).",
         ),
         http_connections_closed: counter_vec(
             "cronmesh_http_connections_closed_total",
-            "HTTP connections the server closed on its own, by reason: limit (max_connections reached: answered 503), header_timeout (headers not sent within header_read_timeout, or idle that long).",
+            "HTTP connections the server closed on its own, by reason: evicted (the cap was reached and it had been waiting longest for a request), limit (the cap was reached and every connection was busy: answered 503), header_timeout (headers not sent within header_read_timeout, or idle that long).",
             &["reason"],
         ),
         auth_failures: counter_vec(
@@ -428,7 +428,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for s in ["memory", "store"] {
         m.last_run_lookups.with_label_values(&[s]);
     }
-    for r in ["limit", "header_timeout"] {
+    for r in ["evicted", "limit", "header_timeout"] {
         m.http_connections_closed.with_label_values(&[r]);
     }
     for r in ["unauthorized", "throttled"] {

@@ -482,7 +482,7 @@ async fn slow_clients_cannot_hold_the_master_or_a_workers_listener() {
         );
     }
     let metrics = text(&c, &format!("{m}/metrics")).await;
-    assert!(sample(&metrics, "cronmesh_http_connections_closed_total{reason=\"limit\"}") >= 1.0);
+    assert!(sample(&metrics, "cronmesh_http_connections_closed_total{reason=\"evicted\"}") >= 1.0);
     assert!(
         sample(
             &metrics,
