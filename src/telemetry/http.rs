@@ -107,7 +107,7 @@ pub async fn serve(
             Ok(p) => Some(p),
             // at the cap: the connection idle the longest (sending no request: a slow client, or
             // an idle keep-alive one) makes room, so a new client is always answered
-            Err(_) => match { idle.lock().unwrap_or_else(|p| p.into_inner()).pop_oldest() } {
+            Err(_) => match oldest_idle(&idle) {
                 Some(evict) => {
                     evict.cancel();
                     HttpConnectionClosed { reason: "evicted" }.emit();
@@ -194,6 +194,12 @@ pub async fn serve(
     conns.close();
     let _ = tokio::time::timeout(DRAIN, conns.wait()).await;
     Ok(())
+}
+
+/// Takes the connection that has waited longest for a request out of `idle` (the lock is not
+/// held past this call).
+fn oldest_idle(idle: &Mutex<Idle>) -> Option<CancellationToken> {
+    idle.lock().unwrap_or_else(|p| p.into_inner()).pop_oldest()
 }
 
 /// How long a new connection waits for the room an evicted idle one makes.
