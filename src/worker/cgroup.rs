@@ -101,7 +101,7 @@ impl RunCgroups {
         }
         let has_kill = base.join("cgroup.kill").exists();
         let me = RunCgroups { base, has_kill };
-        me.clean_up_after_dead_workers(&own, worker_id);
+        me.clean_up_after_dead_workers(&own);
         Ok(me)
     }
 
@@ -109,14 +109,17 @@ impl RunCgroups {
         &self.base
     }
 
-    /// Kills and removes the run cgroups of workers with this id whose process is gone (a
+    /// Kills and removes the run cgroups of workers beside this one whose process is gone (a
     /// SIGKILLed worker leaves its cgroups, and possibly escaped processes, behind).
-    fn clean_up_after_dead_workers(&self, own: &Path, worker_id: &str) {
+    fn clean_up_after_dead_workers(&self, own: &Path) {
         let Ok(entries) = std::fs::read_dir(own) else { return };
-        let prefix = format!("cronmesh-{worker_id}.");
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<i32>().ok()) else {
+            let Some(pid) = name
+                .strip_prefix("cronmesh-")
+                .and_then(|rest| rest.rsplit_once('.'))
+                .and_then(|(_, pid)| pid.parse::<i32>().ok())
+            else {
                 continue;
             };
             if pid_alive(pid) {

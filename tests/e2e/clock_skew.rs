@@ -16,6 +16,20 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Debian's libfaketime (package `faketime`, installed by scripts/test.sh).
+fn libfaketime() -> String {
+    let found = std::fs::read_dir("/usr/lib")
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find_map(|arch| {
+            let lib = arch.path().join("faketime/libfaketime.so.1");
+            lib.exists().then(|| lib.display().to_string())
+        });
+    found.expect("libfaketime is installed (apt-get install faketime; scripts/test.sh does)")
+}
+
 fn member(id: &str) -> (String, WorkerInfo) {
     let w: WorkerInfo = serde_json::from_value(serde_json::json!({
         "id": id, "hostname": "h", "pid": 1, "started_at": 0, "version": "t"
@@ -37,11 +51,18 @@ async fn a_worker_whose_clock_is_3s_ahead_stops_claiming_is_not_ready_and_its_jo
         .take(3)
         .collect();
     assert_eq!(jobs.len(), 3);
+    // libfaketime preloaded into the worker itself (the `faketime` wrapper would fork, and the
+    // worker outlive the harness' kill)
+    let lib = libfaketime();
     c.start_worker_with(
         "w1",
         &["--listen", &format!("127.0.0.1:{p1}")],
-        &["faketime", "-f", "+3s"],
-        &[("FAKETIME_DONT_FAKE_MONOTONIC", "1")],
+        &[],
+        &[
+            ("LD_PRELOAD", &lib),
+            ("FAKETIME", "+3s"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
     );
     c.start_worker("w2", &["--listen", &format!("127.0.0.1:{p2}")]);
     c.wait_members(&["w1", "w2"]).await;
