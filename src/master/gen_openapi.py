@@ -430,7 +430,7 @@ refusal = strict(
                 {
                     "kind": {"enum": ["started", "finished"]},
                     "run_id": {"type": "string"},
-                    "reason": {"enum": ["invalid_name", "invalid_run_id", "time_out_of_range", "unknown_job", "unknown_worker", "wrong_worker", "too_many_running", "duplicate_in_batch"]},
+                    "reason": {"enum": ["invalid_name", "invalid_run_id", "time_out_of_range", "unknown_job", "unknown_worker", "wrong_worker", "too_many_running"]},
                     "message": {"type": "string"},
                 }
             ),

@@ -164,7 +164,6 @@ pub async fn check(
     let mut refused = Vec::new();
     let time_ok = |t: Option<i64>| t.is_none_or(|t| (MIN_TIME_MS..=now + MAX_FUTURE_MS).contains(&t));
     let mut wanted_jobs: Vec<(&'static str, &str, &str)> = Vec::new();
-    let mut seen: HashSet<(&'static str, &str)> = HashSet::new();
     let mut starts: HashMap<&str, usize> = HashMap::new();
     let mut lost_elsewhere: Vec<(&str, &str)> = Vec::new();
     let events = batch
@@ -201,13 +200,6 @@ pub async fn check(
             refused.push(refuse(
                 "invalid_run_id",
                 "run ids are 1-64 letters, digits and dashes".into(),
-            ));
-            continue;
-        }
-        if !seen.insert((kind, run_id)) {
-            refused.push(refuse(
-                "duplicate_in_batch",
-                format!("run {run_id} appears twice in the batch"),
             ));
             continue;
         }

@@ -323,7 +323,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         reports_refused: counter_vec(
             "cronmesh_reports_refused_total",
-            "Reported run events a master refused (422), by reason (invalid_name, invalid_run_id, time_out_of_range, unknown_job, unknown_worker, wrong_worker, too_many_running, duplicate_in_batch).",
+            "Reported run events a master refused (422), by reason (invalid_name, invalid_run_id, time_out_of_range, unknown_job, unknown_worker, wrong_worker, too_many_running). An event given twice in a batch is no error (the store keeps each run once).",
             &["reason"],
         ),
         report_events_dropped: counter(
@@ -464,7 +464,7 @@ pub const SKIP_REASONS: [&str; 10] = [
 ];
 
 /// Every reason a master refuses a reported run event.
-pub const REFUSE_REASONS: [&str; 8] = [
+pub const REFUSE_REASONS: [&str; 7] = [
     "invalid_name",
     "invalid_run_id",
     "time_out_of_range",
@@ -472,7 +472,6 @@ pub const REFUSE_REASONS: [&str; 8] = [
     "unknown_worker",
     "wrong_worker",
     "too_many_running",
-    "duplicate_in_batch",
 ];
 
 /// Every event-feed message type.
