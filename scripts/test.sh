@@ -19,6 +19,8 @@ command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# a worker with a wrong clock, in the clock-skew spec (tests/e2e/clock_skew.rs)
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing test prerequisites: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -46,6 +48,12 @@ echo "== mongo venv"
 ensure_mongo_venv "${MONGO_VENV:-$PWD/target/mongo-venv}"
 export CRONMESH_TEST_SECANTUSD="${MONGO_VENV:-$PWD/target/mongo-venv}/bin/secantusd-py"
 "$CRONMESH_TEST_SECANTUSD" --help >/dev/null
+# schemathesis (fuzzes the API from its OpenAPI document) and jsonschema-rs (validates real
+# responses against it), for tests/e2e/openapi.rs
+echo "== schemathesis venv"
+# shellcheck source-path=SCRIPTDIR source=schemathesis-venv.sh
+. scripts/schemathesis-venv.sh
+ensure_schemathesis_venv "${SCHEMATHESIS_VENV:-$PWD/target/schemathesis-venv}"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -134,6 +134,37 @@ pub struct WorkerConfig {
     /// Jobs that get per-job metric series (`cronmesh_job_*{job}`); at most 100, so 100,000
     /// jobs never make 100,000 series.
     pub metrics_jobs: Vec<String>,
+    /// Variables of the worker's own environment that a job's command also sees, besides the
+    /// job's `env` and cronmesh's run variables: names, or prefixes ending in `*` (`LC_*`).
+    /// Nothing else reaches a job; `CRONMESH_*` (where the worker's token lives) never does.
+    pub inherit_env: Vec<String>,
+    /// Each run in its own cgroup (v2), killed as a whole when the run ends, so that processes
+    /// which left the run's process group (`setsid`) die with it: `auto` (when this worker may
+    /// create cgroups: it runs as root or has a delegated subtree) or `off`.
+    pub run_cgroups: RunCgroups,
+    /// Beyond this offset between the worker's clock and the masters', the worker stops
+    /// claiming ticks and reports not ready, so its jobs move to workers whose clocks are right.
+    #[serde(with = "dur")]
+    pub max_clock_skew: Duration,
+    /// How often the worker measures its clock against the masters.
+    #[serde(with = "dur")]
+    pub clock_check_interval: Duration,
+}
+
+/// The variables a job inherits from the worker unless `worker.inherit_env` says otherwise.
+pub const DEFAULT_INHERIT_ENV: [&str; 9] = [
+    "PATH", "HOME", "LANG", "LC_*", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR",
+];
+
+/// `worker.run_cgroups`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunCgroups {
+    /// Use cgroups v2 where the worker may create them; otherwise run without (logged at start).
+    #[default]
+    Auto,
+    /// Never: a run's kill reaches its process group only.
+    Off,
 }
 
 impl Default for WorkerConfig {
@@ -157,6 +188,10 @@ impl Default for WorkerConfig {
             spool_dir: PathBuf::from("./data/spool"),
             report_queue: 10_000,
             metrics_jobs: Vec::new(),
+            inherit_env: DEFAULT_INHERIT_ENV.iter().map(|s| s.to_string()).collect(),
+            run_cgroups: RunCgroups::Auto,
+            max_clock_skew: Duration::from_secs(1),
+            clock_check_interval: Duration::from_secs(10),
         }
     }
 }
@@ -183,6 +218,13 @@ pub struct MasterConfig {
     /// Requests taking longer get 408.
     #[serde(with = "dur")]
     pub request_timeout: Duration,
+    /// A client must send a request's headers within this, or its connection is closed; also
+    /// how long an idle keep-alive connection stays open.
+    #[serde(with = "dur")]
+    pub header_read_timeout: Duration,
+    /// Most connections open at once (feed subscribers included); more are answered 503 and
+    /// closed at once. Lowered to fit the process' descriptor limit.
+    pub max_connections: usize,
     /// Delete run records older than this (none: keep).
     #[serde(default, with = "crate::model::opt_duration")]
     pub retention_max_age: Option<Duration>,
@@ -218,6 +260,8 @@ impl Default for MasterConfig {
             lease_ttl: Duration::from_secs(10),
             max_body_bytes: 256 * 1024,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
             retention_max_age: Some(Duration::from_secs(30 * 86_400)),
             retention_max_per_job: Some(10_000),
             auth: AuthConfig::default(),
@@ -252,6 +296,10 @@ pub struct TokenConfig {
     pub token: Option<String>,
     #[serde(default)]
     pub sha256: Option<String>,
+    /// Role `worker` only: the worker id this token reports for. Records and run starts that
+    /// name another worker are refused. A worker token without it may report for any worker id.
+    #[serde(default)]
+    pub worker: Option<String>,
 }
 
 /// What a token may do.
@@ -289,6 +337,27 @@ impl Default for StandaloneConfig {
             etcd_port: 12379,
         }
     }
+}
+
+/// A `worker.inherit_env` entry: a variable name, or a prefix followed by `*`; never one that
+/// could name a `CRONMESH_*` variable.
+fn validate_inherit_pattern(p: &str) -> Result<(), &'static str> {
+    let name = p.strip_suffix('*').unwrap_or(p);
+    if name.is_empty() {
+        return Err("would pass the worker's whole environment, its token included; name the variables");
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err("is not a variable name (letters, digits, '_'), or a prefix of one followed by '*'");
+    }
+    let could_match_cronmesh = if p.ends_with('*') {
+        "CRONMESH_".starts_with(name) || name.starts_with("CRONMESH_")
+    } else {
+        name.starts_with("CRONMESH_")
+    };
+    if could_match_cronmesh {
+        return Err("could pass CRONMESH_* variables, where the worker's token lives; those never reach a job");
+    }
+    Ok(())
 }
 
 /// `{hostname}-{pid}`: unique among live processes, so workers on one host never collide.
@@ -408,6 +477,15 @@ impl Config {
             l.parse::<std::net::SocketAddr>()
                 .map_err(|e| invalid("worker.listen", format!("{l:?}: {e}")))?;
         }
+        for pattern in &w.inherit_env {
+            validate_inherit_pattern(pattern).map_err(|m| invalid("worker.inherit_env", format!("{pattern:?} {m}")))?;
+        }
+        if w.max_clock_skew < Duration::from_millis(100) || w.max_clock_skew > Duration::from_secs(3600) {
+            return Err(invalid("worker.max_clock_skew", "must be between 100ms and 1h"));
+        }
+        if w.clock_check_interval < Duration::from_secs(1) || w.clock_check_interval > Duration::from_secs(600) {
+            return Err(invalid("worker.clock_check_interval", "must be between 1s and 10m"));
+        }
         Ok(())
     }
 
@@ -455,6 +533,12 @@ impl Config {
         if m.request_timeout < Duration::from_millis(100) {
             return Err(invalid("master.request_timeout", "must be at least 100ms"));
         }
+        if m.header_read_timeout < Duration::from_millis(100) || m.header_read_timeout > Duration::from_secs(300) {
+            return Err(invalid("master.header_read_timeout", "must be between 100ms and 5m"));
+        }
+        if m.max_connections < 16 {
+            return Err(invalid("master.max_connections", "must be at least 16"));
+        }
         for t in &m.auth.tokens {
             match (&t.token, &t.sha256) {
                 (Some(tok), None) if tok.len() >= 16 => {}
@@ -477,6 +561,20 @@ impl Config {
                         format!("token {:?} needs exactly one of token or sha256", t.name),
                     ));
                 }
+            }
+            if let Some(w) = &t.worker {
+                if t.role != Role::Worker {
+                    return Err(invalid(
+                        "master.auth.tokens",
+                        format!("token {:?}: `worker` binds only tokens of role \"worker\"", t.name),
+                    ));
+                }
+                crate::model::validate_name(w).map_err(|e| {
+                    invalid(
+                        "master.auth.tokens",
+                        format!("token {:?}: worker {w:?}: {}", t.name, e.message),
+                    )
+                })?;
             }
         }
         if !m.auth.no_auth && m.auth.tokens.is_empty() {
@@ -531,6 +629,14 @@ mod tests {
             ("prefix = \"cronmesh\"\n", "prefix"),
             ("etcd = [\"127.0.0.1:2379\"]\n", "etcd"),
             ("log_level = \"[[[\"\n", "log_level"),
+            (
+                "[worker]\ninherit_env = [\"CRONMESH_WORKER_TOKEN\"]\n",
+                "worker.inherit_env",
+            ),
+            ("[worker]\ninherit_env = [\"CRON*\"]\n", "worker.inherit_env"),
+            ("[worker]\ninherit_env = [\"*\"]\n", "worker.inherit_env"),
+            ("[worker]\ninherit_env = [\"PATH=x\"]\n", "worker.inherit_env"),
+            ("[worker]\nmax_clock_skew = \"10ms\"\n", "worker.max_clock_skew"),
         ];
         for (toml, key) in cases {
             let cfg = Config::from_toml(toml).unwrap();
@@ -541,6 +647,38 @@ mod tests {
         }
         let err = Config::from_toml("[worker]\nlease_ttl = \"soon\"\n").unwrap_err();
         assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn inherit_env_takes_names_and_prefixes_but_never_cronmesh_variables() {
+        for ok in ["PATH", "LC_*", "MY_APP_*", "C_FLAGS", "CRONTAB_HOME"] {
+            assert!(validate_inherit_pattern(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "CRONMESH_WORKER_TOKEN",
+            "CRONMESH_*",
+            "CRON*",
+            "C*",
+            "*",
+            "",
+            "A B",
+            "X=1",
+            "PA*TH",
+        ] {
+            assert!(validate_inherit_pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_token_bound_to_a_worker_must_be_a_worker_token() {
+        let cfg = Config::from_toml(
+            "[master.auth]\ntokens = [{ name = \"x\", role = \"admin\", token = \"0123456789abcdef0\", worker = \"w1\" }]\n",
+        )
+        .unwrap();
+        match cfg.validate_master() {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "master.auth.tokens"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub struct CtlArgs {
     /// table (default) or json.
     #[arg(long, short = 'o', default_value = "table")]
     pub output: Output,
+    /// Print control characters of outputs, names and messages as they are. By default they are
+    /// shown escaped (`\x1b[31m`), so a run's output cannot drive the terminal.
+    #[arg(long, global = true)]
+    pub raw: bool,
     #[command(subcommand)]
     pub cmd: CtlCmd,
 }
@@ -183,14 +187,41 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status >= 400 {
-            let message = value["error"]["message"]
-                .as_str()
-                .map(String::from)
-                .unwrap_or_else(|| value.to_string());
+            let message = escape_controls(
+                &value["error"]["message"]
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| value.to_string()),
+            );
             return Err(CtlError::Api { status, message });
         }
         Ok(value)
     }
+}
+
+/// `text` with control characters shown as escapes (`\x1b`, `\u{9b}`), and the invisible
+/// bidirectional controls too (they reorder what a terminal shows); newlines and tabs stay.
+pub fn escape_controls(text: &str) -> String {
+    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text
+        .chars()
+        .any(|c| (c.is_control() && c != '\n' && c != '\t') || bidi(c))
+    {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if (c.is_control() && c != '\n' && c != '\t') || bidi(c) {
+            if (c as u32) < 0x80 {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            } else {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn encode(s: &str) -> String {
@@ -236,6 +267,15 @@ fn time(v: &Value) -> String {
     v.as_i64()
         .map(crate::schedule::rfc3339_ms)
         .unwrap_or_else(|| "-".into())
+}
+
+/// A worker's clock offset against the masters: `+3012ms OFF` when beyond its limit.
+fn clock(w: &Value) -> String {
+    match w["clock_offset_ms"].as_i64() {
+        None => "-".into(),
+        Some(o) if w["clock_skewed"] == true => format!("{o:+}ms OFF"),
+        Some(o) => format!("{o:+}ms"),
+    }
 }
 
 fn read_spec(path: &PathBuf) -> Result<JobSpec, CtlError> {
@@ -534,7 +574,7 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                 serde_json::to_string_pretty(&ws).unwrap_or_default()
             } else {
                 table(
-                    &["ID", "LABELS", "OWNED", "RUNNING", "STATE", "HEARTBEAT"],
+                    &["ID", "LABELS", "OWNED", "RUNNING", "STATE", "CLOCK", "HEARTBEAT"],
                     ws.as_array()
                         .into_iter()
                         .flatten()
@@ -554,6 +594,7 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                                 s(&w["owned_jobs"]),
                                 w["running"].as_array().map(|r| r.len()).unwrap_or(0).to_string(),
                                 worker_state(w),
+                                clock(w),
                                 time(&w["last_heartbeat"]),
                             ]
                         })
@@ -562,7 +603,7 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
             }
         }
     };
-    Ok(out)
+    Ok(if json || a.raw { out } else { escape_controls(&out) })
 }
 
 /// The filters of `cronmesh ctl events`.
@@ -690,7 +731,7 @@ async fn feed_once(
             return Ok(FeedEnd::Lagged);
         }
         if a.output == Output::Json {
-            println!("{text}");
+            println!("{}", if a.raw { text } else { escape_controls(&text) });
             continue;
         }
         let detail = match v["type"].as_str().unwrap_or("") {
@@ -720,7 +761,8 @@ async fn feed_once(
             "resume_failed" => format!("{} ({}): {}", s(&v["topics"]), s(&v["reason"]), s(&v["message"])),
             _ => text.clone(),
         };
-        println!("{}  {:<14} {detail}", time(&v["ts"]), s(&v["type"]));
+        let line = format!("{}  {:<14} {detail}", time(&v["ts"]), s(&v["type"]));
+        println!("{}", if a.raw { line } else { escape_controls(&line) });
     }
     Ok(FeedEnd::Dropped("the server ended the stream".into()))
 }
@@ -739,5 +781,19 @@ fn worker_state(w: &serde_json::Value) -> String {
         format!("{state} (race)")
     } else {
         state.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped_and_text_stays_as_it_is() {
+        assert_eq!(escape_controls("plain\ttext\nnext"), "plain\ttext\nnext");
+        assert_eq!(escape_controls("\u{1b}[31mred\u{1b}[0m"), "\\x1b[31mred\\x1b[0m");
+        assert_eq!(escape_controls("a\rb\u{7}\u{9b}c"), "a\\x0db\\x07\\u{9b}c");
+        assert_eq!(escape_controls("ab\u{202e}cd"), "ab\\u{202e}cd");
+        assert_eq!(escape_controls("grüße ✓"), "grüße ✓");
     }
 }

@@ -169,6 +169,10 @@ struct StandaloneArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     cronmesh::worker::executor::raise_fd_limit();
+    // descriptors inherited from whoever started us never reach a job
+    if !cronmesh::worker::executor::cloexec_stray_descriptors() {
+        cronmesh::worker::executor::cloexec_stray_descriptors_slowly();
+    }
     if let Cmd::Check { file, next, from } = &cli.command {
         return check_job(file, *next, *from);
     }
@@ -225,6 +229,10 @@ fn main() -> Result<()> {
         }
         Cmd::Check { .. } | Cmd::HashToken { .. } | Cmd::Ctl(_) => unreachable!(),
     }
+    // The tokens have been read into the config: nothing of this process passes them on, and
+    // its initial environment (what /proc/PID/environ shows) no longer holds them.
+    // SAFETY: no other thread exists yet (the runtime and the logger start below).
+    unsafe { scrub_secrets_from_environment(&SECRET_VARIABLES) };
     telemetry::init_logging(config.log_format, &config.log_level);
     let rt = tokio::runtime::Runtime::new()?;
     let provider = {
@@ -306,6 +314,7 @@ fn apply_tokens(c: &mut Config) {
                 role,
                 token: Some(t),
                 sha256: None,
+                worker: None,
             });
         }
     }
@@ -355,6 +364,41 @@ fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
         w.token = Some(t);
     }
     Ok(())
+}
+
+/// The environment variables that carry secrets.
+const SECRET_VARIABLES: [&str; 3] = ["CRONMESH_ADMIN_TOKEN", "CRONMESH_READ_TOKEN", "CRONMESH_WORKER_TOKEN"];
+
+/// Overwrites the values of `names` in place in the process' environment block, then removes
+/// them: a job (which runs as this user) that reads `/proc/<worker>/environ` finds zeros.
+///
+/// # Safety
+/// Only while no other thread exists: the environment is not synchronised.
+unsafe fn scrub_secrets_from_environment(names: &[&str]) {
+    unsafe extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    // SAFETY: single-threaded (the caller's promise); `environ` is a NULL-terminated array of
+    // NUL-terminated strings that this process may write (the initial block is on its stack).
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let s = *entry;
+            let text = std::ffi::CStr::from_ptr(s).to_bytes();
+            if let Some(name) = names
+                .iter()
+                .find(|n| text.len() > n.len() && text.starts_with(n.as_bytes()) && text[n.len()] == b'=')
+            {
+                for i in name.len() + 1..text.len() {
+                    *s.add(i) = 0;
+                }
+            }
+            entry = entry.add(1);
+        }
+        for n in names {
+            std::env::remove_var(n);
+        }
+    }
 }
 
 fn read_job(file: &std::path::Path) -> Result<JobSpec> {
@@ -452,6 +496,7 @@ async fn run_worker(config: Arc<Config>) -> Result<()> {
         tokio::spawn(telemetry::http::serve(
             l,
             telemetry::http::ops_router(ready_rx),
+            telemetry::http::HttpLimits::OPS.within_fd_limit(64),
             http_stop.clone(),
         ))
     });

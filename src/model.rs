@@ -158,6 +158,21 @@ pub fn validate_name(name: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Checks the name of a job being created or replaced: a valid name that does not begin with
+/// `-` (it would read as an option on command lines: `cronmesh ctl jobs get -x`). Stored jobs
+/// named so before this rule keep running and can be read and deleted; they cannot be saved
+/// again under that name.
+pub fn validate_new_name(name: &str) -> Result<(), ValidationError> {
+    validate_name(name)?;
+    if name.starts_with('-') {
+        return Err(invalid(
+            "name",
+            "must not begin with '-' (it would read as an option on command lines)",
+        ));
+    }
+    Ok(())
+}
+
 impl JobSpec {
     /// A minimal spec (everything else default); handy for tests and the CLI.
     pub fn new(name: &str, schedule: &str, command: &str) -> Self {
@@ -438,6 +453,13 @@ pub struct WorkerInfo {
     /// back when it has room again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub at_capacity: bool,
+    /// Its clock is off from the masters' by more than its `worker.max_clock_skew`: ownership
+    /// moves off it to workers whose clocks are right (unless none is eligible).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_skewed: bool,
+    /// How far its clock is ahead of the masters' (ms; negative: behind), as it last measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
     /// How it takes ticks: `owner` (rendezvous) or `race` (every matching worker tries).
     #[serde(default, skip_serializing_if = "is_default")]
     pub dispatch: Dispatch,
@@ -618,6 +640,15 @@ mod tests {
     }
 
     #[test]
+    fn a_new_job_name_may_not_begin_with_a_dash_but_a_stored_one_stays_readable() {
+        let e = validate_new_name("-rf").unwrap_err();
+        assert_eq!(e.field, "name");
+        assert!(e.message.contains("'-'"), "{e}");
+        assert!(validate_name("-rf").is_ok(), "stored jobs named so keep running");
+        assert!(validate_new_name("a-b").is_ok());
+    }
+
+    #[test]
     fn a_schedule_with_h_is_resolved_with_the_jobs_own_name() {
         let mut s = spec();
         s.schedule = "H H * * *".into();
@@ -643,6 +674,8 @@ mod tests {
             started_at: 0,
             draining: false,
             at_capacity: false,
+            clock_skewed: false,
+            clock_offset_ms: None,
             dispatch: Dispatch::Owner,
             listen: None,
             version: "x".into(),

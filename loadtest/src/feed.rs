@@ -82,6 +82,38 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64, store
             (delays, e2e, lagged, missed)
         }));
     }
+    // the master takes run starts only for a job that exists, from live workers, with at most
+    // 10,000 runs in progress each: a paused job, and registrations of enough stand-in workers
+    let coord = ctx.etcd.coord("/lt-feed/").await?;
+    coord
+        .put_job(cronmesh::model::JobSpec {
+            paused: true,
+            ..cronmesh::model::JobSpec::new("feed", "@yearly", "true")
+        })
+        .await?;
+    let per_worker = 9_000;
+    let senders = (rate * seconds as usize) / per_worker + 1;
+    let mut registrations = Vec::new();
+    for k in 0..senders {
+        let id = format!("lt-{k}");
+        let info = serde_json::json!({"id": id, "hostname": "loadtest", "pid": std::process::id(), "started_at": cronmesh::coord::now_ms(), "version": "loadtest"});
+        registrations.push(coord.register(
+            cronmesh::coord::Role::Worker,
+            &id,
+            serde_json::to_vec(&info)?,
+            Duration::from_secs(30),
+        ));
+    }
+    let t = Instant::now();
+    while coord.list_workers().await.map(|w| w.len()).unwrap_or(0) < senders {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "the stand-in workers did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // and the master's member watch has seen them
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let http = http_client();
     let mut meter = CpuMeter::new(master.pid());
     let start = Instant::now();
@@ -91,9 +123,10 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64, store
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     while start.elapsed() < Duration::from_secs(seconds) {
         tick.tick().await;
-        let at = cronmesh::coord::now_ms();
+        let now = cronmesh::coord::now_ms();
+        let worker = format!("lt-{}", published / per_worker);
         let started: Vec<serde_json::Value> = (0..slice)
-            .map(|i| serde_json::json!({"run_id": format!("f{published:09}{i:04}"), "job": "feed", "worker": "lt", "attempt": 1, "trigger": "schedule", "planned_at": at, "started_at": at, "trace_id": null}))
+            .map(|i| serde_json::json!({"run_id": format!("f{published:09}{i:04}"), "job": "feed", "worker": worker, "attempt": 1, "trigger": "schedule", "planned_at": now, "started_at": now, "trace_id": null}))
             .collect();
         http.post(format!("{url}/api/v1/reports"))
             .json(&serde_json::json!({"started": started}))
@@ -135,6 +168,9 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64, store
     r.p50_ms = pct(&all, 0.5);
     r.p99_ms = pct(&all, 0.99);
     r.max_ms = all.last().copied().unwrap_or(0.0);
+    for reg in registrations {
+        reg.deregister().await;
+    }
     master.terminate();
     Ok(r)
 }

@@ -44,23 +44,29 @@ pub fn eligible(member: &WorkerInfo, selector: &BTreeMap<String, String>) -> boo
     !member.draining && member.matches(selector)
 }
 
-/// The owner of `job` among `members`: the highest rendezvous score among the eligible workers
-/// with a free run slot, or, when every eligible worker is at capacity, among all eligible ones
-/// (that owner waits for a slot, and records the tick `skipped` for capacity only if none comes
-/// before the tick's starting deadline). `None` when no worker is eligible.
+/// The owner of `job` among `members`: the highest rendezvous score among the eligible workers,
+/// preferring, in this order, those whose clock is right and that have a free run slot, those
+/// whose clock is right, those with a free slot, and then any. So a worker at capacity keeps a
+/// job only when every eligible worker is full (it waits for a slot, and records the tick
+/// `skipped` for capacity only if none comes before the tick's starting deadline), and a worker
+/// whose clock is off keeps one only when every eligible worker's clock is (better a tick run by
+/// a wrong clock than none: the alert says so). `None` when no worker is eligible.
 pub fn owner<'a>(
     members: &'a BTreeMap<String, WorkerInfo>,
     job: &str,
     selector: &BTreeMap<String, String>,
 ) -> Option<&'a str> {
-    let best = |with_room: bool| {
+    let best = |right_clock: bool, with_room: bool| {
         members
             .values()
-            .filter(|m| eligible(m, selector) && (!with_room || !m.at_capacity))
+            .filter(|m| eligible(m, selector) && (!right_clock || !m.clock_skewed) && (!with_room || !m.at_capacity))
             .max_by_key(|m| (score(&m.id, job), m.id.as_str()))
             .map(|m| m.id.as_str())
     };
-    best(true).or_else(|| best(false))
+    best(true, true)
+        .or_else(|| best(true, false))
+        .or_else(|| best(false, true))
+        .or_else(|| best(false, false))
 }
 
 /// Whether worker `id` schedules `job` (claims its ticks): in `race` dispatch every eligible
@@ -73,7 +79,14 @@ pub fn schedules(
     selector: &BTreeMap<String, String>,
 ) -> bool {
     match dispatch {
-        Dispatch::Race => members.get(id).is_some_and(|me| eligible(me, selector)),
+        // a racer whose clock is off stays out while a racer with a right clock may run the job
+        Dispatch::Race => members.get(id).is_some_and(|me| {
+            eligible(me, selector)
+                && (!me.clock_skewed
+                    || !members
+                        .values()
+                        .any(|m| m.dispatch == Dispatch::Race && !m.clock_skewed && eligible(m, selector)))
+        }),
         Dispatch::Owner => owner(members, job, selector) == Some(id),
     }
 }
@@ -114,6 +127,8 @@ mod tests {
                 started_at: 0,
                 draining: false,
                 at_capacity: false,
+                clock_skewed: false,
+                clock_offset_ms: None,
                 dispatch: Dispatch::Owner,
                 listen: None,
                 version: "t".into(),
@@ -181,6 +196,38 @@ mod tests {
         for (j, was) in jobs.iter().zip(&before) {
             assert_eq!(owner(&m, j, &none).unwrap(), was, "{j} came back");
         }
+    }
+
+    #[test]
+    fn a_worker_whose_clock_is_off_gives_its_jobs_to_workers_with_right_clocks_unless_there_is_none() {
+        let mut m: BTreeMap<_, _> = ["w1", "w2", "w3"].iter().map(|id| member(id, &[])).collect();
+        let jobs: Vec<String> = (0..300).map(|i| format!("job-{i}")).collect();
+        let none = BTreeMap::new();
+        let before: Vec<String> = jobs.iter().map(|j| owner(&m, j, &none).unwrap().to_string()).collect();
+        m.get_mut("w1").unwrap().clock_skewed = true;
+        // a right clock wins over room: w2 is full, yet takes w1's jobs rather than leave them
+        m.get_mut("w2").unwrap().at_capacity = true;
+        for (j, was) in jobs.iter().zip(&before) {
+            let now = owner(&m, j, &none).unwrap();
+            assert_ne!(now, "w1", "{j} stays on a worker whose clock is off");
+            if was == "w3" {
+                assert_eq!(now, "w3");
+            }
+        }
+        for w in ["w2", "w3"] {
+            m.get_mut(w).unwrap().clock_skewed = true;
+        }
+        m.get_mut("w2").unwrap().at_capacity = false;
+        for (j, was) in jobs.iter().zip(&before) {
+            assert_eq!(owner(&m, j, &none).unwrap(), was, "every clock is off: {j} stays put");
+        }
+        let mut r: BTreeMap<_, _> = [member("a", &[]), member("b", &[])].into();
+        for w in r.values_mut() {
+            w.dispatch = Dispatch::Race;
+        }
+        r.get_mut("a").unwrap().clock_skewed = true;
+        assert!(!schedules(&r, "a", Dispatch::Race, "j", &none));
+        assert!(schedules(&r, "b", Dispatch::Race, "j", &none));
     }
 
     #[test]

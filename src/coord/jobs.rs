@@ -1,23 +1,52 @@
 //! The jobs store: `jobs/{name}` keys holding `StoredJob` JSON.
 
-use super::{Coord, CoordError, decode, encode, now_ms, prefix_end};
+use super::{Coord, CoordError, encode, now_ms, prefix_end};
 use crate::model::{JobSpec, StoredJob, validate_name};
+use crate::telemetry::events::BadValueSkipped;
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+
+/// What `jobs/{name}` holds.
+enum Stored {
+    Absent,
+    Job(Box<StoredJob>),
+    /// Not a readable job named `name` (garbage, or a job whose `name` differs from its key),
+    /// at this mod revision.
+    Unreadable {
+        revision: i64,
+        message: String,
+    },
+}
+
+/// Decodes the value of `jobs/{name}`; the job inside must carry the key's name.
+fn decode_job(name: &str, value: &[u8], revision: i64) -> Result<StoredJob, String> {
+    let mut job: StoredJob = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+    if job.spec.name != name {
+        return Err(format!("its name field {:?} differs from its key", job.spec.name));
+    }
+    job.revision = revision;
+    Ok(job)
+}
 
 impl Coord {
     /// Creates or replaces a job after validating it. Keeps `created_at` of an existing job;
     /// optimistic concurrency (compare on the mod revision read) so two writers cannot interleave.
     pub async fn put_job(&self, spec: JobSpec) -> Result<StoredJob, CoordError> {
         spec.validate()?;
+        crate::model::validate_new_name(&spec.name)?;
         for _ in 0..5 {
-            let existing = self.get_job(&spec.name).await?;
+            // an unreadable value is replaced (its creation time is lost with it)
+            let existing = self.read_job(&spec.name).await?;
             let now = now_ms();
             let (created_at, cmp) = match &existing {
-                Some(j) => (
+                Stored::Job(j) => (
                     j.created_at,
                     Compare::mod_revision(self.keys.job(&spec.name), CompareOp::Equal, j.revision),
                 ),
-                None => (
+                Stored::Unreadable { revision, .. } => (
+                    now,
+                    Compare::mod_revision(self.keys.job(&spec.name), CompareOp::Equal, *revision),
+                ),
+                Stored::Absent => (
                     now,
                     Compare::create_revision(self.keys.job(&spec.name), CompareOp::Equal, 0),
                 ),
@@ -50,6 +79,7 @@ impl Coord {
     pub async fn create_jobs(&self, specs: &[JobSpec]) -> Result<usize, CoordError> {
         for spec in specs {
             spec.validate()?;
+            crate::model::validate_new_name(&spec.name)?;
         }
         let mut created = 0;
         for chunk in specs.chunks(100) {
@@ -81,27 +111,40 @@ impl Coord {
         Ok(created)
     }
 
-    /// Reads one job.
+    /// Reads one job. A value that is not this job (garbage written into etcd, or a job whose
+    /// `name` differs from its key) is `Unreadable`: never served under another name.
     pub async fn get_job(&self, name: &str) -> Result<Option<StoredJob>, CoordError> {
-        validate_name(name)?;
-        let key = self.keys.job(name);
-        let k = key.clone();
-        let resp = self.call("get", |mut c| async move { c.get(k, None).await }).await?;
-        match resp.kvs().first() {
-            None => Ok(None),
-            Some(kv) => {
-                let mut job: StoredJob = decode(&key, kv.value())?;
-                job.revision = kv.mod_revision();
-                Ok(Some(job))
-            }
+        match self.read_job(name).await? {
+            Stored::Absent => Ok(None),
+            Stored::Job(j) => Ok(Some(*j)),
+            Stored::Unreadable { message, .. } => Err(CoordError::Unreadable {
+                name: name.to_string(),
+                message,
+            }),
         }
     }
 
-    /// Lists every job and the revision of the read. Entries that do not decode are returned as
-    /// errors beside the good ones, so one bad key does not hide the rest.
+    async fn read_job(&self, name: &str) -> Result<Stored, CoordError> {
+        validate_name(name)?;
+        let key = self.keys.job(name);
+        let resp = self.call("get", |mut c| async move { c.get(key, None).await }).await?;
+        Ok(match resp.kvs().first() {
+            None => Stored::Absent,
+            Some(kv) => match decode_job(name, kv.value(), kv.mod_revision()) {
+                Ok(j) => Stored::Job(Box::new(j)),
+                Err(message) => Stored::Unreadable {
+                    revision: kv.mod_revision(),
+                    message,
+                },
+            },
+        })
+    }
+
+    /// Lists every job and the revision of the read. Entries that are not readable jobs are
+    /// skipped (logged and counted), so one bad key does not hide the rest.
     pub async fn list_jobs(&self) -> Result<(Vec<StoredJob>, i64), CoordError> {
         let (kvs, rev) = self.get_prefix_snapshot(&self.keys.jobs()).await?;
-        Ok((decode_jobs(&kvs), rev))
+        Ok((self.decode_jobs(&kvs), rev))
     }
 
     /// One range of jobs in name order: names after `after` (exclusive) that start with
@@ -134,7 +177,7 @@ impl Coord {
             .call("get", |mut c| async move { c.get(start, Some(opts)).await })
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let jobs = decode_jobs(resp.kvs());
+        let jobs = self.decode_jobs(resp.kvs());
         Ok((jobs, resp.more(), rev))
     }
 
@@ -163,19 +206,26 @@ impl Coord {
     }
 }
 
-/// The jobs among `kvs`; one that does not decode is logged and skipped, so one bad key does not
-/// hide the rest.
-fn decode_jobs(kvs: &[etcd_client::KeyValue]) -> Vec<StoredJob> {
-    let mut jobs = Vec::with_capacity(kvs.len());
-    for kv in kvs {
-        let key = String::from_utf8_lossy(kv.key()).to_string();
-        match decode::<StoredJob>(&key, kv.value()) {
-            Ok(mut j) => {
-                j.revision = kv.mod_revision();
-                jobs.push(j);
+impl Coord {
+    /// The jobs among `kvs`; a value that is not the job its key names is logged, counted
+    /// (`cronmesh_bad_values_total{watch="jobs"}`) and skipped, so one bad key does not hide the
+    /// rest.
+    fn decode_jobs(&self, kvs: &[etcd_client::KeyValue]) -> Vec<StoredJob> {
+        let prefix = self.keys.jobs();
+        let mut jobs = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            let key = String::from_utf8_lossy(kv.key()).to_string();
+            let name = key.strip_prefix(&prefix).unwrap_or(&key);
+            match decode_job(name, kv.value(), kv.mod_revision()) {
+                Ok(j) => jobs.push(j),
+                Err(error) => BadValueSkipped {
+                    watch: "jobs",
+                    key: &key,
+                    error: &error,
+                }
+                .emit(),
             }
-            Err(e) => tracing::warn!(error = %e, "skipping undecodable job"),
         }
+        jobs
     }
-    jobs
 }

@@ -215,10 +215,15 @@ impl Coord {
                 c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await
             })
             .await?;
-        resp.kvs()
-            .iter()
-            .map(|kv| super::decode(&String::from_utf8_lossy(kv.key()), kv.value()))
-            .collect()
+        Ok(resp.kvs().iter().filter_map(|kv| self.decode_worker(kv)).collect())
+    }
+
+    /// A registration under `workers/`; one that does not decode, or whose id is not its key's,
+    /// is logged, counted and skipped (as the workers' own watch does).
+    fn decode_worker(&self, kv: &etcd_client::KeyValue) -> Option<crate::model::WorkerInfo> {
+        let key = String::from_utf8_lossy(kv.key());
+        let id = key.strip_prefix(&self.keys.workers()).unwrap_or(&key);
+        super::watch::decode_member(id, kv.value())
     }
 }
 
@@ -236,7 +241,7 @@ impl Coord {
             .await?;
         let mut out = Vec::new();
         for kv in resp.kvs() {
-            let info: crate::model::WorkerInfo = super::decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
+            let Some(info) = self.decode_worker(kv) else { continue };
             let lease = kv.lease();
             let hb = match self
                 .call(

@@ -57,6 +57,9 @@ pub enum CoordError {
     Invalid(#[from] ValidationError),
     #[error("value at {key} is not valid JSON for its type: {message}; fix or delete the key")]
     Decode { key: String, message: String },
+    /// `jobs/{name}` holds something that is not that job (garbage, or another name).
+    #[error("job {name:?} in etcd is unreadable: {message}")]
+    Unreadable { name: String, message: String },
 }
 
 /// Builds every key; the only place that knows the layout.

@@ -2,15 +2,16 @@
 //! authorise, translate, call `coord` or `logstore`, and map errors through `ApiError`.
 
 use super::AppState;
-use super::auth::{AuthError, Need};
+use super::auth::{AuthError, Caller, Need};
 use super::error::ApiError;
+use super::json::StrictJson;
 use crate::coord::now_ms;
 use crate::logstore::RunQuery;
 use crate::model::{
     JobSpec, KillSignal, ReportBatch, RunRecord, RunStarted, RunStatus, StoredJob, WorkerInfo, validate_name,
 };
 use crate::schedule::{DstRule, MAX_PREVIEW, Schedule, ScheduleError};
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -39,6 +40,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/schedules/preview"),
     ("post", "/api/v1/reports"),
     ("get", "/api/v1/events"),
+    ("get", "/api/v1/time"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -62,20 +64,21 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/schedules/preview", post(preview_schedule))
         .route("/api/v1/reports", post(report))
         .route("/api/v1/events", get(super::feed::events))
+        .route("/api/v1/time", get(time))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
 }
 
-/// Checks the bearer token against what the route needs.
-pub fn authorize(state: &AppState, headers: &HeaderMap, need: Need) -> Result<(), ApiError> {
+/// Checks the bearer token against what the route needs; says who is calling.
+pub fn authorize(state: &AppState, headers: &HeaderMap, need: Need) -> Result<Caller, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     match state.auth.check(token, need) {
-        Ok(_) => Ok(()),
+        Ok(caller) => Ok(caller),
         Err(AuthError::Unauthenticated) => Err(ApiError::Unauthorized),
         Err(AuthError::Forbidden { name, need }) => Err(ApiError::Forbidden(format!(
             "token {name:?} may not do this (it needs the {} role)",
@@ -295,12 +298,12 @@ async fn put_job(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
-    body: Result<Json<serde_json::Value>, JsonRejection>,
+    body: Result<StrictJson, ApiError>,
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Need::Admin)?;
     let Path(name) = name?;
-    valid_name(&name)?;
-    let Json(mut value) = body?;
+    crate::model::validate_new_name(&name).map_err(|e| ApiError::bad_field("name", e.to_string()))?;
+    let StrictJson(mut value) = body?;
     let obj = value
         .as_object_mut()
         .ok_or_else(|| ApiError::bad("invalid_body", "the body must be a JSON object (a job spec)"))?;
@@ -332,7 +335,12 @@ async fn put_job(
             None => ApiError::bad("invalid_body", message),
         }
     })?;
-    let existed = st.coord.get_job(&name).await?.is_some();
+    let existed = match st.coord.get_job(&name).await {
+        Ok(j) => j.is_some(),
+        // an unreadable value is replaced
+        Err(crate::coord::CoordError::Unreadable { .. }) => true,
+        Err(e) => return Err(e.into()),
+    };
     let stored = st.coord.put_job(spec).await?;
     tracing::info!(job = %name, revision = stored.revision, created = !existed, "job saved through the API");
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
@@ -398,7 +406,15 @@ async fn kill_job(
     let body: KillBody = if body.iter().all(u8::is_ascii_whitespace) {
         KillBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad("invalid_body", e.to_string()))?
+        let value = super::json::parse(&body).map_err(|e| match e {
+            ApiError::BadRequest { code, message, field } if code == "malformed_json" => ApiError::BadRequest {
+                code: "invalid_body".into(),
+                message,
+                field,
+            },
+            other => other,
+        })?;
+        serde_json::from_value(value).map_err(|e| ApiError::bad("invalid_body", e.to_string()))?
     };
     if st.coord.get_job(&name).await?.is_none() {
         return Err(ApiError::NotFound(format!("job {name:?} not found")));
@@ -559,12 +575,11 @@ pub async fn workers_view(st: &AppState) -> Result<Vec<WorkerView>, ApiError> {
             .filter(|j| !j.spec.paused)
             .map(|j| (j.spec.name.as_str(), &j.spec.selector)),
     );
-    let running = st.ingest.running();
     Ok(workers
         .iter()
         .map(|(w, hb)| WorkerView {
             owned_jobs: owned.get(w.id.as_str()).copied().unwrap_or(0),
-            running: running.iter().filter(|r| r.worker == w.id).cloned().collect(),
+            running: st.ingest.running_of(&w.id),
             last_heartbeat: *hb,
             info: w.clone(),
         })
@@ -574,10 +589,39 @@ pub async fn workers_view(st: &AppState) -> Result<Vec<WorkerView>, ApiError> {
 async fn report(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Json<ReportBatch>, JsonRejection>,
+    body: Result<StrictJson, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&st, &headers, Need::Report)?;
-    let Json(batch) = body?;
+    let caller = authorize(&st, &headers, Need::Report)?;
+    let StrictJson(value) = body?;
+    let batch: ReportBatch = serde_path_to_error::deserialize(value).map_err(|e| {
+        ApiError::bad(
+            "invalid_body",
+            format!(
+                "{}: {} (a report is {{\"started\": [...], \"finished\": [...]}})",
+                e.path(),
+                e.inner()
+            ),
+        )
+    })?;
+    let refused = super::reports::check(&batch, &caller, &st.known, &st.coord, |w| st.ingest.running_count(w)).await;
+    if let Some(first) = refused.first() {
+        crate::telemetry::events::ReportsRefused {
+            token: &caller.name,
+            reasons: refused.iter().map(|r| r.reason).collect(),
+            first: (&first.run_id, &first.message),
+        }
+        .emit();
+        return Err(ApiError::RefusedEvents {
+            message: format!(
+                "{} of {} events refused ({}: {}); nothing was stored: send the others again without them",
+                refused.len(),
+                batch.started.len() + batch.finished.len(),
+                first.reason,
+                first.message
+            ),
+            refused: serde_json::to_value(&refused).expect("serializes"),
+        });
+    }
     let out = st.ingest.ingest(batch).await?;
     Ok(Json(
         serde_json::json!({ "inserted": out.inserted, "duplicates": out.duplicates }),
@@ -626,10 +670,10 @@ pub struct Preview {
 async fn preview_schedule(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Json<serde_json::Value>, JsonRejection>,
+    body: Result<StrictJson, ApiError>,
 ) -> Result<Json<Preview>, ApiError> {
     authorize(&st, &headers, Need::Read)?;
-    let Json(value) = body?;
+    let StrictJson(value) = body?;
     if !value.is_object() {
         return Err(ApiError::bad(
             "invalid_body",
@@ -707,6 +751,12 @@ fn preview(b: PreviewBody, now: i64) -> Result<Preview, ApiError> {
         timezone,
         from: from_text,
     })
+}
+
+/// This master's clock, for workers to measure their own against (no token: the time is no
+/// secret, and a worker must be able to check it whatever its token).
+async fn time(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "now_ms": now_ms(), "master": st.config.master.id }))
 }
 
 async fn openapi() -> Response {

@@ -95,7 +95,13 @@ async fn save(
         async {
             authorize(&st, &headers, Need::Admin)?;
             let Form(f) = form.map_err(|e| ApiError::bad("invalid_form", e.body_text()))?;
-            let seed: SeedJob = serde_json::from_str(&f.job)
+            let value = super::json::parse(f.job.as_bytes()).map_err(|e| match e {
+                ApiError::BadRequest { message, .. } => {
+                    ApiError::bad("invalid_job", format!("job is not the seed's job JSON: {message}"))
+                }
+                other => other,
+            })?;
+            let seed: SeedJob = serde_json::from_value(value)
                 .map_err(|e| ApiError::bad("invalid_job", format!("job is not the seed's job JSON: {e}")))?;
             let mut spec = match st.coord.get_job(&seed.name).await {
                 Ok(Some(existing)) => existing.spec,

@@ -21,9 +21,22 @@ pub enum ApiError {
     Unauthorized,
     Forbidden(String),
     NotFound(String),
-    Conflict(String),
+    /// 409, with a code (`conflict`, `unreadable_job`).
+    Conflict {
+        code: String,
+        message: String,
+    },
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
+    /// 422: some reported run events are refused; `refused` lists each with its reason.
+    RefusedEvents {
+        message: String,
+        refused: serde_json::Value,
+    },
+    /// 429: too many failed authentications from this client address.
+    TooManyRequests {
+        retry_after: std::time::Duration,
+    },
     Unavailable(String),
     Internal(String),
 }
@@ -56,11 +69,22 @@ impl ApiError {
             ),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
+            ApiError::Conflict { code, message } => (StatusCode::CONFLICT, code, message.clone()),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m.clone()),
             ApiError::UnsupportedMediaType(m) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", m.clone())
             }
+            ApiError::RefusedEvents { message, .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "refused_events", message.clone())
+            }
+            ApiError::TooManyRequests { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failed_authentications",
+                format!(
+                    "too many failed authentications from this address; try again in {} s with a valid token",
+                    retry_secs(*retry_after)
+                ),
+            ),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone()),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -81,6 +105,9 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest { field: Some(f), .. } => {
                 Json(serde_json::json!({ "error": { "code": code, "message": message, "field": f } }))
             }
+            ApiError::RefusedEvents { refused, .. } => {
+                Json(serde_json::json!({ "error": { "code": code, "message": message }, "refused": refused }))
+            }
             _ => Json(serde_json::json!({ "error": { "code": code, "message": message } })),
         };
         let mut resp = (status, body).into_response();
@@ -88,8 +115,17 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
+        if let ApiError::TooManyRequests { retry_after } = &self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_secs(*retry_after)));
+        }
         resp
     }
+}
+
+/// Whole seconds to wait, at least 1 (`Retry-After` takes seconds).
+fn retry_secs(d: std::time::Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
 }
 
 impl From<CoordError> for ApiError {
@@ -97,7 +133,16 @@ impl From<CoordError> for ApiError {
         match e {
             CoordError::Invalid(v) => ApiError::bad_field(v.field, v.to_string()),
             CoordError::NotFound(name) => ApiError::NotFound(format!("job {name:?} not found")),
-            CoordError::Conflict(m) => ApiError::Conflict(m),
+            CoordError::Unreadable { name, message } => ApiError::Conflict {
+                code: "unreadable_job".into(),
+                message: format!(
+                    "job {name:?} is stored in etcd but cannot be read ({message}); replace it with PUT or remove it with DELETE"
+                ),
+            },
+            CoordError::Conflict(m) => ApiError::Conflict {
+                code: "conflict".into(),
+                message: m,
+            },
             e @ (CoordError::Etcd { .. } | CoordError::Timeout { .. }) => ApiError::Unavailable(e.to_string()),
             e @ CoordError::Decode { .. } => ApiError::Internal(e.to_string()),
         }

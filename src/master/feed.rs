@@ -107,6 +107,9 @@ impl Cursor {
         }
     }
 }
+/// Largest message (and frame) a subscriber may send: the feed only takes `{"type":"ping"}`.
+/// Larger ones close the connection with 1009 (message too big) before they are buffered.
+pub const MAX_CLIENT_MESSAGE: usize = 4096;
 
 /// One feed message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -404,6 +407,7 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
             Some(ev) = jobs.events.recv() => match ev {
                 JobEvent::Reset { jobs: all, revision } => {
                     let now: HashMap<String, i64> = all.iter().map(|j| (j.name().to_string(), j.revision())).collect();
+                    st.known.listed(all.iter().map(|j| j.name()), now_ms());
                     changed_meaning.listed(all.iter().map(|j| (j.name(), schedule_of(j))));
                     if jobs_synced {
                         // a re-list after a compaction or a broken stream: publish the
@@ -426,11 +430,13 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                 }
                 JobEvent::Saved(j) => {
                     known_jobs.insert(j.name().to_string(), j.revision());
+                    st.known.saved(j.name());
                     changed_meaning.saved(j.name(), schedule_of(&j));
                     publish_job(&st, j);
                 }
                 JobEvent::Deleted { name, revision } => {
                     known_jobs.remove(&name);
+                    st.known.deleted(&name, now_ms());
                     changed_meaning.deleted(&name);
                     st.feed.publish(FeedEvent::JobDeleted { ts: now_ms(), revision, name });
                 }
@@ -438,11 +444,13 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
             Some(ev) = workers.events.recv() => match ev {
                 MemberEvent::Reset(all) => {
                     let now: HashSet<String> = all.iter().map(|w| w.id.clone()).collect();
+                    st.known.workers_listed(now.iter().map(String::as_str));
                     if workers_synced {
                         for w in all.into_iter().filter(|w| !known_workers.contains(&w.id)) {
                             st.feed.publish(FeedEvent::WorkerJoined { ts: now_ms(), worker: Box::new(w) });
                         }
                         for gone in known_workers.difference(&now) {
+                            st.ingest.forget_worker(gone);
                             st.feed.publish(FeedEvent::WorkerLeft { ts: now_ms(), id: gone.clone() });
                         }
                     }
@@ -450,11 +458,14 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                     workers_synced = true;
                 }
                 MemberEvent::Up(w) => {
+                    st.known.worker_up(&w.id);
                     if known_workers.insert(w.id.clone()) {
                         st.feed.publish(FeedEvent::WorkerJoined { ts: now_ms(), worker: Box::new(w) });
                     }
                 }
                 MemberEvent::Left(id) => {
+                    st.known.worker_left(&id);
+                    st.ingest.forget_worker(&id);
                     if known_workers.remove(&id) {
                         st.feed.publish(FeedEvent::WorkerLeft { ts: now_ms(), id });
                     }
@@ -621,7 +632,9 @@ pub async fn events(
     };
     let ws = ws
         .map_err(|e| ApiError::bad("not_a_websocket", format!("{e}; connect with a WebSocket client")))?
-        .protocols([PROTOCOL]);
+        .protocols([PROTOCOL])
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE);
     Ok(ws.on_upgrade(move |socket| subscriber(socket, st, filter, resume)))
 }
 
@@ -771,7 +784,15 @@ async fn subscriber(socket: WebSocket, st: Arc<AppState>, filter: Filter, resume
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             msg = stream.next() => match msg {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Err(e)) => {
+                    if too_big(e) {
+                        debug!("feed subscriber sent a message over {MAX_CLIENT_MESSAGE} bytes; closing with 1009");
+                        let reason = format!("messages to the feed are at most {MAX_CLIENT_MESSAGE} bytes");
+                        let _ = send(&mut sink, Message::Close(Some(CloseFrame { code: 1009, reason: reason.into() }))).await;
+                    }
+                    break;
+                }
+                None | Some(Ok(Message::Close(_))) => break,
                 Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
                 Some(Ok(Message::Ping(_))) => {}
                 Some(Ok(Message::Text(t))) => {
@@ -802,6 +823,15 @@ async fn subscriber(socket: WebSocket, st: Arc<AppState>, filter: Filter, resume
             }
         }
     }
+}
+
+/// Whether a read failed because the subscriber's message was over the limit.
+fn too_big(e: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    matches!(
+        e.into_inner().downcast_ref::<Error>(),
+        Some(Error::Capacity(CapacityError::MessageTooLong { .. }))
+    )
 }
 
 /// Replays job events from `from` up to now; returns the revision replayed up to (None: the

@@ -8,9 +8,11 @@ pub mod auth;
 pub mod compat;
 pub mod error;
 pub mod feed;
+pub mod json;
 pub mod last_runs;
 pub mod ledger;
 pub mod meaning;
+pub mod reports;
 pub mod stats;
 pub mod ticks;
 pub mod web;
@@ -31,8 +33,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Most in-progress runs remembered (from run-started notices) for the workers view.
+/// Most in-progress runs remembered (from run-started notices) for the workers view, all
+/// workers together (`reports::MAX_RUNNING_PER_WORKER` bounds each one).
 const MAX_RUNNING: usize = 100_000;
+
+/// Runs in progress by worker, then by run id.
+#[derive(Default)]
+struct Running {
+    by_worker: HashMap<String, HashMap<String, RunStarted>>,
+    total: usize,
+}
 
 /// Run-log ingest: stores run-started markers and finished records (idempotently). The feed's
 /// run events come back from the store (`feed::run_tail`), which also keeps `running` and
@@ -41,7 +51,7 @@ pub struct Ingest {
     store: Arc<dyn LogStore>,
     /// Each job's newest record, for the job views (see `last_runs`).
     pub last_runs: last_runs::LastRuns,
-    running: Mutex<HashMap<String, RunStarted>>,
+    running: Mutex<Running>,
     relay: Option<Relay>,
 }
 
@@ -60,7 +70,7 @@ impl Ingest {
         Ingest {
             store,
             last_runs: last_runs::LastRuns::default(),
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::new(Running::default()),
             relay: relay.map(|(coord, master)| Relay {
                 coord,
                 master,
@@ -125,14 +135,29 @@ impl Ingest {
     pub fn observe(&self, event: &crate::logstore::RunEvent) {
         use crate::logstore::RunEvent;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let Running { by_worker, total } = &mut *running;
         match event {
             RunEvent::Started(s) => {
-                if running.len() < MAX_RUNNING {
-                    running.insert(s.run_id.clone(), s.clone());
+                if *total < MAX_RUNNING {
+                    let mine = by_worker.entry(s.worker.clone()).or_default();
+                    if mine.insert(s.run_id.clone(), s.clone()).is_none() {
+                        *total += 1;
+                    }
                 }
             }
             RunEvent::Finished(r) => {
-                running.remove(&r.run_id);
+                let emptied = match by_worker.get_mut(&r.worker) {
+                    Some(mine) => {
+                        if mine.remove(&r.run_id).is_some() {
+                            *total -= 1;
+                        }
+                        mine.is_empty()
+                    }
+                    None => false,
+                };
+                if emptied {
+                    by_worker.remove(&r.worker);
+                }
                 drop(running);
                 self.last_runs.observe(r);
             }
@@ -144,9 +169,40 @@ impl Ingest {
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .by_worker
             .values()
-            .cloned()
+            .flat_map(|m| m.values().cloned())
             .collect()
+    }
+
+    /// Runs `worker` reported as started and not yet finished.
+    pub fn running_of(&self, worker: &str) -> Vec<RunStarted> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_worker
+            .get(worker)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many runs of `worker` are in progress.
+    pub fn running_count(&self, worker: &str) -> usize {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_worker
+            .get(worker)
+            .map_or(0, HashMap::len)
+    }
+
+    /// A worker left the cluster: its runs in progress are forgotten (its records, or `lost`
+    /// records from the worker that takes its jobs over, settle them in the store).
+    pub fn forget_worker(&self, worker: &str) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mine) = running.by_worker.remove(worker) {
+            running.total -= mine.len();
+        }
     }
 }
 
@@ -171,6 +227,10 @@ pub struct AppState {
     pub feed: feed::Feed,
     /// Each job's runs over the last 24 hours, for the job views.
     pub stats: stats::DayStats,
+    /// The jobs that exist (and were deleted lately) and the live workers, for checking reports.
+    pub known: reports::Known,
+    /// Failed authentications per client address.
+    pub throttle: auth::FailureThrottle,
     /// Cancelled when the master stops: feed connections close with code 1001.
     pub shutdown: CancellationToken,
 }
@@ -186,6 +246,8 @@ impl AppState {
             )),
             feed,
             stats: stats::DayStats::default(),
+            known: reports::Known::default(),
+            throttle: auth::FailureThrottle::default(),
             shutdown: CancellationToken::new(),
             config,
             coord,
@@ -209,6 +271,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(|| async {
             error::ApiError::NotFound("no such route; the API is described at /api/v1/openapi.json".into())
         })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(m.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -216,6 +279,46 @@ pub fn app(state: Arc<AppState>) -> Router {
             m.request_timeout,
         ))
         .with_state(state)
+}
+
+/// Throttles failed authentications per client address (a 401 beyond the budget becomes 429
+/// with `Retry-After`), and sets the headers every answer carries: `X-Content-Type-Options:
+/// nosniff`, and `Cache-Control: no-store` unless the route chose (the web page's assets
+/// revalidate with ETags).
+async fn guard(axum::extract::State(st): axum::extract::State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let mut resp = next.run(req).await;
+    if resp.status() == axum::http::StatusCode::UNAUTHORIZED
+        && let Some(ip) = peer
+    {
+        let verdict = st.throttle.failed(ip, Instant::now());
+        crate::telemetry::events::AuthFailed {
+            source: ip,
+            verdict: match verdict {
+                auth::Verdict::Allowed => None,
+                auth::Verdict::Throttled { retry_after, first } => Some((retry_after, first)),
+            },
+        }
+        .emit();
+        if let auth::Verdict::Throttled { retry_after, .. } = verdict {
+            resp = axum::response::IntoResponse::into_response(error::ApiError::TooManyRequests { retry_after });
+        }
+    }
+    let h = resp.headers_mut();
+    h.insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    if !h.contains_key(axum::http::header::CACHE_CONTROL) {
+        h.insert(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
+    }
+    resp
 }
 
 /// Counts every request by route, method and status, and times it.
@@ -289,14 +392,18 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
     });
     let runs = tokio::spawn(feed::run_tail(state.clone(), state.shutdown.clone()));
     let feed_stop = state.shutdown.clone();
-    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown({
-        let s = shutdown.clone();
-        async move {
-            s.cancelled().await;
-            // feed connections close now (code 1001), so the server can finish
-            feed_stop.cancel();
-        }
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        // feed connections close now (code 1001), so the server can finish
+        feed_stop.cancel();
     });
+    let limits = crate::telemetry::http::HttpLimits {
+        header_read_timeout: m.header_read_timeout,
+        max_connections: m.max_connections,
+    }
+    .within_fd_limit(256);
+    let server = crate::telemetry::http::serve(listener, app(state.clone()), limits, shutdown.clone());
     let res = server.await;
     state.shutdown.cancel();
     let _ = sources.await;

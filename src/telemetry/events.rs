@@ -161,49 +161,6 @@ impl BadValueSkipped<'_> {
     }
 }
 
-/// The master's run-event stream (run log → feed) is opened again.
-pub struct RunStreamRestarted<'a> {
-    pub reason: &'static str,
-    pub detail: &'a str,
-}
-impl RunStreamRestarted<'_> {
-    pub fn emit(self) {
-        METRICS.feed_run_stream_restarts.with_label_values(&[self.reason]).inc();
-        if self.reason == "history_lost" {
-            error!(
-                reason = self.reason,
-                detail = self.detail,
-                "the feed's run-event stream cannot resume (its position is gone from the run log); starting from now and telling subscribers to read runs again"
-            );
-        } else {
-            warn!(
-                reason = self.reason,
-                detail = self.detail,
-                "the feed's run-event stream broke; resuming from its last position (no run event is lost)"
-            );
-        }
-    }
-}
-
-/// A feed subscriber resumed from a cursor (one line and count per part).
-pub struct FeedResumed {
-    pub part: &'static str,
-    pub outcome: &'static str,
-}
-impl FeedResumed {
-    pub fn emit(self) {
-        METRICS.feed_resumes.with_label_values(&[self.part, self.outcome]).inc();
-        if self.outcome == "failed" {
-            info!(
-                part = self.part,
-                "a feed subscriber's cursor could not be replayed; it was told resume_failed"
-            );
-        } else {
-            debug!(part = self.part, "a feed subscriber resumed from its cursor");
-        }
-    }
-}
-
 /// A watch re-listed its prefix.
 pub struct WatchRestarted<'a> {
     pub watch: &'static str,
@@ -292,6 +249,170 @@ impl ScheduleMeaningChanged<'_> {
             advice = self.advice,
             "a stored job's schedule changed meaning with the crontab(5) day rule; rewrite it as advised to keep the old meaning"
         );
+    }
+}
+
+/// The HTTP server closed a connection on its own.
+pub struct HttpConnectionClosed {
+    /// `limit` or `header_timeout`.
+    pub reason: &'static str,
+}
+impl HttpConnectionClosed {
+    pub fn emit(self) {
+        METRICS.http_connections_closed.with_label_values(&[self.reason]).inc();
+        debug!(reason = self.reason, "HTTP connection closed by the server");
+    }
+}
+
+/// The HTTP server reached its connection cap (logged once per spell).
+pub struct HttpConnectionsAtLimit {
+    pub limit: usize,
+}
+impl HttpConnectionsAtLimit {
+    pub fn emit(self) {
+        warn!(
+            limit = self.limit,
+            "HTTP connection cap reached: further connections get 503 until some close (slow or idle ones close after header_read_timeout)"
+        );
+    }
+}
+
+/// A request came without a valid token.
+pub struct AuthFailed {
+    pub source: std::net::IpAddr,
+    /// `Some((retry_after, first))` when the address is over its budget (answered 429); the first
+    /// refusal of a spell is logged.
+    pub verdict: Option<(Duration, bool)>,
+}
+impl AuthFailed {
+    pub fn emit(self) {
+        match self.verdict {
+            None => METRICS.auth_failures.with_label_values(&["unauthorized"]).inc(),
+            Some((retry_after, first)) => {
+                METRICS.auth_failures.with_label_values(&["throttled"]).inc();
+                if first {
+                    warn!(
+                        source = %self.source,
+                        retry_after_s = retry_after.as_secs_f64().ceil() as u64,
+                        "too many failed authentications from this address: answering 429 to its requests without a valid token"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A master refused reported run events (422).
+pub struct ReportsRefused<'a> {
+    /// The token's name (never the token).
+    pub token: &'a str,
+    /// The reason of each refused event.
+    pub reasons: Vec<&'static str>,
+    /// The first refused event: run id and what is wrong.
+    pub first: (&'a str, &'a str),
+}
+impl ReportsRefused<'_> {
+    pub fn emit(self) {
+        for r in &self.reasons {
+            METRICS.reports_refused.with_label_values(&[r]).inc();
+        }
+        warn!(
+            token = self.token,
+            refused = self.reasons.len(),
+            reason = self.reasons.first().copied().unwrap_or_default(),
+            run_id = self.first.0,
+            detail = self.first.1,
+            "reported run events refused; nothing of the batch was stored"
+        );
+    }
+}
+
+/// A worker dropped a run event its master refused as invalid.
+pub struct ReportEventDropped<'a> {
+    pub kind: &'a str,
+    pub run_id: &'a str,
+    pub reason: &'a str,
+    pub message: &'a str,
+}
+impl ReportEventDropped<'_> {
+    pub fn emit(self) {
+        METRICS.report_events_dropped.inc();
+        error!(
+            kind = self.kind,
+            run_id = self.run_id,
+            reason = self.reason,
+            detail = self.message,
+            "a master refused this run event as invalid; dropped (resending cannot help)"
+        );
+    }
+}
+
+/// The worker's clock offset against the masters crossed `worker.max_clock_skew` (either way).
+pub struct ClockSkewChanged {
+    pub offset_ms: i64,
+    pub limit_ms: i64,
+    /// true: now beyond the limit.
+    pub beyond: bool,
+}
+impl ClockSkewChanged {
+    pub fn emit(self) {
+        METRICS.clock_skew_exceeded.set(i64::from(self.beyond));
+        if self.beyond {
+            error!(
+                offset_ms = self.offset_ms,
+                limit_ms = self.limit_ms,
+                "this worker's clock is off from the masters' by more than worker.max_clock_skew: it stops claiming ticks (its jobs move to workers whose clocks are right) and reports not ready; fix its time sync (chrony, systemd-timesyncd)"
+            );
+        } else {
+            info!(
+                offset_ms = self.offset_ms,
+                limit_ms = self.limit_ms,
+                "this worker's clock agrees with the masters' again: claiming ticks"
+            );
+        }
+    }
+}
+
+/// The master's run-event stream (run log → feed) is opened again.
+pub struct RunStreamRestarted<'a> {
+    pub reason: &'static str,
+    pub detail: &'a str,
+}
+impl RunStreamRestarted<'_> {
+    pub fn emit(self) {
+        METRICS.feed_run_stream_restarts.with_label_values(&[self.reason]).inc();
+        if self.reason == "history_lost" {
+            error!(
+                reason = self.reason,
+                detail = self.detail,
+                "the feed's run-event stream cannot resume (its position is gone from the run log); starting from now and telling subscribers to read runs again"
+            );
+        } else {
+            warn!(
+                reason = self.reason,
+                detail = self.detail,
+                "the feed's run-event stream broke; resuming from its last position (no run event is lost)"
+            );
+        }
+    }
+}
+
+/// A feed subscriber resumed from a cursor (one line and count per part).
+pub struct FeedResumed {
+    pub part: &'static str,
+    pub outcome: &'static str,
+}
+impl FeedResumed {
+    pub fn emit(self) {
+        METRICS.feed_resumes.with_label_values(&[self.part, self.outcome]).inc();
+        if self.outcome == "failed" {
+            info!(
+                part = self.part,
+                "a feed subscriber's cursor could not be replayed; it was told resume_failed"
+            );
+        } else {
+            debug!(part = self.part, "a feed subscriber resumed from its cursor");
+        }
     }
 }
 

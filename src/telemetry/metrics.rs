@@ -4,8 +4,8 @@
 //! Cardinality: no metric has a per-job label; jobs are counted, not labelled.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -50,9 +50,9 @@ fn gauge(name: &str, help: &str) -> IntGauge {
     REGISTRY.register(Box::new(g.clone())).expect("metric registered once");
     g
 }
-fn float_gauge(name: &str, help: &str) -> prometheus::Gauge {
+fn float_gauge(name: &str, help: &str) -> Gauge {
     note(name);
-    let g = prometheus::Gauge::new(name, help).expect("valid metric");
+    let g = Gauge::new(name, help).expect("valid metric");
     REGISTRY.register(Box::new(g.clone())).expect("metric registered once");
     g
 }
@@ -139,6 +139,13 @@ pub struct Metrics {
     pub jobs_day_rule_changed: IntGauge,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
+    pub http_connections: IntGauge,
+    pub http_connections_closed: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub reports_refused: IntCounterVec,
+    pub report_events_dropped: IntCounter,
+    pub clock_offset: Gauge,
+    pub clock_skew_exceeded: IntGauge,
     pub feed_subscribers: IntGauge,
     pub feed_events: IntCounterVec,
     pub feed_lagged: IntCounter,
@@ -335,6 +342,37 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["route"],
             rpc_buckets(),
         ),
+        http_connections: gauge(
+            "cronmesh_http_connections",
+            "HTTP connections open on this process' listener (a WebSocket leaves the count once upgraded).",
+        ),
+        http_connections_closed: counter_vec(
+            "cronmesh_http_connections_closed_total",
+            "HTTP connections the server closed on its own, by reason: evicted (the cap was reached and it had been waiting longest for a request), limit (the cap was reached and every connection was busy: answered 503), header_timeout (headers not sent within header_read_timeout, or idle that long).",
+            &["reason"],
+        ),
+        auth_failures: counter_vec(
+            "cronmesh_auth_failures_total",
+            "Requests with a missing or unknown token, by result: unauthorized (401), throttled (429: too many from that address).",
+            &["result"],
+        ),
+        reports_refused: counter_vec(
+            "cronmesh_reports_refused_total",
+            "Reported run events a master refused (422), by reason (invalid_name, invalid_run_id, time_out_of_range, unknown_job, unknown_worker, wrong_worker, too_many_running). An event given twice in a batch is no error (the store keeps each run once).",
+            &["reason"],
+        ),
+        report_events_dropped: counter(
+            "cronmesh_report_events_dropped_total",
+            "Run events a master refused as invalid (422); the worker logs and drops them, as resending cannot help.",
+        ),
+        clock_offset: float_gauge(
+            "cronmesh_clock_offset_seconds",
+            "How far this worker's clock is ahead of the masters' (negative: behind), as last measured.",
+        ),
+        clock_skew_exceeded: gauge(
+            "cronmesh_clock_skew_exceeded",
+            "1 while this worker's clock is off by more than worker.max_clock_skew: it claims no ticks (unless no worker with a right clock can) and is not ready.",
+        ),
         feed_subscribers: gauge(
             "cronmesh_feed_subscribers",
             "WebSocket event-feed subscribers connected to this master.",
@@ -450,6 +488,15 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for s in ["memory", "store"] {
         m.last_run_lookups.with_label_values(&[s]);
     }
+    for r in ["evicted", "limit", "header_timeout"] {
+        m.http_connections_closed.with_label_values(&[r]);
+    }
+    for r in ["unauthorized", "throttled"] {
+        m.auth_failures.with_label_values(&[r]);
+    }
+    for r in REFUSE_REASONS {
+        m.reports_refused.with_label_values(&[r]);
+    }
     for k in ["kill", "run_now"] {
         m.signals.with_label_values(&[k]);
     }
@@ -474,6 +521,17 @@ pub const SKIP_REASONS: [&str; 10] = [
     "job_deleted",
     "job_rescheduled",
     "drain_timeout",
+];
+
+/// Every reason a master refuses a reported run event.
+pub const REFUSE_REASONS: [&str; 7] = [
+    "invalid_name",
+    "invalid_run_id",
+    "time_out_of_range",
+    "unknown_job",
+    "unknown_worker",
+    "wrong_worker",
+    "too_many_running",
 ];
 
 /// Every event-feed message type.

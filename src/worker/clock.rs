@@ -40,3 +40,81 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// Samples per master per measurement; the one with the shortest round trip counts.
+const SAMPLES: usize = 3;
+/// A sample whose round trip took longer says too little about the offset.
+const MAX_RTT: std::time::Duration = std::time::Duration::from_millis(500);
+/// Masters asked per measurement at most.
+const MAX_MASTERS: usize = 5;
+
+/// Measures this worker's clock against the masters' every `every`, until `stop`, and sends
+/// the offset (ms this clock is ahead; negative: behind) on `tx`, or None when no master
+/// answered. Each master answers `GET /api/v1/time` with its clock; the sample is taken at the
+/// middle of the round trip (so its error is at most half the round trip) and the shortest of
+/// `SAMPLES` round trips counts; the offset is the median over the masters (one master with a
+/// wrong clock among three does not move it). This is the worker's second call to masters,
+/// besides reporting.
+pub async fn measure_offsets(
+    coord: crate::coord::Coord,
+    configured: Vec<String>,
+    every: std::time::Duration,
+    clock: std::sync::Arc<dyn Clock>,
+    tx: tokio::sync::watch::Sender<Option<i64>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .expect("http client");
+    loop {
+        let mut urls = configured.clone();
+        if let Ok(registered) = coord.list_master_urls().await {
+            urls.extend(registered);
+        }
+        let mut seen = std::collections::HashSet::new();
+        urls.retain(|u| seen.insert(u.trim_end_matches('/').to_string()));
+        let mut offsets = Vec::new();
+        for url in urls.iter().take(MAX_MASTERS) {
+            if let Some(o) = offset_against(&http, url, &*clock).await {
+                offsets.push(o);
+            }
+        }
+        offsets.sort_unstable();
+        let median = (!offsets.is_empty()).then(|| offsets[offsets.len() / 2]);
+        tracing::debug!(offset_ms = ?median, masters = offsets.len(), "clock offset against the masters measured");
+        let _ = tx.send(median);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// This clock's offset against one master, from the best of `SAMPLES` round trips.
+async fn offset_against(http: &reqwest::Client, url: &str, clock: &dyn Clock) -> Option<i64> {
+    let target = format!("{}/api/v1/time", url.trim_end_matches('/'));
+    let mut best: Option<(std::time::Duration, i64)> = None;
+    for _ in 0..SAMPLES {
+        let sent_at = clock.now_ms();
+        let t = std::time::Instant::now();
+        let Ok(resp) = http.get(&target).send().await else {
+            continue;
+        };
+        let Ok(body) = resp.json::<serde_json::Value>().await else {
+            continue;
+        };
+        let rtt = t.elapsed();
+        let Some(theirs) = body["now_ms"].as_i64() else {
+            continue;
+        };
+        if rtt > MAX_RTT {
+            continue;
+        }
+        let ours = sent_at + (rtt.as_millis() / 2) as i64;
+        if best.is_none_or(|(r, _)| rtt < r) {
+            best = Some((rtt, ours - theirs));
+        }
+    }
+    best.map(|(_, o)| o)
+}

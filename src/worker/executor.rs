@@ -7,11 +7,14 @@
 //! anything left in its process group is killed, so no orphan keeps running (or keeps the output
 //! pipe open) after its run is recorded.
 
+use super::cgroup::{RunCgroup, RunCgroups};
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::io::unix::AsyncFd;
@@ -24,6 +27,7 @@ use tokio::time::{Instant, sleep_until};
 pub struct ExecSpec {
     pub shell: String,
     pub command: String,
+    /// The command's whole environment: nothing else of the worker's reaches it.
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,
     pub timeout: Option<Duration>,
@@ -33,6 +37,31 @@ pub struct ExecSpec {
     pub kill_grace: Duration,
     /// Bytes of output kept (half head, half tail).
     pub max_output: usize,
+    /// Where runs get their own cgroup (None: killed by process group only).
+    pub cgroups: Option<Arc<RunCgroups>>,
+    /// Names the run's cgroup.
+    pub run_id: String,
+}
+
+/// Why a command could not be started. The message names what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("working directory {dir:?} {problem} on this worker")]
+    Workdir { dir: String, problem: String },
+    #[error("could not start {shell:?}: {source}")]
+    Shell {
+        shell: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not create the run's cgroup under {base}: {source}")]
+    Cgroup {
+        base: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not set up the run: {0}")]
+    Setup(#[source] io::Error),
 }
 
 /// Why a run ended.
@@ -62,58 +91,346 @@ pub struct ExecResult {
 pub struct Child {
     pid: libc::pid_t,
     pidfd: AsyncFd<OwnedFd>,
-    output: JoinHandle<Capture>,
+    capture: Arc<Mutex<Capture>>,
+    output: JoinHandle<()>,
+    cgroup: Option<RunCgroup>,
     started: Instant,
 }
 
-/// Starts the command. Synchronous (fork/exec takes well under a millisecond).
-pub fn spawn(spec: &ExecSpec) -> io::Result<Child> {
-    let (reader, writer) = io::pipe()?;
-    let writer2 = writer.try_clone()?;
-    let mut cmd = Command::new(&spec.shell);
-    cmd.arg("-c")
-        .arg(&spec.command)
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(writer2)
-        .process_group(0);
-    for (k, v) in &spec.env {
-        cmd.env(k, v);
-    }
-    if let Some(dir) = &spec.workdir {
-        cmd.current_dir(dir);
-    }
-    let child = cmd.spawn()?;
-    drop(cmd); // closes our copies of the pipe's write end, so EOF comes when the group is gone
-    let pid = child.id() as libc::pid_t;
-    let pidfd = match pidfd_open(pid) {
-        Ok(fd) => fd,
-        Err(e) => {
-            kill_group(pid, libc::SIGKILL);
-            return Err(e);
-        }
+/// Marks every descriptor from 3 up close-on-exec (`close_range(2)` with
+/// `CLOSE_RANGE_CLOEXEC`, Linux 5.11): whatever this process inherited, or a library opened
+/// without `O_CLOEXEC`, never reaches a job. One syscall, and it keeps std's `posix_spawn` path
+/// (a `pre_exec` closure would make every spawn a full fork). Returns false where the kernel
+/// lacks it.
+pub fn cloexec_stray_descriptors() -> bool {
+    // SAFETY: close_range only changes descriptor flags; no memory is involved.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    r == 0
+}
+
+/// The same, for kernels without `close_range`: through `/proc/self/fd` (once, at start).
+pub fn cloexec_stray_descriptors_slowly() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
     };
-    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?;
-    let limit = spec.max_output;
-    let output = tokio::spawn(async move {
-        let mut cap = Capture::new(limit);
-        let mut rx = receiver;
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match rx.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => cap.push(&buf[..n]),
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number; a closed one just fails.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
             }
         }
-        cap
+    }
+}
+
+/// Whether `clone3` with `CLONE_INTO_CGROUP` worked so far (false after the kernel or a seccomp
+/// filter refused it once).
+static CLONE3_WORKS: AtomicBool = AtomicBool::new(true);
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The kernel's `struct clone_args` (version 2, Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+enum CloneError {
+    /// This kernel (or a seccomp filter) does not do it: use the other way.
+    Unsupported(io::Error),
+    /// The child could not exec the shell (its errno), or the set-up failed.
+    Failed(io::Error),
+}
+
+/// Starts `shell -c command` born in the cgroup `cgroup_dir` (`clone3` with
+/// `CLONE_INTO_CGROUP | CLONE_PIDFD`, fork-like: the child has its own copy of memory), so no
+/// process of the run ever runs outside it, and no migration (`cgroup.procs`) is paid for. The
+/// child does what std's `Command` does after a fork: default SIGPIPE and an empty signal mask,
+/// its own process group, stdin from /dev/null, stdout and stderr to `out`, the working
+/// directory, then `execve` with the prepared environment; an exec failure comes back as its
+/// errno on a close-on-exec pipe. Returns the pid and its pidfd.
+fn clone_into_cgroup(
+    spec: &ExecSpec,
+    out: &io::PipeWriter,
+    cgroup_dir: RawFd,
+) -> Result<(libc::pid_t, OwnedFd), CloneError> {
+    use std::ffi::CString;
+    let cstr =
+        |s: &str| CString::new(s).map_err(|e| CloneError::Failed(io::Error::new(io::ErrorKind::InvalidInput, e)));
+    // everything the child needs is made here: it allocates nothing
+    let shell = cstr(&spec.shell)?;
+    let args = [cstr(&spec.shell)?, cstr("-c")?, cstr(&spec.command)?];
+    let argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+    let env: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).chain([std::ptr::null()]).collect();
+    let workdir = spec.workdir.as_deref().map(cstr).transpose()?;
+    let (err_r, err_w) = io::pipe().map_err(CloneError::Failed)?;
+    let out_fd = out.as_raw_fd();
+    let err_fd = err_w.as_raw_fd();
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: CLONE_INTO_CGROUP | libc::CLONE_PIDFD as u64,
+        pidfd: (&mut pidfd as *mut libc::c_int) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup_dir as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM is fork-like: the child runs on its own copy of this
+    // thread's stack and memory. It calls only async-signal-safe functions on memory prepared
+    // above and leaves through execve or _exit, as after fork(2).
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EPERM) => CloneError::Unsupported(e),
+            _ => CloneError::Failed(e),
+        });
+    }
+    if pid == 0 {
+        // SAFETY: the child, see above.
+        unsafe {
+            let fail = |fd: libc::c_int| -> ! {
+                let errno = *libc::__errno_location();
+                libc::write(
+                    fd,
+                    (&errno as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>(),
+                );
+                libc::_exit(127)
+            };
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            if libc::setpgid(0, 0) != 0 {
+                fail(err_fd);
+            }
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(out_fd, 1) < 0 || libc::dup2(out_fd, 2) < 0 {
+                fail(err_fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+            if let Some(dir) = &workdir
+                && libc::chdir(dir.as_ptr()) != 0
+            {
+                fail(err_fd);
+            }
+            libc::execve(shell.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            fail(err_fd);
+        }
+    }
+    let pid = pid as libc::pid_t;
+    drop(err_w);
+    // SAFETY: the kernel wrote a fresh pidfd for the child (CLONE_PIDFD); we own it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // EOF: the exec happened (the pipe is close-on-exec); 4 bytes: the child's errno
+    let mut errno = [0u8; 4];
+    let mut got = 0;
+    let mut r = err_r;
+    while got < errno.len() {
+        match io::Read::read(&mut r, &mut errno[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                kill_group(pid, libc::SIGKILL);
+                let _ = reap_blocking(pid);
+                return Err(CloneError::Failed(e));
+            }
+        }
+    }
+    if got == errno.len() {
+        let _ = reap_blocking(pid);
+        return Err(CloneError::Failed(io::Error::from_raw_os_error(i32::from_ne_bytes(
+            errno,
+        ))));
+    }
+    // pidfds are close-on-exec; non-blocking for epoll use
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(pidfd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(pidfd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    Ok((pid, pidfd))
+}
+
+fn check_workdir(dir: &str) -> Result<(), SpawnError> {
+    let problem = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            let c = std::ffi::CString::new(dir).map_err(|_| SpawnError::Workdir {
+                dir: dir.into(),
+                problem: "contains a NUL byte".into(),
+            })?;
+            // SAFETY: access(2) with a valid C string.
+            if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
+                return Ok(());
+            }
+            format!("cannot be entered ({})", io::Error::last_os_error())
+        }
+        Ok(_) => "is not a directory".into(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => "does not exist".into(),
+        Err(e) => format!("cannot be read ({e})"),
+    };
+    Err(SpawnError::Workdir {
+        dir: dir.into(),
+        problem,
+    })
+}
+
+/// Starts the command. Synchronous (fork/exec takes well under a millisecond).
+pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
+    if let Some(dir) = &spec.workdir {
+        check_workdir(dir)?;
+    }
+    let cgroup = match &spec.cgroups {
+        Some(cg) => Some(cg.create(&spec.run_id).map_err(|source| SpawnError::Cgroup {
+            base: cg.base().display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    let (reader, writer) = io::pipe().map_err(SpawnError::Setup)?;
+    // a descriptor opened since the last spawn without O_CLOEXEC does not reach the job either
+    cloexec_stray_descriptors();
+    let born_in_cgroup = match &cgroup {
+        Some(cg) if CLONE3_WORKS.load(Ordering::Relaxed) => match clone_into_cgroup(spec, &writer, cg.dir_fd()) {
+            Ok(x) => Some(x),
+            Err(CloneError::Unsupported(e)) => {
+                CLONE3_WORKS.store(false, Ordering::Relaxed);
+                tracing::info!(error = %e, "clone3 with CLONE_INTO_CGROUP is not available: runs enter their cgroup before exec instead (a little slower)");
+                None
+            }
+            Err(CloneError::Failed(source)) => {
+                drop(writer);
+                if let Some(cg) = cgroup {
+                    let _ = std::fs::remove_dir(cg.dir_path());
+                }
+                if let Some(dir) = &spec.workdir {
+                    check_workdir(dir)?;
+                }
+                return Err(SpawnError::Shell {
+                    shell: spec.shell.clone(),
+                    source,
+                });
+            }
+        },
+        _ => None,
+    };
+    let (pid, pidfd) = match born_in_cgroup {
+        Some(x) => {
+            drop(writer); // our copy of the write end: EOF comes when the run's processes are gone
+            x
+        }
+        None => {
+            let writer2 = writer.try_clone().map_err(SpawnError::Setup)?;
+            let mut cmd = Command::new(&spec.shell);
+            cmd.arg("-c")
+                .arg(&spec.command)
+                .env_clear()
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(writer)
+                .stderr(writer2)
+                .process_group(0);
+            if let Some(dir) = &spec.workdir {
+                cmd.current_dir(dir);
+            }
+            if let Some(cg) = &cgroup {
+                let fd = cg.procs_fd();
+                // SAFETY: runs in the forked child before exec; write(2) is async-signal-safe
+                // and the descriptor stays open in the parent until the spawn returns.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                            Ok(())
+                        } else {
+                            Err(io::Error::last_os_error())
+                        }
+                    });
+                }
+            }
+            let child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(source) => {
+                    if let Some(dir) = &spec.workdir {
+                        check_workdir(dir)?;
+                    }
+                    if let Some(cg) = cgroup {
+                        let _ = std::fs::remove_dir(cg.dir_path());
+                    }
+                    return Err(SpawnError::Shell {
+                        shell: spec.shell.clone(),
+                        source,
+                    });
+                }
+            };
+            drop(cmd); // closes our copies of the pipe's write end, so EOF comes when the group is gone
+            let pid = child.id() as libc::pid_t;
+            match pidfd_open(pid) {
+                Ok(fd) => (pid, fd),
+                Err(e) => {
+                    kill_group(pid, libc::SIGKILL);
+                    if let Some(cg) = &cgroup {
+                        cg.kill();
+                    }
+                    return Err(SpawnError::Setup(e));
+                }
+            }
+        }
+    };
+    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(SpawnError::Setup)?;
+    let capture = Arc::new(Mutex::new(Capture::new(spec.max_output)));
+    let output = tokio::spawn({
+        let capture = capture.clone();
+        async move {
+            let mut rx = receiver;
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match rx.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => capture.lock().unwrap_or_else(|p| p.into_inner()).push(&buf[..n]),
+                }
+            }
+        }
     });
     // SAFETY: `pidfd` is an open descriptor owned by the AsyncFd for its whole lifetime.
     let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
-        .map_err(|e| io::Error::other(e.to_string()))?;
+        .map_err(|e| SpawnError::Setup(io::Error::other(e.to_string())))?;
     Ok(Child {
         pid,
         pidfd,
+        capture,
         output,
+        cgroup,
         started: Instant::now(),
     })
 }
@@ -173,16 +490,25 @@ impl Child {
             }
         };
         let duration = self.started.elapsed();
-        // Whatever the shell left behind in its group goes with it.
+        // Whatever the shell left behind in its group goes with it, and (with cgroups) whatever
+        // left the group too.
         kill_group(self.pid, libc::SIGKILL);
-        let cap = match tokio::time::timeout(Duration::from_secs(1), self.output).await {
-            Ok(Ok(c)) => c,
-            _ => {
-                let mut c = Capture::new(0);
-                c.note = Some("output incomplete: a process outside the run's group kept the pipe open".into());
-                c
-            }
-        };
+        if let Some(cg) = self.cgroup {
+            cg.kill_and_remove().await;
+        }
+        let mut output = self.output;
+        let complete = tokio::time::timeout(Duration::from_secs(1), &mut output).await.is_ok();
+        if !complete {
+            output.abort();
+        }
+        let mut cap = std::mem::replace(
+            &mut *self.capture.lock().unwrap_or_else(|p| p.into_inner()),
+            Capture::new(0),
+        );
+        if !complete {
+            // the bytes read so far are kept; the reader stops here
+            cap.note = Some("output incomplete: a process outside the run's group kept the pipe open".into());
+        }
         let (output, truncated) = cap.finish();
         let (exit_code, signal) = if libc::WIFEXITED(status) {
             (Some(libc::WEXITSTATUS(status)), None)
@@ -338,6 +664,8 @@ mod tests {
             timeout_grace: Duration::from_millis(300),
             kill_grace: Duration::from_millis(300),
             max_output: 1024,
+            cgroups: None,
+            run_id: "test".into(),
         }
     }
 
@@ -424,12 +752,196 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn missing_workdir_or_shell_fails_to_spawn() {
+    async fn a_missing_workdir_or_shell_is_named_in_the_error() {
         let mut s = spec("true");
         s.workdir = Some("/nonexistent/dir".into());
-        assert!(spawn(&s).is_err());
+        let e = spawn(&s).err().expect("fails").to_string();
+        assert!(e.contains("\"/nonexistent/dir\" does not exist"), "{e}");
+        let mut s = spec("true");
+        s.workdir = Some("/etc/hostname".into());
+        let e = spawn(&s).err().expect("fails").to_string();
+        assert!(e.contains("is not a directory"), "{e}");
         let mut s = spec("true");
         s.shell = "/bin/no-such-shell".into();
-        assert!(spawn(&s).is_err());
+        let e = spawn(&s).err().expect("fails").to_string();
+        assert!(e.contains("could not start \"/bin/no-such-shell\""), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_command_sees_only_the_environment_it_is_given() {
+        // the test process has PATH, HOME, CARGO_* and more: none of it reaches the command
+        let r = run(&spec("env")).await;
+        let vars: Vec<&str> = r
+            .output
+            .lines()
+            .filter(|l| !l.starts_with("PWD=")) // the shell sets PWD itself
+            .collect();
+        assert_eq!(vars, ["GREETING=hello"], "{}", r.output);
+    }
+
+    #[tokio::test]
+    async fn the_command_gets_descriptors_0_1_2_and_nothing_else() {
+        // a descriptor of this process without close-on-exec, as a launcher might leave one
+        // SAFETY: open(2) with a static C string.
+        let stray = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        assert!(stray > 2);
+        let r = run(&spec("ls /proc/$$/fd")).await;
+        // SAFETY: closing the descriptor opened above.
+        unsafe {
+            libc::close(stray);
+        }
+        let fds: Vec<&str> = r.output.lines().collect();
+        assert_eq!(fds, ["0", "1", "2"], "stray descriptor {stray}: {}", r.output);
+    }
+
+    #[tokio::test]
+    async fn output_read_before_an_escaped_process_kept_the_pipe_open_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("escaped.pid");
+        let r = run(&spec(&format!(
+            "echo one; setsid sh -c 'echo $$ > {}; exec sleep 30' & sleep 0.2; echo two",
+            pidfile.display()
+        )))
+        .await;
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        // SAFETY: killing the process this test started.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        assert!(r.output.starts_with("one\ntwo\n"), "{:?}", r.output);
+        assert!(
+            r.output
+                .ends_with("[output incomplete: a process outside the run's group kept the pipe open]"),
+            "{:?}",
+            r.output
+        );
+    }
+
+    #[tokio::test]
+    async fn setsid_children_die_with_the_run_where_cgroups_are_available() {
+        let cgroups = match RunCgroups::detect(&format!("unit-{}", std::process::id())) {
+            Ok(c) => Arc::new(c),
+            Err(why) => {
+                eprintln!("SKIPPED: cgroups v2 are not usable here: {why}");
+                return;
+            }
+        };
+        // born in the cgroup (clone3), and entering it before exec (kernels before 5.7)
+        for clone3 in [true, false] {
+            CLONE3_WORKS.store(clone3, Ordering::Relaxed);
+            let dir = tempfile::tempdir().unwrap();
+            let pids = dir.path().join("pids");
+            let mut s = spec(&format!(
+                "for i in 1 2 3 4 5; do setsid sleep 301 & echo $! >> {}; done; ls /proc/$$/fd; echo started",
+                pids.display()
+            ));
+            s.cgroups = Some(cgroups.clone());
+            s.run_id = format!("setsid-{clone3}");
+            let r = run(&s).await;
+            CLONE3_WORKS.store(true, Ordering::Relaxed);
+            assert_eq!(r.exit_code, Some(0));
+            assert_eq!(r.output, "0\n1\n2\nstarted\n", "clone3 {clone3}: descriptors 0-2 only");
+            let pids: Vec<i32> = std::fs::read_to_string(&pids)
+                .unwrap()
+                .lines()
+                .map(|l| l.trim().parse().unwrap())
+                .collect();
+            assert_eq!(pids.len(), 5);
+            let t = std::time::Instant::now();
+            // SAFETY: signal 0 only checks for existence.
+            let alive = || {
+                pids.iter()
+                    .filter(|p| unsafe { libc::kill(**p, 0) } == 0 && !is_zombie(**p))
+                    .count()
+            };
+            while alive() > 0 && t.elapsed() < Duration::from_secs(1) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(alive(), 0, "clone3 {clone3}: escaped sleeps survived the run: {pids:?}");
+            let dir = cgroups.base().join(format!("run-{}", s.run_id));
+            assert!(!dir.exists(), "the run's cgroup is removed: {}", dir.display());
+        }
+    }
+
+    /// Spawn cost, for the report: `cargo test --release --lib spawn_cost -- --ignored --nocapture`.
+    /// Rounds of 200 spawns of `/bin/sh -c true` each way, interleaved (the machine is shared),
+    /// and the median round of each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn spawn_cost() {
+        const N: u32 = 200;
+        const ROUNDS: usize = 7;
+        let t = std::time::Instant::now();
+        for _ in 0..N {
+            cloexec_stray_descriptors();
+        }
+        println!(
+            "close_range(CLOEXEC): {:.2} us per call",
+            t.elapsed().as_secs_f64() * 1e6 / N as f64
+        );
+        let cg = RunCgroups::detect(&format!("bench-{}", std::process::id()))
+            .ok()
+            .map(Arc::new);
+        let std_spawn = |pre_exec: bool| {
+            let t = std::time::Instant::now();
+            for _ in 0..N {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg("true");
+                if pre_exec {
+                    // SAFETY: a no-op closure.
+                    unsafe {
+                        c.pre_exec(|| Ok(()));
+                    }
+                }
+                c.spawn().unwrap().wait().unwrap();
+            }
+            t.elapsed().as_secs_f64() * 1e3 / N as f64
+        };
+        let ours = |cgroups: Option<Arc<RunCgroups>>, clone3: bool| async move {
+            CLONE3_WORKS.store(clone3, Ordering::Relaxed);
+            let mut spawn_only = Duration::ZERO;
+            let t = std::time::Instant::now();
+            for i in 0..N {
+                let mut s = spec("true");
+                s.cgroups = cgroups.clone();
+                s.run_id = format!("bench-{i}");
+                let t0 = std::time::Instant::now();
+                let c = spawn(&s).unwrap();
+                spawn_only += t0.elapsed();
+                let (_tx, rx) = watch::channel(None);
+                c.wait(&s, rx).await;
+            }
+            CLONE3_WORKS.store(true, Ordering::Relaxed);
+            (
+                spawn_only.as_secs_f64() * 1e3 / N as f64,
+                t.elapsed().as_secs_f64() * 1e3 / N as f64,
+            )
+        };
+        let mut rows: Vec<(&str, Vec<(f64, f64)>)> = vec![
+            ("std Command (posix_spawn), spawn + wait", vec![]),
+            ("std Command with pre_exec (fork), spawn + wait", vec![]),
+            ("executor::spawn, no cgroup", vec![]),
+            ("executor::spawn, cgroup per run, clone3(CLONE_INTO_CGROUP)", vec![]),
+            ("executor::spawn, cgroup per run, fork + write cgroup.procs", vec![]),
+        ];
+        for _ in 0..ROUNDS {
+            let a = std_spawn(false);
+            rows[0].1.push((a, a));
+            let b = std_spawn(true);
+            rows[1].1.push((b, b));
+            rows[2].1.push(ours(None, true).await);
+            if cg.is_some() {
+                rows[3].1.push(ours(cg.clone(), true).await);
+                rows[4].1.push(ours(cg.clone(), false).await);
+            }
+        }
+        for (name, mut v) in rows {
+            if v.is_empty() {
+                continue;
+            }
+            v.sort_by(|x, y| x.1.total_cmp(&y.1));
+            let (sp, all) = v[v.len() / 2];
+            println!("{name}: {sp:.3} ms spawn, {all:.3} ms spawn + wait (median of {ROUNDS} rounds of {N})");
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! when its core says every tick it won has its record; `run` awaits the scheduler, then
 //! cancels and awaits the watches.
 
+pub mod cgroup;
 pub mod clock;
 pub mod executor;
 pub mod reporter;
@@ -42,6 +43,8 @@ pub async fn run(
         started_at: now_ms(),
         draining: false,
         at_capacity: false,
+        clock_skewed: false,
+        clock_offset_ms: None,
         dispatch: w.dispatch,
         listen: w.listen.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -57,6 +60,16 @@ pub async fn run(
     let jobs = coord.watch_jobs(watches.clone());
     let members = coord.watch_members(watches.clone());
     let signals = coord.watch_signals(watches.clone());
+    let clock: Arc<dyn clock::Clock> = Arc::new(SystemClock);
+    let (offsets_tx, offsets) = watch::channel(None);
+    let probe = tokio::spawn(clock::measure_offsets(
+        coord.clone(),
+        w.masters.clone(),
+        w.clock_check_interval,
+        clock.clone(),
+        offsets_tx,
+        watches.clone(),
+    ));
     scheduler::run(SchedulerParts {
         config: config.clone(),
         coord: coord.clone(),
@@ -68,9 +81,10 @@ pub async fn run(
         signals: signals.events,
         shutdown,
         ready,
-        clock: Arc::new(SystemClock),
+        clock,
+        clock_offsets: offsets,
     })
     .await;
     watches.cancel();
-    let _ = tokio::join!(jobs.task, members.task, signals.task);
+    let _ = tokio::join!(jobs.task, members.task, signals.task, probe);
 }

@@ -401,6 +401,44 @@ impl Reporter for MemoryReporter {
     }
 }
 
+/// The events a master's 422 refused, logged and counted here: (kind, run id).
+fn refused_events(body: &serde_json::Value) -> std::collections::HashSet<(String, String)> {
+    let mut out = std::collections::HashSet::new();
+    for r in body["refused"].as_array().into_iter().flatten() {
+        let (Some(kind), Some(run_id)) = (r["kind"].as_str(), r["run_id"].as_str()) else {
+            continue;
+        };
+        crate::telemetry::events::ReportEventDropped {
+            kind,
+            run_id,
+            reason: r["reason"].as_str().unwrap_or("?"),
+            message: r["message"].as_str().unwrap_or(""),
+        }
+        .emit();
+        out.insert((kind.to_string(), run_id.to_string()));
+    }
+    out
+}
+
+/// `batch` without the `refused` events.
+fn without(batch: &ReportBatch, refused: &std::collections::HashSet<(String, String)>) -> ReportBatch {
+    let keep = |kind: &str, id: &str| !refused.contains(&(kind.to_string(), id.to_string()));
+    ReportBatch {
+        started: batch
+            .started
+            .iter()
+            .filter(|s| keep("started", &s.run_id))
+            .cloned()
+            .collect(),
+        finished: batch
+            .finished
+            .iter()
+            .filter(|r| keep("finished", &r.run_id))
+            .cloned()
+            .collect(),
+    }
+}
+
 /// Sends batches to masters over HTTP: the configured URLs first, then those registered in etcd;
 /// sticks to one that works.
 pub struct HttpSink {
@@ -416,6 +454,9 @@ impl HttpSink {
         HttpSink {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
+                // masters close keep-alive connections idle for master.header_read_timeout
+                // (10 s by default); reusing one they are closing would fail a report
+                .pool_idle_timeout(Duration::from_secs(4))
                 .build()
                 .expect("http client"),
             coord,
@@ -451,25 +492,47 @@ impl ReportSink for HttpSink {
         }
         let mut last = String::new();
         for url in candidates {
-            let mut req = self
-                .client
-                .post(format!("{}/api/v1/reports", url.trim_end_matches('/')))
-                .json(batch);
-            if let Some(t) = &self.token {
-                req = req.bearer_auth(t);
-            }
-            match req.send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(url);
-                    return Ok(());
+            let mut batch = std::borrow::Cow::Borrowed(batch);
+            // a 422 names the events refused as invalid: they are dropped and the rest sent again
+            for _ in 0..2 {
+                let mut req = self
+                    .client
+                    .post(format!("{}/api/v1/reports", url.trim_end_matches('/')))
+                    .json(&*batch);
+                if let Some(t) = &self.token {
+                    req = req.bearer_auth(t);
                 }
-                Ok(resp) if resp.status().is_client_error() && resp.status().as_u16() != 408 => {
-                    let status = resp.status();
-                    let body = resp.text().await.unwrap_or_default();
-                    return Err(SinkError::Rejected(format!("{url}: {status}: {body}")));
+                match req.send().await {
+                    Ok(resp) if resp.status().is_success() => {
+                        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(url);
+                        return Ok(());
+                    }
+                    Ok(resp) if resp.status().as_u16() == 422 => {
+                        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                        let refused = refused_events(&body);
+                        if refused.is_empty() {
+                            return Err(SinkError::Rejected(format!("{url}: 422: {body}")));
+                        }
+                        let rest = without(&batch, &refused);
+                        if rest.started.is_empty() && rest.finished.is_empty() {
+                            return Ok(());
+                        }
+                        batch = std::borrow::Cow::Owned(rest);
+                    }
+                    Ok(resp) if resp.status().is_client_error() && resp.status().as_u16() != 408 => {
+                        let status = resp.status();
+                        let body = resp.text().await.unwrap_or_default();
+                        return Err(SinkError::Rejected(format!("{url}: {status}: {body}")));
+                    }
+                    Ok(resp) => {
+                        last = format!("{url}: {}", resp.status());
+                        break;
+                    }
+                    Err(e) => {
+                        last = format!("{url}: {e}");
+                        break;
+                    }
                 }
-                Ok(resp) => last = format!("{url}: {}", resp.status()),
-                Err(e) => last = format!("{url}: {e}"),
             }
         }
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;

@@ -358,6 +358,30 @@ async fn bad_input_gets_a_specific_4xx_and_changes_nothing() {
         ),
         (
             "PUT",
+            "/api/v1/jobs/j",
+            r#"{"schedule": "@hourly", "command": "x", "paused": true, "paused": false}"#.into(),
+            "application/json",
+            400,
+            "duplicate_key",
+        ),
+        (
+            "PUT",
+            "/api/v1/jobs/-rf",
+            r#"{"schedule": "@hourly", "command": "x"}"#.into(),
+            "application/json",
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/api/v1/schedules/preview",
+            r#"{"schedule": "@hourly", "schedule": "@daily"}"#.into(),
+            "application/json",
+            400,
+            "duplicate_key",
+        ),
+        (
+            "PUT",
             "/api/v1/jobs/has%20space",
             r#"{"schedule": "@hourly", "command": "x"}"#.into(),
             "application/json",
@@ -880,8 +904,10 @@ async fn a_jobs_last_run_follows_the_records_every_master_ingests() {
     assert_eq!(status, 201);
     let (_, view) = c.get(&a, "/api/v1/jobs/lr", Some(READ)).await;
     assert!(view["last_run"].is_null(), "no run yet: {view}");
+    // (masters accept reported times from 2000 on, up to a few minutes ahead of their clock)
+    let base = now_ms() - 3_600_000;
     let report = |m: &str, id: &str, planned: i64, status: RunStatus| {
-        let r = cronmesh::logstore::conformance::record(id, "lr", planned, status);
+        let r = cronmesh::logstore::conformance::record(id, "lr", base + planned, status);
         (m.to_string(), json!({ "finished": [r] }))
     };
     let last_on_a = || async { c.get(&a, "/api/v1/jobs/lr", Some(READ)).await.1["last_run"]["run_id"].clone() };

@@ -93,7 +93,7 @@ async fn a_garbage_job_written_behind_our_back_is_skipped_and_the_rest_keep_runn
     })
     .await;
     let log = std::fs::read_to_string(c.workers["w1"].log.clone()).unwrap();
-    assert!(log.contains("job in etcd is invalid"), "the bad job is reported");
+    assert!(log.contains("job in etcd is unreadable"), "the bad job is reported");
 }
 
 #[test]

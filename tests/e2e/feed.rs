@@ -177,6 +177,22 @@ async fn filters_deliver_only_what_was_asked_and_a_resume_replays_exactly_the_mi
 async fn a_slow_subscriber_is_told_it_lagged_while_fast_ones_get_everything_and_the_buffer_stays_bounded() {
     let mut c = Cluster::new().await;
     let m = c.start_master("m1", &["--no-auth"]).await;
+    // the run starts must be believable: a job that exists, live workers (at most 10,000 runs
+    // in progress each), times of now
+    let (st, _) = c
+        .send(
+            "PUT",
+            &m,
+            "/api/v1/jobs/load",
+            None,
+            Some(json!({"schedule": "@yearly", "command": "true", "paused": true})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    c.start_worker("wa", &[]);
+    c.start_worker("wb", &[]);
+    c.wait_members(&["wa", "wb"]).await;
+    let now = now_ms();
     let mut fast = connect(&m, "topics=runs", None).await.unwrap();
     // the slow one has a tiny receive buffer, so the kernel cannot hide its slowness
     let addr: std::net::SocketAddr = m.trim_start_matches("http://").parse().unwrap();
@@ -194,7 +210,7 @@ async fn a_slow_subscriber_is_told_it_lagged_while_fast_ones_get_everything_and_
     let mut fast_seen = 0usize;
     for burst in 0..20 {
         let started: Vec<Value> = (0..1000)
-            .map(|i| json!({"run_id": format!("r{burst:02}{i:04}"), "job": "load", "worker": "w", "attempt": 1, "trigger": "schedule", "planned_at": 1, "started_at": 2, "trace_id": null}))
+            .map(|i| json!({"run_id": format!("r{burst:02}{i:04}"), "job": "load", "worker": if burst % 2 == 0 { "wa" } else { "wb" }, "attempt": 1, "trigger": "schedule", "planned_at": now, "started_at": now, "trace_id": null}))
             .collect();
         let (st, _) = c
             .send("POST", &m, "/api/v1/reports", None, Some(json!({"started": started})))

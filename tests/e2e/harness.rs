@@ -152,6 +152,12 @@ impl Cluster {
 
     /// Starts `cronmesh worker --id ID` with the cluster's flags plus `extra`.
     pub fn start_worker(&mut self, id: &str, extra: &[&str]) {
+        self.start_worker_with(id, extra, &[], &[]);
+    }
+
+    /// `start_worker`, run through `wrapper` (e.g. `["faketime", "-f", "+3s"]`) with `env` added
+    /// to its environment.
+    pub fn start_worker_with(&mut self, id: &str, extra: &[&str], wrapper: &[&str], env: &[(&str, &str)]) {
         let runs_file = self.path(&format!("runs-{id}.jsonl"));
         let log = self.path(&format!("worker-{id}.log"));
         let logf = std::fs::File::options()
@@ -159,7 +165,16 @@ impl Cluster {
             .append(true)
             .open(&log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_cronmesh"))
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_cronmesh"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_cronmesh")),
+        };
+        let child = cmd
+            .envs(env.iter().copied())
             .arg("worker")
             .args(["--etcd", &self.etcd.client_url, "--prefix", &self.prefix, "--id", id])
             .arg("--runs-file")

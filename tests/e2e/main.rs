@@ -8,15 +8,18 @@ mod api;
 
 mod bad_input;
 mod capacity;
+mod clock_skew;
 mod deploy;
 mod drain;
 mod exactly_once;
 mod failover;
 mod feed;
+mod hardening;
 mod ledger;
 mod lifecycle;
 mod mongodb;
 mod observability;
+mod openapi;
 mod outage;
 mod policies;
 mod resume;

@@ -122,7 +122,7 @@ async fn a_master_whose_mongodb_is_unreachable_starts_not_ready_and_refuses_repo
     assert_eq!(status, 201);
     assert_eq!(c.get(&url, "/api/v1/jobs/m1", None).await.0, 200);
     // a report is refused with 503: the worker keeps it in its spool
-    let record = cronmesh::logstore::conformance::record("r-mongo-down", "m1", 1_000, RunStatus::Succeeded);
+    let record = cronmesh::logstore::conformance::record("r-mongo-down", "m1", now_ms() - 60_000, RunStatus::Succeeded);
     let (status, body) = c
         .send(
             "POST",

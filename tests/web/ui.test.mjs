@@ -329,13 +329,15 @@ if (MODE === 'ui') {
       await shot(page, '10-runs');
     });
 
-    await t.test('workers view: labels, owned jobs, heartbeat', async () => {
+    await t.test('workers view: labels, owned jobs, heartbeat, clock offset', async () => {
       await page.goto(net1.url + '/#/workers');
       const row = page.locator('#workers-table tr[data-worker="w1"]');
       await row.waitFor();
       const text = await row.textContent();
       assert.match(text, /zone=web/);
       assert.match(text, /ago|now/);
+      // the offset the worker measured against the masters (the view re-reads every 5 s)
+      await row.locator('td[data-label="Clock"]', { hasText: /^[+-]?\d+ ms$/ }).waitFor({ timeout: 15000 });
       await shot(page, '11-workers');
     });
 

@@ -395,6 +395,8 @@ mod tests {
             started_at: 0,
             draining: false,
             at_capacity: false,
+            clock_skewed: false,
+            clock_offset_ms: None,
             dispatch: Dispatch::Owner,
             listen: None,
             version: "t".into(),

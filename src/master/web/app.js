@@ -1204,23 +1204,32 @@ function renderWorkers() {
     }
     const ws = [...state.workers].sort((a, b) => (a.id < b.id ? -1 : 1));
     fill(body, el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'workers-table' },
-      el('thead', {}, el('tr', {}, ['Worker', 'Labels', 'State', 'Owned jobs', 'Running', 'Last heartbeat', 'Host'].map((t) => el('th', { scope: 'col' }, t)))),
+      el('thead', {}, el('tr', {}, ['Worker', 'Labels', 'State', 'Clock', 'Owned jobs', 'Running', 'Last heartbeat', 'Host'].map((t) => el('th', { scope: 'col' }, t)))),
       el('tbody', {}, ws.map((w) => {
         const running = [...state.running.values()].filter((r) => r.worker === w.id);
         return el('tr', { dataset: { worker: w.id } },
           el('td', { 'data-label': 'Worker' }, el('strong', {}, w.id), el('div', { class: 'muted small' }, `v${w.version}`)),
           el('td', { 'data-label': 'Labels' }, Object.keys(w.labels || {}).length ? Object.entries(w.labels).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : el('span', { class: 'muted' }, 'none')),
-          el('td', { 'data-label': 'State' },
-            w.draining ? el('span', { class: 'badge paused' }, 'draining')
-              : w.at_capacity ? el('span', { class: 'badge failed', title: 'every run slot is taken: its jobs run on workers with room' }, 'full')
-                : el('span', { class: 'badge succeeded' }, 'active'),
+          el('td', { 'data-label': 'State' }, workerState(w),
             w.dispatch === 'race' ? el('span', { class: 'chip', title: 'dispatch = race: tries every tick it may run' }, 'race') : null),
+          el('td', { 'data-label': 'Clock', title: 'How far its clock is ahead of the masters\' (negative: behind), as it last measured' },
+            w.clock_offset_ms == null ? '—' : `${w.clock_offset_ms > 0 ? '+' : ''}${w.clock_offset_ms} ms`),
           el('td', { 'data-label': 'Owned jobs' }, String(w.owned_jobs)),
           el('td', { 'data-label': 'Running' }, running.length ? running.map((r) => el('div', {}, el('button', { type: 'button', class: 'link', onclick: () => openRun(r.run_id) }, r.job))) : '0'),
           el('td', { 'data-label': 'Last heartbeat' }, w.last_heartbeat ? timeEl(w.last_heartbeat) : '—'),
           el('td', { 'data-label': 'Host' }, `${w.hostname} (pid ${w.pid})`, el('div', { class: 'muted small' }, `up since ${fmtAbs(w.started_at)}`)));
       })))));
   });
+}
+
+// A worker's state: draining, off clock (it claims nothing while a worker with a right clock can),
+// full (every run slot taken), or active.
+function workerState(w) {
+  const badges = [];
+  if (w.draining) badges.push(el('span', { class: 'badge paused' }, 'draining'));
+  if (w.clock_skewed) badges.push(el('span', { class: 'badge failed', title: 'Its clock is off from the masters\' by more than worker.max_clock_skew: its jobs run on workers whose clocks are right' }, 'clock off'));
+  if (w.at_capacity) badges.push(el('span', { class: 'badge paused', title: 'Every run slot is taken: its jobs run on workers with room' }, 'full'));
+  return badges.length ? badges : el('span', { class: 'badge succeeded' }, 'active');
 }
 
 // ---------------------------------------------------------------- start

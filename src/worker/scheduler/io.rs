@@ -43,6 +43,22 @@ pub enum Input {
     },
     /// SIGTERM: stop taking ticks, let what was won finish, then stop.
     Drain,
+    /// How far this worker's clock is ahead of the masters' (ms; negative: behind), as just
+    /// measured; None when no master could be asked.
+    ClockOffset {
+        offset_ms: Option<i64>,
+    },
+}
+
+/// What this worker tells the others about itself (its registration's flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Announcement {
+    pub draining: bool,
+    pub at_capacity: bool,
+    /// Its clock is off by more than `worker.max_clock_skew`.
+    pub clock_skewed: bool,
+    /// The last offset measured (announced when it moved by `OFFSET_ANNOUNCE_STEP_MS`).
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// Everything the shell needs to start a run.
@@ -81,6 +97,6 @@ pub enum Effect {
     ReportStarted(RunStarted),
     /// Hand a finished (or skipped, or lost) record to the reporter.
     ReportFinished(Box<RunRecord>),
-    /// Update this worker's registration: draining, or at capacity.
-    Announce { draining: bool, at_capacity: bool },
+    /// Update this worker's registration: draining, at capacity, its clock.
+    Announce(Announcement),
 }

@@ -58,11 +58,13 @@ pub struct SchedulerParts {
     pub shutdown: CancellationToken,
     pub ready: watch::Sender<bool>,
     pub clock: Arc<dyn Clock>,
+    /// This worker's clock offset against the masters, as measured (`clock::measure_offsets`).
+    pub clock_offsets: watch::Receiver<Option<i64>>,
 }
 
 /// The I/O side: what the effects need.
 struct Shell {
-    cfg: Arc<crate::config::WorkerConfig>,
+    run_ctx: Arc<run::RunContext>,
     coord: Coord,
     reporter: Arc<dyn Reporter>,
     registration: Registration,
@@ -92,12 +94,14 @@ pub async fn run(parts: SchedulerParts) {
         shutdown,
         ready,
         clock,
+        mut clock_offsets,
     } = parts;
+    let mut offsets_open = true;
     let mut core = Core::new(CoreConfig::from_config(&config.worker));
     let (tx, mut rx) = mpsc::channel(INPUT_CHANNEL);
     let mut lease_watch = registration.lease_watch();
     let mut shell = Shell {
-        cfg: Arc::new(config.worker.clone()),
+        run_ctx: Arc::new(run::RunContext::new(Arc::new(config.worker.clone()))),
         leases: Arc::new(ClaimLeases::new(config.worker.claim_ttl)),
         claim_slots: Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT)),
         spawn_slots: Arc::new(Semaphore::new(SPAWNS_IN_FLIGHT)),
@@ -139,6 +143,15 @@ pub async fn run(parts: SchedulerParts) {
                     let Ok(input) = rx.try_recv() else { break };
                     shell.observe(&input);
                     core.handle(clock.now_ms(), input);
+                }
+            }
+            changed = clock_offsets.changed(), if offsets_open => {
+                match changed {
+                    Err(_) => offsets_open = false,
+                    Ok(()) => {
+                        let offset_ms = *clock_offsets.borrow_and_update();
+                        core.handle(clock.now_ms(), Input::ClockOffset { offset_ms });
+                    }
                 }
             }
             changed = lease_watch.changed() => {
@@ -246,7 +259,7 @@ impl Shell {
                 self.kills.insert(order.run_id.clone(), kill_tx);
                 self.tasks.spawn(run::run(
                     *order,
-                    self.cfg.clone(),
+                    self.run_ctx.clone(),
                     self.spawn_slots.clone(),
                     kill_rx,
                     self.tx.clone(),
@@ -268,9 +281,11 @@ impl Shell {
             }
             Effect::ReportStarted(s) => self.reporter.started(&s),
             Effect::ReportFinished(r) => self.reporter.finished(&r),
-            Effect::Announce { draining, at_capacity } => {
-                self.info.draining = draining;
-                self.info.at_capacity = at_capacity;
+            Effect::Announce(a) => {
+                self.info.draining = a.draining;
+                self.info.at_capacity = a.at_capacity;
+                self.info.clock_skewed = a.clock_skewed;
+                self.info.clock_offset_ms = a.clock_offset_ms;
                 self.registration
                     .update(serde_json::to_vec(&self.info).expect("serializes"));
             }

@@ -5,19 +5,78 @@
 
 use super::io::{Input, RunOrder};
 use super::tick::exec_status;
-use crate::config::WorkerConfig;
+use crate::config::{RunCgroups as CgroupMode, WorkerConfig};
 use crate::schedule::rfc3339_ms;
 use crate::telemetry::trace::RunTrace;
+use crate::worker::cgroup::RunCgroups;
 use crate::worker::clock::Clock;
 use crate::worker::executor::{self, ExecSpec};
 use opentelemetry::KeyValue;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-/// The command line, environment and limits of a run.
-pub fn exec_spec(order: &RunOrder, cfg: &WorkerConfig, traceparent: &str) -> ExecSpec {
+/// What every run of a worker shares: its config, the variables of its own environment that
+/// jobs inherit (`worker.inherit_env`, read once at start) and, where usable, the parent cgroup
+/// of its runs.
+#[derive(Debug)]
+pub struct RunContext {
+    pub cfg: Arc<WorkerConfig>,
+    pub inherited: Vec<(String, String)>,
+    pub cgroups: Option<Arc<RunCgroups>>,
+}
+
+/// Whether `name` is matched by a `worker.inherit_env` entry (a name, or a prefix and `*`).
+/// `CRONMESH_*` and `TRACEPARENT` never are: cronmesh sets its own, and the worker's secrets
+/// live there.
+pub fn inherited(name: &str, patterns: &[String]) -> bool {
+    !name.starts_with("CRONMESH_")
+        && name != "TRACEPARENT"
+        && patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == p,
+        })
+}
+
+impl RunContext {
+    /// Reads the inherited variables from this process' environment and sets up run cgroups.
+    pub fn new(cfg: Arc<WorkerConfig>) -> Self {
+        let inherited = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| inherited(k, &cfg.inherit_env))
+            .collect();
+        let cgroups = match cfg.run_cgroups {
+            CgroupMode::Off => None,
+            CgroupMode::Auto => match RunCgroups::detect(&cfg.id) {
+                Ok(c) => {
+                    tracing::info!(cgroup = %c.base().display(), "each run gets its own cgroup: processes that leave its process group die with it");
+                    Some(Arc::new(c))
+                }
+                Err(why) => {
+                    tracing::info!(reason = %why, "runs get no cgroup of their own (cgroups v2 not usable): a process that leaves its run's process group (setsid) survives the run's kill");
+                    None
+                }
+            },
+        };
+        RunContext {
+            cfg,
+            inherited,
+            cgroups,
+        }
+    }
+}
+
+/// The command line, environment and limits of a run. The environment is the inherited
+/// variables, then the job's `env`, then the run's identity: nothing else of the worker's.
+pub fn exec_spec(order: &RunOrder, ctx: &RunContext, traceparent: &str) -> ExecSpec {
     let spec = &order.job.spec;
-    let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let cfg = &ctx.cfg;
+    let mut env: Vec<(String, String)> = ctx
+        .inherited
+        .iter()
+        .filter(|(k, _)| !spec.env.contains_key(k))
+        .cloned()
+        .collect();
+    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend([
         ("CRONMESH_JOB".to_string(), spec.name.clone()),
         ("CRONMESH_RUN_ID".into(), order.run_id.clone()),
@@ -35,13 +94,15 @@ pub fn exec_spec(order: &RunOrder, cfg: &WorkerConfig, traceparent: &str) -> Exe
         timeout_grace: cfg.timeout_grace,
         kill_grace: cfg.kill_grace,
         max_output: spec.max_output_bytes.unwrap_or(cfg.max_output_bytes) as usize,
+        cgroups: ctx.cgroups.clone(),
+        run_id: order.run_id.clone(),
     }
 }
 
 /// Runs one process to its end; returns when the core has been told.
 pub async fn run(
     order: RunOrder,
-    cfg: Arc<WorkerConfig>,
+    ctx: Arc<RunContext>,
     spawners: Arc<Semaphore>,
     kill: watch::Receiver<Option<String>>,
     tx: mpsc::Sender<Input>,
@@ -56,10 +117,10 @@ pub async fn run(
             KeyValue::new("cronmesh.planned_at", rfc3339_ms(order.planned)),
             KeyValue::new("cronmesh.trigger", format!("{:?}", order.trigger).to_lowercase()),
             KeyValue::new("cronmesh.attempt", order.attempt as i64),
-            KeyValue::new("cronmesh.worker", cfg.id.clone()),
+            KeyValue::new("cronmesh.worker", ctx.cfg.id.clone()),
         ],
     );
-    let exec = exec_spec(&order, &cfg, &trace.traceparent);
+    let exec = exec_spec(&order, &ctx, &trace.traceparent);
     // fork/exec happens on a blocking thread, a few at a time: the scheduler never waits for
     // it, and both cores fork in parallel
     let spawned = {

@@ -56,6 +56,8 @@ struct Sim {
     kills_broadcast: Vec<KillSignal>,
     acks: Vec<String>,
     announcements: Vec<(String, bool, bool)>,
+    /// (worker, clock skewed, offset) of every announcement.
+    clock_announcements: Vec<(String, bool, Option<i64>)>,
     revision: i64,
 }
 
@@ -82,6 +84,7 @@ impl Sim {
             kills_broadcast: Vec::new(),
             acks: Vec::new(),
             announcements: Vec::new(),
+            clock_announcements: Vec::new(),
             revision: 1,
         }
     }
@@ -93,6 +96,7 @@ impl Sim {
             claim_ahead_ms: 1000,
             max_concurrent_runs: 100,
             drain_timeout_ms: 30_000,
+            max_clock_skew_ms: 1000,
         }
     }
 
@@ -363,11 +367,15 @@ impl Sim {
             }
             Effect::ReportStarted(s) => self.started.push(s),
             Effect::ReportFinished(r) => self.records.push(*r),
-            Effect::Announce { draining, at_capacity } => {
-                self.announcements.push((worker.to_string(), draining, at_capacity));
+            Effect::Announce(a) => {
+                self.announcements.push((worker.to_string(), a.draining, a.at_capacity));
+                self.clock_announcements
+                    .push((worker.to_string(), a.clock_skewed, a.clock_offset_ms));
                 if let Some(m) = self.members.get_mut(worker) {
-                    m.draining = draining;
-                    m.at_capacity = at_capacity;
+                    m.draining = a.draining;
+                    m.at_capacity = a.at_capacity;
+                    m.clock_skewed = a.clock_skewed;
+                    m.clock_offset_ms = a.clock_offset_ms;
                     let w = m.clone();
                     self.broadcast_later(Input::Members(MemberEvent::Up(w)));
                 }
@@ -544,6 +552,8 @@ fn info(id: &str, dispatch: Dispatch) -> WorkerInfo {
         started_at: T0,
         draining: false,
         at_capacity: false,
+        clock_skewed: false,
+        clock_offset_ms: None,
         dispatch,
         listen: None,
         version: "sim".into(),
@@ -1106,6 +1116,100 @@ fn when_every_eligible_worker_is_full_a_tick_waits_for_a_slot_then_runs_late_or_
 }
 
 // ---- ownership changes ------------------------------------------------------------------
+
+// ---- clock skew ---------------------------------------------------------------------------
+
+fn measured(sim: &mut Sim, worker: &str, offset_ms: Option<i64>) {
+    sim.deliver(worker, Input::ClockOffset { offset_ms });
+    sim.pump();
+}
+
+#[test]
+fn a_worker_whose_clock_is_off_beyond_the_limit_claims_nothing_its_jobs_move_and_it_is_not_ready() {
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    let mine = owned_by(&sim, "w1", 3);
+    for j in &mine {
+        sim.put(every_second(j));
+    }
+    sim.advance(secs(2) + 100);
+    assert!(mine.iter().all(|j| sim.ran(j).iter().all(|(w, _)| w == "w1")));
+    // the shell measured w1's clock 3 s ahead of the masters'
+    let flagged = sim.now;
+    measured(&mut sim, "w1", Some(3000));
+    assert!(sim.core("w1").clock_skewed());
+    assert!(!sim.core("w1").ready(), "a worker whose clock is off is not ready");
+    assert!(sim.core("w2").ready());
+    assert!(sim.clock_announcements.contains(&("w1".to_string(), true, Some(3000))));
+    sim.advance(secs(5));
+    for j in &mine {
+        let ran = sim.ran(j);
+        // w1 still runs what it had claimed (claim_ahead: one tick), then nothing
+        assert!(
+            ran.iter().filter(|(_, p)| *p > flagged + 1000).all(|(w, _)| w == "w2"),
+            "{j}: {ran:?}"
+        );
+        let planned: Vec<i64> = ran.iter().map(|(_, p)| *p).collect();
+        assert_eq!(
+            planned,
+            (1..=7).map(|i| T0 + secs(i)).collect::<Vec<_>>(),
+            "{j}: no tick lost"
+        );
+    }
+    // within the limit but not well within: it stays aside (no flapping at the threshold)
+    measured(&mut sim, "w1", Some(900));
+    assert!(sim.core("w1").clock_skewed());
+    measured(&mut sim, "w1", Some(200));
+    assert!(!sim.core("w1").clock_skewed());
+    assert!(sim.core("w1").ready());
+    let back = sim.now;
+    sim.advance(secs(4));
+    for j in &mine {
+        let ran = sim.ran(j);
+        assert!(
+            ran.iter().filter(|(_, p)| *p > back + 2000).all(|(w, _)| w == "w1"),
+            "{j} came back: {ran:?}"
+        );
+    }
+    sim.assert_exactly_once();
+}
+
+#[test]
+fn when_every_eligible_workers_clock_is_off_the_jobs_still_run_there_but_it_is_not_ready() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.put(every_second("a"));
+    measured(&mut sim, "w1", Some(-5000));
+    sim.advance(secs(3) + 100);
+    assert_eq!(sim.ran("a").len(), 3, "better a tick run by a wrong clock than none");
+    assert!(!sim.core("w1").ready());
+}
+
+#[test]
+fn an_offset_is_announced_when_it_moves_noticeably_and_a_missing_measurement_changes_nothing() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    measured(&mut sim, "w1", Some(10));
+    assert_eq!(sim.clock_announcements, [("w1".to_string(), false, Some(10))]);
+    measured(&mut sim, "w1", Some(60));
+    assert_eq!(
+        sim.clock_announcements.len(),
+        1,
+        "a wobble is not worth a registration update"
+    );
+    measured(&mut sim, "w1", Some(400));
+    assert_eq!(
+        sim.clock_announcements.last(),
+        Some(&("w1".to_string(), false, Some(400)))
+    );
+    measured(&mut sim, "w1", Some(1500));
+    measured(&mut sim, "w1", None);
+    assert!(
+        sim.core("w1").clock_skewed(),
+        "no master answered: the last verdict stands"
+    );
+    assert_eq!(
+        sim.clock_announcements.last(),
+        Some(&("w1".to_string(), true, Some(1500)))
+    );
+}
 
 #[test]
 fn an_ownership_change_while_a_claim_is_in_flight_runs_the_tick_once_on_whoever_won_it() {

@@ -81,13 +81,23 @@ impl Core {
     }
 
     pub(super) fn announce(&mut self) {
-        let now = (self.draining, self.at_capacity);
+        let mut now = Announcement {
+            draining: self.draining,
+            at_capacity: self.at_capacity,
+            clock_skewed: self.clock_skewed,
+            clock_offset_ms: self.announced.clock_offset_ms,
+        };
+        // the offset goes out with a flag change, or when it moved noticeably
+        if self.clock_offset.is_some_and(|o| {
+            now.clock_offset_ms
+                .is_none_or(|a| (a - o).abs() >= OFFSET_ANNOUNCE_STEP_MS)
+        }) || now.clock_skewed != self.announced.clock_skewed
+        {
+            now.clock_offset_ms = self.clock_offset;
+        }
         if now != self.announced {
             self.announced = now;
-            self.effects.push_back(Effect::Announce {
-                draining: now.0,
-                at_capacity: now.1,
-            });
+            self.effects.push_back(Effect::Announce(now));
         }
     }
 }

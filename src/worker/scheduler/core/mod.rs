@@ -12,6 +12,9 @@
 //!   others to take its jobs (`Announce { at_capacity }`), and its due ticks wait for a slot
 //!   until they are handed over or reach their deadline;
 //! - every tick claimed here ends with a record (run, skipped), also through a drain;
+//! - a worker whose clock is off by more than `max_clock_skew` (measured by the shell against
+//!   the masters) says so (`Announce { clock_skewed }`): ownership moves its jobs to workers
+//!   whose clocks are right, it claims nothing while one of those can, and it is not ready;
 //! - work per tick is O(log n) (the timer heap); only membership changes touch every job.
 
 mod capacity;
@@ -19,7 +22,7 @@ mod claiming;
 mod drain;
 mod running;
 
-use super::io::{Effect, Input, RunOrder};
+use super::io::{Announcement, Effect, Input, RunOrder};
 use super::tick::{
     ClaimPlan, ClaimTimes, SkipReason, Slot, Slots, Started, Tick, TickEnd, TickKind, TickState, exec_status, record,
 };
@@ -32,7 +35,7 @@ use crate::model::{
 use crate::schedule::Schedule;
 use crate::schedule::ScheduleCache;
 use crate::telemetry::events::{
-    ClaimBatchDone, RunFinishedEvent, RunStartedEvent, SignalHandled, TickSkipped, TicksOverdue,
+    ClaimBatchDone, ClockSkewChanged, RunFinishedEvent, RunStartedEvent, SignalHandled, TickSkipped, TicksOverdue,
 };
 use crate::telemetry::metrics::METRICS;
 use crate::timer::TimerHeap;
@@ -53,6 +56,11 @@ pub const CAPACITY_HOLD_MS: i64 = 5000;
 /// claims the ticks of this much time before `claim_ahead` too, in case the old owner dropped
 /// them while the news travelled.
 pub const HANDOVER_LOOKBACK_MS: i64 = 1000;
+/// A measured clock offset is announced again when it moved this much since the last one.
+pub const OFFSET_ANNOUNCE_STEP_MS: i64 = 250;
+/// A skewed worker is back once its offset is within this share of the limit (hysteresis).
+const SKEW_CLEAR_NUM: i64 = 3;
+const SKEW_CLEAR_DEN: i64 = 4;
 /// A run-now request whose claim failed is tried again after this long.
 pub const RUN_NOW_RETRY_MS: i64 = 1000;
 /// First and longest wait before overdue ticks are claimed again after a failed claim.
@@ -67,6 +75,8 @@ pub struct CoreConfig {
     pub claim_ahead_ms: i64,
     pub max_concurrent_runs: usize,
     pub drain_timeout_ms: i64,
+    /// Beyond this clock offset from the masters, the worker claims nothing (`max_clock_skew`).
+    pub max_clock_skew_ms: i64,
 }
 
 impl CoreConfig {
@@ -77,6 +87,7 @@ impl CoreConfig {
             claim_ahead_ms: c.claim_ahead.as_millis() as i64,
             max_concurrent_runs: c.max_concurrent_runs,
             drain_timeout_ms: c.drain_timeout.as_millis() as i64,
+            max_clock_skew_ms: c.max_clock_skew.as_millis() as i64,
         }
     }
 }
@@ -176,8 +187,12 @@ pub struct Core {
     drain_expired: bool,
     at_capacity: bool,
     full_since: i64,
+    /// Beyond `max_clock_skew` from the masters' clocks.
+    clock_skewed: bool,
+    /// The last offset measured.
+    clock_offset: Option<i64>,
     /// Last values sent in `Announce`.
-    announced: (bool, bool),
+    announced: Announcement,
     effects: VecDeque<Effect>,
     /// The time of the latest step, and whether it still has to be settled (claims batched,
     /// slots handed out, capacity announced): steps are settled lazily, when effects or the
@@ -216,7 +231,9 @@ impl Core {
             drain_expired: false,
             at_capacity: false,
             full_since: 0,
-            announced: (false, false),
+            clock_skewed: false,
+            clock_offset: None,
+            announced: Announcement::default(),
             effects: VecDeque::new(),
             now: 0,
             dirty: false,
@@ -246,6 +263,7 @@ impl Core {
             } => self.on_spawned(now, &run_id, at, trace_id, error),
             Input::Exited { run_id, at, result } => self.on_exited(now, &run_id, at, result),
             Input::Drain => self.on_drain(now),
+            Input::ClockOffset { offset_ms } => self.on_clock_offset(now, offset_ms),
         }
         self.now = self.now.max(now);
         self.dirty = true;
@@ -281,9 +299,15 @@ impl Core {
         self.effects.pop_front()
     }
 
-    /// Registered (as far as the core knows), listed jobs and members, and not draining.
+    /// Registered (as far as the core knows), listed jobs and members, not draining, and its
+    /// clock agrees with the masters'.
     pub fn ready(&self) -> bool {
-        self.synced_jobs && self.synced_members && self.session.is_some() && !self.draining
+        self.synced_jobs && self.synced_members && self.session.is_some() && !self.draining && !self.clock_skewed
+    }
+
+    /// Its clock is off by more than `max_clock_skew`.
+    pub fn clock_skewed(&self) -> bool {
+        self.clock_skewed
     }
 
     /// Draining and nothing left: every tick won here has its record.
@@ -564,6 +588,43 @@ impl Core {
         if let Some(me) = self.members.get_mut(&self.cfg.worker) {
             me.draining = self.draining;
             me.at_capacity = self.at_capacity;
+            me.clock_skewed = self.clock_skewed;
+        }
+    }
+
+    // ---- clock ---------------------------------------------------------------------------
+
+    /// A new measurement of this worker's clock against the masters'. Beyond the limit, the
+    /// worker steps aside (like a full one: its jobs move to workers whose clocks are right);
+    /// it comes back once the offset is within three quarters of the limit. No measurement
+    /// (no master answered) changes nothing: scheduling does not wait for masters.
+    fn on_clock_offset(&mut self, now: i64, offset: Option<i64>) {
+        let Some(offset) = offset else { return };
+        self.clock_offset = Some(offset);
+        METRICS.clock_offset.set(offset as f64 / 1000.0);
+        let limit = self.cfg.max_clock_skew_ms;
+        let skewed = if self.clock_skewed {
+            offset.abs() * SKEW_CLEAR_DEN > limit * SKEW_CLEAR_NUM
+        } else {
+            offset.abs() > limit
+        };
+        if skewed != self.clock_skewed {
+            self.clock_skewed = skewed;
+            ClockSkewChanged {
+                offset_ms: offset,
+                limit_ms: limit,
+                beyond: skewed,
+            }
+            .emit();
+            self.apply_own_flags();
+            self.announce();
+            self.recompute_ownership(now, Lookback::Handover);
+        } else if self
+            .announced
+            .clock_offset_ms
+            .is_none_or(|a| (a - offset).abs() >= OFFSET_ANNOUNCE_STEP_MS)
+        {
+            self.announce();
         }
     }
 

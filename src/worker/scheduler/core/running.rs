@@ -194,11 +194,6 @@ impl Core {
             return;
         };
         METRICS.spawn_errors.inc();
-        let shell = self
-            .jobs
-            .get(&t.job)
-            .map(|e| e.job.spec.shell.clone())
-            .unwrap_or_default();
         let mut rec = t.record(&self.cfg.worker, RunStatus::Failed);
         rec.claimed_at = Some(claim.won);
         rec.started_at = Some(at);
@@ -206,9 +201,8 @@ impl Core {
         rec.ended_at = Some(now.max(at));
         rec.duration_ms = Some(0);
         rec.trace_id = Some(trace_id);
-        rec.error = Some(format!(
-            "could not start {shell:?}: {err} (check the job's shell and workdir on this worker)"
-        ));
+        // the executor's message names what is wrong (the shell, the working directory, ...)
+        rec.error = Some(err);
         self.run_ended(now, run_id, rec);
     }
 
