@@ -74,7 +74,7 @@ async fn more_jobs_than_fit_in_one_grpc_message_are_listed_watched_and_run() {
     specs.push(JobSpec::new("big-every-second", "@every 1s", "true"));
     // in batches, each retried when etcd is slow (a machine busy with other tests): a batch
     // already written answers Conflict
-    for chunk in specs.chunks(1000) {
+    for chunk in specs.chunks(100) {
         let mut tries = 0;
         loop {
             match c.coord.create_jobs(chunk).await {
