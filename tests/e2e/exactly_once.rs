@@ -51,7 +51,11 @@ async fn every_tick_runs_exactly_once_across_three_workers() {
         .iter()
         .filter(|r| r.claimed_at.is_some_and(|c| c <= r.planned_at))
         .count();
-    assert!(ahead * 10 >= in_window.len() * 9, "claimed ahead: {ahead} of {}", in_window.len());
+    assert!(
+        ahead * 10 >= in_window.len() * 9,
+        "claimed ahead: {ahead} of {}",
+        in_window.len()
+    );
     let mut lags: Vec<i64> = in_window.iter().filter_map(|r| r.lag_ms).collect();
     lags.sort();
     let p50 = lags[lags.len() / 2];
