@@ -27,7 +27,8 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
-etcd --version | head -1
+# sed reads all of it: with `head -1` and pipefail, a late write of etcd could die of SIGPIPE
+etcd --version | sed -n 1p
 # the web page's browser tests: playwright-core (pinned by tests/web/package-lock.json) drives
 # Debian's Chromium; no browser download
 echo "== npm ci (tests/web)"
