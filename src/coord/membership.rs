@@ -86,10 +86,26 @@ impl Coord {
     ) {
         let ttl_secs = ttl.as_secs().max(1) as i64;
         let mut retry = Duration::from_millis(100);
+        // the lease given up after an outage, which etcd may have kept alive (a restarted or
+        // newly elected leader renews every lease): taken back rather than waited out
+        let mut given_up: Option<i64> = None;
         loop {
+            let current = value.borrow_and_update().clone();
             let registered = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = self.register_once(&key, value.borrow_and_update().clone(), ttl_secs) => r,
+                r = async {
+                    if let Some(old) = given_up {
+                        match self.resume_once(&key, current.clone(), old).await {
+                            Ok(true) => {
+                                info!(key = %key, lease = old, "etcd kept the session lease through the outage; registration taken back");
+                                return Ok(Some(old));
+                            }
+                            Ok(false) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    self.register_once(&key, current, ttl_secs).await
+                } => r,
             };
             let lease = match registered {
                 Ok(Some(lease)) => lease,
@@ -119,13 +135,40 @@ impl Coord {
                     info!(key = %key, "deregistered");
                     return;
                 }
-                Some(detail) => LeaseLost {
-                    worker: &id,
-                    detail: &detail,
+                Some(detail) => {
+                    LeaseLost {
+                        worker: &id,
+                        detail: &detail,
+                    }
+                    .emit();
+                    given_up = Some(lease);
                 }
-                .emit(),
             }
         }
+    }
+
+    /// Takes back a registration whose keep-alives went unanswered: `Ok(true)` when etcd still
+    /// has `lease` alive and `key` is still held by it (its value is refreshed); `Ok(false)`
+    /// when the lease expired or the key is gone or held by another lease.
+    async fn resume_once(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<bool, CoordError> {
+        let ttl = self
+            .call("lease_time_to_live", |mut c| async move {
+                c.lease_time_to_live(lease, None).await
+            })
+            .await?
+            .ttl();
+        if ttl <= 0 {
+            return Ok(false);
+        }
+        let txn = Txn::new()
+            .when([Compare::lease(key.to_string(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::put(
+                key.to_string(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let resp = self.call("txn", |mut c| async move { c.txn(txn).await }).await?;
+        Ok(resp.succeeded())
     }
 
     /// Grants a lease and creates the key if absent. `Ok(None)` when another process holds it.

@@ -472,9 +472,16 @@ impl Cluster {
         }
         for w in self.workers.values() {
             let text = std::fs::read_to_string(&w.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            s.push_str(&format!("---- {} (last 40 lines)\n", w.id));
-            for l in tail.into_iter().rev() {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail_from = lines.len().saturating_sub(40);
+            // what the worker said at INFO and above before its last 40 lines, then those
+            let said: Vec<&str> = lines[..tail_from]
+                .iter()
+                .copied()
+                .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+                .collect();
+            s.push_str(&format!("---- {} (INFO and above, then the last 40 lines)\n", w.id));
+            for l in said.iter().rev().take(200).rev().chain(&lines[tail_from..]) {
                 s.push_str(l);
                 s.push('\n');
             }

@@ -63,6 +63,12 @@ async fn etcd_stopped_for_five_seconds_then_everything_recovers_and_nothing_runs
         logs.contains("claims failed") || logs.contains("watch restarting"),
         "the outage is logged"
     );
+    // etcd keeps leases alive through its restart: a worker whose keep-alives went unanswered
+    // takes its registration back instead of waiting a TTL for its own old key to expire
+    assert!(
+        !logs.contains("registered by another live process"),
+        "a worker waited for its own registration to expire"
+    );
     // workers are still alive
     c.wait_members(&["w1", "w2"]).await;
 }
