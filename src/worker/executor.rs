@@ -1036,7 +1036,7 @@ mod tests {
     /// Rounds of 200 spawns of `/bin/sh -c true` each way, interleaved (the machine is shared),
     /// and the median round of each.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
+    #[ignore = "a benchmark: thousands of spawns; run by hand with --ignored --nocapture"]
     async fn spawn_cost() {
         const N: u32 = 200;
         const ROUNDS: usize = 7;

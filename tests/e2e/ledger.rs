@@ -71,6 +71,7 @@ async fn a_tick_no_worker_may_run_is_recorded_missed_naming_the_selector_until_a
         c.ticks().iter().filter(|t| t.job == "picky").count() >= 4
     })
     .await;
+    // three seconds for the ledger to pass the ticks that ran: none may be recorded missed
     tokio::time::sleep(Duration::from_secs(3)).await;
     let late_misses: Vec<i64> = by_status(&c, &url, "picky", RunStatus::Missed)
         .await
@@ -116,6 +117,7 @@ async fn with_every_worker_down_for_20_s_each_tick_of_the_window_is_recorded_exa
     let stopped = now_ms();
     c.kill_worker("w1");
     c.kill_worker("w2");
+    // every worker down for 20 s is the behaviour under test
     tokio::time::sleep(Duration::from_secs(20)).await;
     for w in ["w1", "w2"] {
         c.start_worker(w, &[]);
@@ -174,6 +176,8 @@ async fn a_paused_job_expects_no_ticks_and_a_schedule_change_is_followed_tick_by
         s.paused = paused;
         s
     };
+    // the job's history is the behaviour under test: each wait is one segment of it (running,
+    // paused, running again, rescheduled), and every tick of each is checked below
     let first = c.put_job(spec("@every 1s", false)).await;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let paused = c.put_job(spec("@every 1s", true)).await;
