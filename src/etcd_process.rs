@@ -122,13 +122,9 @@ impl EtcdProcess {
         let addr = self.client_url.trim_start_matches("http://").to_string();
         loop {
             if let Some(c) = self.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
+                && let Some(report) = crate::child_process::exit_report(c, &self.log, 5)
             {
-                let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: String = tail.lines().rev().take(5).collect::<Vec<_>>().join("\n");
-                return Err(io::Error::other(format!(
-                    "etcd exited with {status}; last log lines:\n{tail}"
-                )));
+                return Err(io::Error::other(format!("etcd {report}")));
             }
             if health(&addr).await {
                 return Ok(());
@@ -145,20 +141,8 @@ impl EtcdProcess {
 
     /// Stops with SIGTERM (SIGKILL after 5 s) and waits.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child by pid.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            crate::child_process::terminate(c, Duration::from_secs(5));
         }
     }
 

@@ -18,6 +18,7 @@
 //! - [`etcd_process`]: starting etcd as a child process (standalone mode and tests).
 //! - [`mongo_process`]: starting the MongoDB stand-in server (`secantusd-py`) for tests and load tests.
 
+pub mod child_process;
 pub mod cluster;
 pub mod config;
 pub mod coord;

@@ -138,13 +138,9 @@ impl MongoProcess {
         let start = Instant::now();
         loop {
             if let Some(c) = self.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
+                && let Some(report) = crate::child_process::exit_report(c, &self.log, 8)
             {
-                let tail = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: String = tail.lines().rev().take(8).collect::<Vec<_>>().join("\n");
-                return Err(io::Error::other(format!(
-                    "the MongoDB server exited with {status}; last log lines:\n{tail}"
-                )));
+                return Err(io::Error::other(format!("the MongoDB server {report}")));
             }
             if crate::logstore::mongodb_answers(&self.uri).await.is_ok() {
                 return Ok(());
@@ -161,20 +157,8 @@ impl MongoProcess {
 
     /// Stops with SIGTERM (SIGKILL after 10 s) and waits.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child by pid.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            crate::child_process::terminate(c, Duration::from_secs(10));
         }
     }
 
