@@ -61,6 +61,7 @@ where
     a_bad_cursor_is_an_error(&*fresh().await).await;
     retention_by_age_and_by_count_per_job(&*fresh().await).await;
     latest_per_job_is_each_jobs_newest_record(&*fresh().await).await;
+    recent_per_job_gives_each_jobs_newest_few_newest_first(&*fresh().await).await;
     a_missed_record_gives_way_to_the_ticks_real_record(&*fresh().await).await;
     recorded_ticks_are_found_and_manual_runs_do_not_count(&*fresh().await).await;
     counts_since_group_each_jobs_records_by_status(&*fresh().await).await;
@@ -404,6 +405,32 @@ pub async fn latest_per_job_is_each_jobs_newest_record(s: &dyn LogStore) {
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].run_id, "b-2");
     assert!(s.latest_per_job(&["nothing".into()]).await.unwrap().is_empty());
+}
+
+pub async fn recent_per_job_gives_each_jobs_newest_few_newest_first(s: &dyn LogStore) {
+    s.insert(&[
+        record("a-1", "a", 1_000, RunStatus::Succeeded),
+        record("a-3", "a", 3_000, RunStatus::Failed),
+        record("a-2", "a", 2_000, RunStatus::Killed),
+        record("a-4", "a", 4_000, RunStatus::Succeeded),
+        // same planned time: the larger run id is the newer, as in `list`
+        record("b-1", "b", 2_000, RunStatus::Succeeded),
+        record("b-2", "b", 2_000, RunStatus::TimedOut),
+        record("c-1", "c", 9_000, RunStatus::Succeeded),
+    ])
+    .await
+    .unwrap();
+    let got = s
+        .recent_per_job(&["a".into(), "b".into(), "nothing".into()], 3)
+        .await
+        .unwrap();
+    let of = |job: &str| -> Vec<String> { got.iter().filter(|r| r.job == job).map(|r| r.run_id.clone()).collect() };
+    assert_eq!(of("a"), ["a-4", "a-3", "a-2"], "the newest n, newest first");
+    assert_eq!(of("b"), ["b-2", "b-1"]);
+    assert!(of("c").is_empty(), "jobs not asked for are left out");
+    assert_eq!(got.len(), 5, "jobs without runs add nothing");
+    assert!(got.iter().all(|r| r.output.is_empty()), "outputs are left out");
+    assert!(s.recent_per_job(&[], 3).await.unwrap().is_empty());
 }
 
 pub async fn inserts_are_idempotent_by_run_id(s: &dyn LogStore) {

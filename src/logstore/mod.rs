@@ -13,7 +13,8 @@
 //!   replaces it, and a `missed` record for a tick that has one is not stored;
 //! - `list` returns newest first by `(planned_at, run_id)`, without outputs, with an opaque cursor
 //!   for the next page; `get` returns one record with its output;
-//! - `latest_per_job` returns each job's newest record, as `list` would order them;
+//! - `latest_per_job` returns each job's newest record, as `list` would order them, and
+//!   `recent_per_job` its newest few;
 //! - retention deletes by age (`ended_at`) and by count per job;
 //! - the run log also keeps its **run events** (each run-started marker and each record as it is
 //!   stored: inserted, or a `lost` placeholder replaced) in insert order, each at a `RunPos`:
@@ -109,6 +110,8 @@ pub type RunEventStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Resu
 
 /// Most job names `latest_per_job` takes in one call (one page of the jobs API).
 pub const MAX_LATEST_JOBS: usize = 1000;
+/// Most records per job `recent_per_job` returns.
+pub const MAX_RECENT_RUNS: usize = 20;
 /// Most ticks `recorded_ticks` takes in one call.
 pub const MAX_TICK_LOOKUPS: usize = 1000;
 
@@ -164,6 +167,10 @@ pub trait LogStore: Send + Sync + 'static {
     /// has one; jobs without runs are absent. For the jobs table's "last status" column, so
     /// at most `MAX_LATEST_JOBS` names per call.
     async fn latest_per_job(&self, jobs: &[String]) -> Result<Vec<RunRecord>, StoreError>;
+    /// Up to `n` (at most `MAX_RECENT_RUNS`) newest records of each of `jobs`, outputs left
+    /// out, each job's newest first (as `list` orders them): the jobs list's recent-runs strip.
+    /// At most `MAX_LATEST_JOBS` names per call; jobs without runs are absent.
+    async fn recent_per_job(&self, jobs: &[String], n: usize) -> Result<Vec<RunRecord>, StoreError>;
     /// Which of these scheduled ticks (job, planned ms) have at least one record (manual runs
     /// do not count). For the tick ledger, at most `MAX_TICK_LOOKUPS` per call.
     async fn recorded_ticks(&self, ticks: &[(String, i64)]) -> Result<HashSet<(String, i64)>, StoreError>;

@@ -552,6 +552,36 @@ impl LogStore for MongoStore {
         Ok(out)
     }
 
+    async fn recent_per_job(&self, jobs: &[String], n: usize) -> Result<Vec<RunRecord>, StoreError> {
+        use futures_util::StreamExt;
+        let n = n.clamp(1, super::MAX_RECENT_RUNS) as i64;
+        // one find per job on the {job, planned_at, run_id} index, 16 in flight
+        let per_job = futures_util::stream::iter(jobs.iter().take(super::MAX_LATEST_JOBS).cloned())
+            .map(|job| async move {
+                let cursor = self
+                    .coll
+                    .find(doc! { "job": job })
+                    .sort(doc! { "job": 1, "planned_at": -1, "run_id": -1 })
+                    .limit(n)
+                    .projection(doc! { "output": 0, "_id": 0 })
+                    .await
+                    .map_err(err)?;
+                cursor.try_collect::<Vec<Document>>().await.map_err(err)
+            })
+            .buffered(16)
+            .collect::<Vec<_>>()
+            .await;
+        let mut out = Vec::new();
+        for docs in per_job {
+            for mut d in docs? {
+                d.insert("output", "");
+                d.remove("ended_at_date");
+                out.push(from_doc(d)?);
+            }
+        }
+        Ok(out)
+    }
+
     async fn recorded_ticks(&self, ticks: &[(String, i64)]) -> Result<HashSet<(String, i64)>, StoreError> {
         let ticks: Vec<&(String, i64)> = ticks.iter().take(super::MAX_TICK_LOOKUPS).collect();
         if ticks.is_empty() {

@@ -360,6 +360,26 @@ impl LogStore for SqliteStore {
         Self::with(&self.reader, probe).await
     }
 
+    async fn recent_per_job(&self, jobs: &[String], n: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let jobs: Vec<String> = jobs.iter().take(super::MAX_LATEST_JOBS).cloned().collect();
+        let n = n.clamp(1, super::MAX_RECENT_RUNS) as i64;
+        Self::with(&self.reader, move |c| {
+            // one indexed probe per job (runs_by_job), n rows each
+            let mut stmt = c
+                .prepare_cached("SELECT record FROM runs WHERE job = ?1 ORDER BY planned_at DESC, run_id DESC LIMIT ?2")
+                .map_err(err)?;
+            let mut out = Vec::new();
+            for j in &jobs {
+                let rows = stmt.query_map(params![j, n], |r| r.get::<_, String>(0)).map_err(err)?;
+                for rec in rows {
+                    out.push(row_to_record(rec.map_err(err)?, None)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn recorded_ticks(&self, ticks: &[(String, i64)]) -> Result<HashSet<(String, i64)>, StoreError> {
         let ticks: Vec<(String, i64)> = ticks.iter().take(super::MAX_TICK_LOOKUPS).cloned().collect();
         Self::with(&self.reader, move |c| {

@@ -41,6 +41,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/reports"),
     ("get", "/api/v1/events"),
     ("get", "/api/v1/time"),
+    ("get", "/api/v1/health"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -65,6 +66,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/reports", post(report))
         .route("/api/v1/events", get(super::feed::events))
         .route("/api/v1/time", get(time))
+        .route("/api/v1/health", get(super::health::health))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -111,6 +113,9 @@ pub struct JobView {
     pub last_run: Option<LastRun>,
     /// Its records of the last 24 hours by outcome (at most 30 s old).
     pub stats_24h: crate::master::stats::DayCounts,
+    /// Its newest records in brief, newest first, when asked for with `recent=N`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recent_runs: Option<Vec<LastRun>>,
 }
 
 /// The newest run of a job, in brief.
@@ -145,20 +150,27 @@ pub fn job_view(
         schedule_resolved: resolved,
         schedule_warnings: warnings,
         next_fire_times: next,
-        last_run: last.map(|r| LastRun {
+        last_run: last.map(LastRun::of),
+        stats_24h,
+        recent_runs: None,
+    }
+}
+
+impl LastRun {
+    fn of(r: RunRecord) -> LastRun {
+        LastRun {
             run_id: r.run_id,
             status: r.status,
             planned_at: r.planned_at,
             ended_at: r.ended_at,
             exit_code: r.exit_code,
-        }),
-        stats_24h,
+        }
     }
 }
 
 /// Views of `jobs` with their newest runs. The jobs come from etcd; if the run log cannot
 /// answer, the views go out without `last_run` (logged) rather than not at all.
-async fn job_views(st: &AppState, jobs: Vec<StoredJob>, n: usize) -> Vec<JobView> {
+async fn job_views(st: &AppState, jobs: Vec<StoredJob>, n: usize, recent: Option<usize>) -> Vec<JobView> {
     let names: Vec<String> = jobs.iter().map(|j| j.spec.name.clone()).collect();
     // from memory where known; the rest from the run log, which then fills the memory
     let (mut last, missing) = st.ingest.last_runs.get(&names);
@@ -177,17 +189,49 @@ async fn job_views(st: &AppState, jobs: Vec<StoredJob>, n: usize) -> Vec<JobView
             }
         }
     }
+    // the recent-runs strip, only when asked for (one indexed read of n rows per job)
+    let mut recent_by_job: Option<std::collections::HashMap<String, Vec<LastRun>>> = None;
+    if let Some(k) = recent {
+        match st.store.recent_per_job(&names, k).await {
+            Ok(runs) => {
+                let mut m: std::collections::HashMap<String, Vec<LastRun>> = std::collections::HashMap::new();
+                for r in runs {
+                    m.entry(r.job.clone()).or_default().push(LastRun::of(r));
+                }
+                recent_by_job = Some(m);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = names.len(), "jobs listed without their recent runs: the run log did not answer");
+            }
+        }
+    }
     jobs.into_iter()
         .map(|j| {
             let l = last.remove(&j.spec.name);
             let stats = st.stats.get(&j.spec.name);
-            job_view(j, n, l, stats)
+            let recent = recent_by_job
+                .as_mut()
+                .map(|m| m.remove(&j.spec.name).unwrap_or_default());
+            let mut v = job_view(j, n, l, stats);
+            v.recent_runs = recent;
+            v
         })
         .collect()
 }
 
-async fn one_view(st: &AppState, job: StoredJob) -> JobView {
-    job_views(st, vec![job], 5)
+/// `recent=N` of the job routes: 1-`MAX_RECENT_RUNS`.
+fn recent_param(recent: Option<usize>) -> Result<Option<usize>, ApiError> {
+    match recent {
+        Some(k) if k == 0 || k > crate::logstore::MAX_RECENT_RUNS => Err(ApiError::bad(
+            "invalid_recent",
+            format!("recent must be between 1 and {}", crate::logstore::MAX_RECENT_RUNS),
+        )),
+        other => Ok(other),
+    }
+}
+
+async fn one_view(st: &AppState, job: StoredJob, recent: Option<usize>) -> JobView {
+    job_views(st, vec![job], 5, recent)
         .await
         .pop()
         .expect("one job in, one view out")
@@ -204,6 +248,15 @@ struct JobsQuery {
     limit: Option<usize>,
     /// The last name of the previous page.
     cursor: Option<String>,
+    /// Add each job's newest N records in brief (`recent_runs`).
+    recent: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobQuery {
+    /// Add the job's newest N records in brief (`recent_runs`).
+    recent: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -223,6 +276,7 @@ async fn list_jobs(
     authorize(&st, &headers, Need::Read)?;
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(100);
+    let recent = recent_param(q.recent)?;
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad("invalid_limit", "limit must be between 1 and 1000"));
     }
@@ -272,7 +326,7 @@ async fn list_jobs(
         None
     };
     Ok(Json(JobsPage {
-        jobs: job_views(&st, out, 3).await,
+        jobs: job_views(&st, out, 3, recent).await,
         next_cursor,
         revision,
     }))
@@ -282,16 +336,19 @@ async fn get_job(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
+    q: Result<Query<JobQuery>, QueryRejection>,
 ) -> Result<Json<JobView>, ApiError> {
     authorize(&st, &headers, Need::Read)?;
     let Path(name) = name?;
+    let Query(q) = q?;
+    let recent = recent_param(q.recent)?;
     valid_name(&name)?;
     let job = st
         .coord
         .get_job(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {name:?} not found")))?;
-    Ok(Json(one_view(&st, job).await))
+    Ok(Json(one_view(&st, job, recent).await))
 }
 
 async fn put_job(
@@ -344,7 +401,7 @@ async fn put_job(
     let stored = st.coord.put_job(spec).await?;
     tracing::info!(job = %name, revision = stored.revision, created = !existed, "job saved through the API");
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(one_view(&st, stored).await)).into_response())
+    Ok((status, Json(one_view(&st, stored, None).await)).into_response())
 }
 
 async fn delete_job(
@@ -461,7 +518,7 @@ async fn set_paused(
     let Path(name) = name?;
     valid_name(&name)?;
     let job = st.coord.set_paused(&name, paused).await?;
-    Ok(Json(one_view(&st, job).await))
+    Ok(Json(one_view(&st, job, None).await))
 }
 
 #[derive(Deserialize)]

@@ -101,6 +101,7 @@ paths = {
                 q("paused", "boolean"),
                 q("limit", "integer", "1-1000, default 100"),
                 q("cursor", desc="next_cursor of the previous page"),
+                q("recent", "integer", "1-20: add each job's newest N records in brief (recent_runs)"),
             ],
             "responses": responses(
                 {"200": json_body("A page of jobs", ref("JobsPage"))},
@@ -112,7 +113,7 @@ paths = {
         "get": {
             "summary": "Get a job with its next fire times",
             "operationId": "getJob",
-            "parameters": [name_p],
+            "parameters": [name_p, q("recent", "integer", "1-20: add the job's newest N records in brief (recent_runs)")],
             "responses": responses({"200": json_body("The job", ref("Job"))}, NOT_FOUND, UNREADABLE, UNAVAILABLE),
         },
         "put": {
@@ -305,6 +306,13 @@ paths = {
             ),
         }
     },
+    "/api/v1/health": {
+        "get": {
+            "summary": "What this master depends on (etcd, the run log, the workers), each up or not with one line of why and what to do, and the caller's role",
+            "operationId": "health",
+            "responses": responses({"200": json_body("Health", ref("Health"))}, bad=False),
+        }
+    },
     "/api/v1/openapi.json": {
         "get": {
             "summary": "This document",
@@ -394,6 +402,11 @@ job = strict(
         "schedule_warnings": warnings,
         "next_fire_times": {"type": "array", "items": {"type": "string"}},
         "last_run": last_run,
+        "recent_runs": {
+            "type": "array",
+            "items": strict({"run_id": {"type": "string"}, "status": status_enum, "planned_at": {"type": "integer"}, "ended_at": ms, "exit_code": opt_int}),
+            "description": "with recent=N: the job's newest N records in brief, newest first",
+        },
         "stats_24h": strict(
             {
                 "runs": {"type": "integer"},
@@ -548,6 +561,25 @@ doc = {
                 required=[],
             ),
             "Readiness": strict({"etcd": {"type": "string"}, "log_store": {"type": "string"}}),
+            "Health": strict(
+                {
+                    "status": {"enum": ["ok", "degraded"]},
+                    "role": {"enum": ["admin", "read"], "description": "what the caller's token may do"},
+                    "master": {"type": "string"},
+                    "checked_at": {"type": "integer", "description": "Unix ms"},
+                    "components": {
+                        "type": "array",
+                        "items": strict(
+                            {
+                                "name": {"enum": ["etcd", "run_log", "workers"]},
+                                "ok": {"type": "boolean"},
+                                "message": {"type": "string", "description": "one line: what was found"},
+                                "action": {"type": "string", "description": "what to do about it; empty when ok"},
+                            }
+                        ),
+                    },
+                }
+            ),
         },
     },
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod compat;
 pub mod error;
 pub mod feed;
+pub mod health;
 pub mod json;
 pub mod last_runs;
 pub mod ledger;

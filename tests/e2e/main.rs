@@ -15,6 +15,7 @@ mod exactly_once;
 mod failover;
 mod feed;
 mod hardening;
+mod health;
 mod ledger;
 mod lifecycle;
 mod mongodb;

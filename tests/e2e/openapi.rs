@@ -296,6 +296,15 @@ async fn real_responses_of_every_route_match_the_openapi_document() {
         .await;
     r.call("get", "/api/v1/events", "/api/v1/events", None, None).await;
     r.call("get", "/api/v1/time", "/api/v1/time", None, None).await;
+    let h = "/api/v1/health";
+    r.call("get", h, h, Some(READ), None).await;
+    r.call("get", h, h, Some(ADMIN), None).await;
+    r.call("get", h, h, None, None).await;
+    r.call("get", "/api/v1/jobs", "/api/v1/jobs?recent=3", Some(READ), None)
+        .await;
+    r.call("get", "/api/v1/jobs", "/api/v1/jobs?recent=0", Some(READ), None)
+        .await;
+    r.call("get", j, "/api/v1/jobs/doc?recent=2", Some(READ), None).await;
     r.call("get", "/api/v1/openapi.json", "/api/v1/openapi.json", None, None)
         .await;
     r.call("get", "/healthz", "/healthz", None, None).await;
@@ -327,6 +336,8 @@ async fn real_responses_of_every_route_match_the_openapi_document() {
     };
     r.call("get", "/api/v1/jobs", "/api/v1/jobs", Some(READ), None).await;
     r.call("get", "/readyz", "/readyz", None, None).await;
+    r.call("get", "/api/v1/health", "/api/v1/health", Some(READ), None)
+        .await;
     let statuses: std::collections::BTreeSet<u64> = r.lines.iter().filter_map(|l| l["status"].as_u64()).collect();
     for s in [
         200, 201, 202, 204, 400, 401, 403, 404, 409, 413, 414, 415, 422, 429, 503,

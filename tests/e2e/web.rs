@@ -58,7 +58,9 @@ async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_br
     c.start_worker("w1", &["--labels", "zone=web"]);
     c.wait_members(&["w1"]).await;
     let out = out_dir("ui");
-    run_browser("ui", &url, &out, &[]);
+    // the page's spec stops and resumes etcd (SIGSTOP, SIGCONT) to see the banner name it
+    let etcd_pid = c.etcd.pid().expect("etcd runs").to_string();
+    run_browser("ui", &url, &out, &[("CRONMESH_ETCD_PID", etcd_pid)]);
     for shot in [
         "01-sign-in",
         "03-job-form-error",
@@ -67,7 +69,15 @@ async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_br
         "04b-tick-strip",
         "04c-jobs-summary",
         "05-run-output",
+        "08-offline",
+        "08b-offline-phone",
+        "09b-overview",
         "11-workers",
+        "12-jobs-phone",
+        "12b-job-phone",
+        "12d-run-phone",
+        "13-read-only",
+        "14-etcd-down",
     ] {
         let p = out.join(format!("{shot}.png"));
         assert!(

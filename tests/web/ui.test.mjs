@@ -15,6 +15,7 @@ const ADMIN = process.env.CRONMESH_ADMIN_TOKEN;
 const READ = process.env.CRONMESH_READ_TOKEN;
 const OUT = process.env.WEB_OUT || 'target/test-output/web';
 const MODE = process.env.WEB_MODE || 'ui';
+const ETCD_PID = Number(process.env.CRONMESH_ETCD_PID || 0);
 assert.ok(MASTER && ADMIN && READ, 'CRONMESH_URL, CRONMESH_ADMIN_TOKEN and CRONMESH_READ_TOKEN must be set');
 fs.mkdirSync(OUT, { recursive: true });
 
@@ -64,6 +65,11 @@ async function shot(page, name) {
   assert.equal(leak, null, `${name}: the page shows "${leak && leak[0]}"`);
 }
 
+// Whether the page is wider than its viewport (a phone must never scroll sideways).
+async function overflowOf(page) {
+  return page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+}
+
 async function signIn(page) {
   const dialog = page.locator('#token-dialog');
   await dialog.waitFor({ state: 'visible' });
@@ -89,6 +95,8 @@ if (MODE === 'ui') {
     await t.test('asks for a token, rejects an unknown one, and accepts a valid one', async () => {
       await page.goto(net1.url + '/');
       await page.locator('#token-dialog').waitFor({ state: 'visible' });
+      // the real problem is named: a token is missing, not the network
+      await page.locator('#conn[data-state="unauthorized"]', { hasText: 'sign in needed' }).waitFor();
       await shot(page, '01-sign-in');
       await page.fill('#token-input', 'not-a-token-this-master-knows');
       await page.click('#token-submit');
@@ -105,7 +113,12 @@ if (MODE === 'ui') {
     });
 
     await t.test('a bad cron expression gets its error next to the field, and nothing is created', async () => {
+      // at 1280×800 the whole long form scrolls, and Save stays in view
+      await page.setViewportSize({ width: 1280, height: 800 });
       await page.click('#new-job');
+      const save = await page.locator('#job-save').boundingBox();
+      assert.ok(save && save.y + save.height <= 800, `Save is at ${JSON.stringify(save)}, below the window's edge`);
+      await page.setViewportSize({ width: 1280, height: 860 });
       await page.fill('#f-name', 'ui-hello');
       await page.fill('#f-schedule', 'every two seconds');
       await page.fill('#f-command', 'echo "hello from the web page"');
@@ -143,6 +156,9 @@ if (MODE === 'ui') {
       await page.fill('#f-schedule', '0 9 * * fryday');
       await page.locator('#preview-error', { hasText: 'the day-of-week field "fryday"' }).waitFor();
       assert.match(await page.locator('#preview-error').textContent(), /names \(mon or monday\)/);
+      // a number out of range: the field and its range in plain words, not the parser's
+      await page.fill('#f-schedule', '61 * * * *');
+      await page.locator('#preview-error', { hasText: 'the minute field "61": 61 is out of range 0-59' }).waitFor();
       // a schedule whose meaning changed with the crontab(5) day rule: a warning with the rewrite
       await page.fill('#f-schedule', '0 0 */2 * 1');
       await box.locator('.warning', { hasText: '0 0 1-31/2 * 1' }).waitFor();
@@ -179,7 +195,7 @@ if (MODE === 'ui') {
     await t.test('its runs appear live on its page, without reload', async () => {
       const navigations = [];
       page.on('framenavigated', (f) => { if (f === page.mainFrame()) navigations.push(f.url()); });
-      await page.click('#jobs-table tr[data-job="ui-hello"] a');
+      await page.click('#jobs-table tr[data-job="ui-hello"] td[data-label="Name"] a');
       await page.locator('h1', { hasText: 'ui-hello' }).waitFor();
       const finished = page.locator('#runs-table tr[data-status="succeeded"]');
       await finished.first().waitFor({ timeout: 20_000 });
@@ -202,35 +218,57 @@ if (MODE === 'ui') {
       await missed.first().waitFor({ timeout: 30_000 });
       assert.match(await missed.first().getAttribute('title'), /missed: no worker matches selector \{zone=nowhere\}/);
       // each cell is reachable by keyboard and opens its record
+      await shot(page, '04b-tick-strip');
       await missed.first().focus();
       await page.keyboard.press('Enter');
-      await page.locator('#run-dialog').waitFor();
-      // the dialog opens at once and says 'Loading…' until the record has been fetched
-      await page.locator('#run-body', { hasText: 'missed' }).waitFor();
-      assert.match(await page.locator('#run-body').textContent(), /missed/);
-      await page.keyboard.press('Escape');
-      await page.locator('#run-dialog').waitFor({ state: 'hidden' });
-      await shot(page, '04b-tick-strip');
+      // its run page: the page says 'Loading…' until the record has been fetched
+      await page.waitForURL(/#\/runs\//);
+      await page.locator('#run-summary', { hasText: 'missed' }).waitFor();
+      assert.match(await page.locator('#run-error').textContent(), /no worker matches selector/);
+      await page.goBack();
+      await page.locator('#tick-strip .tick.missed').first().waitFor();
       await page.goto(net1.url + '/#/jobs');
-      await page.locator('#fleet-summary', { hasText: /1 job with missed ticks/ }).waitFor({ timeout: 30_000 });
-      await page.locator('#jobs-table tr[data-job="ui-nowhere"] td[data-label="Last 24 h"] .badge.missed').waitFor();
+      await page.locator('#fleet-summary [data-count="missed"]', { hasText: /^1 with missed ticks/ }).waitFor({ timeout: 30_000 });
+      await page.locator('#jobs-table tr[data-job="ui-nowhere"] td[data-label="24 h success"] .badge.missed').waitFor();
       await shot(page, '04c-jobs-summary');
       assert.equal((await apiCall('DELETE', '/api/v1/jobs/ui-nowhere')).status, 204);
       await page.goto(net1.url + '/#/jobs/ui-hello');
       await page.locator('h1', { hasText: 'ui-hello' }).waitFor();
     });
 
-    await t.test("a run's output opens in the viewer", async () => {
-      await page.locator('#runs-table tr[data-status="succeeded"] button.link').first().click();
+    await t.test('runs are told apart by their ids, and a run has a page of its own: output first, previous and next', async () => {
+      const links = page.locator('#runs-table tr[data-status="succeeded"] td[data-label="Run"] a');
+      await page.waitForFunction(() => document.querySelectorAll('#runs-table tr[data-status="succeeded"]').length >= 3, null, { timeout: 20_000 });
+      // uuid v7 ids of one second share their first digits: the table shows a part that differs
+      const shown = await links.allTextContents();
+      assert.equal(new Set(shown).size, shown.length, `each run's id is shown distinctly: ${shown}`);
+      const second = await links.nth(1).getAttribute('title');
+      await links.nth(1).click();
+      await page.waitForURL(new RegExp(`#/runs/${second}$`));
       const out = page.locator('#run-output');
       await out.waitFor();
       assert.match(await out.textContent(), /hello from the web page/);
-      const details = await page.locator('#run-body dl').textContent();
+      // the output comes before the details
+      assert.ok(await page.evaluate(() => document.getElementById('run-output').compareDocumentPosition(document.getElementById('run-details')) & Node.DOCUMENT_POSITION_FOLLOWING));
+      const details = await page.locator('#run-details').textContent();
       assert.match(details, /Trace id/);
       assert.match(details, /w1/);
+      assert.match(await page.locator('#run-summary').textContent(), /succeeded.*ui-hello.*schedule.*exit 0.*on w1/);
       await shot(page, '05-run-output');
-      await page.keyboard.press('Escape');
-      await page.locator('#run-dialog').waitFor({ state: 'hidden' });
+      // the URL is the run's: opened afresh, it shows the same run
+      await page.reload();
+      await page.locator('#run-output', { hasText: 'hello from the web page' }).waitFor();
+      assert.match(await page.locator('h1').textContent(), new RegExp(second.slice(-8)));
+      // previous (older) and next (newer) runs of the job
+      await page.locator('#run-prev:not([disabled])').waitFor();
+      await page.click('#run-prev');
+      await page.waitForURL((u) => u.hash.startsWith('#/runs/') && !u.hash.endsWith(second));
+      await page.locator('#run-next:not([disabled])').waitFor();
+      await page.click('#run-next');
+      await page.waitForURL(new RegExp(`#/runs/${second}$`));
+      await page.locator('#run-output', { hasText: 'hello from the web page' }).waitFor();
+      await page.goto(net1.url + '/#/jobs/ui-hello');
+      await page.locator('h1', { hasText: 'ui-hello' }).waitFor();
     });
 
     await t.test('pause and resume', async () => {
@@ -271,17 +309,108 @@ if (MODE === 'ui') {
       page.on('websocket', (ws) => feedUrls.push(ws.url()));
       net1.cut();
       await page.locator('#conn[data-state="down"]').waitFor({ timeout: 10_000 });
+      // the banner names what is down; what is shown is marked stale; actions are off
+      await page.locator('#banner [data-component="master"]', { hasText: 'The master does not answer' }).waitFor({ timeout: 15_000 });
+      assert.equal(await page.getAttribute('body', 'data-stale'), 'true');
+      assert.equal(await page.isDisabled('button[data-key="ui-hello/run"]'), true, 'Run now is off while the master does not answer');
       await shot(page, '08-offline');
+      await page.setViewportSize({ width: 390, height: 844 });
+      assert.ok(await overflowOf(page) <= 1, 'the offline page fits a phone');
+      await shot(page, '08b-offline-phone');
+      await page.setViewportSize({ width: 1280, height: 860 });
       await apiCall('DELETE', '/api/v1/jobs/from-the-api');
       await apiCall('PUT', '/api/v1/jobs/made-while-offline', { schedule: '@daily', command: 'true' });
       net1.restore();
       // reconnect now rather than at the end of the backoff (unless a retry already got through)
       await page.click('#conn-retry', { timeout: 3_000 }).catch(() => {});
       await page.locator('#conn[data-state="live"]').waitFor({ timeout: 20_000 });
+      await page.locator('#banner').waitFor({ state: 'hidden' });
+      assert.equal(await page.getAttribute('body', 'data-stale'), 'false');
       await page.locator('#jobs-table tr[data-job="made-while-offline"]').waitFor({ timeout: 10_000 });
       await page.locator('#jobs-table tr[data-job="from-the-api"]').waitFor({ state: 'detached', timeout: 10_000 });
       // it came back with the cursor of the last event it had (the master replayed from there)
       assert.ok(feedUrls.some((u) => new URL(u).searchParams.get('cursor')?.startsWith('1.')), feedUrls.join(' '));
+    });
+
+    await t.test('the overview counts what needs a look, failing jobs come first, and columns sort', async () => {
+      assert.equal((await apiCall('PUT', '/api/v1/jobs/ov-broken', { schedule: '0 0 1 1 *', command: 'echo broken >&2; exit 3', owner: 'team-a' })).status, 201);
+      assert.equal((await apiCall('POST', '/api/v1/jobs/ov-broken/run')).status, 202);
+      await page.goto(net1.url + '/#/jobs');
+      // its failed run reaches the list live: in the strip, the counts and the order
+      await page.locator('#jobs-table tr[data-job="ov-broken"] .recent .cell.failed').waitFor({ timeout: 30_000 });
+      const failing = await page.$$eval('#jobs-table tbody tr', (rs) => rs.filter((r) => r.dataset.attention === '0').map((r) => r.dataset.job));
+      assert.ok(failing.includes('ov-broken'), `failing: ${failing}`);
+      await page.locator('#fleet-summary [data-count="failing"] strong', { hasText: new RegExp(`^${failing.length}$`) }).waitFor();
+      const order = await page.$$eval('#jobs-table tbody tr', (rs) => rs.map((r) => r.dataset.job));
+      assert.deepEqual(order.slice(0, failing.length), failing, `failing jobs first: ${order}`);
+      assert.match(await page.locator('#jobs-table tr[data-job="ov-broken"] td[data-label="Owner"]').textContent(), /team-a/);
+      await shot(page, '09b-overview');
+      // a column sorts both ways
+      await page.click('button[data-key="sort/name"]');
+      let names = await page.$$eval('#jobs-table tbody tr', (rs) => rs.map((r) => r.dataset.job));
+      assert.deepEqual(names, [...names].sort(), 'A→Z');
+      assert.equal(await page.getAttribute('th[data-sort="name"]', 'aria-sort'), 'ascending');
+      await page.click('button[data-key="sort/name"]');
+      names = await page.$$eval('#jobs-table tbody tr', (rs) => rs.map((r) => r.dataset.job));
+      assert.deepEqual(names, [...names].sort().reverse(), 'Z→A');
+      // a count filters the list, and again shows all
+      await page.click('[data-count="failing"]');
+      await page.waitForFunction((n) => document.querySelectorAll('#jobs-table tbody tr').length === n, failing.length);
+      await page.click('[data-count="failing"]');
+      await page.waitForFunction((n) => document.querySelectorAll('#jobs-table tbody tr').length === n, order.length);
+      await page.click('button[data-key="sort/last"]');
+      // the failed run's page: its error and stderr are there
+      await page.click('#jobs-table tr[data-job="ov-broken"] td[data-label="Last run"] a');
+      await page.locator('#run-output', { hasText: 'broken' }).waitFor();
+      assert.match(await page.locator('#run-summary').textContent(), /failed.*manual.*exit 3/);
+      await page.goto(net1.url + '/#/jobs');
+      await page.locator('#jobs-table tr[data-job="ov-broken"]').waitFor();
+    });
+
+    await t.test('a text selection in the table survives live updates', async () => {
+      await page.click('button[data-key="sort/name"]');
+      const cell = '#jobs-table tr[data-job="ui-hello"] td[data-label="Next run"]';
+      await page.locator(cell).waitFor();
+      await page.evaluate((cell) => {
+        const a = document.querySelector('#jobs-table tr[data-job="ui-hello"] td[data-label="Name"] a');
+        const r = document.createRange();
+        r.selectNodeContents(a);
+        getSelection().removeAllRanges();
+        getSelection().addRange(r);
+        window.testRow = a.closest('tr');
+        window.testNext = document.querySelector(cell).textContent;
+        window.testChanges = 0;
+      }, cell);
+      // ui-hello runs every 2 s: its next-run cell changes under the selection, twice
+      await page.waitForFunction((cell) => {
+        const t = document.querySelector(cell).textContent;
+        if (t !== window.testNext) { window.testChanges++; window.testNext = t; }
+        return window.testChanges >= 2;
+      }, cell, { timeout: 20_000, polling: 100 });
+      assert.equal(await page.evaluate(() => getSelection().toString()), 'ui-hello', 'the selection is still there');
+      assert.equal(await page.evaluate(() => window.testRow.isConnected), true, 'the row is the same element');
+    });
+
+    await t.test('with etcd stopped, a banner names it in one line and changes are off until it is back', async () => {
+      assert.ok(ETCD_PID > 0, 'CRONMESH_ETCD_PID is set');
+      await page.goto(net1.url + '/#/jobs');
+      await page.locator('#jobs-table tr[data-job="ui-hello"]').waitFor();
+      process.kill(ETCD_PID, 'SIGSTOP');
+      try {
+        const line = page.locator('#banner [data-component="etcd"]');
+        await line.waitFor({ timeout: 30_000 });
+        const text = await line.textContent();
+        assert.match(text, /^etcd at \S+ does not answer: /);
+        assert.ok(!/tonic|Error\(|\{/.test(text) && text.length < 500, `one readable line: ${text}`);
+        await page.locator('#conn[data-state="degraded"]').waitFor();
+        assert.equal(await page.isDisabled('button[data-key="ui-hello/run"]'), true, 'Run now is off while etcd does not answer');
+        await shot(page, '14-etcd-down');
+      } finally {
+        process.kill(ETCD_PID, 'SIGCONT');
+      }
+      await page.locator('#banner').waitFor({ state: 'hidden', timeout: 30_000 });
+      await page.locator('#conn[data-state="live"]').waitFor({ timeout: 30_000 });
+      await page.locator('button[data-key="ui-hello/run"]:not([disabled])').waitFor();
     });
 
     await t.test('search filters the table, and / focuses it', async () => {
@@ -297,12 +426,16 @@ if (MODE === 'ui') {
     });
 
     await t.test('delete asks for confirmation, cancel keeps the job, OK deletes it', async () => {
+      // one primary action per row; the rest are in its menu
+      assert.equal(await page.locator('#jobs-table tr[data-job="ui-long"] td.actions > .row-actions > button:visible').count(), 1);
+      await page.click('summary[data-key="ui-long/menu"]');
       await page.click('button[data-key="ui-long/delete"]');
       await page.locator('#confirm-dialog').waitFor({ state: 'visible' });
       assert.equal(await page.evaluate(() => document.activeElement.id), 'confirm-cancel', 'Cancel has the focus');
       await page.keyboard.press('Enter');
       await page.locator('#confirm-dialog').waitFor({ state: 'hidden' });
       assert.equal((await apiCall('GET', '/api/v1/jobs/ui-long')).status, 200, 'cancel deletes nothing');
+      await page.click('summary[data-key="ui-long/menu"]');
       await page.click('button[data-key="ui-long/delete"]');
       await page.click('#confirm-ok');
       await page.locator('#jobs-table tr[data-job="ui-long"]').waitFor({ state: 'detached' });
@@ -343,14 +476,30 @@ if (MODE === 'ui') {
       await shot(page, '11-workers');
     });
 
-    await t.test('a narrow screen shows cards without horizontal scrolling', async () => {
+    await t.test('a 390 px phone shows every main view without horizontal scrolling', async () => {
       await page.setViewportSize({ width: 390, height: 844 });
+      const views = [
+        ['#/jobs', '#jobs-table tr[data-job="ui-hello"]', '12-jobs-phone'],
+        ['#/jobs/ui-hello', '#runs-table tr[data-status="succeeded"]', '12b-job-phone'],
+        ['#/runs', '#runs-table tbody tr', '12c-runs-phone'],
+        ['#/workers', '#workers-table tr[data-worker="w1"]', '12e-workers-phone'],
+      ];
+      for (const [hash, ready, name] of views) {
+        await page.goto(net1.url + '/' + hash);
+        await page.locator(ready).first().waitFor();
+        const overflow = await overflowOf(page);
+        assert.ok(overflow <= 1, `${hash}: the page is ${overflow}px wider than the screen`);
+        await shot(page, name);
+      }
+      // a run's page, with its output
+      const run = (await apiCall('GET', '/api/v1/runs?job=ui-hello&status=succeeded&limit=1')).body.runs[0];
+      await page.goto(`${net1.url}/#/runs/${run.run_id}`);
+      await page.locator('#run-output', { hasText: 'hello' }).waitFor();
+      assert.ok(await overflowOf(page) <= 1, 'the run page fits a phone');
+      await shot(page, '12d-run-phone');
+      await page.setViewportSize({ width: 1280, height: 860 });
       await page.goto(net1.url + '/#/jobs');
       await page.locator('#jobs-table tr[data-job="ui-hello"]').waitFor();
-      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-      assert.ok(overflow <= 1, `the page is ${overflow}px wider than the screen`);
-      await shot(page, '12-jobs-narrow');
-      await page.setViewportSize({ width: 1280, height: 860 });
     });
 
     await t.test('a read-only token sees everything and is told when it may not change something', async () => {
@@ -362,8 +511,15 @@ if (MODE === 'ui') {
       // can land on a row that is being replaced (CI saw it under load)
       await page.waitForFunction(() => window.cronmesh.jobsLoaded);
       await page.locator('#jobs-table tr[data-job="ui-hello"]').waitFor();
-      await page.click('button[data-key="ui-hello/run"]');
-      await page.locator('.toast.error', { hasText: 'admin' }).waitFor();
+      // it is told it may only read, and sees no action it may not take
+      await page.locator('#role-chip', { hasText: 'read-only' }).waitFor();
+      await page.locator('button[data-key="ui-hello/run"]').waitFor({ state: 'hidden' });
+      assert.equal(await page.isVisible('#new-job'), false, 'no New job button');
+      await page.goto(net1.url + '/#/jobs/ui-hello');
+      await page.locator('h1', { hasText: 'ui-hello' }).waitFor();
+      assert.equal(await page.locator('#job-head button:visible').count(), 0, 'no write button on the job page');
+      await shot(page, '13-read-only');
+      await page.goto(net1.url + '/#/jobs');
     });
 
     await t.test('no token ever appears in a URL, and the console has no errors', async () => {

@@ -7,6 +7,9 @@ const PAGE_SIZE = 100;          // jobs table rows per page
 const RUNS_KEPT = 1000;         // runs held in a runs view (older ones: "Load older")
 const STALE_REFRESH_MS = 10000; // a visible job whose next fire times have all passed is re-read this often
 const STALE_PARALLEL = 8;       // at most this many such re-reads at once
+const RECENT_RUNS = 10;         // the jobs list's recent-runs strip: this many newest records per job
+const HEALTH_EVERY_MS = 5000;   // how often the master is asked what is up (GET /api/v1/health)
+const API_TIMEOUT_MS = 10000;   // a request unanswered this long counts as the master not answering
 
 const state = {
   token: sessionStorage.getItem('cronmesh.token') || localStorage.getItem('cronmesh.token') || '',
@@ -21,13 +24,18 @@ const state = {
   workers: [],
   workersError: null,
   view: null,             // { name, job? }
-  jobsQuery: { search: '', filter: 'all', page: 0 },
+  jobsQuery: { search: '', filter: 'all', page: 0, sort: 'attention', dir: 1 },
   runsView: null,         // { job, status, runs: Map, cursor, loading, error }
   ticks: null,            // the job page's tick strip: { job, list, loading, error, at }
   staleAt: new Map(),     // job name -> last refresh attempt (ms)
   staleInFlight: 0,
   pendingJobEvents: [],   // job events seen while the job list is being read
   loadStats: null,        // { jobs, ms } of the last full job load (shown, and read by tests)
+  health: null,           // GET /api/v1/health: { status, role, components }, null until read
+  role: null,             // what the token may do: 'admin' or 'read' (from the health answer)
+  auth: 'ok',             // 'ok', 'missing' (no token and one is needed) or 'refused' (unknown token)
+  master: { up: true, downSince: 0, lastOk: 0 }, // does the master answer at all?
+  run: null,              // the run page: { id, record, live, loading, error, prev, next }
 };
 window.cronmesh = state; // for debugging and for the browser tests' measurements
 
@@ -68,8 +76,9 @@ function fmtAbs(ms) { return ms ? new Date(ms).toLocaleString() : '—'; }
 // a time of today as hh:mm:ss, another day's with its date
 function fmtShort(ms) {
   const d = new Date(ms);
-  if (d.toDateString() === new Date().toDateString()) return d.toLocaleTimeString();
-  return d.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+  const now = new Date();
+  if (d.toDateString() === now.toDateString()) return d.toLocaleTimeString();
+  return d.toLocaleString([], { year: d.getFullYear() === now.getFullYear() ? undefined : 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
 }
 function fmtRel(ms) {
   if (!ms) return '—';
@@ -91,15 +100,26 @@ function b64url(s) {
   for (const b of bytes) bin += String.fromCharCode(b);
   return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
 }
+// Run and trace ids are uuid v7 / time-ordered: runs of one tick share their first digits, so
+// the page shows their last eight (the random part), with the whole id in the title.
+function shortId(id) { return id ? `…${id.slice(-8)}` : '—'; }
+const SIGNALS = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 4: 'SIGILL', 6: 'SIGABRT', 7: 'SIGBUS', 8: 'SIGFPE', 9: 'SIGKILL',
+  10: 'SIGUSR1', 11: 'SIGSEGV', 12: 'SIGUSR2', 13: 'SIGPIPE', 14: 'SIGALRM', 15: 'SIGTERM', 24: 'SIGXCPU', 25: 'SIGXFSZ' };
+function signalName(n) { return n === null || n === undefined ? '—' : `${SIGNALS[n] || 'signal'} (${n})`; }
+// attempt 1 is the run itself; attempt 2 is the first retry
+function triggerLabel(r) {
+  if (r.trigger === 'retry' || r.attempt > 1) return `retry ${Math.max(1, (r.attempt || 2) - 1)}`;
+  return r.trigger || '—';
+}
+// One readable line: what reaches the page from the API or the network, never a dump.
+function oneLine(msg) {
+  const first = String(msg || '').split('\n')[0].trim();
+  return first.length > 240 ? `${first.slice(0, 239)}…` : first;
+}
 function toast(msg, isError) {
-  const t = el('div', { class: 'toast' + (isError ? ' error' : ''), role: isError ? 'alert' : 'status' }, msg);
+  const t = el('div', { class: 'toast' + (isError ? ' error' : ''), role: isError ? 'alert' : 'status' }, oneLine(msg));
   $('#toasts').append(t);
   setTimeout(() => t.remove(), isError ? 8000 : 4000);
-}
-function banner(msg) {
-  const b = $('#banner');
-  b.hidden = !msg;
-  b.textContent = msg || '';
 }
 
 // ---------------------------------------------------------------- the API
@@ -117,24 +137,130 @@ async function api(method, path, body) {
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   let resp;
   try {
-    resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(API_TIMEOUT_MS) });
   } catch (e) {
-    throw new ApiError(0, 'unreachable', 'The master did not answer; check that it is running and reachable.');
+    masterAnswered(false);
+    throw new ApiError(0, 'unreachable', 'The master does not answer; check that it is running and reachable.');
   }
+  masterAnswered(true);
   const text = await resp.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
   if (resp.status === 401) {
+    setAuth(state.token ? 'refused' : 'missing');
     askToken(state.token ? 'That token was not accepted. Enter a valid token.' : null);
     throw new ApiError(401, 'unauthorized', 'A token is needed: sign in.');
   }
   if (!resp.ok) {
     const e = (data && data.error) || {};
-    let msg = e.message || text || resp.statusText;
+    let msg = oneLine(e.message || text || resp.statusText);
     if (resp.status === 403) msg = `Not allowed: ${msg}. Sign in with an admin token to change jobs.`;
     throw new ApiError(resp.status, e.code || `http_${resp.status}`, msg, e.field);
   }
   return data;
+}
+
+// ---------------------------------------------------------------- health: what is up, and may we trust what we show
+
+// Called on every answer (or none) from the master: the page turns stale the moment the master
+// stops answering and live again on its first answer.
+function masterAnswered(ok) {
+  const m = state.master;
+  if (ok) {
+    m.lastOk = Date.now();
+    if (!m.up) { m.up = true; m.downSince = 0; healthSoon(0); refreshStatus(); scheduleRender(); }
+  } else if (m.up) {
+    m.up = false;
+    m.downSince = Date.now();
+    refreshStatus();
+    scheduleRender();
+  }
+}
+
+function setAuth(a) {
+  if (state.auth === a) return;
+  state.auth = a;
+  refreshStatus();
+}
+
+let healthTimer = null;
+function healthSoon(ms) {
+  clearTimeout(healthTimer);
+  healthTimer = setTimeout(loadHealth, ms);
+}
+
+async function loadHealth() {
+  clearTimeout(healthTimer);
+  try {
+    const h = await api('GET', '/api/v1/health');
+    state.health = h;
+    if (state.role !== h.role) { state.role = h.role; scheduleRender(); }
+    setAuth('ok');
+  } catch (e) {
+    if (e.status === 401) state.health = null;
+    // unreachable: masterAnswered has marked it; other errors leave the last answer
+  }
+  refreshStatus();
+  healthTimer = setTimeout(loadHealth, HEALTH_EVERY_MS);
+}
+
+// The parts that are down, as the banner lists them: [{ component, text }].
+function outages() {
+  const out = [];
+  if (!state.master.up) {
+    out.push({ component: 'master', text: `The master does not answer (since ${new Date(state.master.downSince).toLocaleTimeString()}). `
+      + 'What you see is from then: times are frozen and actions are off until it answers again.' });
+    return out;
+  }
+  for (const c of (state.health && state.health.components) || []) {
+    if (!c.ok) out.push({ component: c.name, text: `${oneLine(c.message)}.${c.action ? ` ${oneLine(c.action)}` : ''}` });
+  }
+  return out;
+}
+
+// Whether changes can be made now, and if not, why (the title of a disabled button).
+function writeBlock() {
+  if (state.role === 'read') return 'This token may only read: sign in with an admin token to change jobs.';
+  if (!state.master.up) return 'The master does not answer.';
+  const etcd = state.health && state.health.components.find((c) => c.name === 'etcd');
+  if (etcd && !etcd.ok) return 'etcd does not answer: jobs cannot be changed now.';
+  return null;
+}
+
+// The indicator, the banner, the stale mark and the write buttons, from what is known now.
+function refreshStatus() {
+  const down = outages();
+  const b = $('#banner');
+  b.hidden = down.length === 0;
+  fill(b, down.map((d) => el('p', { dataset: { component: d.component } }, d.text)));
+  document.body.dataset.stale = state.master.up ? 'false' : 'true';
+  document.body.dataset.role = state.role || '';
+  $('#role-chip').hidden = state.role !== 'read';
+  if (!state.master.up) {
+    setConn('down', feed.retryIn !== null ? `offline — reconnecting in ${feed.retryIn} s` : 'offline');
+  } else if (state.auth !== 'ok') {
+    setConn('unauthorized', state.auth === 'missing' ? 'sign in needed' : 'token not accepted');
+  } else if (down.length) {
+    setConn('degraded', `degraded — ${down.map((d) => d.component.replace('_', ' ')).join(', ')}`);
+  } else if (feed.ws && feed.open) {
+    setConn('live', 'live');
+  } else if (feed.retryIn !== null) {
+    setConn('down', `live updates off — reconnecting in ${feed.retryIn} s`);
+  } else {
+    setConn('connecting', 'connecting…');
+  }
+  applyPermissions(document);
+}
+
+// Write actions: hidden for a read-only token, disabled (with the reason) while they cannot work.
+function applyPermissions(root) {
+  const why = writeBlock();
+  for (const b of root.querySelectorAll('[data-write]')) {
+    const off = Boolean(why);
+    if (b.disabled !== off) b.disabled = off;
+    if (off) b.title = why; else if (b.hasAttribute('title')) b.removeAttribute('title');
+  }
 }
 
 // ---------------------------------------------------------------- auth
@@ -179,6 +305,8 @@ async function submitToken(ev) {
   $('#token-dialog').close();
   const w = tokenWaiters; tokenWaiters = [];
   w.forEach((r) => r());
+  setAuth('ok');
+  loadHealth();
   state.jobsLoaded = false;
   loadWorkers();
   if (state.runsView) loadRuns(true);
@@ -192,6 +320,8 @@ function forgetToken() {
   $('#token-input').value = '';
   $('#token-error').hidden = false;
   $('#token-error').textContent = 'Token forgotten on this device.';
+  state.role = null;
+  loadHealth();
   feed.restart();
 }
 
@@ -207,7 +337,7 @@ async function loadJobs() {
   let revision = 0;
   try {
     do {
-      const q = new URLSearchParams({ limit: '1000' });
+      const q = new URLSearchParams({ limit: '1000', recent: String(RECENT_RUNS) });
       if (cursor) q.set('cursor', cursor);
       const page = await api('GET', `/api/v1/jobs?${q}`);
       if (!revision) revision = page.revision;
@@ -255,10 +385,19 @@ function jobSaved(job) {
     schedule_warnings: old && old.schedule === job.schedule ? old.schedule_warnings : [],
     next_fire_times: old && old.schedule === job.schedule && old.timezone === job.timezone ? old.next_fire_times : [],
     last_run: old ? old.last_run : null,
+    recent_runs: old ? old.recent_runs : [],
     stats_24h: old ? old.stats_24h : null,
     stale: true,
   });
   state.staleAt.delete(name);
+}
+
+// A view from a write (PUT, pause, resume) has no recent_runs: keep the strip the page has.
+function putView(v) {
+  const old = state.jobs.get(v.name);
+  if (!v.recent_runs) v.recent_runs = old ? old.recent_runs || [] : [];
+  if (!old) state.names = null;
+  state.jobs.set(v.name, v);
 }
 
 function jobDeleted(name) {
@@ -284,7 +423,7 @@ function refreshStale(jobs) {
     if (!needs || now - (state.staleAt.get(name) || 0) < STALE_REFRESH_MS) continue;
     state.staleAt.set(name, now);
     state.staleInFlight++;
-    api('GET', `/api/v1/jobs/${encodeURIComponent(name)}`)
+    api('GET', `/api/v1/jobs/${encodeURIComponent(name)}?recent=${RECENT_RUNS}`)
       .then((v) => { if (state.jobs.has(name)) state.jobs.set(name, v); scheduleRender(); })
       .catch(() => { /* shown stale; retried later */ })
       .finally(() => { state.staleInFlight--; });
@@ -295,6 +434,8 @@ function refreshStale(jobs) {
 
 const feed = {
   ws: null,
+  open: false,      // the current socket is open
+  retryIn: null,    // seconds until the next attempt while it is down
   backoff: 1000,
   timer: null,
   countdown: null,
@@ -304,6 +445,7 @@ const feed = {
   start() {
     clearTimeout(this.timer);
     clearInterval(this.countdown);
+    this.retryIn = null;
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const q = new URLSearchParams();
     // with a cursor the master replays job and run events missed meanwhile; before the first
@@ -315,16 +457,18 @@ const feed = {
     // the token travels as a subprotocol, so it never appears in a URL or an access log
     const protocols = ['cronmesh.v1'];
     if (state.token) protocols.push(`cronmesh.bearer.${b64url(state.token)}`);
-    setConn('connecting', 'connecting…');
+    refreshStatus();
     let ws;
     try { ws = new WebSocket(url, protocols); } catch (e) { this.retry(); return; }
     this.ws = ws;
-    let opened = false;
+    this.open = false;
     ws.onopen = () => {
-      opened = true;
+      ws.everOpened = true;
+      this.open = true;
       this.backoff = 1000;
       this.failures = 0;
-      setConn('live', 'live');
+      masterAnswered(true);
+      refreshStatus();
       // workers are presence, not replayed: read them again; runs too when nothing is replayed
       if (this.everOpen) { if (resumed) loadWorkers(); else resync(false); }
       this.everOpen = true;
@@ -337,7 +481,10 @@ const feed = {
     ws.onclose = () => {
       if (this.ws !== ws) return;
       this.ws = null;
-      if (!opened) {
+      this.open = false;
+      // the socket closing is the quickest sign the master is gone: ask now
+      loadHealth();
+      if (!ws.everOpened) {
         this.failures++;
         // a refused upgrade looks like any other failure: ask the API whether it is the token
         if (this.failures >= 2) api('GET', '/api/v1/workers').catch(() => {});
@@ -349,12 +496,12 @@ const feed = {
   retry() {
     const wait = this.backoff;
     this.backoff = Math.min(this.backoff * 2, 15000);
-    let left = Math.round(wait / 1000);
-    setConn('down', `offline — reconnecting in ${left} s`);
+    this.retryIn = Math.round(wait / 1000);
+    refreshStatus();
     clearInterval(this.countdown);
     this.countdown = setInterval(() => {
-      left = Math.max(0, left - 1);
-      setConn('down', `offline — reconnecting in ${left} s`);
+      this.retryIn = Math.max(0, this.retryIn - 1);
+      refreshStatus();
     }, 1000);
     this.timer = setTimeout(() => this.start(), wait);
   },
@@ -362,6 +509,7 @@ const feed = {
   restart() {
     const ws = this.ws;
     this.ws = null;
+    this.open = false;
     if (ws) ws.close();
     this.backoff = 1000;
     this.start();
@@ -369,9 +517,10 @@ const feed = {
 };
 
 function setConn(s, text) {
-  $('#conn').dataset.state = s;
-  $('#conn-text').textContent = text;
-  $('#conn-retry').hidden = s !== 'down';
+  const c = $('#conn');
+  if (c.dataset.state !== s) c.dataset.state = s;
+  if ($('#conn-text').textContent !== text) $('#conn-text').textContent = text;
+  $('#conn-retry').hidden = !(s === 'down' && feed.retryIn !== null);
 }
 
 function onEvent(ev) {
@@ -398,10 +547,17 @@ function onEvent(ev) {
       state.running.delete(ev.run.run_id);
       addRun(ev.run);
       const j = state.jobs.get(ev.run.job);
-      if (j && (!j.last_run || j.last_run.planned_at <= ev.run.planned_at)) {
-        j.last_run = { run_id: ev.run.run_id, status: ev.run.status, planned_at: ev.run.planned_at,
-          ended_at: ev.run.ended_at, exit_code: ev.run.exit_code };
+      const brief = { run_id: ev.run.run_id, status: ev.run.status, planned_at: ev.run.planned_at,
+        ended_at: ev.run.ended_at, exit_code: ev.run.exit_code };
+      if (j && (!j.last_run || j.last_run.planned_at <= ev.run.planned_at)) j.last_run = brief;
+      if (j) {
+        // the strip: newest first, a record replacing its placeholder (lost, missed) in place
+        const list = (j.recent_runs || []).filter((r) => r.run_id !== brief.run_id);
+        list.push(brief);
+        list.sort((a, b) => b.planned_at - a.planned_at || (a.run_id < b.run_id ? 1 : -1));
+        j.recent_runs = list.slice(0, RECENT_RUNS);
       }
+      if (state.run && state.run.id === ev.run.run_id) loadRun();
       if (j && ev.run.status === 'missed') {
         const d = j.stats_24h || { runs: 0, succeeded: 0, failed: 0, skipped: 0, missed: 0 };
         j.stats_24h = { ...d, runs: d.runs + 1, missed: d.missed + 1 };
@@ -544,15 +700,13 @@ async function act(label, fn) {
 const actions = {
   run: (name) => act(`Run of ${name} requested`, () => api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/run`)),
   pause: (name) => act(`${name} paused`, async () => {
-    const v = await api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/pause`);
-    state.jobs.set(name, v); scheduleRender();
+    putView(await api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/pause`)); scheduleRender();
   }),
   resume: (name) => act(`${name} resumed`, async () => {
-    const v = await api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/resume`);
-    state.jobs.set(name, v); scheduleRender();
+    putView(await api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/resume`)); scheduleRender();
   }),
   async kill(name, runId) {
-    const what = runId ? `run ${runId} of ${name}` : `every running run of ${name}`;
+    const what = runId ? `run ${shortId(runId)} of ${name}` : `every running run of ${name}`;
     if (!await confirmAction('Kill?', `Kill ${what}? Its process group gets SIGTERM, then SIGKILL.`, 'Kill')) return;
     await act(`Kill of ${what} requested`, () =>
       api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/kill`, runId ? { run_id: runId } : {}));
@@ -690,8 +844,12 @@ function showFormError(err) {
     f.elements[field].setAttribute('aria-invalid', 'true');
     f.elements[field].focus();
   } else {
-    $('#job-form-error').textContent = err.message;
-    $('#job-form-error').hidden = false;
+    // a form-wide error is shown at the top of the form and given the focus, so it is seen
+    const box = $('#job-form-error');
+    box.textContent = err.message;
+    box.hidden = false;
+    box.focus();
+    box.scrollIntoView({ block: 'nearest' });
   }
 }
 
@@ -734,9 +892,7 @@ async function saveJob(ev) {
   }
   btn.disabled = true;
   try {
-    const v = await api('PUT', `/api/v1/jobs/${encodeURIComponent(name)}`, spec);
-    if (!state.jobs.has(name)) state.names = null;
-    state.jobs.set(name, v);
+    putView(await api('PUT', `/api/v1/jobs/${encodeURIComponent(name)}`, spec));
     $('#job-dialog').close();
     toast(`${name} saved`);
     scheduleRender();
@@ -747,51 +903,146 @@ async function saveJob(ev) {
   }
 }
 
-// ---------------------------------------------------------------- the run viewer
+// ---------------------------------------------------------------- the run page (#/runs/{id})
 
-async function openRun(runId) {
-  const d = $('#run-dialog');
-  const body = $('#run-body');
-  $('#run-title').textContent = `Run ${runId}`;
-  fill(body, el('p', { class: 'muted' }, 'Loading…'));
-  if (!d.open) d.showModal();
-  $('#run-close').focus();
-  d.dataset.run = runId;
-  const live = state.running.get(runId);
+function openRun(runId) {
+  location.hash = `#/runs/${encodeURIComponent(runId)}`;
+}
+
+async function loadRun() {
+  const rv = state.run;
+  if (!rv || rv.loading) return;
+  rv.loading = true;
+  const id = rv.id;
   try {
-    const r = await api('GET', `/api/v1/runs/${encodeURIComponent(runId)}`);
-    if (d.dataset.run !== runId) return;
-    fill(body, runDetails(r), el('h3', {}, 'Output'),
-      r.output ? el('pre', { class: 'output', tabindex: '0', 'aria-label': 'Output', id: 'run-output' }, r.output)
-        : el('p', { class: 'muted', id: 'run-output' }, 'No output.'),
-      r.output_truncated_bytes ? el('p', { class: 'muted small' },
-        `${r.output_truncated_bytes} bytes from the middle were left out (head and tail kept).`) : null);
+    const r = await api('GET', `/api/v1/runs/${encodeURIComponent(id)}`);
+    if (state.run !== rv) return;
+    rv.record = r;
+    rv.error = null;
+    loadNeighbours(rv);
   } catch (e) {
-    if (d.dataset.run !== runId) return;
-    if (e.status === 404 && live) {
-      fill(body, runDetails({ ...live, status: 'running' }),
-        el('p', { class: 'muted' }, 'Still running: its output is stored when it ends.'),
-        el('div', { class: 'buttons' }, el('button', { class: 'danger', type: 'button', onclick: () => actions.kill(live.job, runId) }, 'Kill this run')));
-    } else {
-      fill(body, el('p', { class: 'form-error' }, e.message));
-    }
+    if (state.run !== rv) return;
+    rv.error = e;
+  } finally {
+    rv.loading = false;
+    scheduleRender();
   }
+}
+
+// The job's runs just older and just newer than this one (previous / next).
+async function loadNeighbours(rv) {
+  const r = rv.record;
+  const job = encodeURIComponent(r.job);
+  try {
+    const older = await api('GET', `/api/v1/runs?job=${job}&limit=1&cursor=${encodeURIComponent(`${r.planned_at}.${r.run_id}`)}`);
+    const newer = await api('GET', `/api/v1/runs?job=${job}&limit=100&from=${r.planned_at}`);
+    if (state.run !== rv) return;
+    rv.prev = older.runs[0] || null;
+    const after = newer.runs.filter((x) => x.planned_at > r.planned_at || (x.planned_at === r.planned_at && x.run_id > r.run_id));
+    rv.next = after.length ? after[after.length - 1] : null;
+    rv.neighboursKnown = true;
+  } catch (_) { /* the buttons stay off */ }
+  scheduleRender();
+}
+
+function runSummary(r) {
+  const ended = r.status !== 'running';
+  const exit = r.exit_code !== null && r.exit_code !== undefined ? `exit ${r.exit_code}` : (r.signal ? signalName(r.signal) : null);
+  return el('p', { class: 'run-summary', id: 'run-summary' },
+    badge(r.status), ' ',
+    el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job), ' · ',
+    triggerLabel(r), ' · planned ', el('span', { title: fmtAbs(r.planned_at) }, fmtShort(r.planned_at)),
+    ended && r.duration_ms !== null && r.duration_ms !== undefined ? ` · took ${fmtDuration(r.duration_ms)}` : '',
+    !ended && r.started_at ? ` · running for ${fmtDuration(Date.now() - r.started_at)}` : '',
+    exit ? ` · ${exit}` : '',
+    r.worker ? ` · on ${r.worker}` : '');
 }
 
 function runDetails(r) {
   const rows = [
     ['Job', el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job)],
     ['Status', badge(r.status)],
-    ['Trigger', r.trigger], ['Attempt', r.attempt],
+    ['Trigger', triggerLabel(r)], ['Attempt', r.attempt > 1 ? `${r.attempt} (retry ${r.attempt - 1})` : (r.attempt ?? '—')],
     ['Planned', fmtAbs(r.planned_at)], ['Started', fmtAbs(r.started_at)], ['Ended', fmtAbs(r.ended_at)],
-    ['Lag', r.lag_ms !== undefined ? fmtDuration(r.lag_ms) : '—'], ['Duration', fmtDuration(r.duration_ms)],
-    ['Exit code', r.exit_code ?? '—'], ['Signal', r.signal ?? '—'], ['Worker', r.worker],
+    ['Lag', r.lag_ms !== undefined && r.lag_ms !== null ? fmtDuration(r.lag_ms) : '—'], ['Duration', fmtDuration(r.duration_ms)],
+    ['Exit code', r.exit_code ?? '—'], ['Signal', signalName(r.signal)], ['Worker', r.worker || '—'],
     ['CPU', r.cpu_ms !== undefined && r.cpu_ms !== null ? fmtDuration(r.cpu_ms) : '—'],
     ['Max RSS', r.max_rss_kb ? `${r.max_rss_kb} KiB` : '—'],
-    ['Trace id', el('code', {}, r.trace_id || '—')], ['Run id', el('code', {}, r.run_id)],
+    ['Trace id', el('code', { class: 'id' }, r.trace_id || '—')], ['Run id', el('code', { class: 'id' }, r.run_id)],
   ];
-  if (r.error) rows.push(['Error', r.error]);
-  return el('dl', { class: 'spec' }, rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+  if (r.error) rows.splice(2, 0, ['Error', el('span', { class: 'bad' }, r.error)]);
+  return el('dl', { class: 'spec', id: 'run-details' }, rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+}
+
+// Output first: a run is opened to read what it printed. stderr lines are marked where the
+// record tells them apart.
+function runOutput(r) {
+  if (!r.output) return el('p', { class: 'muted', id: 'run-output' }, r.status === 'running' ? 'Still running: its output is stored when it ends.' : 'No output.');
+  return el('pre', { class: 'output', tabindex: '0', 'aria-label': 'Output', id: 'run-output' }, outputNodes(r));
+}
+
+// The output as text nodes, stderr's spans (byte ranges of the output, when the record has them)
+// in their own marked element.
+function outputNodes(r) {
+  const spans = r.stderr_spans || [];
+  if (!spans.length) return [r.output];
+  const bytes = new TextEncoder().encode(r.output);
+  const dec = new TextDecoder();
+  const out = [];
+  let at = 0;
+  for (const [from, to] of spans) {
+    if (from > at) out.push(dec.decode(bytes.slice(at, from)));
+    out.push(el('span', { class: 'stderr', title: 'stderr' }, dec.decode(bytes.slice(from, to))));
+    at = to;
+  }
+  if (at < bytes.length) out.push(dec.decode(bytes.slice(at)));
+  return out;
+}
+
+function renderRun(id) {
+  const main = $('#main');
+  if (skeleton !== `run:${id}`) {
+    skeleton = `run:${id}`;
+    fill(main, el('div', { id: 'run-page', class: 'run-page' }));
+  }
+  const page = document.getElementById('run-page');
+  const rv = state.run;
+  const r = rv && rv.record;
+  const live = state.running.get(id);
+  const shown = r || (live ? { ...live, status: 'running' } : null);
+  // built again only when what it shows changed (a running run's duration is the exception)
+  const sig = JSON.stringify([shown, rv && rv.error && rv.error.message, rv && rv.prev && rv.prev.run_id, rv && rv.next && rv.next.run_id,
+    shown && shown.status === 'running' ? Math.floor(Date.now() / 1000) : 0, state.role]);
+  if (page.dataset.sig === sig) return;
+  page.dataset.sig = sig;
+  keepFocus(page, () => {
+    if (!shown) {
+      fill(page, el('p', { class: 'small' }, el('a', { href: '#/runs' }, '← All runs')),
+        el('h1', {}, `Run ${shortId(id)}`),
+        rv && rv.error ? el('p', { class: 'form-error', id: 'run-error' }, rv.error.status === 404 ? 'No run with this id is stored (yet).' : rv.error.message)
+          : el('p', { class: 'muted' }, 'Loading…'));
+      return;
+    }
+    const running = shown.status === 'running';
+    fill(page,
+      el('p', { class: 'small' }, el('a', { href: `#/jobs/${encodeURIComponent(shown.job)}` }, `← ${shown.job}`), ' · ', el('a', { href: '#/runs' }, 'All runs')),
+      el('h1', {}, `Run ${shortId(shown.run_id)}`, el('code', { class: 'id muted small', title: 'Run id' }, shown.run_id)),
+      runSummary(shown),
+      shown.error ? el('p', { class: 'form-error', id: 'run-error' }, shown.error) : null,
+      el('div', { class: 'toolbar', id: 'run-nav' },
+        el('button', { type: 'button', class: 'secondary', id: 'run-prev', disabled: !(rv && rv.prev), dataset: { key: 'run/prev' },
+          onclick: () => rv.prev && openRun(rv.prev.run_id) }, '← Previous'),
+        el('button', { type: 'button', class: 'secondary', id: 'run-next', disabled: !(rv && rv.next), dataset: { key: 'run/next' },
+          onclick: () => rv.next && openRun(rv.next.run_id) }, 'Next →'),
+        el('button', { type: 'button', id: 'run-again', class: 'secondary', dataset: { key: 'run/again', write: '' }, onclick: () => actions.run(shown.job) }, 'Run again'),
+        running ? el('button', { type: 'button', class: 'danger', id: 'run-kill', dataset: { key: 'run/kill', write: '' }, onclick: () => actions.kill(shown.job, shown.run_id) }, 'Kill this run') : null),
+      el('h2', {}, 'Output'),
+      runOutput(shown),
+      shown.output_truncated_bytes ? el('p', { class: 'muted small' },
+        `${shown.output_truncated_bytes} bytes from the middle were left out (head and tail kept).`) : null,
+      el('h2', {}, 'Details'),
+      runDetails(shown));
+  });
 }
 
 // ---------------------------------------------------------------- views
@@ -808,6 +1059,7 @@ function route() {
   const [section, ...rest] = h.split('/');
   const arg = rest.join('/');
   if (section === 'jobs' && arg) return { name: 'job', job: arg };
+  if (section === 'runs' && arg) return { name: 'run', run: arg };
   if (section === 'runs') return { name: 'runs' };
   if (section === 'workers') return { name: 'workers' };
   return { name: 'jobs' };
@@ -815,30 +1067,38 @@ function route() {
 
 function navigate() {
   const v = route();
-  const same = state.view && state.view.name === v.name && state.view.job === v.job;
+  const same = state.view && state.view.name === v.name && state.view.job === v.job && state.view.run === v.run;
   state.view = v;
+  const section = v.name === 'job' ? 'jobs' : v.name === 'run' ? 'runs' : v.name;
   for (const a of document.querySelectorAll('[data-nav]')) {
-    if (a.dataset.nav === (v.name === 'job' ? 'jobs' : v.name)) a.setAttribute('aria-current', 'page');
+    if (a.dataset.nav === section) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
   if (!same) {
     skeleton = null;
     state.runsView = null;
     state.ticks = null;
+    state.run = null;
     clearTimeout(ticksTimer);
     if (v.name === 'job' || v.name === 'runs') {
       state.runsView = { job: v.name === 'job' ? v.job : '', status: '', runs: new Map(), cursor: null, loaded: false };
       loadRuns(true);
     }
+    if (v.name === 'run') {
+      state.run = { id: v.run, record: null, loading: false, error: null, prev: null, next: null };
+      loadRun();
+    }
     if (v.name === 'workers') loadWorkers();
-    document.title = v.name === 'job' ? `${v.job} — cronmesh` : `${v.name[0].toUpperCase()}${v.name.slice(1)} — cronmesh`;
+    document.title = v.name === 'job' ? `${v.job} — cronmesh` : v.name === 'run' ? `Run ${shortId(v.run)} — cronmesh`
+      : `${v.name[0].toUpperCase()}${v.name.slice(1)} — cronmesh`;
   }
   render();
-  if (!same) $('#main').focus({ preventScroll: true });
+  if (!same) { $('#main').focus({ preventScroll: true }); window.scrollTo(0, 0); }
 }
 
-// Each view builds its frame (headings, filters) once and refreshes the parts that change, so
-// typing in a filter or tabbing through rows is not disturbed by live updates.
+// Each view builds its frame (headings, filters, table heads) once and then patches what
+// changed: rows are kept by key and each cell is rebuilt only when what it shows changed, so a
+// text selection, the focus, an open menu and the scroll position survive live updates.
 let skeleton = null;
 
 function render() {
@@ -846,8 +1106,10 @@ function render() {
   if (!v) return;
   if (v.name === 'jobs') renderJobs();
   else if (v.name === 'job') renderJob(v.job);
+  else if (v.name === 'run') renderRun(v.run);
   else if (v.name === 'runs') renderRuns();
   else renderWorkers();
+  applyPermissions($('#main'));
 }
 
 function keepFocus(container, build) {
@@ -855,8 +1117,47 @@ function keepFocus(container, build) {
   build();
   if (key) {
     const again = container.querySelector(`[data-key="${CSS.escape(key)}"]`);
-    if (again) again.focus();
+    if (again && again !== document.activeElement) again.focus();
   }
+}
+
+// A container showing one of several states (loading, error, empty, the table): rebuilt only
+// when the state changes, so the table underneath is kept.
+function mode(container, name, build) {
+  if (container.dataset.mode !== name) {
+    container.dataset.mode = name;
+    fill(container, build());
+  }
+}
+
+// rows: [{ key, attrs, cells: [[signature, () => td], ...] }]. Rows are matched by key; a cell
+// is replaced only when its signature changed; rows are moved only when the order changed.
+function patchRows(tbody, rows) {
+  const have = new Map();
+  for (const tr of tbody.children) have.set(tr.dataset.key, tr);
+  const keep = new Set();
+  let i = 0;
+  for (const row of rows) {
+    keep.add(row.key);
+    let tr = have.get(row.key);
+    if (!tr) {
+      tr = el('tr', { dataset: { key: row.key } });
+      for (const [sig, make] of row.cells) { const td = make(); td.dataset.sig = sig; tr.append(td); }
+    } else {
+      row.cells.forEach(([sig, make], c) => {
+        const old = tr.children[c];
+        if (old && old.dataset.sig === sig) return;
+        const td = make(); td.dataset.sig = sig;
+        if (old) tr.replaceChild(td, old); else tr.append(td);
+      });
+    }
+    for (const [k, v] of Object.entries(row.attrs || {})) {
+      if (v === null || v === undefined) { if (tr.hasAttribute(k)) tr.removeAttribute(k); } else if (tr.getAttribute(k) !== String(v)) tr.setAttribute(k, v);
+    }
+    if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+    i++;
+  }
+  for (const [k, tr] of have) if (!keep.has(k)) tr.remove();
 }
 
 function filteredJobs() {
@@ -867,16 +1168,53 @@ function filteredJobs() {
     const j = state.jobs.get(name);
     if (!j) continue;
     if (s && !name.toLowerCase().includes(s) && !(j.description || '').toLowerCase().includes(s)
-      && !j.command.toLowerCase().includes(s)) continue;
-    const st = j.last_run && j.last_run.status;
+      && !j.command.toLowerCase().includes(s) && !(j.owner || '').toLowerCase().includes(s)) continue;
     if (q.filter === 'paused' && !j.paused) continue;
     if (q.filter === 'active' && j.paused) continue;
-    if (q.filter === 'failing' && !['failed', 'timed_out', 'killed', 'lost', 'missed'].includes(st)) continue;
+    if (q.filter === 'failing' && !isFailing(j)) continue;
+    if (q.filter === 'running' && !runningOf(name)) continue;
     if (q.filter === 'never' && j.last_run) continue;
     if (q.filter === 'missed' && !((j.stats_24h || {}).missed > 0)) continue;
     out.push(j);
   }
-  return out;
+  return sortJobs(out);
+}
+
+const FAILED = ['failed', 'timed_out', 'killed', 'lost', 'missed'];
+function isFailing(j) { return Boolean(j.last_run && FAILED.includes(j.last_run.status)); }
+
+// Success over the last 24 h: succeeded of the records that ran or should have (skipped ones
+// are left out); null with none.
+function successRate(j) {
+  const d = j.stats_24h;
+  if (!d) return null;
+  const n = d.runs - d.skipped;
+  return n > 0 ? d.succeeded / n : null;
+}
+
+// What needs a look first: failing, then with missed ticks, then running, then the rest.
+function attention(j) {
+  if (isFailing(j)) return 0;
+  if ((j.stats_24h || {}).missed > 0) return 1;
+  if (runningOf(j.name)) return 2;
+  if (j.paused) return 4;
+  return 3;
+}
+
+const SORTS = {
+  attention: (a, b) => attention(a) - attention(b),
+  name: () => 0,
+  next: (a, b) => (nextFire(a) ?? Infinity) - (nextFire(b) ?? Infinity),
+  last: (a, b) => ((b.last_run || {}).planned_at || 0) - ((a.last_run || {}).planned_at || 0),
+  success: (a, b) => (successRate(a) ?? 2) - (successRate(b) ?? 2),
+  owner: (a, b) => (a.owner || '\uffff').localeCompare(b.owner || '\uffff'),
+};
+
+function sortJobs(list) {
+  const q = state.jobsQuery;
+  const by = SORTS[q.sort] || SORTS.attention;
+  // names are the tie-break, always A→Z; the direction applies to the chosen column
+  return list.sort((a, b) => (q.dir * by(a, b)) || (q.sort === 'name' ? q.dir : 1) * (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }
 
 function runningOf(name) {
@@ -885,136 +1223,202 @@ function runningOf(name) {
   return n;
 }
 
+// One primary action (run now), the rest in a menu; the row's buttons never move.
 function jobActions(j, key) {
   const name = j.name;
   const running = runningOf(name);
-  return [
-    el('button', { type: 'button', class: 'small', dataset: { key: `${key}run` }, onclick: () => actions.run(name), 'aria-label': `Run ${name} now` }, 'Run now'),
-    running ? el('button', { type: 'button', class: 'small danger', dataset: { key: `${key}kill` }, onclick: () => actions.kill(name), 'aria-label': `Kill ${name}` }, 'Kill') : null,
-    j.paused
-      ? el('button', { type: 'button', class: 'small secondary', dataset: { key: `${key}resume` }, onclick: () => actions.resume(name), 'aria-label': `Resume ${name}` }, 'Resume')
-      : el('button', { type: 'button', class: 'small secondary', dataset: { key: `${key}pause` }, onclick: () => actions.pause(name), 'aria-label': `Pause ${name}` }, 'Pause'),
-    el('button', { type: 'button', class: 'small secondary', dataset: { key: `${key}edit` }, onclick: () => openJobForm(name), 'aria-label': `Edit ${name}` }, 'Edit'),
-    el('button', { type: 'button', class: 'small secondary', dataset: { key: `${key}delete` }, onclick: () => actions.remove(name), 'aria-label': `Delete ${name}` }, 'Delete'),
-  ];
+  const item = (label, k, onclick, cls, write = true) => el('button', { type: 'button', role: 'menuitem', class: cls || 'menu-item',
+    dataset: write ? { key: `${key}${k}`, write: '' } : { key: `${key}${k}` },
+    onclick: (e) => { e.target.closest('details').open = false; onclick(); } }, label);
+  return el('div', { class: 'row-actions' },
+    el('button', { type: 'button', class: 'small secondary', dataset: { key: `${key}run`, write: '' }, onclick: () => actions.run(name), 'aria-label': `Run ${name} now` }, 'Run now'),
+    el('details', { class: 'menu' },
+      el('summary', { class: 'small', 'aria-label': `More actions for ${name}`, dataset: { key: `${key}menu` } }, '⋯'),
+      el('div', { class: 'menu-items', role: 'menu' },
+        running ? item(running > 1 ? `Kill ${running} runs` : 'Kill the running run', 'kill', () => actions.kill(name), 'menu-item danger') : null,
+        j.paused ? item('Resume', 'resume', () => actions.resume(name)) : item('Pause', 'pause', () => actions.pause(name)),
+        item('Edit', 'edit', () => openJobForm(name)),
+        item('Runs', 'runs', () => { location.hash = `#/jobs/${encodeURIComponent(name)}`; }, null, false),
+        item('Delete…', 'delete', () => actions.remove(name), 'menu-item danger'))));
 }
 
 function lastRunCell(j) {
   const running = runningOf(j.name);
   if (running) return el('span', {}, badge('running'), running > 1 ? ` ×${running}` : '');
   if (!j.last_run) return el('span', { class: 'muted' }, 'never run');
-  return el('span', {}, el('button', { type: 'button', class: 'link', onclick: () => openRun(j.last_run.run_id), 'aria-label': `Open the last run of ${j.name}` },
+  return el('span', {}, el('a', { href: `#/runs/${encodeURIComponent(j.last_run.run_id)}`, 'aria-label': `Open the last run of ${j.name}` },
     badge(j.last_run.status)), ' ', el('span', { class: 'muted small' }, timeEl(j.last_run.ended_at || j.last_run.planned_at)));
 }
 
-function renderJobs() {
-  const main = $('#main');
-  if (skeleton !== 'jobs') {
-    skeleton = 'jobs';
-    const q = state.jobsQuery;
-    fill(main, 
-      el('h1', {}, 'Jobs'),
-      el('p', { id: 'fleet-summary', class: 'summary', 'aria-live': 'polite' }),
-      el('div', { class: 'toolbar' },
-        el('label', { for: 'job-search', class: 'visually-hidden' }, 'Search'),
-        el('input', { id: 'job-search', class: 'grow', type: 'search', placeholder: 'Search name, command, description  ( / )', value: q.search,
-          oninput: (e) => { q.search = e.target.value; q.page = 0; renderJobsBody(); } }),
-        el('label', { for: 'job-filter' }, 'Show'),
-        el('select', { id: 'job-filter', onchange: (e) => { q.filter = e.target.value; q.page = 0; renderJobsBody(); } },
-          ...[['all', 'all jobs'], ['active', 'active'], ['paused', 'paused'], ['failing', 'last run failed'], ['missed', 'missed ticks (24 h)'], ['never', 'never run']]
-            .map(([v, t]) => el('option', { value: v, selected: q.filter === v }, t))),
-        el('button', { type: 'button', id: 'new-job', onclick: () => openJobForm(null) }, 'New job')),
-      el('div', { id: 'jobs-body' }));
-  }
-  renderJobsBody();
-}
-
-const FAILED = ['failed', 'timed_out', 'killed', 'lost', 'missed'];
-
-// The line at the top of the jobs list: what needs a look first. Each count filters the list.
-function renderSummary() {
-  const line = document.getElementById('fleet-summary');
-  if (!line || !state.jobsLoaded) return;
-  let failing = 0; let missed = 0; let paused = 0;
-  for (const j of state.jobs.values()) {
-    if (j.last_run && FAILED.includes(j.last_run.status)) failing++;
-    if ((j.stats_24h || {}).missed > 0) missed++;
-    if (j.paused) paused++;
-  }
-  const q = state.jobsQuery;
-  const pick = (filter) => () => { q.filter = filter; q.page = 0; const f = document.getElementById('job-filter'); if (f) f.value = filter; renderJobsBody(); };
-  const item = (n, text, cls, filter) => el('button', { type: 'button', class: `link summary-item ${n ? cls : ''}`, dataset: { key: `summary/${filter}` }, onclick: pick(filter) }, `${n} ${text}`);
-  fill(line,
-    item(failing, failing === 1 ? 'job failing' : 'jobs failing', 'bad', 'failing'), ' · ',
-    item(missed, missed === 1 ? 'job with missed ticks (24 h)' : 'jobs with missed ticks (24 h)', 'bad', 'missed'), ' · ',
-    el('span', { class: 'summary-item' }, `${state.running.size} ${state.running.size === 1 ? 'run' : 'runs'} in progress`), ' · ',
-    item(paused, 'paused', '', 'paused'));
+// The last RECENT_RUNS records, oldest on the left, each a link to its run.
+function recentStrip(j) {
+  const list = (j.recent_runs || []).slice().reverse();
+  if (!list.length) return el('span', { class: 'muted small' }, '—');
+  return el('span', { class: 'recent', 'aria-label': `Last ${list.length} runs of ${j.name}, oldest first` },
+    list.map((r) => el('a', { class: `cell ${r.status}`, href: `#/runs/${encodeURIComponent(r.run_id)}`,
+      title: `${fmtAbs(r.planned_at)} — ${r.status.replace('_', ' ')}`, 'aria-label': `${r.status.replace('_', ' ')}, planned ${fmtAbs(r.planned_at)}` })));
 }
 
 function dayCell(j) {
   const d = j.stats_24h;
   if (!d || !d.runs) return el('span', { class: 'muted small' }, 'no runs');
+  const rate = successRate(j);
   return el('span', { class: 'small', title: `last 24 h: ${d.runs} records, ${d.succeeded} succeeded, ${d.failed} failed, ${d.skipped} skipped, ${d.missed} missed` },
-    `${d.runs} runs`,
+    rate === null ? `${d.runs} skipped` : el('span', { class: rate < 1 ? 'rate bad' : 'rate' }, `${Math.floor(rate * 1000) / 10} %`),
+    ` of ${d.runs}`,
     d.failed ? el('span', { class: 'badge failed' }, `${d.failed} failed`) : null,
     d.missed ? el('span', { class: 'badge missed' }, `${d.missed} missed`) : null);
+}
+
+const JOB_COLUMNS = [
+  ['Name', 'name'], ['Schedule', null], ['Next run', 'next'], ['Last run', 'last'], ['Recent runs', null],
+  ['24 h success', 'success'], ['Owner', 'owner'], ['State', null], ['', null],
+];
+
+function renderJobs() {
+  const main = $('#main');
+  const q = state.jobsQuery;
+  if (skeleton !== 'jobs') {
+    skeleton = 'jobs';
+    fill(main,
+      el('h1', {}, 'Jobs'),
+      el('div', { id: 'fleet-summary', class: 'summary', role: 'group', 'aria-label': 'What needs a look' }),
+      el('div', { class: 'toolbar' },
+        el('label', { for: 'job-search', class: 'visually-hidden' }, 'Search'),
+        el('input', { id: 'job-search', class: 'grow', type: 'search', placeholder: 'Search name, command, description, owner  ( / )', value: q.search,
+          oninput: (e) => { q.search = e.target.value; q.page = 0; renderJobsBody(); } }),
+        el('label', { for: 'job-filter' }, 'Show'),
+        el('select', { id: 'job-filter', onchange: (e) => { q.filter = e.target.value; q.page = 0; renderJobsBody(); } },
+          ...[['all', 'all jobs'], ['failing', 'failing (last run failed)'], ['missed', 'missed ticks (24 h)'], ['running', 'running'],
+            ['active', 'active'], ['paused', 'paused'], ['never', 'never run']]
+            .map(([v, t]) => el('option', { value: v, selected: q.filter === v }, t))),
+        el('button', { type: 'button', id: 'new-job', dataset: { write: '' }, onclick: () => openJobForm(null) }, 'New job')),
+      el('div', { id: 'jobs-body' }));
+  }
+  renderJobsBody();
+}
+
+// The counts at the top: what needs a look first. Each one filters the list.
+function renderSummary() {
+  const line = document.getElementById('fleet-summary');
+  if (!line) return;
+  let failing = 0; let missed = 0; let paused = 0;
+  for (const j of state.jobs.values()) {
+    if (isFailing(j)) failing++;
+    if ((j.stats_24h || {}).missed > 0) missed++;
+    if (j.paused) paused++;
+  }
+  const running = new Set([...state.running.values()].map((r) => r.job)).size;
+  const q = state.jobsQuery;
+  const sig = JSON.stringify([state.jobsLoaded, state.jobs.size, failing, missed, running, paused, q.filter]);
+  if (line.dataset.sig === sig) return;
+  line.dataset.sig = sig;
+  if (!state.jobsLoaded) { fill(line); return; }
+  const pick = (filter) => () => {
+    q.filter = q.filter === filter ? 'all' : filter; q.page = 0;
+    const f = document.getElementById('job-filter'); if (f) f.value = q.filter;
+    renderJobsBody();
+  };
+  const card = (n, label, cls, filter) => el('button', { type: 'button', class: `count ${n ? cls : 'zero'}`, 'aria-pressed': q.filter === filter ? 'true' : 'false',
+    dataset: { key: `summary/${filter}`, count: filter }, onclick: pick(filter) }, el('strong', {}, String(n)), ` ${label}`);
+  keepFocus(line, () => fill(line,
+    card(failing, failing === 1 ? 'failing' : 'failing', 'bad', 'failing'),
+    card(missed, 'with missed ticks (24 h)', 'bad', 'missed'),
+    card(running, 'running', 'info', 'running'),
+    card(paused, 'paused', 'warn', 'paused'),
+    card(state.jobs.size, state.jobs.size === 1 ? 'job' : 'jobs', '', 'all')));
+}
+
+function jobsHead() {
+  const q = state.jobsQuery;
+  return el('thead', {}, el('tr', {}, JOB_COLUMNS.map(([label, key]) => {
+    if (!key) return el('th', { scope: 'col' }, label);
+    const on = q.sort === key;
+    return el('th', { scope: 'col', 'aria-sort': on ? (q.dir > 0 ? 'ascending' : 'descending') : 'none', dataset: { sort: key } },
+      el('button', { type: 'button', class: 'sort', dataset: { key: `sort/${key}` }, onclick: () => {
+        if (q.sort === key) q.dir = -q.dir; else { q.sort = key; q.dir = 1; }
+        q.page = 0;
+        const body = document.getElementById('jobs-body'); if (body) body.dataset.mode = '';
+        renderJobsBody();
+      } }, label, el('span', { class: 'arrow', 'aria-hidden': 'true' }, on ? (q.dir > 0 ? ' ▲' : ' ▼') : '')));
+  })));
+}
+
+function jobRow(j) {
+  const name = j.name;
+  const nf = nextFire(j);
+  const running = runningOf(name);
+  const nextText = j.paused ? '' : nf ? `${fmtRel(nf)}|${(j.next_fire_times || []).filter((t) => Date.parse(t) >= nf).slice(0, 3).join(',')}` : 'due';
+  const last = j.last_run ? `${j.last_run.run_id}|${j.last_run.status}|${fmtRel(j.last_run.ended_at || j.last_run.planned_at)}` : '';
+  return {
+    key: name,
+    attrs: { 'data-job': name, 'data-attention': String(attention(j)) },
+    cells: [
+      [`${name}|${j.description || ''}`, () => el('td', { 'data-label': 'Name' },
+        el('a', { href: `#/jobs/${encodeURIComponent(name)}`, dataset: { key: `${name}/link` } }, name),
+        j.description ? el('div', { class: 'muted small' }, j.description) : null)],
+      [`${j.schedule}|${j.schedule_description}|${j.timezone}|${(j.schedule_warnings || []).length}`, () => el('td', { 'data-label': 'Schedule' },
+        el('span', { class: 'sched' }, j.schedule),
+        el('div', { class: 'muted small' }, j.schedule_description || ''), j.timezone !== 'UTC' ? el('div', { class: 'muted small' }, j.timezone) : null,
+        (j.schedule_warnings || []).length ? el('div', { class: 'warning small', title: j.schedule_warnings[0] }, 'meaning changed: see the job') : null)],
+      [nextText, () => el('td', { 'data-label': 'Next run' }, j.paused ? el('span', { class: 'muted' }, '—')
+        : nf ? el('span', {}, timeEl(nf), el('div', { class: 'muted small' }, (j.next_fire_times || []).filter((t) => Date.parse(t) >= nf).slice(0, 3).map((t) => fmtShort(Date.parse(t))).join(', ')))
+          : el('span', { class: 'muted' }, 'due'))],
+      [`${running}|${last}`, () => el('td', { 'data-label': 'Last run' }, lastRunCell(j))],
+      [(j.recent_runs || []).map((r) => `${r.run_id}:${r.status}`).join(','), () => el('td', { 'data-label': 'Recent runs' }, recentStrip(j))],
+      [JSON.stringify(j.stats_24h), () => el('td', { 'data-label': '24 h success' }, dayCell(j))],
+      [j.owner || '', () => el('td', { 'data-label': 'Owner' }, j.owner || el('span', { class: 'muted' }, '—'))],
+      [String(j.paused), () => el('td', { 'data-label': 'State' }, j.paused ? el('span', { class: 'badge paused' }, 'paused') : el('span', { class: 'badge' }, 'active'))],
+      [`${running}|${j.paused}`, () => el('td', { class: 'actions' }, jobActions(j, `${name}/`))],
+    ],
+  };
 }
 
 function renderJobsBody() {
   renderSummary();
   const body = document.getElementById('jobs-body');
   if (!body) return;
-  keepFocus(body, () => {
-    if (state.jobsError && !state.jobsLoaded) {
-      fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, `Cannot list jobs: ${state.jobsError.message} `,
-        el('button', { type: 'button', class: 'secondary', onclick: () => loadJobs() }, 'Try again'))));
-      return;
-    }
-    if (!state.jobsLoaded && state.jobs.size === 0) {
-      fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, 'Loading jobs…')));
-      return;
-    }
-    const q = state.jobsQuery;
-    const all = filteredJobs();
-    if (state.jobs.size === 0) {
-      fill(body, el('div', { class: 'table-wrap' }, el('div', { class: 'empty' },
-        el('p', {}, 'No jobs yet.'), el('button', { type: 'button', onclick: () => openJobForm(null) }, 'Create the first job'))));
-      return;
-    }
-    const pages = Math.max(1, Math.ceil(all.length / PAGE_SIZE));
-    q.page = Math.min(q.page, pages - 1);
-    const shown = all.slice(q.page * PAGE_SIZE, (q.page + 1) * PAGE_SIZE);
-    refreshStale(shown);
-    const rows = shown.map((j) => {
-      const name = j.name;
-      const nf = nextFire(j);
-      return el('tr', { dataset: { job: name } },
-        el('td', { 'data-label': 'Name' }, el('a', { href: `#/jobs/${encodeURIComponent(name)}`, dataset: { key: `${name}/link` } }, name),
-          j.description ? el('div', { class: 'muted small' }, j.description) : null),
-        el('td', { 'data-label': 'Schedule' }, el('span', { class: 'sched' }, j.schedule),
-          el('div', { class: 'muted small' }, j.schedule_description || ''), j.timezone !== 'UTC' ? el('div', { class: 'muted small' }, j.timezone) : null,
-          (j.schedule_warnings || []).length ? el('div', { class: 'warning small', title: j.schedule_warnings[0] }, 'meaning changed: see the job') : null),
-        el('td', { 'data-label': 'Next run' }, j.paused ? el('span', { class: 'muted' }, '—')
-          : nf ? el('span', {}, timeEl(nf), el('div', { class: 'muted small' }, (j.next_fire_times || []).filter((t) => Date.parse(t) >= nf).slice(0, 3).map((t) => fmtShort(Date.parse(t))).join(', ')))
-            : el('span', { class: 'muted' }, 'due')),
-        el('td', { 'data-label': 'Last run' }, lastRunCell(j)),
-        el('td', { 'data-label': 'Last 24 h' }, dayCell(j)),
-        el('td', { 'data-label': 'State' }, j.paused ? el('span', { class: 'badge paused' }, 'paused') : el('span', { class: 'badge' }, 'active')),
-        el('td', { class: 'actions' }, jobActions(j, `${name}/`)));
-    });
-    const count = all.length === state.jobs.size ? `${state.jobs.size} jobs` : `${all.length} of ${state.jobs.size} jobs`;
-    fill(body, 
-      all.length === 0
-        ? el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, 'No job matches this search.'))
-        : el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'jobs-table' },
-          el('thead', {}, el('tr', {}, ['Name', 'Schedule', 'Next run', 'Last run', 'Last 24 h', 'State', ''].map((t) => el('th', { scope: 'col' }, t)))),
-          el('tbody', {}, rows))),
-      el('div', { class: 'pager' },
-        el('span', { class: 'muted', id: 'jobs-count' }, count, state.jobsLoading ? ' (loading…)' : ''),
-        el('button', { type: 'button', class: 'secondary', disabled: q.page === 0, dataset: { key: 'prev' }, onclick: () => { q.page--; renderJobsBody(); } }, 'Previous'),
-        el('span', {}, `Page ${q.page + 1} of ${pages}`),
-        el('button', { type: 'button', class: 'secondary', disabled: q.page >= pages - 1, dataset: { key: 'next' }, onclick: () => { q.page++; renderJobsBody(); } }, 'Next')));
-  });
+  if (state.jobsError && !state.jobsLoaded) {
+    const msg = state.jobsError.message;
+    mode(body, `error:${msg}`, () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty', id: 'jobs-error' }, `Cannot list jobs: ${msg} `,
+      el('button', { type: 'button', class: 'secondary', onclick: () => loadJobs() }, 'Try again'))));
+    return;
+  }
+  if (!state.jobsLoaded && state.jobs.size === 0) {
+    mode(body, 'loading', () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, 'Loading jobs…')));
+    return;
+  }
+  if (state.jobs.size === 0) {
+    mode(body, 'none', () => el('div', { class: 'table-wrap' }, el('div', { class: 'empty' },
+      el('p', {}, 'No jobs yet.'), el('button', { type: 'button', dataset: { write: '' }, onclick: () => openJobForm(null) }, 'Create the first job'))));
+    return;
+  }
+  const q = state.jobsQuery;
+  const all = filteredJobs();
+  const pages = Math.max(1, Math.ceil(all.length / PAGE_SIZE));
+  q.page = Math.min(q.page, pages - 1);
+  const shown = all.slice(q.page * PAGE_SIZE, (q.page + 1) * PAGE_SIZE);
+  refreshStale(shown);
+  mode(body, 'table', () => [
+    el('p', { class: 'empty', id: 'jobs-nomatch', hidden: true }, 'No job matches this search.'),
+    el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'jobs-table' }, jobsHead(), el('tbody', {}))),
+    el('div', { class: 'pager' },
+      el('span', { class: 'muted', id: 'jobs-count' }),
+      el('button', { type: 'button', class: 'secondary', dataset: { key: 'prev' }, onclick: () => { q.page--; renderJobsBody(); } }, 'Previous'),
+      el('span', { id: 'jobs-page' }),
+      el('button', { type: 'button', class: 'secondary', dataset: { key: 'next' }, onclick: () => { q.page++; renderJobsBody(); } }, 'Next')),
+  ]);
+  document.getElementById('jobs-nomatch').hidden = all.length !== 0;
+  patchRows(body.querySelector('#jobs-table tbody'), shown.map(jobRow));
+  const count = all.length === state.jobs.size ? `${state.jobs.size} jobs` : `${all.length} of ${state.jobs.size} jobs`;
+  const countText = count + (state.jobsLoading ? ' (loading…)' : '');
+  const c = document.getElementById('jobs-count');
+  if (c.textContent !== countText) c.textContent = countText;
+  const p = document.getElementById('jobs-page');
+  const pageText = `Page ${q.page + 1} of ${pages}`;
+  if (p.textContent !== pageText) p.textContent = pageText;
+  body.querySelector('[data-key="prev"]').disabled = q.page === 0;
+  body.querySelector('[data-key="next"]').disabled = q.page >= pages - 1;
 }
 
 function renderJob(name) {
@@ -1029,36 +1433,49 @@ function renderJob(name) {
     loadTicks();
   }
   const head = document.getElementById('job-head');
-  keepFocus(head, () => {
-    if (!j) {
-      fill(head, el('h1', {}, name), el('p', { class: 'muted' },
-        state.jobsLoaded ? 'This job does not exist (any more). Its past runs are listed below.' : 'Loading…'),
-        el('p', {}, el('a', { href: '#/jobs' }, 'All jobs')));
-      return;
-    }
-    refreshStale([j]);
-    const s = j;
-    const spec = [
-      ['Schedule', el('span', {}, el('code', {}, s.schedule), ' — ', j.schedule_description || '')],
-      ['Time zone', s.timezone],
-      ['Next runs', s.paused ? 'paused' : (j.next_fire_times || []).map((t) => fmtAbs(Date.parse(t))).join(' · ') || '—'],
-      ['Command', el('pre', { class: 'mono' }, s.command)],
-      ['Shell', s.shell], ['Concurrency', s.concurrency || 'allow'],
-      ['Missed ticks', `${s.misfire || 'run_once'}, within ${s.starting_deadline || '30s'}`],
-      ['Timeout', s.timeout || 'none'], ['Retries', s.retries ? `${s.retries}, backoff ${s.retry_backoff || '1s'}` : 'none'],
-      ['Selector', Object.keys(s.selector || {}).length ? Object.entries(s.selector).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : 'any worker'],
-      ['Owner', s.owner || '—'],
-      ['Labels', Object.keys(s.labels || {}).length ? Object.entries(s.labels).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : '—'],
-      ['Revision', `${j.revision}, updated ${fmtAbs(j.updated_at)}`],
-    ];
-    fill(head, 
-      el('p', { class: 'small' }, el('a', { href: '#/jobs' }, '← All jobs')),
-      el('h1', {}, s.name, s.paused ? el('span', { class: 'badge paused' }, 'paused') : null, runningOf(s.name) ? badge('running') : null),
-      s.description ? el('p', { class: 'muted' }, s.description) : null,
-      (j.schedule_warnings || []).map((w) => el('p', { class: 'warning', role: 'note' }, w)),
-      el('div', { class: 'toolbar' }, jobActions(j, 'head/')),
-      el('dl', { class: 'spec' }, spec.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])));
-  });
+  const running = runningOf(name);
+  const sig = JSON.stringify([j, running, state.jobsLoaded, j && !j.paused ? (j.next_fire_times || []).filter((t) => Date.parse(t) > Date.now()).length : 0]);
+  if (head.dataset.sig !== sig) {
+    head.dataset.sig = sig;
+    keepFocus(head, () => {
+      if (!j) {
+        fill(head, el('h1', {}, name), el('p', { class: 'muted' },
+          state.jobsLoaded ? 'This job does not exist (any more). Its past runs are listed below.' : 'Loading…'),
+          el('p', {}, el('a', { href: '#/jobs' }, 'All jobs')));
+        return;
+      }
+      refreshStale([j]);
+      const s = j;
+      const spec = [
+        ['Schedule', el('span', {}, el('code', {}, s.schedule), ' — ', j.schedule_description || '')],
+        ['Time zone', s.timezone],
+        ['Next runs', s.paused ? 'paused' : (j.next_fire_times || []).map((t) => fmtAbs(Date.parse(t))).join(' · ') || '—'],
+        ['Command', el('pre', { class: 'mono command' }, s.command)],
+        ['Shell', s.shell], ['Concurrency', s.concurrency || 'allow'],
+        ['Missed ticks', `${s.misfire || 'run_once'}, within ${s.starting_deadline || '30s'}`],
+        ['Timeout', s.timeout || 'none'], ['Retries', s.retries ? `${s.retries}, backoff ${s.retry_backoff || '1s'}` : 'none'],
+        ['Selector', Object.keys(s.selector || {}).length ? Object.entries(s.selector).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : 'any worker'],
+        ['Owner', s.owner || '—'],
+        ['Labels', Object.keys(s.labels || {}).length ? Object.entries(s.labels).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : '—'],
+        ['Revision', `${j.revision}, updated ${fmtAbs(j.updated_at)}`],
+      ];
+      const btn = (label, k, onclick, cls) => el('button', { type: 'button', class: cls || 'secondary', dataset: { key: `head/${k}`, write: '' }, onclick }, label);
+      fill(head,
+        el('p', { class: 'small' }, el('a', { href: '#/jobs' }, '← All jobs')),
+        el('h1', {}, s.name, s.paused ? el('span', { class: 'badge paused' }, 'paused') : null, running ? badge('running') : null),
+        s.description ? el('p', { class: 'muted' }, s.description) : null,
+        (j.schedule_warnings || []).map((w) => el('p', { class: 'warning', role: 'note' }, w)),
+        el('div', { class: 'toolbar job-actions' },
+          btn('Run now', 'run', () => actions.run(name), 'primary'),
+          j.paused ? btn('Resume', 'resume', () => actions.resume(name)) : btn('Pause', 'pause', () => actions.pause(name)),
+          btn('Edit', 'edit', () => openJobForm(name)),
+          btn('Delete…', 'delete', () => actions.remove(name), 'secondary danger-text'),
+          // always there, so the others never move; off while nothing runs
+          el('button', { type: 'button', class: 'danger', dataset: { key: 'head/kill', write: '' }, hidden: !running, onclick: () => actions.kill(name) },
+            running > 1 ? `Kill ${running} runs` : 'Kill')),
+        el('dl', { class: 'spec' }, spec.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])));
+    });
+  }
   renderRunsBody();
 }
 
@@ -1144,45 +1561,57 @@ function renderRunsBody() {
   const body = document.getElementById('runs-body');
   const rv = state.runsView;
   if (!body || !rv) return;
-  keepFocus(body, () => {
-    if (rv.error && !rv.loaded) {
-      fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, `Cannot list runs: ${rv.error.message} `,
-        el('button', { type: 'button', class: 'secondary', onclick: () => loadRuns(true) }, 'Try again'))));
-      return;
-    }
-    if (!rv.loaded) { fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, 'Loading runs…'))); return; }
-    let runs = [...rv.runs.values()];
-    if (rv.status === 'running') runs = runs.filter((r) => state.running.has(r.run_id));
-    runs.sort(runOrder);
-    if (runs.length === 0) {
-      fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' },
-        rv.status ? `No ${rv.status.replace('_', ' ')} runs.` : 'No runs yet. They appear here as they start.')));
-      return;
-    }
-    const now = Date.now();
-    const rows = runs.map((r) => {
-      const running = r.status === 'running';
-      return el('tr', { class: r.fresh && now - r.fresh < 1500 ? 'fresh' : null, dataset: { run: r.run_id, status: r.status } },
-        el('td', { 'data-label': 'Status' }, badge(r.status)),
-        rv.job ? null : el('td', { 'data-label': 'Job' }, el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job)),
-        el('td', { 'data-label': 'Run' }, el('button', { type: 'button', class: 'link mono', dataset: { key: `${r.run_id}/open` }, onclick: () => openRun(r.run_id), 'aria-label': `Open run ${r.run_id}` }, r.run_id.slice(0, 13))),
-        el('td', { 'data-label': 'Trigger' }, r.trigger + (r.attempt > 1 ? ` #${r.attempt}` : '')),
-        el('td', { 'data-label': 'Planned' }, el('span', { title: fmtAbs(r.planned_at) }, new Date(r.planned_at).toLocaleString())),
-        el('td', { 'data-label': 'Lag' }, r.lag_ms !== undefined && r.lag_ms !== null ? fmtDuration(r.lag_ms) : (r.started_at ? fmtDuration(r.started_at - r.planned_at) : '—')),
-        el('td', { 'data-label': 'Duration' }, running ? fmtDuration(now - r.started_at) : fmtDuration(r.duration_ms)),
-        el('td', { 'data-label': 'Exit' }, r.exit_code ?? (r.signal ? `sig ${r.signal}` : '—')),
-        el('td', { 'data-label': 'Worker' }, r.worker || '—'),
-        el('td', { 'data-label': 'Trace' }, r.trace_id ? el('code', { title: r.trace_id }, r.trace_id.slice(0, 8)) : '—'),
-        el('td', { class: 'actions' }, running ? el('button', { type: 'button', class: 'small danger', dataset: { key: `${r.run_id}/kill` }, onclick: () => actions.kill(r.job, r.run_id), 'aria-label': `Kill run ${r.run_id}` }, 'Kill') : null));
-    });
-    const heads = ['Status', rv.job ? null : 'Job', 'Run', 'Trigger', 'Planned', 'Lag', 'Duration', 'Exit', 'Worker', 'Trace', ''].filter((x) => x !== null);
-    fill(body, 
-      el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'runs-table' },
-        el('thead', {}, el('tr', {}, heads.map((t) => el('th', { scope: 'col' }, t)))),
-        el('tbody', {}, rows))),
-      el('div', { class: 'pager' }, el('span', { class: 'muted' }, `${runs.length} runs shown`),
-        rv.cursor ? el('button', { type: 'button', class: 'secondary', dataset: { key: 'older' }, disabled: rv.loading, onclick: () => loadRuns(false) }, rv.loading ? 'Loading…' : 'Load older') : null));
-  });
+  if (rv.error && !rv.loaded) {
+    const msg = rv.error.message;
+    mode(body, `error:${msg}`, () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, `Cannot list runs: ${msg} `,
+      el('button', { type: 'button', class: 'secondary', onclick: () => loadRuns(true) }, 'Try again'))));
+    return;
+  }
+  if (!rv.loaded) { mode(body, 'loading', () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, 'Loading runs…'))); return; }
+  let runs = [...rv.runs.values()];
+  if (rv.status === 'running') runs = runs.filter((r) => state.running.has(r.run_id));
+  runs.sort(runOrder);
+  if (runs.length === 0) {
+    const text = rv.status ? `No ${rv.status.replace('_', ' ')} runs.` : 'No runs yet. They appear here as they start.';
+    mode(body, `empty:${text}`, () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, text)));
+    return;
+  }
+  const heads = ['Status', rv.job ? null : 'Job', 'Run', 'Trigger', 'Planned', 'Lag', 'Duration', 'Exit', 'Worker', 'Trace', ''].filter((x) => x !== null);
+  mode(body, `table:${rv.job ? 'job' : 'all'}`, () => [
+    el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'runs-table' },
+      el('thead', {}, el('tr', {}, heads.map((t) => el('th', { scope: 'col' }, t)))),
+      el('tbody', {}))),
+    el('div', { class: 'pager' }, el('span', { class: 'muted', id: 'runs-count' }),
+      el('button', { type: 'button', class: 'secondary', id: 'runs-older', dataset: { key: 'older' }, onclick: () => loadRuns(false) }, 'Load older')),
+  ]);
+  const now = Date.now();
+  patchRows(body.querySelector('#runs-table tbody'), runs.map((r) => {
+    const running = r.status === 'running';
+    const lag = r.lag_ms !== undefined && r.lag_ms !== null ? fmtDuration(r.lag_ms) : (r.started_at ? fmtDuration(r.started_at - r.planned_at) : '—');
+    const dur = running ? fmtDuration(now - r.started_at) : fmtDuration(r.duration_ms);
+    const exit = r.exit_code ?? (r.signal ? (SIGNALS[r.signal] || `signal ${r.signal}`) : '—');
+    const cells = [
+      [r.status, () => el('td', { 'data-label': 'Status' }, badge(r.status))],
+      rv.job ? null : [r.job, () => el('td', { 'data-label': 'Job' }, el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job))],
+      [r.run_id, () => el('td', { 'data-label': 'Run' }, el('a', { class: 'mono', href: `#/runs/${encodeURIComponent(r.run_id)}`, title: r.run_id, dataset: { key: `${r.run_id}/open` }, 'aria-label': `Open run ${r.run_id}` }, shortId(r.run_id)))],
+      [triggerLabel(r), () => el('td', { 'data-label': 'Trigger' }, triggerLabel(r))],
+      [String(r.planned_at), () => el('td', { 'data-label': 'Planned' }, el('span', { title: fmtAbs(r.planned_at) }, new Date(r.planned_at).toLocaleString()))],
+      [lag, () => el('td', { 'data-label': 'Lag' }, lag)],
+      [dur, () => el('td', { 'data-label': 'Duration' }, dur)],
+      [String(exit), () => el('td', { 'data-label': 'Exit' }, String(exit))],
+      [r.worker || '', () => el('td', { 'data-label': 'Worker' }, r.worker || '—')],
+      [r.trace_id || '', () => el('td', { 'data-label': 'Trace' }, r.trace_id ? el('code', { title: r.trace_id }, shortId(r.trace_id)) : '—')],
+      [String(running), () => el('td', { class: 'actions' }, running ? el('button', { type: 'button', class: 'small danger', dataset: { key: `${r.run_id}/kill`, write: '' }, onclick: () => actions.kill(r.job, r.run_id), 'aria-label': `Kill run ${r.run_id}` }, 'Kill') : null)],
+    ].filter(Boolean);
+    return { key: r.run_id, attrs: { 'data-run': r.run_id, 'data-status': r.status, class: r.fresh && now - r.fresh < 1500 ? 'fresh' : null }, cells };
+  }));
+  const countText = `${runs.length} runs shown`;
+  const c = document.getElementById('runs-count');
+  if (c.textContent !== countText) c.textContent = countText;
+  const older = document.getElementById('runs-older');
+  older.hidden = !rv.cursor;
+  older.disabled = rv.loading;
+  older.textContent = rv.loading ? 'Loading…' : 'Load older';
 }
 
 function renderWorkers() {
@@ -1192,34 +1621,39 @@ function renderWorkers() {
     fill(main, el('h1', {}, 'Workers'), el('div', { id: 'workers-body' }));
   }
   const body = document.getElementById('workers-body');
-  keepFocus(body, () => {
-    if (state.workersError && !state.workers.length) {
-      fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, `Cannot list workers: ${state.workersError.message}`)));
-      return;
-    }
-    if (!state.workers.length) {
-      fill(body, el('div', { class: 'table-wrap' }, el('p', { class: 'empty' },
-        'No worker is registered. Start one: cronmesh worker --etcd URL --id w1')));
-      return;
-    }
-    const ws = [...state.workers].sort((a, b) => (a.id < b.id ? -1 : 1));
-    fill(body, el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'workers-table' },
-      el('thead', {}, el('tr', {}, ['Worker', 'Labels', 'State', 'Clock', 'Owned jobs', 'Running', 'Last heartbeat', 'Host'].map((t) => el('th', { scope: 'col' }, t)))),
-      el('tbody', {}, ws.map((w) => {
-        const running = [...state.running.values()].filter((r) => r.worker === w.id);
-        return el('tr', { dataset: { worker: w.id } },
-          el('td', { 'data-label': 'Worker' }, el('strong', {}, w.id), el('div', { class: 'muted small' }, `v${w.version}`)),
-          el('td', { 'data-label': 'Labels' }, Object.keys(w.labels || {}).length ? Object.entries(w.labels).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : el('span', { class: 'muted' }, 'none')),
-          el('td', { 'data-label': 'State' }, workerState(w),
-            w.dispatch === 'race' ? el('span', { class: 'chip', title: 'dispatch = race: tries every tick it may run' }, 'race') : null),
-          el('td', { 'data-label': 'Clock', title: 'How far its clock is ahead of the masters\' (negative: behind), as it last measured' },
-            w.clock_offset_ms == null ? '—' : `${w.clock_offset_ms > 0 ? '+' : ''}${w.clock_offset_ms} ms`),
-          el('td', { 'data-label': 'Owned jobs' }, String(w.owned_jobs)),
-          el('td', { 'data-label': 'Running' }, running.length ? running.map((r) => el('div', {}, el('button', { type: 'button', class: 'link', onclick: () => openRun(r.run_id) }, r.job))) : '0'),
-          el('td', { 'data-label': 'Last heartbeat' }, w.last_heartbeat ? timeEl(w.last_heartbeat) : '—'),
-          el('td', { 'data-label': 'Host' }, `${w.hostname} (pid ${w.pid})`, el('div', { class: 'muted small' }, `up since ${fmtAbs(w.started_at)}`)));
-      })))));
-  });
+  if (state.workersError && !state.workers.length) {
+    const msg = state.workersError.message;
+    mode(body, `error:${msg}`, () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, `Cannot list workers: ${msg}`)));
+    return;
+  }
+  if (!state.workers.length) {
+    mode(body, 'none', () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty' },
+      'No worker is registered. Start one: cronmesh worker --etcd URL --id w1')));
+    return;
+  }
+  mode(body, 'table', () => el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'workers-table' },
+    el('thead', {}, el('tr', {}, ['Worker', 'Labels', 'State', 'Clock', 'Owned jobs', 'Running', 'Last heartbeat', 'Host'].map((t) => el('th', { scope: 'col' }, t)))),
+    el('tbody', {}))));
+  const ws = [...state.workers].sort((a, b) => (a.id < b.id ? -1 : 1));
+  patchRows(body.querySelector('#workers-table tbody'), ws.map((w) => {
+    const running = [...state.running.values()].filter((r) => r.worker === w.id);
+    return {
+      key: w.id,
+      attrs: { 'data-worker': w.id },
+      cells: [
+        [`${w.id}|${w.version}`, () => el('td', { 'data-label': 'Worker' }, el('strong', {}, w.id), el('div', { class: 'muted small' }, `v${w.version}`))],
+        [JSON.stringify(w.labels || {}), () => el('td', { 'data-label': 'Labels' }, Object.keys(w.labels || {}).length ? Object.entries(w.labels).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : el('span', { class: 'muted' }, 'none'))],
+        [`${w.draining}|${w.clock_skewed}|${w.at_capacity}|${w.dispatch}`, () => el('td', { 'data-label': 'State' }, workerState(w),
+          w.dispatch === 'race' ? el('span', { class: 'chip', title: 'dispatch = race: tries every tick it may run' }, 'race') : null)],
+        [String(w.clock_offset_ms), () => el('td', { 'data-label': 'Clock', title: 'How far its clock is ahead of the masters\' (negative: behind), as it last measured' },
+          w.clock_offset_ms == null ? '—' : `${w.clock_offset_ms > 0 ? '+' : ''}${w.clock_offset_ms} ms`)],
+        [String(w.owned_jobs), () => el('td', { 'data-label': 'Owned jobs' }, String(w.owned_jobs))],
+        [running.map((r) => r.run_id).join(','), () => el('td', { 'data-label': 'Running' }, running.length ? running.map((r) => el('div', {}, el('a', { href: `#/runs/${encodeURIComponent(r.run_id)}` }, r.job))) : '0')],
+        [fmtRel(w.last_heartbeat), () => el('td', { 'data-label': 'Last heartbeat' }, w.last_heartbeat ? timeEl(w.last_heartbeat) : '—')],
+        [`${w.hostname}|${w.pid}|${w.started_at}`, () => el('td', { 'data-label': 'Host' }, `${w.hostname} (pid ${w.pid})`, el('div', { class: 'muted small' }, `up since ${fmtAbs(w.started_at)}`))],
+      ],
+    };
+  }));
 }
 
 // A worker's state: draining, off clock (it claims nothing while a worker with a right clock can),
@@ -1247,7 +1681,14 @@ function start() {
     if (slot && !slot.hidden) { slot.hidden = true; slot.textContent = ''; ev.target.removeAttribute('aria-invalid'); }
   });
   $('#job-cancel').addEventListener('click', () => $('#job-dialog').close());
-  $('#run-close').addEventListener('click', () => { $('#run-dialog').dataset.run = ''; $('#run-dialog').close(); });
+  // a click outside an open row menu closes it; Escape too
+  document.addEventListener('click', (e) => {
+    for (const m of document.querySelectorAll('details.menu[open]')) if (!m.contains(e.target)) m.open = false;
+  });
+  document.addEventListener('keydown', (e) => {
+    if (e.key !== 'Escape') return;
+    for (const m of document.querySelectorAll('details.menu[open]')) { m.open = false; m.querySelector('summary').focus(); }
+  });
   $('#conn-retry').addEventListener('click', () => feed.restart());
   window.addEventListener('hashchange', navigate);
   document.addEventListener('keydown', (e) => {
@@ -1257,11 +1698,13 @@ function start() {
       if (s) { e.preventDefault(); s.focus(); }
     }
   });
-  // relative times, running durations and stale next-fire times move on by themselves
-  setInterval(() => { if (!document.hidden) render(); }, 1000);
+  // relative times, running durations and stale next-fire times move on by themselves; while
+  // the master does not answer they stand still (what is shown is from when it last did)
+  setInterval(() => { if (!document.hidden && state.master.up) render(); }, 1000);
   // heartbeats and owned-job counts are not events: the workers view re-reads them
   setInterval(() => { if (!document.hidden && state.view && state.view.name === 'workers') loadWorkers(); }, 5000);
   navigate();
+  loadHealth();
   loadWorkers();
   loadJobs().then(() => feed.start());
 }
