@@ -368,6 +368,10 @@ pub struct RunRecord {
     pub signal: Option<i32>,
     #[serde(default)]
     pub output: String,
+    /// The byte ranges `[from, to)` of `output` the command wrote to stderr, in order; the
+    /// rest is its stdout (and the worker's notes). Empty when it wrote nothing to stderr.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stderr_spans: Vec<[u64; 2]>,
     #[serde(default)]
     pub output_truncated_bytes: u64,
     pub error: Option<String>,
@@ -404,6 +408,7 @@ impl RunRecord {
             exit_code: None,
             signal: None,
             output: String::new(),
+            stderr_spans: Vec::new(),
             output_truncated_bytes: 0,
             error: None,
             max_rss_kb: None,

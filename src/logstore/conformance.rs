@@ -39,6 +39,7 @@ pub fn record(run_id: &str, job: &str, planned: i64, status: RunStatus) -> RunRe
         exit_code: Some(0),
         signal: None,
         output: format!("output of {run_id}\n"),
+        stderr_spans: Vec::new(),
         output_truncated_bytes: 0,
         error: None,
         max_rss_kb: Some(1000),

@@ -441,6 +441,11 @@ run = strict(
         "exit_code": opt_int,
         "signal": opt_int,
         "output": {"type": "string"},
+        "stderr_spans": {
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
+            "description": "the [from, to) byte ranges of output the command wrote to stderr, in order; absent when none",
+        },
         "output_truncated_bytes": {"type": "integer"},
         "error": {"type": ["string", "null"]},
         "max_rss_kb": opt_int,
@@ -448,6 +453,8 @@ run = strict(
         "trace_id": {"type": ["string", "null"]},
     }
 )
+# stderr_spans is left out when the command wrote nothing to stderr
+run["required"] = [k for k in run["required"] if k != "stderr_spans"]
 # what a worker sends: fields that may be null may also be left out
 run_in = dict(run, required=["run_id", "job", "worker", "attempt", "trigger", "planned_at", "status"])
 started = strict(

@@ -147,6 +147,16 @@ impl Directory {
     }
 }
 
+/// Ascending, non-empty, non-overlapping `[from, to)` ranges within `len` bytes.
+pub fn stderr_spans_ok(spans: &[[u64; 2]], len: u64) -> bool {
+    let mut at = 0;
+    spans.iter().all(|&[a, b]| {
+        let ok = a >= at && a < b && b <= len;
+        at = b;
+        ok
+    })
+}
+
 fn valid_run_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
@@ -166,6 +176,17 @@ pub async fn check(
     let mut wanted_jobs: Vec<(&'static str, &str, &str)> = Vec::new();
     let mut starts: HashMap<&str, usize> = HashMap::new();
     let mut lost_elsewhere: Vec<(&str, &str)> = Vec::new();
+    // stderr's spans must lie in the output, in order: the page cuts the output by them
+    for r in &batch.finished {
+        if !stderr_spans_ok(&r.stderr_spans, r.output.len() as u64) {
+            refused.push(Refused {
+                kind: "finished",
+                run_id: r.run_id.clone(),
+                reason: "invalid_stderr_spans",
+                message: "stderr_spans must be ascending [from, to) byte ranges inside the output".into(),
+            });
+        }
+    }
     let events = batch
         .started
         .iter()

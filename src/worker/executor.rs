@@ -81,6 +81,9 @@ pub struct ExecResult {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub output: String,
+    /// The byte ranges of `output` the command wrote to stderr (the rest is stdout, or the
+    /// notes the worker adds), in order.
+    pub stderr_spans: Vec<[u64; 2]>,
     pub output_truncated_bytes: u64,
     pub cpu_ms: i64,
     pub max_rss_kb: i64,
@@ -169,13 +172,15 @@ struct ChildPlan {
     /// Null: stay in the worker's directory.
     workdir: *const libc::c_char,
     out_fd: libc::c_int,
+    /// The run's stderr (a pipe of its own, so the output can say which lines were stderr).
+    stderr_fd: libc::c_int,
     err_fd: libc::c_int,
 }
 
 /// The child between clone and exec. What std's `Command` does after a fork: signal handlers
 /// back to default (this child may share the worker's memory, so none of the worker's handlers
 /// may run in it), SIGPIPE to default, an empty signal mask, its own process group, stdin from
-/// /dev/null, stdout and stderr to the output pipe, the working directory, then `execve`. A
+/// /dev/null, stdout and stderr to their output pipes, the working directory, then `execve`. A
 /// failure writes its errno to the close-on-exec error pipe and exits 127.
 ///
 /// # Safety
@@ -214,7 +219,7 @@ unsafe extern "C" fn child_main(plan: *const ChildPlan) -> ! {
             fail(plan.err_fd);
         }
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-        if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(plan.out_fd, 1) < 0 || libc::dup2(plan.out_fd, 2) < 0 {
+        if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(plan.out_fd, 1) < 0 || libc::dup2(plan.stderr_fd, 2) < 0 {
             fail(plan.err_fd);
         }
         if null > 2 {
@@ -278,6 +283,7 @@ unsafe fn clone3_vfork(args: &mut CloneArgs, plan: &ChildPlan) -> libc::c_long {
 fn clone_into_cgroup(
     spec: &ExecSpec,
     out: &io::PipeWriter,
+    stderr: &io::PipeWriter,
     cgroup_dir: RawFd,
 ) -> Result<(libc::pid_t, OwnedFd), CloneError> {
     use std::ffi::CString;
@@ -301,6 +307,7 @@ fn clone_into_cgroup(
         envp: envp.as_ptr(),
         workdir: workdir.as_ref().map_or(std::ptr::null(), |w| w.as_ptr()),
         out_fd: out.as_raw_fd(),
+        stderr_fd: stderr.as_raw_fd(),
         err_fd: err_w.as_raw_fd(),
     };
     let mut pidfd: libc::c_int = -1;
@@ -436,39 +443,44 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
         None => None,
     };
     let (reader, writer) = io::pipe().map_err(SpawnError::Setup)?;
+    let (err_reader, err_writer) = io::pipe().map_err(SpawnError::Setup)?;
     // a descriptor opened since the last spawn without O_CLOEXEC does not reach the job either
     cloexec_stray_descriptors();
     let born_in_cgroup = match &cgroup {
-        Some(cg) if CLONE3_WORKS.load(Ordering::Relaxed) => match clone_into_cgroup(spec, &writer, cg.dir_fd()) {
-            Ok(x) => Some(x),
-            Err(CloneError::Unsupported(e)) => {
-                CLONE3_WORKS.store(false, Ordering::Relaxed);
-                tracing::info!(error = %e, "clone3 with CLONE_INTO_CGROUP is not available: runs enter their cgroup before exec instead (a little slower)");
-                None
-            }
-            Err(CloneError::Failed(source)) => {
-                drop(writer);
-                if let Some(cg) = cgroup {
-                    let _ = std::fs::remove_dir(cg.dir_path());
+        Some(cg) if CLONE3_WORKS.load(Ordering::Relaxed) => {
+            match clone_into_cgroup(spec, &writer, &err_writer, cg.dir_fd()) {
+                Ok(x) => Some(x),
+                Err(CloneError::Unsupported(e)) => {
+                    CLONE3_WORKS.store(false, Ordering::Relaxed);
+                    tracing::info!(error = %e, "clone3 with CLONE_INTO_CGROUP is not available: runs enter their cgroup before exec instead (a little slower)");
+                    None
                 }
-                if let Some(dir) = &spec.workdir {
-                    check_workdir(dir)?;
+                Err(CloneError::Failed(source)) => {
+                    drop(writer);
+                    drop(err_writer);
+                    if let Some(cg) = cgroup {
+                        let _ = std::fs::remove_dir(cg.dir_path());
+                    }
+                    if let Some(dir) = &spec.workdir {
+                        check_workdir(dir)?;
+                    }
+                    return Err(SpawnError::Shell {
+                        shell: spec.shell.clone(),
+                        source,
+                    });
                 }
-                return Err(SpawnError::Shell {
-                    shell: spec.shell.clone(),
-                    source,
-                });
             }
-        },
+        }
         _ => None,
     };
     let (pid, pidfd) = match born_in_cgroup {
         Some(x) => {
-            drop(writer); // our copy of the write end: EOF comes when the run's processes are gone
+            // our copies of the write ends: EOF comes when the run's processes are gone
+            drop(writer);
+            drop(err_writer);
             x
         }
         None => {
-            let writer2 = writer.try_clone().map_err(SpawnError::Setup)?;
             let mut cmd = Command::new(&spec.shell);
             cmd.arg("-c")
                 .arg(&spec.command)
@@ -476,7 +488,7 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
                 .envs(spec.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(writer)
-                .stderr(writer2)
+                .stderr(err_writer)
                 .process_group(0);
             if let Some(dir) = &spec.workdir {
                 cmd.current_dir(dir);
@@ -525,16 +537,26 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
         }
     };
     let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(SpawnError::Setup)?;
+    let err_receiver =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(err_reader)).map_err(SpawnError::Setup)?;
     let capture = Arc::new(Mutex::new(Capture::new(spec.max_output)));
     let output = tokio::spawn({
         let capture = capture.clone();
         async move {
-            let mut rx = receiver;
+            // both pipes into one output, in the order their bytes arrive, stderr's marked
+            let (mut out, mut err) = (Some(receiver), Some(err_receiver));
             let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match rx.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => capture.lock().unwrap_or_else(|p| p.into_inner()).push(&buf[..n]),
+            let mut ebuf = vec![0u8; 16 * 1024];
+            while out.is_some() || err.is_some() {
+                tokio::select! {
+                    r = async { out.as_mut().expect("guarded").read(&mut buf).await }, if out.is_some() => match r {
+                        Ok(0) | Err(_) => out = None,
+                        Ok(n) => capture.lock().unwrap_or_else(|p| p.into_inner()).push(&buf[..n], false),
+                    },
+                    r = async { err.as_mut().expect("guarded").read(&mut ebuf).await }, if err.is_some() => match r {
+                        Ok(0) | Err(_) => err = None,
+                        Ok(n) => capture.lock().unwrap_or_else(|p| p.into_inner()).push(&ebuf[..n], true),
+                    },
                 }
             }
         }
@@ -626,7 +648,7 @@ impl Child {
             // the bytes read so far are kept; the reader stops here
             cap.note = Some("output incomplete: a process outside the run's group kept the pipe open".into());
         }
-        let (output, truncated) = cap.finish();
+        let (output, stderr_spans, truncated) = cap.finish();
         let (exit_code, signal) = if libc::WIFEXITED(status) {
             (Some(libc::WEXITSTATUS(status)), None)
         } else if libc::WIFSIGNALED(status) {
@@ -640,6 +662,7 @@ impl Child {
             exit_code,
             signal,
             output,
+            stderr_spans,
             output_truncated_bytes: truncated,
             cpu_ms: tv_ms(usage.ru_utime) + tv_ms(usage.ru_stime),
             max_rss_kb: usage.ru_maxrss,
@@ -718,6 +741,10 @@ struct Capture {
     head: Vec<u8>,
     tail: VecDeque<u8>,
     total: u64,
+    /// The stream offsets `[from, to)` written to stderr, in order, adjacent ones merged;
+    /// those wholly inside the dropped middle are pruned now and then.
+    stderr: Vec<(u64, u64)>,
+    pruned_at: usize,
     note: Option<String>,
 }
 
@@ -729,12 +756,26 @@ impl Capture {
             head: Vec::new(),
             tail: VecDeque::new(),
             total: 0,
+            stderr: Vec::new(),
+            pruned_at: 0,
             note: None,
         }
     }
 
-    fn push(&mut self, mut data: &[u8]) {
+    fn push(&mut self, mut data: &[u8], is_stderr: bool) {
+        let from = self.total;
         self.total += data.len() as u64;
+        if is_stderr && !data.is_empty() {
+            match self.stderr.last_mut() {
+                Some(last) if last.1 == from => last.1 = self.total,
+                _ => self.stderr.push((from, self.total)),
+            }
+            if self.stderr.len() > 2 * self.pruned_at + 64 {
+                let (head_end, tail_start) = (self.head_cap as u64, self.total.saturating_sub(self.tail_cap as u64));
+                self.stderr.retain(|&(a, b)| a < head_end || b > tail_start);
+                self.pruned_at = self.stderr.len();
+            }
+        }
         if self.head.len() < self.head_cap {
             let n = (self.head_cap - self.head.len()).min(data.len());
             self.head.extend_from_slice(&data[..n]);
@@ -750,20 +791,54 @@ impl Capture {
         }
     }
 
-    /// The kept text (lossy UTF-8) and the number of bytes dropped from the middle.
-    fn finish(self) -> (String, u64) {
+    /// The kept text (lossy UTF-8), the byte ranges of it that came from stderr, and the
+    /// number of bytes dropped from the middle.
+    fn finish(self) -> (String, Vec<[u64; 2]>, u64) {
         let kept = (self.head.len() + self.tail.len()) as u64;
         let dropped = self.total - kept;
-        let mut out = String::from_utf8_lossy(&self.head).into_owned();
+        let mut out = String::new();
+        let mut spans: Vec<[u64; 2]> = Vec::new();
+        // each piece is made text on its own, so a span's offsets are those of the final text
+        let mut piece = |out: &mut String, bytes: &[u8], at: u64, stderr: &[(u64, u64)]| {
+            let mut pos = at;
+            let end = at + bytes.len() as u64;
+            let mut cuts: Vec<(u64, u64, bool)> = Vec::new();
+            for &(a, b) in stderr {
+                if b <= pos || a >= end {
+                    continue;
+                }
+                let (a, b) = (a.max(pos), b.min(end));
+                if a > pos {
+                    cuts.push((pos, a, false));
+                }
+                cuts.push((a, b, true));
+                pos = b;
+            }
+            if pos < end {
+                cuts.push((pos, end, false));
+            }
+            for (a, b, is_err) in cuts {
+                let text = String::from_utf8_lossy(&bytes[(a - at) as usize..(b - at) as usize]);
+                let start = out.len() as u64;
+                out.push_str(&text);
+                if is_err {
+                    match spans.last_mut() {
+                        Some(last) if last[1] == start => last[1] = out.len() as u64,
+                        _ => spans.push([start, out.len() as u64]),
+                    }
+                }
+            }
+        };
+        piece(&mut out, &self.head, 0, &self.stderr);
         if dropped > 0 {
             out.push_str(&format!("\n[... {dropped} bytes omitted ...]\n"));
         }
         let tail: Vec<u8> = self.tail.into_iter().collect();
-        out.push_str(&String::from_utf8_lossy(&tail));
+        piece(&mut out, &tail, self.total - tail.len() as u64, &self.stderr);
         if let Some(n) = self.note {
             out.push_str(&format!("\n[{n}]"));
         }
-        (out, dropped)
+        (out, spans, dropped)
     }
 }
 
@@ -789,6 +864,60 @@ mod tests {
     async fn run(s: &ExecSpec) -> ExecResult {
         let (_tx, rx) = watch::channel(None);
         spawn(s).unwrap().wait(s, rx).await
+    }
+
+    fn stderr_of(r: &ExecResult) -> Vec<&str> {
+        r.stderr_spans
+            .iter()
+            .map(|[a, b]| &r.output[*a as usize..*b as usize])
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn what_the_command_writes_to_stderr_is_told_apart_from_its_stdout() {
+        let s = spec("echo to-stdout; echo to-stderr >&2; echo gruß-stderr >&2; echo more-stdout");
+        let r = run(&s).await;
+        for line in ["to-stdout\n", "to-stderr\n", "gruß-stderr\n", "more-stdout\n"] {
+            assert!(r.output.contains(line), "{:?}", r.output);
+        }
+        assert_eq!(
+            stderr_of(&r).concat().lines().collect::<Vec<_>>(),
+            ["to-stderr", "gruß-stderr"],
+            "{:?} {:?}",
+            r.output,
+            r.stderr_spans
+        );
+        assert!(crate::master::reports::stderr_spans_ok(
+            &r.stderr_spans,
+            r.output.len() as u64
+        ));
+        let quiet = run(&spec("echo only-stdout")).await;
+        assert!(quiet.stderr_spans.is_empty());
+    }
+
+    #[test]
+    fn stderr_spans_stay_right_when_the_middle_of_a_long_output_is_dropped() {
+        let mut c = Capture::new(20);
+        c.push(b"out-", false);
+        c.push(b"ERR-1", true);
+        c.push(&[b'x'; 100], false);
+        c.push(b"dropped-err", true);
+        c.push(&[b'y'; 50], false);
+        c.push(b"ERR-2", true);
+        c.push(b"end", false);
+        let (out, spans, dropped) = c.finish();
+        let texts: Vec<&str> = spans.iter().map(|[a, b]| &out[*a as usize..*b as usize]).collect();
+        assert!(out.starts_with("out-ERR-1x") && out.ends_with("yyERR-2end"), "{out:?}");
+        assert_eq!(texts, ["ERR-1", "ERR-2"], "{out:?} {spans:?}");
+        assert_eq!(dropped, 4 + 5 + 100 + 11 + 50 + 5 + 3 - 20);
+        // many small writes: the spans of the dropped middle are pruned, the kept ones stay
+        let mut c = Capture::new(64);
+        for i in 0..10_000 {
+            c.push(b"e", i % 2 == 0);
+        }
+        assert!(c.stderr.len() < 1_000, "{} spans kept", c.stderr.len());
+        let (out, spans, _) = c.finish();
+        assert!(crate::master::reports::stderr_spans_ok(&spans, out.len() as u64));
     }
 
     #[tokio::test]

@@ -230,6 +230,9 @@ async fn the_worker_role_cannot_poison_run_data() {
     assert_eq!(st, 201);
     let now = now_ms();
     let good = record("real", "w1", "0190aaaa000070008000000000000001", now - 1000);
+    let mut bad_spans = record("real", "w1", "r9", now);
+    bad_spans["output"] = json!("short");
+    bad_spans["stderr_spans"] = json!([[2, 400]]);
     let cases = [
         (
             WORKER,
@@ -264,6 +267,8 @@ async fn the_worker_role_cannot_poison_run_data() {
             json!({"started": [{"run_id": "r6", "job": "real", "worker": "nobody", "attempt": 1, "trigger": "schedule", "planned_at": now, "started_at": now, "trace_id": null}]}),
             "unknown_worker",
         ),
+        // stderr spans outside the output (the page cuts the output by them)
+        (WORKER, json!({"finished": [bad_spans]}), "invalid_stderr_spans"),
         // one bad event refuses the batch: the good one beside it is not stored either
         (
             WORKER,

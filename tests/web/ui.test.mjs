@@ -361,7 +361,7 @@ if (MODE === 'ui') {
       await page.click('button[data-key="sort/last"]');
       // the failed run's page: its error and stderr are there
       await page.click('#jobs-table tr[data-job="ov-broken"] td[data-label="Last run"] a');
-      await page.locator('#run-output', { hasText: 'broken' }).waitFor();
+      await page.locator('#run-output .stderr', { hasText: 'broken' }).waitFor();
       assert.match(await page.locator('#run-summary').textContent(), /failed.*manual.*exit 3/);
       await page.goto(net1.url + '/#/jobs');
       await page.locator('#jobs-table tr[data-job="ov-broken"]').waitFor();

@@ -464,6 +464,7 @@ impl Sim {
                     exit_code: p.exit_code,
                     signal: None,
                     output: format!("output of {run_id}"),
+                    stderr_spans: Vec::new(),
                     output_truncated_bytes: 0,
                     cpu_ms: 1,
                     max_rss_kb: 1000,

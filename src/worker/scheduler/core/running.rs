@@ -222,6 +222,7 @@ impl Core {
         rec.exit_code = res.exit_code;
         rec.signal = res.signal;
         rec.output = res.output;
+        rec.stderr_spans = res.stderr_spans;
         rec.output_truncated_bytes = res.output_truncated_bytes;
         rec.cpu_ms = Some(res.cpu_ms);
         rec.max_rss_kb = Some(res.max_rss_kb);
