@@ -418,6 +418,16 @@ impl RunRecord {
     }
 }
 
+/// Ascending, non-empty, non-overlapping `[from, to)` ranges within `len` bytes.
+pub fn stderr_spans_ok(spans: &[[u64; 2]], len: u64) -> bool {
+    let mut at = 0;
+    spans.iter().all(|&[a, b]| {
+        let ok = a >= at && a < b && b <= len;
+        at = b;
+        ok
+    })
+}
+
 /// Sent when a run starts (before its record exists).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunStarted {

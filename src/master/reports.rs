@@ -147,16 +147,6 @@ impl Directory {
     }
 }
 
-/// Ascending, non-empty, non-overlapping `[from, to)` ranges within `len` bytes.
-pub fn stderr_spans_ok(spans: &[[u64; 2]], len: u64) -> bool {
-    let mut at = 0;
-    spans.iter().all(|&[a, b]| {
-        let ok = a >= at && a < b && b <= len;
-        at = b;
-        ok
-    })
-}
-
 fn valid_run_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
@@ -178,7 +168,7 @@ pub async fn check(
     let mut lost_elsewhere: Vec<(&str, &str)> = Vec::new();
     // stderr's spans must lie in the output, in order: the page cuts the output by them
     for r in &batch.finished {
-        if !stderr_spans_ok(&r.stderr_spans, r.output.len() as u64) {
+        if !crate::model::stderr_spans_ok(&r.stderr_spans, r.output.len() as u64) {
             refused.push(Refused {
                 kind: "finished",
                 run_id: r.run_id.clone(),

@@ -887,7 +887,7 @@ mod tests {
             r.output,
             r.stderr_spans
         );
-        assert!(crate::master::reports::stderr_spans_ok(
+        assert!(crate::model::stderr_spans_ok(
             &r.stderr_spans,
             r.output.len() as u64
         ));
@@ -917,7 +917,7 @@ mod tests {
         }
         assert!(c.stderr.len() < 1_000, "{} spans kept", c.stderr.len());
         let (out, spans, _) = c.finish();
-        assert!(crate::master::reports::stderr_spans_ok(&spans, out.len() as u64));
+        assert!(crate::model::stderr_spans_ok(&spans, out.len() as u64));
     }
 
     #[tokio::test]
