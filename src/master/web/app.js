@@ -131,7 +131,9 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
+// `quiet`: a 401 is noted (the indicator says so) without opening the sign-in dialog, for the
+// page's own background reads (health), so a dialog someone closed does not come back by itself.
+async function api(method, path, body, { quiet = false } = {}) {
   const headers = { Accept: 'application/json' };
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -149,7 +151,7 @@ async function api(method, path, body) {
   try { data = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
   if (resp.status === 401) {
     setAuth(state.token ? 'refused' : 'missing');
-    askToken(state.token ? 'That token was not accepted. Enter a valid token.' : null);
+    if (!quiet) askToken(state.token ? 'That token was not accepted. Enter a valid token.' : null);
     throw new ApiError(401, 'unauthorized', 'A token is needed: sign in.');
   }
   if (!resp.ok) {
@@ -193,7 +195,7 @@ function healthSoon(ms) {
 async function loadHealth() {
   clearTimeout(healthTimer);
   try {
-    const h = await api('GET', '/api/v1/health');
+    const h = await api('GET', '/api/v1/health', undefined, { quiet: true });
     state.health = h;
     if (state.role !== h.role) { state.role = h.role; scheduleRender(); }
     setAuth('ok');
