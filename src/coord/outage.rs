@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 /// registration): the cadence the outage line announces.
 pub const RETRY_EVERY: Duration = Duration::from_secs(2);
 
-/// An outage starting this soon after the last announcement is announced only when this much
-/// time has passed since (if it still lasts): an etcd that flaps is announced at most every 10 s.
+/// An outage starting this soon after the last line said (down or up) is announced only when
+/// this much time has passed since, if it still lasts: an etcd that flaps, or a request that
+/// was already failing when etcd came back, makes no pair of lines every few seconds.
 const FLAP_GUARD: Duration = Duration::from_secs(10);
 
 /// What to say after a request, if anything.
@@ -36,7 +37,8 @@ enum Say {
 #[derive(Debug, Default)]
 struct State {
     down: Option<Down>,
-    last_announced: Option<Instant>,
+    /// When the last line (down or up) was said.
+    last_said: Option<Instant>,
     /// The last failure's `etcd at …: cause`, while down.
     why: Option<String>,
 }
@@ -59,20 +61,23 @@ impl State {
         if down.announced {
             return Say::Nothing;
         }
-        if self.last_announced.is_some_and(|t| now.duration_since(t) < FLAP_GUARD) {
+        if self.last_said.is_some_and(|t| now.duration_since(t) < FLAP_GUARD) {
             return Say::Nothing;
         }
         down.announced = true;
-        self.last_announced = Some(now);
+        self.last_said = Some(now);
         Say::Down
     }
 
     fn succeeded(&mut self, now: Instant) -> Say {
         match self.down.take() {
-            Some(d) if d.announced => Say::Up {
-                after: now.duration_since(d.since),
-                failed_requests: d.failed_requests,
-            },
+            Some(d) if d.announced => {
+                self.last_said = Some(now);
+                Say::Up {
+                    after: now.duration_since(d.since),
+                    failed_requests: d.failed_requests,
+                }
+            }
             _ => Say::Nothing,
         }
     }
@@ -80,7 +85,7 @@ impl State {
 
 static STATE: Mutex<State> = Mutex::new(State {
     down: None,
-    last_announced: None,
+    last_said: None,
     why: None,
 });
 /// Mirrors `STATE.down.is_some()`, read without the lock on every request.
@@ -179,10 +184,11 @@ mod tests {
         let mut s = State::default();
         assert_eq!(s.failed(at(0)), Say::Down);
         assert!(matches!(s.succeeded(at(500)), Say::Up { .. }));
-        // a blip 1 s later: not announced, and so no recovery line either
+        // a request that fails just after (it was sent before etcd came back), or a blip: not
+        // announced, and so no recovery line either
         assert_eq!(s.failed(at(1_500)), Say::Nothing);
         assert_eq!(s.succeeded(at(1_600)), Say::Nothing);
-        // a new outage 3 s after the announcement: said 10 s after it, since it still lasts
+        // a new outage 2.5 s after the recovery: said 10 s after that line, since it still lasts
         assert_eq!(s.failed(at(3_000)), Say::Nothing);
         assert_eq!(s.failed(at(9_000)), Say::Nothing);
         assert_eq!(s.failed(at(10_500)), Say::Down);
