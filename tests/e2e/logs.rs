@@ -78,6 +78,15 @@ async fn an_etcd_outage_is_one_short_warn_line_per_process_and_one_line_when_etc
         !message.contains("tonic") && !message.contains('{') && !message.contains('\n') && message.len() < 250,
         "one readable line: {message}"
     );
+    // the master's /readyz names the failing part in one line
+    let (status, body) = c.get(&m, "/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    let etcd = body["etcd"].as_str().unwrap_or_default();
+    assert!(
+        etcd.starts_with("etcd at 127.0.0.1:") && !etcd.contains("tonic") && etcd.len() < 120,
+        "{body}"
+    );
+    assert_eq!(body["log_store"], "ok");
     // the worker says why it is not ready
     let http = c.http.clone();
     wait_for(Duration::from_secs(30), "the worker says etcd is unreachable", || {
