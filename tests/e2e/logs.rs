@@ -337,3 +337,39 @@ async fn a_master_with_only_a_read_token_says_once_that_nothing_can_change_jobs(
         "a log redirected to a file has no colour codes: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_on_a_terminal_is_coloured_unless_no_color_is_set() {
+    // `script` (util-linux, in Debian's essential bsdutils) gives the worker a pseudo-terminal
+    // and copies what it writes; killing it hangs the terminal up, which ends the worker
+    let dir = tempfile::tempdir().unwrap();
+    for (no_color, coloured) in [(None, true), (Some("1"), false)] {
+        let out = dir.path().join(format!("tty-{coloured}.log"));
+        let cmd = format!(
+            "{} worker --etcd http://127.0.0.1:1 --id tty --spool-dir {}",
+            env!("CARGO_BIN_EXE_cronmesh"),
+            dir.path().join("spool").display()
+        );
+        let mut c = Command::new("script");
+        c.args(["-qfec", &cmd, "/dev/null"])
+            .env_remove("RUST_LOG")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let mut child = c.spawn().expect("script (util-linux) runs");
+        wait_until(Duration::from_secs(30), "the worker says etcd is unreachable", || {
+            log_of(&out).contains("unreachable")
+        })
+        .await;
+        // SAFETY: signalling the process group of our own child.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let _ = child.wait();
+        let text = log_of(&out);
+        assert_eq!(text.contains("\x1b["), coloured, "NO_COLOR={no_color:?}:\n{text}");
+    }
+}
