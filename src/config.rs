@@ -25,16 +25,22 @@ use std::time::Duration;
 /// A configuration problem; `key` is the dotted config key (`worker.lease_ttl`).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Printed once: the io error is part of this line, not a "caused by" after it.
+    #[error("cannot read config file {path}: {}", io_reason(error))]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config: {key}: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+/// `No such file or directory`, without Rust's `(os error 2)`.
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -127,7 +133,11 @@ pub struct WorkerConfig {
     pub masters: Vec<String>,
     /// Bearer token for reporting (role `worker`); also `CRONMESH_WORKER_TOKEN`.
     pub token: Option<String>,
-    /// Where run reports wait while no master is reachable (survives restarts).
+    /// Where run reports wait while no master is reachable (survives restarts); each worker id
+    /// has its own subdirectory. Default: `$STATE_DIRECTORY/spool` under systemd (its
+    /// `StateDirectory=`), `/var/lib/cronmesh/spool` as root, else
+    /// `$XDG_STATE_HOME/cronmesh/spool` (`~/.local/state/cronmesh/spool`); never the directory
+    /// the worker happens to be started in. Standalone: `<data_dir>/spool`.
     pub spool_dir: PathBuf,
     /// Run reports held in memory before they spill to the spool.
     pub report_queue: usize,
@@ -185,7 +195,7 @@ impl Default for WorkerConfig {
             runs_file: None,
             masters: Vec::new(),
             token: None,
-            spool_dir: PathBuf::from("./data/spool"),
+            spool_dir: default_spool_dir(),
             report_queue: 10_000,
             metrics_jobs: Vec::new(),
             inherit_env: DEFAULT_INHERIT_ENV.iter().map(|s| s.to_string()).collect(),
@@ -284,6 +294,9 @@ pub struct AuthConfig {
     pub tokens: Vec<TokenConfig>,
 }
 
+/// Shortest token accepted (plain tokens; a `sha256` hides its length).
+const MIN_TOKEN_LEN: usize = 16;
+
 /// One bearer token: give `token` (plain) or `sha256` (hex of the token's SHA-256).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,6 +313,10 @@ pub struct TokenConfig {
     /// name another worker are refused. A worker token without it may report for any worker id.
     #[serde(default)]
     pub worker: Option<String>,
+    /// The environment variable it came from (`CRONMESH_ADMIN_TOKEN`), which its errors name;
+    /// none for a token of the config file.
+    #[serde(skip)]
+    pub from_env: Option<&'static str>,
 }
 
 /// What a token may do.
@@ -361,6 +378,37 @@ fn validate_inherit_pattern(p: &str) -> Result<(), &'static str> {
 }
 
 /// `{hostname}-{pid}`: unique among live processes, so workers on one host never collide.
+/// The spool directory when none is configured (see `WorkerConfig::spool_dir`).
+pub fn default_spool_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    spool_dir_for(root, &|name| std::env::var_os(name).filter(|v| !v.is_empty()))
+}
+
+/// `default_spool_dir` for a given user and environment.
+fn spool_dir_for(root: bool, env: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    // systemd's StateDirectory= may list several, separated by ':'; the first is ours
+    if let Some(dirs) = env("STATE_DIRECTORY")
+        && let Some(first) = dirs.to_string_lossy().split(':').next().filter(|d| !d.is_empty())
+    {
+        return Path::new(first).join("spool");
+    }
+    if root {
+        return PathBuf::from("/var/lib/cronmesh/spool");
+    }
+    if let Some(state) = env("XDG_STATE_HOME") {
+        return Path::new(&state).join("cronmesh/spool");
+    }
+    if let Some(home) = env("HOME") {
+        return Path::new(&home).join(".local/state/cronmesh/spool");
+    }
+    PathBuf::from("./data/spool")
+}
+
+/// Where workers before this default spooled (relative to where they were started): used when a
+/// report spool is there and none at the default, so an upgrade replays it.
+pub const OLD_DEFAULT_SPOOL_DIR: &str = "./data/spool";
+
 pub fn default_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -386,9 +434,9 @@ impl Config {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_path_buf(),
@@ -540,8 +588,19 @@ impl Config {
             return Err(invalid("master.max_connections", "must be at least 16"));
         }
         for t in &m.auth.tokens {
+            if let (Some(var), Some(tok)) = (t.from_env, &t.token)
+                && tok.len() < MIN_TOKEN_LEN
+            {
+                return Err(invalid(
+                    var,
+                    format!(
+                        "must be at least {MIN_TOKEN_LEN} characters (it has {}); make one with `openssl rand -hex 16`",
+                        tok.chars().count()
+                    ),
+                ));
+            }
             match (&t.token, &t.sha256) {
-                (Some(tok), None) if tok.len() >= 16 => {}
+                (Some(tok), None) if tok.len() >= MIN_TOKEN_LEN => {}
                 (Some(_), None) => {
                     return Err(invalid(
                         "master.auth.tokens",
@@ -590,6 +649,62 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_spool_is_a_state_directory_never_the_directory_the_worker_is_started_in() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let home = env(&[("HOME", "/home/ann")]);
+        assert_eq!(
+            spool_dir_for(false, &home),
+            Path::new("/home/ann/.local/state/cronmesh/spool")
+        );
+        let xdg = env(&[("HOME", "/home/ann"), ("XDG_STATE_HOME", "/srv/state")]);
+        assert_eq!(spool_dir_for(false, &xdg), Path::new("/srv/state/cronmesh/spool"));
+        assert_eq!(spool_dir_for(true, &home), Path::new("/var/lib/cronmesh/spool"));
+        let systemd = env(&[
+            ("HOME", "/var/lib/cronmesh"),
+            ("STATE_DIRECTORY", "/var/lib/cronmesh:/var/lib/other"),
+        ]);
+        assert_eq!(spool_dir_for(false, &systemd), Path::new("/var/lib/cronmesh/spool"));
+        assert_eq!(
+            spool_dir_for(false, &env(&[])),
+            Path::new("./data/spool"),
+            "no home at all"
+        );
+    }
+
+    #[test]
+    fn a_missing_config_file_is_one_line_and_a_short_token_from_the_environment_is_named_by_its_variable() {
+        let e = Config::load(Some(Path::new("/nonexistent/cronmesh.toml"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot read config file /nonexistent/cronmesh.toml: no such file"
+        );
+        assert!(
+            std::error::Error::source(&e).is_none(),
+            "printed once, not again as its cause"
+        );
+        let mut c = Config::default();
+        c.master.auth.tokens.push(TokenConfig {
+            name: "admin_token".into(),
+            role: Role::Admin,
+            token: Some("short".into()),
+            sha256: None,
+            worker: None,
+            from_env: Some("CRONMESH_ADMIN_TOKEN"),
+        });
+        let e = c.validate_master().unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid config: CRONMESH_ADMIN_TOKEN: must be at least 16 characters (it has 5)"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn shipped_example_configs_parse_and_validate() {

@@ -315,6 +315,7 @@ fn apply_tokens(c: &mut Config) {
                 token: Some(t),
                 sha256: None,
                 worker: None,
+                from_env: Some(var),
             });
         }
     }
@@ -470,7 +471,16 @@ fn reporter_for(config: &Config, sink: Arc<dyn ReportSink>) -> Result<Arc<dyn Re
     };
     let w = &config.worker;
     // one spool per worker id: workers sharing a data directory never share a spool file
-    let dir = w.spool_dir.join(&w.id);
+    let mut dir = w.spool_dir.join(&w.id);
+    let old = std::path::Path::new(cronmesh::config::OLD_DEFAULT_SPOOL_DIR).join(&w.id);
+    if w.spool_dir == cronmesh::config::default_spool_dir() && !dir.exists() && old.is_dir() {
+        tracing::warn!(
+            spool = %old.display(),
+            default = %dir.display(),
+            "using the report spool at the old default place (relative to where this worker starts); move it to the default or set worker.spool_dir (--spool-dir)"
+        );
+        dir = old;
+    }
     let r = QueueReporter::start(sink, &dir, w.report_queue, also)
         .with_context(|| format!("cannot open the report spool in {}", dir.display()))?;
     Ok(Arc::new(r))
@@ -490,7 +500,7 @@ async fn run_worker(config: Arc<Config>) -> Result<()> {
     let reporter = reporter_for(&config, sink)?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());
-    let (ready_tx, ready_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = watch::channel(telemetry::http::Readiness::default());
     let http_stop = CancellationToken::new();
     let http = listener.map(|l| {
         tokio::spawn(telemetry::http::serve(
@@ -559,7 +569,7 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
     let reporter = reporter_for(&config, state.ingest.clone())?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());
-    let (ready_tx, _ready_rx) = watch::channel(false);
+    let (ready_tx, _ready_rx) = watch::channel(telemetry::http::Readiness::default());
     info!(listen = %config.master.listen, log_store = %config.master.log_store, "standalone started: API, /metrics, /healthz, /readyz");
     // the worker drains first (its last reports go straight into the store), then the master stops
     let master_stop = CancellationToken::new();

@@ -194,3 +194,23 @@ fn anyhow_stays_in_the_binary() {
         "anyhow outside src/main.rs (use a thiserror enum per layer): {bad:?}"
     );
 }
+
+#[test]
+fn etcd_failures_in_retrying_loops_are_not_warned_at_every_retry() {
+    // an etcd outage is two lines per process (coord::outage): the loops that retry etcd log
+    // their failures with `warn_unless_etcd_down!`, so nothing repeats while etcd is down
+    let bad: Vec<String> = sources()
+        .into_iter()
+        .filter(|(p, _)| ["src/coord/", "src/master/ledger/"].iter().any(|d| p.starts_with(d)))
+        .flat_map(|(p, code)| {
+            code.lines()
+                .filter(|l| l.contains("warn!(") && l.contains("error = %e"))
+                .map(|l| format!("{p}: {}", l.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(bad.is_empty(), "use warn_unless_etcd_down! for these: {bad:#?}");
+    // and etcd's transport is coord's business too
+    let tonic = offenders("tonic::", &["src/coord/"]);
+    assert!(tonic.is_empty(), "tonic used outside src/coord/: {tonic:?}");
+}

@@ -115,9 +115,9 @@ impl Coord {
                     continue;
                 }
                 Err(e) => {
-                    warn!(key = %key, error = %e, "registration failed; retrying");
+                    crate::warn_unless_etcd_down!(key = %key, error = %e, "registration failed; retrying");
                     tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(retry) => {} }
-                    retry = (retry * 2).min(ttl / 3);
+                    retry = (retry * 2).min(ttl / 3).min(super::RETRY_EVERY);
                     continue;
                 }
             };
@@ -216,7 +216,7 @@ impl Coord {
                     let v = value.borrow_and_update().clone();
                     let k = key.to_string();
                     if let Err(e) = self.call("put", |mut c| async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }).await {
-                        warn!(key, error = %e, "could not update registration; will retry with the next keep-alive");
+                        crate::warn_unless_etcd_down!(key, error = %e, "could not update registration; will retry with the next keep-alive");
                         value.mark_changed();
                     }
                 }

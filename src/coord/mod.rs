@@ -16,39 +16,51 @@
 //! | `ledger/leader` | the id of the master keeping the tick ledger | its session lease |
 //! | `ledger/watermark` | `Watermark` JSON: every tick due before `until` is accounted | until deleted |
 
+mod cause;
 mod claims;
 mod jobs;
 mod ledger;
 mod membership;
+mod outage;
 mod signals;
 mod watch;
 
+pub use cause::EtcdCause;
 pub use claims::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
 pub use ledger::Watermark;
 pub use membership::{Registration, Role};
+pub use outage::{RETRY_EVERY, etcd_outage, etcd_unreachable};
 pub use watch::{FeedRelay, JobEvent, JobRead, MemberEvent, SignalEvent, Watch};
 
 use crate::model::ValidationError;
 use crate::telemetry::events::EtcdRequest;
 use etcd_client::{Client, ConnectOptions};
 use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Keys per page of a snapshot read (~0.5 MB of jobs; the gRPC limit is 4 MB).
 const SNAPSHOT_PAGE: i64 = 1000;
-use std::time::{Duration, Instant};
 
 /// Errors of the coordination layer. Callers branch on `NotFound`/`Conflict`/`Invalid`; the rest
-/// mean "etcd is unreachable or misbehaving": retry later.
+/// mean "etcd is unreachable or misbehaving": retry later. Each prints as one line an operator
+/// can act on (`etcd at 127.0.0.1:2379: connection refused`); the error etcd-client gave is
+/// logged at debug where it is classified (`Coord::call`).
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
-    #[error("etcd {op} failed: {source}; check that etcd is running and reachable at the configured endpoints")]
+    #[error("etcd at {endpoints}: {cause}")]
     Etcd {
         op: &'static str,
-        #[source]
-        source: etcd_client::Error,
+        /// The endpoints, without their scheme.
+        endpoints: Arc<str>,
+        cause: EtcdCause,
     },
-    #[error("etcd {op} timed out after {timeout:?}; check etcd's health and the network")]
-    Timeout { op: &'static str, timeout: Duration },
+    #[error("etcd at {endpoints}: no answer within {}", humantime::format_duration(*timeout))]
+    Timeout {
+        op: &'static str,
+        endpoints: Arc<str>,
+        timeout: Duration,
+    },
     #[error("job {0:?} not found")]
     NotFound(String),
     #[error("{0}")]
@@ -60,6 +72,18 @@ pub enum CoordError {
     /// `jobs/{name}` holds something that is not that job (garbage, or another name).
     #[error("job {name:?} in etcd is unreadable: {message}")]
     Unreadable { name: String, message: String },
+}
+
+impl CoordError {
+    /// etcd does not serve this process (unreachable, not answering in time, refusing it), as
+    /// opposed to an answer about the request (not found, conflict, invalid, undecodable).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            CoordError::Etcd { cause, .. } => cause.is_outage(),
+            CoordError::Timeout { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Builds every key; the only place that knows the layout.
@@ -141,6 +165,8 @@ pub struct Coord {
     client: Client,
     keys: Keys,
     timeout: Duration,
+    /// The endpoints for messages: `127.0.0.1:2379,10.0.0.2:2379`.
+    endpoints: Arc<str>,
 }
 
 impl Coord {
@@ -151,14 +177,46 @@ impl Coord {
             .with_timeout(timeout)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true);
-        let client = Client::connect(endpoints, Some(opts))
-            .await
-            .map_err(|source| CoordError::Etcd { op: "connect", source })?;
+        let shown: Arc<str> = endpoints
+            .iter()
+            .map(|e| e.trim_start_matches("http://").trim_start_matches("https://"))
+            .collect::<Vec<_>>()
+            .join(",")
+            .into();
+        let client = Client::connect(endpoints, Some(opts)).await.map_err(|e| {
+            tracing::debug!(error = ?e, "etcd client not created");
+            CoordError::Etcd {
+                op: "connect",
+                endpoints: shown.clone(),
+                cause: EtcdCause::of(&e),
+            }
+        })?;
         Ok(Coord {
             client,
             keys: Keys::new(prefix),
             timeout,
+            endpoints: shown,
         })
+    }
+
+    /// The endpoints, as messages show them.
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// An error of etcd-client as a `CoordError`, told to the outage reporter; the whole error
+    /// goes to the log at debug. For the streams (watch, keep-alive) that fail outside `call`.
+    pub(crate) fn failed(&self, op: &'static str, e: &etcd_client::Error) -> CoordError {
+        let cause = EtcdCause::of(e);
+        tracing::debug!(op, error = ?e, cause = %cause, "etcd request failed");
+        if cause.is_outage() {
+            outage::request_failed(&self.endpoints, &cause);
+        }
+        CoordError::Etcd {
+            op,
+            endpoints: self.endpoints.clone(),
+            cause,
+        }
     }
 
     /// Reads every key under `full_prefix` (absolute, with the cluster prefix) in pages of
@@ -216,12 +274,29 @@ impl Coord {
         let start = Instant::now();
         let res = tokio::time::timeout(self.timeout, f(self.client.clone())).await;
         let out = match res {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(source)) => Err(CoordError::Etcd { op, source }),
-            Err(_) => Err(CoordError::Timeout {
-                op,
-                timeout: self.timeout,
-            }),
+            Ok(Ok(v)) => {
+                outage::request_succeeded();
+                Ok(v)
+            }
+            // etcd answered, with an error about the request (the outage reporter is not told
+            // it is down); or it did not serve us (it is)
+            Ok(Err(e)) => {
+                let err = self.failed(op, &e);
+                if !err.is_unavailable() {
+                    outage::request_succeeded();
+                }
+                Err(err)
+            }
+            Err(_) => {
+                let err = CoordError::Timeout {
+                    op,
+                    endpoints: self.endpoints.clone(),
+                    timeout: self.timeout,
+                };
+                tracing::debug!(op, "etcd request timed out");
+                outage::request_failed(&self.endpoints, &EtcdCause::TimedOut);
+                Err(err)
+            }
         };
         EtcdRequest {
             op,

@@ -340,7 +340,7 @@ impl Coord {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = (backoff * 2).min(super::RETRY_EVERY);
             }
         });
         Watch { events: rx, task }
@@ -418,7 +418,7 @@ impl Coord {
                 Ok(None) => {
                     return Ended::Restart("stream_closed", format!("after revision {last_rev}"));
                 }
-                Err(e) => return Ended::Restart("stream_error", e.to_string()),
+                Err(e) => return Ended::Restart("stream_error", self.failed("watch", &e).to_string()),
             };
             // etcd 3.4 cancels a watch at a compacted revision with `canceled` and a
             // `compact_revision`, and no error: both must be checked.

@@ -94,6 +94,11 @@ impl Auth {
         self.open
     }
 
+    /// Whether a token of `role` is configured.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.tokens.iter().any(|t| t.role == role)
+    }
+
     /// Whether a worker token is not bound to a worker id (it may report for any worker).
     pub fn has_unbound_worker_token(&self) -> bool {
         self.tokens.iter().any(|t| t.role == Role::Worker && t.worker.is_none())
@@ -222,6 +227,7 @@ mod tests {
                     token: Some("admin-token-0123456789".into()),
                     sha256: None,
                     worker: None,
+                    from_env: None,
                 },
                 TokenConfig {
                     name: "viewer".into(),
@@ -229,6 +235,7 @@ mod tests {
                     token: None,
                     sha256: Some(token_sha256_hex("read-token-0123456789")),
                     worker: None,
+                    from_env: None,
                 },
                 TokenConfig {
                     name: "fleet".into(),
@@ -236,6 +243,7 @@ mod tests {
                     token: Some("worker-token-0123456789".into()),
                     sha256: None,
                     worker: Some("w1".into()),
+                    from_env: None,
                 },
             ],
         })

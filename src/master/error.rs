@@ -37,6 +37,10 @@ pub enum ApiError {
     TooManyRequests {
         retry_after: std::time::Duration,
     },
+    /// 503: etcd does not serve this master (code `etcd_unavailable`); the message is one line
+    /// and says what to check.
+    EtcdUnavailable(String),
+    /// 503: another dependency (the run log) is unreachable.
     Unavailable(String),
     Internal(String),
 }
@@ -85,6 +89,7 @@ impl ApiError {
                     retry_secs(*retry_after)
                 ),
             ),
+            ApiError::EtcdUnavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "etcd_unavailable", m.clone()),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone()),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -143,8 +148,13 @@ impl From<CoordError> for ApiError {
                 code: "conflict".into(),
                 message: m,
             },
-            e @ (CoordError::Etcd { .. } | CoordError::Timeout { .. }) => ApiError::Unavailable(e.to_string()),
-            e @ CoordError::Decode { .. } => ApiError::Internal(e.to_string()),
+            e if e.is_unavailable() => ApiError::EtcdUnavailable(format!(
+                "{e}; check that etcd is running and that this master reaches it (its log has the details at debug level)"
+            )),
+            // etcd answered with an error about the request
+            e @ (CoordError::Etcd { .. } | CoordError::Timeout { .. } | CoordError::Decode { .. }) => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }
@@ -188,5 +198,41 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         ApiError::bad("invalid_path", r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coord::EtcdCause;
+
+    #[test]
+    fn etcd_unreachable_is_a_503_etcd_unavailable_in_one_line_that_says_what_to_check() {
+        let e = CoordError::Etcd {
+            op: "get",
+            endpoints: "127.0.0.1:2379".into(),
+            cause: EtcdCause::Refused,
+        };
+        let api = ApiError::from(e);
+        let (status, code, message) = api.parts();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(code, "etcd_unavailable");
+        assert!(
+            message.starts_with("etcd at 127.0.0.1:2379: connection refused; check that etcd is running"),
+            "{message}"
+        );
+        assert!(!message.contains('\n') && message.len() < 200, "{message}");
+        let e = CoordError::Timeout {
+            op: "get",
+            endpoints: "10.0.0.1:2379".into(),
+            timeout: std::time::Duration::from_secs(5),
+        };
+        let api = ApiError::from(e);
+        let (_, code, message) = api.parts();
+        assert_eq!(code, "etcd_unavailable");
+        assert!(
+            message.starts_with("etcd at 10.0.0.1:2379: no answer within 5s;"),
+            "{message}"
+        );
     }
 }

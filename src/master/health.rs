@@ -63,11 +63,31 @@ async fn within<T, E: std::fmt::Display>(f: impl Future<Output = Result<T, E>>) 
     }
 }
 
+/// etcd's failure as the banner says it: the cause alone (the endpoints are said once).
+async fn etcd_check(st: &AppState) -> Result<(), String> {
+    use crate::coord::CoordError;
+    match tokio::time::timeout(CHECK_DEADLINE, st.coord.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(CoordError::Etcd { cause, .. })) => Err(one_line(&cause.to_string())),
+        Ok(Err(CoordError::Timeout { timeout, .. })) => {
+            Err(format!("no answer within {}", humantime::format_duration(timeout)))
+        }
+        Ok(Err(e)) => Err(one_line(&e.to_string())),
+        Err(_) => Err(format!("no answer within {} ms", CHECK_DEADLINE.as_millis())),
+    }
+}
+
 pub async fn health(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Json<Health>, ApiError> {
     let caller = authorize(&st, &headers, Need::Read)?;
-    let endpoints = st.config.etcd.join(",");
+    let endpoints = st
+        .config
+        .etcd
+        .iter()
+        .map(|e| e.trim_start_matches("http://").trim_start_matches("https://"))
+        .collect::<Vec<_>>()
+        .join(",");
     let (etcd, store, workers) = tokio::join!(
-        within(st.coord.ping()),
+        etcd_check(&st),
         within(st.store.ping()),
         within(st.coord.list_workers_with_heartbeat()),
     );

@@ -87,7 +87,7 @@ impl Ingest {
         if let Some(r) = &self.relay
             && let Err(e) = r.coord.put_feed_batch(&r.leases, &r.master, &events).await
         {
-            warn!(error = %e, events = events.len(), "cannot relay run events to the other masters' feeds");
+            crate::warn_unless_etcd_down!(error = %e, events = events.len(), "cannot relay run events to the other masters' feeds");
         }
     }
 
@@ -360,6 +360,10 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
     }
     if state.auth.is_open() {
         warn!(listen = %info.url, "authentication is OFF (no_auth): anyone who can reach this address can change jobs");
+    } else if !state.auth.has_role(crate::config::Role::Admin) {
+        warn!(
+            "no admin token configured: nothing can create, change, run or delete jobs through this master; set CRONMESH_ADMIN_TOKEN or add a token with role \"admin\" to master.auth.tokens"
+        );
     }
     let registration = state.coord.register(
         crate::coord::Role::Master,

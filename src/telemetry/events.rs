@@ -21,13 +21,21 @@ impl ClaimBatchDone {
         m.claims.with_label_values(&["error"]).inc_by(self.errors as u64);
         m.claim_latency.observe(self.latency.as_secs_f64());
         m.claim_batch_size.observe((self.won + self.lost + self.errors) as f64);
-        if self.errors > 0 {
+        if self.errors > 0 && !crate::coord::etcd_unreachable() {
             warn!(
                 won = self.won,
                 lost = self.lost,
                 errors = self.errors,
                 latency_ms = self.latency.as_millis() as u64,
                 "tick claims failed; retrying while within the starting deadline"
+            );
+        } else if self.errors > 0 {
+            // etcd is unreachable: the outage reporter has said so once
+            debug!(
+                won = self.won,
+                lost = self.lost,
+                errors = self.errors,
+                "tick claims failed (etcd unreachable); retrying while within the starting deadline"
             );
         } else {
             debug!(
@@ -78,7 +86,8 @@ impl RunStartedEvent<'_> {
     }
 }
 
-/// A run ended (its record is complete).
+/// A run ended (its record is complete): `run succeeded` and `run killed` at info with the
+/// duration, `run failed` / `run timed out` at warn with the exit code or signal and the error.
 pub struct RunFinishedEvent<'a> {
     pub record: &'a RunRecord,
 }
@@ -97,12 +106,35 @@ impl RunFinishedEvent<'_> {
             m.run_duration.observe(d as f64 / 1000.0);
         }
         match r.status {
-            RunStatus::Succeeded => {
-                debug!(job = %r.job, run_id = %r.run_id, trace_id = r.trace_id.as_deref(), status = r.status.as_str(), duration_ms = r.duration_ms, "run finished")
-            }
-            _ => {
-                info!(job = %r.job, run_id = %r.run_id, trace_id = r.trace_id.as_deref(), status = r.status.as_str(), exit_code = r.exit_code, signal = r.signal, duration_ms = r.duration_ms, error = r.error.as_deref(), "run finished")
-            }
+            RunStatus::Succeeded => info!(
+                job = %r.job,
+                run_id = %r.run_id,
+                trace_id = r.trace_id.as_deref(),
+                duration_ms = r.duration_ms,
+                "run succeeded"
+            ),
+            // asked for (kill, `replace`) or the drain's deadline: the record says which
+            RunStatus::Killed => info!(
+                job = %r.job,
+                run_id = %r.run_id,
+                trace_id = r.trace_id.as_deref(),
+                signal = r.signal,
+                duration_ms = r.duration_ms,
+                error = r.error.as_deref(),
+                "run killed"
+            ),
+            _ => warn!(
+                job = %r.job,
+                run_id = %r.run_id,
+                trace_id = r.trace_id.as_deref(),
+                status = r.status.as_str(),
+                exit_code = r.exit_code,
+                signal = r.signal,
+                duration_ms = r.duration_ms,
+                error = r.error.as_deref(),
+                "run {}",
+                r.status.as_str().replace('_', " ")
+            ),
         }
     }
 }
@@ -173,6 +205,16 @@ impl WatchRestarted<'_> {
             .watch_restarts
             .with_label_values(&[self.watch, self.reason])
             .inc();
+        if crate::coord::etcd_unreachable() {
+            // the outage reporter has said it once; the watch retries every 2 s at most
+            debug!(
+                watch = self.watch,
+                reason = self.reason,
+                detail = self.detail,
+                "watch restarting (etcd unreachable)"
+            );
+            return;
+        }
         warn!(
             watch = self.watch,
             reason = self.reason,
@@ -226,6 +268,42 @@ impl EtcdRequest {
         m.etcd_latency
             .with_label_values(&[self.op])
             .observe(self.latency.as_secs_f64());
+    }
+}
+
+/// A request found etcd unreachable: said once per outage (`coord::outage`).
+pub struct EtcdUnreachable<'a> {
+    /// The endpoints, without their scheme (`127.0.0.1:2379`).
+    pub endpoints: &'a str,
+    /// One line: `connection refused`, `request timed out`, …
+    pub cause: &'a str,
+    pub retry_every: Duration,
+}
+impl EtcdUnreachable<'_> {
+    pub fn emit(self) {
+        METRICS.etcd_outages.inc();
+        warn!(
+            "etcd at {} unreachable: {}; retrying every {} s",
+            self.endpoints,
+            self.cause,
+            self.retry_every.as_secs()
+        );
+    }
+}
+
+/// etcd answered again after an announced outage.
+pub struct EtcdReachableAgain {
+    pub after: Duration,
+    /// Requests that failed meanwhile (retries included).
+    pub failed_requests: u64,
+}
+impl EtcdReachableAgain {
+    pub fn emit(self) {
+        info!(
+            failed_requests = self.failed_requests,
+            "etcd reachable again after {:.1} s",
+            self.after.as_secs_f64()
+        );
     }
 }
 

@@ -242,8 +242,23 @@ fn refuse(stream: TcpStream) {
     );
 }
 
+/// What a worker's `/readyz` answers: ready, or why not, in a few words (`draining`, `clock
+/// skewed +3012 ms`, …). While this process finds etcd unreachable the answer is `not ready:
+/// etcd unreachable (…)` whatever this says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    NotReady(String),
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness::NotReady("starting".into())
+    }
+}
+
 /// Routes for `/metrics`, `/healthz`, `/readyz`.
-pub fn ops_router(ready: watch::Receiver<bool>) -> Router {
+pub fn ops_router(ready: watch::Receiver<Readiness>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -258,13 +273,15 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(ready): State<watch::Receiver<bool>>) -> impl IntoResponse {
-    if *ready.borrow() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+async fn readyz(State(ready): State<watch::Receiver<Readiness>>) -> impl IntoResponse {
+    if let Some(why) = crate::coord::etcd_outage() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: not registered in etcd, not yet in sync, draining, or its clock is off from the masters'\n",
-        )
+            format!("not ready: etcd unreachable ({why})\n"),
+        );
+    }
+    match &*ready.borrow() {
+        Readiness::Ready => (StatusCode::OK, "ready\n".to_string()),
+        Readiness::NotReady(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
     }
 }

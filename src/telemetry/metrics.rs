@@ -116,6 +116,8 @@ pub struct Metrics {
     pub members: IntGauge,
     pub etcd_requests: IntCounterVec,
     pub etcd_latency: HistogramVec,
+    pub etcd_reachable: IntGauge,
+    pub etcd_outages: IntCounter,
     pub watch_restarts: IntCounterVec,
     pub watch_events: IntCounterVec,
     pub bad_values: IntCounterVec,
@@ -238,6 +240,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "etcd request latency by operation.",
             &["op"],
             rpc_buckets(),
+        ),
+        etcd_reachable: gauge(
+            "cronmesh_etcd_reachable",
+            "1 while etcd answers this process, 0 from a request that found it unreachable until the next answered one.",
+        ),
+        etcd_outages: counter(
+            "cronmesh_etcd_outages_total",
+            "Times this process found etcd unreachable and said so in its log (an etcd that flaps is announced at most every 10 s).",
         ),
         watch_restarts: counter_vec(
             "cronmesh_watch_restarts_total",
@@ -423,6 +433,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         build_info: gauge_vec("cronmesh_build_info", "Build information; always 1.", &["version"]),
     };
     m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    // reachable until a request finds otherwise (`coord::outage`)
+    m.etcd_reachable.set(1);
     // Known label values start at 0, so every series exists from the first scrape (rates and
     // dashboards work before the first event of a kind).
     for o in ["won", "lost", "error", "already_claimed"] {

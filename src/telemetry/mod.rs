@@ -9,6 +9,7 @@ pub mod http;
 pub mod metrics;
 pub mod trace;
 
+use std::io::IsTerminal;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Log line format.
@@ -20,15 +21,42 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides `level`. Safe to call twice (the second
-/// call is ignored), which tests rely on.
+/// Installs the global subscriber (lines go to stdout). `RUST_LOG` overrides `level`. Safe to
+/// call twice (the second call is ignored), which tests rely on.
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let registry = tracing_subscriber::registry().with(filter);
+    let ansi = colour(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
     let _ = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_target(false).with_ansi(ansi))
+            .try_init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(false))
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_ansi(false)
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
             .try_init(),
     };
+}
+
+/// Colour only on a terminal, and never with `NO_COLOR` set to anything (no-color.org): escape
+/// codes in a log file or a journal are noise.
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_lines_are_coloured_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(super::colour(true, None));
+        assert!(!super::colour(false, None), "a file or a pipe gets no escape codes");
+        assert!(!super::colour(true, Some(OsStr::new("1"))));
+        assert!(super::colour(true, Some(OsStr::new(""))), "NO_COLOR= (empty) is unset");
+    }
 }

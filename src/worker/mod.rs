@@ -22,14 +22,14 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Runs a worker until `shutdown` is cancelled and its drain is complete. `ready` turns true once
-/// it is registered and has listed jobs and members.
+/// Runs a worker until `shutdown` is cancelled and its drain is complete. `ready` says `Ready`
+/// once it is registered and has listed jobs and members, and otherwise why not.
 pub async fn run(
     config: Arc<Config>,
     coord: Coord,
     reporter: Arc<dyn Reporter>,
     shutdown: CancellationToken,
-    ready: watch::Sender<bool>,
+    ready: watch::Sender<crate::telemetry::http::Readiness>,
 ) {
     let w = &config.worker;
     crate::telemetry::metrics::set_per_job_metrics(&w.metrics_jobs);

@@ -447,6 +447,9 @@ pub struct HttpSink {
     configured: Vec<String>,
     token: Option<String>,
     current: Mutex<Option<String>>,
+    /// The masters registered in etcd at the last look: still tried while etcd is unreachable
+    /// (masters may well be up).
+    registered: Mutex<Vec<String>>,
 }
 
 impl HttpSink {
@@ -463,6 +466,7 @@ impl HttpSink {
             configured,
             token,
             current: Mutex::new(None),
+            registered: Mutex::new(Vec::new()),
         }
     }
 
@@ -472,9 +476,12 @@ impl HttpSink {
             out.push(c);
         }
         out.extend(self.configured.iter().cloned());
+        let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Ok(urls) = self.coord.list_master_urls().await {
-            out.extend(urls);
+            registered = urls;
+            *self.registered.lock().unwrap_or_else(|p| p.into_inner()) = registered.clone();
         }
+        out.extend(registered);
         let mut seen = std::collections::HashSet::new();
         out.retain(|u| seen.insert(u.trim_end_matches('/').to_string()));
         out
@@ -486,9 +493,12 @@ impl ReportSink for HttpSink {
     async fn send(&self, batch: &ReportBatch) -> Result<(), SinkError> {
         let candidates = self.candidates().await;
         if candidates.is_empty() {
-            return Err(SinkError::Unreachable(
-                "no master configured or registered in etcd".into(),
-            ));
+            return Err(SinkError::Unreachable(if crate::coord::etcd_unreachable() {
+                "no master known: none configured (worker.masters) and etcd, where masters register, is unreachable"
+                    .into()
+            } else {
+                "no master configured (worker.masters) or registered in etcd".into()
+            }));
         }
         let mut last = String::new();
         for url in candidates {

@@ -99,6 +99,18 @@ async fn a_worker_whose_clock_is_3s_ahead_stops_claiming_is_not_ready_and_its_jo
     };
     assert_eq!(ready(p1).await, 503, "a worker whose clock is off is not ready");
     assert_eq!(ready(p2).await, 200);
+    let why = http
+        .get(format!("http://127.0.0.1:{p1}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        why.starts_with("not ready: clock skewed +") && why.contains(" ms from the masters'"),
+        "and says why, with the offset: {why}"
+    );
     let metrics = http
         .get(format!("http://127.0.0.1:{p1}/metrics"))
         .send()

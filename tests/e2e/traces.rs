@@ -31,7 +31,7 @@ async fn a_run_is_one_trace_with_claim_spawn_wait_and_report_and_a_manual_run_co
     config.worker.lease_ttl = Duration::from_secs(2);
     let reporter = Arc::new(MemoryReporter::default());
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let (ready_tx, _ready_rx) = tokio::sync::watch::channel(false);
+    let (ready_tx, _ready_rx) = tokio::sync::watch::channel(cronmesh::telemetry::http::Readiness::default());
     let worker = tokio::spawn(cronmesh::worker::run(
         Arc::new(config),
         c.coord.clone(),

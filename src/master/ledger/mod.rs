@@ -60,7 +60,7 @@ pub async fn run(st: Arc<AppState>, mut lease: watch::Receiver<Option<i64>>, sto
                 Err(e) => {
                     let e = e.to_string();
                     if e != last_error {
-                        warn!(error = %e, "cannot take part in the tick ledger's election; retrying every 2 s");
+                        crate::warn_unless_etcd_down!(error = %e, "cannot take part in the tick ledger's election; retrying every 2 s");
                         last_error = e;
                     }
                 }
@@ -96,7 +96,7 @@ async fn keep_books(
     let stored = match st.coord.ledger_watermark().await {
         Ok(w) => w,
         Err(e) => {
-            warn!(error = %e, "the tick ledger cannot read its watermark; trying again");
+            crate::warn_unless_etcd_down!(error = %e, "the tick ledger cannot read its watermark; trying again");
             let _ = st.coord.resign_ledger(&me).await;
             return;
         }
@@ -168,11 +168,11 @@ async fn keep_books(
                         match st.coord.put_ledger_watermark(&me, w).await {
                             Ok(true) => {}
                             Ok(false) => break "another master holds the ledger",
-                            Err(e) => warn!(error = %e, "cannot store the tick ledger's watermark; it moves on at the next pass"),
+                            Err(e) => crate::warn_unless_etcd_down!(error = %e, "cannot store the tick ledger's watermark; it moves on at the next pass"),
                         }
                         METRICS.ledger_lag.set(((now_ms() - watermark).max(0)) as f64 / 1000.0);
                     }
-                    Err(e) => warn!(error = %e, "tick ledger pass failed; its ticks are tried again at the next pass"),
+                    Err(e) => crate::warn_unless_etcd_down!(error = %e, "tick ledger pass failed; its ticks are tried again at the next pass"),
                 }
             }
         }

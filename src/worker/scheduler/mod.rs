@@ -25,6 +25,7 @@ use super::reporter::Reporter;
 use crate::config::Config;
 use crate::coord::{ClaimLeases, Coord, JobEvent, MemberEvent, Registration, SignalEvent};
 use crate::model::WorkerInfo;
+use crate::telemetry::http::Readiness;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,7 +57,7 @@ pub struct SchedulerParts {
     pub members: mpsc::Receiver<MemberEvent>,
     pub signals: mpsc::Receiver<SignalEvent>,
     pub shutdown: CancellationToken,
-    pub ready: watch::Sender<bool>,
+    pub ready: watch::Sender<Readiness>,
     pub clock: Arc<dyn Clock>,
     /// This worker's clock offset against the masters, as measured (`clock::measure_offsets`).
     pub clock_offsets: watch::Receiver<Option<i64>>,
@@ -121,7 +122,16 @@ pub async fn run(parts: SchedulerParts) {
         while let Some(effect) = core.poll_effect() {
             shell.execute(effect);
         }
-        let _ = ready.send(core.ready() && lease_watch.borrow().is_some());
+        let readiness = match core.not_ready() {
+            Some(why) => Readiness::NotReady(why),
+            None if lease_watch.borrow().is_none() => Readiness::NotReady("not registered in etcd".into()),
+            None => Readiness::Ready,
+        };
+        ready.send_if_modified(|r| {
+            let changed = *r != readiness;
+            *r = readiness;
+            changed
+        });
         if core.done() {
             break;
         }
@@ -174,7 +184,7 @@ pub async fn run(parts: SchedulerParts) {
             }
         }
     }
-    let _ = ready.send(false);
+    let _ = ready.send(Readiness::NotReady("stopped".into()));
     // what is left are fire-and-forget requests (acks, unmarks): give them a moment
     let _ = tokio::time::timeout(FINAL_REQUESTS_WAIT, async {
         while shell.tasks.join_next().await.is_some() {}

@@ -302,7 +302,25 @@ impl Core {
     /// Registered (as far as the core knows), listed jobs and members, not draining, and its
     /// clock agrees with the masters'.
     pub fn ready(&self) -> bool {
-        self.synced_jobs && self.synced_members && self.session.is_some() && !self.draining && !self.clock_skewed
+        self.not_ready().is_none()
+    }
+
+    /// Why this worker is not ready (what its `/readyz` says), or `None` when it is.
+    pub fn not_ready(&self) -> Option<String> {
+        Some(if self.draining {
+            "draining".to_string()
+        } else if self.clock_skewed {
+            match self.clock_offset {
+                Some(ms) => format!("clock skewed {ms:+} ms from the masters'"),
+                None => "clock skewed from the masters'".to_string(),
+            }
+        } else if self.session.is_none() {
+            "not registered in etcd yet".to_string()
+        } else if !self.synced_jobs || !self.synced_members {
+            "jobs and workers not listed from etcd yet".to_string()
+        } else {
+            return None;
+        })
     }
 
     /// Its clock is off by more than `max_clock_skew`.
