@@ -246,7 +246,7 @@ async fn log(
                 let page = st
                     .store
                     .list(&RunQuery {
-                        job: Some(q.name.clone()),
+                        jobs: vec![q.name.clone()],
                         limit: (want - runs.len()).min(1000),
                         cursor: cursor.clone(),
                         ..Default::default()
