@@ -1,47 +1,87 @@
-//! `cronmesh ctl`: a command-line client of the REST API. Human-readable tables by default,
-//! `--output json` for scripts. Exit status is non-zero when the API says no, with its message.
+//! `cronmesh ctl`: a command-line client of the REST API, in kubectl's style: `ctl NOUN VERB`
+//! (`jobs list`, `jobs get NAME`, `runs list`, `runs get ID`, `workers list`), the global flags
+//! (`--url`, `--token`, `-o table|wide|json|yaml`) anywhere on the line, and exit codes that
+//! tell a script what happened (see `LONG_ABOUT`).
+//!
+//! - `output` — tables, wide tables, JSON and YAML; short run ids; attempt labels.
+//! - `apply` — the sources of `jobs apply -f` and their parsing.
+//! - `events` — `ctl events`, the feed's tail.
 
-use crate::model::JobSpec;
-use clap::{Args, Subcommand, ValueEnum};
+pub mod apply;
+pub mod events;
+pub mod output;
+
+use clap::{Args, Subcommand};
+use output::{JOB_COLUMNS, Output, RUN_COLUMNS, TICK_COLUMNS, WORKER_COLUMNS, data, escape_controls, s, table};
 use serde_json::Value;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// `cronmesh ctl --help`: the conventions and the exit codes.
+pub const LONG_ABOUT: &str = "\
+Client of the REST API, in kubectl's style: cronmesh ctl NOUN VERB [ARGS]. The nouns are jobs,
+runs and workers; the flags --url, --token and -o may come anywhere on the line, e.g.
+`cronmesh ctl runs list -o json --token $T`.
+
+Output (-o): table (default), wide (more columns: owner, time zone, concurrency, whole run ids,
+trace ids, ...), json or yaml (the API's objects, for scripts). An empty list prints nothing on
+standard output and `No jobs found.` (or runs, workers) on standard error. Tables show the end
+of each run id (its last 12 characters: run ids are UUIDv7, so the runs of one tick begin
+alike); `runs get` takes that end, the beginning, or the whole id.
+
+Exit codes:
+  0  done
+  1  the master refused (the message says why: 4xx, 5xx), a job file is invalid (nothing was
+     applied), or `jobs run --wait` saw a run end without an exit code of its own (it did not
+     start, was killed by a signal, timed out, was lost) or its --timeout passed
+  2  usage: an unknown verb or flag, a bad flag value
+  3  the master cannot be reached (--url or CRONMESH_URL)
+  With `jobs run --wait`, the exit code of the run's command when it has one.";
+
+/// The heading of the flags every ctl command takes, wherever they are on the line.
+const GLOBAL: &str = "Global options";
 
 #[derive(Args, Debug)]
 pub struct CtlArgs {
     /// Master URL.
-    #[arg(long = "url", env = "CRONMESH_URL", default_value = "http://127.0.0.1:8070")]
+    #[arg(
+        long = "url",
+        env = "CRONMESH_URL",
+        default_value = "http://127.0.0.1:8070",
+        global = true,
+        help_heading = GLOBAL
+    )]
     pub url: String,
     /// Bearer token (role read for reads, admin for changes).
-    #[arg(long, env = "CRONMESH_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "CRONMESH_TOKEN", hide_env_values = true, global = true, help_heading = GLOBAL)]
     pub token: Option<String>,
-    /// table (default) or json.
-    #[arg(long, short = 'o', default_value = "table")]
+    /// Output format.
+    #[arg(long, short = 'o', default_value = "table", global = true, help_heading = GLOBAL)]
     pub output: Output,
     /// Print control characters of outputs, names and messages as they are. By default they are
     /// shown escaped (`\x1b[31m`), so a run's output cannot drive the terminal.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub raw: bool,
     #[command(subcommand)]
     pub cmd: CtlCmd,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Output {
-    Table,
-    Json,
-}
-
 #[derive(Subcommand, Debug)]
 pub enum CtlCmd {
-    /// Jobs: get, apply, delete, run, kill, pause, resume, ticks.
+    /// Jobs: list, get, apply, delete, run, kill, pause, resume, ticks.
     #[command(subcommand)]
     Jobs(JobsCmd),
     /// Runs: list, get.
     #[command(subcommand)]
     Runs(RunsCmd),
-    /// Live workers.
-    Workers,
+    /// Live workers: list (`workers` alone lists them too).
+    #[command(after_help = "Examples:\n  cronmesh ctl workers\n  cronmesh ctl workers list -o wide")]
+    Workers {
+        #[command(subcommand)]
+        cmd: Option<WorkersCmd>,
+    },
     /// The next fire times of a schedule (or why it is invalid), as the master computes them.
+    #[command(after_help = "Example:\n  cronmesh ctl preview '0 2 * * 1-5' --timezone Europe/Paris --count 3")]
     Preview {
         /// The schedule, e.g. "0,30 2 * * *" or "H H * * *".
         schedule: String,
@@ -59,6 +99,7 @@ pub enum CtlCmd {
         name: Option<String>,
     },
     /// Tail the event feed.
+    #[command(after_help = "Example:\n  cronmesh ctl events --topics runs --status failed,timed_out --follow")]
     Events {
         /// jobs, workers, runs (comma-separated).
         #[arg(long)]
@@ -83,41 +124,93 @@ pub enum CtlCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum WorkersCmd {
+    /// List the live workers: labels, jobs owned, runs in progress, state, clock, heartbeat.
+    #[command(after_help = "Example:\n  cronmesh ctl workers list -o wide")]
+    List,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum JobsCmd {
-    /// List jobs, or show one.
+    /// List jobs (name order).
+    #[command(
+        after_help = "Examples:\n  cronmesh ctl jobs list\n  cronmesh ctl jobs list --name-prefix backup- -o wide"
+    )]
+    List(JobFilter),
+    /// Show one job with its next fire times (without a name: list them, like `jobs list`).
+    #[command(after_help = "Examples:\n  cronmesh ctl jobs get backup\n  cronmesh ctl jobs get backup -o yaml")]
     Get {
+        /// The job's name.
         name: Option<String>,
-        /// Name prefix filter.
-        #[arg(long)]
-        prefix: Option<String>,
+        #[command(flatten)]
+        filter: JobFilter,
     },
-    /// Create or replace jobs from files (JSON or TOML, one job each).
+    /// Create or replace jobs from files (JSON, TOML or YAML, one job each). Every file is
+    /// checked (by the master, writing nothing) before any is written: with one bad file,
+    /// nothing is applied. Prints `job/NAME created`, `configured` or `unchanged` (nothing
+    /// written: the stored spec is the same).
+    #[command(
+        after_help = "Examples:\n  cronmesh ctl jobs apply -f backup.toml -f report.json\n  cronmesh ctl jobs apply -f config/jobs/        # its *.json, *.toml, *.yaml, sorted\n  generate-job | cronmesh ctl jobs apply -f -   # standard input: JSON or TOML"
+    )]
     Apply {
-        #[arg(short = 'f', long = "file", required = true)]
+        /// A file, a directory (its *.json, *.toml, *.yaml files, sorted) or `-` (standard
+        /// input). Repeatable.
+        #[arg(short = 'f', long = "filename", visible_alias = "file", required = true)]
         files: Vec<PathBuf>,
+        /// Check every job with the master and print what would change, writing nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
+    /// Delete a job (its runs stay in the run log).
+    #[command(after_help = "Example:\n  cronmesh ctl jobs delete backup")]
     Delete {
+        /// The job's name.
         name: String,
     },
-    /// Run now.
+    /// Run a job now (also a paused one). With --wait, wait for the run to end, print its output
+    /// and exit with its exit code.
+    #[command(
+        after_help = "Examples:\n  cronmesh ctl jobs run backup              # prints the run id\n  cronmesh ctl jobs run backup --wait --timeout 5m"
+    )]
     Run {
+        /// The job's name.
         name: String,
+        /// Wait for the run (and its retries) to end; print its output; exit with its exit code
+        /// (1 when it has none: not started, killed by a signal, timed out, lost).
+        #[arg(long, visible_alias = "follow")]
+        wait: bool,
+        /// How long --wait waits before giving up (exit 1; the run goes on).
+        #[arg(long, default_value = "10m", requires = "wait")]
+        timeout: humantime::Duration,
     },
-    /// Kill its running runs (or one).
+    /// Kill a job's runs in progress (or one of them).
+    #[command(
+        after_help = "Examples:\n  cronmesh ctl jobs kill backup\n  cronmesh ctl jobs kill backup --run-id 019ad2f0c1a87b3e9f00aa11bb22cc33"
+    )]
     Kill {
+        /// The job's name.
         name: String,
+        /// Only this run (its whole id).
         #[arg(long)]
         run_id: Option<String>,
     },
+    /// Pause a job: it is kept but not scheduled (manual runs still work).
+    #[command(after_help = "Example:\n  cronmesh ctl jobs pause backup")]
     Pause {
+        /// The job's name.
         name: String,
     },
+    /// Resume a paused job (from the next tick on: no backlog).
+    #[command(after_help = "Example:\n  cronmesh ctl jobs resume backup")]
     Resume {
+        /// The job's name.
         name: String,
     },
     /// Every expected tick of a job in a range, newest first, and what became of it (run,
     /// skipped, missed, lost, running, pending) with the reason.
+    #[command(after_help = "Example:\n  cronmesh ctl jobs ticks backup --since 1d")]
     Ticks {
+        /// The job's name.
         name: String,
         /// How far back, e.g. 1h, 30m, 1d (from now, or from --to).
         #[arg(long, default_value = "1h")]
@@ -128,34 +221,126 @@ pub enum JobsCmd {
     },
 }
 
+/// The filters of `jobs list` (and `jobs get` without a name).
+#[derive(Args, Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only jobs whose name begins with this.
+    #[arg(long)]
+    pub name_prefix: Option<String>,
+    /// Only jobs with this label (key=value).
+    #[arg(long, short = 'l')]
+    pub label: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum RunsCmd {
-    /// Newest first.
+    /// List runs, newest first; runs in progress (`--status running`) first of all.
+    #[command(
+        after_help = "Examples:\n  cronmesh ctl runs list --job backup,report\n  cronmesh ctl runs list --status failed,timed_out --limit 50\n  cronmesh ctl runs list --status running"
+    )]
     List {
+        /// Job names, comma-separated (any of them).
         #[arg(long)]
         job: Option<String>,
+        /// Statuses, comma-separated (any of them): succeeded, failed, timed_out, killed,
+        /// skipped, lost, missed, and running (runs in progress, from the workers).
         #[arg(long)]
         status: Option<String>,
+        /// How many runs at most (1-1000).
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// One run with its output.
-    Get { run_id: String },
+    /// Show one run with its output. The id may be whole, or its end as tables show it (or its
+    /// beginning), at least 6 characters.
+    #[command(
+        after_help = "Examples:\n  cronmesh ctl runs get 9f00aa11bb22\n  cronmesh ctl runs get 019ad2f0c1a87b3e9f00aa11bb22cc33 -o json"
+    )]
+    Get {
+        /// The run id, or its end (or beginning).
+        run_id: String,
+    },
 }
 
-/// Why a ctl command failed (printed by main).
+/// Why a ctl command failed (`main` prints it and exits with `exit_code`).
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
-    #[error("cannot reach {url}: {source}; is a master running there? (--url or CRONMESH_URL)")]
-    Unreachable {
-        url: String,
-        #[source]
-        source: reqwest::Error,
+    #[error("cannot reach {url}: {reason}; is a master running there? (--url or CRONMESH_URL)")]
+    Unreachable { url: String, reason: String },
+    #[error("the master wants a token: pass --token or set CRONMESH_TOKEN")]
+    NoToken,
+    #[error("the master does not know this token: pass a valid one with --token or CRONMESH_TOKEN")]
+    BadToken,
+    #[error("{what} needs {role} token: pass one with --token or CRONMESH_TOKEN ({message})")]
+    Forbidden {
+        what: &'static str,
+        role: &'static str,
+        message: String,
     },
     #[error("{status}: {message}")]
-    Api { status: u16, message: String },
+    Api { status: u16, code: String, message: String },
+    /// Invalid job files or a refusal that names them: nothing was changed.
     #[error("{0}")]
-    Input(String),
+    Refused(String),
+    /// `jobs run --wait` gave up.
+    #[error("{0}")]
+    Timeout(String),
+    /// A bad flag value or command line.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CtlError {
+    /// The process' exit code (see `LONG_ABOUT`).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CtlError::Unreachable { .. } => 3,
+            CtlError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// The error of an answer with status >= 400 and body `text`; `write` says whether the
+    /// request changes something (a 403 then wants an admin token).
+    pub fn from_answer(status: u16, text: &str, write: bool, has_token: bool) -> CtlError {
+        let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let message = escape_controls(
+            &value["error"]["message"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| text.trim().to_string()),
+        );
+        match status {
+            401 if has_token => CtlError::BadToken,
+            401 => CtlError::NoToken,
+            403 => CtlError::Forbidden {
+                what: if write { "this change" } else { "this" },
+                role: if write { "an admin" } else { "a read" },
+                message,
+            },
+            _ => CtlError::Api {
+                status,
+                code: value["error"]["code"].as_str().unwrap_or("").to_string(),
+                message,
+            },
+        }
+    }
+}
+
+/// What a command printed: standard output, lines for standard error, the exit code.
+#[derive(Debug, Default)]
+pub struct Done {
+    pub stdout: String,
+    pub stderr: Vec<String>,
+    pub code: i32,
+}
+
+impl Done {
+    fn out(stdout: String) -> Done {
+        Done {
+            stdout,
+            ..Default::default()
+        }
+    }
 }
 
 struct Client {
@@ -165,7 +350,9 @@ struct Client {
 }
 
 impl Client {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, CtlError> {
+    /// Sends a request; the answer's status and JSON body, or the error of a status >= 400.
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), CtlError> {
+        let write = method != reqwest::Method::GET;
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.url.trim_end_matches('/')));
@@ -175,56 +362,46 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|source| CtlError::Unreachable {
+        let resp = req.send().await.map_err(|e| CtlError::Unreachable {
             url: self.url.clone(),
-            source,
+            reason: error_chain(&e),
         })?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let value: Value = if text.is_empty() {
+        if status >= 400 {
+            return Err(CtlError::from_answer(status, &text, write, self.token.is_some()));
+        }
+        let value = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        if status >= 400 {
-            let message = escape_controls(
-                &value["error"]["message"]
-                    .as_str()
-                    .map(String::from)
-                    .unwrap_or_else(|| value.to_string()),
-            );
-            return Err(CtlError::Api { status, message });
-        }
-        Ok(value)
+        Ok((status, value))
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, CtlError> {
+        Ok(self.send(method, path, body).await?.1)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, CtlError> {
+        self.call(reqwest::Method::GET, path, None).await
     }
 }
 
-/// `text` with control characters shown as escapes (`\x1b`, `\u{9b}`), and the invisible
-/// bidirectional controls too (they reorder what a terminal shows); newlines and tabs stay.
-pub fn escape_controls(text: &str) -> String {
-    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !text
-        .chars()
-        .any(|c| (c.is_control() && c != '\n' && c != '\t') || bidi(c))
-    {
-        return text.to_string();
+/// An error's innermost cause (`Connection refused (os error 111)`): reqwest's own text
+/// names only the URL, the layers between say little.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut last = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        last = c.to_string();
+        cause = c.source();
     }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if (c.is_control() && c != '\n' && c != '\t') || bidi(c) {
-            if (c as u32) < 0x80 {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            } else {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    last
 }
 
-fn encode(s: &str) -> String {
+/// Percent-encodes a path segment or query value.
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -233,63 +410,28 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
+/// Runs one ctl command, prints what it printed, and returns the process' exit code.
+pub async fn main(a: CtlArgs) -> i32 {
+    let raw = a.raw;
+    match run(a).await {
+        Ok(done) => {
+            if !done.stdout.is_empty() {
+                println!("{}", done.stdout);
+            }
+            for line in done.stderr {
+                eprintln!("{}", if raw { line } else { escape_controls(&line) });
+            }
+            done.code
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
         }
     }
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
-    out.extend(rows.into_iter().map(line));
-    out.join("\n")
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn time(v: &Value) -> String {
-    v.as_i64()
-        .map(crate::schedule::rfc3339_ms)
-        .unwrap_or_else(|| "-".into())
-}
-
-/// A worker's clock offset against the masters: `+3012ms OFF` when beyond its limit.
-fn clock(w: &Value) -> String {
-    match w["clock_offset_ms"].as_i64() {
-        None => "-".into(),
-        Some(o) if w["clock_skewed"] == true => format!("{o:+}ms OFF"),
-        Some(o) => format!("{o:+}ms"),
-    }
-}
-
-fn read_spec(path: &PathBuf) -> Result<JobSpec, CtlError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| CtlError::Input(format!("cannot read {}: {e}", path.display())))?;
-    if path.extension().is_some_and(|e| e == "toml") {
-        toml::from_str(&text).map_err(|e| CtlError::Input(format!("{}: {e}", path.display())))
-    } else {
-        serde_json::from_str(&text).map_err(|e| CtlError::Input(format!("{}: {e}", path.display())))
-    }
-}
-
-/// Runs one ctl command, printing its result; returns the text printed.
-pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
+/// Runs one ctl command; returns what it prints.
+pub async fn run(a: CtlArgs) -> Result<Done, CtlError> {
     if let CtlCmd::Events {
         topics,
         job,
@@ -299,142 +441,85 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
         follow,
     } = &a.cmd
     {
-        let q = FeedQuery {
+        let q = events::FeedQuery {
             topics: topics.clone(),
             job: job.clone(),
             status: status.clone(),
             since_revision: *since_revision,
         };
-        events(&a, q, cursor.clone(), *follow).await?;
-        return Ok(String::new());
+        events::events(&a, q, cursor.clone(), *follow).await?;
+        return Ok(Done::default());
     }
     let c = Client {
         http: reqwest::Client::new(),
         url: a.url.clone(),
         token: a.token.clone(),
     };
-    use reqwest::Method;
-    let json = a.output == Output::Json;
-    let out = match a.cmd {
+    let o = a.output;
+    let wide = o == Output::Wide;
+    let mut done = match a.cmd {
         CtlCmd::Jobs(JobsCmd::Get { name: Some(name), .. }) => {
-            let j = c
-                .call(Method::GET, &format!("/api/v1/jobs/{}", encode(&name)), None)
-                .await?;
-            if json {
-                serde_json::to_string_pretty(&j).unwrap_or_default()
+            let j = c.get(&format!("/api/v1/jobs/{}", encode(&name))).await?;
+            Done::out(if o.is_data() {
+                data(&j, o)
             } else {
-                let mut text = table(
-                    &["NAME", "SCHEDULE", "TIMEZONE", "PAUSED", "CONCURRENCY", "COMMAND"],
-                    vec![vec![
-                        s(&j["name"]),
-                        s(&j["schedule"]),
-                        s(&j["timezone"]),
-                        s(&j["paused"]),
-                        j["concurrency"].as_str().unwrap_or("allow").to_string(),
-                        s(&j["command"]),
-                    ]],
-                );
-                text.push_str(&format!("\n\n{}\nnext:", s(&j["schedule_description"])));
-                for t in j["next_fire_times"].as_array().into_iter().flatten() {
-                    text.push_str(&format!("\n  {}", s(t)));
-                }
-                for w in j["schedule_warnings"].as_array().into_iter().flatten() {
-                    text.push_str(&format!("\nwarning: {}", s(w)));
-                }
-                text
-            }
+                output::job_detail(&j, wide)
+            })
         }
-        CtlCmd::Jobs(JobsCmd::Get { name: None, prefix }) => {
-            let mut jobs = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let mut path = "/api/v1/jobs?limit=1000".to_string();
-                if let Some(p) = &prefix {
-                    path.push_str(&format!("&prefix={}", encode(p)));
-                }
-                if let Some(cur) = &cursor {
-                    path.push_str(&format!("&cursor={}", encode(cur)));
-                }
-                let page = c.call(Method::GET, &path, None).await?;
-                jobs.extend(page["jobs"].as_array().cloned().unwrap_or_default());
-                match page["next_cursor"].as_str() {
-                    Some(n) => cursor = Some(n.to_string()),
-                    None => break,
-                }
-            }
-            if json {
-                serde_json::to_string_pretty(&jobs).unwrap_or_default()
-            } else {
-                table(
-                    &["NAME", "SCHEDULE", "PAUSED", "NEXT"],
-                    jobs.iter()
-                        .map(|j| {
-                            vec![
-                                s(&j["name"]),
-                                s(&j["schedule"]),
-                                s(&j["paused"]),
-                                s(&j["next_fire_times"][0]),
-                            ]
-                        })
-                        .collect(),
-                )
-            }
+        CtlCmd::Jobs(JobsCmd::Get { name: None, filter }) | CtlCmd::Jobs(JobsCmd::List(filter)) => {
+            let jobs = list_jobs(&c, &filter).await?;
+            listing(o, &jobs, JOB_COLUMNS, "jobs")
         }
-        CtlCmd::Jobs(JobsCmd::Apply { files }) => {
-            let mut lines = Vec::new();
-            for f in files {
-                let spec = read_spec(&f)?;
-                let name = spec.name.clone();
-                let body = serde_json::to_value(&spec).expect("specs serialize");
-                let j = c
-                    .call(Method::PUT, &format!("/api/v1/jobs/{}", encode(&name)), Some(body))
-                    .await?;
-                lines.push(if json {
-                    j.to_string()
-                } else {
-                    let mut line = format!("job {name} applied (revision {})", s(&j["revision"]));
-                    for w in j["schedule_warnings"].as_array().into_iter().flatten() {
-                        line.push_str(&format!("\nwarning: {name}: {}", s(w)));
-                    }
-                    line
-                });
-            }
-            lines.join("\n")
-        }
+        CtlCmd::Jobs(JobsCmd::Apply { files, dry_run }) => apply_jobs(&c, o, &files, dry_run).await?,
         CtlCmd::Jobs(JobsCmd::Delete { name }) => {
-            c.call(Method::DELETE, &format!("/api/v1/jobs/{}", encode(&name)), None)
-                .await?;
-            format!("job {name} deleted")
+            c.call(
+                reqwest::Method::DELETE,
+                &format!("/api/v1/jobs/{}", encode(&name)),
+                None,
+            )
+            .await?;
+            Done::out(format!("job/{name} deleted"))
         }
-        CtlCmd::Jobs(JobsCmd::Run { name }) => {
-            let r = c
-                .call(Method::POST, &format!("/api/v1/jobs/{}/run", encode(&name)), None)
-                .await?;
-            if json {
-                r.to_string()
-            } else {
-                format!("run of {name} requested (trigger {})", s(&r["trigger_id"]))
-            }
+        CtlCmd::Jobs(JobsCmd::Run { name, wait, timeout }) => {
+            run_job(&c, o, &name, wait.then(|| timeout.into())).await?
         }
         CtlCmd::Jobs(JobsCmd::Kill { name, run_id }) => {
             let body = serde_json::json!({ "run_id": run_id });
             c.call(
-                Method::POST,
+                reqwest::Method::POST,
                 &format!("/api/v1/jobs/{}/kill", encode(&name)),
                 Some(body),
             )
             .await?;
-            format!("kill of {name} requested")
+            Done::out(format!("job/{name} kill requested"))
         }
         CtlCmd::Jobs(JobsCmd::Pause { name }) => {
-            c.call(Method::POST, &format!("/api/v1/jobs/{}/pause", encode(&name)), None)
+            let j = c
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/jobs/{}/pause", encode(&name)),
+                    None,
+                )
                 .await?;
-            format!("job {name} paused")
+            Done::out(if o.is_data() {
+                data(&j, o)
+            } else {
+                format!("job/{name} paused")
+            })
         }
         CtlCmd::Jobs(JobsCmd::Resume { name }) => {
-            c.call(Method::POST, &format!("/api/v1/jobs/{}/resume", encode(&name)), None)
+            let j = c
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/jobs/{}/resume", encode(&name)),
+                    None,
+                )
                 .await?;
-            format!("job {name} resumed")
+            Done::out(if o.is_data() {
+                data(&j, o)
+            } else {
+                format!("job/{name} resumed")
+            })
         }
         CtlCmd::Jobs(JobsCmd::Ticks { name, since, to }) => {
             let to_ms = match &to {
@@ -443,98 +528,35 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                     Ok(ms) => ms,
                     Err(_) => chrono::DateTime::parse_from_rfc3339(t)
                         .map(|d| d.timestamp_millis())
-                        .map_err(|_| CtlError::Input(format!("--to {t:?} is not RFC 3339 or Unix milliseconds")))?,
+                        .map_err(|_| CtlError::Usage(format!("--to {t:?} is not RFC 3339 or Unix milliseconds")))?,
                 },
             };
-            let from_ms = to_ms - std::time::Duration::from(since).as_millis() as i64;
+            let from_ms = to_ms - Duration::from(since).as_millis() as i64;
             let path = format!("/api/v1/jobs/{}/ticks?from={from_ms}&to={to_ms}", encode(&name));
-            let body = c.call(Method::GET, &path, None).await?;
+            let body = c.get(&path).await?;
             let ticks = body["ticks"].as_array().cloned().unwrap_or_default();
-            if json {
-                serde_json::to_string_pretty(&ticks).unwrap_or_default()
-            } else {
-                table(
-                    &["PLANNED", "OUTCOME", "RUN", "REASON"],
-                    ticks
-                        .iter()
-                        .map(|t| {
-                            vec![
-                                time(&t["planned_at"]),
-                                s(&t["outcome"]),
-                                t["run_id"].as_str().unwrap_or("-").to_string(),
-                                t["reason"].as_str().unwrap_or("").to_string(),
-                            ]
-                        })
-                        .collect(),
-                )
-            }
+            listing(o, &ticks, TICK_COLUMNS, "ticks")
         }
         CtlCmd::Runs(RunsCmd::List { job, status, limit }) => {
-            let mut path = format!("/api/v1/runs?limit={limit}");
-            if let Some(j) = &job {
-                path.push_str(&format!("&job={}", encode(j)));
-            }
-            if let Some(st) = &status {
-                path.push_str(&format!("&status={}", encode(st)));
-            }
-            let page = c.call(Method::GET, &path, None).await?;
-            let runs = page["runs"].as_array().cloned().unwrap_or_default();
-            if json {
-                serde_json::to_string_pretty(&runs).unwrap_or_default()
-            } else {
-                table(
-                    &[
-                        "RUN",
-                        "JOB",
-                        "STATUS",
-                        "PLANNED",
-                        "LAG_MS",
-                        "DURATION_MS",
-                        "EXIT",
-                        "WORKER",
-                    ],
-                    runs.iter()
-                        .map(|r| {
-                            vec![
-                                s(&r["run_id"]),
-                                s(&r["job"]),
-                                s(&r["status"]),
-                                time(&r["planned_at"]),
-                                s(&r["lag_ms"]),
-                                s(&r["duration_ms"]),
-                                s(&r["exit_code"]),
-                                s(&r["worker"]),
-                            ]
-                        })
-                        .collect(),
-                )
-            }
+            let runs = list_runs(&c, job.as_deref(), status.as_deref(), limit).await?;
+            listing(o, &runs, RUN_COLUMNS, "runs")
         }
         CtlCmd::Runs(RunsCmd::Get { run_id }) => {
-            let r = c
-                .call(Method::GET, &format!("/api/v1/runs/{}", encode(&run_id)), None)
-                .await?;
-            if json {
-                serde_json::to_string_pretty(&r).unwrap_or_default()
+            let r = c.get(&format!("/api/v1/runs/{}", encode(&run_id))).await?;
+            Done::out(if o.is_data() {
+                data(&r, o)
             } else {
-                format!(
-                    "run {}\njob {}  status {}  exit {}  worker {}\nplanned {}  started {}  lag {} ms  duration {} ms\ntrace {}\nerror {}\n--- output ---\n{}",
-                    s(&r["run_id"]),
-                    s(&r["job"]),
-                    s(&r["status"]),
-                    s(&r["exit_code"]),
-                    s(&r["worker"]),
-                    time(&r["planned_at"]),
-                    time(&r["started_at"]),
-                    s(&r["lag_ms"]),
-                    s(&r["duration_ms"]),
-                    s(&r["trace_id"]),
-                    s(&r["error"]),
-                    r["output"].as_str().unwrap_or("")
-                )
-            }
+                output::run_detail(&r)
+            })
         }
-        CtlCmd::Events { .. } => unreachable!(),
+        CtlCmd::Workers {
+            cmd: None | Some(WorkersCmd::List),
+        } => {
+            let ws = c.get("/api/v1/workers").await?;
+            let ws = ws.as_array().cloned().unwrap_or_default();
+            listing(o, &ws, WORKER_COLUMNS, "workers")
+        }
+        CtlCmd::Events { .. } => unreachable!("handled above"),
         CtlCmd::Preview {
             schedule,
             timezone,
@@ -549,9 +571,11 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
             if let Some(n) = name {
                 body["name"] = Value::String(n);
             }
-            let p = c.call(Method::POST, "/api/v1/schedules/preview", Some(body)).await?;
-            if json {
-                serde_json::to_string_pretty(&p).unwrap_or_default()
+            let p = c
+                .call(reqwest::Method::POST, "/api/v1/schedules/preview", Some(body))
+                .await?;
+            Done::out(if o.is_data() {
+                data(&p, o)
             } else {
                 let mut text = format!(
                     "{}\n{} ({})",
@@ -566,234 +590,353 @@ pub async fn run(a: CtlArgs) -> Result<String, CtlError> {
                     text.push_str(&format!("\nwarning: {}", s(w)));
                 }
                 text
-            }
-        }
-        CtlCmd::Workers => {
-            let ws = c.call(Method::GET, "/api/v1/workers", None).await?;
-            if json {
-                serde_json::to_string_pretty(&ws).unwrap_or_default()
-            } else {
-                table(
-                    &["ID", "LABELS", "OWNED", "RUNNING", "STATE", "CLOCK", "HEARTBEAT"],
-                    ws.as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|w| {
-                            let labels = w["labels"]
-                                .as_object()
-                                .map(|m| {
-                                    m.iter()
-                                        .map(|(k, v)| format!("{k}={}", s(v)))
-                                        .collect::<Vec<_>>()
-                                        .join(",")
-                                })
-                                .unwrap_or_default();
-                            vec![
-                                s(&w["id"]),
-                                if labels.is_empty() { "-".into() } else { labels },
-                                s(&w["owned_jobs"]),
-                                w["running"].as_array().map(|r| r.len()).unwrap_or(0).to_string(),
-                                worker_state(w),
-                                clock(w),
-                                time(&w["last_heartbeat"]),
-                            ]
-                        })
-                        .collect(),
-                )
-            }
+            })
         }
     };
-    Ok(if json || a.raw { out } else { escape_controls(&out) })
+    // JSON escapes control characters itself; everything else is shown escaped unless --raw
+    if o != Output::Json && !a.raw {
+        done.stdout = escape_controls(&done.stdout);
+    }
+    Ok(done)
 }
 
-/// The filters of `cronmesh ctl events`.
-pub struct FeedQuery {
-    pub topics: Option<String>,
-    pub job: Option<String>,
-    pub status: Option<String>,
-    pub since_revision: Option<i64>,
+/// A list as the output format wants it; an empty one in a table is `No {noun} found.` on
+/// standard error and nothing on standard output (as kubectl does), `[]` in JSON and YAML.
+fn listing(o: Output, rows: &[Value], columns: &[output::Column], noun: &str) -> Done {
+    if o.is_data() {
+        return Done::out(data(&Value::Array(rows.to_vec()), o));
+    }
+    if rows.is_empty() {
+        return Done {
+            stderr: vec![format!("No {noun} found.")],
+            ..Default::default()
+        };
+    }
+    Done::out(table(columns, rows, o == Output::Wide))
 }
 
-/// How one connection of `events` ended.
-enum FeedEnd {
-    /// The server closed it, or the network broke.
-    Dropped(String),
-    /// The server said this subscriber lagged: reconnecting with the cursor fills the gap.
-    Lagged,
-}
-
-/// `cronmesh ctl events`: tails the feed, one line per event (`-o json`: the raw messages).
-/// With `follow`, a dropped connection is opened again (backoff 1 s … 15 s) from the last
-/// cursor, so the replay gives exactly what was missed meanwhile.
-pub async fn events(a: &CtlArgs, q: FeedQuery, mut cursor: Option<String>, follow: bool) -> Result<(), CtlError> {
-    let mut backoff = std::time::Duration::from_secs(1);
-    let mut first = true;
+async fn list_jobs(c: &Client, filter: &JobFilter) -> Result<Vec<Value>, CtlError> {
+    let mut jobs = Vec::new();
+    let mut cursor: Option<String> = None;
     loop {
-        let end = match feed_once(a, &q, if first { q.since_revision } else { None }, &mut cursor).await {
-            Ok(end) => end,
-            // the first connection's refusal (401, 403, 400) is the answer; later ones are retried
-            Err(e) if first || !follow => return Err(e),
-            Err(e) => FeedEnd::Dropped(e.to_string()),
-        };
-        first = false;
-        if !follow {
-            return Ok(());
+        let mut path = "/api/v1/jobs?limit=1000".to_string();
+        if let Some(p) = &filter.name_prefix {
+            path.push_str(&format!("&prefix={}", encode(p)));
         }
-        match end {
-            FeedEnd::Lagged => {
-                eprintln!("cronmesh ctl events: fell behind the feed; resuming from the last cursor");
-                continue;
-            }
-            FeedEnd::Dropped(why) => {
-                eprintln!(
-                    "cronmesh ctl events: feed connection lost ({why}); reconnecting in {} s{}",
-                    backoff.as_secs(),
-                    if cursor.is_some() { " from the last cursor" } else { "" }
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(15));
-            }
+        if let Some(l) = &filter.label {
+            path.push_str(&format!("&label={}", encode(l)));
+        }
+        if let Some(cur) = &cursor {
+            path.push_str(&format!("&cursor={}", encode(cur)));
+        }
+        let page = c.get(&path).await?;
+        jobs.extend(page["jobs"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(n) => cursor = Some(n.to_string()),
+            None => return Ok(jobs),
         }
     }
 }
 
-async fn feed_once(
-    a: &CtlArgs,
-    q: &FeedQuery,
-    since_revision: Option<i64>,
-    cursor: &mut Option<String>,
-) -> Result<FeedEnd, CtlError> {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut url = format!(
-        "{}/api/v1/events?",
-        a.url.trim_end_matches('/').replacen("http", "ws", 1)
-    );
-    let since = if cursor.is_some() {
+/// Splits a comma-separated flag value (blanks dropped).
+fn split(v: Option<&str>) -> Vec<String> {
+    v.map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// `runs list`: records from `GET /api/v1/runs` (both filters comma-separated, server side);
+/// with `running` among the statuses, the runs in progress of `GET /api/v1/workers` first.
+async fn list_runs(c: &Client, job: Option<&str>, status: Option<&str>, limit: usize) -> Result<Vec<Value>, CtlError> {
+    if limit == 0 || limit > 1000 {
+        return Err(CtlError::Usage("--limit must be between 1 and 1000".into()));
+    }
+    let jobs = split(job);
+    let mut statuses = split(status);
+    let running = statuses.iter().any(|s| s == "running");
+    statuses.retain(|s| s != "running");
+    let mut out = Vec::new();
+    if running {
+        let ws = c.get("/api/v1/workers").await?;
+        let mut live: Vec<Value> = ws
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|w| w["running"].as_array().cloned().unwrap_or_default())
+            .filter(|r| jobs.is_empty() || jobs.iter().any(|j| r["job"] == j.as_str()))
+            .map(|mut r| {
+                r["status"] = Value::from("running");
+                r
+            })
+            .collect();
+        live.sort_by_key(|r| std::cmp::Reverse(r["started_at"].as_i64().unwrap_or(0)));
+        out.extend(live);
+    }
+    // `--status running` alone asks for runs in progress only
+    if !running || !statuses.is_empty() {
+        let mut path = format!("/api/v1/runs?limit={limit}");
+        if !jobs.is_empty() {
+            path.push_str(&format!("&job={}", encode(&jobs.join(","))));
+        }
+        if !statuses.is_empty() {
+            path.push_str(&format!("&status={}", encode(&statuses.join(","))));
+        }
+        let page = c.get(&path).await?;
+        out.extend(page["runs"].as_array().cloned().unwrap_or_default());
+    }
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// `jobs apply`: read and parse every source, have the master check every job (dry run), then
+/// write those that change. Nothing is written unless every job passes.
+async fn apply_jobs(c: &Client, o: Output, files: &[PathBuf], dry_run: bool) -> Result<Done, CtlError> {
+    let sources = apply::collect(files)?;
+    let specs = apply::read_all(&sources)?;
+    let put = |name: &str, dry: bool| {
+        format!(
+            "/api/v1/jobs/{}{}",
+            encode(name),
+            if dry { "?dry_run=true" } else { "" }
+        )
+    };
+    let mut checked = Vec::with_capacity(specs.len());
+    let mut failures = Vec::new();
+    for (src, spec) in &specs {
+        let body = serde_json::to_value(spec).expect("specs serialize");
+        match c
+            .call(reqwest::Method::PUT, &put(&spec.name, true), Some(body.clone()))
+            .await
+        {
+            Ok(view) => checked.push((spec.name.clone(), body, view)),
+            Err(CtlError::Api { status, message, .. }) if (400..500).contains(&status) => {
+                failures.push(format!("{}: {message}", src.label()))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(apply::nothing_applied(failures));
+    }
+    let mut done = Done::default();
+    let mut lines = Vec::new();
+    let mut views = Vec::new();
+    for (name, body, view) in checked {
+        let view = if dry_run || view["change"] == "unchanged" {
+            view
+        } else {
+            c.call(reqwest::Method::PUT, &put(&name, false), Some(body)).await?
+        };
+        let change = view["change"].as_str().unwrap_or("configured");
+        lines.push(format!(
+            "job/{name} {change}{}",
+            if dry_run { " (dry run)" } else { "" }
+        ));
+        for w in view["schedule_warnings"].as_array().into_iter().flatten() {
+            done.stderr.push(format!("warning: job/{name}: {}", s(w)));
+        }
+        views.push(view);
+    }
+    done.stdout = if o.is_data() {
+        data(&Value::Array(views), o)
+    } else {
+        lines.join("\n")
+    };
+    Ok(done)
+}
+
+/// `jobs run`: ask for the run; with `wait`, follow it (and its retries) to its end.
+async fn run_job(c: &Client, o: Output, name: &str, wait: Option<Duration>) -> Result<Done, CtlError> {
+    let job = if wait.is_some() {
+        Some(c.get(&format!("/api/v1/jobs/{}", encode(name))).await?)
+    } else {
         None
-    } else {
-        since_revision.map(|r| r.to_string())
     };
-    for (k, v) in [
-        ("topics", q.topics.clone()),
-        ("job", q.job.clone()),
-        ("status", q.status.clone()),
-        ("since_revision", since),
-        ("cursor", cursor.clone()),
-    ] {
-        if let Some(v) = v {
-            url.push_str(&format!("{k}={}&", encode(&v)));
+    let r = c
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/jobs/{}/run", encode(name)),
+            None,
+        )
+        .await?;
+    let id = s(&r["trigger_id"]);
+    let (Some(timeout), Some(job)) = (wait, job) else {
+        return Ok(Done::out(if o.is_data() {
+            data(&r, o)
+        } else {
+            format!("job/{name} run requested: run {id} (see it with `cronmesh ctl runs get {id}`)")
+        }));
+    };
+    eprintln!(
+        "job/{name}: waiting for run {id} to end (--timeout {})",
+        humantime::format_duration(timeout)
+    );
+    let deadline = Instant::now() + timeout;
+    let retries = job["retries"].as_u64().unwrap_or(0);
+    let mut record = wait_for_run(c, &id, deadline).await?;
+    let mut stderr = Vec::new();
+    // a failed attempt with retries left: follow the next attempt of the same tick
+    loop {
+        let attempt = record["attempt"].as_u64().unwrap_or(1);
+        if record["status"] == "succeeded" || attempt > retries {
+            break;
         }
+        stderr.push(format!(
+            "run {} (attempt {}) {}; waiting for retry {attempt}",
+            s(&record["run_id"]),
+            output::attempt_label(Some(attempt)),
+            s(&record["status"])
+        ));
+        record = wait_for_retry(c, name, &record, deadline).await?;
     }
-    let mut req = url.into_client_request().map_err(|e| CtlError::Input(e.to_string()))?;
-    if let Some(t) = &a.token {
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {t}")
-                .parse()
-                .map_err(|_| CtlError::Input("bad token".into()))?,
-        );
-    }
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| match e {
-        tokio_tungstenite::tungstenite::Error::Http(resp) => CtlError::Api {
-            status: resp.status().as_u16(),
-            message: resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default(),
+    let code = run_exit_code(&record);
+    stderr.push(format!(
+        "run {} of job/{name} {} in {} (exit code {code})",
+        s(&record["run_id"]),
+        s(&record["status"]),
+        output::duration(record["duration_ms"].as_i64())
+    ));
+    Ok(Done {
+        stdout: if o.is_data() {
+            data(&record, o)
+        } else {
+            record["output"]
+                .as_str()
+                .unwrap_or("")
+                .trim_end_matches('\n')
+                .to_string()
         },
-        other => CtlError::Input(format!("cannot open the event feed at {}: {other}", a.url)),
-    })?;
-    while let Some(msg) = ws.next().await {
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => return Ok(FeedEnd::Dropped(e.to_string())),
-        };
-        let text = match msg {
-            tokio_tungstenite::tungstenite::Message::Text(t) => t.to_string(),
-            tokio_tungstenite::tungstenite::Message::Close(f) => {
-                return Ok(FeedEnd::Dropped(
-                    f.map(|f| format!("closed: {} {}", u16::from(f.code), f.reason))
-                        .unwrap_or_else(|| "closed".into()),
-                ));
-            }
-            _ => continue,
-        };
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if let Some(c) = v["cursor"].as_str() {
-            *cursor = Some(c.to_string());
-        }
-        if v["type"] == "lagged" && cursor.is_some() {
-            if a.output == Output::Json {
-                println!("{text}");
-            }
-            return Ok(FeedEnd::Lagged);
-        }
-        if a.output == Output::Json {
-            println!("{}", if a.raw { text } else { escape_controls(&text) });
-            continue;
-        }
-        let detail = match v["type"].as_str().unwrap_or("") {
-            "job.saved" => format!(
-                "{} rev {} schedule {:?}",
-                s(&v["job"]["name"]),
-                s(&v["revision"]),
-                s(&v["job"]["schedule"])
-            ),
-            "job.deleted" => format!("{} rev {}", s(&v["name"]), s(&v["revision"])),
-            "worker.joined" => s(&v["worker"]["id"]),
-            "worker.left" => s(&v["id"]),
-            "run.started" => format!(
-                "{} run {} on {}",
-                s(&v["run"]["job"]),
-                s(&v["run"]["run_id"]),
-                s(&v["run"]["worker"])
-            ),
-            "run.finished" => format!(
-                "{} run {} {} exit {} in {} ms",
-                s(&v["run"]["job"]),
-                s(&v["run"]["run_id"]),
-                s(&v["run"]["status"]),
-                s(&v["run"]["exit_code"]),
-                s(&v["run"]["duration_ms"])
-            ),
-            "resume_failed" => format!("{} ({}): {}", s(&v["topics"]), s(&v["reason"]), s(&v["message"])),
-            _ => text.clone(),
-        };
-        let line = format!("{}  {:<14} {detail}", time(&v["ts"]), s(&v["type"]));
-        println!("{}", if a.raw { line } else { escape_controls(&line) });
-    }
-    Ok(FeedEnd::Dropped("the server ended the stream".into()))
+        stderr,
+        code,
+    })
 }
 
-/// A worker's state as the workers table shows it: draining, full (no free run slot: its jobs
-/// run elsewhere) or active, and `race` when it races for every tick.
-fn worker_state(w: &serde_json::Value) -> String {
-    let state = if w["draining"].as_bool() == Some(true) {
-        "draining"
-    } else if w["at_capacity"].as_bool() == Some(true) {
-        "full"
-    } else {
-        "active"
-    };
-    if w["dispatch"].as_str() == Some("race") {
-        format!("{state} (race)")
-    } else {
-        state.to_string()
+/// The exit code `jobs run --wait` ends with: the command's when it has one, else 0 for a
+/// success and 1 for anything else (killed by a signal, timed out, not started, lost).
+pub fn run_exit_code(record: &Value) -> i32 {
+    match record["exit_code"].as_i64() {
+        Some(c) => (c & 0xff) as i32,
+        None if record["status"] == "succeeded" => 0,
+        None => 1,
+    }
+}
+
+/// The next poll's wait: 100 ms, growing by half up to 2 s.
+fn backoff(prev: Duration) -> Duration {
+    (prev.mul_f64(1.5)).clamp(Duration::from_millis(100), Duration::from_secs(2))
+}
+
+fn timed_out(id: &str) -> CtlError {
+    CtlError::Timeout(format!(
+        "--timeout passed before run {id} ended (it goes on): see it later with `cronmesh ctl runs get {id}`"
+    ))
+}
+
+/// Polls `GET /api/v1/runs/{id}` (404 until the record is stored) until it answers.
+async fn wait_for_run(c: &Client, id: &str, deadline: Instant) -> Result<Value, CtlError> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match c.get(&format!("/api/v1/runs/{}", encode(id))).await {
+            Ok(r) => return Ok(r),
+            Err(CtlError::Api { status: 404, .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if Instant::now() + pause > deadline {
+            return Err(timed_out(id));
+        }
+        tokio::time::sleep(pause).await;
+        pause = backoff(pause);
+    }
+}
+
+/// Polls the job's records of the tick `prev` belongs to until the next attempt's arrives.
+async fn wait_for_retry(c: &Client, job: &str, prev: &Value, deadline: Instant) -> Result<Value, CtlError> {
+    let planned = prev["planned_at"].as_i64().unwrap_or(0);
+    let next = prev["attempt"].as_u64().unwrap_or(1) + 1;
+    let path = format!(
+        "/api/v1/runs?job={}&from={planned}&to={}&limit=1000",
+        encode(job),
+        planned + 1
+    );
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let page = c.get(&path).await?;
+        if let Some(r) = page["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["attempt"].as_u64() == Some(next) && r["trigger"] == "retry")
+        {
+            // the list leaves outputs out
+            return c.get(&format!("/api/v1/runs/{}", encode(&s(&r["run_id"])))).await;
+        }
+        if Instant::now() + pause > deadline {
+            return Err(timed_out(&format!("{} (retry {})", s(&prev["run_id"]), next - 1)));
+        }
+        tokio::time::sleep(pause).await;
+        pause = backoff(pause);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
-    fn control_characters_are_shown_escaped_and_text_stays_as_it_is() {
-        assert_eq!(escape_controls("plain\ttext\nnext"), "plain\ttext\nnext");
-        assert_eq!(escape_controls("\u{1b}[31mred\u{1b}[0m"), "\\x1b[31mred\\x1b[0m");
-        assert_eq!(escape_controls("a\rb\u{7}\u{9b}c"), "a\\x0db\\x07\\u{9b}c");
-        assert_eq!(escape_controls("ab\u{202e}cd"), "ab\\u{202e}cd");
-        assert_eq!(escape_controls("grüße ✓"), "grüße ✓");
+    fn a_waited_run_exits_with_its_exit_code_or_1_without_one() {
+        assert_eq!(run_exit_code(&json!({"status": "succeeded", "exit_code": 0})), 0);
+        assert_eq!(run_exit_code(&json!({"status": "failed", "exit_code": 7})), 7);
+        assert_eq!(
+            run_exit_code(&json!({"status": "killed", "exit_code": null, "signal": 15})),
+            1
+        );
+        assert_eq!(run_exit_code(&json!({"status": "timed_out", "exit_code": null})), 1);
+        assert_eq!(
+            run_exit_code(&json!({"status": "failed", "exit_code": null, "error": "spawn"})),
+            1
+        );
+    }
+
+    #[test]
+    fn errors_name_the_flag_or_variable_to_use_and_map_to_exit_codes() {
+        let e = CtlError::from_answer(401, r#"{"error":{"code":"unauthorized","message":"x"}}"#, false, false);
+        assert_eq!(
+            e.to_string(),
+            "the master wants a token: pass --token or set CRONMESH_TOKEN"
+        );
+        assert_eq!(e.exit_code(), 1);
+        let e = CtlError::from_answer(
+            403,
+            r#"{"error":{"code":"forbidden","message":"token \"read_token\" may not do this (it needs the admin role)"}}"#,
+            true,
+            true,
+        );
+        assert!(
+            e.to_string()
+                .starts_with("this change needs an admin token: pass one with --token or CRONMESH_TOKEN"),
+            "{e}"
+        );
+        let e = CtlError::from_answer(
+            404,
+            r#"{"error":{"code":"not_found","message":"job \"x\" not found"}}"#,
+            false,
+            true,
+        );
+        assert_eq!(e.to_string(), "404: job \"x\" not found");
+        assert_eq!(CtlError::Usage("bad".into()).exit_code(), 2);
+    }
+
+    #[test]
+    fn comma_separated_flags_are_split_and_blanks_dropped() {
+        assert_eq!(split(Some("failed, timed_out,,")), vec!["failed", "timed_out"]);
+        assert!(split(None).is_empty());
+        assert_eq!(backoff(Duration::ZERO), Duration::from_millis(100));
+        assert_eq!(backoff(Duration::from_secs(5)), Duration::from_secs(2));
     }
 }
