@@ -413,13 +413,11 @@ unsafe fn scrub_secrets_from_environment(names: &[&str]) {
 }
 
 fn read_job(file: &std::path::Path) -> Result<JobSpec> {
+    use cronmesh::ctl::apply::{Format, parse};
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let spec: JobSpec = if file.extension().is_some_and(|e| e == "toml") {
-        toml::from_str(&text).with_context(|| format!("{} is not a valid job spec", file.display()))?
-    } else {
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid job spec", file.display()))?
-    };
-    Ok(spec)
+    // JSON, TOML or YAML, as `ctl jobs apply` reads them
+    parse(&text, Format::of(Some(file), &text))
+        .map_err(|e| anyhow::anyhow!("{} is not a valid job spec: {e}", file.display()))
 }
 
 /// `--from`: an RFC 3339 instant, as Unix milliseconds.
@@ -559,6 +557,13 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
     let coord = connect(&config).await?;
     for file in &apply {
         let spec = read_job(file)?;
+        // a restart with the same files writes nothing (no new revision, no rescheduling)
+        if let Ok(Some(existing)) = coord.get_job(&spec.name).await
+            && existing.spec == spec
+        {
+            info!(job = %spec.name, revision = existing.revision, "job unchanged");
+            continue;
+        }
         let stored = coord
             .put_job(spec)
             .await
