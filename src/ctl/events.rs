@@ -1,7 +1,7 @@
 //! `ctl events`: tails the master's event feed (WebSocket), one line per event, or the raw
 //! messages with `-o json`.
 
-use super::output::{escape_controls, s, time};
+use super::output::{escape_controls, s, short_id, time};
 use super::{CtlArgs, CtlError, encode};
 use serde_json::Value;
 
@@ -151,13 +151,13 @@ async fn feed_once(
             "run.started" => format!(
                 "{} run {} on {}",
                 s(&v["run"]["job"]),
-                s(&v["run"]["run_id"]),
+                short_id(&s(&v["run"]["run_id"])),
                 s(&v["run"]["worker"])
             ),
             "run.finished" => format!(
                 "{} run {} {} exit {} in {} ms",
                 s(&v["run"]["job"]),
-                s(&v["run"]["run_id"]),
+                short_id(&s(&v["run"]["run_id"])),
                 s(&v["run"]["status"]),
                 s(&v["run"]["exit_code"]),
                 s(&v["run"]["duration_ms"])

@@ -362,6 +362,14 @@ async fn apply_checks_every_file_before_writing_any_and_says_created_configured_
     let out = apply(&[d]);
     assert_eq!(out.stdout, "job/a unchanged\njob/b unchanged\njob/c unchanged", "{out}");
     assert_eq!(revision("a"), before, "an unchanged job keeps its revision");
+    // the API's PUT itself writes nothing for an unchanged spec, whoever the client
+    let spec = json!({"schedule": "@hourly", "command": "true"});
+    let (st, body) = c.send("PUT", &m, "/api/v1/jobs/a", Some(ADMIN), Some(spec)).await;
+    assert_eq!(
+        (st, body["change"].as_str(), body["revision"].as_i64()),
+        (200, Some("unchanged"), Some(before)),
+        "{body}"
+    );
     // one changed: configured
     std::fs::write(
         dir.join("a.json"),
