@@ -417,8 +417,10 @@ pub async fn main(a: CtlArgs) -> i32 {
     let raw = a.raw;
     match run(a).await {
         Ok(done) => {
+            use std::io::Write;
+            // a reader that went away (`| head`) is not an error of ours
             if !done.stdout.is_empty() {
-                println!("{}", done.stdout);
+                let _ = writeln!(std::io::stdout().lock(), "{}", done.stdout);
             }
             for line in done.stderr {
                 eprintln!("{}", if raw { line } else { escape_controls(&line) });
