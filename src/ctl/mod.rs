@@ -192,7 +192,8 @@ pub enum JobsCmd {
     Kill {
         /// The job's name.
         name: String,
-        /// Only this run (its whole id).
+        /// Only this run in progress: its id, or its end as `runs list --status running` shows
+        /// it (or its beginning).
         #[arg(long)]
         run_id: Option<String>,
     },
@@ -488,6 +489,10 @@ pub async fn run(a: CtlArgs) -> Result<Done, CtlError> {
             wait::run_job(&c, o, &name, wait.then(|| timeout.into())).await?
         }
         CtlCmd::Jobs(JobsCmd::Kill { name, run_id }) => {
+            let run_id = match run_id {
+                Some(id) => Some(running_run_id(&c, &name, &id).await?),
+                None => None,
+            };
             let body = serde_json::json!({ "run_id": run_id });
             c.call(
                 reqwest::Method::POST,
@@ -695,6 +700,36 @@ async fn list_runs(c: &Client, job: Option<&str>, status: Option<&str>, limit: u
     }
     out.truncate(limit);
     Ok(out)
+}
+
+/// The whole id of the run of `job` in progress whose id is, begins or ends with `fragment`
+/// (from the workers' running lists: a run in progress has no record yet).
+async fn running_run_id(c: &Client, job: &str, fragment: &str) -> Result<String, CtlError> {
+    let ws = c.get("/api/v1/workers").await?;
+    let mut ids: Vec<String> = ws
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|w| w["running"].as_array().cloned().unwrap_or_default())
+        .filter(|r| r["job"] == job)
+        .filter_map(|r| r["run_id"].as_str().map(String::from))
+        .filter(|id| id == fragment || id.starts_with(fragment) || id.ends_with(fragment))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    match ids.as_slice() {
+        [one] => Ok(one.clone()),
+        // not running (any more): the master says what it knows of a whole id
+        [] if fragment.len() >= 32 => Ok(fragment.to_string()),
+        [] => Err(CtlError::Refused(format!(
+            "no run of job/{job} in progress has an id that is, begins or ends with {fragment:?} (cronmesh ctl runs list --status running --job {job})"
+        ))),
+        many => Err(CtlError::Refused(format!(
+            "{fragment:?} matches {} runs of job/{job} in progress ({}): give more of the id",
+            many.len(),
+            many.join(", ")
+        ))),
+    }
 }
 
 /// `jobs apply`: read and parse every source, have the master check every job (dry run), then

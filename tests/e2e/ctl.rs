@@ -312,6 +312,27 @@ async fn runs_list_takes_comma_separated_jobs_and_statuses_and_running_comes_fro
     let mixed = list(&["--status", "running,failed", "--job", "slow,bad"]);
     assert_eq!(mixed[0]["job"], "slow", "runs in progress come first: {mixed:?}");
     assert_eq!(jobs_of(&mixed), ["bad", "slow"]);
+    // the end the table shows is enough to kill it
+    let id = running[0]["run_id"].as_str().unwrap().to_string();
+    let out = ctl(&[
+        "jobs",
+        "kill",
+        "slow",
+        "--run-id",
+        &id[id.len() - 12..],
+        "--url",
+        &m,
+        "--token",
+        ADMIN,
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    wait_for(Duration::from_secs(20), "the run is recorded killed", || async {
+        c.api_runs(&m, "slow")
+            .await
+            .iter()
+            .any(|r| r.run_id == id && r.status == cronmesh::model::RunStatus::Killed)
+    })
+    .await;
     // the API's own filter, comma-separated too
     let (st, body) = c
         .get(&m, "/api/v1/runs?job=ok,other&status=succeeded&limit=1000", Some(READ))
