@@ -575,6 +575,12 @@ async fn list_runs(
             .unwrap_or_default()
     };
     let jobs = list(&q.job);
+    if jobs.len() > MAX_RUN_FILTER_JOBS {
+        return Err(ApiError::bad(
+            "invalid_job",
+            format!("job takes at most {MAX_RUN_FILTER_JOBS} names"),
+        ));
+    }
     for j in &jobs {
         valid_name(j)?;
     }
@@ -667,6 +673,9 @@ async fn get_run(
         }
     }
 }
+
+/// Most job names one `GET /api/v1/runs?job=a,b,...` filters by.
+const MAX_RUN_FILTER_JOBS: usize = 100;
 
 /// How many matching ids a 409 `ambiguous_id` lists.
 const AMBIGUOUS_SHOWN: usize = 5;

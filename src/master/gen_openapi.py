@@ -229,7 +229,7 @@ paths = {
             "summary": "List runs, newest first",
             "operationId": "listRuns",
             "parameters": [
-                q("job", desc="job names, comma-separated: records of any of them"),
+                q("job", desc="job names, comma-separated (at most 100): records of any of them"),
                 q("status", desc="statuses, comma-separated (any of them): succeeded, failed, timed_out, killed, skipped, lost, missed; runs in progress are in GET /api/v1/workers (running)"),
                 q("from", desc="RFC 3339 or Unix ms, planned at or after"),
                 q("to", desc="RFC 3339 or Unix ms, planned before"),

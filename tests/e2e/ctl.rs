@@ -340,6 +340,15 @@ async fn runs_list_takes_comma_separated_jobs_and_statuses_and_running_comes_fro
     assert_eq!(st, 200, "{body}");
     let runs: Vec<Value> = body["runs"].as_array().unwrap().clone();
     assert_eq!(jobs_of(&runs), ["ok", "other"]);
+    let many: Vec<String> = (0..101).map(|i| format!("j{i}")).collect();
+    let (st, body) = c
+        .get(&m, &format!("/api/v1/runs?job={}", many.join(",")), Some(READ))
+        .await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (400, Some("invalid_job")),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
