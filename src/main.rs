@@ -26,28 +26,28 @@ use tracing::{error, info};
     about = "A distributed cron: every tick exactly once, somewhere in the fleet"
 )]
 struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
     #[command(subcommand)]
     command: Cmd,
 }
 
-#[derive(Args)]
+/// The flags of the server roles (master, worker, standalone). They belong to those
+/// subcommands only: `ctl` is a client of the REST API and has its own (`--url`, `--token`).
+#[derive(Args, Default)]
 struct CommonArgs {
     /// TOML config file (see config/*.toml).
-    #[arg(long, global = true, env = "CRONMESH_CONFIG")]
+    #[arg(long, env = "CRONMESH_CONFIG")]
     config: Option<PathBuf>,
     /// etcd endpoints, comma-separated.
-    #[arg(long, global = true, env = "CRONMESH_ETCD", value_delimiter = ',')]
+    #[arg(long, env = "CRONMESH_ETCD", value_delimiter = ',')]
     etcd: Option<Vec<String>>,
     /// Key namespace in etcd.
-    #[arg(long, global = true, env = "CRONMESH_PREFIX")]
+    #[arg(long, env = "CRONMESH_PREFIX")]
     prefix: Option<String>,
     /// Log line format.
-    #[arg(long, global = true, env = "CRONMESH_LOG_FORMAT")]
+    #[arg(long, env = "CRONMESH_LOG_FORMAT")]
     log_format: Option<LogFormat>,
     /// Log filter, e.g. info or cronmesh=debug.
-    #[arg(long, global = true, env = "CRONMESH_LOG_LEVEL")]
+    #[arg(long, env = "CRONMESH_LOG_LEVEL")]
     log_level: Option<String>,
 }
 
@@ -70,7 +70,8 @@ enum Cmd {
         #[arg(long, value_parser = parse_instant)]
         from: Option<i64>,
     },
-    /// Client of the REST API: jobs, runs, workers.
+    /// Client of the REST API: jobs, runs, workers (kubectl-style: `cronmesh ctl jobs list -o wide`).
+    #[command(long_about = cronmesh::ctl::LONG_ABOUT)]
     Ctl(cronmesh::ctl::CtlArgs),
     /// Print the SHA-256 of a token, for `sha256 = "..."` in [master.auth].
     HashToken {
@@ -81,6 +82,8 @@ enum Cmd {
 
 #[derive(Args, Default)]
 struct MasterArgs {
+    #[command(flatten)]
+    common: CommonArgs,
     /// Master id (unique).
     #[arg(long, env = "CRONMESH_MASTER_ID")]
     master_id: Option<String>,
@@ -110,6 +113,8 @@ struct MasterArgs {
 
 #[derive(Args, Default)]
 struct WorkerArgs {
+    #[command(flatten)]
+    common: CommonArgs,
     /// Worker id (unique among live workers).
     #[arg(long, env = "CRONMESH_ID")]
     id: Option<String>,
@@ -179,16 +184,22 @@ fn main() -> Result<()> {
     if let Cmd::Ctl(_) = &cli.command {
         let Cmd::Ctl(args) = cli.command else { unreachable!() };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let out = rt.block_on(cronmesh::ctl::run(args))?;
-        println!("{out}");
-        return Ok(());
+        let code = rt.block_on(cronmesh::ctl::main(args));
+        std::process::exit(code);
     }
     if let Cmd::HashToken { token } = &cli.command {
         println!("{}", cronmesh::master::auth::token_sha256_hex(token));
         return Ok(());
     }
-    let mut config = Config::load(cli.common.config.as_deref())?;
-    apply_common(&mut config, &cli.common);
+    let common = match &cli.command {
+        Cmd::Master(m) => &m.common,
+        Cmd::Worker(w) => &w.common,
+        Cmd::Standalone(s) => &s.worker.common,
+        Cmd::Check { .. } | Cmd::HashToken { .. } | Cmd::Ctl(_) => unreachable!(),
+    };
+    let mut config = Config::load(common.config.as_deref())?;
+    apply_common(&mut config, common);
+    let etcd_given = common.etcd.is_some();
     match &cli.command {
         Cmd::Master(m) => {
             apply_master(&mut config, m);
@@ -201,7 +212,7 @@ fn main() -> Result<()> {
         }
         Cmd::Standalone(s) => {
             apply_worker(&mut config, &s.worker)?;
-            if cli.common.etcd.is_some() {
+            if etcd_given {
                 config.standalone.private_etcd = false;
             }
             if let Some(d) = &s.data_dir {
@@ -403,13 +414,11 @@ unsafe fn scrub_secrets_from_environment(names: &[&str]) {
 }
 
 fn read_job(file: &std::path::Path) -> Result<JobSpec> {
+    use cronmesh::ctl::apply::{Format, parse};
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let spec: JobSpec = if file.extension().is_some_and(|e| e == "toml") {
-        toml::from_str(&text).with_context(|| format!("{} is not a valid job spec", file.display()))?
-    } else {
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid job spec", file.display()))?
-    };
-    Ok(spec)
+    // JSON, TOML or YAML, as `ctl jobs apply` reads them
+    parse(&text, Format::of(Some(file), &text))
+        .map_err(|e| anyhow::anyhow!("{} is not a valid job spec: {e}", file.display()))
 }
 
 /// `--from`: an RFC 3339 instant, as Unix milliseconds.
@@ -558,6 +567,13 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
     let coord = connect(&config).await?;
     for file in &apply {
         let spec = read_job(file)?;
+        // a restart with the same files writes nothing (no new revision, no rescheduling)
+        if let Ok(Some(existing)) = coord.get_job(&spec.name).await
+            && existing.spec == spec
+        {
+            info!(job = %spec.name, revision = existing.revision, "job unchanged");
+            continue;
+        }
         let stored = coord
             .put_job(spec)
             .await

@@ -59,6 +59,8 @@ where
     get_returns_the_output_and_list_does_not(&*fresh().await).await;
     list_is_newest_first_and_pages_cover_everything_once(&*fresh().await).await;
     list_filters_by_job_status_and_time(&*fresh().await).await;
+    list_filters_by_any_of_several_jobs_and_statuses(&*fresh().await).await;
+    find_ids_matches_the_beginning_or_the_end_of_a_run_id(&*fresh().await).await;
     a_bad_cursor_is_an_error(&*fresh().await).await;
     retention_by_age_and_by_count_per_job(&*fresh().await).await;
     latest_per_job_is_each_jobs_newest_record(&*fresh().await).await;
@@ -93,7 +95,7 @@ pub async fn a_missed_record_gives_way_to_the_ticks_real_record(s: &dyn LogStore
     assert_eq!(out.inserted, 1);
     let runs = s
         .list(&RunQuery {
-            job: Some("j".into()),
+            jobs: vec!["j".into()],
             limit: 10,
             ..Default::default()
         })
@@ -529,8 +531,8 @@ pub async fn list_filters_by_job_status_and_time(s: &dyn LogStore) {
     .unwrap();
     let ids = |p: super::RunPage| p.runs.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
     let q = |job: Option<&str>, status: Option<RunStatus>, from: Option<i64>, to: Option<i64>| RunQuery {
-        job: job.map(String::from),
-        status,
+        jobs: job.map(String::from).into_iter().collect(),
+        statuses: status.into_iter().collect(),
         from,
         to,
         limit: 100,
@@ -555,6 +557,61 @@ pub async fn list_filters_by_job_status_and_time(s: &dyn LogStore) {
         ids(s.list(&q(None, None, Some(2_000), Some(4_000))).await.unwrap()),
         vec!["f3", "f2"]
     );
+}
+
+pub async fn list_filters_by_any_of_several_jobs_and_statuses(s: &dyn LogStore) {
+    s.insert(&[
+        record("g1", "alpha", 1_000, RunStatus::Succeeded),
+        record("g2", "beta", 2_000, RunStatus::Failed),
+        record("g3", "gamma", 3_000, RunStatus::TimedOut),
+        record("g4", "alpha", 4_000, RunStatus::Killed),
+        record("g5", "beta", 5_000, RunStatus::TimedOut),
+    ])
+    .await
+    .unwrap();
+    let ids = |p: super::RunPage| p.runs.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+    let q = |jobs: &[&str], statuses: &[RunStatus]| RunQuery {
+        jobs: jobs.iter().map(|j| j.to_string()).collect(),
+        statuses: statuses.to_vec(),
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(s.list(&q(&["alpha", "beta"], &[])).await.unwrap()),
+        vec!["g5", "g4", "g2", "g1"]
+    );
+    assert_eq!(
+        ids(s
+            .list(&q(&[], &[RunStatus::Failed, RunStatus::TimedOut]))
+            .await
+            .unwrap()),
+        vec!["g5", "g3", "g2"]
+    );
+    assert_eq!(
+        ids(s.list(&q(&["beta", "gamma"], &[RunStatus::TimedOut])).await.unwrap()),
+        vec!["g5", "g3"]
+    );
+}
+
+pub async fn find_ids_matches_the_beginning_or_the_end_of_a_run_id(s: &dyn LogStore) {
+    // UUIDv7-like ids: the runs of one tick share their beginning
+    let ids = [
+        "019ad2f0c1a87b3e9f00aa11bb22cc33",
+        "019ad2f0c1a87c41a100dd44ee55ff66",
+        "019ad2f0c1a97d52b200a1b2c3d4e5f6",
+    ];
+    s.insert(&ids.map(|id| record(id, "j", 1_000, RunStatus::Succeeded)))
+        .await
+        .unwrap();
+    let find = |f: &'static str| async move { s.find_ids(f, 10).await.unwrap() };
+    assert_eq!(find("019ad2f0c1a8").await, ids[..2].to_vec(), "a shared beginning");
+    assert_eq!(find("019ad2f0c1a9").await, vec![ids[2]], "a unique beginning");
+    assert_eq!(find("ee55ff66").await, vec![ids[1]], "a unique end");
+    assert_eq!(find("c3d4e5f6").await, vec![ids[2]]);
+    assert_eq!(find(ids[0]).await, vec![ids[0]], "the whole id");
+    assert!(find("87b3e9f0").await.is_empty(), "the middle matches nothing");
+    assert!(find("ffffff").await.is_empty());
+    assert_eq!(s.find_ids("019ad2", 2).await.unwrap().len(), 2, "at most limit");
 }
 
 pub async fn a_bad_cursor_is_an_error(s: &dyn LogStore) {

@@ -112,6 +112,8 @@ pub type RunEventStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Resu
 pub const MAX_LATEST_JOBS: usize = 1000;
 /// Most records per job `recent_per_job` returns.
 pub const MAX_RECENT_RUNS: usize = 20;
+/// The shortest run-id fragment `find_ids` looks up: shorter ones match too much to be useful.
+pub const MIN_ID_FRAGMENT: usize = 6;
 /// Most ticks `recorded_ticks` takes in one call.
 pub const MAX_TICK_LOOKUPS: usize = 1000;
 
@@ -126,8 +128,10 @@ pub struct StatusCount {
 /// Filters and paging for `list`.
 #[derive(Debug, Clone, Default)]
 pub struct RunQuery {
-    pub job: Option<String>,
-    pub status: Option<RunStatus>,
+    /// Records of any of these jobs (empty: every job).
+    pub jobs: Vec<String>,
+    /// Records with any of these statuses (empty: every status).
+    pub statuses: Vec<RunStatus>,
     /// planned_at >= from (Unix ms)
     pub from: Option<i64>,
     /// planned_at < to (Unix ms)
@@ -163,6 +167,11 @@ pub trait LogStore: Send + Sync + 'static {
     async fn insert(&self, records: &[RunRecord]) -> Result<InsertOutcome, StoreError>;
     async fn list(&self, query: &RunQuery) -> Result<RunPage, StoreError>;
     async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
+    /// The ids of the records whose run id begins or ends with `fragment` (what people copy from
+    /// a table: run ids are UUIDv7, time first, so runs of one tick share their beginning and
+    /// differ at the end), in id order, at most `limit`. `fragment` is at least
+    /// `MIN_ID_FRAGMENT` letters, digits or dashes (callers check).
+    async fn find_ids(&self, fragment: &str, limit: usize) -> Result<Vec<String>, StoreError>;
     /// The newest record (by `(planned_at, run_id)`, output left out) of each of `jobs` that
     /// has one; jobs without runs are absent. For the jobs table's "last status" column, so
     /// at most `MAX_LATEST_JOBS` names per call.
@@ -199,6 +208,12 @@ pub trait LogStore: Send + Sync + 'static {
 /// Cursor: the last `(planned_at, run_id)` of a page, as `planned_at.run_id` (run ids are hex).
 pub fn encode_cursor(planned_at: i64, run_id: &str) -> String {
     format!("{planned_at}.{run_id}")
+}
+
+/// The upper bound of the ids that begin with `prefix` (ids are letters, digits and dashes, all
+/// below `~`): `prefix <= id < id_prefix_end(prefix)` is an index range.
+pub fn id_prefix_end(prefix: &str) -> String {
+    format!("{prefix}~")
 }
 
 pub fn decode_cursor(c: &str) -> Result<(i64, String), StoreError> {

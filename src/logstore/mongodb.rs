@@ -473,11 +473,26 @@ impl LogStore for MongoStore {
 
     async fn list(&self, q: &RunQuery) -> Result<RunPage, StoreError> {
         let mut filter = Document::new();
-        if let Some(j) = &q.job {
-            filter.insert("job", j);
+        match q.jobs.as_slice() {
+            [] => {}
+            [one] => {
+                filter.insert("job", one);
+            }
+            many => {
+                filter.insert("job", doc! { "$in": many });
+            }
         }
-        if let Some(s) = q.status {
-            filter.insert("status", s.as_str());
+        match q.statuses.as_slice() {
+            [] => {}
+            [one] => {
+                filter.insert("status", one.as_str());
+            }
+            many => {
+                filter.insert(
+                    "status",
+                    doc! { "$in": many.iter().map(|s| s.as_str()).collect::<Vec<_>>() },
+                );
+            }
         }
         let mut planned = Document::new();
         if let Some(f) = q.from {
@@ -526,6 +541,28 @@ impl LogStore for MongoStore {
     async fn get(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
         let d = self.coll.find_one(doc! { "run_id": run_id }).await.map_err(err)?;
         d.map(from_doc).transpose()
+    }
+
+    async fn find_ids(&self, fragment: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        // the beginning through the unique run_id index (a range), the end by a pattern (the
+        // fragment is letters, digits and dashes: nothing a pattern treats specially)
+        let mut ids = std::collections::BTreeSet::new();
+        for filter in [
+            doc! { "run_id": { "$gte": fragment, "$lt": super::id_prefix_end(fragment) } },
+            doc! { "run_id": { "$regex": format!("{fragment}$") } },
+        ] {
+            let cursor = self
+                .coll
+                .find(filter)
+                .sort(doc! { "run_id": 1 })
+                .limit(limit as i64)
+                .projection(doc! { "run_id": 1, "_id": 0 })
+                .await
+                .map_err(err)?;
+            let docs: Vec<Document> = cursor.try_collect().await.map_err(err)?;
+            ids.extend(docs.iter().filter_map(|d| d.get_str("run_id").ok().map(String::from)));
+        }
+        Ok(ids.into_iter().take(limit).collect())
     }
 
     async fn latest_per_job(&self, jobs: &[String]) -> Result<Vec<RunRecord>, StoreError> {

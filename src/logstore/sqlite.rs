@@ -275,14 +275,15 @@ impl LogStore for SqliteStore {
         Self::with(&self.reader, move |c| {
             let mut sql = String::from("SELECT record, planned_at, run_id FROM runs WHERE 1=1");
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            if let Some(j) = &q.job {
-                sql.push_str(" AND job = ?");
-                args.push(j.clone().into());
-            }
-            if let Some(s) = q.status {
-                sql.push_str(" AND status = ?");
-                args.push(s.as_str().to_string().into());
-            }
+            let any_of = |sql: &mut String, column: &str, n: usize| {
+                if n > 0 {
+                    sql.push_str(&format!(" AND {column} IN ({})", vec!["?"; n].join(", ")));
+                }
+            };
+            any_of(&mut sql, "job", q.jobs.len());
+            args.extend(q.jobs.iter().map(|j| j.clone().into()));
+            any_of(&mut sql, "status", q.statuses.len());
+            args.extend(q.statuses.iter().map(|s| s.as_str().to_string().into()));
             if let Some(f) = q.from {
                 sql.push_str(" AND planned_at >= ?");
                 args.push(f.into());
@@ -329,6 +330,36 @@ impl LogStore for SqliteStore {
                 .optional()
                 .map_err(err)?;
             row.map(|(rec, out)| row_to_record(rec, Some(out))).transpose()
+        })
+        .await
+    }
+
+    async fn find_ids(&self, fragment: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let fragment = fragment.to_string();
+        Self::with(&self.reader, move |c| {
+            // the beginning through the primary key's index; the end by a scan of that index
+            let mut ids = std::collections::BTreeSet::new();
+            let mut by_start = c
+                .prepare_cached("SELECT run_id FROM runs WHERE run_id >= ?1 AND run_id < ?2 ORDER BY run_id LIMIT ?3")
+                .map_err(err)?;
+            let rows = by_start
+                .query_map(params![fragment, super::id_prefix_end(&fragment), limit as i64], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(err)?;
+            for r in rows {
+                ids.insert(r.map_err(err)?);
+            }
+            let mut by_end = c
+                .prepare_cached("SELECT run_id FROM runs WHERE run_id GLOB ?1 ORDER BY run_id LIMIT ?2")
+                .map_err(err)?;
+            let rows = by_end
+                .query_map(params![format!("*{fragment}"), limit as i64], |r| r.get::<_, String>(0))
+                .map_err(err)?;
+            for r in rows {
+                ids.insert(r.map_err(err)?);
+            }
+            Ok(ids.into_iter().take(limit).collect())
         })
         .await
     }

@@ -6,7 +6,7 @@ use super::auth::{AuthError, Caller, Need};
 use super::error::ApiError;
 use super::json::StrictJson;
 use crate::coord::now_ms;
-use crate::logstore::RunQuery;
+use crate::logstore::{MIN_ID_FRAGMENT, RunQuery};
 use crate::model::{
     JobSpec, KillSignal, ReportBatch, RunRecord, RunStarted, RunStatus, StoredJob, WorkerInfo, validate_name,
 };
@@ -351,14 +351,43 @@ async fn get_job(
     Ok(Json(one_view(&st, job, recent).await))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PutQuery {
+    /// Validate and say what would change, writing nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// What a PUT did (or, with `dry_run`, would do) to the stored job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Created,
+    Configured,
+    /// The stored spec equals the new one: nothing was written, the revision stays.
+    Unchanged,
+}
+
+/// The answer of `PUT /api/v1/jobs/{name}`: the job as stored (or as it would be) and the change.
+#[derive(Serialize)]
+pub struct PutView {
+    #[serde(flatten)]
+    pub view: JobView,
+    pub change: Change,
+    pub dry_run: bool,
+}
+
 async fn put_job(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
+    q: Result<Query<PutQuery>, QueryRejection>,
     body: Result<StrictJson, ApiError>,
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Need::Admin)?;
     let Path(name) = name?;
+    let Query(PutQuery { dry_run }) = q?;
     crate::model::validate_new_name(&name).map_err(|e| ApiError::bad_field("name", e.to_string()))?;
     let StrictJson(mut value) = body?;
     let obj = value
@@ -392,16 +421,51 @@ async fn put_job(
             None => ApiError::bad("invalid_body", message),
         }
     })?;
-    let existed = match st.coord.get_job(&name).await {
-        Ok(j) => j.is_some(),
+    let (existing, existed) = match st.coord.get_job(&name).await {
+        Ok(j) => {
+            let existed = j.is_some();
+            (j, existed)
+        }
         // an unreadable value is replaced
-        Err(crate::coord::CoordError::Unreadable { .. }) => true,
+        Err(crate::coord::CoordError::Unreadable { .. }) => (None, true),
         Err(e) => return Err(e.into()),
     };
+    let state = &st;
+    let answer = |stored: StoredJob, change: Change| async move {
+        let status = if change == Change::Created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        let view = PutView {
+            view: one_view(state, stored, None).await,
+            change,
+            dry_run,
+        };
+        (status, Json(view)).into_response()
+    };
+    // re-applying what is stored writes nothing: no new revision, no event, no rescheduling
+    if let Some(j) = existing.clone()
+        && j.spec == spec
+    {
+        return Ok(answer(j, Change::Unchanged).await);
+    }
+    let change = if existed { Change::Configured } else { Change::Created };
+    if dry_run {
+        // what `put_job` checks before it writes (the name was checked with the path)
+        spec.validate().map_err(crate::coord::CoordError::from)?;
+        let now = now_ms();
+        let would_be = StoredJob {
+            spec,
+            created_at: existing.as_ref().map(|j| j.created_at).unwrap_or(now),
+            updated_at: now,
+            revision: existing.as_ref().map(|j| j.revision).unwrap_or(0),
+        };
+        return Ok(answer(would_be, change).await);
+    }
     let stored = st.coord.put_job(spec).await?;
     tracing::info!(job = %name, revision = stored.revision, created = !existed, "job saved through the API");
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(one_view(&st, stored, None).await)).into_response())
+    Ok(answer(stored, change).await)
 }
 
 async fn delete_job(
@@ -555,28 +619,54 @@ async fn list_runs(
 ) -> Result<Json<crate::logstore::RunPage>, ApiError> {
     authorize(&st, &headers, Need::Read)?;
     let Query(q) = q?;
-    if let Some(j) = &q.job {
+    // both filters take a comma-separated list: any of them
+    let list = |v: &Option<String>| -> Vec<String> {
+        v.as_deref()
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let jobs = list(&q.job);
+    if jobs.len() > MAX_RUN_FILTER_JOBS {
+        return Err(ApiError::bad(
+            "invalid_job",
+            format!("job takes at most {MAX_RUN_FILTER_JOBS} names"),
+        ));
+    }
+    for j in &jobs {
         valid_name(j)?;
     }
-    let status = match &q.status {
-        None => None,
-        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
-            ApiError::bad(
-                "invalid_status",
-                format!(
-                    "status must be one of {}",
-                    RunStatus::ALL.map(|s| s.as_str()).join(", ")
-                ),
-            )
-        })?),
-    };
+    let statuses = list(&q.status)
+        .iter()
+        .map(|s| {
+            RunStatus::parse(s).ok_or_else(|| {
+                let running = if s == "running" {
+                    " (runs in progress have no record yet: GET /api/v1/workers lists them under running)"
+                } else {
+                    ""
+                };
+                ApiError::bad(
+                    "invalid_status",
+                    format!(
+                        "status {s:?} is not one of {}{running}",
+                        RunStatus::ALL.map(|s| s.as_str()).join(", ")
+                    ),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad("invalid_limit", "limit must be between 1 and 1000"));
     }
     let query = RunQuery {
-        job: q.job,
-        status,
+        jobs,
+        statuses,
         from: q.from.as_deref().map(|v| parse_time("from", v)).transpose()?,
         to: q.to.as_deref().map(|v| parse_time("to", v)).transpose()?,
         limit,
@@ -598,13 +688,54 @@ async fn get_run(
             "run ids are up to 64 letters, digits and dashes",
         ));
     }
-    let run = st
-        .store
-        .get(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("run {id:?} not found")))?;
-    Ok(Json(run))
+    if let Some(run) = st.store.get(&id).await? {
+        return Ok(Json(run));
+    }
+    // not a whole id: the beginning or the end of one (what tables show), the UUID's dashes
+    // and case aside
+    let fragment = id.replace('-', "").to_ascii_lowercase();
+    if fragment.len() < MIN_ID_FRAGMENT {
+        return Err(ApiError::bad(
+            "id_too_short",
+            format!(
+                "no run has the id {id:?}, and a part of an id (its beginning or its end) must be at least {MIN_ID_FRAGMENT} characters"
+            ),
+        ));
+    }
+    let ids = st.store.find_ids(&fragment, AMBIGUOUS_SHOWN + 1).await?;
+    match ids.as_slice() {
+        [] => Err(ApiError::NotFound(format!(
+            "run {id:?} not found (no run id is, begins or ends with it)"
+        ))),
+        [one] => st
+            .store
+            .get(one)
+            .await?
+            .map(Json)
+            .ok_or_else(|| ApiError::NotFound(format!("run {one:?} not found"))),
+        many => {
+            let candidates: Vec<String> = many.iter().take(AMBIGUOUS_SHOWN).cloned().collect();
+            Err(ApiError::Ambiguous {
+                message: format!(
+                    "{id:?} matches {} runs, e.g. {}: give more of the id",
+                    if many.len() > AMBIGUOUS_SHOWN {
+                        format!("more than {AMBIGUOUS_SHOWN}")
+                    } else {
+                        many.len().to_string()
+                    },
+                    candidates.join(", ")
+                ),
+                candidates,
+            })
+        }
+    }
 }
+
+/// Most job names one `GET /api/v1/runs?job=a,b,...` filters by.
+const MAX_RUN_FILTER_JOBS: usize = 100;
+
+/// How many matching ids a 409 `ambiguous_id` lists.
+const AMBIGUOUS_SHOWN: usize = 5;
 
 /// A worker as the API shows it.
 #[derive(Serialize)]

@@ -103,20 +103,18 @@ async fn save(
             })?;
             let seed: SeedJob = serde_json::from_value(value)
                 .map_err(|e| ApiError::bad("invalid_job", format!("job is not the seed's job JSON: {e}")))?;
-            let mut spec = match st.coord.get_job(&seed.name).await {
-                Ok(Some(existing)) => existing.spec,
-                _ => JobSpec::new(&seed.name, "", ""),
+            let existing = st.coord.get_job(&seed.name).await.ok().flatten();
+            let mut spec = match &existing {
+                Some(j) => j.spec.clone(),
+                None => JobSpec::new(&seed.name, "", ""),
             };
             spec.command = seed.command;
             spec.schedule = seed_cron_to_ours(&seed.cron_expr);
-            let old = st
-                .coord
-                .get_job(&seed.name)
-                .await
-                .ok()
-                .flatten()
-                .map(|j| to_seed(&j.spec));
-            st.coord.put_job(spec).await?;
+            let old = existing.as_ref().map(|j| to_seed(&j.spec));
+            // saving what is stored writes nothing (as the API's PUT): same revision, no event
+            if existing.is_none_or(|j| j.spec != spec) {
+                st.coord.put_job(spec).await?;
+            }
             Ok(ok(old))
         }
         .await,
@@ -246,7 +244,7 @@ async fn log(
                 let page = st
                     .store
                     .list(&RunQuery {
-                        job: Some(q.name.clone()),
+                        jobs: vec![q.name.clone()],
                         limit: (want - runs.len()).min(1000),
                         cursor: cursor.clone(),
                         ..Default::default()

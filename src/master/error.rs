@@ -26,6 +26,11 @@ pub enum ApiError {
         code: String,
         message: String,
     },
+    /// 409 `ambiguous_id`: an id fragment that matches several runs; `candidates` lists some.
+    Ambiguous {
+        message: String,
+        candidates: Vec<String>,
+    },
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
     /// 422: some reported run events are refused; `refused` lists each with its reason.
@@ -74,6 +79,7 @@ impl ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
             ApiError::Conflict { code, message } => (StatusCode::CONFLICT, code, message.clone()),
+            ApiError::Ambiguous { message, .. } => (StatusCode::CONFLICT, "ambiguous_id", message.clone()),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m.clone()),
             ApiError::UnsupportedMediaType(m) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", m.clone())
@@ -109,6 +115,9 @@ impl IntoResponse for ApiError {
         let body = match &self {
             ApiError::BadRequest { field: Some(f), .. } => {
                 Json(serde_json::json!({ "error": { "code": code, "message": message, "field": f } }))
+            }
+            ApiError::Ambiguous { candidates, .. } => {
+                Json(serde_json::json!({ "error": { "code": code, "message": message, "candidates": candidates } }))
             }
             ApiError::RefusedEvents { refused, .. } => {
                 Json(serde_json::json!({ "error": { "code": code, "message": message }, "refused": refused }))

@@ -117,12 +117,18 @@ paths = {
             "responses": responses({"200": json_body("The job", ref("Job"))}, NOT_FOUND, UNREADABLE, UNAVAILABLE),
         },
         "put": {
-            "summary": "Create or replace a job (a name may not begin with '-')",
+            "summary": "Create or replace a job (a name may not begin with '-'). A spec equal to the stored one writes nothing (change: unchanged, same revision); dry_run=true validates and says what would change, writing nothing",
             "operationId": "putJob",
-            "parameters": [name_p],
+            "parameters": [
+                name_p,
+                q("dry_run", "boolean", "validate and answer what would change (created, configured, unchanged), writing nothing"),
+            ],
             "requestBody": json_req(ref("JobSpec")),
             "responses": responses(
-                {"200": json_body("Replaced", ref("Job")), "201": json_body("Created", ref("Job"))},
+                {
+                    "200": json_body("Replaced (change: configured), or left as it was (change: unchanged)", ref("JobPut")),
+                    "201": json_body("Created", ref("JobPut")),
+                },
                 BODY,
                 {"409": err("The job changed while it was being saved; try again")},
                 UNAVAILABLE,
@@ -224,8 +230,8 @@ paths = {
             "summary": "List runs, newest first",
             "operationId": "listRuns",
             "parameters": [
-                q("job"),
-                q("status", desc="succeeded|failed|timed_out|killed|skipped|lost|missed"),
+                q("job", desc="job names, comma-separated (at most 100): records of any of them"),
+                q("status", desc="statuses, comma-separated (any of them): succeeded, failed, timed_out, killed, skipped, lost, missed; runs in progress are in GET /api/v1/workers (running)"),
                 q("from", desc="RFC 3339 or Unix ms, planned at or after"),
                 q("to", desc="RFC 3339 or Unix ms, planned before"),
                 q("limit", "integer", "1-1000, default 50"),
@@ -236,10 +242,15 @@ paths = {
     },
     "/api/v1/runs/{run_id}": {
         "get": {
-            "summary": "One run with its output",
+            "summary": "One run with its output. run_id is a whole id, or the beginning or the end of one (at least 6 characters; what tables show is the end) that only one run has",
             "operationId": "getRun",
-            "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": responses({"200": json_body("The run", ref("RunRecord"))}, NOT_FOUND, UNAVAILABLE),
+            "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "a run id, or its beginning or end (6 characters or more; dashes and case do not matter)"}],
+            "responses": responses(
+                {"200": json_body("The run", ref("RunRecord"))},
+                NOT_FOUND,
+                {"409": err("ambiguous_id: several runs begin or end with it; error.candidates lists some of their ids")},
+                UNAVAILABLE,
+            ),
         }
     },
     "/api/v1/workers": {
@@ -424,6 +435,15 @@ job = strict(
     ],
 )
 
+job_put = strict(
+    {
+        **job["properties"],
+        "change": {"enum": ["created", "configured", "unchanged"], "description": "what the PUT did (with dry_run: would do); unchanged: nothing was written"},
+        "dry_run": {"type": "boolean"},
+    },
+    required=job["required"] + ["change", "dry_run"],
+)
+
 run = strict(
     {
         "run_id": {"type": "string"},
@@ -488,7 +508,12 @@ error = {
     "type": "object",
     "properties": {
         "error": strict(
-            {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string", "description": "the job-spec field (or JSON key) at fault, when one is"}},
+            {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": "string", "description": "the job-spec field (or JSON key) at fault, when one is"},
+                "candidates": {"type": "array", "items": {"type": "string"}, "description": "ambiguous_id: some of the run ids the fragment matches"},
+            },
             required=["code", "message"],
         ),
     },
@@ -529,6 +554,7 @@ doc = {
             "Refusal": refusal,
             "JobSpec": jobspec,
             "Job": job,
+            "JobPut": job_put,
             "JobsPage": strict(
                 {
                     "jobs": {"type": "array", "items": ref("Job")},

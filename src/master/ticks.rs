@@ -114,7 +114,7 @@ pub async fn job_ticks(
         let page = st
             .store
             .list(&RunQuery {
-                job: Some(name.clone()),
+                jobs: vec![name.clone()],
                 from: Some(from),
                 to: Some(to.saturating_add(1)),
                 limit: 1000,

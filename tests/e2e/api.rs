@@ -672,6 +672,12 @@ async fn the_seeds_routes_answer_as_the_seed_did() {
     );
     let stored = c.coord.get_job("seedjob").await.unwrap().unwrap();
     assert_eq!(stored.spec.schedule, "0 * * * * * *", "minute-level, as the seed meant");
+    // saving the same job again answers as before and writes nothing
+    let job = json!({"name": "seedjob", "command": "echo seed", "cronExpr": "* * * * * *"}).to_string();
+    let b = form("/job/save", vec![("job", job)]).await;
+    assert_eq!(b["data"]["command"], "echo seed", "{b}");
+    let again = c.coord.get_job("seedjob").await.unwrap().unwrap();
+    assert_eq!(again.revision, stored.revision, "an unchanged save keeps the revision");
     let b = c
         .http
         .get(format!("{m}/job/list"))

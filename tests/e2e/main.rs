@@ -9,6 +9,7 @@ mod api;
 mod bad_input;
 mod capacity;
 mod clock_skew;
+mod ctl;
 mod deploy;
 mod drain;
 mod exactly_once;

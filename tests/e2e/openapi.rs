@@ -135,7 +135,25 @@ async fn real_responses_of_every_route_match_the_openapi_document() {
         r.json("put", j, "/api/v1/jobs/doc", Some(ADMIN), spec.clone()).await.0,
         201
     );
-    assert_eq!(r.json("put", j, "/api/v1/jobs/doc", Some(ADMIN), spec).await.0, 200);
+    assert_eq!(
+        r.json("put", j, "/api/v1/jobs/doc", Some(ADMIN), spec.clone()).await.0,
+        200
+    );
+    // dry runs: what would change, for an existing job and a new one
+    let mut changed = spec.clone();
+    changed["command"] = json!("echo changed");
+    r.json("put", j, "/api/v1/jobs/doc?dry_run=true", Some(ADMIN), changed)
+        .await;
+    r.json("put", j, "/api/v1/jobs/doc3?dry_run=true", Some(ADMIN), spec)
+        .await;
+    r.json(
+        "put",
+        j,
+        "/api/v1/jobs/doc3?dry_run=true",
+        Some(ADMIN),
+        json!({"schedule": "61 * * * *", "command": "x"}),
+    )
+    .await;
     r.json("put", j, "/api/v1/jobs/doc2", Some(ADMIN), json!({"schedule": "0 0 */2 * 1", "command": "true", "concurrency": "forbid", "misfire": "skip", "retries": 2, "retry_backoff": "1s", "starting_deadline": "1m", "selector": {"zone": "a"}, "paused": true, "max_output_bytes": 100, "description": "d", "owner": "o", "workdir": "/tmp"})).await;
     r.json(
         "put",
@@ -250,7 +268,8 @@ async fn real_responses_of_every_route_match_the_openapi_document() {
     ] {
         r.call("get", "/api/v1/runs", path, Some(READ), None).await;
     }
-    for id in [run_id.as_str(), "0123abcd", "bad%20id"] {
+    let end = run_id[run_id.len() - 12..].to_string();
+    for id in [run_id.as_str(), end.as_str(), "0123abcd", "bad%20id", "abc"] {
         r.call(
             "get",
             "/api/v1/runs/{run_id}",

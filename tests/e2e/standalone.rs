@@ -76,7 +76,7 @@ async fn the_quick_start_runs_a_job_whose_runs_the_api_and_the_cli_show() {
     let second = dir.path().join("second.json");
     std::fs::write(&second, r#"{"name":"second","schedule":"@hourly","command":"true"}"#).unwrap();
     let (ok, out, err) = ctl(&url, &["jobs", "apply", "-f", second.to_str().unwrap()]);
-    assert!(ok && out.contains("job second applied"), "{out}{err}");
+    assert!(ok && out.contains("job/second created"), "{out}{err}");
     assert!(ctl(&url, &["jobs", "pause", "second"]).0);
     let (_, out, _) = ctl(&url, &["-o", "json", "jobs", "get", "second"]);
     assert_eq!(

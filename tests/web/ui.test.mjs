@@ -258,7 +258,7 @@ if (MODE === 'ui') {
       // the URL is the run's: opened afresh, it shows the same run
       await page.reload();
       await page.locator('#run-output', { hasText: 'hello from the web page' }).waitFor();
-      assert.match(await page.locator('h1').textContent(), new RegExp(second.slice(-8)));
+      assert.match(await page.locator('h1').textContent(), new RegExp(second.slice(-12)));
       // previous (older) and next (newer) runs of the job
       await page.locator('#run-prev:not([disabled])').waitFor();
       await page.click('#run-prev');

@@ -101,8 +101,9 @@ function b64url(s) {
   return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
 }
 // Run and trace ids are uuid v7 / time-ordered: runs of one tick share their first digits, so
-// the page shows their last eight (the random part), with the whole id in the title.
-function shortId(id) { return id ? `…${id.slice(-8)}` : '—'; }
+// the page shows their last twelve (the random part; `ctl` shows the same, and
+// GET /api/v1/runs/{id} takes them), with the whole id in the title.
+function shortId(id) { return id ? `…${id.slice(-12)}` : '—'; }
 const SIGNALS = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 4: 'SIGILL', 6: 'SIGABRT', 7: 'SIGBUS', 8: 'SIGFPE', 9: 'SIGKILL',
   10: 'SIGUSR1', 11: 'SIGSEGV', 12: 'SIGUSR2', 13: 'SIGPIPE', 14: 'SIGALRM', 15: 'SIGTERM', 24: 'SIGXCPU', 25: 'SIGXFSZ' };
 function signalName(n) { return n === null || n === undefined ? '—' : `${SIGNALS[n] || 'signal'} (${n})`; }

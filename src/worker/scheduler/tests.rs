@@ -874,6 +874,24 @@ fn a_failed_run_is_retried_with_doubling_backoff_and_new_run_ids() {
 }
 
 #[test]
+fn a_manual_runs_first_attempt_has_the_trigger_id_as_its_run_id_and_retries_get_their_own() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    let mut spec = JobSpec::new("flaky", "@every 1h", "false");
+    spec.retries = 1;
+    spec.retry_backoff = Some(Duration::from_secs(1));
+    sim.exit_codes.insert("flaky".into(), 3);
+    sim.put(spec);
+    let trigger = "019ad2f0c1a87b3e9f00aa11bb22cc33";
+    sim.run_now("flaky", trigger);
+    sim.advance(secs(5));
+    let recs = sim.records_of("flaky");
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(recs[0].run_id, trigger, "`runs get <trigger_id>` finds the run");
+    assert_ne!(recs[1].run_id, trigger);
+    assert_eq!(recs[1].attempt, 2);
+}
+
+#[test]
 fn a_timed_out_run_is_recorded_timed_out_and_retried() {
     let mut sim = Sim::with_workers(&["w1"]);
     let mut spec = JobSpec::new("slow", "@every 1h", "sleep 9");

@@ -204,7 +204,13 @@ impl Core {
             let generation = e.generation;
             // No slot: the request waits (this worker says it is full, so the owner moves).
             let Some(slot) = self.slots.try_take() else { break };
-            let run_id = self.new_run_id(now);
+            // the first attempt's run id is the trigger id (a UUIDv7 too), so whoever asked for
+            // the run finds its record by the id the API answered (`runs get <trigger_id>`)
+            let run_id = if is_uuid_simple(&t.id) && !self.ticks.contains_key(&t.id) {
+                t.id.clone()
+            } else {
+                self.new_run_id(now)
+            };
             self.triggers_in_flight.insert(t.id.clone());
             self.ticks.insert(
                 run_id.clone(),
@@ -471,4 +477,9 @@ impl Core {
         ));
         self.effects.push_back(Effect::ReportFinished(Box::new(rec)));
     }
+}
+
+/// Whether `id` is a UUID written as 32 lowercase hex digits (how run and trigger ids are made).
+fn is_uuid_simple(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

@@ -1,0 +1,477 @@
+//! How `ctl` shows what the API answered: `-o table` (the default), `-o wide` (more columns),
+//! `-o json` and `-o yaml` (the API's objects as they are, for scripts). Pure functions of JSON
+//! values, so their specs need no server.
+
+use clap::ValueEnum;
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    /// Columns for people.
+    Table,
+    /// The table with more columns (owner, time zone, concurrency, whole ids, trace ids, …).
+    Wide,
+    /// The API's JSON, pretty-printed.
+    Json,
+    /// The API's objects as YAML.
+    Yaml,
+}
+
+impl Output {
+    /// Whether this is a machine format (printed as it is, never escaped or summarised).
+    pub fn is_data(self) -> bool {
+        matches!(self, Output::Json | Output::Yaml)
+    }
+}
+
+/// `value` as JSON or YAML.
+pub fn data(value: &Value, output: Output) -> String {
+    match output {
+        Output::Yaml => serde_yaml_ng::to_string(value)
+            .unwrap_or_default()
+            .trim_end()
+            .to_string(),
+        _ => serde_json::to_string_pretty(value).unwrap_or_default(),
+    }
+}
+
+/// How many hex digits of a run id the tables show: its end. Run ids are UUIDv7, whose first 12
+/// digits are the time in milliseconds, so every run of one tick begins alike; the last 12 are
+/// random. `runs get` and `GET /api/v1/runs/{id}` take this end (or the beginning) as well.
+pub const SHORT_ID: usize = 12;
+
+/// The distinctive end of a run id (the whole id when it is short).
+pub fn short_id(id: &str) -> String {
+    let n = id.chars().count();
+    if n <= SHORT_ID {
+        id.to_string()
+    } else {
+        id.chars().skip(n - SHORT_ID).collect()
+    }
+}
+
+/// Which attempt of its tick a run is: `1` for the first, `2 (retry 1)` for the first retry.
+pub fn attempt_label(attempt: Option<u64>) -> String {
+    match attempt {
+        None => "-".into(),
+        Some(a) if a <= 1 => a.to_string(),
+        Some(a) => format!("{a} (retry {})", a - 1),
+    }
+}
+
+/// A signal number as its name (`SIGTERM`), or the number when it has none here.
+pub fn signal_name(n: i64) -> String {
+    let name = match n {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        _ => return format!("signal {n}"),
+    };
+    name.to_string()
+}
+
+/// Milliseconds as people read them: `350ms`, `1.2s`, `3m4s`, `2h5m`.
+pub fn duration(ms: Option<i64>) -> String {
+    let Some(ms) = ms else { return "-".into() };
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    } else {
+        format!("{}h{}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
+    }
+}
+
+/// A JSON value as a cell: strings as they are, null as `-`.
+pub fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) if s.is_empty() => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Unix milliseconds as RFC 3339.
+pub fn time(v: &Value) -> String {
+    v.as_i64()
+        .map(crate::schedule::rfc3339_ms)
+        .unwrap_or_else(|| "-".into())
+}
+
+fn labels(v: &Value) -> String {
+    let text = v
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", s(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    if text.is_empty() { "-".into() } else { text }
+}
+
+/// Where a column shows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    Always,
+    /// Only in `-o table` (wide shows a longer form instead).
+    TableOnly,
+    /// Only in `-o wide`.
+    WideOnly,
+}
+
+pub struct Column {
+    pub header: &'static str,
+    pub show: Show,
+    pub cell: fn(&Value) -> String,
+}
+
+const fn col(header: &'static str, cell: fn(&Value) -> String) -> Column {
+    Column {
+        header,
+        show: Show::Always,
+        cell,
+    }
+}
+
+const fn wide(header: &'static str, cell: fn(&Value) -> String) -> Column {
+    Column {
+        header,
+        show: Show::WideOnly,
+        cell,
+    }
+}
+
+const fn narrow(header: &'static str, cell: fn(&Value) -> String) -> Column {
+    Column {
+        header,
+        show: Show::TableOnly,
+        cell,
+    }
+}
+
+/// `rows` as an aligned table of `columns` (two spaces between columns, no trailing blanks).
+pub fn table(columns: &[Column], rows: &[Value], wide: bool) -> String {
+    let shown: Vec<&Column> = columns
+        .iter()
+        .filter(|c| match c.show {
+            Show::Always => true,
+            Show::TableOnly => !wide,
+            Show::WideOnly => wide,
+        })
+        .collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| shown.iter().map(|c| (c.cell)(r).replace(['\n', '\t'], " ")).collect())
+        .collect();
+    let mut widths: Vec<usize> = shown.iter().map(|c| c.header.len()).collect();
+    for r in &cells {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(shown.iter().map(|c| c.header.to_string()).collect())];
+    out.extend(cells.into_iter().map(line));
+    out.join("\n")
+}
+
+pub const JOB_COLUMNS: &[Column] = &[
+    col("NAME", |j| s(&j["name"])),
+    col("SCHEDULE", |j| s(&j["schedule"])),
+    wide("TIMEZONE", |j| s(&j["timezone"])),
+    col("PAUSED", |j| s(&j["paused"])),
+    col("LAST", |j| s(&j["last_run"]["status"])),
+    col("NEXT", |j| s(&j["next_fire_times"][0])),
+    wide("CONCURRENCY", |j| {
+        j["concurrency"].as_str().unwrap_or("allow").to_string()
+    }),
+    wide("RETRIES", |j| j["retries"].as_u64().unwrap_or(0).to_string()),
+    wide("OWNER", |j| s(&j["owner"])),
+    wide("LABELS", |j| labels(&j["labels"])),
+    wide("COMMAND", |j| s(&j["command"])),
+];
+
+fn status_of_run(r: &Value) -> String {
+    s(&r["status"])
+}
+
+fn exit_of_run(r: &Value) -> String {
+    match (r["exit_code"].as_i64(), r["signal"].as_i64()) {
+        (_, Some(sig)) => signal_name(sig),
+        (Some(c), None) => c.to_string(),
+        (None, None) => "-".into(),
+    }
+}
+
+pub const RUN_COLUMNS: &[Column] = &[
+    narrow("RUN", |r| short_id(r["run_id"].as_str().unwrap_or("-"))),
+    wide("RUN", |r| s(&r["run_id"])),
+    col("JOB", |r| s(&r["job"])),
+    col("STATUS", status_of_run),
+    col("ATTEMPT", |r| attempt_label(r["attempt"].as_u64())),
+    col("PLANNED", |r| time(&r["planned_at"])),
+    col("DURATION", |r| duration(r["duration_ms"].as_i64())),
+    col("EXIT", exit_of_run),
+    wide("TRIGGER", |r| s(&r["trigger"])),
+    wide("LAG", |r| duration(r["lag_ms"].as_i64())),
+    col("WORKER", |r| s(&r["worker"])),
+    wide("TRACE", |r| s(&r["trace_id"])),
+];
+
+/// A worker's state as the workers table shows it: draining, full (no free run slot: its jobs
+/// run elsewhere) or active, and `race` when it races for every tick.
+pub fn worker_state(w: &Value) -> String {
+    let state = if w["draining"].as_bool() == Some(true) {
+        "draining"
+    } else if w["at_capacity"].as_bool() == Some(true) {
+        "full"
+    } else {
+        "active"
+    };
+    if w["dispatch"].as_str() == Some("race") {
+        format!("{state} (race)")
+    } else {
+        state.to_string()
+    }
+}
+
+/// A worker's clock offset against the masters: `+3012ms OFF` when beyond its limit.
+fn clock(w: &Value) -> String {
+    match w["clock_offset_ms"].as_i64() {
+        None => "-".into(),
+        Some(o) if w["clock_skewed"] == true => format!("{o:+}ms OFF"),
+        Some(o) => format!("{o:+}ms"),
+    }
+}
+
+pub const WORKER_COLUMNS: &[Column] = &[
+    col("ID", |w| s(&w["id"])),
+    col("LABELS", |w| labels(&w["labels"])),
+    col("OWNED", |w| s(&w["owned_jobs"])),
+    col("RUNNING", |w| {
+        w["running"].as_array().map(|r| r.len()).unwrap_or(0).to_string()
+    }),
+    col("STATE", worker_state),
+    col("CLOCK", clock),
+    col("HEARTBEAT", |w| time(&w["last_heartbeat"])),
+    wide("HOST", |w| s(&w["hostname"])),
+    wide("PID", |w| s(&w["pid"])),
+    wide("VERSION", |w| s(&w["version"])),
+    wide("LISTEN", |w| s(&w["listen"])),
+];
+
+pub const TICK_COLUMNS: &[Column] = &[
+    col("PLANNED", |t| time(&t["planned_at"])),
+    col("OUTCOME", |t| s(&t["outcome"])),
+    narrow("RUN", |t| {
+        t["run_id"].as_str().map(short_id).unwrap_or_else(|| "-".into())
+    }),
+    wide("RUN", |t| s(&t["run_id"])),
+    col("REASON", |t| t["reason"].as_str().unwrap_or("").to_string()),
+];
+
+/// One run in full, output last (`runs get`, `jobs run --wait -o table`).
+pub fn run_detail(r: &Value) -> String {
+    let mut lines = vec![
+        format!("run      {}", s(&r["run_id"])),
+        format!(
+            "job      {}   status {}   attempt {}   trigger {}",
+            s(&r["job"]),
+            s(&r["status"]),
+            attempt_label(r["attempt"].as_u64()),
+            s(&r["trigger"])
+        ),
+        format!("exit     {}   worker {}", exit_of_run(r), s(&r["worker"])),
+        format!(
+            "planned  {}   started {}   lag {}   duration {}",
+            time(&r["planned_at"]),
+            time(&r["started_at"]),
+            duration(r["lag_ms"].as_i64()),
+            duration(r["duration_ms"].as_i64())
+        ),
+    ];
+    if !r["trace_id"].is_null() {
+        lines.push(format!("trace    {}", s(&r["trace_id"])));
+    }
+    if !r["error"].is_null() {
+        lines.push(format!("error    {}", s(&r["error"])));
+    }
+    lines.push("--- output ---".into());
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text.push_str(r["output"].as_str().unwrap_or(""));
+    if let Some(n) = r["output_truncated_bytes"].as_u64().filter(|n| *n > 0) {
+        text.push_str(&format!("\n--- {n} bytes of output left out (the middle) ---"));
+    }
+    text
+}
+
+/// One job in full: its row, what the schedule means, the next fire times, any warnings.
+pub fn job_detail(j: &Value, wide: bool) -> String {
+    let mut text = table(JOB_COLUMNS, std::slice::from_ref(j), wide);
+    text.push_str(&format!("\n\n{}\nnext:", s(&j["schedule_description"])));
+    for t in j["next_fire_times"].as_array().into_iter().flatten() {
+        text.push_str(&format!("\n  {}", s(t)));
+    }
+    for w in j["schedule_warnings"].as_array().into_iter().flatten() {
+        text.push_str(&format!("\nwarning: {}", s(w)));
+    }
+    text
+}
+
+/// `text` with control characters shown as escapes (`\x1b`, `\u{9b}`), and the invisible
+/// bidirectional controls too (they reorder what a terminal shows); newlines and tabs stay.
+pub fn escape_controls(text: &str) -> String {
+    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text
+        .chars()
+        .any(|c| (c.is_control() && c != '\n' && c != '\t') || bidi(c))
+    {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if (c.is_control() && c != '\n' && c != '\t') || bidi(c) {
+            if (c as u32) < 0x80 {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            } else {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(id: &str, attempt: u64) -> Value {
+        json!({
+            "run_id": id, "job": "backup", "worker": "w1", "attempt": attempt, "trigger": "schedule",
+            "planned_at": 1_767_225_600_000i64, "status": "failed", "exit_code": 3, "signal": null,
+            "duration_ms": 1234, "lag_ms": 4, "trace_id": "0af7651916cd43dd8448eb211c80319c"
+        })
+    }
+
+    #[test]
+    fn control_characters_are_shown_escaped_and_text_stays_as_it_is() {
+        assert_eq!(escape_controls("plain\ttext\nnext"), "plain\ttext\nnext");
+        assert_eq!(escape_controls("\u{1b}[31mred\u{1b}[0m"), "\\x1b[31mred\\x1b[0m");
+        assert_eq!(escape_controls("a\rb\u{7}\u{9b}c"), "a\\x0db\\x07\\u{9b}c");
+        assert_eq!(escape_controls("ab\u{202e}cd"), "ab\\u{202e}cd");
+        assert_eq!(escape_controls("grüße ✓"), "grüße ✓");
+    }
+
+    #[test]
+    fn the_runs_table_shows_the_distinctive_end_of_each_id_and_wide_the_whole_id() {
+        // two runs of one tick: UUIDv7 ids that begin alike
+        let rows = [
+            run("019ad2f0c1a87b3e9f00aa11bb22cc33", 1),
+            run("019ad2f0c1a87c41a100dd44ee55ff66", 1),
+        ];
+        let narrow = table(RUN_COLUMNS, &rows, false);
+        assert!(narrow.contains("aa11bb22cc33"), "{narrow}");
+        assert!(narrow.contains("dd44ee55ff66"), "{narrow}");
+        assert!(!narrow.contains("019ad2f0"), "{narrow}");
+        assert!(!narrow.contains("TRACE"), "{narrow}");
+        let wide = table(RUN_COLUMNS, &rows, true);
+        assert!(wide.contains("019ad2f0c1a87b3e9f00aa11bb22cc33"), "{wide}");
+        assert!(
+            wide.contains("0af7651916cd43dd8448eb211c80319c"),
+            "wide has the trace id: {wide}"
+        );
+        assert!(wide.lines().next().unwrap().contains("TRIGGER"), "{wide}");
+        assert_eq!(short_id("019ad2f0c1a87b3e9f00aa11bb22cc33"), "aa11bb22cc33");
+        assert_eq!(short_id("r1"), "r1");
+    }
+
+    #[test]
+    fn the_first_attempt_is_attempt_1_and_the_first_retry_is_retry_1() {
+        assert_eq!(attempt_label(Some(1)), "1");
+        assert_eq!(attempt_label(Some(2)), "2 (retry 1)");
+        assert_eq!(attempt_label(Some(4)), "4 (retry 3)");
+        let text = table(RUN_COLUMNS, &[run("a", 2)], false);
+        assert!(text.contains("2 (retry 1)") && !text.contains("#2"), "{text}");
+    }
+
+    #[test]
+    fn tables_are_aligned_and_wide_adds_columns_for_jobs() {
+        let jobs = [
+            json!({"name": "a", "schedule": "@hourly", "timezone": "UTC", "paused": false, "owner": "ops",
+                   "concurrency": "forbid", "command": "true", "next_fire_times": ["2026-01-01T01:00:00Z"],
+                   "last_run": {"status": "succeeded"}}),
+            json!({"name": "longer-name", "schedule": "*/5 * * * *", "timezone": "Europe/Paris", "paused": true,
+                   "owner": "", "command": "echo hi", "next_fire_times": [], "last_run": null}),
+        ];
+        let narrow = table(JOB_COLUMNS, &jobs, false);
+        let lines: Vec<&str> = narrow.lines().collect();
+        assert_eq!(lines[0], "NAME         SCHEDULE     PAUSED  LAST       NEXT");
+        assert_eq!(
+            lines[1],
+            "a            @hourly      false   succeeded  2026-01-01T01:00:00Z"
+        );
+        assert_eq!(lines[2], "longer-name  */5 * * * *  true    -          -");
+        let wide = table(JOB_COLUMNS, &jobs, true);
+        let head = wide.lines().next().unwrap();
+        for c in ["TIMEZONE", "CONCURRENCY", "OWNER", "COMMAND"] {
+            assert!(head.contains(c), "{head}");
+        }
+        assert!(
+            wide.contains("Europe/Paris") && wide.contains("forbid") && wide.contains("ops"),
+            "{wide}"
+        );
+    }
+
+    #[test]
+    fn yaml_and_json_show_the_apis_objects_as_they_are() {
+        let v = json!([{"name": "a", "paused": false}]);
+        assert_eq!(data(&v, Output::Yaml), "- name: a\n  paused: false");
+        assert_eq!(serde_json::from_str::<Value>(&data(&v, Output::Json)).unwrap(), v);
+    }
+
+    #[test]
+    fn a_run_in_full_names_its_signal_and_puts_the_output_last() {
+        let mut r = run("019ad2f0c1a87b3e9f00aa11bb22cc33", 2);
+        r["exit_code"] = Value::Null;
+        r["signal"] = json!(15);
+        r["output"] = json!("hello\n");
+        let text = run_detail(&r);
+        assert!(text.contains("exit     SIGTERM"), "{text}");
+        assert!(text.contains("attempt 2 (retry 1)"), "{text}");
+        assert!(text.ends_with("--- output ---\nhello\n"), "{text}");
+        assert_eq!(duration(Some(350)), "350ms");
+        assert_eq!(duration(Some(1234)), "1.2s");
+        assert_eq!(duration(Some(184_000)), "3m4s");
+    }
+}
