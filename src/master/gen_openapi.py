@@ -529,7 +529,7 @@ refusal = strict(
                 {
                     "kind": {"enum": ["started", "finished"]},
                     "run_id": {"type": "string"},
-                    "reason": {"enum": ["invalid_name", "invalid_run_id", "time_out_of_range", "unknown_job", "unknown_worker", "wrong_worker", "too_many_running"]},
+                    "reason": {"enum": ["invalid_name", "invalid_run_id", "time_out_of_range", "unknown_job", "unknown_worker", "wrong_worker", "too_many_running", "invalid_stderr_spans"]},
                     "message": {"type": "string"},
                 }
             ),

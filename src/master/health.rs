@@ -160,7 +160,7 @@ mod tests {
     #[test]
     fn a_reason_is_one_short_line() {
         assert_eq!(
-            one_line("connection refused\n  caused by: tonic::transport"),
+            one_line("connection refused\n  caused by: transport error"),
             "connection refused"
         );
         let long = "x".repeat(500);

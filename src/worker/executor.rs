@@ -887,10 +887,7 @@ mod tests {
             r.output,
             r.stderr_spans
         );
-        assert!(crate::model::stderr_spans_ok(
-            &r.stderr_spans,
-            r.output.len() as u64
-        ));
+        assert!(crate::model::stderr_spans_ok(&r.stderr_spans, r.output.len() as u64));
         let quiet = run(&spec("echo only-stdout")).await;
         assert!(quiet.stderr_spans.is_empty());
     }
