@@ -60,7 +60,14 @@ async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_br
     let out = out_dir("ui");
     // the page's spec stops and resumes etcd (SIGSTOP, SIGCONT) to see the banner name it
     let etcd_pid = c.etcd.pid().expect("etcd runs").to_string();
-    run_browser("ui", &url, &out, &[("CRONMESH_ETCD_PID", etcd_pid)]);
+    // and the master's, to stop it (SIGSTOP: it hangs, the worst case for a page) and resume it
+    let master_pid = c.masters["m1"].child.as_ref().expect("m1 runs").id().to_string();
+    run_browser(
+        "ui",
+        &url,
+        &out,
+        &[("CRONMESH_ETCD_PID", etcd_pid), ("CRONMESH_MASTER_PID", master_pid)],
+    );
     for shot in [
         "01-sign-in",
         "03-job-form-error",
@@ -78,6 +85,7 @@ async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_br
         "12d-run-phone",
         "13-read-only",
         "14-etcd-down",
+        "15-master-stopped",
     ] {
         let p = out.join(format!("{shot}.png"));
         assert!(

@@ -16,6 +16,7 @@ const READ = process.env.CRONMESH_READ_TOKEN;
 const OUT = process.env.WEB_OUT || 'target/test-output/web';
 const MODE = process.env.WEB_MODE || 'ui';
 const ETCD_PID = Number(process.env.CRONMESH_ETCD_PID || 0);
+const MASTER_PID = Number(process.env.CRONMESH_MASTER_PID || 0);
 assert.ok(MASTER && ADMIN && READ, 'CRONMESH_URL, CRONMESH_ADMIN_TOKEN and CRONMESH_READ_TOKEN must be set');
 fs.mkdirSync(OUT, { recursive: true });
 
@@ -411,6 +412,32 @@ if (MODE === 'ui') {
       await page.locator('#banner').waitFor({ state: 'hidden', timeout: 30_000 });
       await page.locator('#conn[data-state="live"]').waitFor({ timeout: 30_000 });
       await page.locator('button[data-key="ui-hello/run"]:not([disabled])').waitFor();
+    });
+
+    await t.test('with the master stopped, the page says it does not answer, freezes what it shows and turns actions off', async () => {
+      assert.ok(MASTER_PID > 0, 'CRONMESH_MASTER_PID is set');
+      await page.goto(net1.url + '/#/jobs');
+      await page.locator('#jobs-table tr[data-job="ui-hello"]').waitFor();
+      await page.locator('#conn[data-state="live"]').waitFor({ timeout: 15_000 });
+      // a stopped process accepts connections and answers nothing: the page's deadline decides
+      process.kill(MASTER_PID, 'SIGSTOP');
+      try {
+        await page.locator('#banner [data-component="master"]', { hasText: 'The master does not answer' }).waitFor({ timeout: 40_000 });
+        assert.equal(await page.getAttribute('body', 'data-stale'), 'true');
+        await page.locator('#conn[data-state="down"]').waitFor();
+        assert.equal(await page.isDisabled('button[data-key="ui-hello/run"]'), true);
+        // times stand still while nothing is known
+        const frozen = await page.locator('#jobs-table tr[data-job="ui-hello"] td[data-label="Next run"]').textContent();
+        await page.waitForTimeout(1500); // the window in which a live page would have moved the time on
+        assert.equal(await page.locator('#jobs-table tr[data-job="ui-hello"] td[data-label="Next run"]').textContent(), frozen);
+        await shot(page, '15-master-stopped');
+      } finally {
+        process.kill(MASTER_PID, 'SIGCONT');
+      }
+      await page.click('#conn-retry', { timeout: 3_000 }).catch(() => {});
+      await page.locator('#banner').waitFor({ state: 'hidden', timeout: 30_000 });
+      await page.locator('#conn[data-state="live"]').waitFor({ timeout: 30_000 });
+      assert.equal(await page.getAttribute('body', 'data-stale'), 'false');
     });
 
     await t.test('search filters the table, and / focuses it', async () => {
