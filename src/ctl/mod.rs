@@ -82,6 +82,11 @@ pub enum CtlCmd {
         #[command(subcommand)]
         cmd: Option<WorkersCmd>,
     },
+    /// What the master depends on — etcd, the run log, the workers — each up or down in one line
+    /// with what to do, and what your token may do (as the web page's banner shows them). Exits
+    /// with 1 when a part is down.
+    #[command(after_help = "Example:\n  cronmesh ctl health -o json")]
+    Health,
     /// The next fire times of a schedule (or why it is invalid), as the master computes them.
     #[command(after_help = "Example:\n  cronmesh ctl preview '0 2 * * 1-5' --timezone Europe/Paris --count 3")]
     Preview {
@@ -564,6 +569,27 @@ pub async fn run(a: CtlArgs) -> Result<Done, CtlError> {
             let ws = c.get("/api/v1/workers").await?;
             let ws = ws.as_array().cloned().unwrap_or_default();
             listing(o, &ws, WORKER_COLUMNS, "workers")
+        }
+        CtlCmd::Health => {
+            let h = c.get("/api/v1/health").await?;
+            let degraded = h["status"] != "ok";
+            let mut done = Done::out(if o.is_data() {
+                data(&h, o)
+            } else {
+                let rows: Vec<Value> = h["components"].as_array().cloned().unwrap_or_default();
+                let mut text = format!(
+                    "{} (master {}, your token: {})\n",
+                    s(&h["status"]),
+                    s(&h["master"]),
+                    s(&h["role"])
+                );
+                text.push_str(&table(output::HEALTH_COLUMNS, &rows, o == Output::Wide));
+                text
+            });
+            if degraded {
+                done.code = 1;
+            }
+            done
         }
         CtlCmd::Events { .. } => unreachable!("handled above"),
         CtlCmd::Preview {

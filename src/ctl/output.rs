@@ -271,6 +271,17 @@ fn clock(w: &Value) -> String {
     }
 }
 
+/// `ctl health`: one row per part the master depends on.
+pub const HEALTH_COLUMNS: &[Column] = &[
+    col("PART", |c| s(&c["name"])),
+    col("OK", |c| if c["ok"] == true { "yes".into() } else { "NO".into() }),
+    col("STATE", |c| s(&c["message"])),
+    col("WHAT TO DO", |c| {
+        let a = s(&c["action"]);
+        if a.is_empty() { "-".into() } else { a }
+    }),
+];
+
 pub const WORKER_COLUMNS: &[Column] = &[
     col("ID", |w| s(&w["id"])),
     col("LABELS", |w| labels(&w["labels"])),

@@ -578,3 +578,27 @@ async fn errors_name_the_flag_or_variable_to_use_and_exit_codes_tell_what_happen
         .unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("keep"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_health_names_each_part_and_exits_1_while_one_is_down() {
+    let mut c = Cluster::new().await;
+    let url = c.start_master("m1", &[]).await;
+    // no worker yet: the workers part is down, with what to do
+    let o = ctl(&["health", "--url", &url, "--token", READ]);
+    assert_eq!(o.code, 1, "{o}");
+    assert!(o.stdout.starts_with("degraded (master m1, your token: read)"), "{o}");
+    let workers = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("workers"))
+        .unwrap_or_else(|| panic!("{o}"));
+    assert!(workers.contains("NO") && workers.contains("cronmesh worker"), "{o}");
+    c.start_worker("w1", &[]);
+    c.wait_members(&["w1"]).await;
+    let o = ctl(&["health", "-o", "json", "--url", &url, "--token", ADMIN]);
+    assert_eq!(o.code, 0, "{o}");
+    let h = o.json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["role"], "admin");
+    assert_eq!(h["components"].as_array().map(|a| a.len()), Some(3), "{h}");
+}
