@@ -53,6 +53,8 @@ pub struct Churn {
     pub workers: usize,
     pub seconds: u64,
     pub lease_ttl_s: u64,
+    /// The window's start (Unix ms): the timeline's 0 s, to place `missed` ticks on it.
+    pub window_from_ms: i64,
     #[serde(flatten)]
     pub ticks: TickStats,
     /// Ticks not run on time (skipped, lost, missed or ≥ 1 s late) outside every failover window.
@@ -127,6 +129,7 @@ pub async fn run(ctx: &mut Ctx, o: &Opts) -> Result<Churn> {
         workers: o.workers,
         seconds: o.seconds,
         lease_ttl_s: o.lease_ttl,
+        window_from_ms: from,
         ..Default::default()
     };
     let mut windows: Vec<(i64, i64)> = Vec::new();

@@ -83,6 +83,8 @@ pub async fn measure(coord: &Coord) -> Result<Limits> {
             worker: "lt".into(),
             run_id: format!("{job}{i}"),
             claimed_at: 0,
+            // the same size as a worker's claim
+            worker_started_at: Some(0),
         },
     };
     let mut lat = Vec::new();

@@ -46,6 +46,10 @@ pub struct TickStats {
     /// Planned times of the ticks that were not run on time (skipped, lost, missed or late).
     #[serde(skip)]
     pub troubled: Vec<i64>,
+    /// The ticks with no record (job, planned Unix ms), oldest first; the first 100 (what a
+    /// failed smoke run prints, to match against the timeline).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missed: Vec<(String, i64)>,
 }
 
 pub fn ticks(recs: &[RunRecord], jobs: &[String], period_ms: i64, from: i64, to: i64) -> TickStats {
@@ -90,6 +94,13 @@ pub fn ticks(recs: &[RunRecord], jobs: &[String], period_ms: i64, from: i64, to:
         }
     }
     s.missed_ticks = s.expected_ticks.saturating_sub(by_tick.len());
+    for t in first..=last {
+        for j in jobs {
+            if s.missed.len() < 100 && !by_tick.contains_key(&(j.as_str(), t * period_ms)) {
+                s.missed.push((j.clone(), t * period_ms));
+            }
+        }
+    }
     s.lags.sort_by(f64::total_cmp);
     s.lag_p50_ms = pct(&s.lags, 0.5);
     s.lag_p90_ms = pct(&s.lags, 0.9);
@@ -142,6 +153,7 @@ mod tests {
         assert_eq!(s.duplicate_ticks, 1);
         assert_eq!(s.skipped_ticks, 1);
         assert_eq!(s.missed_ticks, 2, "a@3000 and b@3000 have no record");
+        assert_eq!(s.missed, vec![("a".to_string(), 3000), ("b".to_string(), 3000)]);
         assert_eq!(s.late_runs, 1);
         assert_eq!(s.lag_max_ms, 1500.0);
     }

@@ -8,6 +8,7 @@
 //! retried once without them: two round trips at worst, one in the common case.
 
 use super::{Coord, CoordError, decode, encode};
+use crate::model::WorkerInfo;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -33,6 +34,30 @@ pub struct ClaimValue {
     pub worker: String,
     pub run_id: String,
     pub claimed_at: i64,
+    /// The claiming process's `WorkerInfo::started_at`: which process under the worker id made
+    /// the claim. A worker restarted under the same id is another process, and the claims of
+    /// the dead one are its own no longer (absent in claims of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_started_at: Option<i64>,
+}
+
+impl ClaimValue {
+    /// Whether the process that made this claim is gone, given the member registered under its
+    /// worker id now (if any): no member has that id, or the member is another process (a
+    /// restart under the same id: its `started_at` is not the claim's). A claim that does not
+    /// say which process made it (older versions) counts as made by the member.
+    pub fn claimer_gone(&self, member: Option<&WorkerInfo>) -> bool {
+        match member {
+            None => true,
+            Some(m) => self.made_by_another_process_than(m.started_at),
+        }
+    }
+
+    /// Whether the claim says it was made by a process of its worker id other than the one
+    /// that started at `started_at`.
+    pub fn made_by_another_process_than(&self, started_at: i64) -> bool {
+        self.worker_started_at.is_some_and(|s| s != started_at)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +75,8 @@ pub enum ClaimOutcome {
     Lost {
         holder: String,
         run_id: String,
+        /// The holder's process (`ClaimValue::worker_started_at`).
+        holder_started_at: Option<i64>,
     },
     Error(String),
 }
@@ -151,13 +178,17 @@ impl Coord {
                         if let TxnOpResponse::Get(g) = op
                             && let Some(kv) = g.kvs().first()
                         {
-                            let (holder, run_id) = decode::<ClaimValue>(&keys[i], kv.value())
-                                .map(|v| (v.worker, v.run_id))
-                                .unwrap_or_else(|_| ("?".into(), String::new()));
+                            let (holder, run_id, holder_started_at) = decode::<ClaimValue>(&keys[i], kv.value())
+                                .map(|v| (v.worker, v.run_id, v.worker_started_at))
+                                .unwrap_or_else(|_| ("?".into(), String::new(), None));
                             outcomes[i] = Some(if run_id == reqs[i].value.run_id {
                                 ClaimOutcome::Won
                             } else {
-                                ClaimOutcome::Lost { holder, run_id }
+                                ClaimOutcome::Lost {
+                                    holder,
+                                    run_id,
+                                    holder_started_at,
+                                }
                             });
                         }
                     }

@@ -101,4 +101,22 @@ async fn a_worker_restarted_at_once_with_its_id_takes_its_jobs_back_before_the_o
     let ticks = c.ticks();
     assert_no_duplicates(&ticks);
     assert_all_ran(&ticks, &names, 1000, from, to);
+    // The ticks the dead process claimed (the one it was running, the next one claimed ahead)
+    // have a record too: the new process finds those claims under its own id but made by
+    // another process, and records them `lost` (it took them for its own before, and nobody
+    // recorded them: the churn smoke's missed ticks).
+    let records = c.records();
+    let unrecorded: Vec<(&String, i64)> = names
+        .iter()
+        .flat_map(|n| {
+            every_ticks(1000, killed - 1000, killed + 1000)
+                .into_iter()
+                .map(move |p| (n, p))
+        })
+        .filter(|(n, p)| !records.iter().any(|r| &r.job == *n && r.planned_at == *p))
+        .collect();
+    assert!(
+        unrecorded.is_empty(),
+        "ticks around the SIGKILL without a record: {unrecorded:?}"
+    );
 }

@@ -9,7 +9,7 @@
 //! `planned + starting_deadline + grace`: by then a worker either claimed it (no worker claims a
 //! tick past its deadline) or nobody will. Work per tick is O(log n) (one heap entry per job).
 
-use crate::coord::{JobEvent, JobRead, MemberEvent};
+use crate::coord::{ClaimValue, JobEvent, JobRead, MemberEvent};
 use crate::model::{StoredJob, WorkerInfo};
 use crate::schedule::Schedule;
 use crate::timer::TimerHeap;
@@ -226,9 +226,14 @@ impl Ledger {
         }
     }
 
-    /// Whether `id` is a live member now.
-    pub fn is_member(&self, id: &str) -> bool {
-        self.members.back().is_some_and(|(_, m)| m.iter().any(|w| w.id == id))
+    /// Whether the process that made `claim` is gone now: no member has its worker id, or the
+    /// member under that id is another process (the worker was restarted under the same id).
+    pub fn claimer_gone(&self, claim: &ClaimValue) -> bool {
+        let member = self
+            .members
+            .back()
+            .and_then(|(_, m)| m.iter().find(|w| w.id == claim.worker));
+        claim.claimer_gone(member)
     }
 
     /// Why nobody claimed `tick` before its deadline: a metric label (`no_live_worker`,
@@ -524,7 +529,37 @@ mod tests {
         late.planned = T0 - 20_000;
         late.selector = BTreeMap::new();
         assert!(l.reason(&late).1.starts_with("no live worker"), "{}", l.reason(&late).1);
-        assert!(l.is_member("w1") && !l.is_member("w2"));
+    }
+
+    #[test]
+    fn a_claim_is_a_dead_process_s_when_its_worker_left_or_was_restarted_under_the_same_id() {
+        let mut l = Ledger::new(T0, GRACE);
+        let claim = |worker: &str, started: Option<i64>| ClaimValue {
+            worker: worker.into(),
+            run_id: "r".into(),
+            claimed_at: T0,
+            worker_started_at: started,
+        };
+        let mut w1 = member("w1", &[]);
+        w1.started_at = T0 - 5000;
+        l.on_members(T0, MemberEvent::Reset(vec![w1.clone()]));
+        assert!(
+            !l.claimer_gone(&claim("w1", Some(T0 - 5000))),
+            "the live process's own claim"
+        );
+        assert!(
+            !l.claimer_gone(&claim("w1", None)),
+            "a claim of an older version: the member's"
+        );
+        assert!(l.claimer_gone(&claim("w2", Some(T0 - 5000))), "no member w2");
+        // w1 crashed and was restarted under its id before the ledger looked
+        w1.started_at = T0 + 500;
+        l.on_members(T0 + 1000, MemberEvent::Up(w1));
+        assert!(
+            l.claimer_gone(&claim("w1", Some(T0 - 5000))),
+            "the dead process's claim is nobody's now"
+        );
+        assert!(!l.claimer_gone(&claim("w1", Some(T0 + 500))));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! tick's accounting time comes (its starting deadline plus `master.ledger_grace`) it looks the
 //! tick up in the run log, then its claim in etcd: no record and no claim is recorded `missed`
 //! (with the reason, under a run id derived from the tick); a claim of a worker that has left
-//! is recorded `lost`; a claim of a live worker is checked again until its record arrives. The
+//! (or was restarted under its id: the claim is another process's) is recorded `lost`; a claim of a live worker is checked again until its record arrives. The
 //! watermark it has reached is kept in etcd, so a successor resumes there; after every master
 //! was down it catches up at most `master.ledger_catch_up`.
 //!
@@ -243,7 +243,7 @@ async fn account(st: &Arc<AppState>, books: &mut Books, ticks: &[DueTick]) -> Re
                 .emit();
                 records.push(missed_record(tick, reason, now));
             }
-            Some(c) if !books.ledger.is_member(&c.worker) => records.push(lost_record(tick, &c, now)),
+            Some(c) if books.ledger.claimer_gone(&c) => records.push(lost_record(tick, &c, now)),
             Some(c) => {
                 if books.pending.len() >= MAX_PENDING
                     && let Some((k, _)) = books.pending.pop_first()
@@ -270,7 +270,7 @@ async fn recheck(st: &Arc<AppState>, books: &mut Books, ticks: &[(DueTick, Claim
         let key = (tick.job.clone(), tick.planned);
         if recorded.contains(&key) {
             books.pending.remove(&key);
-        } else if !books.ledger.is_member(&claim.worker) {
+        } else if books.ledger.claimer_gone(claim) {
             books.pending.remove(&key);
             records.push(lost_record(tick, claim, now));
         }
@@ -311,7 +311,7 @@ fn lost_record(tick: &DueTick, claim: &ClaimValue, now: i64) -> RunRecord {
     let mut r = base(tick, claim.run_id.clone(), &claim.worker, RunStatus::Lost, now);
     r.claimed_at = Some(claim.claimed_at);
     r.error = Some(format!(
-        "claimed by worker {}, which left the cluster without reporting it; it may or may not have run",
+        "claimed by worker {}, whose process left the cluster (or was restarted) without reporting it; it may or may not have run",
         claim.worker
     ));
     r

@@ -98,7 +98,7 @@ pub async fn run(parts: SchedulerParts) {
         mut clock_offsets,
     } = parts;
     let mut offsets_open = true;
-    let mut core = Core::new(CoreConfig::from_config(&config.worker));
+    let mut core = Core::new(CoreConfig::from_config(&config.worker, info.started_at));
     let (tx, mut rx) = mpsc::channel(INPUT_CHANNEL);
     let mut lease_watch = registration.lease_watch();
     let mut shell = Shell {

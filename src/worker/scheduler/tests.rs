@@ -13,7 +13,7 @@ use crate::model::{
     Trigger, WorkerInfo,
 };
 use crate::worker::executor::{Ending, ExecResult};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 /// 2030-01-01T00:00:00Z: a round second, so `@every` ticks fall on whole seconds.
@@ -97,6 +97,7 @@ impl Sim {
             max_concurrent_runs: 100,
             drain_timeout_ms: 30_000,
             max_clock_skew_ms: 1000,
+            started_at: T0,
         }
     }
 
@@ -109,7 +110,7 @@ impl Sim {
         let mut sim = Sim::new();
         for cfg in configs {
             let id = cfg.worker.clone();
-            let dispatch = cfg.dispatch;
+            let (dispatch, started_at) = (cfg.dispatch, cfg.started_at);
             let mut core = Core::new(cfg);
             core.handle(sim.now, Input::Session(Some(7)));
             core.handle(
@@ -127,7 +128,13 @@ impl Sim {
                 }),
             );
             sim.cores.insert(id.clone(), core);
-            sim.members.insert(id.clone(), info(&id, dispatch));
+            sim.members.insert(
+                id.clone(),
+                WorkerInfo {
+                    started_at,
+                    ..info(&id, dispatch)
+                },
+            );
         }
         let list: Vec<WorkerInfo> = sim.members.values().cloned().collect();
         for core in sim.cores.values_mut() {
@@ -195,7 +202,7 @@ impl Sim {
     /// A worker joins (registers).
     fn join(&mut self, cfg: CoreConfig) {
         let id = cfg.worker.clone();
-        let dispatch = cfg.dispatch;
+        let (dispatch, started_at) = (cfg.dispatch, cfg.started_at);
         let mut core = Core::new(cfg);
         core.handle(self.now, Input::Session(Some(8)));
         let jobs = self.jobs.values().map(|j| JobRead::Job(Box::new(j.clone()))).collect();
@@ -213,7 +220,10 @@ impl Sim {
                 run_now: vec![],
             }),
         );
-        let w = info(&id, dispatch);
+        let w = WorkerInfo {
+            started_at,
+            ..info(&id, dispatch)
+        };
         self.members.insert(id.clone(), w.clone());
         let list: Vec<WorkerInfo> = self.members.values().cloned().collect();
         core.handle(self.now, Input::Members(MemberEvent::Reset(list)));
@@ -410,6 +420,7 @@ impl Sim {
                     Some(v) => ClaimOutcome::Lost {
                         holder: v.worker.clone(),
                         run_id: v.run_id.clone(),
+                        holder_started_at: v.worker_started_at,
                     },
                 }
             })
@@ -621,6 +632,7 @@ fn a_claim_lost_to_another_worker_is_not_run() {
             worker: "w9".into(),
             run_id: "theirs".into(),
             claimed_at: T0,
+            worker_started_at: Some(T0),
         },
     );
     sim.put(every_second("a"));
@@ -838,6 +850,201 @@ fn a_tick_claimed_by_a_live_worker_is_not_recorded_lost() {
     // w2 drains: its jobs move to w1, whose look-back finds w2's claims held by a live worker
     sim.drain("w2");
     sim.advance(secs(3));
+    assert!(
+        sim.records.iter().all(|r| r.status != RunStatus::Lost),
+        "{:?}",
+        sim.records
+    );
+    sim.assert_exactly_once();
+}
+
+/// The `lost` records of `job`: (planned, run id, worker).
+fn lost_of(sim: &Sim, job: &str) -> Vec<(i64, String, String)> {
+    sim.records_of(job)
+        .iter()
+        .filter(|r| r.status == RunStatus::Lost)
+        .map(|r| (r.planned_at, r.run_id.clone(), r.worker.clone()))
+        .collect()
+}
+
+#[test]
+fn a_worker_restarted_under_its_id_records_lost_the_ticks_its_dead_process_claimed() {
+    // (churn smoke, CI: the restarted worker found its predecessor's claims under its own id
+    // and took them for its own; nobody recorded those ticks)
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.durations.insert("a".into(), 10_000);
+    sim.put(every_second("a"));
+    sim.advance(secs(1) + 500);
+    assert_eq!(sim.ran("a"), vec![("w1".to_string(), T0 + secs(1))]);
+    let victim = sim.spawned[0].1.run_id.clone();
+    // SIGKILL mid-run, after claiming T0+2 s ahead; back within `claim_ahead` as a new process
+    sim.kill_worker("w1");
+    sim.advance(200);
+    sim.join(CoreConfig {
+        started_at: sim.now,
+        ..Sim::config("w1")
+    });
+    sim.advance(secs(3));
+    let lost = lost_of(&sim, "a");
+    // T0+1 s by the look-back, T0+2 s by the claim timer (claimed ahead by the dead process)
+    assert_eq!(
+        lost.iter().map(|(p, _, w)| (*p, w.as_str())).collect::<Vec<_>>(),
+        vec![(T0 + secs(1), "w1"), (T0 + secs(2), "w1")],
+        "{:?}",
+        sim.records
+    );
+    assert_eq!(lost[0].1, victim, "under the dead process's run id");
+    assert_eq!(
+        sim.ran("a").iter().map(|(_, p)| *p).collect::<Vec<_>>(),
+        vec![T0 + secs(1), T0 + secs(3), T0 + secs(4)],
+        "the new process runs the ticks from T0+3 s on"
+    );
+    sim.assert_exactly_once();
+}
+
+#[test]
+fn a_look_back_answered_after_the_dead_worker_is_back_under_its_id_records_its_ticks_lost() {
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    let job = (0..50)
+        .map(|i| format!("j{i}"))
+        .find(|j| crate::cluster::ownership::owner(&sim.members, j, &BTreeMap::new()) == Some("w2"))
+        .unwrap();
+    sim.durations.insert(job.clone(), 10_000);
+    sim.put(every_second(&job));
+    sim.advance(secs(1) + 500);
+    let victim = sim.spawned[0].1.run_id.clone();
+    // w2 dies; w1 gains its job and looks back, but etcd is slow to answer (a leader election)
+    sim.hold_claims = true;
+    sim.kill_worker("w2");
+    sim.advance(100);
+    // meanwhile w2 is restarted under its id (a new process) and registers
+    sim.join(CoreConfig {
+        started_at: sim.now,
+        ..Sim::config("w2")
+    });
+    // w1's answers come now: the claims are w2's, a member again, but not this w2's
+    let held = std::mem::take(&mut sim.held);
+    let (w1s, rest): (Vec<_>, Vec<_>) = held.into_iter().partition(|(w, _, _)| w == "w1");
+    sim.held = rest;
+    assert!(!w1s.is_empty(), "w1 looked back");
+    for (w, batch, requests) in w1s {
+        sim.answer_claim(&w, batch, requests);
+    }
+    sim.pump();
+    let lost = lost_of(&sim, &job);
+    assert!(
+        lost.contains(&(T0 + secs(1), victim.clone(), "w2".to_string())),
+        "{:?}",
+        sim.records
+    );
+    assert!(
+        lost.iter().any(|(p, _, _)| *p == T0 + secs(2)),
+        "the tick the dead process claimed ahead: {lost:?}"
+    );
+    sim.release_claims();
+    sim.advance(secs(3));
+    sim.assert_exactly_once();
+}
+
+#[test]
+fn a_claim_whose_answer_was_lost_is_retried_after_the_job_moved_away_and_its_tick_is_recorded() {
+    // (churn smoke with a restart during the etcd outage: a look-back's claims went through but
+    // their answers were lost; the job moved to the restarted worker meanwhile, whose claims then
+    // found them held by a live worker; nobody recorded those ticks)
+    claim_answers_lost_around_a_move(false);
+}
+
+#[test]
+fn overdue_ticks_waiting_for_a_retry_are_still_claimed_after_the_job_moved_away() {
+    claim_answers_lost_around_a_move(true);
+}
+
+/// w2 dies, w1 looks back and claims; the claims go through but their answers are lost
+/// (errors) — before or after w2, restarted, takes the job back.
+fn claim_answers_lost_around_a_move(errors_before_the_move: bool) {
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    let job = (0..50)
+        .map(|i| format!("j{i}"))
+        .find(|j| crate::cluster::ownership::owner(&sim.members, j, &BTreeMap::new()) == Some("w2"))
+        .unwrap();
+    sim.put(every_second(&job));
+    sim.advance(secs(1) + 500);
+    sim.hold_claims = true;
+    sim.kill_worker("w2");
+    sim.advance(secs(2));
+    let back = |sim: &mut Sim| {
+        // w2 is back as a new process: the job moves back to it
+        sim.join(CoreConfig {
+            started_at: sim.now,
+            ..Sim::config("w2")
+        })
+    };
+    if !errors_before_the_move {
+        back(&mut sim);
+    }
+    // w1's claims were made, but their answers were lost (a timeout while etcd elected a leader)
+    let held = std::mem::take(&mut sim.held);
+    let (w1s, rest): (Vec<_>, Vec<_>) = held.into_iter().partition(|(w, _, _)| w == "w1");
+    sim.held = rest;
+    assert!(!w1s.is_empty(), "w1 looked back");
+    for (w, batch, requests) in w1s {
+        for r in &requests {
+            sim.claims
+                .entry((r.job.clone(), r.tick.clone()))
+                .or_insert_with(|| r.value.clone());
+        }
+        let outcomes = requests
+            .iter()
+            .map(|_| ClaimOutcome::Error("timed out".into()))
+            .collect();
+        sim.deliver(
+            &w,
+            Input::Claimed {
+                batch,
+                outcomes,
+                latency: Duration::from_secs(5),
+            },
+        );
+    }
+    sim.pump();
+    if errors_before_the_move {
+        back(&mut sim);
+    }
+    sim.release_claims();
+    sim.advance(secs(4));
+    sim.assert_exactly_once();
+    let ran: HashSet<i64> = sim.ran(&job).into_iter().map(|(_, p)| p).collect();
+    let recorded: HashSet<i64> = sim.records_of(&job).iter().map(|r| r.planned_at).collect();
+    let unaccounted: Vec<i64> = (1..=6)
+        .map(|i| T0 + secs(i))
+        .filter(|p| !ran.contains(p) && !recorded.contains(p))
+        .collect();
+    assert!(
+        unaccounted.is_empty(),
+        "ticks with neither a run nor a record: {unaccounted:?}"
+    );
+}
+
+#[test]
+fn a_restarted_worker_does_not_take_its_own_live_claims_for_a_dead_process_s() {
+    // the same process finding its own claim again (a look-back after regaining a job) is not
+    // a dead predecessor's
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    let job = (0..50)
+        .map(|i| format!("j{i}"))
+        .find(|j| crate::cluster::ownership::owner(&sim.members, j, &BTreeMap::new()) == Some("w2"))
+        .unwrap();
+    sim.put(every_second(&job));
+    sim.advance(secs(2) + 100);
+    // w1 leaves and comes back as a new process: w2 keeps its job; a full look-back on w2 (a
+    // member left) finds w2's own claims, made by this very process
+    sim.kill_worker("w1");
+    sim.advance(secs(1));
+    sim.join(CoreConfig {
+        started_at: sim.now,
+        ..Sim::config("w1")
+    });
+    sim.advance(secs(2));
     assert!(
         sim.records.iter().all(|r| r.status != RunStatus::Lost),
         "{:?}",

@@ -126,7 +126,8 @@ impl Core {
             return;
         }
         let Some(e) = self.jobs.get_mut(name) else { return };
-        if e.generation != generation || !e.owned || e.overdue.is_empty() {
+        // (owned or not: see `update_ownership`)
+        if e.generation != generation || e.overdue.is_empty() {
             return;
         }
         // Ticks past the deadline can no longer be claimed safely (their claims may be gone):
@@ -255,6 +256,7 @@ impl Core {
                     worker: self.cfg.worker.clone(),
                     run_id: run_id.clone(),
                     claimed_at: now,
+                    worker_started_at: Some(self.cfg.started_at),
                 },
             });
             order.push(run_id);
@@ -329,20 +331,43 @@ impl Core {
                         (ClaimPlan::Skip(reason), _) => self.skip(now, &run_id, reason),
                     }
                 }
-                ClaimOutcome::Lost { holder, run_id: theirs } => {
-                    if matches!(plan, ClaimPlan::Run(_)) {
+                ClaimOutcome::Lost {
+                    holder,
+                    run_id: theirs,
+                    holder_started_at,
+                } => {
+                    let claimer = ClaimValue {
+                        worker: holder.clone(),
+                        run_id: theirs.clone(),
+                        claimed_at: 0,
+                        worker_started_at: holder_started_at,
+                    };
+                    // Whether the holder's process is gone. Not by worker id alone: a worker
+                    // restarted under the same id (this one, or a member whose registration is
+                    // the new process's by the time the answer comes) is another process, and
+                    // the dead one's claims are nobody's.
+                    let me = holder == self.cfg.worker;
+                    let gone = if me {
+                        claimer.made_by_another_process_than(self.cfg.started_at)
+                    } else {
+                        claimer.claimer_gone(self.members.get(&holder))
+                    };
+                    let earlier_process = gone && (me || self.members.contains_key(&holder));
+                    let record_lost = if matches!(plan, ClaimPlan::Run(_)) {
                         lost += 1;
                         debug!(job = %t.job, run_id, holder, "claim lost");
+                        // a tick claimed ahead by a process that died and was restarted under
+                        // the same id (within `claim_ahead`); a holder that is not a member may
+                        // be one not seen yet (racing, joining): that is contention
+                        earlier_process
                     } else {
                         // a look-back found a tick someone decided: expected, not contention
                         METRICS.claims.with_label_values(&["already_claimed"]).inc();
-                        if let TickKind::Scheduled { planned } = t.kind
-                            && holder != self.cfg.worker
-                            && !self.members.contains_key(&holder)
-                        {
-                            let job = t.job.clone();
-                            self.record_lost(now, &job, planned, &holder, &theirs);
-                        }
+                        gone
+                    };
+                    if record_lost && let TickKind::Scheduled { planned } = t.kind {
+                        let job = t.job.clone();
+                        self.record_lost(now, &job, planned, &holder, &theirs);
                     }
                     if let TickKind::Manual { trigger, .. } = &self.ticks[&run_id].kind {
                         let trigger = trigger.clone();
@@ -359,12 +384,15 @@ impl Core {
                             self.triggers_in_flight.remove(&trigger);
                         }
                         TickKind::Scheduled { planned } => {
-                            let (generation, job) = (t.generation, t.job.clone());
+                            let job = t.job.clone();
                             // claimed again as overdue, with the same run id (if the claim did
-                            // get through, finding it is a win)
+                            // get through, finding it is a win) — also when the job has moved
+                            // to another worker meanwhile (it may not look back this far), but
+                            // not after a change of the job's spec (a look-back does not go
+                            // behind it either)
                             if let Some(entry) = self.jobs.get_mut(&job)
-                                && entry.generation == generation
-                                && entry.owned
+                                && planned > entry.job.updated_at
+                                && entry.schedule.is_tick(planned)
                             {
                                 entry.overdue.insert(planned, Some(run_id.clone()));
                                 if !retry_jobs.contains(&job) {
@@ -473,7 +501,7 @@ impl Core {
         let mut rec = record(job, run_id, 1, Trigger::Schedule, planned, holder, RunStatus::Lost);
         rec.ended_at = Some(now);
         rec.error = Some(format!(
-            "claimed by worker {holder}, which left the cluster without reporting it; it may or may not have run"
+            "claimed by worker {holder}, whose process left the cluster (or was restarted) without reporting it; it may or may not have run"
         ));
         self.effects.push_back(Effect::ReportFinished(Box::new(rec)));
     }

@@ -77,11 +77,15 @@ pub struct CoreConfig {
     pub drain_timeout_ms: i64,
     /// Beyond this clock offset from the masters, the worker claims nothing (`max_clock_skew`).
     pub max_clock_skew_ms: i64,
+    /// This process's `WorkerInfo::started_at`: its claims say which process of the worker id
+    /// made them, so a restarted worker tells its dead predecessor's claims from its own.
+    pub started_at: i64,
 }
 
 impl CoreConfig {
-    pub fn from_config(c: &crate::config::WorkerConfig) -> Self {
+    pub fn from_config(c: &crate::config::WorkerConfig, started_at: i64) -> Self {
         CoreConfig {
+            started_at,
             worker: c.id.clone(),
             dispatch: c.dispatch,
             claim_ahead_ms: c.claim_ahead.as_millis() as i64,
@@ -767,7 +771,20 @@ impl Core {
         } else {
             self.owned_count -= 1;
             e.next_tick = None;
-            e.overdue.clear();
+            // Overdue ticks (found in a look-back, or whose claim failed) stay this worker's to
+            // decide: the new owner may look back only `claim_ahead + HANDOVER_LOOKBACK_MS` (a
+            // live hand-over), and a worker that gains the job again looks back only from
+            // `decided_until`, which a later tick's claim may have moved past them. The claim
+            // decides who runs each, as always.
+            if !e.overdue.is_empty() {
+                self.timers.push(
+                    now,
+                    Timer::Overdue {
+                        job: name.to_string(),
+                        generation,
+                    },
+                );
+            }
             for id in std::mem::take(&mut e.waiting) {
                 self.drop_waiting(&id, TickEnd::HandedOver);
             }

@@ -78,6 +78,7 @@ impl Core {
                         worker: self.cfg.worker.clone(),
                         run_id: run_id.to_string(),
                         claimed_at: claim.won,
+                        worker_started_at: Some(self.cfg.started_at),
                     },
                     lease,
                 });
