@@ -32,6 +32,21 @@ pub enum Concurrency {
     Replace,
 }
 
+/// How a run's stderr is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stderr {
+    /// stdout and stderr share one pipe: the output is in the exact order it was written, and
+    /// which line came from stderr is not known.
+    #[default]
+    Merged,
+    /// stderr has a pipe of its own and the record's `stderr_spans` say which bytes came from
+    /// it. Within each stream the order is exact; between them it is the order the worker read
+    /// them (as with Kubernetes' and Docker's logs), so lines written within microseconds of
+    /// each other may appear swapped.
+    Separate,
+}
+
 /// What to do with ticks that could not start on time (no live owner, etcd unreachable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -91,6 +106,9 @@ pub struct JobSpec {
     /// Overdue-tick policy.
     #[serde(default, skip_serializing_if = "is_default")]
     pub misfire: Misfire,
+    /// `merged` (default: exact order) or `separate` (stderr marked in the output).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub stderr: Stderr,
     /// The latest a tick may start after its planned time (default 30s).
     #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub starting_deadline: Option<Duration>,
@@ -189,6 +207,7 @@ impl JobSpec {
             retry_backoff: None,
             concurrency: Concurrency::default(),
             misfire: Misfire::default(),
+            stderr: Stderr::default(),
             starting_deadline: None,
             selector: BTreeMap::new(),
             paused: false,

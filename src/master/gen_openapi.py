@@ -380,6 +380,7 @@ spec_props = {
     "retry_backoff": dur,
     "concurrency": {"enum": ["allow", "forbid", "replace"]},
     "misfire": {"enum": ["run_once", "skip"]},
+    "stderr": {"enum": ["merged", "separate"], "default": "merged", "description": "merged: stdout and stderr in one pipe, the exact order of writes; separate: stderr marked in the output (stderr_spans), the order between the two streams as the worker read them"},
     "starting_deadline": dur,
     "selector": smap,
     "paused": {"type": "boolean"},

@@ -41,6 +41,9 @@ pub struct ExecSpec {
     pub cgroups: Option<Arc<RunCgroups>>,
     /// Names the run's cgroup.
     pub run_id: String,
+    /// stderr in a pipe of its own (its bytes marked in `stderr_spans`); otherwise it shares
+    /// stdout's pipe, so the output keeps the exact order of writes.
+    pub separate_stderr: bool,
 }
 
 /// Why a command could not be started. The message names what is wrong.
@@ -443,7 +446,14 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
         None => None,
     };
     let (reader, writer) = io::pipe().map_err(SpawnError::Setup)?;
-    let (err_reader, err_writer) = io::pipe().map_err(SpawnError::Setup)?;
+    // merged: stderr is a second descriptor of stdout's pipe (one order of writes); separate:
+    // a pipe of its own, read beside it
+    let (err_reader, err_writer) = if spec.separate_stderr {
+        let (r, w) = io::pipe().map_err(SpawnError::Setup)?;
+        (Some(r), w)
+    } else {
+        (None, writer.try_clone().map_err(SpawnError::Setup)?)
+    };
     // a descriptor opened since the last spawn without O_CLOEXEC does not reach the job either
     cloexec_stray_descriptors();
     let born_in_cgroup = match &cgroup {
@@ -537,14 +547,16 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
         }
     };
     let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(SpawnError::Setup)?;
-    let err_receiver =
-        tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(err_reader)).map_err(SpawnError::Setup)?;
+    let err_receiver = match err_reader {
+        Some(r) => Some(tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(r)).map_err(SpawnError::Setup)?),
+        None => None,
+    };
     let capture = Arc::new(Mutex::new(Capture::new(spec.max_output)));
     let output = tokio::spawn({
         let capture = capture.clone();
         async move {
             // both pipes into one output, in the order their bytes arrive, stderr's marked
-            let (mut out, mut err) = (Some(receiver), Some(err_receiver));
+            let (mut out, mut err) = (Some(receiver), err_receiver);
             let mut buf = vec![0u8; 16 * 1024];
             let mut ebuf = vec![0u8; 16 * 1024];
             while out.is_some() || err.is_some() {
@@ -858,6 +870,7 @@ mod tests {
             max_output: 1024,
             cgroups: None,
             run_id: "test".into(),
+            separate_stderr: false,
         }
     }
 
@@ -875,7 +888,8 @@ mod tests {
 
     #[tokio::test]
     async fn what_the_command_writes_to_stderr_is_told_apart_from_its_stdout() {
-        let s = spec("echo to-stdout; echo to-stderr >&2; echo gruß-stderr >&2; echo more-stdout");
+        let mut s = spec("echo to-stdout; echo to-stderr >&2; echo gruß-stderr >&2; echo more-stdout");
+        s.separate_stderr = true;
         let r = run(&s).await;
         for line in ["to-stdout\n", "to-stderr\n", "gruß-stderr\n", "more-stdout\n"] {
             assert!(r.output.contains(line), "{:?}", r.output);
@@ -888,8 +902,13 @@ mod tests {
             r.stderr_spans
         );
         assert!(crate::model::stderr_spans_ok(&r.stderr_spans, r.output.len() as u64));
-        let quiet = run(&spec("echo only-stdout")).await;
-        assert!(quiet.stderr_spans.is_empty());
+        let mut quiet = spec("echo only-stdout");
+        quiet.separate_stderr = true;
+        assert!(run(&quiet).await.stderr_spans.is_empty());
+        // merged (the default): one pipe, the exact order of writes, nothing marked
+        let r = run(&spec("echo one; echo two >&2; echo three; echo four >&2")).await;
+        assert_eq!(r.output, "one\ntwo\nthree\nfour\n");
+        assert!(r.stderr_spans.is_empty());
     }
 
     #[test]

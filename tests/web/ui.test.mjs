@@ -334,7 +334,7 @@ if (MODE === 'ui') {
     });
 
     await t.test('the overview counts what needs a look, failing jobs come first, and columns sort', async () => {
-      assert.equal((await apiCall('PUT', '/api/v1/jobs/ov-broken', { schedule: '0 0 1 1 *', command: 'echo broken >&2; exit 3', owner: 'team-a' })).status, 201);
+      assert.equal((await apiCall('PUT', '/api/v1/jobs/ov-broken', { schedule: '0 0 1 1 *', command: 'echo broken >&2; exit 3', owner: 'team-a', stderr: 'separate' })).status, 201);
       assert.equal((await apiCall('POST', '/api/v1/jobs/ov-broken/run')).status, 202);
       await page.goto(net1.url + '/#/jobs');
       // its failed run reaches the list live: in the strip, the counts and the order

@@ -728,7 +728,7 @@ const actions = {
 // ---------------------------------------------------------------- the job form
 
 const FORM_FIELDS = ['name', 'schedule', 'timezone', 'command', 'shell', 'timeout', 'retries', 'retry_backoff',
-  'concurrency', 'misfire', 'starting_deadline', 'workdir', 'max_output_bytes', 'env', 'selector',
+  'concurrency', 'misfire', 'stderr', 'starting_deadline', 'workdir', 'max_output_bytes', 'env', 'selector',
   'description', 'owner', 'labels', 'paused'];
 let formMode = null; // { edit: name } or { create: true }
 
@@ -766,6 +766,7 @@ function openJobForm(name) {
   } else {
     f.elements.concurrency.value = 'allow';
     f.elements.misfire.value = 'run_once';
+    f.elements.stderr.value = 'merged';
   }
   $('#job-dialog').showModal();
   (job ? f.elements.schedule : nameInput).focus();
@@ -1456,6 +1457,7 @@ function renderJob(name) {
         ['Command', el('pre', { class: 'mono command' }, s.command)],
         ['Shell', s.shell], ['Concurrency', s.concurrency || 'allow'],
         ['Missed ticks', `${s.misfire || 'run_once'}, within ${s.starting_deadline || '30s'}`],
+        ['Output', s.stderr === 'separate' ? 'stdout and stderr apart (stderr marked)' : 'stdout and stderr merged, in the order written'],
         ['Timeout', s.timeout || 'none'], ['Retries', s.retries ? `${s.retries}, backoff ${s.retry_backoff || '1s'}` : 'none'],
         ['Selector', Object.keys(s.selector || {}).length ? Object.entries(s.selector).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : 'any worker'],
         ['Owner', s.owner || '—'],

@@ -96,6 +96,7 @@ pub fn exec_spec(order: &RunOrder, ctx: &RunContext, traceparent: &str) -> ExecS
         max_output: spec.max_output_bytes.unwrap_or(cfg.max_output_bytes) as usize,
         cgroups: ctx.cgroups.clone(),
         run_id: order.run_id.clone(),
+        separate_stderr: spec.stderr == crate::model::Stderr::Separate,
     }
 }
 
