@@ -260,6 +260,10 @@ if (MODE === 'ui') {
       await page.reload();
       await page.locator('#run-output', { hasText: 'hello from the web page' }).waitFor();
       assert.match(await page.locator('h1').textContent(), new RegExp(second.slice(-12)));
+      // opened by the id's end the tables show, the page finds it and takes the whole id's URL
+      await page.goto(`${net1.url}/#/runs/${second.slice(-12)}`);
+      await page.waitForURL(new RegExp(`#/runs/${second}$`));
+      await page.locator('#run-output', { hasText: 'hello from the web page' }).waitFor();
       // previous (older) and next (newer) runs of the job
       await page.locator('#run-prev:not([disabled])').waitFor();
       await page.click('#run-prev');
@@ -390,6 +394,13 @@ if (MODE === 'ui') {
       }, cell, { timeout: 20_000, polling: 100 });
       assert.equal(await page.evaluate(() => getSelection().toString()), 'ui-hello', 'the selection is still there');
       assert.equal(await page.evaluate(() => window.testRow.isConnected), true, 'the row is the same element');
+      // an open row menu stays open, with the focus in it, while the job's runs start and end
+      await page.click('summary[data-key="ui-hello/menu"]');
+      await page.evaluate(() => { window.testStrip = document.querySelector('#jobs-table tr[data-job="ui-hello"] td[data-label="Recent runs"]').dataset.sig; });
+      await page.waitForFunction(() => document.querySelector('#jobs-table tr[data-job="ui-hello"] td[data-label="Recent runs"]').dataset.sig !== window.testStrip, null, { timeout: 20_000 });
+      assert.equal(await page.evaluate(() => document.querySelector('#jobs-table tr[data-job="ui-hello"] details.menu').open), true, 'the menu is still open');
+      assert.equal(await page.evaluate(() => document.activeElement.dataset.key), 'ui-hello/menu', 'the focus is where it was');
+      await page.keyboard.press('Escape');
     });
 
     await t.test('with etcd stopped, a banner names it in one line and changes are off until it is back', async () => {

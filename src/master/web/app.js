@@ -224,6 +224,7 @@ function outages() {
 
 // Whether changes can be made now, and if not, why (the title of a disabled button).
 function writeBlock() {
+  if (state.auth !== 'ok') return 'Sign in with an admin token to change jobs.';
   if (state.role === 'read') return 'This token may only read: sign in with an admin token to change jobs.';
   if (!state.master.up) return 'The master does not answer.';
   const etcd = state.health && state.health.components.find((c) => c.name === 'etcd');
@@ -236,7 +237,9 @@ function refreshStatus() {
   const down = outages();
   const b = $('#banner');
   b.hidden = down.length === 0;
-  fill(b, down.map((d) => el('p', { dataset: { component: d.component } }, d.text)));
+  const sig = JSON.stringify(down);
+  // rebuilt only when what it says changed: it is a live region, read out on each change
+  if (b.dataset.sig !== sig) { b.dataset.sig = sig; fill(b, down.map((d) => el('p', { dataset: { component: d.component } }, d.text))); }
   document.body.dataset.stale = state.master.up ? 'false' : 'true';
   document.body.dataset.role = state.role || '';
   $('#role-chip').hidden = state.role !== 'read';
@@ -324,6 +327,11 @@ function forgetToken() {
   $('#token-error').hidden = false;
   $('#token-error').textContent = 'Token forgotten on this device.';
   state.role = null;
+  // what was read with the token goes with it
+  state.jobs = new Map(); state.names = null; state.jobsLoaded = false;
+  state.workers = []; state.running = new Map();
+  if (state.runsView) { state.runsView.runs = new Map(); state.runsView.loaded = false; }
+  scheduleRender();
   loadHealth();
   feed.restart();
 }
@@ -490,7 +498,7 @@ const feed = {
       if (!ws.everOpened) {
         this.failures++;
         // a refused upgrade looks like any other failure: ask the API whether it is the token
-        if (this.failures >= 2) api('GET', '/api/v1/workers').catch(() => {});
+        if (this.failures >= 2) api('GET', '/api/v1/workers', undefined, { quiet: true }).catch(() => {});
       }
       this.retry();
     };
@@ -522,7 +530,11 @@ const feed = {
 function setConn(s, text) {
   const c = $('#conn');
   if (c.dataset.state !== s) c.dataset.state = s;
-  if ($('#conn-text').textContent !== text) $('#conn-text').textContent = text;
+  // the state is read out when it changes; the countdown beside it is not, every second
+  const m = /^(.*?)( in \d+ s)$/.exec(text);
+  const [stateText, countdown] = m ? [m[1], m[2]] : [text, ''];
+  if ($('#conn-text').textContent !== stateText) $('#conn-text').textContent = stateText;
+  if ($('#conn-countdown').textContent !== countdown) $('#conn-countdown').textContent = countdown;
   $('#conn-retry').hidden = !(s === 'down' && feed.retryIn !== null);
 }
 
@@ -560,7 +572,7 @@ function onEvent(ev) {
         list.sort((a, b) => b.planned_at - a.planned_at || (a.run_id < b.run_id ? 1 : -1));
         j.recent_runs = list.slice(0, RECENT_RUNS);
       }
-      if (state.run && state.run.id === ev.run.run_id) loadRun();
+      if (state.run && runMatches(state.run.id, ev.run.run_id)) { state.run.id = ev.run.run_id; loadRun(); }
       if (j && ev.run.status === 'missed') {
         const d = j.stats_24h || { runs: 0, succeeded: 0, failed: 0, skipped: 0, missed: 0 };
         j.stats_24h = { ...d, runs: d.runs + 1, missed: d.missed + 1 };
@@ -909,6 +921,16 @@ async function saveJob(ev) {
 
 // ---------------------------------------------------------------- the run page (#/runs/{id})
 
+// Whether `id` (a whole id, or the end or beginning of one, as tables show them) is `runId`.
+function runMatches(id, runId) {
+  return id === runId || (id.length >= 6 && (runId.endsWith(id) || runId.startsWith(id)));
+}
+
+function liveRun(id) {
+  for (const r of state.running.values()) if (runMatches(id, r.run_id)) return r;
+  return null;
+}
+
 function openRun(runId) {
   location.hash = `#/runs/${encodeURIComponent(runId)}`;
 }
@@ -922,6 +944,13 @@ async function loadRun() {
     const r = await api('GET', `/api/v1/runs/${encodeURIComponent(id)}`);
     if (state.run !== rv) return;
     rv.record = r;
+    if (r.run_id !== rv.id) {
+      // opened by the end (or beginning) of its id: the page's URL becomes the whole id's
+      rv.id = r.run_id;
+      state.view.run = r.run_id;
+      skeleton = `run:${r.run_id}`;
+      history.replaceState(null, '', `#/runs/${encodeURIComponent(r.run_id)}`);
+    }
     rv.error = null;
     loadNeighbours(rv);
   } catch (e) {
@@ -933,17 +962,33 @@ async function loadRun() {
   }
 }
 
-// The job's runs just older and just newer than this one (previous / next).
+// The job's runs just older and just newer than this one (previous / next). The list is newest
+// first, so the next one is looked for in windows after this run that grow until one holds a
+// newer run; within that window the oldest newer one is it.
 async function loadNeighbours(rv) {
   const r = rv.record;
   const job = encodeURIComponent(r.job);
+  const newer = (x) => x.planned_at > r.planned_at || (x.planned_at === r.planned_at && x.run_id > r.run_id);
   try {
     const older = await api('GET', `/api/v1/runs?job=${job}&limit=1&cursor=${encodeURIComponent(`${r.planned_at}.${r.run_id}`)}`);
-    const newer = await api('GET', `/api/v1/runs?job=${job}&limit=100&from=${r.planned_at}`);
     if (state.run !== rv) return;
     rv.prev = older.runs[0] || null;
-    const after = newer.runs.filter((x) => x.planned_at > r.planned_at || (x.planned_at === r.planned_at && x.run_id > r.run_id));
-    rv.next = after.length ? after[after.length - 1] : null;
+    rv.next = null;
+    for (let w = 1000; w <= 400 * 86400e3 && !rv.next; w *= 8) {
+      let cursor = null;
+      let last = null;
+      do {
+        const q = new URLSearchParams({ job: r.job, limit: '100', from: String(r.planned_at), to: String(r.planned_at + w) });
+        if (cursor) q.set('cursor', cursor);
+        const page = await api('GET', `/api/v1/runs?${q}`);
+        if (state.run !== rv) return;
+        const after = page.runs.filter(newer);
+        if (after.length) last = after[after.length - 1];
+        cursor = page.next_cursor;
+      } while (cursor && last);
+      rv.next = last;
+      if (!last && w * 8 > 400 * 86400e3) break;
+    }
     rv.neighboursKnown = true;
   } catch (_) { /* the buttons stay off */ }
   scheduleRender();
@@ -957,7 +1002,7 @@ function runSummary(r) {
     el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job), ' · ',
     triggerLabel(r), ' · planned ', el('span', { title: fmtAbs(r.planned_at) }, fmtShort(r.planned_at)),
     ended && r.duration_ms !== null && r.duration_ms !== undefined ? ` · took ${fmtDuration(r.duration_ms)}` : '',
-    !ended && r.started_at ? ` · running for ${fmtDuration(Date.now() - r.started_at)}` : '',
+    !ended && r.started_at ? el('span', {}, ' · running for ', el('span', { id: 'run-elapsed', dataset: { since: String(r.started_at) } }, fmtDuration(Date.now() - r.started_at))) : '',
     exit ? ` · ${exit}` : '',
     r.worker ? ` · on ${r.worker}` : '');
 }
@@ -1012,12 +1057,15 @@ function renderRun(id) {
   const page = document.getElementById('run-page');
   const rv = state.run;
   const r = rv && rv.record;
-  const live = state.running.get(id);
+  const live = liveRun(id);
   const shown = r || (live ? { ...live, status: 'running' } : null);
-  // built again only when what it shows changed (a running run's duration is the exception)
-  const sig = JSON.stringify([shown, rv && rv.error && rv.error.message, rv && rv.prev && rv.prev.run_id, rv && rv.next && rv.next.run_id,
-    shown && shown.status === 'running' ? Math.floor(Date.now() / 1000) : 0, state.role]);
-  if (page.dataset.sig === sig) return;
+  // built again only when what it shows changed; a running run's time goes on in place
+  const sig = JSON.stringify([shown, rv && rv.error && rv.error.message, rv && rv.prev && rv.prev.run_id, rv && rv.next && rv.next.run_id, state.role]);
+  if (page.dataset.sig === sig) {
+    const e = document.getElementById('run-elapsed');
+    if (e) { const t = fmtDuration(Date.now() - Number(e.dataset.since)); if (e.textContent !== t) e.textContent = t; }
+    return;
+  }
   page.dataset.sig = sig;
   keepFocus(page, () => {
     if (!shown) {
@@ -1154,6 +1202,7 @@ function patchRows(tbody, rows) {
         const td = make(); td.dataset.sig = sig;
         if (old) tr.replaceChild(td, old); else tr.append(td);
       });
+      while (tr.children.length > row.cells.length) tr.lastElementChild.remove();
     }
     for (const [k, v] of Object.entries(row.attrs || {})) {
       if (v === null || v === undefined) { if (tr.hasAttribute(k)) tr.removeAttribute(k); } else if (tr.getAttribute(k) !== String(v)) tr.setAttribute(k, v);
@@ -1210,7 +1259,7 @@ const SORTS = {
   name: () => 0,
   next: (a, b) => (nextFire(a) ?? Infinity) - (nextFire(b) ?? Infinity),
   last: (a, b) => ((b.last_run || {}).planned_at || 0) - ((a.last_run || {}).planned_at || 0),
-  success: (a, b) => (successRate(a) ?? 2) - (successRate(b) ?? 2),
+  success: (a, b) => (successRate(a) ?? (state.jobsQuery.dir > 0 ? 2 : -1)) - (successRate(b) ?? (state.jobsQuery.dir > 0 ? 2 : -1)),
   owner: (a, b) => (a.owner || '\uffff').localeCompare(b.owner || '\uffff'),
 };
 
@@ -1231,15 +1280,19 @@ function runningOf(name) {
 function jobActions(j, key) {
   const name = j.name;
   const running = runningOf(name);
-  const item = (label, k, onclick, cls, write = true) => el('button', { type: 'button', role: 'menuitem', class: cls || 'menu-item',
+  // a disclosure of plain buttons; the summary takes the focus back before a dialog opens, so
+  // closing the dialog returns there
+  const item = (label, k, onclick, cls, write = true) => el('button', { type: 'button', class: cls || 'menu-item',
     dataset: write ? { key: `${key}${k}`, write: '' } : { key: `${key}${k}` },
-    onclick: (e) => { e.target.closest('details').open = false; onclick(); } }, label);
+    onclick: (e) => { const d = e.target.closest('details'); d.open = false; d.querySelector('summary').focus(); onclick(); } }, label);
   return el('div', { class: 'row-actions' },
     el('button', { type: 'button', class: 'small secondary', dataset: { key: `${key}run`, write: '' }, onclick: () => actions.run(name), 'aria-label': `Run ${name} now` }, 'Run now'),
     el('details', { class: 'menu' },
       el('summary', { class: 'small', 'aria-label': `More actions for ${name}`, dataset: { key: `${key}menu` } }, '⋯'),
-      el('div', { class: 'menu-items', role: 'menu' },
-        running ? item(running > 1 ? `Kill ${running} runs` : 'Kill the running run', 'kill', () => actions.kill(name), 'menu-item danger') : null,
+      el('div', { class: 'menu-items' },
+        // always there (shown while something runs, see renderJobsBody), so the cell is not
+        // rebuilt, nor the menu closed, when a run starts or ends
+        item('Kill the running run', 'kill', () => actions.kill(name), 'menu-item danger'),
         j.paused ? item('Resume', 'resume', () => actions.resume(name)) : item('Pause', 'pause', () => actions.pause(name)),
         item('Edit', 'edit', () => openJobForm(name)),
         item('Runs', 'runs', () => { location.hash = `#/jobs/${encodeURIComponent(name)}`; }, null, false),
@@ -1296,6 +1349,10 @@ function renderJobs() {
           ...[['all', 'all jobs'], ['failing', 'failing (last run failed)'], ['missed', 'missed ticks (24 h)'], ['running', 'running'],
             ['active', 'active'], ['paused', 'paused'], ['never', 'never run']]
             .map(([v, t]) => el('option', { value: v, selected: q.filter === v }, t))),
+        el('label', { for: 'job-sort' }, 'Sort'),
+        el('select', { id: 'job-sort', onchange: (e) => { q.sort = e.target.value; q.dir = 1; q.page = 0; resortJobs(); } },
+          ...[['attention', 'needs attention first'], ['name', 'name'], ['next', 'next run'], ['last', 'last run'], ['success', '24 h success'], ['owner', 'owner']]
+            .map(([v, t]) => el('option', { value: v, selected: q.sort === v }, t))),
         el('button', { type: 'button', id: 'new-job', dataset: { write: '' }, onclick: () => openJobForm(null) }, 'New job')),
       el('div', { id: 'jobs-body' }));
   }
@@ -1326,7 +1383,7 @@ function renderSummary() {
   const card = (n, label, cls, filter) => el('button', { type: 'button', class: `count ${n ? cls : 'zero'}`, 'aria-pressed': q.filter === filter ? 'true' : 'false',
     dataset: { key: `summary/${filter}`, count: filter }, onclick: pick(filter) }, el('strong', {}, String(n)), ` ${label}`);
   keepFocus(line, () => fill(line,
-    card(failing, failing === 1 ? 'failing' : 'failing', 'bad', 'failing'),
+    card(failing, 'failing', 'bad', 'failing'),
     card(missed, 'with missed ticks (24 h)', 'bad', 'missed'),
     card(running, 'running', 'info', 'running'),
     card(paused, 'paused', 'warn', 'paused'),
@@ -1342,10 +1399,18 @@ function jobsHead() {
       el('button', { type: 'button', class: 'sort', dataset: { key: `sort/${key}` }, onclick: () => {
         if (q.sort === key) q.dir = -q.dir; else { q.sort = key; q.dir = 1; }
         q.page = 0;
-        const body = document.getElementById('jobs-body'); if (body) body.dataset.mode = '';
-        renderJobsBody();
+        resortJobs();
       } }, label, el('span', { class: 'arrow', 'aria-hidden': 'true' }, on ? (q.dir > 0 ? ' ▲' : ' ▼') : '')));
   })));
+}
+
+// A new sort: the table (and its head's arrows) is built again, the focus kept where it was.
+function resortJobs() {
+  const body = document.getElementById('jobs-body');
+  if (!body) return;
+  const sel = document.getElementById('job-sort');
+  if (sel && sel.value !== state.jobsQuery.sort) sel.value = state.jobsQuery.sort;
+  keepFocus(body, () => { body.dataset.mode = ''; renderJobsBody(); });
 }
 
 function jobRow(j) {
@@ -1373,7 +1438,7 @@ function jobRow(j) {
       [JSON.stringify(j.stats_24h), () => el('td', { 'data-label': '24 h success' }, dayCell(j))],
       [j.owner || '', () => el('td', { 'data-label': 'Owner' }, j.owner || el('span', { class: 'muted' }, '—'))],
       [String(j.paused), () => el('td', { 'data-label': 'State' }, j.paused ? el('span', { class: 'badge paused' }, 'paused') : el('span', { class: 'badge' }, 'active'))],
-      [`${running}|${j.paused}`, () => el('td', { class: 'actions' }, jobActions(j, `${name}/`))],
+      [String(j.paused), () => el('td', { class: 'actions' }, jobActions(j, `${name}/`))],
     ],
   };
 }
@@ -1413,7 +1478,15 @@ function renderJobsBody() {
       el('button', { type: 'button', class: 'secondary', dataset: { key: 'next' }, onclick: () => { q.page++; renderJobsBody(); } }, 'Next')),
   ]);
   document.getElementById('jobs-nomatch').hidden = all.length !== 0;
-  patchRows(body.querySelector('#jobs-table tbody'), shown.map(jobRow));
+  keepFocus(body, () => patchRows(body.querySelector('#jobs-table tbody'), shown.map(jobRow)));
+  for (const j of shown) {
+    const k = body.querySelector(`[data-key="${CSS.escape(`${j.name}/kill`)}"]`);
+    if (!k) continue;
+    const n = runningOf(j.name);
+    if (k.hidden !== !n) k.hidden = !n;
+    const label = n > 1 ? `Kill ${n} runs` : 'Kill the running run';
+    if (k.textContent !== label) k.textContent = label;
+  }
   const count = all.length === state.jobs.size ? `${state.jobs.size} jobs` : `${all.length} of ${state.jobs.size} jobs`;
   const countText = count + (state.jobsLoading ? ' (loading…)' : '');
   const c = document.getElementById('jobs-count');
