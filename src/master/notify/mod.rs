@@ -41,8 +41,10 @@ const MAX_IN_FLIGHT: usize = 8;
 /// Delivered and dead notices are kept this long, and at most `KEEP_DELIVERIES` of them.
 const KEEP_FOR_MS: i64 = 7 * 86_400_000;
 const KEEP_DELIVERIES: usize = 10_000;
-/// Most etcd operations one decision takes (etcd's default limit is 128 per transaction).
-const OPS_PER_DECISION: usize = 90;
+/// A decision takes no further run once it holds this many etcd operations. One run adds at
+/// most 83 (20 rules: 20 notices and 20 `paused` ones, a put and a compare each, its removal
+/// and its streak), so a decision stays under etcd's default 128 operations per transaction.
+const OPS_PER_DECISION: usize = 30;
 
 /// The notification settings and channels of this master, and which jobs want notices.
 pub struct Notify {
@@ -413,7 +415,14 @@ async fn keep(st: &Arc<AppState>, lease_id: i64, lease: &mut watch::Receiver<Opt
                         b.jobs.insert(name.clone(), *j);
                         job_changed(st, &me, &mut b, &name).await;
                     }
-                    JobEvent::Saved(JobRead::Bad { name, .. }) | JobEvent::Deleted { name, .. } => { b.jobs.remove(&name); }
+                    JobEvent::Saved(JobRead::Bad { name, .. }) => { b.jobs.remove(&name); }
+                    JobEvent::Deleted { name, .. } => {
+                        b.jobs.remove(&name);
+                        // a job made again under this name starts with no failures
+                        if b.streaks.contains_key(&name) && st.coord.put_streak(&me, &name, None).await.is_ok() {
+                            b.streaks.remove(&name);
+                        }
+                    }
                 }
             }
             Some(ev) = inbox.events.recv() => match ev {
@@ -488,18 +497,20 @@ async fn settle(st: &Arc<AppState>, me: &str, b: &mut Books, now: i64) -> Result
             if ops >= OPS_PER_DECISION {
                 break;
             }
-            let job = b.jobs.get(&e.job);
+            let Some(job) = b.jobs.get(&e.job) else {
+                // deleted: nothing to tell, no streak to keep
+                d.taken.push(e.clone());
+                ops += 1;
+                continue;
+            };
             let streak = streaks
                 .entry(e.job.clone())
                 .or_insert_with(|| b.streaks.get(&e.job).cloned().unwrap_or_default());
-            let (rules, pause_after, paused) = match job {
-                Some(j) => (
-                    st.notify.rules_of(&j.spec).to_vec(),
-                    j.spec.pause_after_failures,
-                    j.spec.paused,
-                ),
-                None => (Vec::new(), None, false),
-            };
+            let (rules, pause_after, paused) = (
+                st.notify.rules_of(&job.spec).to_vec(),
+                job.spec.pause_after_failures,
+                job.spec.paused,
+            );
             let decision = core::decide(streak, &rules, pause_after, paused, e);
             let reason = decision.pause.then(|| streak.pause_reason.clone().unwrap_or_default());
             if let Some(r) = &reason {
