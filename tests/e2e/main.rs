@@ -28,6 +28,7 @@ mod policies;
 mod quickstart;
 mod resume;
 mod schedules;
+mod sinks;
 mod standalone;
 mod traces;
 mod watch;
