@@ -56,7 +56,10 @@ async fn the_webhook_sink_records_requests_checks_signatures_and_goes_down_and_u
         .await
         .expect_err("nothing listens");
     assert!(e.is_connect(), "{e:?}");
-    assert!(post(Some(good.clone())).await.is_err(), "an open connection is closed too");
+    assert!(
+        post(Some(good.clone())).await.is_err(),
+        "an open connection is closed too"
+    );
 
     // up again, on the same port
     let port = sink.port;
@@ -115,7 +118,10 @@ async fn the_smtp_sink_keeps_each_message_of_a_real_smtp_conversation() {
     let got = sink.messages();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["from"], "cronmesh@example.com");
-    assert_eq!(got[0]["to"], serde_json::json!(["ops@example.com", "oncall@example.com"]));
+    assert_eq!(
+        got[0]["to"],
+        serde_json::json!(["ops@example.com", "oncall@example.com"])
+    );
     assert_eq!(got[0]["subject"], "[cronmesh] backup failure: failed");
     assert_eq!(got[0]["body"], "backup failed (exit 3)\nlast line\n");
 
