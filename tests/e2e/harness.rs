@@ -100,6 +100,8 @@ pub struct Cluster {
     pub worker_args: Vec<String>,
     /// The MongoDB stand-in server, once `start_mongo` started it.
     pub mongo: Option<cronmesh::mongo_process::MongoProcess>,
+    /// Extra environment for every master started (e.g. a channel's `secret_env`).
+    pub master_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -120,6 +122,7 @@ impl Cluster {
             http: reqwest::Client::new(),
             worker_args: vec!["--lease-ttl".into(), "2s".into()],
             mongo: None,
+            master_env: Vec::new(),
         }
     }
 
@@ -252,6 +255,7 @@ impl Cluster {
             .env("CRONMESH_ADMIN_TOKEN", ADMIN)
             .env("CRONMESH_READ_TOKEN", READ)
             .env("CRONMESH_WORKER_TOKEN", WORKER)
+            .envs(self.master_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
