@@ -387,6 +387,11 @@ pub const CHANNEL_COLUMNS: &[Column] = &[
     col("NAME", |c| s(&c["name"])),
     col("KIND", |c| s(&c["kind"])),
     col("TARGET", |c| target(&c["target"])),
+    wide("SIGNED", |c| match c["signed"].as_bool() {
+        Some(true) => "yes".into(),
+        Some(false) => "no".into(),
+        None => "-".into(),
+    }),
 ];
 
 /// A notification rule in one line: `ops: failure, recovery (after 2 consecutive failures)`.
@@ -693,7 +698,7 @@ mod tests {
     fn channels_show_their_target_and_the_default_rules() {
         let body = json!({
             "channels": [
-                {"name": "ops", "kind": "webhook", "target": "https://hooks.example"},
+                {"name": "ops", "kind": "webhook", "target": "https://hooks.example", "signed": true},
                 {"name": "mail", "kind": "email", "target": ["ops@example.com", "oncall@example.com"]},
             ],
             "default": [
@@ -709,6 +714,12 @@ mod tests {
         assert_eq!(lines[4], "Default rules (jobs without a \"notify\" field):");
         assert_eq!(lines[5], "  ops: failure, recovery (after 1 consecutive failure)");
         assert_eq!(lines[6], "  mail: failure (after 3 consecutive failures)");
+        let wide = channels_text(&body, true);
+        assert_eq!(
+            wide.lines().next().unwrap(),
+            "NAME  KIND     TARGET                              SIGNED"
+        );
+        assert!(wide.lines().nth(1).unwrap().ends_with("yes"), "{wide}");
         let none = channels_text(&json!({"channels": [body["channels"][0]], "default": []}), false);
         assert!(
             none.ends_with("No default rules: only jobs with a \"notify\" field notify."),
