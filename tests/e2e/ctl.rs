@@ -832,3 +832,56 @@ async fn notifications_list_shows_the_delivery_of_a_failed_run() {
     );
     assert_eq!(out.json().as_array().map(|a| a.len()), Some(1), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_test_sends_a_real_mail_and_exits_1_while_the_mail_server_refuses() {
+    let mut c = Cluster::new().await;
+    let Some(sink) = SmtpSink::start(&c.path("smtp"), "ctl notifications test (email)").await else {
+        return;
+    };
+    let cfg = c.path("notify.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[[master.notify.channels]]
+name = "mail"
+kind = "email"
+smtp_url = "{}"
+from = "cronmesh@example.com"
+to = ["ops@example.com", "oncall@example.com"]
+"#,
+            sink.url()
+        ),
+    )
+    .unwrap();
+    let m = c.start_master("m1", &["--config", cfg.to_str().unwrap()]).await;
+    let run = |args: &[&str], token: &str| ctl(&[args, &["--url", &m, "--token", token]].concat());
+    let out = run(&["notifications", "channels"], READ);
+    assert!(
+        out.stdout.lines().nth(1).is_some_and(|l| l.starts_with("mail  email")
+            && l.contains("ops@example.com")
+            && l.contains("oncall@example.com")),
+        "{out}"
+    );
+    assert!(out.stdout.contains("No default rules"), "{out}");
+
+    let out = run(&["notifications", "test", "mail"], ADMIN);
+    assert_eq!(out.code, 0, "{out}\n{}", sink.log());
+    let got = sink.messages();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["from"], "cronmesh@example.com");
+    assert_eq!(got[0]["to"], json!(["ops@example.com", "oncall@example.com"]));
+    assert!(
+        got[0]["subject"].as_str().unwrap().starts_with("[cronmesh] "),
+        "{got:?}"
+    );
+
+    sink.set_failing(true);
+    let out = run(&["notifications", "test", "mail"], ADMIN);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stderr.contains("not delivered") && out.stderr.contains("451"),
+        "{out}"
+    );
+    assert_eq!(sink.messages().len(), 1);
+}
