@@ -100,7 +100,7 @@ pub struct Cluster {
     pub worker_args: Vec<String>,
     /// The MongoDB stand-in server, once `start_mongo` started it.
     pub mongo: Option<cronmesh::mongo_process::MongoProcess>,
-    /// Extra environment for every master started (e.g. a channel's `secret_env`).
+    /// Extra environment for every master started (e.g. a channel's secret).
     pub master_env: Vec<(String, String)>,
 }
 
@@ -119,7 +119,7 @@ impl Cluster {
             prefix,
             workers: BTreeMap::new(),
             masters: BTreeMap::new(),
-            http: reqwest::Client::new(),
+            http: cronmesh::http_client::client(),
             worker_args: vec!["--lease-ttl".into(), "2s".into()],
             mongo: None,
             master_env: Vec::new(),
@@ -255,9 +255,9 @@ impl Cluster {
             .env("CRONMESH_ADMIN_TOKEN", ADMIN)
             .env("CRONMESH_READ_TOKEN", READ)
             .env("CRONMESH_WORKER_TOKEN", WORKER)
-            .envs(self.master_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE")
+            .envs(self.master_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)

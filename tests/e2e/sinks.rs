@@ -9,7 +9,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_sink_records_requests_checks_signatures_and_goes_down_and_up() {
     let mut sink = WebhookSink::start(Some("s3cret")).await;
-    let http = reqwest::Client::new();
+    let http = cronmesh::http_client::client();
     let body = br#"{"event":"failure","job":"backup"}"#.to_vec();
     let url = sink.url();
     let post = |sig: Option<String>| {
@@ -49,7 +49,7 @@ async fn the_webhook_sink_records_requests_checks_signatures_and_goes_down_and_u
 
     // not listening: the connection is refused, on a fresh client too
     sink.stop_listening().await;
-    let e = reqwest::Client::new()
+    let e = cronmesh::http_client::client()
         .post(sink.url())
         .body(body.clone())
         .send()
@@ -70,7 +70,12 @@ async fn the_webhook_sink_records_requests_checks_signatures_and_goes_down_and_u
 
     // without a secret nothing is checked
     let open = WebhookSink::start(None).await;
-    let resp = reqwest::Client::new().post(open.url()).body("x").send().await.unwrap();
+    let resp = cronmesh::http_client::client()
+        .post(open.url())
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(open.requests()[0].signature_ok, None);
     assert_eq!(open.bad_signatures(), 0);

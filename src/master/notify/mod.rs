@@ -498,14 +498,7 @@ async fn settle(st: &Arc<AppState>, me: &str, b: &mut Books, now: i64) -> Result
                 None => (Vec::new(), None, false),
             };
             let decision = core::decide(streak, &rules, pause_after, paused, e);
-            let reason = decision.pause.then(|| {
-                format!(
-                    "paused after {} consecutive failures (last run {}: {})",
-                    streak.consecutive_failures,
-                    e.run_id,
-                    e.status.as_str()
-                )
-            });
+            let reason = decision.pause.then(|| streak.pause_reason.clone().unwrap_or_default());
             if let Some(r) = &reason {
                 pauses.push((e.job.clone(), r.clone()));
             }
@@ -559,11 +552,10 @@ async fn settle(st: &Arc<AppState>, me: &str, b: &mut Books, now: i64) -> Result
             continue;
         };
         let revision = b.jobs.get(&job).map_or(0, |j| j.revision);
-        let reason = format!(
-            "paused after {} consecutive failures (last run {})",
-            s.consecutive_failures,
-            s.last.as_ref().map_or("?", |l| l.1.as_str())
-        );
+        let reason = s
+            .pause_reason
+            .clone()
+            .unwrap_or_else(|| format!("paused after {} consecutive failures", s.consecutive_failures));
         let paused = match b.jobs.get(&job) {
             None => Ok(None),
             Some(j) if j.spec.paused => Ok(None),
@@ -574,6 +566,7 @@ async fn settle(st: &Arc<AppState>, me: &str, b: &mut Books, now: i64) -> Result
             Ok(_) => {
                 let mut next = s.clone();
                 next.pause_pending = false;
+                next.pause_reason = None;
                 match st.coord.put_streak(me, &job, Some(&next)).await {
                     Ok(true) => {
                         b.streaks.insert(job, next);
