@@ -478,6 +478,10 @@ pub fn run_detail(r: &Value) -> String {
 /// One job in full: its row, what the schedule means, the next fire times, any warnings.
 pub fn job_detail(j: &Value, wide: bool) -> String {
     let mut text = table(JOB_COLUMNS, std::slice::from_ref(j), wide);
+    if let Some(reason) = j["paused_reason"].as_str() {
+        // paused by the master (pause_after_failures): why, and since when
+        text.push_str(&format!("\n\n{reason}, since {}", time(&j["paused_at"])));
+    }
     text.push_str(&format!("\n\n{}\nnext:", s(&j["schedule_description"])));
     for t in j["next_fire_times"].as_array().into_iter().flatten() {
         text.push_str(&format!("\n  {}", s(t)));
@@ -592,6 +596,22 @@ mod tests {
         assert!(
             wide.contains("Europe/Paris") && wide.contains("forbid") && wide.contains("ops"),
             "{wide}"
+        );
+    }
+
+    #[test]
+    fn a_job_paused_by_the_master_says_why_and_since_when() {
+        let mut j = json!({"name": "backup", "schedule": "@hourly", "paused": true, "next_fire_times": [],
+                           "schedule_description": "every hour"});
+        assert!(!job_detail(&j, false).contains("since"));
+        j["paused_reason"] = json!("paused after 3 consecutive failures (last run 0190aa)");
+        j["paused_at"] = json!(1_767_225_600_000i64);
+        let text = job_detail(&j, false);
+        assert!(
+            text.contains(
+                "\n\npaused after 3 consecutive failures (last run 0190aa), since 2026-01-01T00:00:00.000Z\n"
+            ),
+            "{text}"
         );
     }
 
