@@ -91,22 +91,7 @@ impl Notify {
 
     /// Checks a job's rules against this master's channels: `Err((field, message))`.
     pub fn check(&self, spec: &JobSpec) -> Result<(), (String, String)> {
-        crate::model::validate_notify(spec)?;
-        for (i, r) in spec.notify.iter().flatten().enumerate() {
-            if !self.channels.by_name.contains_key(&r.channel) {
-                let names = self.channels.names();
-                let known = if names.is_empty() {
-                    "none are configured: add [[master.notify.channels]] to the masters' config".to_string()
-                } else {
-                    format!("configured: {}", names.join(", "))
-                };
-                return Err((
-                    format!("notify[{i}].channel"),
-                    format!("unknown channel {:?} ({known})", r.channel),
-                ));
-            }
-        }
-        Ok(())
+        check_rules(spec, &self.channels.names())
     }
 
     /// The job watch listed every job / saw one saved / deleted.
@@ -273,6 +258,25 @@ impl Notify {
         }
         d
     }
+}
+
+/// Checks a job's rules (`model::validate_notify`) and that each names one of `channels`.
+pub fn check_rules(spec: &JobSpec, channels: &[&str]) -> Result<(), (String, String)> {
+    crate::model::validate_notify(spec)?;
+    for (i, r) in spec.notify.iter().flatten().enumerate() {
+        if !channels.contains(&r.channel.as_str()) {
+            let known = if channels.is_empty() {
+                "none are configured: add [[master.notify.channels]] to the masters' config".to_string()
+            } else {
+                format!("configured: {}", channels.join(", "))
+            };
+            return Err((
+                format!("notify[{i}].channel"),
+                format!("unknown channel {:?} ({known})", r.channel),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Takes part in the notifier's election until `stop`; decides and sends while elected.
