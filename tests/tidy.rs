@@ -57,9 +57,16 @@ fn only_coord_talks_to_etcd() {
 #[test]
 fn outgoing_http_clients_are_built_by_http_client_only() {
     // a client built elsewhere would panic on its first build without a TLS provider
-    for needle in ["reqwest::Client::new(", "reqwest::Client::builder(", "reqwest::ClientBuilder::new("] {
+    for needle in [
+        "reqwest::Client::new(",
+        "reqwest::Client::builder(",
+        "reqwest::ClientBuilder::new(",
+    ] {
         let bad = offenders(needle, &["src/http_client.rs"]);
-        assert!(bad.is_empty(), "{needle} outside src/http_client.rs: {bad:?}; use cronmesh::http_client::builder()");
+        assert!(
+            bad.is_empty(),
+            "{needle} outside src/http_client.rs: {bad:?}; use cronmesh::http_client::builder()"
+        );
     }
 }
 
