@@ -73,6 +73,18 @@ fleet += [
     panel(29, "Event-feed messages per second, by type", ['sum by (type) (rate(cronmesh_feed_events_sent_total' + R + '))'], 8, 77, w=8, legends=["{{type}}"], unit="ops"),
     panel(30, "Event-feed lagged subscribers per second", ['sum(rate(cronmesh_feed_lagged_total' + R + '))'], 16, 77, w=8, unit="ops"),
 ]
+fleet += [
+    row(32, "Notifications", 85),
+    panel(33, "Deliveries per second, by channel and outcome", ['sum by (channel, outcome) (rate(cronmesh_notifications_total' + R + '))'], 0, 86, w=8, legends=["{{channel}} {{outcome}}"], unit="ops",
+          desc="delivered = the receiver answered 2xx; retried = an attempt failed and will be made again (backoff); dead = given up after master.notify.retry_for."),
+    panel(34, "Notification latency p50 / p99 (run end to the receiver's 2xx)", [
+        'histogram_quantile(0.5, sum by (le) (rate(cronmesh_notification_latency_seconds_bucket' + R + ')))',
+        'histogram_quantile(0.99, sum by (le) (rate(cronmesh_notification_latency_seconds_bucket' + R + ')))'], 8, 86, w=8, legends=["p50", "p99"], unit="s"),
+    panel(35, "Outbox and inbox depth (the notifier master)", ['max(cronmesh_notify_outbox_depth)', 'max(cronmesh_notify_inbox_depth)'], 16, 86, w=8, legends=["outbox: pending deliveries", "inbox: records waiting for a decision"],
+          desc="CronmeshNotifyBacklog fires when the outbox stays above 100 for 15 minutes."),
+    panel(36, "Dead letters in the last hour, by channel", ['sum by (channel) (increase(cronmesh_notify_dead_letters_total[1h]))'], 0, 94, w=24, legends=["{{channel}}"],
+          desc="Deliveries given up on (CronmeshNotificationDeadLetter): cronmesh ctl notifications list --status dead says why."),
+]
 with open("cronmesh-fleet.json", "w") as f:
     json.dump(dashboard("cronmesh-fleet", "cronmesh / fleet overview", fleet), f, indent=2)
     f.write("\n")

@@ -69,7 +69,7 @@ step() {
 }
 
 check_shellcheck() {
-  shellcheck -x scripts/check-deploy.sh scripts/deploy-venv.sh scripts/mongo-venv.sh scripts/schemathesis-venv.sh \
+  shellcheck -x scripts/check-deploy.sh scripts/deploy-venv.sh scripts/mongo-venv.sh scripts/notify-venv.sh scripts/schemathesis-venv.sh \
     scripts/test.sh scripts/quickstart.sh deploy/local-cluster.sh \
     deploy/systemd/install.sh deploy/systemd/verify.sh deploy/kubernetes/validate.sh
   echo "ok: shellcheck"

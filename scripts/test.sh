@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests need (Debian packages, playwright-core from npm for the
-# browser tests, PyPI tools and the MongoDB stand-in server in venvs under target/), then runs
+# browser tests, PyPI tools, the MongoDB stand-in server and aiosmtpd in venvs under target/), then runs
 # every check and test:
 # formatting, clippy with warnings as errors, unit tests and the end-to-end tests, which start
 # their own etcd processes and cronmesh workers, and drive the web page in headless Chromium.
@@ -49,6 +49,14 @@ echo "== mongo venv"
 ensure_mongo_venv "${MONGO_VENV:-$PWD/target/mongo-venv}"
 export CRONMESH_TEST_SECANTUSD="${MONGO_VENV:-$PWD/target/mongo-venv}/bin/secantusd-py"
 "$CRONMESH_TEST_SECANTUSD" --help >/dev/null
+# aiosmtpd, the SMTP server the notification specs send email to (tests/e2e/smtp_sink.py); under
+# CI a missing one fails those tests instead of skipping them
+echo "== notify venv"
+# shellcheck source-path=SCRIPTDIR source=notify-venv.sh
+. scripts/notify-venv.sh
+ensure_notify_venv "${NOTIFY_VENV:-$PWD/target/notify-venv}"
+export CRONMESH_TEST_AIOSMTPD="${NOTIFY_VENV:-$PWD/target/notify-venv}/bin/python"
+"$CRONMESH_TEST_AIOSMTPD" -c 'import aiosmtpd' >/dev/null
 # schemathesis (fuzzes the API from its OpenAPI document) and jsonschema-rs (validates real
 # responses against it), for tests/e2e/openapi.rs
 echo "== schemathesis venv"

@@ -70,7 +70,7 @@ enum Cmd {
         #[arg(long, value_parser = parse_instant)]
         from: Option<i64>,
     },
-    /// Client of the REST API: jobs, runs, workers (kubectl-style: `cronmesh ctl jobs list -o wide`).
+    /// Client of the REST API: jobs, runs, workers, notifications (kubectl-style: `cronmesh ctl jobs list -o wide`).
     #[command(long_about = cronmesh::ctl::LONG_ABOUT)]
     Ctl(cronmesh::ctl::CtlArgs),
     /// Print the SHA-256 of a token, for `sha256 = "..."` in [master.auth].

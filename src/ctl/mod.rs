@@ -1,5 +1,6 @@
 //! `cronmesh ctl`: a command-line client of the REST API, in kubectl's style: `ctl NOUN VERB`
-//! (`jobs list`, `jobs get NAME`, `runs list`, `runs get ID`, `workers list`), the global flags
+//! (`jobs list`, `jobs get NAME`, `runs list`, `runs get ID`, `workers list`,
+//! `notifications list`), the global flags
 //! (`--url`, `--token`, `-o table|wide|json|yaml`) anywhere on the line, and exit codes that
 //! tell a script what happened (see `LONG_ABOUT`).
 //!
@@ -14,7 +15,10 @@ pub mod output;
 pub mod wait;
 
 use clap::{Args, Subcommand};
-use output::{JOB_COLUMNS, Output, RUN_COLUMNS, TICK_COLUMNS, WORKER_COLUMNS, data, escape_controls, s, table};
+use output::{
+    JOB_COLUMNS, NOTIFICATION_COLUMNS, Output, RUN_COLUMNS, TICK_COLUMNS, WORKER_COLUMNS, data, escape_controls, s,
+    table,
+};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,7 +26,7 @@ use std::time::Duration;
 /// `cronmesh ctl --help`: the conventions and the exit codes.
 pub const LONG_ABOUT: &str = "\
 Client of the REST API, in kubectl's style: cronmesh ctl NOUN VERB [ARGS]. The nouns are jobs,
-runs and workers; the flags --url, --token and -o may come anywhere on the line, e.g.
+runs, workers and notifications; the flags --url, --token and -o may come anywhere on the line, e.g.
 `cronmesh ctl runs list -o json --token $T`.
 
 Output (-o): table (default), wide (more columns: owner, time zone, concurrency, whole run ids,
@@ -34,8 +38,9 @@ alike); `runs get` takes that end, the beginning, or the whole id.
 Exit codes:
   0  done
   1  the master refused (the message says why: 4xx, 5xx), a job file is invalid (nothing was
-     applied), or `jobs run --wait` saw a run end without an exit code of its own (it did not
-     start, was killed by a signal, timed out, was lost) or its --timeout passed
+     applied), `jobs run --wait` saw a run end without an exit code of its own (it did not
+     start, was killed by a signal, timed out, was lost) or its --timeout passed, or
+     `notifications test` could not deliver (the receiver's error is printed)
   2  usage: an unknown verb or flag, a bad flag value
   3  the master cannot be reached (--url or CRONMESH_URL)
   With `jobs run --wait`, the exit code of the run's command when it has one.";
@@ -82,6 +87,10 @@ pub enum CtlCmd {
         #[command(subcommand)]
         cmd: Option<WorkersCmd>,
     },
+    /// Notifications of run failures and recoveries: deliveries (list), the configured channels,
+    /// a test send.
+    #[command(subcommand)]
+    Notifications(NotificationsCmd),
     /// What the master depends on — etcd, the run log, the workers — each up or down in one line
     /// with what to do, and what your token may do (as the web page's banner shows them). Exits
     /// with 1 when a part is down.
@@ -127,6 +136,40 @@ pub enum CtlCmd {
         /// cursor received, so no event is missed.
         #[arg(long)]
         follow: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NotificationsCmd {
+    /// List deliveries (webhook, Slack, email), newest first: what they were about, their
+    /// status (pending, delivered, dead), attempts and the receiver's last error.
+    #[command(
+        after_help = "Examples:\n  cronmesh ctl notifications list --status dead\n  cronmesh ctl notifications list --job backup --channel ops -o wide"
+    )]
+    List {
+        /// Only the deliveries about this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only the deliveries to this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only deliveries with this status.
+        #[arg(long, value_parser = ["pending", "delivered", "dead"])]
+        status: Option<String>,
+        /// How many deliveries at most (1-500).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// The configured channels (name, kind, where they send) and the default rules of jobs
+    /// without rules of their own.
+    #[command(after_help = "Example:\n  cronmesh ctl notifications channels -o yaml")]
+    Channels,
+    /// Send a test notification to a channel now and wait for the receiver's answer; exits with 1
+    /// and prints the receiver's error when it was not delivered. Needs an admin token.
+    #[command(after_help = "Example:\n  cronmesh ctl notifications test ops")]
+    Test {
+        /// The channel's name (`cronmesh ctl notifications channels` lists them).
+        channel: String,
     },
 }
 
@@ -570,6 +613,72 @@ pub async fn run(a: CtlArgs) -> Result<Done, CtlError> {
             let ws = ws.as_array().cloned().unwrap_or_default();
             listing(o, &ws, WORKER_COLUMNS, "workers")
         }
+        CtlCmd::Notifications(NotificationsCmd::List {
+            job,
+            channel,
+            status,
+            limit,
+        }) => {
+            if !(1..=500).contains(&limit) {
+                return Err(CtlError::Usage("--limit must be between 1 and 500".into()));
+            }
+            let mut path = format!("/api/v1/notifications?limit={limit}");
+            for (key, v) in [("job", &job), ("channel", &channel), ("status", &status)] {
+                if let Some(v) = v {
+                    path.push_str(&format!("&{key}={}", encode(v)));
+                }
+            }
+            let body = c.get(&path).await?;
+            let rows = body["notifications"].as_array().cloned().unwrap_or_default();
+            if o.is_data() || rows.is_empty() {
+                listing(o, &rows, NOTIFICATION_COLUMNS, "notifications")
+            } else {
+                Done::out(output::notifications_table(&rows, wide, crate::coord::now_ms()))
+            }
+        }
+        CtlCmd::Notifications(NotificationsCmd::Channels) => {
+            let body = c.get("/api/v1/notify/channels").await?;
+            if o.is_data() {
+                Done::out(data(&body, o))
+            } else if body["channels"].as_array().is_none_or(|c| c.is_empty()) {
+                Done {
+                    stderr: vec![
+                        "No notification channels configured ([[master.notify.channels]] in the masters' config)."
+                            .into(),
+                    ],
+                    ..Default::default()
+                }
+            } else {
+                Done::out(output::channels_text(&body, wide))
+            }
+        }
+        CtlCmd::Notifications(NotificationsCmd::Test { channel }) => {
+            let path = format!("/api/v1/notify/test?channel={}", encode(&channel));
+            match c.call(reqwest::Method::POST, &path, None).await {
+                Ok(body) => Done::out(if o.is_data() {
+                    data(&body, o)
+                } else {
+                    output::test_sent(&channel, &body["delivery"])
+                }),
+                Err(CtlError::Api {
+                    status: 502, message, ..
+                }) => {
+                    return Err(CtlError::Refused(format!(
+                        "channel/{channel}: the test notification was not delivered: {message}"
+                    )));
+                }
+                Err(CtlError::Api {
+                    status: 404,
+                    code,
+                    message,
+                }) if code == "channel_not_found" => {
+                    return Err(CtlError::Refused(format!(
+                        "{message} (cronmesh ctl notifications channels lists the configured ones)"
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         CtlCmd::Health => {
             let h = c.get("/api/v1/health").await?;
             let degraded = h["status"] != "ok";
@@ -846,6 +955,61 @@ mod tests {
         );
         assert_eq!(e.to_string(), "404: job \"x\" not found");
         assert_eq!(CtlError::Usage("bad".into()).exit_code(), 2);
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        ctl: CtlArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<CtlArgs, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("ctl").chain(args.iter().copied())).map(|c| c.ctl)
+    }
+
+    #[test]
+    fn the_notifications_verbs_parse_and_a_bad_status_is_a_usage_error() {
+        let a = parse(&[
+            "notifications",
+            "list",
+            "--job",
+            "backup",
+            "--status",
+            "dead",
+            "--limit",
+            "5",
+            "-o",
+            "wide",
+        ])
+        .unwrap();
+        assert_eq!(a.output, Output::Wide);
+        match a.cmd {
+            CtlCmd::Notifications(NotificationsCmd::List {
+                job,
+                channel,
+                status,
+                limit,
+            }) => {
+                assert_eq!(
+                    (job.as_deref(), channel, status.as_deref(), limit),
+                    (Some("backup"), None, Some("dead"), 5)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["notifications", "test", "ops"]).unwrap().cmd,
+            CtlCmd::Notifications(NotificationsCmd::Test { channel }) if channel == "ops"
+        ));
+        assert!(matches!(
+            parse(&["notifications", "channels", "-o", "json"]).unwrap().cmd,
+            CtlCmd::Notifications(NotificationsCmd::Channels)
+        ));
+        let e = parse(&["notifications", "list", "--status", "failed"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.to_string().contains("pending, delivered, dead"), "{e}");
+        assert_eq!(parse(&["notifications", "test"]).unwrap_err().exit_code(), 2);
     }
 
     #[test]

@@ -308,6 +308,137 @@ pub const TICK_COLUMNS: &[Column] = &[
     col("REASON", |t| t["reason"].as_str().unwrap_or("").to_string()),
 ];
 
+/// How long ago, as kubectl's AGE column says it: `45s`, `12m`, `5h`, `3d` (a time in the future,
+/// a clock ahead, is `0s`).
+pub fn age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m", s / 60)
+    } else if s < 86_400 {
+        format!("{}h", s / 3600)
+    } else {
+        format!("{}d", s / 86_400)
+    }
+}
+
+/// How much of a receiver's error the narrow table shows (`-o wide` shows all of it).
+pub const ERROR_WIDTH: usize = 60;
+
+/// `text` cut to `width` characters, with `…` when cut.
+pub fn clip(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        let mut t: String = text.chars().take(width.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// `notifications list`: deliveries (`GET /api/v1/notifications`). AGE is the time since the
+/// delivery was created, from `_age_ms` (which `notifications_table` adds to each row).
+pub const NOTIFICATION_COLUMNS: &[Column] = &[
+    narrow("ID", |d| short_id(d["id"].as_str().unwrap_or("-"))),
+    wide("ID", |d| s(&d["id"])),
+    col("EVENT", |d| s(&d["event"])),
+    col("JOB", |d| s(&d["job"])),
+    wide("RUN", |d| s(&d["run_id"])),
+    col("CHANNEL", |d| s(&d["channel"])),
+    wide("KIND", |d| s(&d["kind"])),
+    col("STATUS", |d| s(&d["status"])),
+    col("ATTEMPTS", |d| d["attempts"].as_u64().unwrap_or(0).to_string()),
+    col("AGE", |d| d["_age_ms"].as_i64().map(age).unwrap_or_else(|| "-".into())),
+    wide("CREATED", |d| time(&d["created_at"])),
+    wide("NEXT-ATTEMPT", |d| time(&d["next_attempt_at"])),
+    wide("DELIVERED", |d| time(&d["delivered_at"])),
+    narrow("LAST-ERROR", |d| clip(&s(&d["last_error"]), ERROR_WIDTH)),
+    wide("LAST-ERROR", |d| s(&d["last_error"])),
+];
+
+/// The deliveries as a table, their age counted to `now_ms`.
+pub fn notifications_table(rows: &[Value], wide: bool, now_ms: i64) -> String {
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            if let (Some(created), Some(obj)) = (d["created_at"].as_i64(), d.as_object_mut()) {
+                obj.insert("_age_ms".into(), Value::from(now_ms - created));
+            }
+            d
+        })
+        .collect();
+    table(NOTIFICATION_COLUMNS, &rows, wide)
+}
+
+/// A channel's target: the URL's scheme and host, or the mail recipients (a list or a string).
+fn target(v: &Value) -> String {
+    match v.as_array() {
+        Some(list) => {
+            let t = list.iter().map(s).collect::<Vec<_>>().join(",");
+            if t.is_empty() { "-".into() } else { t }
+        }
+        None => s(v),
+    }
+}
+
+pub const CHANNEL_COLUMNS: &[Column] = &[
+    col("NAME", |c| s(&c["name"])),
+    col("KIND", |c| s(&c["kind"])),
+    col("TARGET", |c| target(&c["target"])),
+    wide("SIGNED", |c| match c["signed"].as_bool() {
+        Some(true) => "yes".into(),
+        Some(false) => "no".into(),
+        None => "-".into(),
+    }),
+];
+
+/// A notification rule in one line: `ops: failure, recovery (after 2 consecutive failures)`.
+pub fn rule_line(r: &Value) -> String {
+    let on = r["on"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|| "failure, recovery".into());
+    let n = r["after_failures"].as_u64().unwrap_or(1);
+    format!(
+        "{}: {on} (after {n} consecutive failure{})",
+        s(&r["channel"]),
+        if n == 1 { "" } else { "s" }
+    )
+}
+
+/// `notifications channels`: the channels' table, then the fleet's default rules.
+pub fn channels_text(body: &Value, wide: bool) -> String {
+    let channels = body["channels"].as_array().cloned().unwrap_or_default();
+    let mut text = table(CHANNEL_COLUMNS, &channels, wide);
+    let rules = body["default"].as_array().cloned().unwrap_or_default();
+    if rules.is_empty() {
+        text.push_str("\n\nNo default rules: only jobs with a \"notify\" field notify.");
+    } else {
+        text.push_str("\n\nDefault rules (jobs without a \"notify\" field):");
+        for r in &rules {
+            text.push_str(&format!("\n  {}", rule_line(r)));
+        }
+    }
+    text
+}
+
+/// `notifications test` when it was delivered.
+pub fn test_sent(channel: &str, delivery: &Value) -> String {
+    let mut text = format!(
+        "channel/{channel}: test notification {}",
+        match delivery["status"].as_str() {
+            Some("delivered") | None => "delivered".to_string(),
+            Some(other) => other.to_string(),
+        }
+    );
+    if let Some(id) = delivery["id"].as_str() {
+        text.push_str(&format!(" (delivery {id})"));
+    }
+    text
+}
+
 /// One run in full, output last (`runs get`, `jobs run --wait -o table`).
 pub fn run_detail(r: &Value) -> String {
     let mut lines = vec![
@@ -347,6 +478,10 @@ pub fn run_detail(r: &Value) -> String {
 /// One job in full: its row, what the schedule means, the next fire times, any warnings.
 pub fn job_detail(j: &Value, wide: bool) -> String {
     let mut text = table(JOB_COLUMNS, std::slice::from_ref(j), wide);
+    if let Some(reason) = j["paused_reason"].as_str() {
+        // paused by the master (pause_after_failures): why, and since when
+        text.push_str(&format!("\n\n{reason}, since {}", time(&j["paused_at"])));
+    }
     text.push_str(&format!("\n\n{}\nnext:", s(&j["schedule_description"])));
     for t in j["next_fire_times"].as_array().into_iter().flatten() {
         text.push_str(&format!("\n  {}", s(t)));
@@ -465,10 +600,160 @@ mod tests {
     }
 
     #[test]
+    fn a_job_paused_by_the_master_says_why_and_since_when() {
+        let mut j = json!({"name": "backup", "schedule": "@hourly", "paused": true, "next_fire_times": [],
+                           "schedule_description": "every hour"});
+        assert!(!job_detail(&j, false).contains("since"));
+        j["paused_reason"] = json!("paused after 3 consecutive failures (last run 0190aa)");
+        j["paused_at"] = json!(1_767_225_600_000i64);
+        let text = job_detail(&j, false);
+        assert!(
+            text.contains(
+                "\n\npaused after 3 consecutive failures (last run 0190aa), since 2026-01-01T00:00:00.000Z\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn yaml_and_json_show_the_apis_objects_as_they_are() {
         let v = json!([{"name": "a", "paused": false}]);
         assert_eq!(data(&v, Output::Yaml), "- name: a\n  paused: false");
         assert_eq!(serde_json::from_str::<Value>(&data(&v, Output::Json)).unwrap(), v);
+    }
+
+    fn delivery(id: &str, status: &str, error: Option<&str>) -> Value {
+        json!({
+            "id": id, "event": "failure", "job": "backup", "run_id": "019ad2f0c1a87b3e9f00aa11bb22cc33",
+            "channel": "ops", "kind": "webhook", "status": status, "attempts": 3, "last_error": error,
+            "created_at": 1_767_225_600_000i64, "updated_at": 1_767_225_660_000i64,
+            "next_attempt_at": null, "delivered_at": null
+        })
+    }
+
+    #[test]
+    fn the_notifications_table_shows_the_contracts_columns_short_ids_and_the_age() {
+        let rows = [
+            delivery(
+                "019ad2f0c1a87b3e9f00aa11bb22cc33-ops-failure-7d1e2f3a4b5c",
+                "pending",
+                Some("503 Service Unavailable: the test sink is down"),
+            ),
+            delivery("0b7c41a100dd44ee55ff66", "delivered", None),
+        ];
+        let now = 1_767_225_600_000i64 + 125_000;
+        let text = notifications_table(&rows, false, now);
+        let lines: Vec<&str> = text.lines().collect();
+        let head: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            head,
+            [
+                "ID",
+                "EVENT",
+                "JOB",
+                "CHANNEL",
+                "STATUS",
+                "ATTEMPTS",
+                "AGE",
+                "LAST-ERROR"
+            ],
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("7d1e2f3a4b5c  failure  backup  ops      pending"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains(" 2m "),
+            "the age of a delivery made 125 s ago: {text}"
+        );
+        assert!(
+            lines[1].ends_with("503 Service Unavailable: the test sink is down"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("dd44ee55ff66") && lines[2].ends_with("2m   -"),
+            "{text}"
+        );
+        assert!(!text.contains("019ad2f0"), "ids by their last 12 characters: {text}");
+        let wide = notifications_table(&rows, true, now);
+        for c in ["KIND", "CREATED", "NEXT-ATTEMPT", "DELIVERED"] {
+            assert!(wide.lines().next().unwrap().contains(c), "{wide}");
+        }
+        assert!(
+            wide.contains("019ad2f0c1a87b3e9f00aa11bb22cc33-ops-failure-7d1e2f3a4b5c"),
+            "{wide}"
+        );
+        assert!(wide.contains("2026-01-01T00:00:00"), "{wide}");
+        assert!(
+            wide.contains("019ad2f0c1a87b3e9f00aa11bb22cc33  ops"),
+            "wide has the run: {wide}"
+        );
+        assert!(!wide.contains("_age_ms"), "{wide}");
+    }
+
+    #[test]
+    fn a_long_receiver_error_is_clipped_in_the_table_and_whole_in_wide() {
+        let long = format!("500 Internal Server Error: {}", "x".repeat(200));
+        let rows = [delivery("abc", "dead", Some(&long))];
+        let narrow = notifications_table(&rows, false, 1_767_225_600_000);
+        let last = narrow.lines().nth(1).unwrap();
+        assert!(last.ends_with('…'), "{narrow}");
+        assert!(last.contains(&clip(&long, ERROR_WIDTH)), "{narrow}");
+        assert!(notifications_table(&rows, true, 0).contains(&long));
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn ages_read_like_kubectls() {
+        assert_eq!(age(-5_000), "0s");
+        assert_eq!(age(45_000), "45s");
+        assert_eq!(age(12 * 60_000 + 59_000), "12m");
+        assert_eq!(age(5 * 3_600_000), "5h");
+        assert_eq!(age(3 * 86_400_000 + 1), "3d");
+    }
+
+    #[test]
+    fn channels_show_their_target_and_the_default_rules() {
+        let body = json!({
+            "channels": [
+                {"name": "ops", "kind": "webhook", "target": "https://hooks.example", "signed": true},
+                {"name": "mail", "kind": "email", "target": ["ops@example.com", "oncall@example.com"]},
+            ],
+            "default": [
+                {"channel": "ops", "on": ["failure", "recovery"], "after_failures": 1},
+                {"channel": "mail", "on": ["failure"], "after_failures": 3},
+            ]
+        });
+        let text = channels_text(&body, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "NAME  KIND     TARGET");
+        assert_eq!(lines[1], "ops   webhook  https://hooks.example");
+        assert_eq!(lines[2], "mail  email    ops@example.com,oncall@example.com");
+        assert_eq!(lines[4], "Default rules (jobs without a \"notify\" field):");
+        assert_eq!(lines[5], "  ops: failure, recovery (after 1 consecutive failure)");
+        assert_eq!(lines[6], "  mail: failure (after 3 consecutive failures)");
+        let wide = channels_text(&body, true);
+        assert_eq!(
+            wide.lines().next().unwrap(),
+            "NAME  KIND     TARGET                              SIGNED"
+        );
+        assert!(wide.lines().nth(1).unwrap().ends_with("yes"), "{wide}");
+        let none = channels_text(&json!({"channels": [body["channels"][0]], "default": []}), false);
+        assert!(
+            none.ends_with("No default rules: only jobs with a \"notify\" field notify."),
+            "{none}"
+        );
+    }
+
+    #[test]
+    fn a_test_send_says_it_was_delivered_with_the_delivery_id() {
+        let d = json!({"id": "test-ops-1", "status": "delivered"});
+        assert_eq!(
+            test_sent("ops", &d),
+            "channel/ops: test notification delivered (delivery test-ops-1)"
+        );
     }
 
     #[test]

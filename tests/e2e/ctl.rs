@@ -196,6 +196,9 @@ async fn every_verb_has_help_with_an_example_and_ctl_help_documents_the_exit_cod
         &["workers", "list"],
         &["preview"],
         &["events"],
+        &["notifications", "list"],
+        &["notifications", "channels"],
+        &["notifications", "test"],
     ] {
         let out = ctl(&[verb, &["--help"]].concat());
         assert_eq!(out.code, 0, "{out}");
@@ -601,4 +604,284 @@ async fn ctl_health_names_each_part_and_exits_1_while_one_is_down() {
     assert_eq!(h["status"], "ok");
     assert_eq!(h["role"], "admin");
     assert_eq!(h["components"].as_array().map(|a| a.len()), Some(3), "{h}");
+}
+
+/// A master whose channel `ops` posts to `hook` (signed with `secret`), the default rule of every
+/// job; with one worker.
+async fn notifying_cluster(hook: &WebhookSink, secret: &str) -> (Cluster, String) {
+    let mut c = Cluster::new().await;
+    let cfg = c.path("notify.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[master.notify]
+default = [{{ channel = "ops", on = ["failure", "recovery"], after_failures = 1 }}]
+
+[[master.notify.channels]]
+name = "ops"
+kind = "webhook"
+url = "{}"
+secret_env = "CRONMESH_NOTIFY_OPS_SECRET"
+"#,
+            hook.url()
+        ),
+    )
+    .unwrap();
+    c.master_env.push(("CRONMESH_NOTIFY_OPS_SECRET".into(), secret.into()));
+    let m = c.start_master("m1", &["--config", cfg.to_str().unwrap()]).await;
+    c.start_worker("w1", &[]);
+    c.wait_members(&["w1"]).await;
+    (c, m)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_channels_and_test_against_a_real_webhook_exit_1_with_the_receivers_error() {
+    let secret = "hook-secret-for-tests-0001";
+    let mut hook = WebhookSink::start(Some(secret)).await;
+    let (_c, m) = notifying_cluster(&hook, secret).await;
+    let run = |args: &[&str], token: &str| ctl(&[args, &["--url", &m, "--token", token]].concat());
+
+    // the channels and the default rules; never the secret
+    let out = run(&["notifications", "channels"], READ);
+    assert_eq!(out.code, 0, "{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "KIND", "TARGET"],
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("ops") && lines[1].contains("webhook") && lines[1].contains("127.0.0.1"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("  ops: failure, recovery (after 1 consecutive failure)"),
+        "{out}"
+    );
+    let json = run(&["notifications", "channels", "-o", "json"], READ);
+    assert_eq!(json.json()["channels"][0]["name"], "ops", "{json}");
+    assert_eq!(json.json()["channels"][0]["kind"], "webhook", "{json}");
+    assert_eq!(json.json()["default"][0]["channel"], "ops", "{json}");
+    let yaml = run(&["notifications", "channels", "-o", "yaml"], READ);
+    assert!(yaml.stdout.contains("name: ops"), "{yaml}");
+    for o in [&out, &json, &yaml] {
+        assert!(!o.stdout.contains(secret), "the secret is shown: {o}");
+    }
+
+    // a test send: delivered, signed, with the test event
+    let out = run(&["notifications", "test", "ops"], ADMIN);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout.starts_with("channel/ops: test notification delivered"),
+        "{out}"
+    );
+    assert_eq!((hook.count(), hook.bad_signatures()), (1, 0), "{:?}", hook.requests());
+    let req = &hook.requests()[0];
+    assert_eq!(req.header("X-Cronmesh-Event"), Some("test"), "{req:?}");
+    assert!(
+        req.header("X-Cronmesh-Delivery").is_some_and(|d| !d.is_empty()),
+        "{req:?}"
+    );
+    assert_eq!(req.signature_ok, Some(true));
+    let out = run(&["notifications", "test", "ops", "-o", "json"], ADMIN);
+    assert_eq!(out.json()["delivery"]["status"], "delivered", "{out}");
+    assert_eq!(out.json()["delivery"]["event"], "test", "{out}");
+
+    // a read token may look but not send
+    let out = run(&["notifications", "test", "ops"], READ);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stderr.contains("admin token") && out.stderr.contains("--token or CRONMESH_TOKEN"),
+        "{out}"
+    );
+    // no token at all
+    let out = ctl(&["notifications", "list", "--url", &m]);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.contains("--token or set CRONMESH_TOKEN"), "{out}");
+
+    // the receiver answers 503: exit 1 with its error
+    hook.set_down();
+    let out = run(&["notifications", "test", "ops"], ADMIN);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stderr
+            .starts_with("error: channel/ops: the test notification was not delivered:")
+            && out.stderr.contains("503"),
+        "{out}"
+    );
+    // nothing listens: exit 1 too
+    hook.stop_listening().await;
+    let out = run(&["notifications", "test", "ops"], ADMIN);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.contains("not delivered"), "{out}");
+    hook.set_up().await;
+
+    // an unknown channel
+    let out = run(&["notifications", "test", "nope"], ADMIN);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stderr.contains("nope") && out.stderr.contains("notifications channels"),
+        "{out}"
+    );
+    // a bad flag value is a usage error
+    let out = run(&["notifications", "list", "--limit", "0"], READ);
+    assert_eq!(out.code, 2, "{out}");
+    let out = run(&["notifications", "list", "--status", "failed"], READ);
+    assert_eq!(out.code, 2, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_list_shows_the_delivery_of_a_failed_run() {
+    let secret = "hook-secret-for-tests-0002";
+    let hook = WebhookSink::start(Some(secret)).await;
+    let (c, m) = notifying_cluster(&hook, secret).await;
+    let run = |args: &[&str], token: &str| ctl(&[args, &["--url", &m, "--token", token]].concat());
+    // nothing yet
+    let out = run(&["notifications", "list"], READ);
+    assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{out}");
+    assert_eq!(out.stderr, "No notifications found.", "{out}");
+    // a paused job (no ticks) that fails once, by hand
+    let (st, body) = c
+        .send(
+            "PUT",
+            &m,
+            "/api/v1/jobs/nightly",
+            Some(ADMIN),
+            Some(json!({"schedule": "@yearly", "command": "echo broken; exit 3", "paused": true})),
+        )
+        .await;
+    assert!(st == 200 || st == 201, "{st} {body}");
+    let out = run(&["jobs", "run", "nightly", "--wait", "--timeout", "30s"], ADMIN);
+    assert_eq!(out.code, 3, "{out}");
+    wait_until(Duration::from_secs(30), "the failure is posted to the webhook", || {
+        hook.requests().iter().any(|r| r.json()["event"] == "failure")
+    })
+    .await;
+    let posted = hook
+        .requests()
+        .into_iter()
+        .find(|r| r.json()["event"] == "failure")
+        .unwrap();
+    assert_eq!(posted.json()["job"], "nightly");
+    assert_eq!(posted.signature_ok, Some(true));
+    let delivery_id = posted.header("X-Cronmesh-Delivery").unwrap().to_string();
+    // the delivery is marked delivered once the receiver answered
+    wait_for(
+        Duration::from_secs(20),
+        "the delivery is listed as delivered",
+        || async {
+            let out = run(&["notifications", "list", "--job", "nightly", "-o", "json"], READ);
+            out.code == 0
+                && out
+                    .json()
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|d| d["status"] == "delivered"))
+        },
+    )
+    .await;
+    let out = run(&["notifications", "list", "--job", "nightly"], READ);
+    assert_eq!(out.code, 0, "{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        [
+            "ID",
+            "EVENT",
+            "JOB",
+            "CHANNEL",
+            "STATUS",
+            "ATTEMPTS",
+            "AGE",
+            "LAST-ERROR"
+        ],
+        "{out}"
+    );
+    let row = lines
+        .iter()
+        .find(|l| l.contains(" failure "))
+        .unwrap_or_else(|| panic!("no failure row: {out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    let short: String = delivery_id
+        .chars()
+        .rev()
+        .take(12)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    assert_eq!(cells[0], short, "the id's last 12 characters: {out}");
+    assert_eq!(&cells[1..6], ["failure", "nightly", "ops", "delivered", "1"], "{out}");
+    let wide = run(&["notifications", "list", "--job", "nightly", "-o", "wide"], READ);
+    assert!(wide.stdout.contains(&delivery_id), "{wide}");
+    // the filters are the server's
+    let out = run(&["notifications", "list", "--status", "dead"], READ);
+    assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{out}");
+    let out = run(
+        &[
+            "notifications",
+            "list",
+            "--channel",
+            "ops",
+            "--limit",
+            "1",
+            "-o",
+            "json",
+        ],
+        READ,
+    );
+    assert_eq!(out.json().as_array().map(|a| a.len()), Some(1), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_test_sends_a_real_mail_and_exits_1_while_the_mail_server_refuses() {
+    let mut c = Cluster::new().await;
+    let Some(sink) = SmtpSink::start(&c.path("smtp"), "ctl notifications test (email)").await else {
+        return;
+    };
+    let cfg = c.path("notify.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[[master.notify.channels]]
+name = "mail"
+kind = "email"
+smtp_url = "{}"
+from = "cronmesh@example.com"
+to = ["ops@example.com", "oncall@example.com"]
+"#,
+            sink.url()
+        ),
+    )
+    .unwrap();
+    let m = c.start_master("m1", &["--config", cfg.to_str().unwrap()]).await;
+    let run = |args: &[&str], token: &str| ctl(&[args, &["--url", &m, "--token", token]].concat());
+    let out = run(&["notifications", "channels"], READ);
+    assert!(
+        out.stdout.lines().nth(1).is_some_and(|l| l.starts_with("mail  email")
+            && l.contains("ops@example.com")
+            && l.contains("oncall@example.com")),
+        "{out}"
+    );
+    assert!(out.stdout.contains("No default rules"), "{out}");
+
+    let out = run(&["notifications", "test", "mail"], ADMIN);
+    assert_eq!(out.code, 0, "{out}\n{}", sink.log());
+    let got = sink.messages();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["from"], "cronmesh@example.com");
+    assert_eq!(got[0]["to"], json!(["ops@example.com", "oncall@example.com"]));
+    assert!(
+        got[0]["subject"].as_str().unwrap().starts_with("[cronmesh] "),
+        "{got:?}"
+    );
+
+    sink.set_failing(true);
+    let out = run(&["notifications", "test", "mail"], ADMIN);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stderr.contains("not delivered") && out.stderr.contains("451"),
+        "{out}"
+    );
+    assert_eq!(sink.messages().len(), 1);
 }

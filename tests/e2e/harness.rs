@@ -556,3 +556,357 @@ pub fn assert_all_ran(ticks: &[TickLine], jobs: &[String], interval_ms: i64, fro
         &missing[..missing.len().min(10)]
     );
 }
+
+/// The environment variable that names the Python of the venv with aiosmtpd
+/// (`scripts/notify-venv.sh`; `scripts/test.sh` sets it).
+pub const AIOSMTPD_ENV: &str = "CRONMESH_TEST_AIOSMTPD";
+
+/// The Python with aiosmtpd: `$CRONMESH_TEST_AIOSMTPD`, else `target/notify-venv/bin/python`.
+fn aiosmtpd_python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(AIOSMTPD_ENV) {
+        return Some(PathBuf::from(p));
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/notify-venv/bin/python");
+    p.exists().then_some(p)
+}
+
+/// A real SMTP server (aiosmtpd, `tests/e2e/smtp_sink.py`) on 127.0.0.1 that keeps every message
+/// it receives; killed on drop.
+pub struct SmtpSink {
+    pub port: u16,
+    child: Child,
+    messages: PathBuf,
+    fail_file: PathBuf,
+    log: PathBuf,
+}
+
+impl SmtpSink {
+    /// Starts the server on a free port with its files in `dir`. `None` (after printing SKIPPED)
+    /// where aiosmtpd is not installed; under CI (`CI=true`) that is a failure instead.
+    pub async fn start(dir: &Path, what: &str) -> Option<SmtpSink> {
+        let Some(python) = aiosmtpd_python() else {
+            if cronmesh::mongo_process::required() {
+                panic!(
+                    "{what}: aiosmtpd is not installed ({AIOSMTPD_ENV} unset and no target/notify-venv/bin/python); scripts/test.sh installs it"
+                );
+            }
+            eprintln!("SKIPPED: {what}: no aiosmtpd (run scripts/test.sh once, or set {AIOSMTPD_ENV})");
+            return None;
+        };
+        std::fs::create_dir_all(dir).expect("smtp sink dir");
+        let messages = dir.join("smtp-messages.jsonl");
+        let fail_file = dir.join("smtp-fail");
+        let log = dir.join("smtp-sink.log");
+        let logf = std::fs::File::create(&log).expect("smtp sink log");
+        let mut cmd = Command::new(&python);
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/smtp_sink.py"))
+            .arg("0")
+            .arg(&messages)
+            .arg("--fail-file")
+            .arg(&fail_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(logf);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: cannot start {}: {e}", python.display()));
+        // the first line of its standard output is the port it listens on
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let start = Instant::now();
+        let line = loop {
+            match rx.try_recv() {
+                Ok(line) => break line,
+                Err(_) if start.elapsed() > Duration::from_secs(20) => {
+                    let _ = child.kill();
+                    panic!("{what}: the SMTP sink did not start within 20 s");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let Ok(port) = line.trim().parse::<u16>() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what}: the SMTP sink did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        Some(SmtpSink {
+            port,
+            child,
+            messages,
+            fail_file,
+            log,
+        })
+    }
+
+    /// `smtp://127.0.0.1:PORT`, for a channel's `smtp_url`.
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message received so far, in order: `{"from", "to": [...], "subject", "body"}`.
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.messages)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// While failing, the server refuses every message with `451` (a temporary error).
+    pub fn set_failing(&self, failing: bool) {
+        if failing {
+            std::fs::write(&self.fail_file, b"").expect("fail file");
+        } else {
+            let _ = std::fs::remove_file(&self.fail_file);
+        }
+    }
+
+    /// What the server wrote to standard error, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request a `WebhookSink` received.
+#[derive(Debug, Clone)]
+pub struct WebhookRequest {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    /// Whether `X-Cronmesh-Signature` matched the body (`None`: the sink has no secret).
+    pub signature_ok: Option<bool>,
+    /// The status the sink answered.
+    pub answered: u16,
+}
+
+impl WebhookRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// `sha256=<hex HMAC-SHA256(body, secret)>`, the `X-Cronmesh-Signature` of a body.
+pub fn webhook_signature(secret: &[u8], body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+#[derive(Default)]
+struct WebhookState {
+    requests: Vec<WebhookRequest>,
+    bad_signatures: usize,
+    /// What the sink answers while listening (200 by default).
+    status: u16,
+}
+
+/// A real HTTP server on 127.0.0.1 that records every request (headers and body), checks
+/// `X-Cronmesh-Signature` against its secret, and answers 200 — or, when told, 503 (`set_down`),
+/// or nothing at all (`stop_listening`: the port is closed, open connections dropped). Stopped on
+/// drop.
+pub struct WebhookSink {
+    pub port: u16,
+    secret: Option<Vec<u8>>,
+    state: std::sync::Arc<std::sync::Mutex<WebhookState>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl WebhookSink {
+    /// Starts the sink on a free port; with a secret, every request's signature is checked (a
+    /// request with a bad or missing one is answered 401 and counted in `bad_signatures`).
+    pub async fn start(secret: Option<&str>) -> WebhookSink {
+        let mut sink = WebhookSink {
+            port: 0,
+            secret: secret.map(|s| s.as_bytes().to_vec()),
+            state: std::sync::Arc::new(std::sync::Mutex::new(WebhookState {
+                status: 200,
+                ..Default::default()
+            })),
+            server: None,
+        };
+        sink.listen().await;
+        sink
+    }
+
+    /// `http://127.0.0.1:PORT/hook`, for a channel's `url`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    async fn listen(&mut self) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], self.port)))
+            .unwrap_or_else(|e| panic!("webhook sink cannot bind port {}: {e}", self.port));
+        let listener = socket.listen(64).expect("listen");
+        self.port = listener.local_addr().unwrap().port();
+        let state = self.state.clone();
+        let secret = self.secret.clone();
+        self.server = Some(tokio::spawn(async move {
+            // the connections live in this set: aborting the server drops them all
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let state = state.clone();
+                        let secret = secret.clone();
+                        conns.spawn(async move {
+                            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                                let state = state.clone();
+                                let secret = secret.clone();
+                                async move {
+                                    Ok::<_, std::convert::Infallible>(webhook_answer(req, &state, secret.as_deref()).await)
+                                }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        }));
+    }
+
+    /// Every request received so far, in order (also those answered with an error).
+    pub fn requests(&self) -> Vec<WebhookRequest> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// How many requests were received and answered 2xx.
+    pub fn count(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|r| (200..300).contains(&r.answered))
+            .count()
+    }
+
+    /// How many requests came with a missing or wrong signature.
+    pub fn bad_signatures(&self) -> usize {
+        self.state.lock().unwrap().bad_signatures
+    }
+
+    /// Answer every request with `status` from now on (it is still recorded).
+    pub fn set_status(&self, status: u16) {
+        self.state.lock().unwrap().status = status;
+    }
+
+    /// Answer 503 from now on.
+    pub fn set_down(&self) {
+        self.set_status(503);
+    }
+
+    /// Stop listening: the port refuses connections and the open ones are closed.
+    pub async fn stop_listening(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.abort();
+            let _ = s.await;
+        }
+    }
+
+    /// Answer 200 again, listening again on the same port if it stopped.
+    pub async fn set_up(&mut self) {
+        self.set_status(200);
+        if self.server.is_none() {
+            self.listen().await;
+        }
+    }
+}
+
+impl Drop for WebhookSink {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.abort();
+        }
+    }
+}
+
+async fn webhook_answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    state: &std::sync::Mutex<WebhookState>,
+    secret: Option<&[u8]>,
+) -> hyper::Response<String> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let headers: BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = axum::body::to_bytes(axum::body::Body::new(req.into_body()), 16 << 20)
+        .await
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    let signature_ok = secret.map(|s| {
+        headers
+            .get("x-cronmesh-signature")
+            .is_some_and(|got| *got == webhook_signature(s, &body))
+    });
+    let mut st = state.lock().unwrap();
+    let answered = if signature_ok == Some(false) { 401 } else { st.status };
+    if signature_ok == Some(false) {
+        st.bad_signatures += 1;
+    }
+    st.requests.push(WebhookRequest {
+        method,
+        path,
+        headers,
+        body,
+        signature_ok,
+        answered,
+    });
+    hyper::Response::builder()
+        .status(answered)
+        .header("content-type", "text/plain")
+        .body(match answered {
+            200..=299 => "ok".to_string(),
+            401 => "bad signature".to_string(),
+            _ => "the test sink is down".to_string(),
+        })
+        .unwrap()
+}

@@ -29,6 +29,7 @@ mod policies;
 mod quickstart;
 mod resume;
 mod schedules;
+mod sinks;
 mod standalone;
 mod traces;
 mod watch;

@@ -127,7 +127,20 @@ async fn racing_workers_show_lock_contention_and_owners_do_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let mut c = Cluster::new().await;
-    let master = c.start_master("m1", &["--no-auth"]).await;
+    // a notification channel, so that the notification panels' per-channel series exist
+    let hook = WebhookSink::start(None).await;
+    let cfg = c.path("notify.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[master.notify.channels]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+            hook.url()
+        ),
+    )
+    .unwrap();
+    let master = c
+        .start_master("m1", &["--no-auth", "--config", cfg.to_str().unwrap()])
+        .await;
     let mport: u16 = master.rsplit(':').next().unwrap().parse().unwrap();
     let ports = [free_port(), free_port()];
     c.start_worker(

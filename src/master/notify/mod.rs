@@ -66,6 +66,7 @@ impl Notify {
                 METRICS.notifications.with_label_values(&[name, o]);
             }
             METRICS.notify_dead.with_label_values(&[name]);
+            METRICS.notification_latency.with_label_values(&[name]);
         }
         Ok(Notify {
             channels,
