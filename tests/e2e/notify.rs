@@ -3,16 +3,12 @@
 
 use crate::harness::*;
 use cronmesh::model::{JobSpec, NotifyRule, RunStatus};
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SECRET: &str = "webhook-secret-for-tests";
 
-/// One request the receiver got.
+/// One request a receiver accepted or refused.
 #[derive(Debug, Clone)]
 pub struct Got {
     pub path: String,
@@ -24,55 +20,55 @@ pub struct Got {
     pub status: u16,
 }
 
-/// A real HTTP server on a free port: records every request, verifies the HMAC signature, and
-/// answers 200 — or 503 while `down`.
-#[derive(Clone)]
+/// The receivers of a spec (the harness' `WebhookSink`s, real HTTP servers): `/hook` checks
+/// the HMAC signature with `SECRET`, `/slack` takes Slack's unsigned messages.
 pub struct Receiver {
-    pub url: String,
-    got: Arc<Mutex<Vec<Got>>>,
-    down: Arc<AtomicBool>,
+    hook: WebhookSink,
+    slack: WebhookSink,
 }
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let got: Arc<Mutex<Vec<Got>>> = Arc::default();
-        let down = Arc::new(AtomicBool::new(false));
-        let (g, d) = (got.clone(), down.clone());
-        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let (g, d) = (g.clone(), d.clone());
-            async move {
-                let path = req.uri().path().to_string();
-                let h = req.headers().clone();
-                let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap();
-                let header = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-                mac.update(&body);
-                let want: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-                let status = if d.load(Ordering::SeqCst) { 503 } else { 200 };
-                g.lock().unwrap().push(Got {
-                    path,
-                    event: header("x-cronmesh-event"),
-                    delivery: header("x-cronmesh-delivery"),
-                    signature_ok: header("x-cronmesh-signature") == format!("sha256={want}"),
-                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-                    status,
-                });
-                (axum::http::StatusCode::from_u16(status).unwrap(), "")
+        Receiver {
+            hook: WebhookSink::start(Some(SECRET)).await,
+            slack: WebhookSink::start(None).await,
+        }
+    }
+
+    fn hook_url(&self) -> String {
+        self.hook.url()
+    }
+
+    fn slack_url(&self) -> String {
+        format!("http://127.0.0.1:{}/slack", self.slack.port)
+    }
+
+    /// Both answer 503 while down.
+    pub async fn set_down(&mut self, down: bool) {
+        for s in [&mut self.hook, &mut self.slack] {
+            if down {
+                s.set_down();
+            } else {
+                s.set_up().await;
             }
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Receiver { url, got, down }
+        }
     }
 
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-    }
-
-    /// Every request, in arrival order.
+    /// Every request, in arrival order per receiver.
     pub fn all(&self) -> Vec<Got> {
-        self.got.lock().unwrap().clone()
+        self.hook
+            .requests()
+            .into_iter()
+            .chain(self.slack.requests())
+            .map(|r| Got {
+                event: r.header("x-cronmesh-event").unwrap_or_default().to_string(),
+                delivery: r.header("x-cronmesh-delivery").unwrap_or_default().to_string(),
+                signature_ok: r.signature_ok.unwrap_or(true),
+                body: r.json(),
+                status: r.answered,
+                path: r.path,
+            })
+            .collect()
     }
 
     /// The requests it accepted (answered 200) on `path`.
@@ -98,15 +94,16 @@ fn notify_config(c: &mut Cluster, r: &Receiver, extra: &str) -> String {
 [[master.notify.channels]]
 name = "ops"
 kind = "webhook"
-url = "{url}/hook"
+url = "{hook}"
 secret_env = "CRONMESH_NOTIFY_OPS_SECRET"
 
 [[master.notify.channels]]
 name = "chat"
 kind = "slack"
-url = "{url}/slack"
+url = "{slack}"
 "#,
-            url = r.url
+            hook = r.hook_url(),
+            slack = r.slack_url(),
         ),
     )
     .unwrap();
@@ -322,8 +319,8 @@ async fn after_failures_3_notifies_on_the_third_failure_in_a_row_and_a_missed_ti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_for_10_seconds_gets_every_notice_once_when_it_is_back() {
-    let r = Receiver::start().await;
-    r.set_down(true);
+    let mut r = Receiver::start().await;
+    r.set_down(true).await;
     let mut c = Cluster::new().await;
     let cfg = notify_config(&mut c, &r, "");
     let url = c.start_master("m1", &["--config", &cfg]).await;
@@ -349,7 +346,7 @@ async fn a_receiver_down_for_10_seconds_gets_every_notice_once_when_it_is_back()
         "{pending:?}"
     );
     std::fs::write(c.path("fixed"), "").unwrap();
-    r.set_down(false);
+    r.set_down(false).await;
     let failed = settled(&c, &[&url], &["flaky"], RunStatus::Failed, &r, "failure").await;
     assert!(failed.len() >= 4, "{}", failed.len());
     let listed = notifications(&c, &url, "job=flaky&limit=500").await;
@@ -362,7 +359,7 @@ async fn a_receiver_down_for_10_seconds_gets_every_notice_once_when_it_is_back()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notice_not_sent_when_its_master_is_killed_is_delivered_after_the_restart() {
-    let r = Receiver::start().await;
+    let mut r = Receiver::start().await;
     let mut c = Cluster::new().await;
     // a master that stores reports but does not send: the notices wait in etcd
     let quiet = notify_config(&mut c, &r, "enabled = false");
@@ -392,7 +389,7 @@ async fn a_notice_not_sent_when_its_master_is_killed_is_delivered_after_the_rest
     assert!(failed.len() >= 3);
 
     // and a notice the receiver refused before the kill is sent by the restarted master
-    r.set_down(true);
+    r.set_down(true).await;
     std::fs::remove_file(c.path("fixed")).unwrap();
     wait_until(Duration::from_secs(30), "a refused attempt", || {
         r.all().iter().any(|g| g.status == 503)
@@ -400,7 +397,7 @@ async fn a_notice_not_sent_when_its_master_is_killed_is_delivered_after_the_rest
     .await;
     c.kill_master("m1");
     std::fs::write(c.path("fixed"), "").unwrap();
-    r.set_down(false);
+    r.set_down(false).await;
     c.restart_master("m1").await;
     let again = settled(&c, &[&url], &["nightly"], RunStatus::Failed, &r, "failure").await;
     assert!(
@@ -608,7 +605,7 @@ async fn every_bad_rule_is_a_400_that_names_its_field_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_notice_reaches_the_channel_or_says_why_not() {
-    let r = Receiver::start().await;
+    let mut r = Receiver::start().await;
     let mut c = Cluster::new().await;
     let cfg = notify_config(&mut c, &r, "");
     let url = c.start_master("m1", &["--config", &cfg]).await;
@@ -617,8 +614,8 @@ async fn a_test_notice_reaches_the_channel_or_says_why_not() {
     assert_eq!(
         body["channels"],
         json!([
-            {"name": "chat", "kind": "slack", "target": r.url, "signed": false},
-            {"name": "ops", "kind": "webhook", "target": r.url, "signed": true},
+            {"name": "chat", "kind": "slack", "target": format!("http://127.0.0.1:{}", r.slack.port), "signed": false},
+            {"name": "ops", "kind": "webhook", "target": format!("http://127.0.0.1:{}", r.hook.port), "signed": true},
         ])
     );
     assert!(!body.to_string().contains(SECRET), "no secret is shown");
@@ -635,7 +632,7 @@ async fn a_test_notice_reaches_the_channel_or_says_why_not() {
     let listed = notifications(&c, &url, "").await;
     assert_eq!(listed[0]["event"], "test");
     // refused by the receiver: 502 with what it answered
-    r.set_down(true);
+    r.set_down(true).await;
     let (status, body) = c
         .send("POST", &url, "/api/v1/notify/test?channel=chat", Some(ADMIN), None)
         .await;
@@ -688,5 +685,86 @@ async fn a_master_whose_channel_secret_is_not_set_does_not_start_and_says_which(
     assert!(
         err.contains("master.notify.channels: channel \"ops\": secret_env names the environment variable CRONMESH_NOTIFY_OPS_SECRET, which is not set"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_is_mailed_in_plain_text_through_a_real_smtp_server_even_after_it_refused_for_a_while() {
+    let mut c = Cluster::new().await;
+    let Some(smtp) = SmtpSink::start(&c.path("smtp"), "notify email").await else {
+        return;
+    };
+    smtp.set_failing(true);
+    let cfg = c.path("mail.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[[master.notify.channels]]
+name = "mail"
+kind = "email"
+smtp_url = "{}"
+from = "cronmesh@example.com"
+to = ["ops@example.com", "oncall@example.com"]
+"#,
+            smtp.url()
+        ),
+    )
+    .unwrap();
+    let url = c.start_master("m1", &["--config", &cfg.display().to_string()]).await;
+    c.start_worker("w1", &[]);
+    c.wait_members(&["w1"]).await;
+    let mut spec = flaky(&c, "mailed", "never", vec![rule("mail", &["failure"], 1)]);
+    spec.schedule = "@every 3s".into();
+    c.put_job(spec).await;
+    wait_for(
+        Duration::from_secs(30),
+        "a refused mail is pending with the server's answer",
+        || {
+            let (c, url) = (&c, url.clone());
+            async move {
+                notifications(c, &url, "job=mailed&status=pending")
+                    .await
+                    .iter()
+                    .any(|d| d["last_error"].as_str().is_some_and(|e| e.contains("451")))
+            }
+        },
+    )
+    .await;
+    assert!(smtp.messages().is_empty());
+    smtp.set_failing(false);
+    wait_until(Duration::from_secs(30), "a mail arrives", || {
+        !smtp.messages().is_empty()
+    })
+    .await;
+    c.send("POST", &url, "/api/v1/jobs/mailed/pause", Some(ADMIN), None)
+        .await;
+    let failed = {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        records(&c, &url, "mailed", RunStatus::Failed).await
+    };
+    wait_until(Duration::from_secs(30), "a mail per failure", || {
+        smtp.messages().len() >= failed.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), failed.len(), "one mail per failed run: {mails:?}");
+    let m = &mails[0];
+    assert_eq!(m["from"], "cronmesh@example.com");
+    assert_eq!(m["to"], json!(["ops@example.com", "oncall@example.com"]));
+    assert_eq!(m["subject"], "[cronmesh] mailed failure: failed (exit 3)");
+    let body = m["body"].as_str().unwrap();
+    assert!(body.contains("disk full") && body.contains("worker: w1"), "{body}");
+    assert!(body.contains(&format!("see: {url}/#/runs/")), "{body}");
+    let listed = notifications(&c, &url, "job=mailed&limit=500").await;
+    assert!(
+        listed
+            .iter()
+            .all(|d| d["status"] == "delivered" && d["kind"] == "email"),
+        "{listed:?}"
+    );
+    assert!(
+        listed.iter().any(|d| d["attempts"].as_u64().unwrap() >= 2),
+        "{listed:?}"
     );
 }
