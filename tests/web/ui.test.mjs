@@ -562,10 +562,13 @@ if (MODE === 'ui') {
       await r1.locator('.rule-on input[value="paused"]').check();
       await r1.locator('.rule-after').fill('0');
       await page.click('#job-save');
-      // the master's 400, at the rule's field
+      // the master's 400, at the rule's field: the message the API gives, without the place
       const err = r1.locator('.rule-error');
       await err.waitFor({ state: 'visible' });
-      assert.match(await err.textContent(), /at least 1/);
+      const direct = await apiCall('PUT', '/api/v1/jobs/ui-notify', { schedule: '0 0 1 1 *', command: 'true', notify: [{ channel: 'hook', after_failures: 0 }] });
+      assert.equal(direct.status, 400);
+      assert.match(direct.body.error.message, /notify\[0\]\.after_failures: /);
+      assert.equal(await err.textContent(), direct.body.error.message.replace(/^.*notify\[0\]\.after_failures: /, ''));
       assert.equal(await r1.locator('.rule-after').getAttribute('aria-invalid'), 'true');
       assert.equal(await page.evaluate(() => document.activeElement.classList.contains('rule-after')), true, 'focus moves to the field at fault');
       await shot(page, '16-job-form-notify');
@@ -575,7 +578,7 @@ if (MODE === 'ui') {
       // pause after N: out of range is the master's error too, at its field
       await page.fill('#f-pause_after_failures', '0');
       await page.click('#job-save');
-      await page.locator('#e-pause_after_failures').waitFor({ state: 'visible' });
+      await page.locator('#e-pause_after_failures', { hasText: 'between 1 and' }).waitFor({ state: 'visible' });
       assert.equal(await page.getAttribute('#f-pause_after_failures', 'aria-invalid'), 'true');
       await page.fill('#f-pause_after_failures', '2');
       // a second rule, to a channel that refuses (its deliveries are retried)

@@ -1110,7 +1110,8 @@ function renderNotifications() {
       attrs: { 'data-channel': ch.name },
       cells: [
         [ch.name, () => el('td', { 'data-label': 'Channel' }, el('strong', {}, ch.name))],
-        [ch.kind, () => el('td', { 'data-label': 'Kind' }, ch.kind)],
+        [`${ch.kind}|${ch.signed}`, () => el('td', { 'data-label': 'Kind' }, ch.kind,
+          ch.signed ? el('span', { class: 'chip', title: 'Each request carries X-Cronmesh-Signature (HMAC-SHA256)' }, 'signed') : null)],
         [ch.target || '', () => el('td', { 'data-label': 'Target' }, ch.target ? el('code', {}, ch.target) : '—')],
         ['test', () => el('td', { class: 'actions' }, el('button', { type: 'button', class: 'small secondary',
           dataset: { key: `channel/${ch.name}/test`, write: '' }, 'aria-label': `Send a test notification to ${ch.name}`,
