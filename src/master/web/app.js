@@ -1013,13 +1013,19 @@ function notifSeen(d) {
   trimNotifs(nv);
 }
 
+const testing = new Set(); // channels a test is being sent to (it may take the receiver's 10 s)
 async function testChannel(name) {
+  if (testing.has(name)) return;
+  testing.add(name);
+  scheduleRender();
   try {
     const r = await api('POST', `/api/v1/notify/test?channel=${encodeURIComponent(name)}`);
     if (r && r.delivery) notifSeen(r.delivery);
     toast(`Test notification sent to ${name}${r && r.delivery ? `: ${r.delivery.status}` : ''}`);
   } catch (e) {
     toast(`Test to ${name} failed: ${e.message}`, true);
+  } finally {
+    testing.delete(name);
   }
   scheduleRender();
 }
@@ -1113,9 +1119,9 @@ function renderNotifications() {
         [`${ch.kind}|${ch.signed}`, () => el('td', { 'data-label': 'Kind' }, ch.kind,
           ch.signed ? el('span', { class: 'chip', title: 'Each request carries X-Cronmesh-Signature (HMAC-SHA256)' }, 'signed') : null)],
         [ch.target || '', () => el('td', { 'data-label': 'Target' }, ch.target ? el('code', {}, ch.target) : '—')],
-        ['test', () => el('td', { class: 'actions' }, el('button', { type: 'button', class: 'small secondary',
+        [`test|${testing.has(ch.name)}`, () => el('td', { class: 'actions' }, el('button', { type: 'button', class: 'small secondary',
           dataset: { key: `channel/${ch.name}/test`, write: '' }, 'aria-label': `Send a test notification to ${ch.name}`,
-          onclick: () => testChannel(ch.name) }, 'Send test'))],
+          'aria-busy': testing.has(ch.name) ? 'true' : null, onclick: () => testChannel(ch.name) }, testing.has(ch.name) ? 'Sending…' : 'Send test'))],
       ],
     }))));
   }
