@@ -258,6 +258,88 @@ pub struct MasterConfig {
     /// Jobs that get per-job metric series on this master (`cronmesh_job_ticks_missed_total`);
     /// at most 100.
     pub metrics_jobs: Vec<String>,
+    /// Notifications: channels jobs may name, and the fleet's default rules.
+    pub notify: NotifyConfig,
+}
+
+/// `[master.notify]`. Every master should have the same channels: the one keeping the notifier
+/// sends, and each checks the rules of the jobs written through it against its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// `[[master.notify.channels]]`: where notices can go.
+    pub channels: Vec<ChannelConfig>,
+    /// Rules for jobs whose spec has no `notify` field (`"notify": []` opts a job out).
+    pub default: Vec<crate::model::NotifyRule>,
+    /// A notice is retried with backoff (1 s doubling, at most 5 min apart) for this long, then
+    /// counted as a dead letter.
+    #[serde(with = "dur")]
+    pub retry_for: Duration,
+    /// Take part in the notifier's election (one master at a time sends).
+    pub enabled: bool,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            channels: Vec::new(),
+            default: Vec::new(),
+            retry_for: Duration::from_secs(24 * 3600),
+            enabled: true,
+        }
+    }
+}
+
+/// The kinds of notification channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    /// POST of a JSON body, signed with HMAC-SHA256 when `secret_env` is set.
+    Webhook,
+    /// A Slack incoming webhook: `{"text": …}`.
+    Slack,
+    /// A plain-text mail over SMTP.
+    Email,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Webhook => "webhook",
+            ChannelKind::Slack => "slack",
+            ChannelKind::Email => "email",
+        }
+    }
+}
+
+/// One `[[master.notify.channels]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// What jobs call it: 1–64 of `[A-Za-z0-9._-]`, unique.
+    pub name: String,
+    pub kind: ChannelKind,
+    /// webhook, slack: where to POST (http:// or https://).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// webhook: the environment variable holding the HMAC key (read at start; never logged).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// email: `smtp://HOST:PORT` (plain) or `smtps://HOST:PORT` (TLS).
+    #[serde(default)]
+    pub smtp_url: Option<String>,
+    /// email: the sender address.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// email: the recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// email: SMTP user name (with `password_env`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// email: the environment variable holding the SMTP password.
+    #[serde(default)]
+    pub password_env: Option<String>,
 }
 
 impl Default for MasterConfig {
@@ -280,6 +362,7 @@ impl Default for MasterConfig {
             ledger_grace: Duration::from_secs(5),
             ledger_catch_up: Duration::from_secs(24 * 3600),
             metrics_jobs: Vec::new(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -572,6 +655,7 @@ impl Config {
         if m.metrics_jobs.len() > 100 {
             return Err(invalid("master.metrics_jobs", "at most 100 jobs get per-job series"));
         }
+        validate_notify(&m.notify)?;
         if m.lease_ttl < Duration::from_secs(2) || m.lease_ttl > Duration::from_secs(300) {
             return Err(invalid("master.lease_ttl", "must be between 2s and 5m"));
         }
@@ -644,6 +728,108 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks `[master.notify]`: names, the settings each kind needs, that the secrets' variables
+/// are set, and the default rules.
+fn validate_notify(n: &NotifyConfig) -> Result<(), ConfigError> {
+    const KEY: &str = "master.notify.channels";
+    if n.retry_for < Duration::from_secs(1) || n.retry_for > Duration::from_secs(7 * 86_400) {
+        return Err(invalid("master.notify.retry_for", "must be between 1s and 7d"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for c in &n.channels {
+        let bad = |m: String| invalid(KEY, format!("channel {:?}: {m}", c.name));
+        if c.name.is_empty()
+            || c.name.len() > 64
+            || !c
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+        {
+            return Err(bad("name must be 1-64 of A-Z a-z 0-9 . _ -".into()));
+        }
+        if !seen.insert(c.name.as_str()) {
+            return Err(bad("is configured twice".into()));
+        }
+        let env_set = |var: &Option<String>, what: &str| -> Result<(), ConfigError> {
+            if let Some(v) = var
+                && std::env::var_os(v).is_none_or(|x| x.is_empty())
+            {
+                return Err(bad(format!(
+                    "{what} names the environment variable {v}, which is not set"
+                )));
+            }
+            Ok(())
+        };
+        match c.kind {
+            ChannelKind::Webhook | ChannelKind::Slack => {
+                let ok = c
+                    .url
+                    .as_deref()
+                    .and_then(|u| u.strip_prefix("http://").or_else(|| u.strip_prefix("https://")))
+                    .is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace));
+                if !ok {
+                    return Err(bad("needs url = \"http://…\" or \"https://…\"".into()));
+                }
+                if c.kind == ChannelKind::Slack && c.secret_env.is_some() {
+                    return Err(bad("secret_env is for webhooks; a Slack URL is its own secret".into()));
+                }
+                if c.smtp_url.is_some() || c.from.is_some() || !c.to.is_empty() {
+                    return Err(bad("smtp_url, from and to are for email channels".into()));
+                }
+                env_set(&c.secret_env, "secret_env")?;
+            }
+            ChannelKind::Email => {
+                let ok = c
+                    .smtp_url
+                    .as_deref()
+                    .and_then(|u| u.strip_prefix("smtp://").or_else(|| u.strip_prefix("smtps://")))
+                    .is_some_and(|r| !r.is_empty() && !r.contains('@') && !r.contains(char::is_whitespace));
+                if !ok {
+                    return Err(bad(
+                        "needs smtp_url = \"smtp://HOST:PORT\" or \"smtps://HOST:PORT\" (credentials go in username and password_env)"
+                            .into(),
+                    ));
+                }
+                if c.from.as_deref().is_none_or(|f| !f.contains('@')) {
+                    return Err(bad("needs from = an e-mail address".into()));
+                }
+                if c.to.is_empty() || c.to.iter().any(|t| !t.contains('@')) {
+                    return Err(bad("needs to = [at least one e-mail address]".into()));
+                }
+                if c.url.is_some() || c.secret_env.is_some() {
+                    return Err(bad("url and secret_env are for webhook and slack channels".into()));
+                }
+                if c.username.is_some() != c.password_env.is_some() {
+                    return Err(bad("username and password_env go together".into()));
+                }
+                env_set(&c.password_env, "password_env")?;
+            }
+        }
+    }
+    for (i, r) in n.default.iter().enumerate() {
+        let spec_like = crate::model::JobSpec {
+            notify: Some(vec![r.clone()]),
+            ..crate::model::JobSpec::new("default", "@daily", "true")
+        };
+        if let Err((field, message)) = crate::model::validate_notify(&spec_like) {
+            return Err(invalid(
+                "master.notify.default",
+                format!(
+                    "rule {i}: {}: {message}",
+                    field.replacen("notify[0]", "", 1).trim_start_matches('.')
+                ),
+            ));
+        }
+        if !seen.contains(r.channel.as_str()) {
+            return Err(invalid(
+                "master.notify.default",
+                format!("rule {i}: unknown channel {:?}", r.channel),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -540,7 +540,7 @@ async fn run_master(config: Arc<Config>) -> Result<()> {
     let coord = connect(&config).await?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());
-    let state = cronmesh::master::AppState::new(config.clone(), coord, store);
+    let state = cronmesh::master::AppState::new(config.clone(), coord, store)?;
     cronmesh::master::run(state, listener, shutdown).await?;
     Ok(())
 }
@@ -581,7 +581,7 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
         info!(job = %stored.spec.name, revision = stored.revision, "job applied");
     }
     let store = cronmesh::logstore::open(&config.master.log_store, retention(&config)).await?;
-    let state = cronmesh::master::AppState::new(config.clone(), coord.clone(), store);
+    let state = cronmesh::master::AppState::new(config.clone(), coord.clone(), store)?;
     let reporter = reporter_for(&config, state.ingest.clone())?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());

@@ -130,6 +130,135 @@ pub struct JobSpec {
     /// For humans and list filters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Who hears about this job's runs: rules naming channels of the masters' config. Absent:
+    /// the fleet's default rules (`master.notify.default`); empty: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Vec<NotifyRule>>,
+    /// Pause the job after this many consecutive failures (absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_after_failures: Option<u32>,
+}
+
+/// What a notification is about. `Failure` covers every failed outcome (failed, timed out,
+/// killed, lost) that its rule does not list by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyEvent {
+    Failure,
+    Recovery,
+    Missed,
+    TimedOut,
+    Killed,
+    Lost,
+    Paused,
+    /// A test message (`POST /api/v1/notify/test`); never in a rule.
+    Test,
+}
+
+impl NotifyEvent {
+    /// The names a rule may list.
+    pub const IN_RULES: [NotifyEvent; 7] = [
+        NotifyEvent::Failure,
+        NotifyEvent::Recovery,
+        NotifyEvent::Missed,
+        NotifyEvent::TimedOut,
+        NotifyEvent::Killed,
+        NotifyEvent::Lost,
+        NotifyEvent::Paused,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::Failure => "failure",
+            NotifyEvent::Recovery => "recovery",
+            NotifyEvent::Missed => "missed",
+            NotifyEvent::TimedOut => "timed_out",
+            NotifyEvent::Killed => "killed",
+            NotifyEvent::Lost => "lost",
+            NotifyEvent::Paused => "paused",
+            NotifyEvent::Test => "test",
+        }
+    }
+}
+
+/// One notification rule of a job: which events go to which channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyRule {
+    /// A channel of the masters' `[[master.notify.channels]]`.
+    pub channel: String,
+    /// Events sent (default: failure and recovery). Kept as text here so that an unknown name
+    /// is reported with its place (`notify[0].on[1]`), not as a parse error of the whole body.
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<String>,
+    /// A failure notifies once the job has failed this many times in a row (default 1).
+    #[serde(default = "default_after_failures")]
+    pub after_failures: u32,
+}
+
+fn default_notify_on() -> Vec<String> {
+    vec!["failure".into(), "recovery".into()]
+}
+fn default_after_failures() -> u32 {
+    1
+}
+
+/// Most rules per job, and the largest `after_failures` / `pause_after_failures`.
+pub const MAX_NOTIFY_RULES: usize = 20;
+pub const MAX_FAILURE_COUNT: u32 = 1000;
+
+impl NotifyRule {
+    /// The events this rule lists (unknown names are left out: `validate_notify` refuses them).
+    pub fn events(&self) -> Vec<NotifyEvent> {
+        self.on
+            .iter()
+            .filter_map(|n| NotifyEvent::IN_RULES.iter().copied().find(|e| e.as_str() == n))
+            .collect()
+    }
+}
+
+/// Checks notification rules and `pause_after_failures` without the masters' channels (their
+/// names are checked by the master, which knows them). The error names the place:
+/// `notify[0].on[1]`.
+pub fn validate_notify(spec: &JobSpec) -> Result<(), (String, String)> {
+    if let Some(n) = spec.pause_after_failures
+        && !(1..=MAX_FAILURE_COUNT).contains(&n)
+    {
+        return Err((
+            "pause_after_failures".into(),
+            format!("must be between 1 and {MAX_FAILURE_COUNT} (leave it out to never pause)"),
+        ));
+    }
+    let Some(rules) = &spec.notify else { return Ok(()) };
+    if rules.len() > MAX_NOTIFY_RULES {
+        return Err(("notify".into(), format!("has more than {MAX_NOTIFY_RULES} rules")));
+    }
+    for (i, r) in rules.iter().enumerate() {
+        if r.channel.is_empty() {
+            return Err((format!("notify[{i}].channel"), "must name a channel".into()));
+        }
+        if r.on.is_empty() {
+            return Err((
+                format!("notify[{i}].on"),
+                "must list at least one event (leave the rule out to send nothing)".into(),
+            ));
+        }
+        for (k, name) in r.on.iter().enumerate() {
+            if !NotifyEvent::IN_RULES.iter().any(|e| e.as_str() == name) {
+                let known: Vec<&str> = NotifyEvent::IN_RULES.iter().map(|e| e.as_str()).collect();
+                return Err((
+                    format!("notify[{i}].on[{k}]"),
+                    format!("unknown event {name:?} (one of {})", known.join(", ")),
+                ));
+            }
+        }
+        if !(1..=MAX_FAILURE_COUNT).contains(&r.after_failures) {
+            return Err((
+                format!("notify[{i}].after_failures"),
+                format!("must be between 1 and {MAX_FAILURE_COUNT}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Default `starting_deadline`.
@@ -215,6 +344,8 @@ impl JobSpec {
             description: String::new(),
             owner: String::new(),
             labels: BTreeMap::new(),
+            notify: None,
+            pause_after_failures: None,
         }
     }
 
@@ -312,6 +443,13 @@ pub struct StoredJob {
     pub updated_at: i64,
     #[serde(default)]
     pub revision: i64,
+    /// Why the job is paused, when a master paused it (`pause_after_failures`); cleared when it
+    /// is resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_reason: Option<String>,
+    /// When it was paused (Unix ms), while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<i64>,
 }
 
 /// How a run came to be.

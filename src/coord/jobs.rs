@@ -37,6 +37,12 @@ impl Coord {
             // an unreadable value is replaced (its creation time is lost with it)
             let existing = self.read_job(&spec.name).await?;
             let now = now_ms();
+            // a job that stays paused keeps when (and why) it was paused; resuming forgets both
+            let (paused_at, paused_reason) = match (&existing, spec.paused) {
+                (Stored::Job(j), true) if j.spec.paused => (j.paused_at.or(Some(now)), j.paused_reason.clone()),
+                (_, true) => (Some(now), None),
+                _ => (None, None),
+            };
             let (created_at, cmp) = match &existing {
                 Stored::Job(j) => (
                     j.created_at,
@@ -56,6 +62,8 @@ impl Coord {
                 created_at,
                 updated_at: now,
                 revision: 0,
+                paused_reason,
+                paused_at,
             };
             let key = self.keys.job(&spec.name);
             let value = encode(&stored);
@@ -94,6 +102,8 @@ impl Coord {
                     created_at: now,
                     updated_at: now,
                     revision: 0,
+                    paused_reason: None,
+                    paused_at: None,
                 };
                 puts.push(TxnOp::put(key, encode(&stored), None));
             }
@@ -203,6 +213,41 @@ impl Coord {
         let mut spec = job.spec;
         spec.paused = paused;
         self.put_job(spec).await
+    }
+
+    /// Pauses a job for a reason of the master's (`pause_after_failures`), unless its revision
+    /// moved past `seen_revision` (someone changed it since; their word stands). `Ok(None)`:
+    /// the job is gone or was changed.
+    pub async fn pause_job_for(
+        &self,
+        name: &str,
+        seen_revision: i64,
+        reason: &str,
+    ) -> Result<Option<StoredJob>, CoordError> {
+        let Some(job) = self.get_job(name).await? else {
+            return Ok(None);
+        };
+        if job.revision > seen_revision && seen_revision > 0 {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let mut stored = StoredJob {
+            updated_at: now,
+            paused_at: Some(now),
+            paused_reason: Some(reason.to_string()),
+            ..job.clone()
+        };
+        stored.spec.paused = true;
+        let key = self.keys.job(name);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, job.revision)])
+            .and_then([TxnOp::put(key, encode(&stored), None)]);
+        let resp = self.call("txn", |mut c| async move { c.txn(txn).await }).await?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        stored.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(Some(stored))
     }
 }
 

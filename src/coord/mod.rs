@@ -21,6 +21,7 @@ mod claims;
 mod jobs;
 mod ledger;
 mod membership;
+mod notify;
 mod outage;
 mod signals;
 mod watch;
@@ -29,6 +30,7 @@ pub use cause::EtcdCause;
 pub use claims::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
 pub use ledger::Watermark;
 pub use membership::{Registration, Role};
+pub use notify::{Decided, Delivery, DeliveryStatus, InboxEntry, InboxEvent, OUTPUT_TAIL_BYTES, Streak};
 pub use outage::{RETRY_EVERY, etcd_outage, etcd_unreachable};
 pub use watch::{FeedRelay, JobEvent, JobRead, MemberEvent, SignalEvent, Watch};
 

@@ -294,7 +294,7 @@ impl Coord {
         })
     }
 
-    fn watch_typed<T, F>(
+    pub(crate) fn watch_typed<T, F>(
         &self,
         name: &'static str,
         full_prefix: String,

@@ -42,6 +42,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/events"),
     ("get", "/api/v1/time"),
     ("get", "/api/v1/health"),
+    ("get", "/api/v1/notifications"),
+    ("get", "/api/v1/notify/channels"),
+    ("post", "/api/v1/notify/test"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -67,6 +70,9 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/events", get(super::feed::events))
         .route("/api/v1/time", get(time))
         .route("/api/v1/health", get(super::health::health))
+        .route("/api/v1/notifications", get(list_notifications))
+        .route("/api/v1/notify/channels", get(notify_channels))
+        .route("/api/v1/notify/test", post(notify_test))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -421,6 +427,14 @@ async fn put_job(
             None => ApiError::bad("invalid_body", message),
         }
     })?;
+    st.notify.check(&spec).map_err(|(field, message)| {
+        let top = field.split(['[', '.']).next().unwrap_or("notify").to_string();
+        ApiError::BadRequest {
+            code: format!("invalid_{top}"),
+            message: format!("invalid job spec: {field}: {message}"),
+            field: Some(field),
+        }
+    })?;
     let (existing, existed) = match st.coord.get_job(&name).await {
         Ok(j) => {
             let existed = j.is_some();
@@ -454,12 +468,18 @@ async fn put_job(
     if dry_run {
         // what `put_job` checks before it writes (the name was checked with the path)
         spec.validate().map_err(crate::coord::CoordError::from)?;
+        let would_pause = spec.paused;
         let now = now_ms();
         let would_be = StoredJob {
             spec,
             created_at: existing.as_ref().map(|j| j.created_at).unwrap_or(now),
             updated_at: now,
             revision: existing.as_ref().map(|j| j.revision).unwrap_or(0),
+            paused_reason: existing
+                .as_ref()
+                .filter(|_| would_pause)
+                .and_then(|j| j.paused_reason.clone()),
+            paused_at: None,
         };
         return Ok(answer(would_be, change).await);
     }
@@ -941,6 +961,116 @@ fn preview(b: PreviewBody, now: i64) -> Result<Preview, ApiError> {
     })
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotificationsQuery {
+    job: Option<String>,
+    channel: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/notifications`: notices newest first (pending, delivered, dead), without bodies.
+async fn list_notifications(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<NotificationsQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&st, &headers, Need::Read)?;
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > 500 {
+        return Err(ApiError::bad("invalid_limit", "limit must be between 1 and 500"));
+    }
+    if let Some(j) = &q.job {
+        valid_name(j)?;
+    }
+    let status = match q.status.as_deref() {
+        None => None,
+        Some("pending") => Some(crate::coord::DeliveryStatus::Pending),
+        Some("delivered") => Some(crate::coord::DeliveryStatus::Delivered),
+        Some("dead") => Some(crate::coord::DeliveryStatus::Dead),
+        Some(other) => {
+            return Err(ApiError::bad(
+                "invalid_status",
+                format!("unknown notification status {other:?} (one of pending, delivered, dead)"),
+            ));
+        }
+    };
+    let all = st.coord.deliveries().await?;
+    let list = super::notify::for_api(all, q.job.as_deref(), q.channel.as_deref(), status, limit);
+    Ok(Json(serde_json::json!({ "notifications": list })))
+}
+
+/// `GET /api/v1/notify/channels`: the channels jobs may name (no secrets) and the default rules.
+async fn notify_channels(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&st, &headers, Need::Read)?;
+    let channels: Vec<serde_json::Value> = st
+        .notify
+        .channels
+        .by_name
+        .values()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.config.name,
+                "kind": c.config.kind.as_str(),
+                "target": c.target(),
+                "signed": c.signed(),
+            })
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "channels": channels, "default": st.notify.defaults }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyTestQuery {
+    channel: Option<String>,
+}
+
+/// `POST /api/v1/notify/test?channel=NAME`: sends a test notice now and says how it went.
+async fn notify_test(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<NotifyTestQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = authorize(&st, &headers, Need::Admin)?;
+    let Query(q) = q?;
+    let Some(channel) = q.channel.filter(|c| !c.is_empty()) else {
+        return Err(ApiError::bad("invalid_channel", "name the channel: ?channel=NAME"));
+    };
+    if !st.notify.channels.by_name.contains_key(&channel) {
+        let names = st.notify.channels.names();
+        return Err(ApiError::ChannelNotFound(format!(
+            "no notification channel {channel:?} on this master ({})",
+            if names.is_empty() {
+                "none are configured: add [[master.notify.channels]] to its config".to_string()
+            } else {
+                format!("configured: {}", names.join(", "))
+            }
+        )));
+    }
+    let d = st.notify.send_test(&channel, &caller.name).await;
+    if let Err(e) = st.coord.put_delivery(&d).await {
+        tracing::debug!(error = %e, "test notice not recorded");
+    }
+    tracing::info!(channel = %channel, by = %caller.name, status = d.status.as_str(), error = d.last_error.as_deref().unwrap_or(""), "test notice sent");
+    if d.status != crate::coord::DeliveryStatus::Delivered {
+        return Err(ApiError::NotifyFailed(format!(
+            "channel {channel:?} did not take the test notice: {}",
+            d.last_error.as_deref().unwrap_or("no answer")
+        )));
+    }
+    let mut d = d;
+    d.payload = serde_json::Value::Null;
+    Ok(Json(serde_json::json!({ "delivery": d })))
+}
+
 /// This master's clock, for workers to measure their own against (no token: the time is no
 /// secret, and a worker must be able to check it whatever its token).
 async fn time(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -1046,6 +1176,8 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             revision: 1,
+            paused_reason: None,
+            paused_at: None,
         };
         let v = job_view(job("backup-db", "H 3 * * *"), 1, None, Default::default());
         assert_eq!(

@@ -47,6 +47,10 @@ pub enum ApiError {
     EtcdUnavailable(String),
     /// 503: another dependency (the run log) is unreachable.
     Unavailable(String),
+    /// 404 `channel_not_found`: no notification channel of that name on this master.
+    ChannelNotFound(String),
+    /// 502 `notify_failed`: the receiver of a test notice refused it or did not answer.
+    NotifyFailed(String),
     Internal(String),
 }
 
@@ -97,6 +101,8 @@ impl ApiError {
             ),
             ApiError::EtcdUnavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "etcd_unavailable", m.clone()),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone()),
+            ApiError::ChannelNotFound(m) => (StatusCode::NOT_FOUND, "channel_not_found", m.clone()),
+            ApiError::NotifyFailed(m) => (StatusCode::BAD_GATEWAY, "notify_failed", m.clone()),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

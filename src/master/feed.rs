@@ -131,6 +131,13 @@ pub enum FeedEvent {
     RunStarted { ts: i64, run: Box<RunStarted> },
     #[serde(rename = "run.finished")]
     RunFinished { ts: i64, run: Box<RunRecord> },
+    /// A notice was queued, attempted, delivered or given up (live only: not replayed from a
+    /// cursor; `GET /api/v1/notifications` has the history).
+    #[serde(rename = "notification")]
+    Notification {
+        ts: i64,
+        delivery: Box<crate::coord::Delivery>,
+    },
     /// Events were lost for every subscriber (the master's run-event stream could not resume):
     /// read what `topics` names again from the API.
     #[serde(rename = "resume_failed")]
@@ -152,12 +159,14 @@ impl FeedEvent {
             FeedEvent::RunStarted { .. } => "run.started",
             FeedEvent::RunFinished { .. } => "run.finished",
             FeedEvent::ResumeFailed { .. } => "resume_failed",
+            FeedEvent::Notification { .. } => "notification",
         }
     }
     fn topic(&self) -> &'static str {
         match self {
             FeedEvent::JobSaved { .. } | FeedEvent::JobDeleted { .. } => "jobs",
             FeedEvent::WorkerJoined { .. } | FeedEvent::WorkerLeft { .. } => "workers",
+            FeedEvent::Notification { .. } => "notifications",
             _ => "runs",
         }
     }
@@ -167,6 +176,7 @@ impl FeedEvent {
             FeedEvent::JobDeleted { name, .. } => Some(name),
             FeedEvent::RunStarted { run, .. } => Some(&run.job),
             FeedEvent::RunFinished { run, .. } => Some(&run.job),
+            FeedEvent::Notification { delivery, .. } => Some(&delivery.job),
             _ => None,
         }
     }
@@ -397,6 +407,7 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
         relay_stop.cancel();
     }
     let mut relay = st.coord.watch_feed::<Vec<FeedEvent>>(relay_stop.clone());
+    let mut deliveries = st.coord.watch_deliveries(stop.clone());
     let mut known_jobs: HashMap<String, i64> = HashMap::new();
     let mut changed_meaning = super::meaning::ChangedMeaning::default();
     let mut known_workers: HashSet<String> = HashSet::new();
@@ -408,6 +419,7 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                 JobEvent::Reset { jobs: all, revision } => {
                     let now: HashMap<String, i64> = all.iter().map(|j| (j.name().to_string(), j.revision())).collect();
                     st.known.listed(all.iter().map(|j| j.name()), now_ms());
+                    st.notify.jobs_listed(all.iter());
                     changed_meaning.listed(all.iter().map(|j| (j.name(), schedule_of(j))));
                     if jobs_synced {
                         // a re-list after a compaction or a broken stream: publish the
@@ -431,12 +443,14 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                 JobEvent::Saved(j) => {
                     known_jobs.insert(j.name().to_string(), j.revision());
                     st.known.saved(j.name());
+                    st.notify.job_saved(&j);
                     changed_meaning.saved(j.name(), schedule_of(&j));
                     publish_job(&st, j);
                 }
                 JobEvent::Deleted { name, revision } => {
                     known_jobs.remove(&name);
                     st.known.deleted(&name, now_ms());
+                    st.notify.job_deleted(&name);
                     changed_meaning.deleted(&name);
                     st.feed.publish(FeedEvent::JobDeleted { ts: now_ms(), revision, name });
                 }
@@ -471,6 +485,10 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                     }
                 }
             },
+            Some(mut d) = deliveries.events.recv() => {
+                d.payload = serde_json::Value::Null;
+                st.feed.publish(FeedEvent::Notification { ts: now_ms(), delivery: Box::new(d) });
+            }
             Some(batch) = relay.events.recv() => {
                 // other masters' run events, into this store's history (run_tail publishes them)
                 if batch.master != st.config.master.id {
@@ -548,7 +566,10 @@ impl Filter {
             None => ["jobs", "workers", "runs"].iter().map(|s| s.to_string()).collect(),
             Some(t) => {
                 let t = split(t);
-                if let Some(bad) = t.iter().find(|x| !["jobs", "workers", "runs"].contains(&x.as_str())) {
+                if let Some(bad) = t
+                    .iter()
+                    .find(|x| !["jobs", "workers", "runs", "notifications"].contains(&x.as_str()))
+                {
                     return Err(ApiError::bad(
                         "invalid_topics",
                         format!("unknown topic {bad:?}; use jobs, workers, runs"),

@@ -90,6 +90,41 @@ def q(name, type_="string", desc=""):
 
 json_req = lambda schema, required=True: {"required": required, "content": {"application/json": {"schema": schema}}}
 
+notify_events = ["failure", "recovery", "missed", "timed_out", "killed", "lost", "paused"]
+notify_rule = strict(
+    {
+        "channel": {"type": "string", "description": "a channel of [[master.notify.channels]]"},
+        "on": {
+            "type": "array",
+            "items": {"enum": notify_events},
+            "minItems": 1,
+            "default": ["failure", "recovery"],
+            "description": "failure covers failed, timed_out, killed and lost unless listed by itself; recovery: the first success after a failure notice",
+        },
+        "after_failures": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1, "description": "a failure notifies once the job failed this many times in a row"},
+    },
+    required=["channel"],
+)
+delivery = strict(
+    {
+        "id": {"type": "string", "description": "the X-Cronmesh-Delivery header: the same on every attempt"},
+        "event": {"enum": notify_events + ["test"]},
+        "job": {"type": "string", "description": "empty for a test notice"},
+        "run_id": {"type": ["string", "null"]},
+        "channel": {"type": "string"},
+        "kind": {"enum": ["webhook", "slack", "email", "unknown"]},
+        "status": {"enum": ["pending", "delivered", "dead"]},
+        "attempts": {"type": "integer"},
+        "last_error": {"type": ["string", "null"]},
+        "created_at": {"type": "integer", "description": "Unix ms"},
+        "updated_at": {"type": "integer", "description": "Unix ms"},
+        "next_attempt_at": {"type": ["integer", "null"], "description": "Unix ms"},
+        "delivered_at": {"type": ["integer", "null"], "description": "Unix ms"},
+        "run_ended_at": {"type": "integer", "description": "Unix ms: when the run ended (latency is measured from it)"},
+    },
+    required=["id", "event", "job", "run_id", "channel", "kind", "status", "attempts", "last_error", "created_at", "updated_at", "next_attempt_at", "delivered_at"],
+)
+
 paths = {
     "/api/v1/jobs": {
         "get": {
@@ -283,10 +318,10 @@ paths = {
     },
     "/api/v1/events": {
         "get": {
-            "summary": "WebSocket event feed (upgrade): job.saved, job.deleted, worker.joined, worker.left, run.started, run.finished, lagged, resume_failed; every event carries an opaque cursor. Client messages are at most 4 KiB (larger: closed with 1009)",
+            "summary": "WebSocket event feed (upgrade): job.saved, job.deleted, worker.joined, worker.left, run.started, run.finished, notification (topic notifications, live only), lagged, resume_failed; every event carries an opaque cursor. Client messages are at most 4 KiB (larger: closed with 1009)",
             "operationId": "events",
             "parameters": [
-                q("topics", desc="jobs,workers,runs (default all)"),
+                q("topics", desc="jobs,workers,runs,notifications (default jobs,workers,runs)"),
                 q("job", desc="job names, comma-separated"),
                 q("status", desc="run statuses for run.finished"),
                 q("since_revision", "integer", "replay job events from this etcd revision"),
@@ -322,6 +357,67 @@ paths = {
             "summary": "What this master depends on (etcd, the run log, the workers), each up or not with one line of why and what to do, and the caller's role",
             "operationId": "health",
             "responses": responses({"200": json_body("Health", ref("Health"))}, bad=False),
+        }
+    },
+    "/api/v1/notifications": {
+        "get": {
+            "summary": "Notices newest first: each delivery of a job's notification to a channel (pending = in the outbox, delivered, dead = given up after master.notify.retry_for)",
+            "operationId": "listNotifications",
+            "parameters": [
+                q("job", desc="one job's notices"),
+                q("channel", desc="one channel's notices"),
+                {"name": "status", "in": "query", "required": False, "schema": {"enum": ["pending", "delivered", "dead"]}},
+                {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}, "description": "1-500, default 50"},
+            ],
+            "responses": responses(
+                {"200": json_body("Notices", strict({"notifications": {"type": "array", "items": ref("Delivery")}}))},
+                UNAVAILABLE,
+            ),
+        }
+    },
+    "/api/v1/notify/channels": {
+        "get": {
+            "summary": "The notification channels configured on this master (no secrets) and the fleet's default rules",
+            "operationId": "notifyChannels",
+            "responses": responses(
+                {
+                    "200": json_body(
+                        "Channels",
+                        strict(
+                            {
+                                "channels": {
+                                    "type": "array",
+                                    "items": strict(
+                                        {
+                                            "name": {"type": "string"},
+                                            "kind": {"enum": ["webhook", "slack", "email"]},
+                                            "target": {"type": "string", "description": "the URL's scheme and host, or the mail recipients"},
+                                            "signed": {"type": "boolean", "description": "webhook bodies carry X-Cronmesh-Signature"},
+                                        }
+                                    ),
+                                },
+                                "default": {"type": "array", "items": notify_rule, "description": "the rules of jobs without a notify field"},
+                            }
+                        ),
+                    )
+                },
+                bad=False,
+            ),
+        }
+    },
+    "/api/v1/notify/test": {
+        "post": {
+            "summary": "Send a test notice to a channel now (admin); answers when the receiver took it",
+            "operationId": "notifyTest",
+            "parameters": [{"name": "channel", "in": "query", "required": True, "schema": {"type": "string"}}],
+            "responses": responses(
+                {
+                    "200": json_body("Delivered", strict({"delivery": ref("Delivery")})),
+                    "404": err("No such channel on this master (channel_not_found)"),
+                    "502": err("The receiver refused the notice or did not answer (notify_failed): the message says what it answered"),
+                },
+                UNAVAILABLE,
+            ),
         }
     },
     "/api/v1/openapi.json": {
@@ -388,6 +484,13 @@ spec_props = {
     "description": {"type": "string"},
     "owner": {"type": "string"},
     "labels": smap,
+    "notify": {
+        "type": "array",
+        "items": notify_rule,
+        "maxItems": 20,
+        "description": "who hears about this job's runs; absent: the fleet's default rules (master.notify.default); []: nobody",
+    },
+    "pause_after_failures": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "pause the job after this many failures in a row (failed, timed out, killed, lost)"},
 }
 jobspec = strict(spec_props, required=["schedule", "command"])
 
@@ -409,6 +512,8 @@ job = strict(
         "created_at": {"type": "integer"},
         "updated_at": {"type": "integer"},
         "revision": {"type": "integer"},
+        "paused_reason": {"type": "string", "description": "why a master paused the job (pause_after_failures); absent when paused by hand or not paused"},
+        "paused_at": {"type": "integer", "description": "Unix ms: when it was paused, while it is"},
         "schedule_description": {"type": "string"},
         "schedule_resolved": {"type": "string", "description": "the schedule with each H replaced by the values chosen for this job's name"},
         "schedule_warnings": warnings,
@@ -594,6 +699,7 @@ doc = {
                 {"started": {"type": "array", "items": ref("RunStarted")}, "finished": {"type": "array", "items": ref("RunRecordIn")}},
                 required=[],
             ),
+            "Delivery": delivery,
             "Readiness": strict({"etcd": {"type": "string"}, "log_store": {"type": "string"}}),
             "Health": strict(
                 {

@@ -13,6 +13,7 @@ pub mod json;
 pub mod last_runs;
 pub mod ledger;
 pub mod meaning;
+pub mod notify;
 pub mod reports;
 pub mod stats;
 pub mod ticks;
@@ -50,10 +51,31 @@ struct Running {
 /// `last_runs` current, for every master's ingest alike.
 pub struct Ingest {
     store: Arc<dyn LogStore>,
+    /// Queues the finished runs of jobs with notification rules (see `notify`).
+    notify: Option<(Coord, Arc<notify::Notify>)>,
     /// Each job's newest record, for the job views (see `last_runs`).
     pub last_runs: last_runs::LastRuns,
     running: Mutex<Running>,
     relay: Option<Relay>,
+}
+
+/// Why a batch of reports was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stored, but not queued for the notifier: the batch is refused, so that it is sent again.
+    #[error("the runs were stored but not queued for notifications ({0}); send them again")]
+    Notify(crate::coord::CoordError),
+}
+
+impl From<IngestError> for error::ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Store(s) => s.into(),
+            IngestError::Notify(c) => c.into(),
+        }
+    }
 }
 
 /// With a store of its own (SQLite), a master puts each ingested batch's run events in etcd for
@@ -70,6 +92,7 @@ impl Ingest {
         let relay = relay.filter(|_| store.needs_relay());
         Ingest {
             store,
+            notify: None,
             last_runs: last_runs::LastRuns::default(),
             running: Mutex::new(Running::default()),
             relay: relay.map(|(coord, master)| Relay {
@@ -91,7 +114,14 @@ impl Ingest {
         }
     }
 
-    pub async fn ingest(&self, batch: crate::model::ReportBatch) -> Result<InsertOutcome, StoreError> {
+    /// Finished runs are queued for notifications after they are stored and before this
+    /// returns: an error here refuses the batch, and sending it again stores nothing twice.
+    pub fn with_notify(mut self, coord: Coord, notify: Arc<notify::Notify>) -> Self {
+        self.notify = Some((coord, notify));
+        self
+    }
+
+    pub async fn ingest(&self, batch: crate::model::ReportBatch) -> Result<InsertOutcome, IngestError> {
         if !batch.started.is_empty() {
             self.store.insert_started(&batch.started).await?;
         }
@@ -118,6 +148,12 @@ impl Ingest {
         m.logstore_records
             .with_label_values(&["duplicate"])
             .inc_by(out.duplicates as u64);
+        if let Some((coord, notify)) = &self.notify {
+            notify
+                .queue(coord, &batch.finished)
+                .await
+                .map_err(IngestError::Notify)?;
+        }
         if self.relay.is_some() {
             for f in batch.finished {
                 let mut summary = f;
@@ -234,17 +270,26 @@ pub struct AppState {
     pub throttle: auth::FailureThrottle,
     /// Cancelled when the master stops: feed connections close with code 1001.
     pub shutdown: CancellationToken,
+    /// Notification channels and rules.
+    pub notify: Arc<notify::Notify>,
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, coord: Coord, store: Arc<dyn LogStore>) -> Arc<Self> {
+    /// Fails when a notification channel cannot be set up (a secret's variable is gone).
+    pub fn new(
+        config: Arc<Config>,
+        coord: Coord,
+        store: Arc<dyn LogStore>,
+    ) -> Result<Arc<Self>, notify::channels::ChannelError> {
         let feed = feed::Feed::default();
-        Arc::new(AppState {
+        let notify = Arc::new(notify::Notify::from_config(&config.master.notify)?);
+        Ok(Arc::new(AppState {
             auth: auth::Auth::from_config(&config.master.auth),
-            ingest: Arc::new(Ingest::new(
-                store.clone(),
-                Some((coord.clone(), config.master.id.clone())),
-            )),
+            ingest: Arc::new(
+                Ingest::new(store.clone(), Some((coord.clone(), config.master.id.clone())))
+                    .with_notify(coord.clone(), notify.clone()),
+            ),
+            notify,
             feed,
             stats: stats::DayStats::default(),
             known: reports::Known::default(),
@@ -253,7 +298,7 @@ impl AppState {
             config,
             coord,
             store,
-        })
+        }))
     }
 }
 
@@ -395,6 +440,12 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
             state.shutdown.clone(),
         ))
     });
+    state.notify.set_base_url(&info.url);
+    let notifier = tokio::spawn(notify::run(
+        state.clone(),
+        registration.lease_watch(),
+        state.shutdown.clone(),
+    ));
     let runs = tokio::spawn(feed::run_tail(state.clone(), state.shutdown.clone()));
     let feed_stop = state.shutdown.clone();
     let stopping = shutdown.clone();
@@ -415,6 +466,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
     if let Some(l) = ledger {
         let _ = l.await;
     }
+    let _ = notifier.await;
     let _ = day_stats.await;
     let _ = runs.await;
     let _ = retention.await;

@@ -111,6 +111,13 @@ pub struct Metrics {
     pub ledger_lag: prometheus::Gauge,
     pub ledger_pending: IntGauge,
     pub ledger_ticks_checked: IntCounter,
+    pub notifications: IntCounterVec,
+    pub notification_latency: HistogramVec,
+    pub notify_outbox: IntGauge,
+    pub notify_inbox: IntGauge,
+    pub notify_dead: IntCounterVec,
+    pub notify_keeper: IntGauge,
+    pub notify_inbox_writes: IntCounterVec,
     pub owned_jobs: IntGauge,
     pub known_jobs: IntGauge,
     pub members: IntGauge,
@@ -222,6 +229,39 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ledger_pending: gauge(
             "cronmesh_ledger_pending_ticks",
             "Ticks past their accounting time that are claimed by a live worker and have no record yet (long runs, delayed reports).",
+        ),
+        notifications: counter_vec(
+            "cronmesh_notifications_total",
+            "Notification attempts by channel and outcome: delivered, retried (the attempt failed, another follows), dead (given up after master.notify.retry_for).",
+            &["channel", "outcome"],
+        ),
+        notification_latency: histogram_vec(
+            "cronmesh_notification_latency_seconds",
+            "From the end of the run a notice is about to the receiver's 2xx (or the mail server's acceptance).",
+            &["channel"],
+            vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0],
+        ),
+        notify_outbox: gauge(
+            "cronmesh_notify_outbox_depth",
+            "Notices not delivered yet (on the master that sends; 0 on the others).",
+        ),
+        notify_inbox: gauge(
+            "cronmesh_notify_inbox_depth",
+            "Finished runs of jobs with notification rules waiting for the notifier's decision.",
+        ),
+        notify_dead: counter_vec(
+            "cronmesh_notify_dead_letters_total",
+            "Notices given up after master.notify.retry_for of failed attempts, by channel.",
+            &["channel"],
+        ),
+        notify_keeper: gauge(
+            "cronmesh_notify_keeper",
+            "1 on the master that decides and sends notifications (one at a time), 0 on the others.",
+        ),
+        notify_inbox_writes: counter_vec(
+            "cronmesh_notify_inbox_writes_total",
+            "Finished runs this master queued for the notifier (ok), or could not (error: the report was refused and is sent again).",
+            &["outcome"],
         ),
         ledger_ticks_checked: counter(
             "cronmesh_ledger_ticks_checked_total",
@@ -442,6 +482,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for t in ["schedule", "manual", "retry"] {
         m.runs_started.with_label_values(&[t]);
+    }
+    for o in ["ok", "error"] {
+        m.notify_inbox_writes.with_label_values(&[o]);
     }
     for st in crate::model::RunStatus::ALL {
         m.runs_finished.with_label_values(&[st.as_str()]);

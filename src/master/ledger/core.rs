@@ -374,6 +374,8 @@ mod tests {
             created_at: updated_at,
             updated_at,
             revision,
+            paused_reason: None,
+            paused_at: None,
         }
     }
 

@@ -160,6 +160,8 @@ impl Sim {
             created_at: updated_at,
             updated_at,
             revision: self.revision,
+            paused_reason: None,
+            paused_at: None,
         };
         self.jobs.insert(job.spec.name.clone(), job.clone());
         self.broadcast(|| Input::Jobs(JobEvent::Saved(JobRead::Job(Box::new(job.clone())))));
@@ -670,6 +672,8 @@ fn a_worker_that_starts_after_unclaimed_ticks_runs_the_newest_within_the_deadlin
         created_at: T0 - secs(60),
         updated_at: T0 - secs(60),
         revision: sim.revision,
+        paused_reason: None,
+        paused_at: None,
     };
     sim.jobs.insert("a".into(), job);
     sim.now = T0 + 400;
