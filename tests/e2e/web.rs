@@ -53,6 +53,8 @@ fn out_dir(name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_browser() {
+    // the harness's reqwest client (rustls-no-provider) needs the process's crypto provider
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut c = Cluster::new().await;
     // notification channels: webhooks to a small HTTP server the spec starts on this port
     // (`/hook` answers 200, `/fail` 500), so a real delivery and a failed test can be seen

@@ -74,7 +74,7 @@ function hookServer(port) {
 }
 
 // The tables show the end of a run id; the paused reason on the page does the same.
-const shortIds = (text) => text.replace(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/gi, (id) => `…${id.slice(-12)}`);
+const shortIds = (text) => text.replace(/\b(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b/gi, (id) => `…${id.slice(-12)}`);
 
 async function launch() {
   return chromium.launch({
@@ -639,14 +639,14 @@ if (MODE === 'ui') {
       await page.evaluate(() => { window.testNoReload = true; });
       assert.equal((await apiCall('POST', '/api/v1/jobs/ui-notify/run')).status, 202);
       // delivered to the receiver, and the page is told over the feed
-      const hook = page.locator('#notifications-table tr[data-event="failure"]', { has: page.locator('td[data-label="Channel"]', { hasText: 'hook' }) });
+      const hook = page.locator('#notifications-table tr[data-event="failure"][data-channel="hook"]');
       await hook.locator('.badge.delivered').waitFor({ timeout: 30_000 });
       const got = hooks.got.find((g) => g.path === '/hook' && g.headers['x-cronmesh-event'] === 'failure');
       assert.ok(got, `the receiver got the failure: ${JSON.stringify(hooks.got.map((g) => g.path))}`);
       assert.equal(got.body.job, 'ui-notify');
       assert.match(await hook.locator('td[data-label="Run"] a').getAttribute('href'), new RegExp(`#/runs/${got.body.run_id}$`));
       // the refusing channel: retried, with its last error
-      const broken = page.locator('#notifications-table tr[data-event="failure"]', { has: page.locator('td[data-label="Channel"]', { hasText: 'broken' }) });
+      const broken = page.locator('#notifications-table tr[data-event="failure"][data-channel="broken"]');
       await broken.locator('td[data-label="Last error"] .bad').waitFor({ timeout: 30_000 });
       assert.notEqual(await broken.getAttribute('data-status'), 'delivered');
       assert.equal(await page.evaluate(() => window.testNoReload), true, 'no reload');
@@ -665,8 +665,12 @@ if (MODE === 'ui') {
       assert.match(text, /^Paused .+ — /);
       assert.ok(text.includes(shortIds(job.paused_reason)), `${text} has the reason ${job.paused_reason}`);
       await page.locator('#job-head .badge.paused').waitFor();
-      // its paused notification, on the rule that asked for it
-      await page.locator('#notifications-table tr[data-event="paused"]').waitFor({ timeout: 30_000 });
+      // its paused notice, to the job's channels
+      await page.locator('#notifications-table tr[data-event="paused"][data-channel="hook"] .badge.delivered').waitFor({ timeout: 30_000 });
+      // the reason's run id is a link to that run
+      const last = why.locator('a[href^="#/runs/"]');
+      assert.equal(await last.count(), 1, text);
+      assert.ok(job.paused_reason.includes(decodeURIComponent((await last.getAttribute('href')).slice('#/runs/'.length))));
       await shot(page, '16c-paused-by-master');
       await page.goto(net1.url + '/#/jobs');
       const mark = page.locator('#jobs-table tr[data-job="ui-notify"] td[data-label="State"] .paused-by-master');

@@ -1032,13 +1032,15 @@ async function testChannel(name) {
 
 function deliveryStatus(d) {
   const bits = [badge(d.status)];
-  if (d.status === 'pending' && d.next_attempt_at) bits.push(el('span', { class: 'muted small' }, ` next try ${fmtRel(d.next_attempt_at)}`));
+  if (d.status === 'pending' && d.next_attempt_at) {
+    bits.push(el('span', { class: 'muted small', title: fmtAbs(d.next_attempt_at) }, d.next_attempt_at > Date.now() + 999 ? ` next try ${fmtRel(d.next_attempt_at)}` : ' trying now'));
+  }
   if (d.status === 'delivered' && d.delivered_at) bits.push(el('span', { class: 'muted small', title: fmtAbs(d.delivered_at) }, ` ${fmtShort(d.delivered_at)}`));
   return bits;
 }
 
 function deliveryRow(d, withJob, now) {
-  const next = d.status === 'pending' && d.next_attempt_at ? fmtRel(d.next_attempt_at) : '';
+  const next = d.status === 'pending' && d.next_attempt_at ? (d.next_attempt_at > now + 999 ? fmtRel(d.next_attempt_at) : 'now') : '';
   const cells = [
     [String(d.created_at), () => el('td', { 'data-label': 'Time' }, el('span', { title: fmtAbs(d.created_at) }, fmtShort(d.created_at)))],
     [d.event, () => el('td', { 'data-label': 'Event' }, String(d.event || '—').replace('_', ' '))],
@@ -1049,7 +1051,7 @@ function deliveryRow(d, withJob, now) {
     [d.last_error || '', () => el('td', { 'data-label': 'Last error' }, d.last_error ? el('span', { class: 'bad small', title: d.last_error }, oneLine(d.last_error)) : el('span', { class: 'muted' }, '—'))],
     [d.run_id || '', () => el('td', { 'data-label': 'Run' }, d.run_id ? el('a', { class: 'mono', href: `#/runs/${encodeURIComponent(d.run_id)}`, title: d.run_id }, shortId(d.run_id)) : el('span', { class: 'muted' }, '—'))],
   ].filter(Boolean);
-  return { key: d.id, attrs: { 'data-delivery': d.id, 'data-status': d.status, 'data-event': d.event, class: d.fresh && now - d.fresh < 1500 ? 'fresh' : null }, cells };
+  return { key: d.id, attrs: { 'data-delivery': d.id, 'data-status': d.status, 'data-event': d.event, 'data-channel': d.channel, class: d.fresh && now - d.fresh < 1500 ? 'fresh' : null }, cells };
 }
 
 // The deliveries of state.notifs into `body`: newest first.
@@ -1820,10 +1822,11 @@ function stateCell(j) {
     el('span', { class: 'visually-hidden' }, `: ${j.paused_reason}`));
 }
 
-// "paused after 3 consecutive failures (last run 0190…)": a whole run id in it becomes a link.
+// "paused after 3 consecutive failures (last run 01a2…: failed)": a whole run id in it becomes a
+// link, shown by its end like the tables show it.
 function reasonNodes(text) {
   const out = [];
-  const re = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/gi;
+  const re = /\b(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b/gi;
   let at = 0;
   for (const m of text.matchAll(re)) {
     if (m.index > at) out.push(text.slice(at, m.index));
