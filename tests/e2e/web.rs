@@ -122,6 +122,7 @@ async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_br
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_page_lists_10000_jobs_one_page_at_a_time() {
     const JOBS: usize = 10_000;
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut c = Cluster::new().await;
     let url = c.start_master("m1", &[]).await;
     // jobs straight into etcd, 32 writes in flight; no worker, so nothing runs
