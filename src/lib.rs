@@ -15,6 +15,7 @@
 //! - [`ctl`]: `cronmesh ctl`, the command-line client of the REST API.
 //! - [`telemetry`]: metric names, typed internal events, logging, the ops HTTP listener.
 //! - [`timer`]: a deadline heap, the clock-free timer of both sans-I/O cores.
+//! - [`http_client`]: every outgoing HTTP client starts here (TLS provider installed once).
 //! - [`etcd_process`]: starting etcd as a child process (standalone mode and tests).
 //! - [`mongo_process`]: starting the MongoDB stand-in server (`secantusd-py`) for tests and load tests.
 
@@ -24,6 +25,7 @@ pub mod config;
 pub mod coord;
 pub mod ctl;
 pub mod etcd_process;
+pub mod http_client;
 pub mod logstore;
 pub mod master;
 pub mod model;

@@ -220,7 +220,7 @@ pub async fn wait_members(coord: &Coord, n: usize, timeout: Duration) -> Result<
 }
 
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    cronmesh::http_client::builder()
         .pool_max_idle_per_host(64)
         .build()
         .expect("http client")

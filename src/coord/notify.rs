@@ -86,6 +86,9 @@ pub struct Streak {
     /// The job was paused for its failures and the pause is not written yet.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pause_pending: bool,
+    /// Why (the job's `paused_reason`), while the pause is pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
     /// The master paused it (a resume ends the streak).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused_by_us: bool,

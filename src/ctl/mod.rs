@@ -461,7 +461,7 @@ pub async fn run(a: CtlArgs) -> Result<Done, CtlError> {
         return Ok(Done::default());
     }
     let c = Client {
-        http: reqwest::Client::new(),
+        http: crate::http_client::client(),
         url: a.url.clone(),
         token: a.token.clone(),
     };

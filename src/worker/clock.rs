@@ -63,7 +63,7 @@ pub async fn measure_offsets(
     tx: tokio::sync::watch::Sender<Option<i64>>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let http = reqwest::Client::builder()
+    let http = crate::http_client::builder()
         .timeout(std::time::Duration::from_secs(2))
         .build()
         .expect("http client");

@@ -455,7 +455,7 @@ pub struct HttpSink {
 impl HttpSink {
     pub fn new(coord: crate::coord::Coord, configured: Vec<String>, token: Option<String>) -> Self {
         HttpSink {
-            client: reqwest::Client::builder()
+            client: crate::http_client::builder()
                 .timeout(Duration::from_secs(5))
                 // masters close keep-alive connections idle for master.header_read_timeout
                 // (10 s by default); reusing one they are closing would fail a report

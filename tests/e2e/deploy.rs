@@ -218,7 +218,7 @@ async fn local_cluster_comes_up_runs_a_job_survives_a_master_stop_and_goes_down(
     assert_eq!(mode & 0o777, 0o600, "tokens.env must be private");
 
     // the three workers are members, each with its zone label
-    let http = reqwest::Client::new();
+    let http = cronmesh::http_client::client();
     let (status, workers) = call(&http, "GET", &format!("{m1}/api/v1/workers"), &read, None).await;
     assert_eq!(status, 200, "{workers}");
     let mut zones: Vec<(String, String)> = workers

@@ -449,7 +449,7 @@ async fn slow_clients_cannot_hold_the_master_or_a_workers_listener() {
     );
     // the master answers while they hang: at once (busy, 503) or, once the slow ones are cut
     // off after the header timeout, normally
-    let client = reqwest::Client::builder()
+    let client = cronmesh::http_client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();

@@ -100,6 +100,8 @@ pub struct Cluster {
     pub worker_args: Vec<String>,
     /// The MongoDB stand-in server, once `start_mongo` started it.
     pub mongo: Option<cronmesh::mongo_process::MongoProcess>,
+    /// Extra environment for every master started (e.g. a channel's secret).
+    pub master_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -117,9 +119,10 @@ impl Cluster {
             prefix,
             workers: BTreeMap::new(),
             masters: BTreeMap::new(),
-            http: reqwest::Client::new(),
+            http: cronmesh::http_client::client(),
             worker_args: vec!["--lease-ttl".into(), "2s".into()],
             mongo: None,
+            master_env: Vec::new(),
         }
     }
 
@@ -254,6 +257,7 @@ impl Cluster {
             .env("CRONMESH_WORKER_TOKEN", WORKER)
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE")
+            .envs(self.master_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)

@@ -21,6 +21,7 @@ mod ledger;
 mod lifecycle;
 mod logs;
 mod mongodb;
+mod notify;
 mod observability;
 mod openapi;
 mod outage;

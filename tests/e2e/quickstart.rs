@@ -156,7 +156,7 @@ async fn the_readme_quick_start_runs_as_written_and_ctrl_c_stops_it() {
     let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     // the first run of hello (every ten seconds), as the API lists it
-    let http = reqwest::Client::new();
+    let http = cronmesh::http_client::client();
     let runs_url = format!("{url}/api/v1/runs?job=hello&limit=1");
     let mut run_id = String::new();
     let began = Instant::now();

@@ -127,9 +127,8 @@ impl Channels {
         let http = if by_name.is_empty() {
             None
         } else {
-            let _ = rustls::crypto::ring::default_provider().install_default();
             Some(
-                reqwest::Client::builder()
+                crate::http_client::builder()
                     .timeout(SEND_TIMEOUT)
                     .redirect(reqwest::redirect::Policy::none())
                     .user_agent(concat!("cronmesh/", env!("CARGO_PKG_VERSION")))

@@ -98,6 +98,11 @@ pub fn decide(
             {
                 d.pause = true;
                 streak.pause_pending = true;
+                streak.pause_reason = Some(format!(
+                    "paused after {count} consecutive failures (last run {}: {})",
+                    run.run_id,
+                    s.as_str()
+                ));
                 streak.paused_by_us = true;
                 let mut channels: Vec<&str> = rules.iter().map(|r| r.channel.as_str()).collect();
                 channels.dedup();
@@ -131,6 +136,7 @@ pub fn resumed(streak: &mut Streak) -> bool {
     streak.failure_noticed.clear();
     streak.paused_by_us = false;
     streak.pause_pending = false;
+    streak.pause_reason = None;
     true
 }
 

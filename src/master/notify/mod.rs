@@ -90,22 +90,7 @@ impl Notify {
 
     /// Checks a job's rules against this master's channels: `Err((field, message))`.
     pub fn check(&self, spec: &JobSpec) -> Result<(), (String, String)> {
-        crate::model::validate_notify(spec)?;
-        for (i, r) in spec.notify.iter().flatten().enumerate() {
-            if !self.channels.by_name.contains_key(&r.channel) {
-                let names = self.channels.names();
-                let known = if names.is_empty() {
-                    "none are configured: add [[master.notify.channels]] to the masters' config".to_string()
-                } else {
-                    format!("configured: {}", names.join(", "))
-                };
-                return Err((
-                    format!("notify[{i}].channel"),
-                    format!("unknown channel {:?} ({known})", r.channel),
-                ));
-            }
-        }
-        Ok(())
+        check_rules(spec, &self.channels.names())
     }
 
     /// The job watch listed every job / saw one saved / deleted.
@@ -272,6 +257,25 @@ impl Notify {
         }
         d
     }
+}
+
+/// Checks a job's rules (`model::validate_notify`) and that each names one of `channels`.
+pub fn check_rules(spec: &JobSpec, channels: &[&str]) -> Result<(), (String, String)> {
+    crate::model::validate_notify(spec)?;
+    for (i, r) in spec.notify.iter().flatten().enumerate() {
+        if !channels.contains(&r.channel.as_str()) {
+            let known = if channels.is_empty() {
+                "none are configured: add [[master.notify.channels]] to the masters' config".to_string()
+            } else {
+                format!("configured: {}", channels.join(", "))
+            };
+            return Err((
+                format!("notify[{i}].channel"),
+                format!("unknown channel {:?} ({known})", r.channel),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Takes part in the notifier's election until `stop`; decides and sends while elected.
@@ -497,14 +501,7 @@ async fn settle(st: &Arc<AppState>, me: &str, b: &mut Books, now: i64) -> Result
                 None => (Vec::new(), None, false),
             };
             let decision = core::decide(streak, &rules, pause_after, paused, e);
-            let reason = decision.pause.then(|| {
-                format!(
-                    "paused after {} consecutive failures (last run {}: {})",
-                    streak.consecutive_failures,
-                    e.run_id,
-                    e.status.as_str()
-                )
-            });
+            let reason = decision.pause.then(|| streak.pause_reason.clone().unwrap_or_default());
             if let Some(r) = &reason {
                 pauses.push((e.job.clone(), r.clone()));
             }
@@ -558,11 +555,10 @@ async fn settle(st: &Arc<AppState>, me: &str, b: &mut Books, now: i64) -> Result
             continue;
         };
         let revision = b.jobs.get(&job).map_or(0, |j| j.revision);
-        let reason = format!(
-            "paused after {} consecutive failures (last run {})",
-            s.consecutive_failures,
-            s.last.as_ref().map_or("?", |l| l.1.as_str())
-        );
+        let reason = s
+            .pause_reason
+            .clone()
+            .unwrap_or_else(|| format!("paused after {} consecutive failures", s.consecutive_failures));
         let paused = match b.jobs.get(&job) {
             None => Ok(None),
             Some(j) if j.spec.paused => Ok(None),
@@ -573,6 +569,7 @@ async fn settle(st: &Arc<AppState>, me: &str, b: &mut Books, now: i64) -> Result
             Ok(_) => {
                 let mut next = s.clone();
                 next.pause_pending = false;
+                next.pause_reason = None;
                 match st.coord.put_streak(me, &job, Some(&next)).await {
                     Ok(true) => {
                         b.streaks.insert(job, next);
