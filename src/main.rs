@@ -173,9 +173,6 @@ struct StandaloneArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    // reqwest is built with rustls-no-provider: every client (the worker's reporter and clock,
-    // ctl, the notifier) needs the process's provider installed before it is built
-    let _ = rustls::crypto::ring::default_provider().install_default();
     cronmesh::worker::executor::raise_fd_limit();
     // descriptors inherited from whoever started us never reach a job
     if !cronmesh::worker::executor::cloexec_stray_descriptors() {

@@ -53,8 +53,6 @@ fn out_dir(name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_browser() {
-    // the harness's reqwest client (rustls-no-provider) needs the process's crypto provider
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut c = Cluster::new().await;
     // notification channels: webhooks to a small HTTP server the spec starts on this port
     // (`/hook` answers 200, `/fail` 500), so a real delivery and a failed test can be seen
@@ -122,7 +120,6 @@ async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_br
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_page_lists_10000_jobs_one_page_at_a_time() {
     const JOBS: usize = 10_000;
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut c = Cluster::new().await;
     let url = c.start_master("m1", &[]).await;
     // jobs straight into etcd, 32 writes in flight; no worker, so nothing runs
