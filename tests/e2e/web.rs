@@ -54,7 +54,20 @@ fn out_dir(name: &str) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_browser() {
     let mut c = Cluster::new().await;
-    let url = c.start_master("m1", &[]).await;
+    // notification channels: webhooks to a small HTTP server the spec starts on this port
+    // (`/hook` answers 200, `/fail` 500), so a real delivery and a failed test can be seen
+    let hook_port = cronmesh::etcd_process::free_port();
+    let cfg = c.path("master.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[master.notify]\nretry_for = \"1m\"\n\n\
+             [[master.notify.channels]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{hook_port}/hook\"\n\n\
+             [[master.notify.channels]]\nname = \"broken\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{hook_port}/fail\"\n"
+        ),
+    )
+    .unwrap();
+    let url = c.start_master("m1", &["--config", cfg.to_str().unwrap()]).await;
     c.start_worker("w1", &["--labels", "zone=web"]);
     c.wait_members(&["w1"]).await;
     let out = out_dir("ui");
@@ -66,7 +79,11 @@ async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_br
         "ui",
         &url,
         &out,
-        &[("CRONMESH_ETCD_PID", etcd_pid), ("CRONMESH_MASTER_PID", master_pid)],
+        &[
+            ("CRONMESH_ETCD_PID", etcd_pid),
+            ("CRONMESH_MASTER_PID", master_pid),
+            ("CRONMESH_HOOK_PORT", hook_port.to_string()),
+        ],
     );
     for shot in [
         "01-sign-in",
@@ -86,6 +103,10 @@ async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_br
         "13-read-only",
         "14-etcd-down",
         "15-master-stopped",
+        "16-job-form-notify",
+        "16b-job-notifications",
+        "16c-paused-by-master",
+        "16d-notifications-view",
     ] {
         let p = out.join(format!("{shot}.png"));
         assert!(

@@ -2,9 +2,11 @@
 // real cluster that tests/e2e/web.rs starts (etcd, a master with tokens, a worker).
 //
 // Env: CRONMESH_URL (the master), CRONMESH_ADMIN_TOKEN, CRONMESH_READ_TOKEN, WEB_OUT (screenshots),
-// WEB_MODE=ui (the user journeys) or scale (10,000 jobs: load time and memory, printed).
+// WEB_MODE=ui (the user journeys) or scale (10,000 jobs: load time and memory, printed),
+// CRONMESH_HOOK_PORT (ui: the port the master's webhook channels "hook" and "broken" send to).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import net from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,6 +19,7 @@ const OUT = process.env.WEB_OUT || 'target/test-output/web';
 const MODE = process.env.WEB_MODE || 'ui';
 const ETCD_PID = Number(process.env.CRONMESH_ETCD_PID || 0);
 const MASTER_PID = Number(process.env.CRONMESH_MASTER_PID || 0);
+const HOOK_PORT = Number(process.env.CRONMESH_HOOK_PORT || 0);
 assert.ok(MASTER && ADMIN && READ, 'CRONMESH_URL, CRONMESH_ADMIN_TOKEN and CRONMESH_READ_TOKEN must be set');
 fs.mkdirSync(OUT, { recursive: true });
 
@@ -50,6 +53,29 @@ function proxy(target) {
   })));
 }
 
+// The receiver of the master's webhooks: /hook answers 200, /fail 500. Keeps what it got.
+function hookServer(port) {
+  const got = [];
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => {
+      let json = null;
+      try { json = JSON.parse(body); } catch (_) { /* not JSON */ }
+      got.push({ path: req.url, headers: req.headers, body: json });
+      if (req.url.startsWith('/fail')) { res.writeHead(500, { 'Content-Type': 'text/plain' }); res.end('the test receiver refuses this'); } else { res.writeHead(200); res.end('ok'); }
+    });
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve({ got, close: () => server.close() }));
+  });
+}
+
+// The tables show the end of a run id; the paused reason on the page does the same.
+const shortIds = (text) => text.replace(/\b(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b/gi, (id) => `…${id.slice(-12)}`);
+
 async function launch() {
   return chromium.launch({
     executablePath: '/usr/bin/chromium',
@@ -82,6 +108,8 @@ async function signIn(page) {
 if (MODE === 'ui') {
   test('the web page manages jobs and shows runs live', { timeout: 150_000 }  /* under nextest's 180 s, so a failure shows its output */, async (t) => {
     const net1 = await proxy(MASTER);
+    assert.ok(HOOK_PORT > 0, 'CRONMESH_HOOK_PORT is set');
+    const hooks = await hookServer(HOOK_PORT);
     const browser = await launch();
     const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
     const page = await context.newPage();
@@ -91,7 +119,7 @@ if (MODE === 'ui') {
     page.on('websocket', (ws) => urls.push(ws.url()));
     page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
     page.on('pageerror', (e) => consoleErrors.push(String(e)));
-    t.after(async () => { await browser.close(); net1.close(); });
+    t.after(async () => { await browser.close(); net1.close(); hooks.close(); });
 
     await t.test('asks for a token, rejects an unknown one, and accepts a valid one', async () => {
       await page.goto(net1.url + '/');
@@ -514,6 +542,169 @@ if (MODE === 'ui') {
       await shot(page, '11-workers');
     });
 
+    await t.test('the job form sets notification rules: a bad one gets the server\'s error at the rule, and reopened they are as stored', async () => {
+      await page.goto(net1.url + '/#/jobs');
+      await page.locator('#jobs-table tr[data-job="ui-hello"]').waitFor();
+      await page.click('#new-job');
+      await page.fill('#f-name', 'ui-notify');
+      await page.fill('#f-schedule', '0 0 1 1 *');
+      await page.fill('#f-command', 'echo failing on purpose; exit 1');
+      // a new job takes the fleet default
+      assert.equal(await page.isChecked('#f-notify-default'), true);
+      assert.equal(await page.locator('#notify-rules .rule').count(), 0);
+      await page.click('#notify-add');
+      assert.equal(await page.isChecked('#f-notify-rules'), true, 'adding a rule chooses explicit rules');
+      const r1 = page.locator('#notify-rules .rule').nth(0);
+      // the channels are the master's
+      await r1.locator('.rule-channel option[value="broken"]').waitFor({ state: 'attached' });
+      await r1.locator('.rule-channel').selectOption('hook');
+      assert.deepEqual(await r1.locator('.rule-on input:checked').evaluateAll((xs) => xs.map((x) => x.value)), ['failure', 'recovery'], 'the default events');
+      await r1.locator('.rule-on input[value="paused"]').check();
+      await r1.locator('.rule-after').fill('0');
+      await page.click('#job-save');
+      // the master's 400, at the rule's field: the message the API gives, without the place
+      const err = r1.locator('.rule-error');
+      await err.waitFor({ state: 'visible' });
+      const direct = await apiCall('PUT', '/api/v1/jobs/ui-notify', { schedule: '0 0 1 1 *', command: 'true', notify: [{ channel: 'hook', after_failures: 0 }] });
+      assert.equal(direct.status, 400);
+      assert.match(direct.body.error.message, /notify\[0\]\.after_failures: /);
+      assert.equal(await err.textContent(), direct.body.error.message.replace(/^.*notify\[0\]\.after_failures: /, ''));
+      assert.equal(await r1.locator('.rule-after').getAttribute('aria-invalid'), 'true');
+      assert.equal(await page.evaluate(() => document.activeElement.classList.contains('rule-after')), true, 'focus moves to the field at fault');
+      await shot(page, '16-job-form-notify');
+      assert.equal((await apiCall('GET', '/api/v1/jobs/ui-notify')).status, 404, 'the invalid job was not stored');
+      await r1.locator('.rule-after').fill('1');
+      assert.equal(await err.isVisible(), false, 'editing the field takes its error away');
+      // pause after N: out of range is the master's error too, at its field
+      await page.fill('#f-pause_after_failures', '0');
+      await page.click('#job-save');
+      await page.locator('#e-pause_after_failures', { hasText: 'between 1 and' }).waitFor({ state: 'visible' });
+      assert.equal(await page.getAttribute('#f-pause_after_failures', 'aria-invalid'), 'true');
+      await page.fill('#f-pause_after_failures', '2');
+      // a second rule, to a channel that refuses (its deliveries are retried)
+      await page.click('#notify-add');
+      const r2 = page.locator('#notify-rules .rule').nth(1);
+      await r2.locator('.rule-channel').selectOption('broken');
+      await r2.locator('.rule-on input[value="recovery"]').uncheck();
+      await page.click('#job-save');
+      await page.locator('#job-dialog').waitFor({ state: 'hidden' });
+      const stored = (await apiCall('GET', '/api/v1/jobs/ui-notify')).body;
+      assert.equal(stored.pause_after_failures, 2);
+      assert.deepEqual(stored.notify.map((r) => [r.channel, r.on, r.after_failures ?? 1]),
+        [['hook', ['failure', 'recovery', 'paused'], 1], ['broken', ['failure'], 1]], JSON.stringify(stored.notify));
+      // reopened: the rules as stored
+      await page.goto(net1.url + '/#/jobs/ui-notify');
+      await page.locator('#job-notify', { hasText: 'hook on failure, recovery, paused; broken on failure' }).waitFor();
+      await page.click('button[data-key="head/edit"]');
+      await page.locator('#job-dialog').waitFor({ state: 'visible' });
+      assert.equal(await page.isChecked('#f-notify-rules'), true);
+      const rows = page.locator('#notify-rules .rule');
+      assert.equal(await rows.count(), 2);
+      assert.equal(await rows.nth(0).locator('.rule-channel').inputValue(), 'hook');
+      assert.deepEqual(await rows.nth(0).locator('.rule-on input:checked').evaluateAll((xs) => xs.map((x) => x.value)), ['failure', 'recovery', 'paused']);
+      assert.equal(await rows.nth(0).locator('.rule-after').inputValue(), '1');
+      assert.equal(await rows.nth(1).locator('.rule-channel').inputValue(), 'broken');
+      assert.deepEqual(await rows.nth(1).locator('.rule-on input:checked').evaluateAll((xs) => xs.map((x) => x.value)), ['failure']);
+      assert.equal(await page.inputValue('#f-pause_after_failures'), '2');
+      // saved unchanged, it is stored unchanged
+      await page.click('#job-save');
+      await page.locator('#job-dialog').waitFor({ state: 'hidden' });
+      const again = (await apiCall('GET', '/api/v1/jobs/ui-notify')).body;
+      assert.deepEqual(again.notify, stored.notify);
+      assert.equal(again.pause_after_failures, 2);
+      // "no notifications" ([]) and "the fleet default" (no field) stay what they were
+      assert.equal((await apiCall('PUT', '/api/v1/jobs/ui-optout', { schedule: '0 0 1 1 *', command: 'true', notify: [] })).status, 201);
+      await page.goto(net1.url + '/#/jobs/ui-optout');
+      await page.locator('#job-notify', { hasText: 'none' }).waitFor();
+      await page.click('button[data-key="head/edit"]');
+      assert.equal(await page.isChecked('#f-notify-rules'), true);
+      assert.equal(await page.locator('#notify-rules .rule').count(), 0);
+      await page.locator('#notify-none').waitFor();
+      await page.click('#job-save');
+      await page.locator('#job-dialog').waitFor({ state: 'hidden' });
+      assert.deepEqual((await apiCall('GET', '/api/v1/jobs/ui-optout')).body.notify, []);
+      assert.equal((await apiCall('DELETE', '/api/v1/jobs/ui-optout')).status, 204);
+      await page.goto(net1.url + '/#/jobs/ui-hello');
+      await page.locator('h1', { hasText: 'ui-hello' }).waitFor();
+      await page.click('button[data-key="head/edit"]');
+      assert.equal(await page.isChecked('#f-notify-default'), true);
+      await page.click('#job-save');
+      await page.locator('#job-dialog').waitFor({ state: 'hidden' });
+      assert.equal((await apiCall('GET', '/api/v1/jobs/ui-hello')).body.notify, undefined, 'still the fleet default');
+    });
+
+    await t.test('a job page lists its notifications as they are sent, live', async () => {
+      await page.goto(net1.url + '/#/jobs/ui-notify');
+      await page.locator('#notifications-empty').waitFor();
+      await page.evaluate(() => { window.testNoReload = true; });
+      assert.equal((await apiCall('POST', '/api/v1/jobs/ui-notify/run')).status, 202);
+      // delivered to the receiver, and the page is told over the feed
+      const hook = page.locator('#notifications-table tr[data-event="failure"][data-channel="hook"]');
+      await hook.locator('.badge.delivered').waitFor({ timeout: 30_000 });
+      const got = hooks.got.find((g) => g.path === '/hook' && g.headers['x-cronmesh-event'] === 'failure');
+      assert.ok(got, `the receiver got the failure: ${JSON.stringify(hooks.got.map((g) => g.path))}`);
+      assert.equal(got.body.job, 'ui-notify');
+      assert.match(await hook.locator('td[data-label="Run"] a').getAttribute('href'), new RegExp(`#/runs/${got.body.run_id}$`));
+      // the refusing channel: retried, with its last error
+      const broken = page.locator('#notifications-table tr[data-event="failure"][data-channel="broken"]');
+      await broken.locator('td[data-label="Last error"] .bad').waitFor({ timeout: 30_000 });
+      assert.notEqual(await broken.getAttribute('data-status'), 'delivered');
+      assert.equal(await page.evaluate(() => window.testNoReload), true, 'no reload');
+      await shot(page, '16b-job-notifications');
+    });
+
+    await t.test('a job paused by the master says why, on its page and in the list, and resumes', async () => {
+      // the second failure in a row: pause_after_failures = 2
+      assert.equal((await apiCall('POST', '/api/v1/jobs/ui-notify/run')).status, 202);
+      const why = page.locator('#paused-reason');
+      await why.waitFor({ timeout: 30_000 });
+      const job = (await apiCall('GET', '/api/v1/jobs/ui-notify')).body;
+      assert.equal(job.paused, true);
+      assert.ok(job.paused_reason && job.paused_at, JSON.stringify(job));
+      const text = await why.textContent();
+      assert.match(text, /^Paused .+ — /);
+      assert.ok(text.includes(shortIds(job.paused_reason)), `${text} has the reason ${job.paused_reason}`);
+      await page.locator('#job-head .badge.paused').waitFor();
+      // its paused notice, to the job's channels
+      await page.locator('#notifications-table tr[data-event="paused"][data-channel="hook"] .badge.delivered').waitFor({ timeout: 30_000 });
+      // the reason's run id is a link to that run
+      const last = why.locator('a[href^="#/runs/"]');
+      assert.equal(await last.count(), 1, text);
+      assert.ok(job.paused_reason.includes(decodeURIComponent((await last.getAttribute('href')).slice('#/runs/'.length))));
+      await shot(page, '16c-paused-by-master');
+      await page.goto(net1.url + '/#/jobs');
+      const mark = page.locator('#jobs-table tr[data-job="ui-notify"] td[data-label="State"] .paused-by-master');
+      await mark.waitFor();
+      assert.ok((await mark.getAttribute('title')).includes(job.paused_reason));
+      await page.goto(net1.url + '/#/jobs/ui-notify');
+      await why.waitFor();
+      await page.click('button[data-key="head/resume"]');
+      await why.waitFor({ state: 'detached' });
+      const resumed = (await apiCall('GET', '/api/v1/jobs/ui-notify')).body;
+      assert.equal(resumed.paused, false);
+      assert.equal(resumed.paused_reason, undefined);
+    });
+
+    await t.test('the notifications view lists the channels, and an admin sends a test to each', async () => {
+      await page.goto(net1.url + '/#/notifications');
+      await page.locator('#channels-table tr[data-channel="hook"]').waitFor();
+      assert.match(await page.locator('#channels-table tr[data-channel="hook"]').textContent(), /webhook/);
+      await page.click('button[data-key="channel/hook/test"]');
+      await page.locator('.toast', { hasText: 'Test notification sent to hook: delivered' }).waitFor({ timeout: 15_000 });
+      assert.ok(hooks.got.some((g) => g.path === '/hook' && g.headers['x-cronmesh-event'] === 'test'), 'the receiver got the test');
+      // a refused test: the master's 502 and its message
+      const direct = await apiCall('POST', '/api/v1/notify/test?channel=broken');
+      assert.equal(direct.status, 502);
+      assert.equal(direct.body.error.code, 'notify_failed');
+      await page.click('button[data-key="channel/broken/test"]');
+      const bad = page.locator('.toast.error', { hasText: 'Test to broken failed' });
+      await bad.waitFor({ timeout: 15_000 });
+      assert.ok((await bad.textContent()).includes(direct.body.error.message.split('\n')[0].slice(0, 60)), await bad.textContent());
+      // every job's deliveries, ui-notify's among them
+      await page.locator('#notifications-table tr[data-event="failure"] td[data-label="Job"]', { hasText: 'ui-notify' }).first().waitFor();
+      await shot(page, '16d-notifications-view');
+    });
+
     await t.test('a 390 px phone shows every main view without horizontal scrolling', async () => {
       await page.setViewportSize({ width: 390, height: 844 });
       const views = [
@@ -521,6 +712,8 @@ if (MODE === 'ui') {
         ['#/jobs/ui-hello', '#runs-table tr[data-status="succeeded"]', '12b-job-phone'],
         ['#/runs', '#runs-table tbody tr', '12c-runs-phone'],
         ['#/workers', '#workers-table tr[data-worker="w1"]', '12e-workers-phone'],
+        ['#/notifications', '#channels-table tr[data-channel="hook"]', '12f-notifications-phone'],
+        ['#/jobs/ui-notify', '#notifications-table tbody tr', '12g-job-notifications-phone'],
       ];
       for (const [hash, ready, name] of views) {
         await page.goto(net1.url + '/' + hash);
@@ -557,6 +750,11 @@ if (MODE === 'ui') {
       await page.locator('h1', { hasText: 'ui-hello' }).waitFor();
       assert.equal(await page.locator('#job-head button:visible').count(), 0, 'no write button on the job page');
       await shot(page, '13-read-only');
+      // it sees the channels and deliveries, and sends no test
+      await page.goto(net1.url + '/#/notifications');
+      await page.locator('#channels-table tr[data-channel="hook"]').waitFor();
+      await page.locator('#notifications-table tbody tr').first().waitFor();
+      assert.equal(await page.isVisible('button[data-key="channel/hook/test"]'), false, 'no Send test');
       await page.goto(net1.url + '/#/jobs');
     });
 

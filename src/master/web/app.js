@@ -36,6 +36,8 @@ const state = {
   auth: 'ok',             // 'ok', 'missing' (no token and one is needed) or 'refused' (unknown token)
   master: { up: true, downSince: 0, lastOk: 0 }, // does the master answer at all?
   run: null,              // the run page: { id, record, live, loading, error, prev, next }
+  channels: null,         // GET /api/v1/notify/channels: { list, default, error, at }, null until read
+  notifs: null,           // a deliveries list (job page, notifications view): { job, status, list, loading, loaded, error }
 };
 window.cronmesh = state; // for debugging and for the browser tests' measurements
 
@@ -464,7 +466,9 @@ const feed = {
     const resumed = Boolean(state.feedCursor);
     if (resumed) q.set('cursor', state.feedCursor);
     else if (state.jobsRevision) q.set('since_revision', String(state.jobsRevision + 1));
-    const url = `${proto}//${location.host}/api/v1/events${q.toString() ? '?' + q : ''}`;
+    // notifications are a topic of their own, not sent unless asked for
+    q.set('topics', 'jobs,workers,runs,notifications');
+    const url = `${proto}//${location.host}/api/v1/events?${q}`;
     // the token travels as a subprotocol, so it never appears in a URL or an access log
     const protocols = ['cronmesh.v1'];
     if (state.token) protocols.push(`cronmesh.bearer.${b64url(state.token)}`);
@@ -481,7 +485,7 @@ const feed = {
       masterAnswered(true);
       refreshStatus();
       // workers are presence, not replayed: read them again; runs too when nothing is replayed
-      if (this.everOpen) { if (resumed) loadWorkers(); else resync(false); }
+      if (this.everOpen) { if (resumed) loadWorkers(); else resync(false); if (state.notifs) loadNotifs(); }
       this.everOpen = true;
     };
     ws.onmessage = (m) => {
@@ -580,6 +584,9 @@ function onEvent(ev) {
       if (state.view && state.view.name === 'job' && state.view.job === ev.run.job) ticksSoon();
       break;
     }
+    case 'notification':
+      if (ev.delivery) notifSeen(ev.delivery);
+      break;
     case 'lagged':
       // events were dropped for us: reconnecting from the cursor replays them
       if (state.feedCursor) feed.restart();
@@ -604,6 +611,7 @@ function resync(jobsToo) {
   }
   loadWorkers();
   if (state.runsView) loadRuns(true);
+  if (state.notifs) loadNotifs();
 }
 
 // ---------------------------------------------------------------- runs
@@ -741,7 +749,7 @@ const actions = {
 
 const FORM_FIELDS = ['name', 'schedule', 'timezone', 'command', 'shell', 'timeout', 'retries', 'retry_backoff',
   'concurrency', 'misfire', 'stderr', 'starting_deadline', 'workdir', 'max_output_bytes', 'env', 'selector',
-  'description', 'owner', 'labels', 'paused'];
+  'description', 'owner', 'labels', 'paused', 'pause_after_failures'];
 let formMode = null; // { edit: name } or { create: true }
 
 function mapToLines(m) { return Object.entries(m || {}).map(([k, v]) => `${k}=${v}`).join('\n'); }
@@ -780,9 +788,349 @@ function openJobForm(name) {
     f.elements.misfire.value = 'run_once';
     f.elements.stderr.value = 'merged';
   }
+  // absent: the fleet default; a list (even empty): exactly these rules
+  const rules = job && Array.isArray(job.notify) ? job.notify : null;
+  fill($('#notify-rules'), (rules || []).map(ruleRow));
+  setNotifyMode(rules ? 'rules' : 'default');
+  const why = $('#f-paused-reason');
+  why.hidden = !(job && job.paused && job.paused_reason);
+  why.textContent = why.hidden ? '' : `Paused by the master${job.paused_at ? ` at ${fmtAbs(job.paused_at)}` : ''}: ${job.paused_reason}. Unticking Paused resumes it.`;
+  loadChannels();
   $('#job-dialog').showModal();
   (job ? f.elements.schedule : nameInput).focus();
   runPreview();
+}
+
+// ---------------------------------------------------------------- notification rules (the job form)
+
+const NOTIFY_EVENTS = ['failure', 'recovery', 'missed', 'timed_out', 'killed', 'lost', 'paused'];
+const NOTIFY_DEFAULT_ON = ['failure', 'recovery'];
+const CHANNELS_FRESH_MS = 30000;
+
+// The master's channels and fleet default rules (GET /api/v1/notify/channels), read when the
+// form, a job page or the notifications view opens, at most every CHANNELS_FRESH_MS.
+async function loadChannels(force) {
+  const c = state.channels;
+  if (c && (c.loading || (!force && !c.error && Date.now() - c.at < CHANNELS_FRESH_MS))) return;
+  const next = { list: c ? c.list : [], default: c ? c.default : [], error: null, at: Date.now(), loading: true, loaded: c ? c.loaded : false };
+  state.channels = next;
+  try {
+    const body = await api('GET', '/api/v1/notify/channels');
+    next.list = body.channels || [];
+    next.default = body.default || [];
+    next.loaded = true;
+  } catch (e) {
+    next.error = e;
+  } finally {
+    next.loading = false;
+  }
+  channelsChanged();
+  scheduleRender();
+}
+
+// The form's selects and its note, after the channels were read (the form may be open).
+function channelsChanged() {
+  for (const sel of document.querySelectorAll('#notify-rules .rule-channel')) fillChannelOptions(sel, sel.value);
+  const c = state.channels;
+  $('#notify-default-text').textContent = c && c.loaded ? `(${rulesText(c.default)})` : '';
+  const note = $('#notify-channels-note');
+  const msg = !c || c.loading && !c.loaded ? ''
+    : c.error ? `The channels could not be read: ${c.error.message}`
+      : !c.list.length ? 'No channel is configured on the master ([[master.notify.channels]] in its config file).' : '';
+  note.hidden = !msg;
+  note.textContent = msg;
+}
+
+function fillChannelOptions(sel, value) {
+  const list = (state.channels && state.channels.list) || [];
+  const names = list.map((c) => c.name);
+  const opts = list.map((c) => el('option', { value: c.name }, `${c.name} (${c.kind}${c.target ? `, ${c.target}` : ''})`));
+  // a rule naming a channel the master does not (or not yet) list keeps it
+  if (value && !names.includes(value)) opts.unshift(el('option', { value }, state.channels && state.channels.loaded ? `${value} (not configured)` : value));
+  if (!opts.length) opts.push(el('option', { value: '' }, 'no channel configured'));
+  fill(sel, opts);
+  sel.value = value || names[0] || '';
+}
+
+let ruleSeq = 0;
+// One rule: its channel, the events it is for, after how many consecutive failures. The rule
+// it was made from is kept, so saving unchanged stores it unchanged (the order of its events,
+// a default left out, keys this page does not know).
+function ruleRow(rule) {
+  const id = `r${++ruleSeq}`;
+  const on = rule.on || NOTIFY_DEFAULT_ON;
+  const sel = el('select', { id: `f-${id}-channel`, class: 'rule-channel', 'aria-describedby': `e-${id}` });
+  fillChannelOptions(sel, rule.channel);
+  const row = el('div', { class: 'rule', role: 'group', 'aria-labelledby': `t-${id}` },
+    el('div', { class: 'rule-head' },
+      el('strong', { class: 'rule-title', id: `t-${id}` }, 'Rule'),
+      el('button', { type: 'button', class: 'link rule-remove', onclick: () => { row.remove(); numberRules(); } }, 'Remove')),
+    el('div', { class: 'rule-fields' },
+      el('div', { class: 'field' }, el('label', { for: sel.id }, 'Channel'), sel),
+      el('div', { class: 'field' }, el('label', { for: `f-${id}-after` }, 'After N failures'),
+        el('input', { id: `f-${id}-after`, class: 'rule-after', type: 'number', min: '1', max: '1000', step: '1', placeholder: '1',
+          value: rule.after_failures === undefined || rule.after_failures === null ? '' : String(rule.after_failures), 'aria-describedby': `e-${id}` })),
+      el('fieldset', { class: 'rule-on', 'aria-describedby': `e-${id}` }, el('legend', {}, 'On'),
+        NOTIFY_EVENTS.map((ev) => el('label', { class: 'check' },
+          el('input', { type: 'checkbox', value: ev, checked: on.includes(ev), dataset: { event: ev } }), ev.replace('_', ' '))))),
+    el('p', { class: 'field-error rule-error', id: `e-${id}`, hidden: true }));
+  row.rule = rule;
+  return row;
+}
+
+function numberRules() {
+  const rows = document.querySelectorAll('#notify-rules .rule');
+  rows.forEach((r, i) => {
+    const t = r.querySelector('.rule-title');
+    t.textContent = `Rule ${i + 1}`;
+    r.querySelector('.rule-remove').setAttribute('aria-label', `Remove rule ${i + 1}`);
+  });
+  const none = $('#f-notify-rules').checked && rows.length === 0;
+  let p = document.getElementById('notify-none');
+  if (none && !p) $('#notify-rules').append(el('p', { class: 'muted small', id: 'notify-none' }, 'No rules: this job sends no notifications.'));
+  if (!none && p) p.remove();
+}
+
+function setNotifyMode(m) {
+  $('#f-notify-default').checked = m === 'default';
+  $('#f-notify-rules').checked = m === 'rules';
+  $('#notify-rules').hidden = m !== 'rules';
+  numberRules();
+}
+
+function addRule() {
+  if (!$('#f-notify-rules').checked) setNotifyMode('rules');
+  const row = ruleRow({});
+  const none = document.getElementById('notify-none');
+  if (none) none.remove();
+  $('#notify-rules').append(row);
+  numberRules();
+  row.querySelector('.rule-channel').focus();
+}
+
+function sameSet(a, b) { return a.length === b.length && a.every((x) => b.includes(x)); }
+
+// undefined: the fleet default (the field left out); otherwise the rules, in their order.
+function notifySpec() {
+  if (!$('#f-notify-rules').checked) return undefined;
+  return [...document.querySelectorAll('#notify-rules .rule')].map((row, i) => {
+    const { channel: _c, on: oldOn, after_failures: _a, ...rest } = row.rule || {};
+    const rule = { ...rest, channel: row.querySelector('.rule-channel').value };
+    const checked = [...row.querySelectorAll('.rule-on input:checked')].map((x) => x.value);
+    const on = oldOn ? [...oldOn.filter((e) => checked.includes(e)), ...checked.filter((e) => !oldOn.includes(e))] : checked;
+    // a stored rule without `on` stays without it while it has the default events
+    if (!(row.rule && row.rule.channel !== undefined && !oldOn && sameSet(on, NOTIFY_DEFAULT_ON))) rule.on = on;
+    const a = row.querySelector('.rule-after').value.trim();
+    if (a !== '') {
+      const n = Number(a);
+      if (!Number.isInteger(n)) throw new ApiError(400, 'invalid_job', `notify[${i}].after_failures: must be a whole number`, `notify[${i}].after_failures`);
+      rule.after_failures = n;
+    }
+    return rule;
+  });
+}
+
+function ruleText(r) {
+  const on = (r.on || NOTIFY_DEFAULT_ON).map((e) => e.replace('_', ' ')).join(', ');
+  const n = r.after_failures || 1;
+  return `${r.channel} on ${on || 'nothing'}${n > 1 ? ` after ${n} consecutive failures` : ''}`;
+}
+function rulesText(rules) { return rules && rules.length ? rules.map(ruleText).join('; ') : 'none'; }
+
+// What a job's notifications are, in words, for its page.
+function jobNotifyText(j) {
+  if (!Array.isArray(j.notify)) {
+    const c = state.channels;
+    return `the fleet default${c && c.loaded ? `: ${rulesText(c.default)}` : ''}`;
+  }
+  if (!j.notify.length) return 'none (this job opts out of the fleet default)';
+  return rulesText(j.notify);
+}
+
+// ---------------------------------------------------------------- notifications: deliveries and channels
+
+const NOTIFS_JOB_LIMIT = 20;
+const NOTIFS_ALL_LIMIT = 100;
+
+function notifOrder(a, b) {
+  return b.created_at - a.created_at || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0);
+}
+// whether delivery `a` is a later state than `b` of the same delivery
+function notifNewer(a, b) {
+  return (a.updated_at || 0) > (b.updated_at || 0) || ((a.updated_at || 0) === (b.updated_at || 0) && (a.attempts || 0) > (b.attempts || 0));
+}
+function notifMatches(nv, d) {
+  return (!nv.job || d.job === nv.job) && (!nv.status || d.status === nv.status);
+}
+function trimNotifs(nv) {
+  if (nv.list.size <= nv.limit) return;
+  const keep = [...nv.list.values()].sort(notifOrder).slice(0, nv.limit);
+  nv.list = new Map(keep.map((d) => [d.id, d]));
+}
+
+async function loadNotifs() {
+  const nv = state.notifs;
+  if (!nv) return;
+  if (nv.loading) { nv.again = true; return; }
+  nv.loading = true;
+  nv.again = false;
+  nv.live = new Map();
+  const q = new URLSearchParams({ limit: String(nv.limit) });
+  if (nv.job) q.set('job', nv.job);
+  if (nv.status) q.set('status', nv.status);
+  try {
+    const body = await api('GET', `/api/v1/notifications?${q}`);
+    if (state.notifs !== nv) return;
+    const list = new Map(body.notifications.map((d) => [d.id, d]));
+    // what the feed brought while the list was read, when it is newer than the list's
+    for (const [id, d] of nv.live) {
+      const got = list.get(id);
+      if (!got || notifNewer(d, got)) list.set(id, d);
+    }
+    nv.list = list;
+    trimNotifs(nv);
+    nv.loaded = true;
+    nv.error = null;
+  } catch (e) {
+    if (state.notifs === nv) nv.error = e;
+  } finally {
+    nv.loading = false;
+    nv.live = null;
+    scheduleRender();
+    if (nv.again && state.notifs === nv) loadNotifs();
+  }
+}
+
+// A delivery from the feed (created, or its status or attempts changed), or a test's answer.
+function notifSeen(d) {
+  const nv = state.notifs;
+  if (!nv || !d || !d.id) return;
+  if (nv.live) { const had = nv.live.get(d.id); if (!had || !notifNewer(had, d)) nv.live.set(d.id, d); }
+  const old = nv.list.get(d.id);
+  if (old && notifNewer(old, d)) return;
+  if (!notifMatches(nv, d)) { nv.list.delete(d.id); return; }
+  nv.list.set(d.id, { ...d, fresh: Date.now() });
+  trimNotifs(nv);
+}
+
+const testing = new Set(); // channels a test is being sent to (it may take the receiver's 10 s)
+async function testChannel(name) {
+  if (testing.has(name)) return;
+  testing.add(name);
+  scheduleRender();
+  try {
+    const r = await api('POST', `/api/v1/notify/test?channel=${encodeURIComponent(name)}`);
+    if (r && r.delivery) notifSeen(r.delivery);
+    toast(`Test notification sent to ${name}${r && r.delivery ? `: ${r.delivery.status}` : ''}`);
+  } catch (e) {
+    toast(`Test to ${name} failed: ${e.message}`, true);
+  } finally {
+    testing.delete(name);
+  }
+  scheduleRender();
+}
+
+function deliveryStatus(d) {
+  const bits = [badge(d.status)];
+  if (d.status === 'pending' && d.next_attempt_at) {
+    bits.push(el('span', { class: 'muted small', title: fmtAbs(d.next_attempt_at) }, d.next_attempt_at > Date.now() + 999 ? ` next try ${fmtRel(d.next_attempt_at)}` : ' trying now'));
+  }
+  if (d.status === 'delivered' && d.delivered_at) bits.push(el('span', { class: 'muted small', title: fmtAbs(d.delivered_at) }, ` ${fmtShort(d.delivered_at)}`));
+  return bits;
+}
+
+function deliveryRow(d, withJob, now) {
+  const next = d.status === 'pending' && d.next_attempt_at ? (d.next_attempt_at > now + 999 ? fmtRel(d.next_attempt_at) : 'now') : '';
+  const cells = [
+    [String(d.created_at), () => el('td', { 'data-label': 'Time' }, el('span', { title: fmtAbs(d.created_at) }, fmtShort(d.created_at)))],
+    [d.event, () => el('td', { 'data-label': 'Event' }, String(d.event || '—').replace('_', ' '))],
+    withJob ? [d.job || '', () => el('td', { 'data-label': 'Job' }, d.job ? el('a', { href: `#/jobs/${encodeURIComponent(d.job)}` }, d.job) : el('span', { class: 'muted' }, '—'))] : null,
+    [`${d.channel}|${d.kind}`, () => el('td', { 'data-label': 'Channel' }, d.channel, d.kind ? el('span', { class: 'muted small' }, ` ${d.kind}`) : null)],
+    [`${d.status}|${next}|${d.delivered_at || ''}`, () => el('td', { 'data-label': 'Status' }, deliveryStatus(d))],
+    [String(d.attempts), () => el('td', { 'data-label': 'Attempts' }, String(d.attempts ?? 0))],
+    [d.last_error || '', () => el('td', { 'data-label': 'Last error' }, d.last_error ? el('span', { class: 'bad small', title: d.last_error }, oneLine(d.last_error)) : el('span', { class: 'muted' }, '—'))],
+    [d.run_id || '', () => el('td', { 'data-label': 'Run' }, d.run_id ? el('a', { class: 'mono', href: `#/runs/${encodeURIComponent(d.run_id)}`, title: d.run_id }, shortId(d.run_id)) : el('span', { class: 'muted' }, '—'))],
+  ].filter(Boolean);
+  return { key: d.id, attrs: { 'data-delivery': d.id, 'data-status': d.status, 'data-event': d.event, 'data-channel': d.channel, class: d.fresh && now - d.fresh < 1500 ? 'fresh' : null }, cells };
+}
+
+// The deliveries of state.notifs into `body`: newest first.
+function renderNotifsBody(body) {
+  const nv = state.notifs;
+  if (!body || !nv) return;
+  if (nv.error && !nv.loaded) {
+    const msg = nv.error.message;
+    mode(body, `error:${msg}`, () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty', id: 'notifications-error' }, `Cannot list notifications: ${msg} `,
+      el('button', { type: 'button', class: 'secondary', onclick: () => loadNotifs() }, 'Try again'))));
+    return;
+  }
+  if (!nv.loaded) { mode(body, 'loading', () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, 'Loading notifications…'))); return; }
+  const list = [...nv.list.values()].sort(notifOrder);
+  if (!list.length) {
+    const text = nv.job ? 'No notification for this job yet. They appear here as they are sent.'
+      : nv.status ? `No ${nv.status} notifications.` : 'No notification yet. They appear here as they are sent.';
+    mode(body, `empty:${text}`, () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty', id: 'notifications-empty' }, text)));
+    return;
+  }
+  const withJob = !nv.job;
+  const heads = ['Time', 'Event', withJob ? 'Job' : null, 'Channel', 'Status', 'Attempts', 'Last error', 'Run'].filter(Boolean);
+  mode(body, `table:${withJob}`, () => el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'notifications-table' },
+    el('thead', {}, el('tr', {}, heads.map((t) => el('th', { scope: 'col' }, t)))), el('tbody', {}))));
+  const now = Date.now();
+  patchRows(body.querySelector('#notifications-table tbody'), list.map((d) => deliveryRow(d, withJob, now)));
+}
+
+// #/notifications: the channels (a test per channel, for admins), the fleet default, and the
+// newest deliveries of every job, live.
+function renderNotifications() {
+  const main = $('#main');
+  const nv = state.notifs;
+  if (skeleton !== 'notifications') {
+    skeleton = 'notifications';
+    fill(main,
+      el('h1', {}, 'Notifications'),
+      el('h2', {}, 'Channels'),
+      el('div', { id: 'channels-body' }),
+      el('p', { id: 'notify-default', class: 'muted' }),
+      el('h2', {}, 'Deliveries'),
+      el('div', { class: 'toolbar' },
+        el('label', { for: 'notifs-status' }, 'Status'),
+        el('select', { id: 'notifs-status', onchange: (e) => { nv.status = e.target.value; nv.list = new Map(); nv.loaded = false; loadNotifs(); scheduleRender(); } },
+          ...['', 'pending', 'delivered', 'dead'].map((s) => el('option', { value: s }, s || 'all statuses')))),
+      el('div', { id: 'notify-body' }));
+  }
+  const c = state.channels;
+  const cb = document.getElementById('channels-body');
+  if (!c || (!c.loaded && !c.error)) {
+    mode(cb, 'loading', () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, 'Loading channels…')));
+  } else if (c.error && !c.loaded) {
+    const msg = c.error.message;
+    mode(cb, `error:${msg}`, () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty' }, `Cannot list the channels: ${msg} `,
+      el('button', { type: 'button', class: 'secondary', onclick: () => loadChannels(true) }, 'Try again'))));
+  } else if (!c.list.length) {
+    mode(cb, 'none', () => el('div', { class: 'table-wrap' }, el('p', { class: 'empty', id: 'channels-empty' },
+      'No channel is configured. Channels are set in the master\u2019s config file, under [[master.notify.channels]].')));
+  } else {
+    mode(cb, 'table', () => el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'channels-table' },
+      el('thead', {}, el('tr', {}, ['Channel', 'Kind', 'Target', ''].map((t) => el('th', { scope: 'col' }, t)))), el('tbody', {}))));
+    keepFocus(cb, () => patchRows(cb.querySelector('tbody'), c.list.map((ch) => ({
+      key: ch.name,
+      attrs: { 'data-channel': ch.name },
+      cells: [
+        [ch.name, () => el('td', { 'data-label': 'Channel' }, el('strong', {}, ch.name))],
+        [`${ch.kind}|${ch.signed}`, () => el('td', { 'data-label': 'Kind' }, ch.kind,
+          ch.signed ? el('span', { class: 'chip', title: 'Each request carries X-Cronmesh-Signature (HMAC-SHA256)' }, 'signed') : null)],
+        [ch.target || '', () => el('td', { 'data-label': 'Target' }, ch.target ? el('code', {}, ch.target) : '—')],
+        [`test|${testing.has(ch.name)}`, () => el('td', { class: 'actions' }, el('button', { type: 'button', class: 'small secondary',
+          dataset: { key: `channel/${ch.name}/test`, write: '' }, 'aria-label': `Send a test notification to ${ch.name}`,
+          'aria-busy': testing.has(ch.name) ? 'true' : null, onclick: () => testChannel(ch.name) }, testing.has(ch.name) ? 'Sending…' : 'Send test'))],
+      ],
+    }))));
+  }
+  const def = document.getElementById('notify-default');
+  const defText = c && c.loaded ? `Fleet default (jobs without rules of their own): ${rulesText(c.default)}.` : '';
+  if (def.textContent !== defText) def.textContent = defText;
+  renderNotifsBody(document.getElementById('notify-body'));
 }
 
 // ---------------------------------------------------------------- the schedule preview
@@ -847,15 +1195,55 @@ function clearFormErrors() {
     if (e) { e.hidden = true; e.textContent = ''; }
     f.elements[k].removeAttribute('aria-invalid');
   }
+  for (const e of document.querySelectorAll('#e-notify, #notify-rules .rule-error')) { e.hidden = true; e.textContent = ''; }
+  for (const e of document.querySelectorAll('#f-notify [aria-invalid]')) e.removeAttribute('aria-invalid');
+}
+
+// The field an error is about, and the message without it: the body's `field`, the code
+// (invalid_schedule), or the message's own prefix for the notification rules
+// ("notify[0].after_failures: must be at least 1"), the most precise of them.
+function errorPath(err) {
+  let path = err.field || (err.code && err.code.startsWith('invalid_') && err.code !== 'invalid_job' ? err.code.slice(8) : null);
+  let text = String(err.message || '').replace(/^invalid job spec: /, '');
+  if (path && text.startsWith(`${path}: `)) text = text.slice(path.length + 2);
+  const m = /^((?:notify|pause_after_failures)(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)?): ([\s\S]*)$/.exec(text);
+  if (m && (!path || m[1].startsWith(path))) { path = m[1]; text = m[2]; }
+  return { path, text };
+}
+
+// notify[1].channel: at that rule's channel; notify[0].on[2]: at its events; notify: the fieldset.
+function showNotifyError(path, text) {
+  const m = /^notify\[(\d+)\](?:\.([a-z_]+))?/.exec(path);
+  const row = m ? document.querySelectorAll('#notify-rules .rule')[Number(m[1])] : null;
+  if (!row) {
+    const slot = $('#e-notify');
+    slot.textContent = path === 'notify' ? text : `${path}: ${text}`;
+    slot.hidden = false;
+    const first = $('#f-notify-rules');
+    first.setAttribute('aria-invalid', 'true');
+    first.focus();
+    return;
+  }
+  const part = m[2];
+  const target = part === 'after_failures' ? row.querySelector('.rule-after')
+    : part === 'on' ? row.querySelector('.rule-on input') : row.querySelector('.rule-channel');
+  if (part === 'on') row.querySelector('.rule-on').setAttribute('aria-invalid', 'true');
+  const slot = row.querySelector('.rule-error');
+  slot.textContent = text;
+  slot.hidden = false;
+  target.setAttribute('aria-invalid', 'true');
+  target.focus();
 }
 
 function showFormError(err) {
   const f = $('#job-form');
-  const field = err.field || (err.code && err.code.startsWith('invalid_') ? err.code.slice(8) : null);
-  const slot = field && document.getElementById(`e-${field}`);
+  const { path, text } = errorPath(err);
+  if (path && /^notify(\[|$)/.test(path)) { showNotifyError(path, text); return; }
+  const field = path;
+  const slot = field && f.elements[field] && document.getElementById(`e-${field}`);
   if (slot) {
     // next to the field, its name need not be repeated
-    slot.textContent = err.message.replace(/^invalid job spec: /, '').replace(new RegExp(`^${field}: `), '');
+    slot.textContent = text;
     slot.hidden = false;
     f.elements[field].setAttribute('aria-invalid', 'true');
     f.elements[field].focus();
@@ -879,7 +1267,7 @@ function formSpec() {
     if (['env', 'selector', 'labels'].includes(k)) {
       const m = linesToMap(k, input.value);
       if (Object.keys(m).length) spec[k] = m;
-    } else if (k === 'retries' || k === 'max_output_bytes') {
+    } else if (k === 'retries' || k === 'max_output_bytes' || k === 'pause_after_failures') {
       if (v !== '') {
         const n = Number(v);
         if (!Number.isInteger(n) || n < 0) throw new ApiError(400, `invalid_${k}`, 'must be a whole number, 0 or more', k);
@@ -889,6 +1277,8 @@ function formSpec() {
       spec[k] = k === 'command' ? input.value : v;
     }
   }
+  const notify = notifySpec();
+  if (notify !== undefined) spec.notify = notify;
   return spec;
 }
 
@@ -1114,6 +1504,7 @@ function route() {
   if (section === 'runs' && arg) return { name: 'run', run: arg };
   if (section === 'runs') return { name: 'runs' };
   if (section === 'workers') return { name: 'workers' };
+  if (section === 'notifications') return { name: 'notifications' };
   return { name: 'jobs' };
 }
 
@@ -1131,6 +1522,7 @@ function navigate() {
     state.runsView = null;
     state.ticks = null;
     state.run = null;
+    state.notifs = null;
     clearTimeout(ticksTimer);
     if (v.name === 'job' || v.name === 'runs') {
       state.runsView = { job: v.name === 'job' ? v.job : '', status: '', runs: new Map(), cursor: null, loaded: false };
@@ -1141,6 +1533,12 @@ function navigate() {
       loadRun();
     }
     if (v.name === 'workers') loadWorkers();
+    if (v.name === 'job' || v.name === 'notifications') {
+      state.notifs = { job: v.name === 'job' ? v.job : '', status: '', list: new Map(), loading: false, loaded: false, error: null,
+        limit: v.name === 'job' ? NOTIFS_JOB_LIMIT : NOTIFS_ALL_LIMIT };
+      loadNotifs();
+      loadChannels(v.name === 'notifications');
+    }
     document.title = v.name === 'job' ? `${v.job} — cronmesh` : v.name === 'run' ? `Run ${shortId(v.run)} — cronmesh`
       : `${v.name[0].toUpperCase()}${v.name.slice(1)} — cronmesh`;
   }
@@ -1160,6 +1558,7 @@ function render() {
   else if (v.name === 'job') renderJob(v.job);
   else if (v.name === 'run') renderRun(v.run);
   else if (v.name === 'runs') renderRuns();
+  else if (v.name === 'notifications') renderNotifications();
   else renderWorkers();
   applyPermissions($('#main'));
 }
@@ -1413,6 +1812,31 @@ function resortJobs() {
   keepFocus(body, () => { body.dataset.mode = ''; renderJobsBody(); });
 }
 
+// Active or paused; paused by the master (after failures) says so, its reason in the title.
+function stateCell(j) {
+  if (!j.paused) return el('span', { class: 'badge' }, 'active');
+  if (!j.paused_reason) return el('span', { class: 'badge paused' }, 'paused');
+  const why = `Paused by the master${j.paused_at ? ` at ${fmtAbs(j.paused_at)}` : ''}: ${j.paused_reason}`;
+  return el('span', { class: 'paused-by-master', title: why },
+    el('span', { class: 'badge paused' }, 'paused'), el('div', { class: 'muted small' }, 'by the master'),
+    el('span', { class: 'visually-hidden' }, `: ${j.paused_reason}`));
+}
+
+// "paused after 3 consecutive failures (last run 01a2…: failed)": a whole run id in it becomes a
+// link, shown by its end like the tables show it.
+function reasonNodes(text) {
+  const out = [];
+  const re = /\b(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b/gi;
+  let at = 0;
+  for (const m of text.matchAll(re)) {
+    if (m.index > at) out.push(text.slice(at, m.index));
+    out.push(el('a', { href: `#/runs/${encodeURIComponent(m[0])}`, class: 'mono', title: m[0] }, shortId(m[0])));
+    at = m.index + m[0].length;
+  }
+  if (at < text.length) out.push(text.slice(at));
+  return out;
+}
+
 function jobRow(j) {
   const name = j.name;
   const nf = nextFire(j);
@@ -1437,7 +1861,7 @@ function jobRow(j) {
       [(j.recent_runs || []).map((r) => `${r.run_id}:${r.status}`).join(','), () => el('td', { 'data-label': 'Recent runs' }, recentStrip(j))],
       [JSON.stringify(j.stats_24h), () => el('td', { 'data-label': '24 h success' }, dayCell(j))],
       [j.owner || '', () => el('td', { 'data-label': 'Owner' }, j.owner || el('span', { class: 'muted' }, '—'))],
-      [String(j.paused), () => el('td', { 'data-label': 'State' }, j.paused ? el('span', { class: 'badge paused' }, 'paused') : el('span', { class: 'badge' }, 'active'))],
+      [`${j.paused}|${j.paused_reason || ''}|${j.paused_at || ''}`, () => el('td', { 'data-label': 'State' }, stateCell(j))],
       [String(j.paused), () => el('td', { class: 'actions' }, jobActions(j, `${name}/`))],
     ],
   };
@@ -1505,13 +1929,17 @@ function renderJob(name) {
     skeleton = `job:${name}`;
     fill(main, el('div', { id: 'job-head' }),
       el('h2', {}, 'Ticks'), el('div', { id: 'tick-strip', class: 'tick-strip', role: 'list', 'aria-label': 'Recent expected ticks, oldest first' }),
-      el('h2', {}, 'Runs'), runsToolbar(), el('div', { id: 'runs-body' }));
+      el('h2', {}, 'Runs'), runsToolbar(), el('div', { id: 'runs-body' }),
+      el('h2', { id: 'notifications-title' }, 'Notifications'),
+      el('p', { class: 'small muted' }, 'The newest deliveries for this job, live. ', el('a', { href: '#/notifications' }, 'Channels and every job’s notifications')),
+      el('div', { id: 'notify-body' }));
     state.ticks = { job: name, list: null, loading: false, at: 0 };
     loadTicks();
   }
   const head = document.getElementById('job-head');
   const running = runningOf(name);
-  const sig = JSON.stringify([j, running, state.jobsLoaded, j && !j.paused ? (j.next_fire_times || []).filter((t) => Date.parse(t) > Date.now()).length : 0]);
+  const sig = JSON.stringify([j, running, state.jobsLoaded, j && !j.paused ? (j.next_fire_times || []).filter((t) => Date.parse(t) > Date.now()).length : 0,
+    state.channels && state.channels.loaded ? state.channels.default : null]);
   if (head.dataset.sig !== sig) {
     head.dataset.sig = sig;
     keepFocus(head, () => {
@@ -1535,6 +1963,8 @@ function renderJob(name) {
         ['Selector', Object.keys(s.selector || {}).length ? Object.entries(s.selector).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : 'any worker'],
         ['Owner', s.owner || '—'],
         ['Labels', Object.keys(s.labels || {}).length ? Object.entries(s.labels).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : '—'],
+        ['Notifications', el('span', { id: 'job-notify' }, jobNotifyText(s))],
+        ['Pause after', s.pause_after_failures ? `${s.pause_after_failures} consecutive failure${s.pause_after_failures > 1 ? 's' : ''}` : 'never'],
         ['Revision', `${j.revision}, updated ${fmtAbs(j.updated_at)}`],
       ];
       const btn = (label, k, onclick, cls) => el('button', { type: 'button', class: cls || 'secondary', dataset: { key: `head/${k}`, write: '' }, onclick }, label);
@@ -1542,6 +1972,9 @@ function renderJob(name) {
         el('p', { class: 'small' }, el('a', { href: '#/jobs' }, '← All jobs')),
         el('h1', {}, s.name, s.paused ? el('span', { class: 'badge paused' }, 'paused') : null, running ? badge('running') : null),
         s.description ? el('p', { class: 'muted' }, s.description) : null,
+        s.paused && s.paused_reason ? el('p', { class: 'warning paused-reason', id: 'paused-reason', role: 'note' },
+          el('strong', {}, 'Paused'), s.paused_at ? [' ', el('time', { datetime: new Date(s.paused_at).toISOString(), title: fmtAbs(s.paused_at) }, fmtShort(s.paused_at))] : null,
+          ' — ', reasonNodes(s.paused_reason), '. Resume to schedule it again.') : null,
         (j.schedule_warnings || []).map((w) => el('p', { class: 'warning', role: 'note' }, w)),
         el('div', { class: 'toolbar job-actions' },
           btn('Run now', 'run', () => actions.run(name), 'primary'),
@@ -1555,6 +1988,7 @@ function renderJob(name) {
     });
   }
   renderRunsBody();
+  renderNotifsBody(document.getElementById('notify-body'));
 }
 
 // ---------------------------------------------------------------- the tick strip
@@ -1759,6 +2193,22 @@ function start() {
     if (slot && !slot.hidden) { slot.hidden = true; slot.textContent = ''; ev.target.removeAttribute('aria-invalid'); }
   });
   $('#job-cancel').addEventListener('click', () => $('#job-dialog').close());
+  $('#notify-add').addEventListener('click', addRule);
+  for (const r of document.querySelectorAll('input[name="notify_mode"]')) {
+    r.addEventListener('change', () => {
+      setNotifyMode(r.value);
+      const e = $('#e-notify'); e.hidden = true; e.textContent = '';
+      $('#f-notify-rules').removeAttribute('aria-invalid');
+    });
+  }
+  // a changed rule takes its error away
+  $('#notify-rules').addEventListener('input', (ev) => {
+    const row = ev.target.closest('.rule');
+    if (!row) return;
+    const slot = row.querySelector('.rule-error');
+    if (!slot.hidden) { slot.hidden = true; slot.textContent = ''; }
+    for (const x of row.querySelectorAll('[aria-invalid]')) x.removeAttribute('aria-invalid');
+  });
   // a click outside an open row menu closes it; Escape too
   document.addEventListener('click', (e) => {
     for (const m of document.querySelectorAll('details.menu[open]')) if (!m.contains(e.target)) m.open = false;
