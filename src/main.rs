@@ -565,8 +565,12 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
     }
     let config = Arc::new(config);
     let coord = connect(&config).await?;
+    let mut channels: Vec<&str> = config.master.notify.channels.iter().map(|c| c.name.as_str()).collect();
+    channels.sort_unstable();
     for file in &apply {
         let spec = read_job(file)?;
+        cronmesh::master::notify::check_rules(&spec, &channels)
+            .map_err(|(field, message)| anyhow::anyhow!("{}: invalid job spec: {field}: {message}", file.display()))?;
         // a restart with the same files writes nothing (no new revision, no rescheduling)
         if let Ok(Some(existing)) = coord.get_job(&spec.name).await
             && existing.spec == spec

@@ -55,6 +55,22 @@ fn only_coord_talks_to_etcd() {
 }
 
 #[test]
+fn outgoing_http_clients_are_built_by_http_client_only() {
+    // a client built elsewhere would panic on its first build without a TLS provider
+    for needle in [
+        "reqwest::Client::new(",
+        "reqwest::Client::builder(",
+        "reqwest::ClientBuilder::new(",
+    ] {
+        let bad = offenders(needle, &["src/http_client.rs"]);
+        assert!(
+            bad.is_empty(),
+            "{needle} outside src/http_client.rs: {bad:?}; use cronmesh::http_client::builder()"
+        );
+    }
+}
+
+#[test]
 fn only_logstore_talks_to_databases() {
     for db in ["rusqlite", "mongodb::"] {
         let bad = offenders(db, &["src/logstore/"]);
@@ -117,6 +133,7 @@ fn the_scheduler_core_reads_no_clock_and_does_no_io() {
         "src/worker/scheduler/tick.rs",
         "src/worker/scheduler/io.rs",
         "src/master/ledger/core.rs",
+        "src/master/notify/core.rs",
     ];
     let forbidden = [
         "now_ms(",

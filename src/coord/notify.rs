@@ -279,7 +279,7 @@ impl Coord {
         for e in &d.taken {
             ops.push(TxnOp::delete(format!("{inbox}{}", e.key()), None));
         }
-        if ops.len() + cmps.len() > 120 {
+        if ops.len() + cmps.len() > 128 {
             return Err(CoordError::Conflict(format!(
                 "one notifier decision is {} operations; decide fewer runs at once",
                 ops.len() + cmps.len()

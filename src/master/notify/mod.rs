@@ -41,8 +41,10 @@ const MAX_IN_FLIGHT: usize = 8;
 /// Delivered and dead notices are kept this long, and at most `KEEP_DELIVERIES` of them.
 const KEEP_FOR_MS: i64 = 7 * 86_400_000;
 const KEEP_DELIVERIES: usize = 10_000;
-/// Most etcd operations one decision takes (etcd's default limit is 128 per transaction).
-const OPS_PER_DECISION: usize = 90;
+/// A decision takes no further run once it holds this many etcd operations. One run adds at
+/// most 83 (20 rules: 20 notices and 20 `paused` ones, a put and a compare each, its removal
+/// and its streak), so a decision stays under etcd's default 128 operations per transaction.
+const OPS_PER_DECISION: usize = 30;
 
 /// The notification settings and channels of this master, and which jobs want notices.
 pub struct Notify {
@@ -90,22 +92,7 @@ impl Notify {
 
     /// Checks a job's rules against this master's channels: `Err((field, message))`.
     pub fn check(&self, spec: &JobSpec) -> Result<(), (String, String)> {
-        crate::model::validate_notify(spec)?;
-        for (i, r) in spec.notify.iter().flatten().enumerate() {
-            if !self.channels.by_name.contains_key(&r.channel) {
-                let names = self.channels.names();
-                let known = if names.is_empty() {
-                    "none are configured: add [[master.notify.channels]] to the masters' config".to_string()
-                } else {
-                    format!("configured: {}", names.join(", "))
-                };
-                return Err((
-                    format!("notify[{i}].channel"),
-                    format!("unknown channel {:?} ({known})", r.channel),
-                ));
-            }
-        }
-        Ok(())
+        check_rules(spec, &self.channels.names())
     }
 
     /// The job watch listed every job / saw one saved / deleted.
@@ -274,6 +261,25 @@ impl Notify {
     }
 }
 
+/// Checks a job's rules (`model::validate_notify`) and that each names one of `channels`.
+pub fn check_rules(spec: &JobSpec, channels: &[&str]) -> Result<(), (String, String)> {
+    crate::model::validate_notify(spec)?;
+    for (i, r) in spec.notify.iter().flatten().enumerate() {
+        if !channels.contains(&r.channel.as_str()) {
+            let known = if channels.is_empty() {
+                "none are configured: add [[master.notify.channels]] to the masters' config".to_string()
+            } else {
+                format!("configured: {}", channels.join(", "))
+            };
+            return Err((
+                format!("notify[{i}].channel"),
+                format!("unknown channel {:?} ({known})", r.channel),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Takes part in the notifier's election until `stop`; decides and sends while elected.
 pub async fn run(st: Arc<AppState>, mut lease: watch::Receiver<Option<i64>>, stop: CancellationToken) {
     METRICS.notify_keeper.set(0);
@@ -409,7 +415,14 @@ async fn keep(st: &Arc<AppState>, lease_id: i64, lease: &mut watch::Receiver<Opt
                         b.jobs.insert(name.clone(), *j);
                         job_changed(st, &me, &mut b, &name).await;
                     }
-                    JobEvent::Saved(JobRead::Bad { name, .. }) | JobEvent::Deleted { name, .. } => { b.jobs.remove(&name); }
+                    JobEvent::Saved(JobRead::Bad { name, .. }) => { b.jobs.remove(&name); }
+                    JobEvent::Deleted { name, .. } => {
+                        b.jobs.remove(&name);
+                        // a job made again under this name starts with no failures
+                        if b.streaks.contains_key(&name) && st.coord.put_streak(&me, &name, None).await.is_ok() {
+                            b.streaks.remove(&name);
+                        }
+                    }
                 }
             }
             Some(ev) = inbox.events.recv() => match ev {
@@ -484,18 +497,20 @@ async fn settle(st: &Arc<AppState>, me: &str, b: &mut Books, now: i64) -> Result
             if ops >= OPS_PER_DECISION {
                 break;
             }
-            let job = b.jobs.get(&e.job);
+            let Some(job) = b.jobs.get(&e.job) else {
+                // deleted: nothing to tell, no streak to keep
+                d.taken.push(e.clone());
+                ops += 1;
+                continue;
+            };
             let streak = streaks
                 .entry(e.job.clone())
                 .or_insert_with(|| b.streaks.get(&e.job).cloned().unwrap_or_default());
-            let (rules, pause_after, paused) = match job {
-                Some(j) => (
-                    st.notify.rules_of(&j.spec).to_vec(),
-                    j.spec.pause_after_failures,
-                    j.spec.paused,
-                ),
-                None => (Vec::new(), None, false),
-            };
+            let (rules, pause_after, paused) = (
+                st.notify.rules_of(&job.spec).to_vec(),
+                job.spec.pause_after_failures,
+                job.spec.paused,
+            );
             let decision = core::decide(streak, &rules, pause_after, paused, e);
             let reason = decision.pause.then(|| streak.pause_reason.clone().unwrap_or_default());
             if let Some(r) = &reason {
