@@ -167,6 +167,21 @@ pub async fn spawn_master_on(
     name: &str,
     store: Option<&str>,
 ) -> Result<(Proc, String)> {
+    spawn_master_with(bin, dir, etcd, prefix, name, store, &[], &[]).await
+}
+
+/// `spawn_master_on` with more arguments (e.g. `--config FILE`) and environment variables.
+#[allow(clippy::too_many_arguments)]
+pub async fn spawn_master_with(
+    bin: &Path,
+    dir: &Path,
+    etcd: &str,
+    prefix: &str,
+    name: &str,
+    store: Option<&str>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(Proc, String)> {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
@@ -179,6 +194,8 @@ pub async fn spawn_master_on(
                 .map(String::from)
                 .unwrap_or_else(|| format!("sqlite://{}", dir.join(format!("{name}-runs.db")).display())),
         )
+        .args(extra)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -11,6 +11,7 @@ mod churn;
 mod feed;
 mod fleet;
 mod limits;
+mod notify;
 mod records;
 mod report;
 mod scale;
@@ -96,6 +97,8 @@ enum Scenario {
         #[arg(long)]
         mongodb: bool,
     },
+    /// Notifications: J failing jobs @every 1s, each failure to a signed webhook run here.
+    Notify(notify::Opts),
     /// Only the machine's limits.
     Limits,
 }
@@ -110,6 +113,7 @@ impl Scenario {
             Scenario::Store { .. } => "store",
             Scenario::Api { .. } => "api",
             Scenario::Feed { .. } => "feed",
+            Scenario::Notify(_) => "notify",
             Scenario::Limits => "limits",
         }
     }
@@ -254,6 +258,10 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
             let store = server.as_ref().map(|s| format!("{}/lt_feed", s.uri));
             let f = feed::run(ctx, subscribers, rate, seconds, store.as_deref()).await?;
             feed::report(rep, &f);
+        }
+        Scenario::Notify(o) => {
+            let n = notify::run(ctx, &o).await?;
+            notify::report(rep, &n);
         }
     }
     Ok(())
