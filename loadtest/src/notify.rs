@@ -408,7 +408,10 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Notify> {
     let inbox_at_window_end = metric_sum(&m, "cronmesh_notify_inbox_depth", "");
     let mut processes: Vec<ProcStat> = meters.iter_mut().map(|(n, pid, m)| proc_stat(n, *pid, m)).collect();
     for n in &names {
-        http.post(format!("{url}/api/v1/jobs/{n}/pause")).send().await?.error_for_status()?;
+        http.post(format!("{url}/api/v1/jobs/{n}/pause"))
+            .send()
+            .await?
+            .error_for_status()?;
     }
     let window_end = Instant::now();
     // the drain: runs in progress end, their records are reported, the notifier catches up;
@@ -423,7 +426,9 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Notify> {
         if n != last.0 {
             last = (n, Instant::now());
         }
-        if window_end.elapsed() > Duration::from_secs(3) && depth == 0.0 && last.1.elapsed() > Duration::from_millis(1500)
+        if window_end.elapsed() > Duration::from_secs(3)
+            && depth == 0.0
+            && last.1.elapsed() > Duration::from_millis(1500)
         {
             break true;
         }
@@ -591,13 +596,13 @@ pub fn report(r: &mut Report, n: &Notify) {
             "notices expected (failed runs planned in the window, from the API)",
             format!("{} ({} records in the window)", n.expected, n.records_in_window),
         ),
-        (
-            "delivered / lost",
-            format!("{} / {}", n.delivered, n.lost),
-        ),
+        ("delivered / lost", format!("{} / {}", n.delivered, n.lost)),
         (
             "duplicates by delivery id / bad signatures",
-            format!("{} / {} (of {} requests in all)", n.duplicates, n.bad_signatures, n.requests),
+            format!(
+                "{} / {} (of {} requests in all)",
+                n.duplicates, n.bad_signatures, n.requests
+            ),
         ),
         (
             "notices delivered/s",
@@ -609,8 +614,14 @@ pub fn report(r: &mut Report, n: &Notify) {
             ),
         ),
         ("latency run end → receiver, p50 / p99 / max", lat_cell(&n.latency)),
-        ("  run end → notice decided (ingest, inbox, decision)", lat_cell(&n.to_decision)),
-        ("  notice decided → receiver (outbox, POST)", lat_cell(&n.decision_to_arrival)),
+        (
+            "  run end → notice decided (ingest, inbox, decision)",
+            lat_cell(&n.to_decision),
+        ),
+        (
+            "  notice decided → receiver (outbox, POST)",
+            lat_cell(&n.decision_to_arrival),
+        ),
         (
             "latency p50 (p99) by third of the window",
             format!(
@@ -705,7 +716,10 @@ pub fn report(r: &mut Report, n: &Notify) {
     if !n.duplicate_ids.is_empty() || !n.lost_runs.is_empty() || !n.master_log_sample.is_empty() {
         let mut t = String::new();
         if !n.duplicate_ids.is_empty() {
-            t.push_str(&format!("Delivery ids that arrived more than once: {:?}\n\n", n.duplicate_ids));
+            t.push_str(&format!(
+                "Delivery ids that arrived more than once: {:?}\n\n",
+                n.duplicate_ids
+            ));
         }
         if !n.lost_runs.is_empty() {
             t.push_str(&format!("Runs whose notice never arrived: {:?}\n\n", n.lost_runs));
