@@ -172,6 +172,8 @@ struct StandaloneArgs {
 }
 
 fn main() -> Result<()> {
+    // every HTTP client of the process (also the OTLP exporter's own) needs the TLS provider
+    cronmesh::http_client::ensure_tls();
     let cli = Cli::parse();
     cronmesh::worker::executor::raise_fd_limit();
     // descriptors inherited from whoever started us never reach a job

@@ -129,6 +129,8 @@ pub struct Ctx {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // every HTTP client of the process (also the OTLP exporter's own) needs the TLS provider
+    cronmesh::http_client::ensure_tls();
     let cli = Cli::parse();
     cronmesh::worker::executor::raise_fd_limit();
     let bin = match &cli.cronmesh {

@@ -54,6 +54,8 @@ pub fn tracer() -> Option<&'static SdkTracer> {
 /// Builds the OTLP exporter and installs the run tracer. Returns the provider, to be shut down
 /// (flushed) at exit. Export failures are logged by the SDK and change nothing else.
 pub fn init(cfg: &TracingConfig) -> Result<Option<SdkTracerProvider>, String> {
+    // every HTTP client of the process (also the OTLP exporter's own) needs the TLS provider
+    crate::http_client::ensure_tls();
     if !cfg.enabled {
         return Ok(None);
     }
