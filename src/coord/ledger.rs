@@ -20,7 +20,22 @@ impl Coord {
     /// Takes the ledger if nobody holds it (or this master already does); true when this master
     /// keeps the books. The key lives as long as `lease`.
     pub async fn campaign_ledger(&self, master: &str, lease: i64) -> Result<bool, CoordError> {
-        let key = self.keys.ledger_leader();
+        self.campaign(self.keys.ledger_leader(), master, lease).await
+    }
+
+    /// The master keeping the books, if any.
+    pub async fn ledger_keeper(&self) -> Result<Option<String>, CoordError> {
+        self.leader(self.keys.ledger_leader()).await
+    }
+
+    /// Gives the books up (on shutdown), if this master holds them.
+    pub async fn resign_ledger(&self, master: &str) -> Result<(), CoordError> {
+        self.resign(self.keys.ledger_leader(), master).await
+    }
+
+    /// One master at a time holds `key` (the tick ledger's, the notifier's): created if absent
+    /// under `lease`; true when `master` holds it.
+    pub(crate) async fn campaign(&self, key: String, master: &str, lease: i64) -> Result<bool, CoordError> {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -38,9 +53,8 @@ impl Coord {
         }))
     }
 
-    /// The master keeping the books, if any.
-    pub async fn ledger_keeper(&self) -> Result<Option<String>, CoordError> {
-        let key = self.keys.ledger_leader();
+    /// Who holds `key`, if anyone.
+    pub(crate) async fn leader(&self, key: String) -> Result<Option<String>, CoordError> {
         let resp = self.call("get", |mut c| async move { c.get(key, None).await }).await?;
         Ok(resp
             .kvs()
@@ -48,9 +62,8 @@ impl Coord {
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
-    /// Gives the books up (on shutdown), if this master holds them.
-    pub async fn resign_ledger(&self, master: &str) -> Result<(), CoordError> {
-        let key = self.keys.ledger_leader();
+    /// Lets `key` go, if `master` holds it.
+    pub(crate) async fn resign(&self, key: String, master: &str) -> Result<(), CoordError> {
         let txn = Txn::new()
             .when([Compare::value(
                 key.clone(),

@@ -5,11 +5,10 @@
 //! - `notify/deliveries/{id}` — each notice: pending (the outbox), delivered or dead;
 //! - `notify/leader` — the master that decides and sends, under its session lease.
 
-use super::watch::WatchEvent;
-use super::{Coord, CoordError, Watch, decode, encode};
+use super::watch::{WatchEvent, decode_or_skip};
+use super::{Coord, CoordError, Watch, encode};
 use crate::model::{NotifyEvent, RunStatus};
-use crate::telemetry::events::BadValueSkipped;
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -197,10 +196,10 @@ impl Coord {
             WatchEvent::Reset { items, .. } => Some(InboxEvent::Reset(
                 items
                     .iter()
-                    .filter_map(|kv| decode_or_count::<InboxEntry>("notify", &kv.key, &kv.value))
+                    .filter_map(|kv| decode_or_skip::<InboxEntry>("notify", &kv.key, &kv.value))
                     .collect(),
             )),
-            WatchEvent::Put(kv) => decode_or_count::<InboxEntry>("notify", &kv.key, &kv.value).map(InboxEvent::Put),
+            WatchEvent::Put(kv) => decode_or_skip::<InboxEntry>("notify", &kv.key, &kv.value).map(InboxEvent::Put),
             WatchEvent::Delete { .. } => None,
         })
     }
@@ -208,7 +207,7 @@ impl Coord {
     /// Watches the deliveries (every master's feed).
     pub fn watch_deliveries(&self, cancel: CancellationToken) -> Watch<Delivery> {
         self.watch_typed("notify", self.keys.notify_deliveries(), None, cancel, |ev| match ev {
-            WatchEvent::Put(kv) => decode_or_count::<Delivery>("notify", &kv.key, &kv.value),
+            WatchEvent::Put(kv) => decode_or_skip::<Delivery>("notify", &kv.key, &kv.value),
             _ => None,
         })
     }
@@ -222,7 +221,7 @@ impl Coord {
             .filter_map(|kv| {
                 let key = String::from_utf8_lossy(kv.key()).to_string();
                 let job = key.strip_prefix(&prefix)?.to_string();
-                decode_or_count::<Streak>("notify", &key, kv.value()).map(|s| (job, s))
+                decode_or_skip::<Streak>("notify", &key, kv.value()).map(|s| (job, s))
             })
             .collect())
     }
@@ -232,7 +231,7 @@ impl Coord {
         let (kvs, _) = self.get_prefix_snapshot(&self.keys.notify_deliveries()).await?;
         Ok(kvs
             .iter()
-            .filter_map(|kv| decode_or_count::<Delivery>("notify", &String::from_utf8_lossy(kv.key()), kv.value()))
+            .filter_map(|kv| decode_or_skip::<Delivery>("notify", &String::from_utf8_lossy(kv.key()), kv.value()))
             .collect())
     }
 
@@ -354,60 +353,16 @@ impl Coord {
 
     /// Becomes the notifier if nobody is (or this master already is).
     pub async fn campaign_notifier(&self, master: &str, lease: i64) -> Result<bool, CoordError> {
-        let key = self.keys.notify_leader();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                master.as_bytes().to_vec(),
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = self.call("txn", |mut c| async move { c.txn(txn).await }).await?;
-        if resp.succeeded() {
-            return Ok(true);
-        }
-        Ok(resp.op_responses().iter().any(|op| {
-            matches!(op, TxnOpResponse::Get(g) if g.kvs().first().is_some_and(|kv| kv.value() == master.as_bytes()))
-        }))
+        self.campaign(self.keys.notify_leader(), master, lease).await
     }
 
     /// The master that sends notices, if any.
     pub async fn notifier(&self) -> Result<Option<String>, CoordError> {
-        let key = self.keys.notify_leader();
-        let resp = self.call("get", |mut c| async move { c.get(key, None).await }).await?;
-        Ok(resp
-            .kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        self.leader(self.keys.notify_leader()).await
     }
 
     /// Stops being the notifier (on shutdown).
     pub async fn resign_notifier(&self, master: &str) -> Result<(), CoordError> {
-        let key = self.keys.notify_leader();
-        let txn = Txn::new()
-            .when([Compare::value(
-                key.clone(),
-                CompareOp::Equal,
-                master.as_bytes().to_vec(),
-            )])
-            .and_then([TxnOp::delete(key, None)]);
-        self.call("txn", |mut c| async move { c.txn(txn).await }).await?;
-        Ok(())
-    }
-}
-
-fn decode_or_count<T: serde::de::DeserializeOwned>(watch: &'static str, key: &str, value: &[u8]) -> Option<T> {
-    match decode::<T>(key, value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            BadValueSkipped {
-                watch,
-                key,
-                error: &e.to_string(),
-            }
-            .emit();
-            None
-        }
+        self.resign(self.keys.notify_leader(), master).await
     }
 }

@@ -154,7 +154,11 @@ fn decode_job(name: &str, value: &[u8], revision: i64) -> JobRead {
     }
 }
 
-fn decode_or_skip<T: serde::de::DeserializeOwned>(watch: &'static str, key: &str, value: &[u8]) -> Option<T> {
+pub(crate) fn decode_or_skip<T: serde::de::DeserializeOwned>(
+    watch: &'static str,
+    key: &str,
+    value: &[u8],
+) -> Option<T> {
     match serde_json::from_slice(value) {
         Ok(v) => Some(v),
         Err(e) => {
