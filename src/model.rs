@@ -236,6 +236,13 @@ pub fn validate_notify(spec: &JobSpec) -> Result<(), (String, String)> {
         if r.channel.is_empty() {
             return Err((format!("notify[{i}].channel"), "must name a channel".into()));
         }
+        if r.channel.len() > 64 {
+            // channel names are at most 64 characters: this one is none of them (not echoed)
+            return Err((
+                format!("notify[{i}].channel"),
+                format!("is {} bytes long; channel names are at most 64", r.channel.len()),
+            ));
+        }
         if r.on.is_empty() {
             return Err((
                 format!("notify[{i}].on"),

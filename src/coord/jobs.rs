@@ -265,6 +265,7 @@ impl Coord {
                 Ok(j) => jobs.push(j),
                 Err(error) => BadValueSkipped {
                     watch: "jobs",
+                    prefix: "",
                     key: &key,
                     error: &error,
                 }

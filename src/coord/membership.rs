@@ -265,8 +265,11 @@ impl Coord {
     /// is logged, counted and skipped (as the workers' own watch does).
     fn decode_worker(&self, kv: &etcd_client::KeyValue) -> Option<crate::model::WorkerInfo> {
         let key = String::from_utf8_lossy(kv.key());
-        let id = key.strip_prefix(&self.keys.workers()).unwrap_or(&key);
-        super::watch::decode_member(id, kv.value())
+        let prefix = self.keys.workers();
+        match key.strip_prefix(&prefix) {
+            Some(id) => super::watch::decode_member(&prefix, id, kv.value()),
+            None => super::watch::decode_member("", &key, kv.value()),
+        }
     }
 }
 

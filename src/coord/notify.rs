@@ -192,24 +192,38 @@ impl Coord {
 
     /// Watches the inbox (the notifier). Entries that do not decode are counted and skipped.
     pub fn watch_inbox(&self, cancel: CancellationToken) -> Watch<InboxEvent> {
-        self.watch_typed("notify", self.keys.notify_inbox(), None, cancel, |ev| match ev {
-            WatchEvent::Reset { items, .. } => Some(InboxEvent::Reset(
-                items
-                    .iter()
-                    .filter_map(|kv| decode_or_skip::<InboxEntry>("notify", &kv.key, &kv.value))
-                    .collect(),
-            )),
-            WatchEvent::Put(kv) => decode_or_skip::<InboxEntry>("notify", &kv.key, &kv.value).map(InboxEvent::Put),
-            WatchEvent::Delete { .. } => None,
-        })
+        self.watch_typed(
+            "notify",
+            self.keys.notify_inbox(),
+            None,
+            cancel,
+            |prefix, ev| match ev {
+                WatchEvent::Reset { items, .. } => Some(InboxEvent::Reset(
+                    items
+                        .iter()
+                        .filter_map(|kv| decode_or_skip::<InboxEntry>("notify", prefix, &kv.key, &kv.value))
+                        .collect(),
+                )),
+                WatchEvent::Put(kv) => {
+                    decode_or_skip::<InboxEntry>("notify", prefix, &kv.key, &kv.value).map(InboxEvent::Put)
+                }
+                WatchEvent::Delete { .. } => None,
+            },
+        )
     }
 
     /// Watches the deliveries (every master's feed).
     pub fn watch_deliveries(&self, cancel: CancellationToken) -> Watch<Delivery> {
-        self.watch_typed("notify", self.keys.notify_deliveries(), None, cancel, |ev| match ev {
-            WatchEvent::Put(kv) => decode_or_skip::<Delivery>("notify", &kv.key, &kv.value),
-            _ => None,
-        })
+        self.watch_typed(
+            "notify",
+            self.keys.notify_deliveries(),
+            None,
+            cancel,
+            |prefix, ev| match ev {
+                WatchEvent::Put(kv) => decode_or_skip::<Delivery>("notify", prefix, &kv.key, &kv.value),
+                _ => None,
+            },
+        )
     }
 
     /// Every job's streak.
@@ -221,7 +235,7 @@ impl Coord {
             .filter_map(|kv| {
                 let key = String::from_utf8_lossy(kv.key()).to_string();
                 let job = key.strip_prefix(&prefix)?.to_string();
-                decode_or_skip::<Streak>("notify", &key, kv.value()).map(|s| (job, s))
+                decode_or_skip::<Streak>("notify", "", &key, kv.value()).map(|s| (job, s))
             })
             .collect())
     }
@@ -231,7 +245,7 @@ impl Coord {
         let (kvs, _) = self.get_prefix_snapshot(&self.keys.notify_deliveries()).await?;
         Ok(kvs
             .iter()
-            .filter_map(|kv| decode_or_skip::<Delivery>("notify", &String::from_utf8_lossy(kv.key()), kv.value()))
+            .filter_map(|kv| decode_or_skip::<Delivery>("notify", "", &String::from_utf8_lossy(kv.key()), kv.value()))
             .collect())
     }
 
@@ -311,13 +325,11 @@ impl Coord {
         Ok(resp.succeeded())
     }
 
-    /// Records a delivery that needs no notifier (a test message sent by the API).
-    pub async fn put_delivery(&self, d: &Delivery) -> Result<(), CoordError> {
-        let key = self.keys.notify_delivery(&d.id);
-        let value = encode(d);
-        self.call("put", |mut c| async move { c.put(key, value, None).await })
-            .await?;
-        Ok(())
+    /// Records a delivery that needs no notifier (a test message sent by the API), kept for
+    /// `keep_secs` (under a lease of its own: the notifier's trim does not see it).
+    pub async fn put_delivery(&self, d: &Delivery, keep_secs: i64) -> Result<(), CoordError> {
+        self.put_with_ttl(self.keys.notify_delivery(&d.id), encode(d), keep_secs)
+            .await
     }
 
     /// Deletes deliveries (old ones, beyond what is kept).

@@ -10,7 +10,8 @@ const KILL_TTL_SECS: i64 = 30;
 const RUN_NOW_TTL_SECS: i64 = 300;
 
 impl Coord {
-    async fn put_with_ttl(&self, key: String, value: Vec<u8>, ttl: i64) -> Result<(), CoordError> {
+    /// Puts `key` under a lease of its own that ends after `ttl` seconds.
+    pub(super) async fn put_with_ttl(&self, key: String, value: Vec<u8>, ttl: i64) -> Result<(), CoordError> {
         let lease = self
             .call("lease_grant", |mut c| async move { c.lease_grant(ttl, None).await })
             .await?

@@ -132,7 +132,7 @@ enum Ended {
     Restart(&'static str, String),
 }
 
-fn decode_job(name: &str, value: &[u8], revision: i64) -> JobRead {
+fn decode_job(prefix: &str, name: &str, value: &[u8], revision: i64) -> JobRead {
     let error = match serde_json::from_slice::<StoredJob>(value) {
         Ok(mut j) if j.spec.name == name => {
             j.revision = revision;
@@ -143,6 +143,7 @@ fn decode_job(name: &str, value: &[u8], revision: i64) -> JobRead {
     };
     BadValueSkipped {
         watch: "jobs",
+        prefix,
         key: name,
         error: &error,
     }
@@ -154,8 +155,10 @@ fn decode_job(name: &str, value: &[u8], revision: i64) -> JobRead {
     }
 }
 
+/// `value` of `prefix` + `key` as a `T`, or None (logged and counted with the whole key).
 pub(crate) fn decode_or_skip<T: serde::de::DeserializeOwned>(
     watch: &'static str,
+    prefix: &str,
     key: &str,
     value: &[u8],
 ) -> Option<T> {
@@ -164,6 +167,7 @@ pub(crate) fn decode_or_skip<T: serde::de::DeserializeOwned>(
         Err(e) => {
             BadValueSkipped {
                 watch,
+                prefix,
                 key,
                 error: &e.to_string(),
             }
@@ -173,30 +177,30 @@ pub(crate) fn decode_or_skip<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn job_event(ev: WatchEvent) -> Option<JobEvent> {
+fn job_event(prefix: &str, ev: WatchEvent) -> Option<JobEvent> {
     Some(match ev {
         WatchEvent::Reset { items, revision } => JobEvent::Reset {
             // consumed as decoded: the raw values go as the jobs come (100,000 jobs are ~40 MB)
             jobs: items
                 .into_iter()
-                .map(|kv| decode_job(&kv.key, &kv.value, kv.mod_revision))
+                .map(|kv| decode_job(prefix, &kv.key, &kv.value, kv.mod_revision))
                 .collect(),
             revision,
         },
-        WatchEvent::Put(kv) => JobEvent::Saved(decode_job(&kv.key, &kv.value, kv.mod_revision)),
+        WatchEvent::Put(kv) => JobEvent::Saved(decode_job(prefix, &kv.key, &kv.value, kv.mod_revision)),
         WatchEvent::Delete { key, revision } => JobEvent::Deleted { name: key, revision },
     })
 }
 
-fn member_event(ev: WatchEvent) -> Option<MemberEvent> {
+fn member_event(prefix: &str, ev: WatchEvent) -> Option<MemberEvent> {
     Some(match ev {
         WatchEvent::Reset { items, .. } => MemberEvent::Reset(
             items
                 .iter()
-                .filter_map(|kv| decode_member(&kv.key, &kv.value))
+                .filter_map(|kv| decode_member(prefix, &kv.key, &kv.value))
                 .collect(),
         ),
-        WatchEvent::Put(kv) => match decode_member(&kv.key, &kv.value) {
+        WatchEvent::Put(kv) => match decode_member(prefix, &kv.key, &kv.value) {
             Some(w) => MemberEvent::Up(w),
             None => MemberEvent::Left(kv.key),
         },
@@ -205,11 +209,12 @@ fn member_event(ev: WatchEvent) -> Option<MemberEvent> {
 }
 
 /// A registration under `workers/{id}`; its `id` must be its key's.
-pub(crate) fn decode_member(key: &str, value: &[u8]) -> Option<WorkerInfo> {
-    let w = decode_or_skip::<WorkerInfo>("workers", key, value)?;
+pub(crate) fn decode_member(prefix: &str, key: &str, value: &[u8]) -> Option<WorkerInfo> {
+    let w = decode_or_skip::<WorkerInfo>("workers", prefix, key, value)?;
     if w.id != key {
         BadValueSkipped {
             watch: "workers",
+            prefix,
             key,
             error: &format!("its id {:?} differs from its key", w.id),
         }
@@ -220,12 +225,16 @@ pub(crate) fn decode_member(key: &str, value: &[u8]) -> Option<WorkerInfo> {
 }
 
 /// Signal keys are `kill/{job}/{id}` and `run/{job}/{id}`.
-fn signal_event(ev: WatchEvent) -> Option<SignalEvent> {
+fn signal_event(prefix: &str, ev: WatchEvent) -> Option<SignalEvent> {
     match ev {
         WatchEvent::Reset { items, .. } => {
             let (mut kills, mut run_now) = (Vec::new(), Vec::new());
             for kv in &items {
-                match decode_signal(&kv.key, &kv.value)? {
+                // one bad key is skipped, not the whole list
+                let Some(signal) = decode_signal(prefix, &kv.key, &kv.value) else {
+                    continue;
+                };
+                match signal {
                     SignalEvent::Kill(k) => kills.push(k),
                     SignalEvent::RunNow(r) => run_now.push(r),
                     _ => {}
@@ -233,7 +242,7 @@ fn signal_event(ev: WatchEvent) -> Option<SignalEvent> {
             }
             Some(SignalEvent::Reset { kills, run_now })
         }
-        WatchEvent::Put(kv) => decode_signal(&kv.key, &kv.value),
+        WatchEvent::Put(kv) => decode_signal(prefix, &kv.key, &kv.value),
         WatchEvent::Delete { key, .. } => {
             let (job, id) = key.strip_prefix("run/")?.split_once('/')?;
             Some(SignalEvent::RunNowGone {
@@ -244,11 +253,11 @@ fn signal_event(ev: WatchEvent) -> Option<SignalEvent> {
     }
 }
 
-fn decode_signal(key: &str, value: &[u8]) -> Option<SignalEvent> {
+fn decode_signal(prefix: &str, key: &str, value: &[u8]) -> Option<SignalEvent> {
     if key.starts_with("kill/") {
-        decode_or_skip::<KillSignal>("signals", key, value).map(SignalEvent::Kill)
+        decode_or_skip::<KillSignal>("signals", prefix, key, value).map(SignalEvent::Kill)
     } else if key.starts_with("run/") {
-        decode_or_skip::<RunNowSignal>("signals", key, value).map(SignalEvent::RunNow)
+        decode_or_skip::<RunNowSignal>("signals", prefix, key, value).map(SignalEvent::RunNow)
     } else {
         None
     }
@@ -288,10 +297,10 @@ impl Coord {
     where
         T: serde::de::DeserializeOwned + Send + 'static,
     {
-        self.watch_typed("feed", self.keys.feed(), None, cancel, |ev| match ev {
+        self.watch_typed("feed", self.keys.feed(), None, cancel, |prefix, ev| match ev {
             WatchEvent::Put(kv) => {
                 let master = kv.key.split_once('/').map(|(m, _)| m.to_string())?;
-                let events = decode_or_skip::<T>("feed", &kv.key, &kv.value)?;
+                let events = decode_or_skip::<T>("feed", prefix, &kv.key, &kv.value)?;
                 Some(FeedRelay { master, events })
             }
             _ => None,
@@ -308,7 +317,7 @@ impl Coord {
     ) -> Watch<T>
     where
         T: Send + 'static,
-        F: FnMut(WatchEvent) -> Option<T> + Send + 'static,
+        F: FnMut(&str, WatchEvent) -> Option<T> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
         let coord = self.clone();
@@ -316,7 +325,7 @@ impl Coord {
             let mut backoff = Duration::from_millis(100);
             let mut resume = from_revision;
             let mut send = |ev: WatchEvent| {
-                let typed = decode(ev);
+                let typed = decode(&full_prefix, ev);
                 let tx = tx.clone();
                 async move {
                     match typed {

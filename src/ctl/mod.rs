@@ -882,7 +882,15 @@ async fn apply_jobs(c: &Client, o: Output, files: &[PathBuf], dry_run: bool) -> 
     let mut checked = Vec::with_capacity(specs.len());
     let mut failures = Vec::new();
     for (src, spec) in &specs {
-        let body = serde_json::to_value(spec).expect("specs serialize");
+        let mut body = serde_json::to_value(spec).expect("specs serialize");
+        // a file that does not pause the job does not resume one a master paused for its
+        // failures either (`jobs resume` does): the master keeps such a pause when the body
+        // does not say `paused`
+        if !spec.paused
+            && let Some(o) = body.as_object_mut()
+        {
+            o.remove("paused");
+        }
         match c
             .call(reqwest::Method::PUT, &put(&spec.name, true), Some(body.clone()))
             .await

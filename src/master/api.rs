@@ -411,18 +411,20 @@ async fn put_job(
             ));
         }
     }
-    let spec: JobSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+    // a body that does not say `paused` keeps a pause the master made for the job's failures
+    // (re-applying a job file must not silently resume it)
+    let says_paused = value.get("paused").is_some();
+    let mut spec: JobSpec = serde_path_to_error::deserialize(value).map_err(|e| {
         // name the field at fault, so a form can show the message next to it
-        let field = match e.path().iter().next() {
-            Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
-            _ => None,
-        };
+        // (a notification rule's own place, `notify[0].after_failures`, which the form shows
+        // at that rule)
+        let (top, path) = field_path(e.path());
         let message = e.inner().to_string();
-        match field {
-            Some(f) => ApiError::BadRequest {
+        match top {
+            Some(top) => ApiError::BadRequest {
                 code: "invalid_body".into(),
-                message: format!("{f}: {message}"),
-                field: Some(f),
+                message: format!("{path}: {message}"),
+                field: Some(if top == "notify" { path } else { top }),
             },
             None => ApiError::bad("invalid_body", message),
         }
@@ -444,6 +446,15 @@ async fn put_job(
         Err(crate::coord::CoordError::Unreadable { .. }) => (None, true),
         Err(e) => return Err(e.into()),
     };
+    if !says_paused
+        && !spec.paused
+        && let Some(j) = &existing
+        && j.spec.paused
+        && j.paused_reason.is_some()
+    {
+        spec.paused = true;
+        tracing::info!(job = %name, reason = j.paused_reason.as_deref().unwrap_or(""), "job kept paused: the body does not say \"paused\" and the job was paused for its failures; resume it (or send \"paused\": false) when it is fixed");
+    }
     let state = &st;
     let answer = |stored: StoredJob, change: Change| async move {
         let status = if change == Change::Created {
@@ -1056,7 +1067,7 @@ async fn notify_test(
         )));
     }
     let d = st.notify.send_test(&channel, &caller.name).await;
-    if let Err(e) = st.coord.put_delivery(&d).await {
+    if let Err(e) = st.coord.put_delivery(&d, super::notify::KEEP_FOR_MS / 1000).await {
         tracing::debug!(error = %e, "test notice not recorded");
     }
     tracing::info!(channel = %channel, by = %caller.name, status = d.status.as_str(), error = d.last_error.as_deref().unwrap_or(""), "test notice sent");
@@ -1069,6 +1080,28 @@ async fn notify_test(
     let mut d = d;
     d.payload = serde_json::Value::Null;
     Ok(Json(serde_json::json!({ "delivery": d })))
+}
+
+/// A body's place from serde: its top-level field, and the whole path (`notify[0].on[1]`).
+fn field_path(path: &serde_path_to_error::Path) -> (Option<String>, String) {
+    use serde_path_to_error::Segment;
+    let mut top = None;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Map { key } => {
+                if top.is_none() {
+                    top = Some(key.clone());
+                } else {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            _ => break,
+        }
+    }
+    (top, out)
 }
 
 /// This master's clock, for workers to measure their own against (no token: the time is no

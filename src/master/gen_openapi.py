@@ -152,7 +152,7 @@ paths = {
             "responses": responses({"200": json_body("The job", ref("Job"))}, NOT_FOUND, UNREADABLE, UNAVAILABLE),
         },
         "put": {
-            "summary": "Create or replace a job (a name may not begin with '-'). A spec equal to the stored one writes nothing (change: unchanged, same revision); dry_run=true validates and says what would change, writing nothing",
+            "summary": "Create or replace a job (a name may not begin with '-'). A spec equal to the stored one writes nothing (change: unchanged, same revision); dry_run=true validates and says what would change, writing nothing. A body without `paused` keeps a pause a master made for the job's failures (paused_reason); send paused: false, or POST .../resume, to resume it",
             "operationId": "putJob",
             "parameters": [
                 name_p,

@@ -178,6 +178,9 @@ impl TicksOverdue<'_> {
 /// A value read from etcd did not decode and was skipped.
 pub struct BadValueSkipped<'a> {
     pub watch: &'static str,
+    /// The etcd prefix `key` is under (empty when `key` is whole): the line names the whole key,
+    /// to fix or delete with etcdctl.
+    pub prefix: &'a str,
     pub key: &'a str,
     pub error: &'a str,
 }
@@ -186,7 +189,7 @@ impl BadValueSkipped<'_> {
         METRICS.bad_values.with_label_values(&[self.watch]).inc();
         warn!(
             watch = self.watch,
-            key = self.key,
+            key = format!("{}{}", self.prefix, self.key),
             error = self.error,
             "undecodable value in etcd skipped; fix or delete the key"
         );

@@ -462,6 +462,14 @@ impl Cluster {
         out
     }
 
+    /// Everything master `id` has logged so far.
+    pub fn master_log(&self, id: &str) -> String {
+        self.masters
+            .get(id)
+            .map(|m| std::fs::read_to_string(&m.log).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
     /// The worker logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();

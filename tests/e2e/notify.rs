@@ -318,6 +318,49 @@ async fn after_failures_3_notifies_on_the_third_failure_in_a_row_and_a_missed_ti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_with_retries_is_told_once_by_its_last_attempt_and_counted_once() {
+    let r = Receiver::start().await;
+    let mut c = Cluster::new().await;
+    let cfg = notify_config(&mut c, &r, "");
+    let url = c.start_master("m1", &["--config", &cfg]).await;
+    c.start_worker("w1", &[]);
+    c.wait_members(&["w1"]).await;
+    let mut spec = JobSpec::new("retrying", "@every 2s", "echo no >&2; exit 4");
+    spec.retries = 2;
+    spec.retry_backoff = Some(Duration::from_millis(100));
+    spec.notify = Some(vec![rule("ops", &["failure"], 2)]);
+    c.put_job(spec).await;
+    wait_until(Duration::from_secs(40), "three failure notices", || {
+        r.accepted("/hook").iter().filter(|g| g.event == "failure").count() >= 3
+    })
+    .await;
+    let got: Vec<_> = r
+        .accepted("/hook")
+        .into_iter()
+        .filter(|g| g.event == "failure")
+        .collect();
+    // each told tick failed three times; only its last attempt is told, and the count is of
+    // ticks: the first notice is the second tick's (after_failures: 2)
+    let counts: Vec<i64> = got
+        .iter()
+        .map(|g| g.body["consecutive_failures"].as_i64().unwrap())
+        .collect();
+    assert_eq!(&counts[..3], &[2, 3, 4], "{counts:?}");
+    assert!(
+        got.iter().all(|g| g.body["attempt"] == 3),
+        "{:?}",
+        got.iter().map(|g| &g.body["attempt"]).collect::<Vec<_>>()
+    );
+    let firsts = c
+        .api_runs(&url, "retrying")
+        .await
+        .into_iter()
+        .filter(|rec| rec.status == RunStatus::Failed && rec.attempt == 1)
+        .count();
+    assert!(firsts >= 4, "every tick was tried again: {firsts} first attempts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_for_10_seconds_gets_every_notice_once_when_it_is_back() {
     let mut r = Receiver::start().await;
     r.set_down(true).await;
@@ -460,29 +503,50 @@ async fn pause_after_3_failures_pauses_the_job_tells_its_channels_and_a_resume_c
     let url = c.start_master("m1", &["--config", &cfg]).await;
     c.start_worker("w1", &[]);
     c.wait_members(&["w1"]).await;
-    let mut spec = flaky(&c, "fragile", "never", vec![rule("ops", &["recovery"], 1)]);
+    let mut spec = flaky(&c, "fragile", "fixed", vec![rule("ops", &["failure", "recovery"], 1)]);
     spec.pause_after_failures = Some(3);
-    c.put_job(spec).await;
+    c.put_job(spec.clone()).await;
     wait_until(Duration::from_secs(30), "a paused notice", || {
         r.accepted("/hook").iter().any(|g| g.event == "paused")
     })
     .await;
     let (_, job) = c.get(&url, "/api/v1/jobs/fragile", Some(READ)).await;
     assert_eq!(job["paused"], true, "{job}");
-    let reason = job["paused_reason"].as_str().unwrap();
+    let reason = job["paused_reason"].as_str().unwrap().to_string();
     assert!(reason.starts_with("paused after 3 consecutive failures"), "{reason}");
     assert!(job["paused_at"].as_i64().unwrap() > 0);
-    let notice = r.accepted("/hook").into_iter().find(|g| g.event == "paused").unwrap();
+    let got = r.accepted("/hook");
+    let at = got.iter().position(|g| g.event == "paused").unwrap();
+    let notice = &got[at];
     assert_eq!(notice.body["reason"], reason);
     assert_eq!(notice.body["consecutive_failures"], 3);
-    // no failure notices: the rule asked for recoveries only
-    assert!(r.accepted("/hook").iter().all(|g| g.event == "paused"));
+    // the receiver hears of the failure before the pause it led to
+    let failure_at = got
+        .iter()
+        .position(|g| g.event == "failure" && g.body["run_id"] == notice.body["run_id"]);
+    assert!(
+        failure_at.is_some_and(|f| f < at),
+        "the third failure was told before the pause: {:?}",
+        got.iter().map(|g| (&g.event, &g.body["run_id"])).collect::<Vec<_>>()
+    );
     // paused: the failures stop (a run already claimed may still end)
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after_pause = records(&c, &url, "fragile", RunStatus::Failed).await.len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(records(&c, &url, "fragile", RunStatus::Failed).await.len(), after_pause);
     assert!((3..=5).contains(&after_pause), "{after_pause}");
+    // re-applying the job file (which does not say `paused`) leaves the pause and its reason
+    let mut file = serde_json::to_value(&spec).unwrap();
+    file.as_object_mut().unwrap().remove("paused");
+    let (status, body) = c
+        .send("PUT", &url, "/api/v1/jobs/fragile", Some(ADMIN), Some(file))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["paused"].as_bool(), body["paused_reason"].as_str()),
+        (Some(true), Some(reason.as_str())),
+        "{body}"
+    );
     // resume: the reason goes, the count starts again, three more failures pause it again
     let (status, body) = c
         .send("POST", &url, "/api/v1/jobs/fragile/resume", Some(ADMIN), None)
@@ -500,6 +564,26 @@ async fn pause_after_3_failures_pauses_the_job_tells_its_channels_and_a_resume_c
         failed >= after_pause + 3,
         "{failed} failures, {after_pause} before the resume"
     );
+    // fixed and resumed: its first success is a recovery, told once
+    std::fs::write(c.path("fixed"), "").unwrap();
+    let (status, _) = c
+        .send("POST", &url, "/api/v1/jobs/fragile/resume", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, 200);
+    wait_until(Duration::from_secs(30), "a recovery notice", || {
+        r.accepted("/hook").iter().any(|g| g.event == "recovery")
+    })
+    .await;
+    wait_for(Duration::from_secs(30), "two more successes", || async {
+        records(&c, &url, "fragile", RunStatus::Succeeded).await.len() >= 3
+    })
+    .await;
+    let recoveries = r
+        .accepted("/hook")
+        .into_iter()
+        .filter(|g| g.event == "recovery")
+        .count();
+    assert_eq!(recoveries, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -563,17 +647,42 @@ async fn every_bad_rule_is_a_400_that_names_its_field_and_writes_nothing() {
             assert!(m.contains(field) && m.contains(message), "{m}");
         }
     }
-    // a field of the wrong type, an unknown key in a rule
-    for bad in [
-        json!({"notify": "ops"}),
-        json!({"notify": [{"channel": "ops", "when": "always"}]}),
+    // a field of the wrong type, an unknown key in a rule: named at their place in the rule
+    for (bad, field) in [
+        (json!({"notify": "ops"}), "notify"),
+        (json!({"notify": [{"channel": "ops", "when": "always"}]}), "notify[0]"),
+        (
+            json!({"notify": [{"channel": "ops"}, {"channel": "ops", "after_failures": "three"}]}),
+            "notify[1].after_failures",
+        ),
+        (
+            json!({"notify": [{"channel": "ops", "on": ["failure", 7]}]}),
+            "notify[0].on[1]",
+        ),
     ] {
         let (status, body) = c
-            .send("PUT", &url, "/api/v1/jobs/rules", Some(ADMIN), Some(with(bad)))
+            .send("PUT", &url, "/api/v1/jobs/rules", Some(ADMIN), Some(with(bad.clone())))
             .await;
         assert_eq!(status, 400, "{body}");
-        assert_eq!(body["error"]["field"], "notify", "{body}");
+        let got = body["error"]["field"].as_str().unwrap_or_default();
+        assert!(got.starts_with(field), "{bad}: {body}");
+        let m = body["error"]["message"].as_str().unwrap();
+        assert!(m.starts_with(field), "{m}");
     }
+    // a channel name longer than any channel's is refused without being echoed
+    let long = "x".repeat(5000);
+    let (status, body) = c
+        .send(
+            "PUT",
+            &url,
+            "/api/v1/jobs/rules",
+            Some(ADMIN),
+            Some(with(json!({"notify": [{"channel": long}]}))),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "notify[0].channel");
+    assert!(body.to_string().len() < 1000, "the name is not echoed: {body}");
     let (status, _) = c.get(&url, "/api/v1/jobs/rules", Some(READ)).await;
     assert_eq!(status, 404, "nothing was written");
     // a good rule is stored as written; changing a stored job with a bad rule leaves it as it was
@@ -607,7 +716,12 @@ async fn every_bad_rule_is_a_400_that_names_its_field_and_writes_nothing() {
 async fn a_test_notice_reaches_the_channel_or_says_why_not() {
     let mut r = Receiver::start().await;
     let mut c = Cluster::new().await;
-    let cfg = notify_config(&mut c, &r, "");
+    // a Slack channel whose incoming-webhook URL (a secret) answers nothing
+    let cfg = notify_config(
+        &mut c,
+        &r,
+        "[[master.notify.channels]]\nname = \"gone\"\nkind = \"slack\"\nurl = \"http://127.0.0.1:9/services/T0SECRET/B0SECRET/XoXoSecretToken\"\n",
+    );
     let url = c.start_master("m1", &["--config", &cfg]).await;
     let (status, body) = c.get(&url, "/api/v1/notify/channels", Some(READ)).await;
     assert_eq!(status, 200);
@@ -615,10 +729,12 @@ async fn a_test_notice_reaches_the_channel_or_says_why_not() {
         body["channels"],
         json!([
             {"name": "chat", "kind": "slack", "target": format!("http://127.0.0.1:{}", r.slack.port), "signed": false},
+            {"name": "gone", "kind": "slack", "target": "http://127.0.0.1:9", "signed": false},
             {"name": "ops", "kind": "webhook", "target": format!("http://127.0.0.1:{}", r.hook.port), "signed": true},
         ])
     );
     assert!(!body.to_string().contains(SECRET), "no secret is shown");
+    assert!(!body.to_string().contains("SECRET"), "no Slack URL is shown");
     let (status, body) = c
         .send("POST", &url, "/api/v1/notify/test?channel=ops", Some(ADMIN), None)
         .await;
@@ -642,6 +758,27 @@ async fn a_test_notice_reaches_the_channel_or_says_why_not() {
         body["error"]["message"].as_str().unwrap().contains("HTTP 503"),
         "{body}"
     );
+    // a channel that cannot be reached: 502 naming its target, never its secret URL, in the
+    // answer, the notifications API or the master's log
+    let (status, body) = c
+        .send("POST", &url, "/api/v1/notify/test?channel=gone", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, 502, "{body}");
+    let m = body["error"]["message"].as_str().unwrap();
+    assert!(m.contains("127.0.0.1:9"), "{m}");
+    let listed = notifications(&c, &url, "channel=gone").await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["status"], "dead");
+    for shown in [
+        body.to_string(),
+        serde_json::to_string(&listed).unwrap(),
+        c.master_log("m1"),
+    ] {
+        assert!(
+            !shown.contains("SECRET") && !shown.contains("XoXo"),
+            "the Slack URL leaked: {shown}"
+        );
+    }
     // an unknown channel, no channel, a read token
     let (status, body) = c
         .send("POST", &url, "/api/v1/notify/test?channel=pager", Some(ADMIN), None)

@@ -41,6 +41,28 @@ impl Channel {
             }
         }
     }
+    /// `message` with every secret-bearing string of the channel (its URL, its SMTP URL, with
+    /// or without their query and user parts) replaced by its target.
+    pub fn redact(&self, message: &str) -> String {
+        let mut out = message.to_string();
+        let target = self.target();
+        for url in [&self.config.url, &self.config.smtp_url].into_iter().flatten() {
+            let mut forms = vec![url.clone()];
+            if let Some((head, _)) = url.split_once(['?', '#']) {
+                forms.push(head.to_string());
+            }
+            for f in forms.clone() {
+                if let Some((_, rest)) = f.split_once("://") {
+                    forms.push(rest.to_string());
+                }
+            }
+            forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+            for f in forms.iter().filter(|f| f.len() > 8) {
+                out = out.replace(f.as_str(), &target);
+            }
+        }
+        out
+    }
     pub fn signed(&self) -> bool {
         self.secret.is_some()
     }
@@ -146,7 +168,9 @@ impl Channels {
         self.by_name.keys().map(String::as_str).collect()
     }
 
-    /// One attempt at delivering `d`; the error is one line for the delivery's `last_error`.
+    /// One attempt at delivering `d`; the error is one line for the delivery's `last_error`,
+    /// which the API, the feed and the logs show: it never holds the channel's URL (a Slack
+    /// incoming-webhook URL is a secret), only its [`Channel::target`].
     pub async fn send(&self, d: &Delivery) -> Result<(), String> {
         let Some(ch) = self.by_name.get(&d.channel) else {
             return Err(format!(
@@ -155,6 +179,10 @@ impl Channels {
                 self.names().join(", ")
             ));
         };
+        self.attempt(ch, d).await.map_err(|e| ch.redact(&e))
+    }
+
+    async fn attempt(&self, ch: &Channel, d: &Delivery) -> Result<(), String> {
         match ch.config.kind {
             ChannelKind::Webhook => {
                 let body = serde_json::to_vec(&d.payload).expect("JSON serializes");
@@ -167,11 +195,12 @@ impl Channels {
                 if let Some(key) = &ch.secret {
                     req = req.header("x-cronmesh-signature", signature(key, &body));
                 }
-                answer(req.body(body).send().await).await
+                answer(&ch.target(), req.body(body).send().await).await
             }
             ChannelKind::Slack => {
                 let body = serde_json::json!({ "text": text(d) });
                 answer(
+                    &ch.target(),
                     self.http()?
                         .post(ch.config.url.as_deref().unwrap_or_default())
                         .json(&body)
@@ -211,7 +240,8 @@ impl Channels {
     }
 }
 
-async fn answer(r: Result<reqwest::Response, reqwest::Error>) -> Result<(), String> {
+/// An HTTP attempt's outcome; a request that got no answer says where it went (`target`).
+async fn answer(target: &str, r: Result<reqwest::Response, reqwest::Error>) -> Result<(), String> {
     match r {
         Ok(resp) if resp.status().is_success() => Ok(()),
         Ok(resp) => {
@@ -221,7 +251,8 @@ async fn answer(r: Result<reqwest::Response, reqwest::Error>) -> Result<(), Stri
             Err(one_line(&format!("HTTP {status}: {body}")))
         }
         Err(e) => {
-            let mut msg = e.to_string();
+            let e = e.without_url();
+            let mut msg = format!("{target}: {e}");
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
                 msg = format!("{msg}: {s}");
@@ -302,5 +333,34 @@ mod tests {
             signature(b"Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn an_error_never_holds_the_channel_url_only_its_target() {
+        let ch = Channel {
+            config: ChannelConfig {
+                name: "chat".into(),
+                kind: ChannelKind::Slack,
+                url: Some("https://hooks.slack.com/services/T0/B0/s3cr3tT0k3n?x=1".into()),
+                secret_env: None,
+                smtp_url: None,
+                from: None,
+                to: vec![],
+                username: None,
+                password_env: None,
+            },
+            secret: None,
+            mailer: None,
+        };
+        assert_eq!(ch.target(), "https://hooks.slack.com");
+        for e in [
+            "error sending request for url (https://hooks.slack.com/services/T0/B0/s3cr3tT0k3n?x=1)",
+            "error for https://hooks.slack.com/services/T0/B0/s3cr3tT0k3n: timed out",
+            "hooks.slack.com/services/T0/B0/s3cr3tT0k3n?x=1 refused",
+        ] {
+            let r = ch.redact(e);
+            assert!(!r.contains("s3cr3t"), "{r}");
+            assert!(r.contains("https://hooks.slack.com"), "{r}");
+        }
     }
 }

@@ -39,8 +39,15 @@ pub fn is_failure(status: RunStatus) -> bool {
     )
 }
 
-/// Decides what `run` leads to and moves `streak` on. `paused`: the job is paused already.
-/// A run at or before the newest one counted (a batch sent again, a `lost` record replaced by
+/// Whether the worker tries `run`'s tick again after it (a failed or timed-out attempt within
+/// the job's `retries`): such an attempt is not the tick's outcome and counts for nothing.
+pub fn retry_follows(run: &InboxEntry, retries: u32) -> bool {
+    matches!(run.status, RunStatus::Failed | RunStatus::TimedOut) && run.attempt.max(1) <= retries
+}
+
+/// Decides what `run` leads to and moves `streak` on. `paused`: the job is paused already;
+/// `retries`: the job's. An attempt that a retry follows changes nothing: a tick counts once,
+/// by its last attempt. A run at or before the newest one counted (a batch sent again, a `lost` record replaced by
 /// the real one) changes nothing; an older run that was never counted (it arrived late) gets the
 /// notices that do not depend on the streak, and leaves the streak as it is.
 pub fn decide(
@@ -48,8 +55,12 @@ pub fn decide(
     rules: &[NotifyRule],
     pause_after: Option<u32>,
     paused: bool,
+    retries: u32,
     run: &InboxEntry,
 ) -> Decision {
+    if retry_follows(run, retries) {
+        return Decision::default();
+    }
     let pos = (run.planned_at, run.run_id.clone());
     let late = match &streak.last {
         Some(last) if *last == pos => return Decision::default(),
@@ -108,6 +119,10 @@ pub fn decide(
                 channels.dedup();
                 for c in channels {
                     notice(&mut d, c, NotifyEvent::Paused);
+                    // a paused notice tells of failures: the first success after it recovers
+                    if !streak.failure_noticed.iter().any(|n| n == c) {
+                        streak.failure_noticed.push(c.to_string());
+                    }
                 }
             }
         }
@@ -126,14 +141,14 @@ pub fn decide(
     d
 }
 
-/// A job was resumed (or changed to not paused) after the master paused it: its streak starts
-/// again. True when the streak changed.
+/// A job was resumed (or changed to not paused) after the master paused it: its count of
+/// failures starts again. The channels told of its failures stay told, so its first success
+/// after the resume is a recovery. True when the streak changed.
 pub fn resumed(streak: &mut Streak) -> bool {
     if !streak.paused_by_us {
         return false;
     }
     streak.consecutive_failures = 0;
-    streak.failure_noticed.clear();
     streak.paused_by_us = false;
     streak.pause_pending = false;
     streak.pause_reason = None;
@@ -155,14 +170,15 @@ pub fn delivery_id(run_id: &str, channel: &str, event: NotifyEvent) -> String {
 pub const FIRST_RETRY_MS: i64 = 1000;
 pub const MAX_RETRY_GAP_MS: i64 = 300_000;
 
-/// After `attempts` failed attempts (the latest at `now`), when to try again; None when that
-/// would be past `created_at + retry_for_ms` (the notice is dead).
+/// After `attempts` failed attempts (the latest at `now`), when to try again: the backoff, or
+/// the deadline `created_at + retry_for_ms` itself when the backoff would pass it (a last
+/// attempt at the deadline); None once the deadline has passed (the notice is dead).
 pub fn next_attempt(attempts: u32, now: i64, created_at: i64, retry_for_ms: i64) -> Option<i64> {
     let gap = FIRST_RETRY_MS
         .saturating_mul(1i64 << attempts.saturating_sub(1).min(20))
         .min(MAX_RETRY_GAP_MS);
-    let at = now + gap;
-    (at <= created_at + retry_for_ms).then_some(at)
+    let deadline = created_at.saturating_add(retry_for_ms);
+    (now < deadline).then(|| now.saturating_add(gap).min(deadline))
 }
 
 #[cfg(test)]
@@ -184,7 +200,7 @@ mod tests {
             job: "j".into(),
             status,
             trigger: Trigger::Schedule,
-            attempt: 0,
+            attempt: 1,
             planned_at: n * 1000,
             started_at: Some(n * 1000),
             ended_at: Some(n * 1000 + 10),
@@ -207,20 +223,20 @@ mod tests {
         let rules = [rule("ops", &["failure", "recovery"], 1)];
         let mut s = Streak::default();
         assert_eq!(
-            events(&decide(&mut s, &rules, None, false, &run(1, RunStatus::Failed))),
+            events(&decide(&mut s, &rules, None, false, 0, &run(1, RunStatus::Failed))),
             [("ops", "failure")]
         );
         assert_eq!(
-            events(&decide(&mut s, &rules, None, false, &run(2, RunStatus::Failed))),
+            events(&decide(&mut s, &rules, None, false, 0, &run(2, RunStatus::Failed))),
             [("ops", "failure")]
         );
         assert_eq!(s.consecutive_failures, 2);
         assert_eq!(
-            events(&decide(&mut s, &rules, None, false, &run(3, RunStatus::Succeeded))),
+            events(&decide(&mut s, &rules, None, false, 0, &run(3, RunStatus::Succeeded))),
             [("ops", "recovery")]
         );
         assert!(
-            decide(&mut s, &rules, None, false, &run(4, RunStatus::Succeeded))
+            decide(&mut s, &rules, None, false, 0, &run(4, RunStatus::Succeeded))
                 .notices
                 .is_empty()
         );
@@ -242,7 +258,7 @@ mod tests {
             (7, RunStatus::Failed),
             (8, RunStatus::Succeeded),
         ] {
-            seen.push((n, events(&decide(&mut s, &rules, None, false, &run(n, st))).len()));
+            seen.push((n, events(&decide(&mut s, &rules, None, false, 0, &run(n, st))).len()));
         }
         assert_eq!(seen, [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (6, 1), (7, 1), (8, 1)]);
     }
@@ -255,9 +271,9 @@ mod tests {
             rule("c", &["failure"], 1),
         ];
         let mut s = Streak::default();
-        let d = decide(&mut s, &both, None, false, &run(1, RunStatus::TimedOut));
+        let d = decide(&mut s, &both, None, false, 0, &run(1, RunStatus::TimedOut));
         assert_eq!(events(&d), [("a", "timed_out"), ("b", "timed_out"), ("c", "failure")]);
-        let d = decide(&mut s, &both, None, false, &run(2, RunStatus::Failed));
+        let d = decide(&mut s, &both, None, false, 0, &run(2, RunStatus::Failed));
         assert_eq!(
             events(&d),
             [("a", "failure"), ("c", "failure")],
@@ -269,13 +285,13 @@ mod tests {
     fn a_missed_tick_notifies_only_rules_that_ask_and_does_not_break_a_streak() {
         let rules = [rule("ops", &["missed", "failure"], 2), rule("quiet", &["failure"], 1)];
         let mut s = Streak::default();
-        decide(&mut s, &rules, None, false, &run(1, RunStatus::Failed));
+        decide(&mut s, &rules, None, false, 0, &run(1, RunStatus::Failed));
         assert_eq!(
-            events(&decide(&mut s, &rules, None, false, &run(2, RunStatus::Missed))),
+            events(&decide(&mut s, &rules, None, false, 0, &run(2, RunStatus::Missed))),
             [("ops", "missed")]
         );
-        decide(&mut s, &rules, None, false, &run(3, RunStatus::Skipped));
-        let d = decide(&mut s, &rules, None, false, &run(4, RunStatus::Failed));
+        decide(&mut s, &rules, None, false, 0, &run(3, RunStatus::Skipped));
+        let d = decide(&mut s, &rules, None, false, 0, &run(4, RunStatus::Failed));
         assert_eq!(events(&d), [("ops", "failure"), ("quiet", "failure")]);
         assert_eq!(s.consecutive_failures, 2);
     }
@@ -284,21 +300,21 @@ mod tests {
     fn a_run_seen_twice_changes_nothing_and_a_late_one_does_not_move_the_streak() {
         let rules = [rule("ops", &["failure"], 1)];
         let mut s = Streak::default();
-        decide(&mut s, &rules, None, false, &run(5, RunStatus::Failed));
+        decide(&mut s, &rules, None, false, 0, &run(5, RunStatus::Failed));
         let before = s.clone();
         assert_eq!(
-            decide(&mut s, &rules, None, false, &run(5, RunStatus::Failed)),
+            decide(&mut s, &rules, None, false, 0, &run(5, RunStatus::Failed)),
             Decision::default()
         );
         assert_eq!(s, before);
         // an older run arriving late still tells its failure, but is not counted twice
         assert_eq!(
-            events(&decide(&mut s, &rules, None, false, &run(3, RunStatus::Failed))),
+            events(&decide(&mut s, &rules, None, false, 0, &run(3, RunStatus::Failed))),
             [("ops", "failure")]
         );
         assert_eq!(s, before);
         // nor does an old success end the streak
-        decide(&mut s, &rules, None, false, &run(4, RunStatus::Succeeded));
+        decide(&mut s, &rules, None, false, 0, &run(4, RunStatus::Succeeded));
         assert_eq!(s.consecutive_failures, 1);
     }
 
@@ -307,27 +323,27 @@ mod tests {
         let rules = [rule("ops", &["failure"], 5), rule("mail", &["recovery"], 1)];
         let mut s = Streak::default();
         for n in 1..=2 {
-            assert!(!decide(&mut s, &rules, Some(3), false, &run(n, RunStatus::Failed)).pause);
+            assert!(!decide(&mut s, &rules, Some(3), false, 0, &run(n, RunStatus::Failed)).pause);
         }
-        let d = decide(&mut s, &rules, Some(3), false, &run(3, RunStatus::Failed));
+        let d = decide(&mut s, &rules, Some(3), false, 0, &run(3, RunStatus::Failed));
         assert!(d.pause);
         assert_eq!(events(&d), [("ops", "paused"), ("mail", "paused")]);
         assert!(s.pause_pending && s.paused_by_us);
         // a manual run of the paused job failing again does not pause it again
-        assert!(!decide(&mut s, &rules, Some(3), true, &run(4, RunStatus::Failed)).pause);
+        assert!(!decide(&mut s, &rules, Some(3), true, 0, &run(4, RunStatus::Failed)).pause);
         assert!(resumed(&mut s));
         assert_eq!(s.consecutive_failures, 0);
         assert!(!resumed(&mut s), "only a pause of the master's is ended by a resume");
         for n in 5..=6 {
-            assert!(!decide(&mut s, &rules, Some(3), false, &run(n, RunStatus::Failed)).pause);
+            assert!(!decide(&mut s, &rules, Some(3), false, 0, &run(n, RunStatus::Failed)).pause);
         }
-        assert!(decide(&mut s, &rules, Some(3), false, &run(7, RunStatus::Failed)).pause);
+        assert!(decide(&mut s, &rules, Some(3), false, 0, &run(7, RunStatus::Failed)).pause);
     }
 
     #[test]
     fn a_job_paused_by_hand_is_not_paused_again() {
         let mut s = Streak::default();
-        let d = decide(&mut s, &[], Some(1), true, &run(1, RunStatus::Failed));
+        let d = decide(&mut s, &[], Some(1), true, 0, &run(1, RunStatus::Failed));
         assert!(!d.pause);
     }
 
@@ -348,7 +364,10 @@ mod tests {
         assert_eq!(next_attempt(2, 1000, 0, day), Some(3000));
         assert_eq!(next_attempt(3, 3000, 0, day), Some(7000));
         assert_eq!(next_attempt(30, 10_000, 0, day), Some(310_000));
-        assert_eq!(next_attempt(30, day - 1000, 0, day), None);
+        // the backoff would pass the deadline: one last attempt at it, then dead
+        assert_eq!(next_attempt(30, day - 1000, 0, day), Some(day));
+        assert_eq!(next_attempt(31, day, 0, day), None);
+        assert_eq!(next_attempt(31, day + 5, 0, day), None);
         // 10 s of a receiver down: attempts at 0, 1, 3, 7, 15 s
         let mut t = 0;
         let mut at = vec![0];
@@ -357,5 +376,56 @@ mod tests {
             at.push(t);
         }
         assert_eq!(at, [0, 1000, 3000, 7000, 15000]);
+    }
+
+    #[test]
+    fn a_tick_counts_once_by_its_last_attempt_however_many_retries_it_had() {
+        let rules = [rule("ops", &["failure", "recovery"], 2)];
+        let mut s = Streak::default();
+        let attempt = |n: i64, a: u32, st: RunStatus| InboxEntry {
+            run_id: format!("run-{n:04}-{a}"),
+            attempt: a,
+            ..run(n, st)
+        };
+        // tick 1: two failed attempts a retry follows, then the last one fails
+        for a in 1..=2 {
+            assert_eq!(
+                decide(&mut s, &rules, None, false, 2, &attempt(1, a, RunStatus::Failed)),
+                Decision::default()
+            );
+        }
+        assert_eq!(s, Streak::default(), "attempts a retry follows are not counted");
+        assert!(
+            decide(&mut s, &rules, None, false, 2, &attempt(1, 3, RunStatus::Failed))
+                .notices
+                .is_empty()
+        );
+        assert_eq!(s.consecutive_failures, 1);
+        // tick 2 times out on its first attempt and succeeds on its retry: not a failure
+        decide(&mut s, &rules, None, false, 2, &attempt(2, 1, RunStatus::TimedOut));
+        decide(&mut s, &rules, None, false, 2, &attempt(2, 2, RunStatus::Succeeded));
+        assert_eq!(s.consecutive_failures, 0);
+        // a killed or lost attempt is not retried: it counts
+        decide(&mut s, &rules, None, false, 2, &attempt(3, 1, RunStatus::Killed));
+        let d = decide(&mut s, &rules, None, false, 2, &attempt(4, 1, RunStatus::Lost));
+        assert_eq!(events(&d), [("ops", "failure")]);
+    }
+
+    #[test]
+    fn the_first_success_after_a_pause_and_a_resume_is_a_recovery_on_every_channel_told() {
+        let rules = [rule("ops", &["recovery"], 1), rule("mail", &["failure", "recovery"], 1)];
+        let mut s = Streak::default();
+        for n in 1..=2 {
+            decide(&mut s, &rules, Some(2), false, 0, &run(n, RunStatus::Failed));
+        }
+        assert!(s.paused_by_us);
+        assert!(resumed(&mut s));
+        let d = decide(&mut s, &rules, Some(2), false, 0, &run(3, RunStatus::Succeeded));
+        assert_eq!(events(&d), [("ops", "recovery"), ("mail", "recovery")]);
+        assert!(
+            decide(&mut s, &rules, Some(2), false, 0, &run(4, RunStatus::Succeeded))
+                .notices
+                .is_empty()
+        );
     }
 }

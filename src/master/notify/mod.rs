@@ -39,7 +39,7 @@ const CAMPAIGN_EVERY: Duration = Duration::from_secs(2);
 /// Deliveries being sent at once.
 const MAX_IN_FLIGHT: usize = 8;
 /// Delivered and dead notices are kept this long, and at most `KEEP_DELIVERIES` of them.
-const KEEP_FOR_MS: i64 = 7 * 86_400_000;
+pub const KEEP_FOR_MS: i64 = 7 * 86_400_000;
 const KEEP_DELIVERIES: usize = 10_000;
 /// A decision takes no further run once it holds this many etcd operations. One run adds at
 /// most 83 (20 rules: 20 notices and 20 `paused` ones, a put and a compare each, its removal
@@ -248,14 +248,18 @@ impl Notify {
         let out = self.channels.send(&d).await;
         let end = now_ms();
         d.updated_at = end;
+        // counted like any attempt's outcome; a failed test is not a dead letter (no notice
+        // of a run was lost), it is answered to the caller
         match out {
             Ok(()) => {
                 d.status = DeliveryStatus::Delivered;
                 d.delivered_at = Some(end);
+                METRICS.notifications.with_label_values(&[channel, "delivered"]).inc();
             }
             Err(e) => {
                 d.status = DeliveryStatus::Dead;
                 d.last_error = Some(e);
+                METRICS.notifications.with_label_values(&[channel, "dead"]).inc();
             }
         }
         d
@@ -274,7 +278,10 @@ pub fn check_rules(spec: &JobSpec, channels: &[&str]) -> Result<(), (String, Str
             };
             return Err((
                 format!("notify[{i}].channel"),
-                format!("unknown channel {:?} ({known})", r.channel),
+                format!(
+                    "unknown channel {:?} ({known})",
+                    r.channel.chars().take(64).collect::<String>()
+                ),
             ));
         }
     }
@@ -333,7 +340,19 @@ struct Books {
     /// After a failed write, decisions wait until then.
     decide_after: i64,
     backoff_ms: i64,
+    /// Channels whose last attempt failed: one log line when one starts failing, one a minute
+    /// while it goes on, one when it takes notices again (not one per notice).
+    failing: HashMap<String, Trouble>,
 }
+
+struct Trouble {
+    since: i64,
+    failed_attempts: u64,
+    logged_at: i64,
+}
+
+/// A failing channel's summary line comes at most this often.
+const TROUBLE_LOG_EVERY_MS: i64 = 60_000;
 
 async fn keep(st: &Arc<AppState>, lease_id: i64, lease: &mut watch::Receiver<Option<i64>>, stop: &CancellationToken) {
     let me = st.config.master.id.clone();
@@ -361,6 +380,7 @@ async fn keep(st: &Arc<AppState>, lease_id: i64, lease: &mut watch::Receiver<Opt
         known: HashMap::new(),
         decide_after: 0,
         backoff_ms: 100,
+        failing: HashMap::new(),
     };
     for d in deliveries {
         b.known
@@ -455,8 +475,18 @@ fn next_wake(b: &Books, now: i64) -> i64 {
     if !b.inbox.is_empty() {
         next = next.min(b.decide_after.max(now));
     }
+    if b.in_flight.len() >= MAX_IN_FLIGHT {
+        return next; // an attempt ending wakes the loop
+    }
+    // a notice held back by one of its job and channel in flight waits for that one's end
+    let busy: HashSet<(&str, &str)> = b
+        .in_flight
+        .iter()
+        .filter_map(|id| b.outbox.get(id))
+        .map(|d| (d.job.as_str(), d.channel.as_str()))
+        .collect();
     for d in b.outbox.values() {
-        if !b.in_flight.contains(&d.id) {
+        if !b.in_flight.contains(&d.id) && !busy.contains(&(d.job.as_str(), d.channel.as_str())) {
             next = next.min(d.next_attempt_at.unwrap_or(now));
         }
     }
@@ -507,12 +537,13 @@ async fn settle(st: &Arc<AppState>, me: &str, b: &mut Books, now: i64) -> Result
             let streak = streaks
                 .entry(e.job.clone())
                 .or_insert_with(|| b.streaks.get(&e.job).cloned().unwrap_or_default());
-            let (rules, pause_after, paused) = (
+            let (rules, pause_after, paused, retries) = (
                 st.notify.rules_of(&job.spec).to_vec(),
                 job.spec.pause_after_failures,
                 job.spec.paused,
+                job.spec.retries,
             );
-            let decision = core::decide(streak, &rules, pause_after, paused, e);
+            let decision = core::decide(streak, &rules, pause_after, paused, retries, e);
             let reason = decision.pause.then(|| streak.pause_reason.clone().unwrap_or_default());
             if let Some(r) = &reason {
                 pauses.push((e.job.clone(), r.clone()));
@@ -605,14 +636,35 @@ fn start_sends(st: &Arc<AppState>, b: &mut Books, sending: &mut JoinSet<(Deliver
     if b.in_flight.len() >= MAX_IN_FLIGHT {
         return;
     }
-    let mut due: Vec<&Delivery> = b
-        .outbox
-        .values()
-        .filter(|d| !b.in_flight.contains(&d.id) && d.next_attempt_at.unwrap_or(0) <= now)
+    // One attempt at a time per job and channel, oldest notice first: a receiver that answers
+    // gets a job's notices in the order they were decided (a failure before the pause it led
+    // to, a pause before the recovery after it).
+    let mut busy: HashSet<(&str, &str)> = b
+        .in_flight
+        .iter()
+        .filter_map(|id| b.outbox.get(id))
+        .map(|d| (d.job.as_str(), d.channel.as_str()))
         .collect();
-    due.sort_by_key(|d| (d.next_attempt_at, d.created_at));
+    let mut pending: Vec<&Delivery> = b.outbox.values().filter(|d| !b.in_flight.contains(&d.id)).collect();
+    pending.sort_by_key(|d| (d.created_at, d.event == NotifyEvent::Paused, d.next_attempt_at));
     let room = MAX_IN_FLIGHT - b.in_flight.len();
-    let start: Vec<Delivery> = due.into_iter().take(room).cloned().collect();
+    let mut start: Vec<Delivery> = Vec::new();
+    for d in pending {
+        if start.len() >= room {
+            break;
+        }
+        // an older notice of the job to the channel waiting for its retry does not hold back
+        // a newer one (the receiver may reject that one notice only)
+        let first_try_pending = d.attempts == 0;
+        if !busy.insert((d.job.as_str(), d.channel.as_str())) {
+            continue;
+        }
+        if d.next_attempt_at.unwrap_or(0) <= now {
+            start.push(d.clone());
+        } else if !first_try_pending {
+            busy.remove(&(d.job.as_str(), d.channel.as_str()));
+        }
+    }
     for d in start {
         b.in_flight.insert(d.id.clone());
         let st = st.clone();
@@ -650,6 +702,9 @@ async fn attempted(
                     .observe(((now - end).max(0)) as f64 / 1000.0);
             }
             info!(job = %d.job, event = d.event.as_str(), channel = %channel, attempts = d.attempts, "notice delivered");
+            if let Some(t) = b.failing.remove(&channel) {
+                info!(channel = %channel, failed_attempts = t.failed_attempts, down_for_ms = now - t.since, "channel takes notices again; the waiting ones are sent");
+            }
         }
         Err(e) => {
             d.last_error = Some(e.clone());
@@ -657,8 +712,26 @@ async fn attempted(
                 Some(at) => {
                     d.next_attempt_at = Some(at);
                     m.notifications.with_label_values(&[&channel, "retried"]).inc();
-                    if d.attempts == 1 || d.attempts.is_power_of_two() {
-                        warn!(job = %d.job, event = d.event.as_str(), channel = %channel, attempts = d.attempts, error = %e, retry_in_ms = at - now, "notice not delivered; retrying");
+                    let waiting = b.outbox.values().filter(|o| o.channel == channel).count();
+                    match b.failing.get_mut(&channel) {
+                        None => {
+                            b.failing.insert(
+                                channel.clone(),
+                                Trouble {
+                                    since: now,
+                                    failed_attempts: 1,
+                                    logged_at: now,
+                                },
+                            );
+                            warn!(channel = %channel, error = %e, waiting, "channel does not take notices; each is retried with backoff (1 s doubling to 5 min) for master.notify.retry_for");
+                        }
+                        Some(t) => {
+                            t.failed_attempts += 1;
+                            if now - t.logged_at >= TROUBLE_LOG_EVERY_MS {
+                                t.logged_at = now;
+                                warn!(channel = %channel, error = %e, waiting, failed_attempts = t.failed_attempts, down_for_ms = now - t.since, "channel still does not take notices");
+                            }
+                        }
                     }
                 }
                 None => {
