@@ -466,6 +466,19 @@ pub enum Trigger {
     Schedule,
     Manual,
     Retry,
+    /// A past tick run by a backfill (`POST /api/v1/jobs/{name}/backfill`).
+    Backfill,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+            Trigger::Retry => "retry",
+            Trigger::Backfill => "backfill",
+        }
+    }
 }
 
 /// How a run ended.
@@ -701,6 +714,14 @@ pub struct RunNowSignal {
     /// W3C traceparent of the caller, continued by the run's trace.
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// A backfill's tick: its planned time (Unix ms). The run is claimed under the scheduled
+    /// tick's key (`claims/{job}/t{planned}`), so it never runs beside the live schedule's run of
+    /// the same tick, and is recorded with that planned time and trigger `backfill`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_at: Option<i64>,
+    /// The backfill's id (with `planned_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<String>,
 }
 
 /// Serde for `Option<Duration>` as humantime strings ("30s"); integers are read as seconds.

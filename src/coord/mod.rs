@@ -15,7 +15,11 @@
 //! | `feed/{master}/{id}` | a batch of feed events (other masters relay them) | 30 s lease |
 //! | `ledger/leader` | the id of the master keeping the tick ledger | its session lease |
 //! | `ledger/watermark` | `Watermark` JSON: every tick due before `until` is accounted | until deleted |
+//! | `backfill/runs/{id}` | `Backfill` JSON: a backfill's range, counts and ticks in flight | until 7 days after it finished |
+//! | `backfill/ticks/{id}` | the planned times it runs (JSON list) | as long as its state |
+//! | `backfill/leader` | the id of the master driving backfills | that master's session lease |
 
+mod backfill;
 mod cause;
 mod claims;
 mod jobs;
@@ -26,6 +30,7 @@ mod outage;
 mod signals;
 mod watch;
 
+pub use backfill::{BACKFILL_SIGNAL_TTL_SECS, Backfill, BackfillState, InFlight};
 pub use cause::EtcdCause;
 pub use claims::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
 pub use ledger::Watermark;

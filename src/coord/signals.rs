@@ -42,6 +42,8 @@ impl Coord {
             id: id.clone(),
             requested_at: now_ms(),
             traceparent,
+            planned_at: None,
+            backfill: None,
         };
         self.put_with_ttl(self.keys.run_signal(job, &id), encode(&signal), RUN_NOW_TTL_SECS)
             .await?;

@@ -16,8 +16,8 @@ pub mod wait;
 
 use clap::{Args, Subcommand};
 use output::{
-    JOB_COLUMNS, NOTIFICATION_COLUMNS, Output, RUN_COLUMNS, TICK_COLUMNS, WORKER_COLUMNS, data, escape_controls, s,
-    table,
+    BACKFILL_COLUMNS, JOB_COLUMNS, NOTIFICATION_COLUMNS, Output, RUN_COLUMNS, TICK_COLUMNS, WORKER_COLUMNS, data,
+    escape_controls, s, table,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ use std::time::Duration;
 /// `cronmesh ctl --help`: the conventions and the exit codes.
 pub const LONG_ABOUT: &str = "\
 Client of the REST API, in kubectl's style: cronmesh ctl NOUN VERB [ARGS]. The nouns are jobs,
-runs, workers and notifications; the flags --url, --token and -o may come anywhere on the line, e.g.
+runs, workers, backfills and notifications; the flags --url, --token and -o may come anywhere on the line, e.g.
 `cronmesh ctl runs list -o json --token $T`.
 
 Output (-o): table (default), wide (more columns: owner, time zone, concurrency, whole run ids,
@@ -75,7 +75,7 @@ pub struct CtlArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum CtlCmd {
-    /// Jobs: list, get, apply, delete, run, kill, pause, resume, ticks.
+    /// Jobs: list, get, apply, delete, run, kill, pause, resume, ticks, backfill.
     #[command(subcommand)]
     Jobs(JobsCmd),
     /// Runs: list, get.
@@ -87,6 +87,9 @@ pub enum CtlCmd {
         #[command(subcommand)]
         cmd: Option<WorkersCmd>,
     },
+    /// Backfills: list, get, cancel (`jobs backfill` makes one).
+    #[command(subcommand)]
+    Backfills(BackfillsCmd),
     /// Notifications of run failures and recoveries: deliveries (list), the configured channels,
     /// a test send.
     #[command(subcommand)]
@@ -136,6 +139,30 @@ pub enum CtlCmd {
         /// cursor received, so no event is missed.
         #[arg(long)]
         follow: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackfillsCmd {
+    /// List backfills, newest first, with their counts.
+    #[command(after_help = "Examples:\n  cronmesh ctl backfills list\n  cronmesh ctl backfills list --job nightly")]
+    List {
+        /// Only the backfills of this job.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Show one backfill: its range, state and counts.
+    #[command(after_help = "Example:\n  cronmesh ctl backfills get 019ad2f0c1a87b3e9f00aa11bb22cc33")]
+    Get {
+        /// The backfill's id.
+        id: String,
+    },
+    /// Cancel a backfill: ticks running finish, the others are recorded skipped
+    /// (`backfill_cancelled`).
+    #[command(after_help = "Example:\n  cronmesh ctl backfills cancel 019ad2f0c1a87b3e9f00aa11bb22cc33")]
+    Cancel {
+        /// The backfill's id.
+        id: String,
     },
 }
 
@@ -256,6 +283,28 @@ pub enum JobsCmd {
     Resume {
         /// The job's name.
         name: String,
+    },
+    /// Run the past ticks of a job's schedule in [--from, --to) that have no run yet, once each,
+    /// in order (also for a paused job). Prints the backfill's id; with --wait, draws its
+    /// progress until it finishes and exits 1 when a tick failed or it was cancelled.
+    #[command(
+        after_help = "Examples:\n  cronmesh ctl jobs backfill nightly --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z\n  cronmesh ctl jobs backfill report --from 2026-12-01T08:00:00Z --to 2026-12-01T09:00:00Z --max-parallel 4 --wait"
+    )]
+    Backfill {
+        /// The job's name.
+        name: String,
+        /// The range's start (RFC 3339 or Unix ms), included.
+        #[arg(long)]
+        from: String,
+        /// The range's end (RFC 3339 or Unix ms), excluded; not in the future.
+        #[arg(long)]
+        to: String,
+        /// Ticks running at once (1-100).
+        #[arg(long, default_value_t = 1)]
+        max_parallel: u32,
+        /// Draw the progress until the backfill finishes.
+        #[arg(long)]
+        wait: bool,
     },
     /// Every expected tick of a job in a range, newest first, and what became of it (run,
     /// skipped, missed, lost, running, pending) with the reason.
@@ -576,6 +625,48 @@ pub async fn run(a: CtlArgs) -> Result<Done, CtlError> {
                 data(&j, o)
             } else {
                 format!("job/{name} resumed")
+            })
+        }
+        CtlCmd::Jobs(JobsCmd::Backfill {
+            name,
+            from,
+            to,
+            max_parallel,
+            wait,
+        }) => wait::backfill(&c, o, &name, &from, &to, max_parallel, wait).await?,
+        CtlCmd::Backfills(BackfillsCmd::List { job }) => {
+            let path = match &job {
+                Some(j) => format!("/api/v1/backfills?job={}", encode(j)),
+                None => "/api/v1/backfills".to_string(),
+            };
+            let body = c.get(&path).await?;
+            let list = body["backfills"].as_array().cloned().unwrap_or_default();
+            listing(o, &list, BACKFILL_COLUMNS, "backfills")
+        }
+        CtlCmd::Backfills(BackfillsCmd::Get { id }) => {
+            let b = c.get(&format!("/api/v1/backfills/{}", encode(&id))).await?;
+            Done::out(if o.is_data() {
+                data(&b, o)
+            } else {
+                table(BACKFILL_COLUMNS, &[b], o == Output::Wide)
+            })
+        }
+        CtlCmd::Backfills(BackfillsCmd::Cancel { id }) => {
+            let b = c
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/api/v1/backfills/{}", encode(&id)),
+                    None,
+                )
+                .await?;
+            Done::out(if o.is_data() {
+                data(&b, o)
+            } else {
+                format!(
+                    "backfill/{id} cancel requested: {} running finish, {} not sent are recorded skipped",
+                    b["running"].as_u64().unwrap_or(0),
+                    b["pending"].as_u64().unwrap_or(0)
+                )
             })
         }
         CtlCmd::Jobs(JobsCmd::Ticks { name, since, to }) => {
@@ -1018,6 +1109,49 @@ mod tests {
         assert_eq!(e.exit_code(), 2, "{e}");
         assert!(e.to_string().contains("pending, delivered, dead"), "{e}");
         assert_eq!(parse(&["notifications", "test"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn backfill_verbs_parse_with_their_defaults() {
+        match parse(&[
+            "jobs",
+            "backfill",
+            "nightly",
+            "--from",
+            "2026-11-01T00:00:00Z",
+            "--to",
+            "1700000000000",
+        ])
+        .unwrap()
+        .cmd
+        {
+            CtlCmd::Jobs(JobsCmd::Backfill {
+                name,
+                from,
+                to,
+                max_parallel,
+                wait,
+            }) => assert_eq!(
+                (name.as_str(), from.as_str(), to.as_str(), max_parallel, wait),
+                ("nightly", "2026-11-01T00:00:00Z", "1700000000000", 1, false)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(&["jobs", "backfill", "nightly", "--from", "0"])
+                .unwrap_err()
+                .exit_code(),
+            2,
+            "--to is required"
+        );
+        assert!(matches!(
+            parse(&["backfills", "cancel", "abc"]).unwrap().cmd,
+            CtlCmd::Backfills(BackfillsCmd::Cancel { id }) if id == "abc"
+        ));
+        assert!(matches!(
+            parse(&["backfills", "list", "--job", "x"]).unwrap().cmd,
+            CtlCmd::Backfills(BackfillsCmd::List { job: Some(j) }) if j == "x"
+        ));
     }
 
     #[test]

@@ -339,6 +339,43 @@ pub fn clip(text: &str, width: usize) -> String {
 
 /// `notifications list`: deliveries (`GET /api/v1/notifications`). AGE is the time since the
 /// delivery was created, from `_age_ms` (which `notifications_table` adds to each row).
+pub const BACKFILL_COLUMNS: &[Column] = &[
+    narrow("ID", |b| short_id(b["id"].as_str().unwrap_or("-"))),
+    wide("ID", |b| s(&b["id"])),
+    col("JOB", |b| s(&b["job"])),
+    col("STATE", |b| s(&b["state"])),
+    col("PROGRESS", |b| progress_bar(b, 20)),
+    col("TOTAL", |b| b["total"].as_u64().unwrap_or(0).to_string()),
+    col("DONE", |b| b["done"].as_u64().unwrap_or(0).to_string()),
+    col("RUNNING", |b| b["running"].as_u64().unwrap_or(0).to_string()),
+    col("FAILED", |b| b["failed"].as_u64().unwrap_or(0).to_string()),
+    col("SKIPPED", |b| b["skipped"].as_u64().unwrap_or(0).to_string()),
+    wide("PENDING", |b| b["pending"].as_u64().unwrap_or(0).to_string()),
+    wide("FROM", |b| time(&b["from"])),
+    wide("TO", |b| time(&b["to"])),
+    wide("CREATED", |b| time(&b["created_at"])),
+];
+
+/// A backfill's progress as `[#####.....] 12/30`: settled ticks of the total.
+pub fn progress_bar(b: &Value, width: usize) -> String {
+    let total = b["total"].as_u64().unwrap_or(0);
+    let settled = ["done", "failed", "skipped"]
+        .iter()
+        .map(|k| b[*k].as_u64().unwrap_or(0))
+        .sum::<u64>()
+        .min(total);
+    let filled = if total == 0 {
+        width
+    } else {
+        (settled as usize * width) / total as usize
+    };
+    format!(
+        "[{}{}] {settled}/{total}",
+        "#".repeat(filled),
+        ".".repeat(width - filled)
+    )
+}
+
 pub const NOTIFICATION_COLUMNS: &[Column] = &[
     narrow("ID", |d| short_id(d["id"].as_str().unwrap_or("-"))),
     wide("ID", |d| s(&d["id"])),

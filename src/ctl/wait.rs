@@ -141,6 +141,83 @@ async fn wait_for_retry(c: &Client, job: &str, prev: &Value, deadline: Instant) 
     }
 }
 
+/// `jobs backfill`: make the backfill; with `wait`, redraw its progress (on standard error,
+/// one line, every 500 ms) until it finishes. Exits 1 when a tick failed or it was cancelled.
+pub(super) async fn backfill(
+    c: &Client,
+    o: Output,
+    name: &str,
+    from: &str,
+    to: &str,
+    max_parallel: u32,
+    wait: bool,
+) -> Result<Done, CtlError> {
+    let time = |v: &str| match v.parse::<i64>() {
+        Ok(ms) => Value::from(ms),
+        Err(_) => Value::from(v),
+    };
+    let body = serde_json::json!({ "from": time(from), "to": time(to), "max_parallel": max_parallel });
+    let r = c
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/jobs/{}/backfill", encode(name)),
+            Some(body),
+        )
+        .await?;
+    let id = s(&r["id"]);
+    let said = format!(
+        "job/{name} backfill {id}: {} ticks to run ({} of the range ran already)",
+        r["ticks"].as_u64().unwrap_or(0),
+        r["already_ran"].as_u64().unwrap_or(0)
+    );
+    if !wait {
+        return Ok(Done::out(if o.is_data() { data(&r, o) } else { said }));
+    }
+    eprintln!("{said}");
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_line = String::new();
+    loop {
+        let b = c.get(&format!("/api/v1/backfills/{}", encode(&id))).await?;
+        let line = format!(
+            "{} {} done, {} running, {} failed, {} skipped",
+            output::progress_bar(&b, 30),
+            b["done"].as_u64().unwrap_or(0),
+            b["running"].as_u64().unwrap_or(0),
+            b["failed"].as_u64().unwrap_or(0),
+            b["skipped"].as_u64().unwrap_or(0)
+        );
+        if line != last_line {
+            if tty {
+                eprint!("\r{line}\x1b[K");
+            } else {
+                eprintln!("{line}");
+            }
+            last_line = line;
+        }
+        let state = s(&b["state"]);
+        if state == "completed" || state == "cancelled" {
+            if tty {
+                eprintln!();
+            }
+            let code = if state == "completed" && b["failed"].as_u64() == Some(0) {
+                0
+            } else {
+                1
+            };
+            return Ok(Done {
+                stdout: if o.is_data() {
+                    data(&b, o)
+                } else {
+                    format!("backfill/{id} {state}: {}", last_line)
+                },
+                stderr: Vec::new(),
+                code,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

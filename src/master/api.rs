@@ -34,6 +34,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/jobs/{name}/pause"),
     ("post", "/api/v1/jobs/{name}/resume"),
     ("get", "/api/v1/jobs/{name}/ticks"),
+    ("post", "/api/v1/jobs/{name}/backfill"),
+    ("get", "/api/v1/backfills"),
+    ("get", "/api/v1/backfills/{id}"),
+    ("delete", "/api/v1/backfills/{id}"),
     ("get", "/api/v1/runs"),
     ("get", "/api/v1/runs/{run_id}"),
     ("get", "/api/v1/workers"),
@@ -62,6 +66,12 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/jobs/{name}/pause", post(pause_job))
         .route("/api/v1/jobs/{name}/resume", post(resume_job))
         .route("/api/v1/jobs/{name}/ticks", get(super::ticks::job_ticks))
+        .route("/api/v1/jobs/{name}/backfill", post(super::backfill::create))
+        .route("/api/v1/backfills", get(super::backfill::list))
+        .route(
+            "/api/v1/backfills/{id}",
+            get(super::backfill::get).delete(super::backfill::cancel),
+        )
         .route("/api/v1/runs", get(list_runs))
         .route("/api/v1/runs/{run_id}", get(get_run))
         .route("/api/v1/workers", get(list_workers))

@@ -138,6 +138,13 @@ pub enum FeedEvent {
         ts: i64,
         delivery: Box<crate::coord::Delivery>,
     },
+    /// A backfill's counts or state changed (from every master's watch of `backfill/runs/`;
+    /// live only: `GET /api/v1/backfills/{id}` has the state).
+    #[serde(rename = "backfill.progress")]
+    BackfillProgress {
+        ts: i64,
+        backfill: Box<super::backfill::BackfillView>,
+    },
     /// Events were lost for every subscriber (the master's run-event stream could not resume):
     /// read what `topics` names again from the API.
     #[serde(rename = "resume_failed")]
@@ -160,6 +167,7 @@ impl FeedEvent {
             FeedEvent::RunFinished { .. } => "run.finished",
             FeedEvent::ResumeFailed { .. } => "resume_failed",
             FeedEvent::Notification { .. } => "notification",
+            FeedEvent::BackfillProgress { .. } => "backfill.progress",
         }
     }
     fn topic(&self) -> &'static str {
@@ -167,6 +175,7 @@ impl FeedEvent {
             FeedEvent::JobSaved { .. } | FeedEvent::JobDeleted { .. } => "jobs",
             FeedEvent::WorkerJoined { .. } | FeedEvent::WorkerLeft { .. } => "workers",
             FeedEvent::Notification { .. } => "notifications",
+            FeedEvent::BackfillProgress { .. } => "backfills",
             _ => "runs",
         }
     }
@@ -177,6 +186,7 @@ impl FeedEvent {
             FeedEvent::RunStarted { run, .. } => Some(&run.job),
             FeedEvent::RunFinished { run, .. } => Some(&run.job),
             FeedEvent::Notification { delivery, .. } => Some(&delivery.job),
+            FeedEvent::BackfillProgress { backfill, .. } => Some(&backfill.job),
             _ => None,
         }
     }
@@ -408,6 +418,7 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
     }
     let mut relay = st.coord.watch_feed::<Vec<FeedEvent>>(relay_stop.clone());
     let mut deliveries = st.coord.watch_deliveries(stop.clone());
+    let mut backfills = st.coord.watch_backfills(stop.clone());
     let mut known_jobs: HashMap<String, i64> = HashMap::new();
     let mut changed_meaning = super::meaning::ChangedMeaning::default();
     let mut known_workers: HashSet<String> = HashSet::new();
@@ -489,6 +500,10 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                 d.payload = serde_json::Value::Null;
                 st.feed.publish(FeedEvent::Notification { ts: now_ms(), delivery: Box::new(d) });
             }
+            Some(b) = backfills.events.recv() => {
+                let view = super::backfill::BackfillView::from(&b);
+                st.feed.publish(FeedEvent::BackfillProgress { ts: now_ms(), backfill: Box::new(view) });
+            }
             Some(batch) = relay.events.recv() => {
                 // other masters' run events, into this store's history (run_tail publishes them)
                 if batch.master != st.config.master.id {
@@ -568,11 +583,11 @@ impl Filter {
                 let t = split(t);
                 if let Some(bad) = t
                     .iter()
-                    .find(|x| !["jobs", "workers", "runs", "notifications"].contains(&x.as_str()))
+                    .find(|x| !["jobs", "workers", "runs", "notifications", "backfills"].contains(&x.as_str()))
                 {
                     return Err(ApiError::bad(
                         "invalid_topics",
-                        format!("unknown topic {bad:?}; use jobs, workers, runs"),
+                        format!("unknown topic {bad:?}; use jobs, workers, runs, notifications, backfills"),
                     ));
                 }
                 t

@@ -125,6 +125,36 @@ delivery = strict(
     required=["id", "event", "job", "run_id", "channel", "kind", "status", "attempts", "last_error", "created_at", "updated_at", "next_attempt_at", "delivered_at"],
 )
 
+backfill_id_p = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"},
+}
+backfill = strict(
+    {
+        "id": {"type": "string"},
+        "job": {"type": "string"},
+        "from": {"type": "integer", "description": "Unix ms, included"},
+        "to": {"type": "integer", "description": "Unix ms, excluded"},
+        "max_parallel": {"type": "integer"},
+        "schedule": {"type": "string", "description": "the job's schedule when the backfill was made (its ticks are run)"},
+        "timezone": {"type": "string"},
+        "state": {"enum": ["running", "cancelling", "completed", "cancelled"]},
+        "total": {"type": "integer", "description": "ticks to run: those of the range without a run when it was made"},
+        "done": {"type": "integer", "description": "succeeded (here, or by the live schedule meanwhile)"},
+        "running": {"type": "integer", "description": "sent to the job's owner, no record yet"},
+        "failed": {"type": "integer", "description": "failed, timed out, killed or lost (last attempt)"},
+        "skipped": {"type": "integer", "description": "skipped by the job's overlap policy, or cancelled before it was sent"},
+        "pending": {"type": "integer", "description": "not sent yet"},
+        "already_ran": {"type": "integer", "description": "ticks of the range that had run already"},
+        "created_at": {"type": "integer"},
+        "updated_at": {"type": "integer"},
+        "finished_at": {"type": ["integer", "null"]},
+        "created_by": {"type": "string", "description": "the token's name"},
+    }
+)
+
 paths = {
     "/api/v1/jobs": {
         "get": {
@@ -260,6 +290,81 @@ paths = {
             ),
         }
     },
+    "/api/v1/jobs/{name}/backfill": {
+        "post": {
+            "summary": "Backfill (admin): run every tick of the job's schedule in [from, to) that has no run yet (a missed placeholder or a skip is no run), once each, in order, at most max_parallel at once, also for a paused job. A tick the live schedule runs meanwhile is not run again. At most 10,000 ticks (too_many_ticks: split the range); to may not be in the future (range_in_future); from must be before to (invalid_range)",
+            "operationId": "backfillJob",
+            "parameters": [name_p],
+            "requestBody": json_req(
+                strict(
+                    {
+                        "from": {"type": ["string", "integer"], "description": "RFC 3339 or Unix ms, included"},
+                        "to": {"type": ["string", "integer"], "description": "RFC 3339 or Unix ms, excluded; not in the future"},
+                        "max_parallel": {"type": "integer", "minimum": 1, "maximum": 100, "default": 1},
+                    },
+                    required=["from", "to"],
+                )
+            ),
+            "responses": responses(
+                {
+                    "202": {
+                        "description": "Made (Location: /api/v1/backfills/{id}); with ticks 0 it is completed at once",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": {
+                            "application/json": {
+                                "schema": strict(
+                                    {
+                                        "id": {"type": "string"},
+                                        "job": {"type": "string"},
+                                        "ticks": {"type": "integer", "description": "ticks to run"},
+                                        "already_ran": {"type": "integer", "description": "ticks of the range that ran already"},
+                                        "backfill": ref("Backfill"),
+                                    }
+                                )
+                            }
+                        },
+                    }
+                },
+                BODY,
+                {"404": err("No such job: a deleted job cannot be backfilled")},
+                UNREADABLE,
+                UNAVAILABLE,
+            ),
+        }
+    },
+    "/api/v1/backfills": {
+        "get": {
+            "summary": "List backfills, newest first (finished ones are kept 7 days)",
+            "operationId": "listBackfills",
+            "parameters": [q("job", desc="only this job's")],
+            "responses": responses(
+                {"200": json_body("The backfills", strict({"backfills": {"type": "array", "items": ref("Backfill")}}))},
+                UNAVAILABLE,
+            ),
+        }
+    },
+    "/api/v1/backfills/{id}": {
+        "get": {
+            "summary": "A backfill's state and counts",
+            "operationId": "getBackfill",
+            "parameters": [backfill_id_p],
+            "responses": responses(
+                {"200": json_body("The backfill", ref("Backfill"))},
+                {"404": err("No such backfill"), "409": err("The backfill is stored but unreadable (unreadable_backfill): the message names the etcd key")},
+                UNAVAILABLE,
+            ),
+        },
+        "delete": {
+            "summary": "Cancel (admin): ticks running finish; the ticks not sent are recorded skipped with reason backfill_cancelled",
+            "operationId": "cancelBackfill",
+            "parameters": [backfill_id_p],
+            "responses": responses(
+                {"202": json_body("Cancelling", ref("Backfill"))},
+                {"404": err("No such backfill"), "409": err("Finished already (backfill_finished), or unreadable (unreadable_backfill)")},
+                UNAVAILABLE,
+            ),
+        },
+    },
     "/api/v1/runs": {
         "get": {
             "summary": "List runs, newest first",
@@ -318,10 +423,10 @@ paths = {
     },
     "/api/v1/events": {
         "get": {
-            "summary": "WebSocket event feed (upgrade): job.saved, job.deleted, worker.joined, worker.left, run.started, run.finished, notification (topic notifications, live only), lagged, resume_failed; every event carries an opaque cursor. Client messages are at most 4 KiB (larger: closed with 1009)",
+            "summary": "WebSocket event feed (upgrade): job.saved, job.deleted, worker.joined, worker.left, run.started, run.finished, notification (topic notifications, live only), backfill.progress (topic backfills, live only), lagged, resume_failed; every event carries an opaque cursor. Client messages are at most 4 KiB (larger: closed with 1009)",
             "operationId": "events",
             "parameters": [
-                q("topics", desc="jobs,workers,runs,notifications (default jobs,workers,runs)"),
+                q("topics", desc="jobs,workers,runs,notifications,backfills (default jobs,workers,runs)"),
                 q("job", desc="job names, comma-separated"),
                 q("status", desc="run statuses for run.finished"),
                 q("since_revision", "integer", "replay job events from this etcd revision"),
@@ -556,7 +661,7 @@ run = strict(
         "job": {"type": "string"},
         "worker": {"type": "string"},
         "attempt": {"type": "integer"},
-        "trigger": {"enum": ["schedule", "manual", "retry"]},
+        "trigger": {"enum": ["schedule", "manual", "retry", "backfill"]},
         "planned_at": {"type": "integer"},
         "claimed_at": ms,
         "started_at": ms,
@@ -700,6 +805,7 @@ doc = {
                 required=[],
             ),
             "Delivery": delivery,
+            "Backfill": backfill,
             "Readiness": strict({"etcd": {"type": "string"}, "log_store": {"type": "string"}}),
             "Health": strict(
                 {

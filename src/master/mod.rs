@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backfill;
 pub mod compat;
 pub mod error;
 pub mod feed;
@@ -446,6 +447,11 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
         registration.lease_watch(),
         state.shutdown.clone(),
     ));
+    let backfills = tokio::spawn(backfill::run(
+        state.clone(),
+        registration.lease_watch(),
+        state.shutdown.clone(),
+    ));
     let runs = tokio::spawn(feed::run_tail(state.clone(), state.shutdown.clone()));
     let feed_stop = state.shutdown.clone();
     let stopping = shutdown.clone();
@@ -467,6 +473,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
         let _ = l.await;
     }
     let _ = notifier.await;
+    let _ = backfills.await;
     let _ = day_stats.await;
     let _ = runs.await;
     let _ = retention.await;

@@ -60,11 +60,7 @@ pub struct RunStartedEvent<'a> {
 impl RunStartedEvent<'_> {
     pub fn emit(self) {
         let m = &*METRICS;
-        let trigger = match self.trigger {
-            Trigger::Schedule => "schedule",
-            Trigger::Manual => "manual",
-            Trigger::Retry => "retry",
-        };
+        let trigger = self.trigger.as_str();
         m.runs_started.with_label_values(&[trigger]).inc();
         m.runs_in_progress.inc();
         if self.trigger == Trigger::Schedule {
@@ -516,6 +512,48 @@ impl TickMissed<'_> {
             planned_at = self.planned_at,
             reason = self.reason,
             "tick missed: nobody claimed it before its starting deadline"
+        );
+    }
+}
+
+/// A backfill was made.
+pub struct BackfillStarted<'a> {
+    pub backfill: &'a crate::coord::Backfill,
+}
+impl BackfillStarted<'_> {
+    pub fn emit(self) {
+        let b = self.backfill;
+        info!(
+            backfill = %b.id,
+            job = %b.job,
+            from = %crate::schedule::rfc3339_ms(b.from),
+            to = %crate::schedule::rfc3339_ms(b.to),
+            ticks = b.total,
+            already_ran = b.already_ran,
+            max_parallel = b.max_parallel,
+            by = %b.created_by,
+            "backfill made"
+        );
+    }
+}
+
+/// A backfill finished: every tick has its outcome.
+pub struct BackfillEnded<'a> {
+    pub backfill: &'a crate::coord::Backfill,
+}
+impl BackfillEnded<'_> {
+    pub fn emit(self) {
+        let b = self.backfill;
+        let took = b.finished_at.unwrap_or(b.updated_at) - b.created_at;
+        info!(
+            backfill = %b.id,
+            job = %b.job,
+            state = ?b.state,
+            done = b.done,
+            failed = b.failed,
+            skipped = b.skipped,
+            took_ms = took,
+            "backfill finished"
         );
     }
 }

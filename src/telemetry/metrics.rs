@@ -112,6 +112,8 @@ pub struct Metrics {
     pub ledger_pending: IntGauge,
     pub ledger_ticks_checked: IntCounter,
     pub notifications: IntCounterVec,
+    pub backfills_running: IntGauge,
+    pub backfill_ticks: IntCounterVec,
     pub notification_latency: HistogramVec,
     pub notify_outbox: IntGauge,
     pub notify_inbox: IntGauge,
@@ -229,6 +231,15 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ledger_pending: gauge(
             "cronmesh_ledger_pending_ticks",
             "Ticks past their accounting time that are claimed by a live worker and have no record yet (long runs, delayed reports).",
+        ),
+        backfills_running: gauge(
+            "cronmesh_backfills_running",
+            "Backfills not finished yet (on the master driving them; 0 on the others).",
+        ),
+        backfill_ticks: counter_vec(
+            "cronmesh_backfill_ticks_total",
+            "Backfill ticks by outcome: sent (a request to the job's owner), sent_again (nobody had it: its request went unclaimed or its claimer died), done, failed, skipped (by the overlap policy, or cancelled before it was sent).",
+            &["outcome"],
         ),
         notifications: counter_vec(
             "cronmesh_notifications_total",
@@ -480,8 +491,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for o in ["won", "lost", "error", "already_claimed"] {
         m.claims.with_label_values(&[o]);
     }
-    for t in ["schedule", "manual", "retry"] {
+    for t in ["schedule", "manual", "retry", "backfill"] {
         m.runs_started.with_label_values(&[t]);
+    }
+    for o in ["sent", "sent_again", "done", "failed", "skipped"] {
+        m.backfill_ticks.with_label_values(&[o]);
     }
     for o in ["ok", "error"] {
         m.notify_inbox_writes.with_label_values(&[o]);

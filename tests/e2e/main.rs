@@ -6,6 +6,7 @@ mod harness;
 
 mod api;
 
+mod backfill;
 mod bad_input;
 mod capacity;
 mod clock_skew;

@@ -467,7 +467,7 @@ const feed = {
     if (resumed) q.set('cursor', state.feedCursor);
     else if (state.jobsRevision) q.set('since_revision', String(state.jobsRevision + 1));
     // notifications are a topic of their own, not sent unless asked for
-    q.set('topics', 'jobs,workers,runs,notifications');
+    q.set('topics', 'jobs,workers,runs,notifications,backfills');
     const url = `${proto}//${location.host}/api/v1/events?${q}`;
     // the token travels as a subprotocol, so it never appears in a URL or an access log
     const protocols = ['cronmesh.v1'];
@@ -586,6 +586,9 @@ function onEvent(ev) {
     }
     case 'notification':
       if (ev.delivery) notifSeen(ev.delivery);
+      break;
+    case 'backfill.progress':
+      if (ev.backfill) backfillSeen(ev.backfill);
       break;
     case 'lagged':
       // events were dropped for us: reconnecting from the cursor replays them
@@ -733,6 +736,12 @@ const actions = {
     if (!await confirmAction('Kill?', `Kill ${what}? Its process group gets SIGTERM, then SIGKILL.`, 'Kill')) return;
     await act(`Kill of ${what} requested`, () =>
       api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/kill`, runId ? { run_id: runId } : {}));
+  },
+  async cancelBackfill(b) {
+    if (!await confirmAction('Cancel backfill?', `Cancel the backfill of ${b.job}? Ticks running finish; the ${b.pending} not sent yet are recorded skipped.`, 'Cancel backfill')) return;
+    await act('Backfill cancel requested', async () => {
+      backfillSeen(await api('DELETE', `/api/v1/backfills/${encodeURIComponent(b.id)}`));
+    });
   },
   async remove(name) {
     if (!await confirmAction('Delete job?', `Delete job ${name}? It stops being scheduled; its run history stays in the run log.`, 'Delete')) return;
@@ -1929,12 +1938,14 @@ function renderJob(name) {
     skeleton = `job:${name}`;
     fill(main, el('div', { id: 'job-head' }),
       el('h2', {}, 'Ticks'), el('div', { id: 'tick-strip', class: 'tick-strip', role: 'list', 'aria-label': 'Recent expected ticks, oldest first' }),
+      el('h2', { id: 'backfills-title' }, 'Backfills'), el('div', { id: 'backfills-body' }),
       el('h2', {}, 'Runs'), runsToolbar(), el('div', { id: 'runs-body' }),
       el('h2', { id: 'notifications-title' }, 'Notifications'),
       el('p', { class: 'small muted' }, 'The newest deliveries for this job, live. ', el('a', { href: '#/notifications' }, 'Channels and every job’s notifications')),
       el('div', { id: 'notify-body' }));
     state.ticks = { job: name, list: null, loading: false, at: 0 };
     loadTicks();
+    loadBackfills(name);
   }
   const head = document.getElementById('job-head');
   const running = runningOf(name);
@@ -1980,6 +1991,7 @@ function renderJob(name) {
           btn('Run now', 'run', () => actions.run(name), 'primary'),
           j.paused ? btn('Resume', 'resume', () => actions.resume(name)) : btn('Pause', 'pause', () => actions.pause(name)),
           btn('Edit', 'edit', () => openJobForm(name)),
+          btn('Backfill…', 'backfill', () => openBackfill(name)),
           btn('Delete…', 'delete', () => actions.remove(name), 'secondary danger-text'),
           // always there, so the others never move; off while nothing runs
           el('button', { type: 'button', class: 'danger', dataset: { key: 'head/kill', write: '' }, hidden: !running, onclick: () => actions.kill(name) },
@@ -1989,6 +2001,102 @@ function renderJob(name) {
   }
   renderRunsBody();
   renderNotifsBody(document.getElementById('notify-body'));
+  renderBackfills();
+}
+
+// ---------------------------------------------------------------- backfills
+
+// The job page's backfills: listed when the page opens, then kept live by backfill.progress.
+async function loadBackfills(name) {
+  state.backfills = { job: name, list: new Map(), loaded: false, error: null };
+  const bv = state.backfills;
+  try {
+    const body = await api('GET', `/api/v1/backfills?job=${encodeURIComponent(name)}`, undefined, { quiet: true });
+    for (const b of body.backfills) if (!bv.list.has(b.id) || bv.list.get(b.id).updated_at <= b.updated_at) bv.list.set(b.id, b);
+    bv.loaded = true;
+  } catch (e) {
+    bv.error = e;
+  }
+  scheduleRender();
+}
+
+function backfillSeen(b) {
+  const bv = state.backfills;
+  if (!bv || bv.job !== b.job) return;
+  const old = bv.list.get(b.id);
+  if (!old || old.updated_at <= b.updated_at) bv.list.set(b.id, b);
+  scheduleRender();
+}
+
+function renderBackfills() {
+  const body = document.getElementById('backfills-body');
+  const bv = state.backfills;
+  if (!body || !bv) return;
+  if (bv.error) { mode(body, `error:${bv.error.message}`, () => el('p', { class: 'muted small' }, `Cannot list backfills: ${bv.error.message}`)); return; }
+  if (!bv.loaded) { mode(body, 'loading', () => el('p', { class: 'muted small' }, 'Loading backfills…')); return; }
+  const list = [...bv.list.values()].sort((a, b) => b.created_at - a.created_at || (a.id < b.id ? 1 : -1));
+  if (!list.length) { mode(body, 'empty', () => el('p', { class: 'muted small', id: 'backfills-empty' }, 'No backfill. “Backfill…” runs the past ticks of a range.')); return; }
+  const sig = JSON.stringify(list);
+  if (body.dataset.sig === sig) return;
+  body.dataset.sig = sig;
+  keepFocus(body, () => fill(body, el('div', { class: 'table-wrap' }, el('table', { class: 'cards', id: 'backfills-table' },
+    el('thead', {}, el('tr', {}, ['Range', 'State', 'Progress', 'Done', 'Running', 'Failed', 'Skipped', ''].map((t) => el('th', { scope: 'col' }, t)))),
+    el('tbody', {}, list.map((b) => {
+      const settled = b.done + b.failed + b.skipped;
+      return el('tr', { dataset: { id: b.id, state: b.state }, class: 'backfill-row' },
+        el('td', { 'data-label': 'Range' }, `${fmtAbs(b.from)} – ${fmtAbs(b.to)}`),
+        el('td', { 'data-label': 'State', class: 'backfill-state' }, b.state),
+        el('td', { 'data-label': 'Progress' }, el('progress', { max: String(Math.max(b.total, 1)), value: String(b.total ? settled : 1),
+          'aria-label': `${settled} of ${b.total} ticks settled` }), ` ${settled}/${b.total}`),
+        el('td', { 'data-label': 'Done', class: 'backfill-done' }, String(b.done)),
+        el('td', { 'data-label': 'Running' }, String(b.running)),
+        el('td', { 'data-label': 'Failed' }, String(b.failed)),
+        el('td', { 'data-label': 'Skipped' }, String(b.skipped)),
+        el('td', {}, b.state === 'running'
+          ? el('button', { type: 'button', class: 'small secondary', dataset: { key: `backfill/${b.id}/cancel`, write: '' }, onclick: () => actions.cancelBackfill(b) }, 'Cancel')
+          : null));
+    })))));
+}
+
+// The range picker: datetime-local inputs in the browser's zone, sent as RFC 3339 instants.
+function openBackfill(name) {
+  const d = $('#backfill-dialog');
+  const local = (ms) => { const t = new Date(ms - new Date(ms).getTimezoneOffset() * 60000); return t.toISOString().slice(0, 19); };
+  const now = Math.floor(Date.now() / 1000) * 1000;
+  $('#backfill-title').textContent = `Backfill ${name}`;
+  $('#bf-from').value = local(now - 3600e3);
+  $('#bf-to').value = local(now);
+  $('#bf-max_parallel').value = '1';
+  for (const id of ['e-bf-from', 'e-bf-to', 'e-bf-max_parallel', 'backfill-error']) $(`#${id}`).textContent = '';
+  d.dataset.job = name;
+  d.showModal();
+  $('#bf-from').focus();
+}
+
+function initBackfillDialog() {
+  const d = $('#backfill-dialog');
+  if (!d) return;
+  $('#backfill-cancel').addEventListener('click', () => d.close());
+  $('#backfill-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const name = d.dataset.job;
+    for (const id of ['e-bf-from', 'e-bf-to', 'e-bf-max_parallel', 'backfill-error']) $(`#${id}`).textContent = '';
+    const instant = (id) => { const v = $(`#${id}`).value; const t = v ? new Date(v) : null; return t && !Number.isNaN(t.getTime()) ? t.toISOString() : null; };
+    const from = instant('bf-from');
+    const to = instant('bf-to');
+    if (!from) { $('#e-bf-from').textContent = 'Give the start of the range.'; return; }
+    if (!to) { $('#e-bf-to').textContent = 'Give the end of the range.'; return; }
+    const mp = Number($('#bf-max_parallel').value);
+    try {
+      const r = await api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/backfill`, { from, to, max_parallel: mp });
+      d.close();
+      if (r.backfill) backfillSeen(r.backfill);
+      toast(r.ticks ? `Backfill of ${name}: ${r.ticks} ticks to run` : `Backfill of ${name}: every tick of the range ran already`);
+    } catch (err) {
+      const where = { invalid_from: 'e-bf-from', invalid_to: 'e-bf-to', range_in_future: 'e-bf-to', invalid_range: 'e-bf-to', invalid_max_parallel: 'e-bf-max_parallel' }[err.code] || 'backfill-error';
+      $(`#${where}`).textContent = err.message;
+    }
+  });
 }
 
 // ---------------------------------------------------------------- the tick strip
@@ -2193,6 +2301,7 @@ function start() {
     if (slot && !slot.hidden) { slot.hidden = true; slot.textContent = ''; ev.target.removeAttribute('aria-invalid'); }
   });
   $('#job-cancel').addEventListener('click', () => $('#job-dialog').close());
+  initBackfillDialog();
   $('#notify-add').addEventListener('click', addRule);
   for (const r of document.querySelectorAll('input[name="notify_mode"]')) {
     r.addEventListener('change', () => {

@@ -193,6 +193,8 @@ impl Sim {
             id: id.to_string(),
             requested_at: self.now,
             traceparent: None,
+            planned_at: None,
+            backfill: None,
         };
         self.broadcast(|| Input::Signals(SignalEvent::RunNow(signal.clone())));
     }

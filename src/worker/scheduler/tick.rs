@@ -42,12 +42,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub enum TickKind {
     /// A planned time of the job's schedule (Unix ms).
     Scheduled { planned: i64 },
-    /// A run-now request; its claim key is the request's id.
+    /// A run-now request; its claim key is the request's id. A backfill's tick is one too,
+    /// with the tick's planned time: it is claimed under the scheduled tick's key.
     Manual {
         trigger: String,
         requested_at: i64,
         traceparent: Option<String>,
+        backfill: Option<Backfilled>,
     },
+}
+
+/// The past tick a backfill asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backfilled {
+    pub id: String,
+    pub planned: i64,
 }
 
 impl TickKind {
@@ -55,6 +64,7 @@ impl TickKind {
     pub fn claim_id(&self) -> TickId {
         match self {
             TickKind::Scheduled { planned } => TickId::Scheduled(*planned),
+            TickKind::Manual { backfill: Some(b), .. } => TickId::Scheduled(b.planned),
             TickKind::Manual { trigger, .. } => TickId::Manual(trigger.clone()),
         }
     }
@@ -63,8 +73,14 @@ impl TickKind {
     pub fn planned(&self) -> i64 {
         match self {
             TickKind::Scheduled { planned } => *planned,
+            TickKind::Manual { backfill: Some(b), .. } => b.planned,
             TickKind::Manual { requested_at, .. } => *requested_at,
         }
+    }
+
+    /// A backfill's tick.
+    pub fn is_backfill(&self) -> bool {
+        matches!(self, TickKind::Manual { backfill: Some(_), .. })
     }
 }
 
@@ -312,6 +328,7 @@ impl Tick {
         } else {
             match self.kind {
                 TickKind::Scheduled { .. } => Trigger::Schedule,
+                TickKind::Manual { backfill: Some(_), .. } => Trigger::Backfill,
                 TickKind::Manual { .. } => Trigger::Manual,
             }
         }

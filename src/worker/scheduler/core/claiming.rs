@@ -188,7 +188,8 @@ impl Core {
             .filter(|t| !self.triggers_in_flight.contains(&t.id))
             .cloned()
             .collect();
-        pending.sort_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)));
+        // oldest request first; a backfill's ticks (sent together) in planned order
+        pending.sort_by(|a, b| (a.requested_at, a.planned_at, &a.id).cmp(&(b.requested_at, b.planned_at, &b.id)));
         for t in pending {
             let Some(e) = self.jobs.get(&t.job) else { continue };
             // Manual runs go to the job's owner, even when the job is paused.
@@ -221,6 +222,13 @@ impl Core {
                         trigger: t.id.clone(),
                         requested_at: t.requested_at,
                         traceparent: t.traceparent.clone(),
+                        backfill: match (&t.backfill, t.planned_at) {
+                            (Some(id), Some(planned)) => Some(Backfilled {
+                                id: id.clone(),
+                                planned,
+                            }),
+                            _ => None,
+                        },
                     },
                     run_id.clone(),
                     generation,
@@ -369,10 +377,21 @@ impl Core {
                         let job = t.job.clone();
                         self.record_lost(now, &job, planned, &holder, &theirs);
                     }
-                    if let TickKind::Manual { trigger, .. } = &self.ticks[&run_id].kind {
-                        let trigger = trigger.clone();
+                    if let TickKind::Manual { trigger, backfill, .. } = &self.ticks[&run_id].kind {
+                        let (trigger, backfill) = (trigger.clone(), backfill.clone());
                         self.triggers.remove(&trigger);
                         self.triggers_in_flight.remove(&trigger);
+                        // A backfill's tick held by another claim: the live schedule's run, or
+                        // an earlier dispatch of it. Its holder's record settles it; a holder
+                        // that is gone never sends one, so it is recorded `lost` here (as a
+                        // look-back does for scheduled ticks). Either way the request is done.
+                        if let Some(b) = backfill {
+                            let job = self.ticks[&run_id].job.clone();
+                            if gone {
+                                self.record_lost(now, &job, b.planned, &holder, &theirs);
+                            }
+                            self.effects.push_back(Effect::AckRunNow { job, trigger });
+                        }
                     }
                     self.end_tick(&run_id, TickEnd::ClaimLost);
                 }

@@ -24,7 +24,8 @@ mod running;
 
 use super::io::{Announcement, Effect, Input, RunOrder};
 use super::tick::{
-    ClaimPlan, ClaimTimes, SkipReason, Slot, Slots, Started, Tick, TickEnd, TickKind, TickState, exec_status, record,
+    Backfilled, ClaimPlan, ClaimTimes, SkipReason, Slot, Slots, Started, Tick, TickEnd, TickKind, TickState,
+    exec_status, record,
 };
 use crate::cluster::ownership;
 use crate::coord::{ClaimOutcome, ClaimRequest, ClaimValue, JobEvent, JobRead, MemberEvent, SignalEvent};
