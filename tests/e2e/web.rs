@@ -107,6 +107,7 @@ async fn the_web_page_creates_watches_kills_pauses_and_deletes_jobs_in_a_real_br
         "16b-job-notifications",
         "16c-paused-by-master",
         "16d-notifications-view",
+        "17-backfill",
     ] {
         let p = out.join(format!("{shot}.png"));
         assert!(

@@ -313,6 +313,39 @@ if (MODE === 'ui') {
       assert.equal((await apiCall('GET', '/api/v1/jobs/ui-hello')).body.paused, false);
     });
 
+    await t.test('a past range is backfilled from the job page, a bad range is told at its field, and the progress shows live', async () => {
+      assert.equal((await apiCall('PUT', '/api/v1/jobs/ui-backfill', { schedule: '@every 1s', command: 'sleep 0.2', paused: true })).status, 201);
+      await page.goto(net1.url + '/#/jobs/ui-backfill');
+      await page.locator('h1', { hasText: 'ui-backfill' }).waitFor();
+      await page.locator('#backfills-empty').waitFor();
+      await page.click('button[data-key="head/backfill"]');
+      await page.locator('#backfill-dialog[open]').waitFor();
+      // the range picker is in the browser's zone; the master gets instants
+      const setRange = (fromAgo, toAgo) => page.evaluate(([f, t]) => {
+        const local = (ms) => new Date(ms - new Date(ms).getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+        const now = Math.floor(Date.now() / 1000) * 1000;
+        document.getElementById('bf-from').value = local(now - f);
+        document.getElementById('bf-to').value = local(now - t);
+      }, [fromAgo, toAgo]);
+      await setRange(20_000, -3_600_000);
+      await page.click('#backfill-start');
+      await page.locator('#e-bf-to', { hasText: 'future' }).waitFor();
+      assert.equal((await apiCall('GET', '/api/v1/backfills?job=ui-backfill')).body.backfills.length, 0, 'a refused range makes nothing');
+      await setRange(20_000, 5_000);
+      await page.fill('#bf-max_parallel', '2');
+      await page.click('#backfill-start');
+      await page.locator('#backfill-dialog').waitFor({ state: 'hidden' });
+      const row = page.locator('#backfills-table tr.backfill-row');
+      await row.first().waitFor();
+      await page.locator('#backfills-table tr.backfill-row[data-state="completed"]').waitFor({ timeout: 60_000 });
+      assert.equal(await row.count(), 1);
+      assert.equal(await row.locator('.backfill-done').textContent(), '15', 'the 15 ticks of the range ran');
+      await shot(page, '17-backfill');
+      const [b] = (await apiCall('GET', '/api/v1/backfills?job=ui-backfill')).body.backfills;
+      assert.equal(b.done, 15);
+      assert.equal(b.max_parallel, 2);
+    });
+
     await t.test('a long run is killed from the page', async () => {
       assert.equal((await apiCall('PUT', '/api/v1/jobs/ui-long', { schedule: '0 0 1 1 *', command: 'sleep 120' })).status, 201);
       await page.goto(net1.url + '/#/jobs/ui-long');

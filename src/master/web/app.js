@@ -2055,7 +2055,7 @@ function renderBackfills() {
         el('td', {}, b.state === 'running'
           ? el('button', { type: 'button', class: 'small secondary', dataset: { key: `backfill/${b.id}/cancel`, write: '' }, onclick: () => actions.cancelBackfill(b) }, 'Cancel')
           : null));
-    })))));
+    }))))));
 }
 
 // The range picker: datetime-local inputs in the browser's zone, sent as RFC 3339 instants.
