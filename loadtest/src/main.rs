@@ -7,6 +7,7 @@
 //! the Markdown (and the JSON) to stdout. See `loadtest/README.md`.
 
 mod api;
+mod backfill;
 mod churn;
 mod feed;
 mod fleet;
@@ -99,6 +100,8 @@ enum Scenario {
     },
     /// Notifications: J failing jobs @every 1s, each failure to a signed webhook run here.
     Notify(notify::Opts),
+    /// Backfill throughput: N past ticks of a `true` job on W workers, per max_parallel.
+    Backfill(backfill::Opts),
     /// Only the machine's limits.
     Limits,
 }
@@ -114,6 +117,7 @@ impl Scenario {
             Scenario::Api { .. } => "api",
             Scenario::Feed { .. } => "feed",
             Scenario::Notify(_) => "notify",
+            Scenario::Backfill(_) => "backfill",
             Scenario::Limits => "limits",
         }
     }
@@ -264,6 +268,10 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
         Scenario::Notify(o) => {
             let n = notify::run(ctx, &o).await?;
             notify::report(rep, &n);
+        }
+        Scenario::Backfill(o) => {
+            let b = backfill::run(ctx, &o).await?;
+            backfill::report(rep, &b);
         }
     }
     Ok(())

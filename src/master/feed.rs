@@ -370,6 +370,16 @@ pub async fn run_tail(st: Arc<AppState>, stop: CancellationToken) {
                 Some(Ok(RunEventItem::Event(pos, ev))) => {
                     backoff = Duration::from_millis(200);
                     st.ingest.observe(&ev);
+                    // a backfill's tick ended (or a retry of one): its driver need not wait
+                    // for its next pass
+                    if let RunEvent::Finished(r) = &ev
+                        && matches!(
+                            r.trigger,
+                            crate::model::Trigger::Backfill | crate::model::Trigger::Retry
+                        )
+                    {
+                        st.backfill_wake.notify_one();
+                    }
                     from = Some(pos.clone());
                     st.feed.publish_run(pos, FeedEvent::from_run(ev));
                 }

@@ -273,6 +273,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Notification channels and rules.
     pub notify: Arc<notify::Notify>,
+    /// Told when a backfill's run ends, so the backfill driver settles it at once.
+    pub backfill_wake: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -291,6 +293,7 @@ impl AppState {
                     .with_notify(coord.clone(), notify.clone()),
             ),
             notify,
+            backfill_wake: tokio::sync::Notify::new(),
             feed,
             stats: stats::DayStats::default(),
             known: reports::Known::default(),

@@ -243,6 +243,43 @@ async fn a_cancelled_backfill_lets_its_running_tick_finish_and_records_the_rest_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_job_ends_its_backfill_with_the_ticks_not_run_recorded_skipped() {
+    let mut c = Cluster::new().await;
+    c.start_worker("w1", &[]);
+    c.wait_members(&["w1"]).await;
+    let url = c.start_master("m1", &[]).await;
+    let mut spec = JobSpec::new("doomed", "@every 1s", &c.tick_command("sleep 0.5"));
+    spec.paused = true;
+    c.put_job(spec).await;
+    let to = now_ms();
+    let (id, ticks) = backfill(&c, &url, "doomed", to - 30_000, to, 1).await;
+    assert_eq!(ticks, 30);
+    wait_until(Duration::from_secs(30), "2 ticks ran", || {
+        c.ticks().iter().filter(|t| t.job == "doomed").count() >= 2
+    })
+    .await;
+    let (status, _) = c.send("DELETE", &url, "/api/v1/jobs/doomed", Some(ADMIN), None).await;
+    assert_eq!(status, 204);
+    let b = wait_state(&c, &url, &id, "cancelled", Duration::from_secs(40)).await;
+    let (done, failed, skipped) = (
+        b["done"].as_u64().unwrap(),
+        b["failed"].as_u64().unwrap(),
+        b["skipped"].as_u64().unwrap(),
+    );
+    assert_eq!(done + failed + skipped, 30, "{b}");
+    assert!(skipped >= 20, "{b}");
+    let runs = c.api_runs(&url, "doomed").await;
+    assert!(
+        runs.iter().filter(|r| r.status == RunStatus::Skipped).all(|r| r
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("job doomed was deleted")),
+        "the reason names the deletion"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_backfill_requests_are_4xx_that_say_why_and_make_nothing() {
     let mut c = Cluster::new().await;
     let url = c.start_master("m1", &[]).await;

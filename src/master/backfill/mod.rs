@@ -48,6 +48,8 @@ const CAMPAIGN_EVERY: Duration = Duration::from_secs(2);
 /// Between two passes while a backfill runs, and while none does.
 const PASS_ACTIVE: Duration = Duration::from_millis(200);
 const PASS_IDLE: Duration = Duration::from_secs(1);
+/// Shortest time between two passes woken by runs ending (they come in bursts).
+const WAKE_AT_MOST: Duration = Duration::from_millis(20);
 /// A finished backfill is kept this long, then removed from etcd.
 const KEEP_FINISHED_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Records written per batch for the ticks a cancel leaves unsent.
@@ -130,6 +132,10 @@ async fn drive(
             _ = stop.cancelled() => return,
             _ = lease.changed() => return,
             _ = tokio::time::sleep(wait) => {}
+            // a backfill's run ended: settle it, and send the next, now (at most every 20 ms)
+            _ = st.backfill_wake.notified(), if active > 0 => {
+                tokio::time::sleep(WAKE_AT_MOST).await;
+            }
         }
     }
 }
@@ -236,14 +242,38 @@ async fn step(st: &Arc<AppState>, me: &str, mut b: Backfill, revision: i64, tick
             .into_iter()
             .map(|w| (w.id.clone(), w))
             .collect();
+        let mut dropped = Vec::new();
         for ((&i, waiting), claim) in due.iter().zip(waiting).zip(claims) {
             let gone = claim.as_ref().is_some_and(|c| c.claimer_gone(members.get(&c.worker)));
             let f = &mut b.in_flight[i];
             f.sent_at = now;
             if core::recheck(waiting, claim.as_ref(), gone) == Recheck::SendAgain {
+                if job.is_none() {
+                    // no worker takes a request for a job it does not know: the tick is not run
+                    dropped.push(i);
+                    continue;
+                }
                 f.sends += 1;
                 f.signal = core::request_id(&b.id, f.planned, f.sends);
                 METRICS.backfill_ticks.with_label_values(&["sent_again"]).inc();
+            }
+        }
+        if !dropped.is_empty() {
+            let why = format!("{CANCELLED}: job {} was deleted before this tick ran", b.job);
+            let records: Vec<RunRecord> = dropped
+                .iter()
+                .map(|&i| cancelled_record(&b, b.in_flight[i].planned, &why, now))
+                .collect();
+            st.ingest
+                .ingest(ReportBatch {
+                    started: Vec::new(),
+                    finished: records,
+                })
+                .await
+                .map_err(|e| err(&e))?;
+            for &i in dropped.iter().rev() {
+                b.in_flight.remove(i);
+                settled.push(Settled::Skipped);
             }
         }
     }

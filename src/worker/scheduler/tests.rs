@@ -199,6 +199,19 @@ impl Sim {
         self.broadcast(|| Input::Signals(SignalEvent::RunNow(signal.clone())));
     }
 
+    /// A backfill's request for the tick planned at `planned`.
+    fn backfill_tick(&mut self, job: &str, id: &str, planned: i64) {
+        let signal = RunNowSignal {
+            job: job.to_string(),
+            id: id.to_string(),
+            requested_at: self.now,
+            traceparent: None,
+            planned_at: Some(planned),
+            backfill: Some("bf1".into()),
+        };
+        self.broadcast(|| Input::Signals(SignalEvent::RunNow(signal.clone())));
+    }
+
     fn kill_signal(&mut self, signal: KillSignal) {
         self.broadcast(|| Input::Signals(SignalEvent::Kill(signal.clone())));
     }
@@ -1219,6 +1232,87 @@ fn run_now_runs_once_on_the_owner_even_when_the_job_is_paused() {
     );
     assert_eq!(sim.acks, vec!["trig-1".to_string()]);
     assert_eq!(sim.records_of("p")[0].status, RunStatus::Succeeded);
+}
+
+#[test]
+fn a_backfill_tick_is_claimed_under_the_scheduled_ticks_key_and_recorded_with_its_planned_time() {
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    let mut spec = every_second("b");
+    spec.paused = true;
+    sim.put(spec);
+    sim.advance(secs(1));
+    let planned = T0 - 3_600_000;
+    let id = "0000000000000b00000000000000000a";
+    sim.backfill_tick("b", id, planned);
+    sim.advance(secs(2));
+    assert_eq!(sim.spawned.len(), 1, "a paused job's past tick runs once");
+    let (w, o) = &sim.spawned[0];
+    assert_eq!(
+        (o.trigger, o.planned, o.run_id.as_str()),
+        (Trigger::Backfill, planned, id)
+    );
+    assert_eq!(
+        Some(w.as_str()),
+        crate::cluster::ownership::owner(&sim.members, "b", &BTreeMap::new())
+    );
+    assert!(sim.claims.contains_key(&("b".to_string(), TickId::Scheduled(planned))));
+    assert_eq!(sim.acks, vec![id.to_string()]);
+    let r = &sim.records_of("b")[0];
+    assert_eq!(
+        (r.status, r.trigger, r.planned_at),
+        (RunStatus::Succeeded, Trigger::Backfill, planned)
+    );
+}
+
+#[test]
+fn a_backfill_tick_the_live_schedule_claimed_does_not_run_again_and_its_request_is_done() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.put(every_second("live"));
+    sim.advance(secs(3));
+    let ran = sim.spawned.len();
+    let planned = sim.spawned[0].1.planned;
+    sim.backfill_tick("live", "0000000000000b00000000000000000b", planned);
+    sim.advance(secs(1) / 2);
+    let again = sim.spawned[ran..].iter().filter(|(_, o)| o.planned == planned).count();
+    assert_eq!(again, 0, "the tick's claim is the live run's");
+    assert!(sim.acks.contains(&"0000000000000b00000000000000000b".to_string()));
+    assert!(
+        sim.records_of("live")
+            .iter()
+            .all(|r| !(r.planned_at == planned && r.trigger == Trigger::Backfill)),
+        "no record for the backfill's attempt: the live run's record settles the tick"
+    );
+}
+
+#[test]
+fn a_backfill_tick_held_by_a_worker_that_is_gone_is_recorded_lost_not_run() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.put(every_second("gone"));
+    sim.advance(secs(1));
+    let planned = T0 - 600_000;
+    sim.claims.insert(
+        ("gone".to_string(), TickId::Scheduled(planned)),
+        ClaimValue {
+            worker: "dead".into(),
+            run_id: "deadrun".into(),
+            claimed_at: planned,
+            worker_started_at: Some(1),
+        },
+    );
+    sim.backfill_tick("gone", "0000000000000b00000000000000000c", planned);
+    sim.advance(secs(1));
+    assert!(
+        sim.spawned.iter().all(|(_, o)| o.planned != planned),
+        "not run: it may have run"
+    );
+    let lost: Vec<_> = sim
+        .records_of("gone")
+        .into_iter()
+        .filter(|r| r.planned_at == planned)
+        .collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!((lost[0].status, lost[0].run_id.as_str()), (RunStatus::Lost, "deadrun"));
+    assert!(sim.acks.contains(&"0000000000000b00000000000000000c".to_string()));
 }
 
 #[test]
