@@ -190,6 +190,10 @@ async fn a_cancelled_backfill_lets_its_running_tick_finish_and_records_the_rest_
     let mut spec = JobSpec::new("slow", "@every 1s", &c.tick_command("sleep 0.5"));
     spec.paused = true;
     c.put_job(spec).await;
+    // the feed's backfills topic follows it
+    let mut ws = crate::feed_client::connect(&url, "topics=backfills&job=slow", Some(READ))
+        .await
+        .unwrap();
     let to = now_ms();
     let from = to - 40_000;
     let (id, ticks) = backfill(&c, &url, "slow", from, to, 1).await;
@@ -229,6 +233,25 @@ async fn a_cancelled_backfill_lets_its_running_tick_finish_and_records_the_rest_
         "each tick not sent is recorded skipped"
     );
     assert!(cancelled.iter().all(|r| r.trigger == Trigger::Backfill));
+    let mut progress = Vec::new();
+    loop {
+        let ev = crate::feed_client::next(&mut ws, Duration::from_secs(20))
+            .await
+            .expect("backfill.progress events until the cancel settled");
+        assert_eq!(ev["type"], "backfill.progress", "{ev}");
+        assert_eq!(ev["backfill"]["id"], id.as_str(), "{ev}");
+        let state = ev["backfill"]["state"].as_str().unwrap().to_string();
+        progress.push(ev["backfill"]["done"].as_u64().unwrap());
+        if state == "cancelled" {
+            assert_eq!(ev["backfill"], b, "the last event is the final state");
+            break;
+        }
+    }
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "done only grows: {progress:?}"
+    );
+    assert!(progress.len() >= 4, "an event per change: {progress:?}");
     // cancelling again is a conflict that says so; an unknown id is a 404
     let (status, body) = c
         .send("DELETE", &url, &format!("/api/v1/backfills/{id}"), Some(ADMIN), None)
