@@ -18,6 +18,9 @@ pub const MAX_STARTING_DEADLINE: Duration = Duration::from_secs(600);
 pub const MAX_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
 /// Most retries a job may ask for.
 pub const MAX_RETRIES: u32 = 100;
+/// Default and largest `max_buffer` (`concurrency = buffer_all`).
+pub const DEFAULT_MAX_BUFFER: u32 = 100;
+pub const MAX_MAX_BUFFER: u32 = 1000;
 
 /// What to do when a new tick comes while the previous run of the job is still going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -30,6 +33,26 @@ pub enum Concurrency {
     Forbid,
     /// Kill the running one, then start the new one.
     Replace,
+    /// Keep at most one tick due while a run is going (anywhere in the fleet) and start it as
+    /// soon as the run ends; later ones are skipped (`buffer_full`).
+    BufferOne,
+    /// Queue up to `max_buffer` ticks due while a run is going and run them in order.
+    BufferAll,
+}
+
+impl Concurrency {
+    /// Ticks due while a run is going wait in the job's buffer in etcd.
+    pub fn buffers(self) -> bool {
+        matches!(self, Concurrency::BufferOne | Concurrency::BufferAll)
+    }
+
+    /// Never two runs of the job at once, cluster-wide (a running mark is taken first).
+    pub fn exclusive(self) -> bool {
+        matches!(
+            self,
+            Concurrency::Forbid | Concurrency::BufferOne | Concurrency::BufferAll
+        )
+    }
 }
 
 /// How a run's stderr is kept.
@@ -103,6 +126,9 @@ pub struct JobSpec {
     /// Overlap policy.
     #[serde(default, skip_serializing_if = "is_default")]
     pub concurrency: Concurrency,
+    /// `buffer_all`: most ticks kept waiting (1–1000, default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_buffer: Option<u32>,
     /// Overdue-tick policy.
     #[serde(default, skip_serializing_if = "is_default")]
     pub misfire: Misfire,
@@ -342,6 +368,7 @@ impl JobSpec {
             retries: 0,
             retry_backoff: None,
             concurrency: Concurrency::default(),
+            max_buffer: None,
             misfire: Misfire::default(),
             stderr: Stderr::default(),
             starting_deadline: None,
@@ -413,6 +440,14 @@ impl JobSpec {
         {
             return Err(invalid("starting_deadline", "must be between 1s and 10m"));
         }
+        if let Some(n) = self.max_buffer {
+            if self.concurrency != Concurrency::BufferAll {
+                return Err(invalid("max_buffer", "is only for concurrency = buffer_all"));
+            }
+            if !(1..=MAX_MAX_BUFFER).contains(&n) {
+                return Err(invalid("max_buffer", format!("must be between 1 and {MAX_MAX_BUFFER}")));
+            }
+        }
         if let Some(b) = self.max_output_bytes
             && b > MAX_OUTPUT_BYTES
         {
@@ -435,6 +470,16 @@ impl JobSpec {
     /// The effective starting deadline.
     pub fn starting_deadline(&self) -> Duration {
         self.starting_deadline.unwrap_or(DEFAULT_STARTING_DEADLINE)
+    }
+
+    /// How many ticks may wait in the job's buffer: 1 for `buffer_one`, `max_buffer` for
+    /// `buffer_all`, none otherwise.
+    pub fn buffer_limit(&self) -> usize {
+        match self.concurrency {
+            Concurrency::BufferOne => 1,
+            Concurrency::BufferAll => self.max_buffer.unwrap_or(DEFAULT_MAX_BUFFER) as usize,
+            _ => 0,
+        }
     }
 }
 
@@ -808,6 +853,21 @@ mod tests {
             ),
             ("retries", Box::new(|s| s.retries = 1000)),
             ("max_output_bytes", Box::new(|s| s.max_output_bytes = Some(1 << 40))),
+            ("max_buffer", Box::new(|s| s.max_buffer = Some(5))),
+            (
+                "max_buffer",
+                Box::new(|s| {
+                    s.concurrency = Concurrency::BufferAll;
+                    s.max_buffer = Some(0);
+                }),
+            ),
+            (
+                "max_buffer",
+                Box::new(|s| {
+                    s.concurrency = Concurrency::BufferAll;
+                    s.max_buffer = Some(1001);
+                }),
+            ),
         ];
         for (field, mutate) in cases {
             let mut s = spec();

@@ -225,19 +225,28 @@ impl Coord {
 
     /// Marks a run of `job` as running, cluster-wide, under the runner's session lease. With
     /// `exclusive`, only if no other run of the job is marked (the `forbid` policy); returns false
-    /// when another run holds it.
+    /// when another run holds it. With `guard_buffer` also only if the job's buffer is empty
+    /// (buffer jobs: a new tick does not overtake buffered ones).
     pub async fn mark_running(
         &self,
         job: &str,
         value: &ClaimValue,
         session_lease: i64,
         exclusive: bool,
+        guard_buffer: bool,
     ) -> Result<bool, CoordError> {
         let key = self.keys.running(job, &value.run_id);
         let put = TxnOp::put(key, encode(value), Some(PutOptions::new().with_lease(session_lease)));
         let mut txn = Txn::new();
+        let mut compares = Vec::new();
         if exclusive {
-            txn = txn.when([Compare::version(self.keys.running_of(job), CompareOp::Equal, 0).with_prefix()]);
+            compares.push(Compare::version(self.keys.running_of(job), CompareOp::Equal, 0).with_prefix());
+        }
+        if guard_buffer {
+            compares.push(Compare::version(self.keys.buffer(job), CompareOp::Equal, 0));
+        }
+        if !compares.is_empty() {
+            txn = txn.when(compares);
         }
         let txn = txn.and_then([put]);
         let resp = self.call("txn", |mut c| async move { c.txn(txn).await }).await?;

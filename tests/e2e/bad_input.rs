@@ -1,6 +1,6 @@
 use crate::harness::*;
 use cronmesh::coord::CoordError;
-use cronmesh::model::JobSpec;
+use cronmesh::model::{Concurrency, JobSpec};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,6 +57,21 @@ async fn invalid_job_specs_are_rejected_with_a_specific_error_and_nothing_is_wri
                 ..good.clone()
             },
             "timeout",
+        ),
+        (
+            JobSpec {
+                max_buffer: Some(5),
+                ..good.clone()
+            },
+            "max_buffer",
+        ),
+        (
+            JobSpec {
+                concurrency: Concurrency::BufferAll,
+                max_buffer: Some(1001),
+                ..good.clone()
+            },
+            "max_buffer",
         ),
     ];
     let (before, rev_before) = c.coord.list_jobs().await.unwrap();

@@ -170,6 +170,13 @@ pub enum TickState {
     },
     /// A failed attempt's retry, waiting for its backoff to end.
     Backoff { until: i64 },
+    /// `buffer_*`: another run is going; the tick is being appended to the job's buffer in
+    /// etcd (its slot went back). Once there, it is no longer this worker's: the job's owner
+    /// takes it when the run ends.
+    Buffering { claim: ClaimTimes },
+    /// `buffer_*`: the job's owner is taking the oldest buffered tick (one transaction: no run
+    /// marked, the buffer unchanged; then its running mark and the shortened buffer).
+    Taking { slot: Slot },
 }
 
 impl TickState {
@@ -183,6 +190,8 @@ impl TickState {
             TickState::Marking { .. } => "marking",
             TickState::Running { .. } => "running",
             TickState::Backoff { .. } => "backoff",
+            TickState::Buffering { .. } => "buffering",
+            TickState::Taking { .. } => "taking",
         }
     }
 }
@@ -209,6 +218,10 @@ pub enum SkipReason {
     JobRescheduled,
     /// Claimed by a draining worker whose drain timeout passed before the tick could start.
     DrainTimeout,
+    /// `buffer_*`: another run is going and the job's buffer already holds this many ticks.
+    BufferFull { limit: usize },
+    /// `buffer_*`: the running mark or the buffer could not be written.
+    BufferCheckFailed(String),
 }
 
 impl SkipReason {
@@ -223,6 +236,8 @@ impl SkipReason {
             SkipReason::JobDeleted => "job_deleted",
             SkipReason::JobRescheduled => "job_rescheduled",
             SkipReason::DrainTimeout => "drain_timeout",
+            SkipReason::BufferFull { .. } => "buffer_full",
+            SkipReason::BufferCheckFailed(_) => "buffer_check_failed",
         }
     }
 
@@ -246,6 +261,12 @@ impl SkipReason {
             SkipReason::JobDeleted => "the job was deleted after this tick was claimed".into(),
             SkipReason::JobRescheduled => "the job's schedule changed and no longer has this tick".into(),
             SkipReason::DrainTimeout => "the worker's drain timeout passed before the tick could start".into(),
+            SkipReason::BufferFull { limit } => format!(
+                "another run of this job is still going and its buffer already holds {limit} tick(s) (concurrency = buffer_one, or max_buffer of buffer_all)"
+            ),
+            SkipReason::BufferCheckFailed(why) => {
+                format!("could not check for other runs or buffer the tick in etcd: {why}")
+            }
         }
     }
 }
@@ -265,6 +286,9 @@ pub enum TickEnd {
     /// Never claimed here, and given back to the job (its claim failed: it is claimed again as
     /// overdue) or no longer wanted (the job changed or went before it was claimed).
     Dropped,
+    /// In the job's buffer in etcd: the job's owner runs it (under this run id) when the run
+    /// going ends.
+    Buffered,
 }
 
 impl TickEnd {
@@ -275,6 +299,7 @@ impl TickEnd {
             TickEnd::ClaimLost => "claim_lost",
             TickEnd::HandedOver => "handed_over",
             TickEnd::Dropped => "dropped",
+            TickEnd::Buffered => "buffered",
         }
     }
 }
@@ -374,6 +399,8 @@ mod tests {
             SkipReason::JobDeleted,
             SkipReason::JobRescheduled,
             SkipReason::DrainTimeout,
+            SkipReason::BufferFull { limit: 1 },
+            SkipReason::BufferCheckFailed(String::new()),
         ];
         for r in all {
             assert!(

@@ -365,8 +365,18 @@ impl Core {
                         METRICS.claims.with_label_values(&["already_claimed"]).inc();
                         gone
                     };
-                    if record_lost && let TickKind::Scheduled { planned } = t.kind {
-                        let job = t.job.clone();
+                    // a tick in the job's buffer (or taken from it: running here under its run
+                    // id) is not lost: the owner runs it
+                    let (job, kind) = (t.job.clone(), t.kind.clone());
+                    let buffered = self.ticks.contains_key(&theirs)
+                        || self
+                            .buffers
+                            .get(&job)
+                            .is_some_and(|(ticks, _)| ticks.iter().any(|b| b.run_id == theirs));
+                    if record_lost
+                        && !buffered
+                        && let TickKind::Scheduled { planned } = kind
+                    {
                         self.record_lost(now, &job, planned, &holder, &theirs);
                     }
                     if let TickKind::Manual { trigger, .. } = &self.ticks[&run_id].kind {

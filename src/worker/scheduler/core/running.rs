@@ -56,9 +56,15 @@ impl Core {
                 }));
                 self.start(now, run_id, false);
             }
-            Concurrency::Forbid => {
+            Concurrency::Forbid | Concurrency::BufferOne | Concurrency::BufferAll => {
+                // a retry does not queue: it belongs to a run that already had its turn
+                let buffers = e.job.spec.concurrency.buffers() && t.attempt == 1;
                 if self.active.get(&name).copied().unwrap_or(0) > 0 {
-                    self.skip(now, run_id, SkipReason::ConcurrencyForbid { elsewhere: false });
+                    if buffers {
+                        self.buffer(now, run_id);
+                    } else {
+                        self.skip(now, run_id, SkipReason::ConcurrencyForbid { elsewhere: false });
+                    }
                     return;
                 }
                 let Some(lease) = self.session else {
@@ -81,6 +87,7 @@ impl Core {
                         worker_started_at: Some(self.cfg.started_at),
                     },
                     lease,
+                    guard_buffer: buffers,
                 });
             }
         }
@@ -104,13 +111,29 @@ impl Core {
             Ok(true) => self.start(now, run_id, true),
             Ok(false) => {
                 self.release_active(&job);
-                self.skip(now, run_id, SkipReason::ConcurrencyForbid { elsewhere: true });
+                if self.buffers_tick(run_id) {
+                    self.buffer(now, run_id);
+                } else {
+                    self.skip(now, run_id, SkipReason::ConcurrencyForbid { elsewhere: true });
+                }
             }
             Err(e) => {
                 self.release_active(&job);
-                self.skip(now, run_id, SkipReason::ForbidCheckFailed(e));
+                let reason = if self.buffers_tick(run_id) {
+                    SkipReason::BufferCheckFailed(e)
+                } else {
+                    SkipReason::ForbidCheckFailed(e)
+                };
+                self.skip(now, run_id, reason);
             }
         }
+    }
+
+    /// Whether this tick goes into its job's buffer when another run is going.
+    fn buffers_tick(&self, run_id: &str) -> bool {
+        self.ticks
+            .get(run_id)
+            .is_some_and(|t| t.attempt == 1 && self.jobs.get(&t.job).is_some_and(|e| e.job.spec.concurrency.buffers()))
     }
 
     pub(super) fn release_active(&mut self, job: &str) {
@@ -118,6 +141,10 @@ impl Core {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.active.remove(job);
+                // no run of the job here any more: a buffered tick may be taken
+                if self.buffers.contains_key(job) {
+                    self.buffer_dirty.insert(job.to_string());
+                }
             }
         }
     }
@@ -328,7 +355,8 @@ impl Core {
             | TickState::WaitingForSlot {
                 claimed: Some(claim), ..
             }
-            | TickState::Deciding { claimed: Some(claim) } => Some(claim.won),
+            | TickState::Deciding { claimed: Some(claim) }
+            | TickState::Buffering { claim } => Some(claim.won),
             _ => None,
         };
         TickSkipped {
