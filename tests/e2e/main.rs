@@ -7,6 +7,7 @@ mod harness;
 mod api;
 
 mod bad_input;
+mod buffers;
 mod capacity;
 mod clock_skew;
 mod ctl;
