@@ -21,6 +21,9 @@ pub const MAX_RETRIES: u32 = 100;
 /// Default and largest `max_buffer` (`concurrency = buffer_all`).
 pub const DEFAULT_MAX_BUFFER: u32 = 100;
 pub const MAX_MAX_BUFFER: u32 = 1000;
+/// Default and longest `catchup_window` (`misfire = run_all`).
+pub const DEFAULT_CATCHUP_WINDOW: Duration = Duration::from_secs(3600);
+pub const MAX_CATCHUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// What to do when a new tick comes while the previous run of the job is still going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -80,6 +83,9 @@ pub enum Misfire {
     RunOnce,
     /// Record every overdue tick as skipped; run only ticks that start on time.
     Skip,
+    /// Run every overdue tick within `catchup_window` once, oldest first, one after another;
+    /// older ones are recorded as skipped.
+    RunAll,
 }
 
 fn default_tz() -> String {
@@ -132,6 +138,10 @@ pub struct JobSpec {
     /// Overdue-tick policy.
     #[serde(default, skip_serializing_if = "is_default")]
     pub misfire: Misfire,
+    /// `run_all`: how far back overdue ticks are still run (default 1h, at most 24h, at least
+    /// `starting_deadline`).
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub catchup_window: Option<Duration>,
     /// `merged` (default: exact order) or `separate` (stderr marked in the output).
     #[serde(default, skip_serializing_if = "is_default")]
     pub stderr: Stderr,
@@ -370,6 +380,7 @@ impl JobSpec {
             concurrency: Concurrency::default(),
             max_buffer: None,
             misfire: Misfire::default(),
+            catchup_window: None,
             stderr: Stderr::default(),
             starting_deadline: None,
             selector: BTreeMap::new(),
@@ -440,6 +451,23 @@ impl JobSpec {
         {
             return Err(invalid("starting_deadline", "must be between 1s and 10m"));
         }
+        if self.misfire == Misfire::RunAll && matches!(self.concurrency, Concurrency::Forbid | Concurrency::Replace) {
+            return Err(invalid(
+                "misfire",
+                "run_all cannot go with concurrency = forbid or replace (they would skip or kill the ticks caught up); use buffer_all or allow",
+            ));
+        }
+        if let Some(w) = self.catchup_window {
+            if self.misfire != Misfire::RunAll {
+                return Err(invalid("catchup_window", "is only for misfire = run_all"));
+            }
+            if w < self.starting_deadline() || w > MAX_CATCHUP_WINDOW {
+                return Err(invalid(
+                    "catchup_window",
+                    "must be at least the starting_deadline and at most 24h",
+                ));
+            }
+        }
         if let Some(n) = self.max_buffer {
             if self.concurrency != Concurrency::BufferAll {
                 return Err(invalid("max_buffer", "is only for concurrency = buffer_all"));
@@ -470,6 +498,20 @@ impl JobSpec {
     /// The effective starting deadline.
     pub fn starting_deadline(&self) -> Duration {
         self.starting_deadline.unwrap_or(DEFAULT_STARTING_DEADLINE)
+    }
+
+    /// `run_all`: how far back overdue ticks are still run.
+    pub fn catchup_window(&self) -> Duration {
+        self.catchup_window.unwrap_or(DEFAULT_CATCHUP_WINDOW)
+    }
+
+    /// How long after its planned time a tick may still start: the catch-up window under
+    /// `run_all`, else the starting deadline. Ticks older than this are no longer claimed.
+    pub fn overdue_window(&self) -> Duration {
+        match self.misfire {
+            Misfire::RunAll => self.catchup_window().max(self.starting_deadline()),
+            _ => self.starting_deadline(),
+        }
     }
 
     /// How many ticks may wait in the job's buffer: 1 for `buffer_one`, `max_buffer` for
@@ -854,6 +896,31 @@ mod tests {
             ("retries", Box::new(|s| s.retries = 1000)),
             ("max_output_bytes", Box::new(|s| s.max_output_bytes = Some(1 << 40))),
             ("max_buffer", Box::new(|s| s.max_buffer = Some(5))),
+            (
+                "misfire",
+                Box::new(|s| {
+                    s.misfire = Misfire::RunAll;
+                    s.concurrency = Concurrency::Forbid;
+                }),
+            ),
+            (
+                "catchup_window",
+                Box::new(|s| s.catchup_window = Some(Duration::from_secs(60))),
+            ),
+            (
+                "catchup_window",
+                Box::new(|s| {
+                    s.misfire = Misfire::RunAll;
+                    s.catchup_window = Some(Duration::from_secs(25 * 3600));
+                }),
+            ),
+            (
+                "catchup_window",
+                Box::new(|s| {
+                    s.misfire = Misfire::RunAll;
+                    s.catchup_window = Some(Duration::from_secs(5));
+                }),
+            ),
             (
                 "max_buffer",
                 Box::new(|s| {

@@ -124,7 +124,8 @@ impl Ledger {
             return;
         };
         let name = job.spec.name.clone();
-        let deadline_ms = job.spec.starting_deadline().as_millis() as i64;
+        // under run_all a tick may still run until its catch-up window ends
+        let deadline_ms = job.spec.overdue_window().as_millis() as i64;
         let change = job.updated_at.min(now);
         // a job first seen: only ticks not yet due count, and none before its last change
         let first_start = (self.watermark - deadline_ms - self.grace_ms).max(job.updated_at);

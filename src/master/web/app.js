@@ -748,7 +748,7 @@ const actions = {
 // ---------------------------------------------------------------- the job form
 
 const FORM_FIELDS = ['name', 'schedule', 'timezone', 'command', 'shell', 'timeout', 'retries', 'retry_backoff',
-  'concurrency', 'max_buffer', 'misfire', 'stderr', 'starting_deadline', 'workdir', 'max_output_bytes', 'env', 'selector',
+  'concurrency', 'max_buffer', 'misfire', 'catchup_window', 'stderr', 'starting_deadline', 'workdir', 'max_output_bytes', 'env', 'selector',
   'description', 'owner', 'labels', 'paused', 'pause_after_failures'];
 let formMode = null; // { edit: name } or { create: true }
 

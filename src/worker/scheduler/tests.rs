@@ -884,6 +884,100 @@ fn misfire_skip_records_every_overdue_tick_skipped_and_runs_only_on_time_ticks()
     assert!(!sim.ran("a").is_empty());
 }
 
+fn run_all(name: &str) -> JobSpec {
+    let mut spec = every_second(name);
+    spec.misfire = Misfire::RunAll;
+    spec
+}
+
+/// Asserts each run of `job` started after the one before ended, oldest tick first.
+fn assert_one_after_another(sim: &Sim, job: &str) {
+    let runs: Vec<&RunOrder> = sim
+        .spawned
+        .iter()
+        .filter(|(_, o)| o.job.spec.name == job)
+        .map(|(_, o)| o)
+        .collect();
+    for w in runs.windows(2) {
+        assert!(
+            w[1].planned > w[0].planned,
+            "in order: {} after {}",
+            w[1].planned,
+            w[0].planned
+        );
+        let ended = sim
+            .records
+            .iter()
+            .find(|r| r.run_id == w[0].run_id)
+            .and_then(|r| r.ended_at)
+            .expect("the earlier run ended");
+        assert!(w[1].fired_at >= ended, "one after another");
+    }
+}
+
+#[test]
+fn misfire_run_all_runs_every_overdue_tick_once_oldest_first_one_after_another() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.durations.insert("a".into(), 300);
+    sim.etcd_down = true;
+    sim.put(run_all("a"));
+    sim.advance(secs(15) + 500);
+    assert!(sim.spawned.is_empty());
+    sim.etcd_down = false;
+    sim.advance(secs(10));
+    let ran: Vec<i64> = sim.ran("a").into_iter().map(|(_, p)| p).collect();
+    assert_eq!(
+        ran,
+        (1..=25).map(|i| T0 + secs(i)).collect::<Vec<_>>(),
+        "every tick once"
+    );
+    assert_one_after_another(&sim, "a");
+    assert!(sim.records_of("a").iter().all(|r| r.status == RunStatus::Succeeded));
+    sim.assert_exactly_once();
+}
+
+#[test]
+fn misfire_run_all_runs_the_ticks_a_restarted_worker_missed_and_claims_them_under_a_long_lease() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.put(run_all("a"));
+    sim.advance(secs(2) + 500);
+    sim.kill_worker("w1");
+    sim.advance(secs(15));
+    let mut cfg = Sim::config("w1");
+    cfg.started_at = sim.now;
+    sim.join(cfg);
+    sim.advance(secs(3));
+    let ran: Vec<i64> = sim.ran("a").into_iter().map(|(_, p)| p).collect();
+    // ticks 1-2 ran before; 3 was claimed ahead by the dead process (lost); 4-17 caught up
+    for t in 4..=20 {
+        assert!(ran.contains(&(T0 + secs(t))), "tick {t} ran: {ran:?}");
+    }
+    assert_one_after_another(&sim, "a");
+    sim.assert_exactly_once();
+}
+
+#[test]
+fn misfire_run_all_goes_back_no_further_than_the_catchup_window() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    let mut spec = run_all("a");
+    spec.starting_deadline = Some(Duration::from_secs(2));
+    spec.catchup_window = Some(Duration::from_secs(5));
+    sim.etcd_down = true;
+    sim.put(spec);
+    sim.advance(secs(10) + 500);
+    sim.etcd_down = false;
+    sim.advance(secs(3));
+    let ran: Vec<i64> = sim.ran("a").into_iter().map(|(_, p)| p).collect();
+    assert!(
+        ran.iter().all(|p| *p >= T0 + secs(5)),
+        "nothing older than the window ran: {ran:?}"
+    );
+    for t in 6..=12 {
+        assert!(ran.contains(&(T0 + secs(t))), "tick {t} ran: {ran:?}");
+    }
+    assert_one_after_another(&sim, "a");
+}
+
 #[test]
 fn overdue_ticks_past_the_starting_deadline_are_not_claimed() {
     let mut sim = Sim::with_workers(&["w1"]);

@@ -174,6 +174,9 @@ pub enum TickState {
     /// etcd (its slot went back). Once there, it is no longer this worker's: the job's owner
     /// takes it when the run ends.
     Buffering { claim: ClaimTimes },
+    /// `misfire = run_all`: an overdue tick won here, waiting for the job's catch-up run
+    /// before it to end (they run one after another, oldest first).
+    Queued { claim: ClaimTimes },
     /// `buffer_*`: the job's owner is taking the oldest buffered tick (one transaction: no run
     /// marked, the buffer unchanged; then its running mark and the shortened buffer).
     Taking { slot: Slot },
@@ -192,6 +195,7 @@ impl TickState {
             TickState::Backoff { .. } => "backoff",
             TickState::Buffering { .. } => "buffering",
             TickState::Taking { .. } => "taking",
+            TickState::Queued { .. } => "queued",
         }
     }
 }

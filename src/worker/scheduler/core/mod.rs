@@ -19,6 +19,7 @@
 
 mod buffering;
 mod capacity;
+mod catchup;
 mod claiming;
 mod drain;
 mod running;
@@ -191,6 +192,12 @@ pub struct Core {
     clearing: HashSet<String>,
     /// Jobs to look at for a buffered tick to take at the end of the step.
     buffer_dirty: BTreeSet<String>,
+    /// `run_all`: each job's overdue ticks won and waiting for the one before to end, oldest
+    /// first, and the one running (or waiting for a slot) now.
+    catchup: HashMap<String, VecDeque<String>>,
+    catchup_head: HashMap<String, String>,
+    /// Jobs whose catch-up head ended: the next one starts at the end of the step.
+    catchup_dirty: BTreeSet<String>,
     timers: TimerHeap<Timer>,
     slots: Slots,
     /// Claims collected during one call, sent as one batch at its end.
@@ -244,6 +251,9 @@ impl Core {
             taking: HashSet::new(),
             clearing: HashSet::new(),
             buffer_dirty: BTreeSet::new(),
+            catchup: HashMap::new(),
+            catchup_head: HashMap::new(),
+            catchup_dirty: BTreeSet::new(),
             timers: TimerHeap::default(),
             batch: Vec::new(),
             batches: HashMap::new(),
@@ -402,7 +412,10 @@ impl Core {
                 | TickState::Marking { .. }
                 | TickState::Running { .. }
                 | TickState::Taking { .. } => true,
-                TickState::WaitingForSlot { .. } | TickState::Backoff { .. } | TickState::Buffering { .. } => false,
+                TickState::WaitingForSlot { .. }
+                | TickState::Backoff { .. }
+                | TickState::Buffering { .. }
+                | TickState::Queued { .. } => false,
                 TickState::Deciding { .. } => panic!("a tick is still being decided after a step"),
             })
             .count();
@@ -461,6 +474,7 @@ impl Core {
         let now = self.now;
         self.serve_waiting(now);
         self.update_capacity(now);
+        self.serve_catchup(now);
         self.serve_waiting(now);
         self.serve_buffers(now);
         self.flush_claims(now);
@@ -779,7 +793,7 @@ impl Core {
             self.owned_count += 1;
             // Look back for ticks nobody may have claimed: claiming them decides each once.
             let window_start = match lookback {
-                Lookback::Full => now - e.job.spec.starting_deadline().as_millis() as i64,
+                Lookback::Full => now - e.job.spec.overdue_window().as_millis() as i64,
                 Lookback::Handover => now - claim_ahead - HANDOVER_LOOKBACK_MS,
             };
             let from = window_start.max(e.job.updated_at).max(e.decided_until);

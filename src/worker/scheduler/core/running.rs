@@ -30,6 +30,17 @@ impl Core {
             self.skip(now, run_id, SkipReason::DrainTimeout);
             return;
         }
+        // run_all: while the job catches up, a tick due now waits its turn behind the backlog
+        if trigger == Trigger::Schedule
+            && e.job.spec.misfire == Misfire::RunAll
+            && self
+                .catchup_head
+                .get(&name)
+                .is_some_and(|h| h != run_id && self.ticks.contains_key(h))
+        {
+            self.queue_catch_up(run_id);
+            return;
+        }
         match e.job.spec.concurrency {
             Concurrency::Allow => self.start(now, run_id, false),
             Concurrency::Replace => {
@@ -356,7 +367,8 @@ impl Core {
                 claimed: Some(claim), ..
             }
             | TickState::Deciding { claimed: Some(claim) }
-            | TickState::Buffering { claim } => Some(claim.won),
+            | TickState::Buffering { claim }
+            | TickState::Queued { claim } => Some(claim.won),
             _ => None,
         };
         TickSkipped {
@@ -380,6 +392,10 @@ impl Core {
                 self.waiting_live -= 1;
             }
             debug!(job = %t.job, run_id, planned = t.planned(), end = end.as_str(), "tick ended");
+            if self.catchup_head.get(&t.job).is_some_and(|h| h == run_id) {
+                self.catchup_head.remove(&t.job);
+                self.catchup_dirty.insert(t.job.clone());
+            }
             if let Some(e) = self.jobs.get_mut(&t.job) {
                 e.waiting.retain(|w| w != run_id);
             }
