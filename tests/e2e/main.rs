@@ -9,6 +9,7 @@ mod api;
 mod bad_input;
 mod buffers;
 mod capacity;
+mod catchup;
 mod clock_skew;
 mod ctl;
 mod deploy;
