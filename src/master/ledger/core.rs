@@ -426,6 +426,18 @@ mod tests {
     }
 
     #[test]
+    fn a_run_all_tick_is_due_after_its_catchup_window_not_its_starting_deadline() {
+        let mut l = Ledger::new(T0, GRACE);
+        let mut j = job("c", "@every 1s", T0, 2);
+        j.spec.misfire = crate::model::Misfire::RunAll;
+        j.spec.catchup_window = Some(Duration::from_secs(60));
+        save(&mut l, T0, j);
+        // tick T0+1s may still run until T0+1s+60s: due at T0+1s+60s+5s
+        assert!(l.due(T0 + 65_999).is_empty());
+        assert_eq!(planned(&l.due(T0 + 66_000)), vec![T0 + 1000]);
+    }
+
+    #[test]
     fn a_paused_stretch_has_no_expected_ticks() {
         let mut l = Ledger::new(T0, GRACE);
         save(&mut l, T0, job("p", "@every 1s", T0, 2));

@@ -306,8 +306,14 @@ async fn buffered_runs(st: &Arc<AppState>, mut jobs: Vec<String>) -> Result<Hash
         match st.coord.buffered(&job).await {
             Ok((ticks, _)) => out.extend(ticks.into_iter().map(|t| t.run_id)),
             // garbage in a buffer holds no tick that could run (the error names the key)
-            Err(e @ crate::coord::CoordError::Decode { .. }) => {
-                warn!(error = %e, "undecodable tick buffer skipped; fix or delete the key");
+            Err(crate::coord::CoordError::Decode { key, message }) => {
+                crate::telemetry::events::BadValueSkipped {
+                    watch: "buffer",
+                    prefix: "",
+                    key: &key,
+                    error: &message,
+                }
+                .emit();
             }
             Err(e) => return Err(e.to_string()),
         }
