@@ -979,6 +979,28 @@ fn misfire_run_all_goes_back_no_further_than_the_catchup_window() {
 }
 
 #[test]
+fn misfire_run_all_with_buffer_all_puts_the_backlog_through_the_buffer_in_order() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.durations.insert("a".into(), 1500);
+    let mut spec = run_all("a");
+    spec.concurrency = Concurrency::BufferAll;
+    sim.etcd_down = true;
+    sim.put(spec);
+    sim.advance(secs(5) + 500);
+    sim.etcd_down = false;
+    sim.advance(secs(30));
+    let planned: Vec<i64> = starts(&sim, "a").iter().map(|(p, _)| *p).collect();
+    let mut sorted = planned.clone();
+    sorted.sort();
+    assert_eq!(planned, sorted, "oldest first");
+    for t in 1..=12 {
+        assert!(planned.contains(&(T0 + secs(t))), "tick {t} ran: {planned:?}");
+    }
+    assert!(sim.records_of("a").iter().all(|r| r.status == RunStatus::Succeeded));
+    sim.assert_exactly_once();
+}
+
+#[test]
 fn overdue_ticks_past_the_starting_deadline_are_not_claimed() {
     let mut sim = Sim::with_workers(&["w1"]);
     let mut spec = every_second("a");

@@ -27,6 +27,11 @@
 //!                                          └────────────── slot (or WaitingForSlot, claimed) ◄───────┘
 //! ```
 //!
+//! `buffer_one` / `buffer_all` mark like `forbid`; when another run goes (or ticks wait already)
+//! the tick goes `Buffering` (into `buffer/{job}` in etcd; full: `Skipped(buffer_full)`) and ends
+//! `Buffered`; the job's owner later takes it as a new `Tick` in `Taking`, then `Running`.
+//! `misfire = run_all` catch-up ticks won together wait `Queued` and fire one after another.
+//!
 //! Terminal ends (`TickEnd`): `Finished`, `Skipped` (with a `SkipReason`) and a `lost` record are
 //! written down; `ClaimLost`, `HandedOver` and `Dropped` happen before the tick was ours, so
 //! another worker (or a later claim) decides it.
