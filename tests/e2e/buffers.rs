@@ -171,3 +171,33 @@ async fn buffer_all_runs_every_tick_in_order_also_through_an_owner_sigkill() {
     let survivors: Vec<RunRecord> = recs.iter().filter(|r| r.worker == survivor).cloned().collect();
     assert_back_to_back(&survivors, job);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_buffer_written_behind_our_back_is_named_whole_skipped_and_replaced() {
+    let mut c = Cluster::new().await;
+    c.start_worker("w1", &[]);
+    c.wait_members(&["w1"]).await;
+    let mut spec = JobSpec::new("g", "@every 1s", &c.tick_command("sleep 0.1"));
+    spec.concurrency = Concurrency::BufferAll;
+    c.put_job(spec).await;
+    wait_until(Duration::from_secs(20), "the job runs", || !c.ticks().is_empty()).await;
+    // write through a raw etcd client, as an operator with etcdctl might
+    let mut raw = etcd_client::Client::connect([c.etcd.client_url.as_str()], None)
+        .await
+        .unwrap();
+    let key = format!("{}buffer/g", c.prefix);
+    raw.put(key.clone(), "{not json", None).await.unwrap();
+    let t = now_ms();
+    // the next tick finds a key there (no run goes, but "ticks wait"): it appends itself in place
+    // of the garbage, and the owner takes it
+    wait_until(Duration::from_secs(20), "the job keeps running", || {
+        c.ticks().iter().any(|x| x.planned_ms > t + 1000)
+    })
+    .await;
+    let log = std::fs::read_to_string(c.workers["w1"].log.clone()).unwrap();
+    assert!(
+        log.contains("undecodable value in etcd skipped") && log.contains(&key),
+        "the bad value is reported with its whole key"
+    );
+    assert_no_duplicates(&c.ticks());
+}
