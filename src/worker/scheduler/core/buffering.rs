@@ -174,7 +174,7 @@ impl Core {
             return false;
         };
         let Some(e) = self.jobs.get(job) else {
-            if self.synced_jobs && self.synced_members && self.speaks_for(job) {
+            if self.synced_jobs && self.synced_members && self.synced_buffers && self.speaks_for(job) {
                 self.clearing.insert(job.to_string());
                 self.effects.push_back(Effect::ClearBuffer {
                     job: job.to_string(),
