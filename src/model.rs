@@ -18,6 +18,12 @@ pub const MAX_STARTING_DEADLINE: Duration = Duration::from_secs(600);
 pub const MAX_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
 /// Most retries a job may ask for.
 pub const MAX_RETRIES: u32 = 100;
+/// Default and largest `max_buffer` (`concurrency = buffer_all`).
+pub const DEFAULT_MAX_BUFFER: u32 = 100;
+pub const MAX_MAX_BUFFER: u32 = 1000;
+/// Default and longest `catchup_window` (`misfire = run_all`).
+pub const DEFAULT_CATCHUP_WINDOW: Duration = Duration::from_secs(3600);
+pub const MAX_CATCHUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// What to do when a new tick comes while the previous run of the job is still going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -30,6 +36,26 @@ pub enum Concurrency {
     Forbid,
     /// Kill the running one, then start the new one.
     Replace,
+    /// Keep at most one tick due while a run is going (anywhere in the fleet) and start it as
+    /// soon as the run ends; later ones are skipped (`buffer_full`).
+    BufferOne,
+    /// Queue up to `max_buffer` ticks due while a run is going and run them in order.
+    BufferAll,
+}
+
+impl Concurrency {
+    /// Ticks due while a run is going wait in the job's buffer in etcd.
+    pub fn buffers(self) -> bool {
+        matches!(self, Concurrency::BufferOne | Concurrency::BufferAll)
+    }
+
+    /// Never two runs of the job at once, cluster-wide (a running mark is taken first).
+    pub fn exclusive(self) -> bool {
+        matches!(
+            self,
+            Concurrency::Forbid | Concurrency::BufferOne | Concurrency::BufferAll
+        )
+    }
 }
 
 /// How a run's stderr is kept.
@@ -57,6 +83,9 @@ pub enum Misfire {
     RunOnce,
     /// Record every overdue tick as skipped; run only ticks that start on time.
     Skip,
+    /// Run every overdue tick within `catchup_window` once, oldest first, one after another;
+    /// older ones are recorded as skipped.
+    RunAll,
 }
 
 fn default_tz() -> String {
@@ -103,9 +132,16 @@ pub struct JobSpec {
     /// Overlap policy.
     #[serde(default, skip_serializing_if = "is_default")]
     pub concurrency: Concurrency,
+    /// `buffer_all`: most ticks kept waiting (1–1000, default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_buffer: Option<u32>,
     /// Overdue-tick policy.
     #[serde(default, skip_serializing_if = "is_default")]
     pub misfire: Misfire,
+    /// `run_all`: how far back overdue ticks are still run (default 1h, at most 24h, at least
+    /// `starting_deadline`).
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub catchup_window: Option<Duration>,
     /// `merged` (default: exact order) or `separate` (stderr marked in the output).
     #[serde(default, skip_serializing_if = "is_default")]
     pub stderr: Stderr,
@@ -342,7 +378,9 @@ impl JobSpec {
             retries: 0,
             retry_backoff: None,
             concurrency: Concurrency::default(),
+            max_buffer: None,
             misfire: Misfire::default(),
+            catchup_window: None,
             stderr: Stderr::default(),
             starting_deadline: None,
             selector: BTreeMap::new(),
@@ -413,6 +451,31 @@ impl JobSpec {
         {
             return Err(invalid("starting_deadline", "must be between 1s and 10m"));
         }
+        if self.misfire == Misfire::RunAll && matches!(self.concurrency, Concurrency::Forbid | Concurrency::Replace) {
+            return Err(invalid(
+                "misfire",
+                "run_all cannot go with concurrency = forbid or replace (they would skip or kill the ticks caught up); use buffer_all or allow",
+            ));
+        }
+        if let Some(w) = self.catchup_window {
+            if self.misfire != Misfire::RunAll {
+                return Err(invalid("catchup_window", "is only for misfire = run_all"));
+            }
+            if w < self.starting_deadline() || w > MAX_CATCHUP_WINDOW {
+                return Err(invalid(
+                    "catchup_window",
+                    "must be at least the starting_deadline and at most 24h",
+                ));
+            }
+        }
+        if let Some(n) = self.max_buffer {
+            if self.concurrency != Concurrency::BufferAll {
+                return Err(invalid("max_buffer", "is only for concurrency = buffer_all"));
+            }
+            if !(1..=MAX_MAX_BUFFER).contains(&n) {
+                return Err(invalid("max_buffer", format!("must be between 1 and {MAX_MAX_BUFFER}")));
+            }
+        }
         if let Some(b) = self.max_output_bytes
             && b > MAX_OUTPUT_BYTES
         {
@@ -435,6 +498,30 @@ impl JobSpec {
     /// The effective starting deadline.
     pub fn starting_deadline(&self) -> Duration {
         self.starting_deadline.unwrap_or(DEFAULT_STARTING_DEADLINE)
+    }
+
+    /// `run_all`: how far back overdue ticks are still run.
+    pub fn catchup_window(&self) -> Duration {
+        self.catchup_window.unwrap_or(DEFAULT_CATCHUP_WINDOW)
+    }
+
+    /// How long after its planned time a tick may still start: the catch-up window under
+    /// `run_all`, else the starting deadline. Ticks older than this are no longer claimed.
+    pub fn overdue_window(&self) -> Duration {
+        match self.misfire {
+            Misfire::RunAll => self.catchup_window().max(self.starting_deadline()),
+            _ => self.starting_deadline(),
+        }
+    }
+
+    /// How many ticks may wait in the job's buffer: 1 for `buffer_one`, `max_buffer` for
+    /// `buffer_all`, none otherwise.
+    pub fn buffer_limit(&self) -> usize {
+        match self.concurrency {
+            Concurrency::BufferOne => 1,
+            Concurrency::BufferAll => self.max_buffer.unwrap_or(DEFAULT_MAX_BUFFER) as usize,
+            _ => 0,
+        }
     }
 }
 
@@ -829,6 +916,46 @@ mod tests {
             ),
             ("retries", Box::new(|s| s.retries = 1000)),
             ("max_output_bytes", Box::new(|s| s.max_output_bytes = Some(1 << 40))),
+            ("max_buffer", Box::new(|s| s.max_buffer = Some(5))),
+            (
+                "misfire",
+                Box::new(|s| {
+                    s.misfire = Misfire::RunAll;
+                    s.concurrency = Concurrency::Forbid;
+                }),
+            ),
+            (
+                "catchup_window",
+                Box::new(|s| s.catchup_window = Some(Duration::from_secs(60))),
+            ),
+            (
+                "catchup_window",
+                Box::new(|s| {
+                    s.misfire = Misfire::RunAll;
+                    s.catchup_window = Some(Duration::from_secs(25 * 3600));
+                }),
+            ),
+            (
+                "catchup_window",
+                Box::new(|s| {
+                    s.misfire = Misfire::RunAll;
+                    s.catchup_window = Some(Duration::from_secs(5));
+                }),
+            ),
+            (
+                "max_buffer",
+                Box::new(|s| {
+                    s.concurrency = Concurrency::BufferAll;
+                    s.max_buffer = Some(0);
+                }),
+            ),
+            (
+                "max_buffer",
+                Box::new(|s| {
+                    s.concurrency = Concurrency::BufferAll;
+                    s.max_buffer = Some(1001);
+                }),
+            ),
         ];
         for (field, mutate) in cases {
             let mut s = spec();

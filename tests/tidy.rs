@@ -130,6 +130,8 @@ fn the_scheduler_core_reads_no_clock_and_does_no_io() {
         "src/worker/scheduler/core/claiming.rs",
         "src/worker/scheduler/core/running.rs",
         "src/worker/scheduler/core/drain.rs",
+        "src/worker/scheduler/core/buffering.rs",
+        "src/worker/scheduler/core/catchup.rs",
         "src/worker/scheduler/tick.rs",
         "src/worker/scheduler/io.rs",
         "src/master/ledger/core.rs",

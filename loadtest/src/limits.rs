@@ -79,6 +79,7 @@ pub async fn measure(coord: &Coord) -> Result<Limits> {
     let claim = |job: &str, i: i64| ClaimRequest {
         job: job.into(),
         tick: TickId::Scheduled(i),
+        long: false,
         value: ClaimValue {
             worker: "lt".into(),
             run_id: format!("{job}{i}"),

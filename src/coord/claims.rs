@@ -65,7 +65,14 @@ pub struct ClaimRequest {
     pub job: String,
     pub tick: TickId,
     pub value: ClaimValue,
+    /// A `misfire = run_all` job's tick: its claim must outlive the job's catch-up window
+    /// (up to 24 h), so it goes under a long claim lease (`LONG_CLAIM_TTL`).
+    pub long: bool,
 }
+
+/// The lease of `run_all` claims: the longest catch-up window plus two minutes, so no worker
+/// can claim a tick again while any may still run it.
+pub const LONG_CLAIM_TTL: Duration = Duration::from_secs(24 * 3600 + 120);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimOutcome {
@@ -86,6 +93,8 @@ pub enum ClaimOutcome {
 pub struct ClaimLeases {
     ttl: Duration,
     current: Mutex<Option<(i64, Instant)>>,
+    /// The same for `run_all` claims, with `LONG_CLAIM_TTL`.
+    long: Option<Box<ClaimLeases>>,
 }
 
 impl ClaimLeases {
@@ -93,6 +102,19 @@ impl ClaimLeases {
         ClaimLeases {
             ttl,
             current: Mutex::new(None),
+            long: Some(Box::new(ClaimLeases {
+                ttl: LONG_CLAIM_TTL.max(ttl),
+                current: Mutex::new(None),
+                long: None,
+            })),
+        }
+    }
+
+    /// The leases for claims of `long` requests.
+    fn pool(&self, long: bool) -> &ClaimLeases {
+        match (&self.long, long) {
+            (Some(l), true) => l,
+            _ => self,
         }
     }
 
@@ -116,6 +138,9 @@ impl ClaimLeases {
     /// Forget the current lease (after etcd said it does not exist, e.g. etcd lost its data).
     pub async fn reset(&self) {
         *self.current.lock().await = None;
+        if let Some(l) = &self.long {
+            *l.current.lock().await = None;
+        }
     }
 }
 
@@ -123,9 +148,27 @@ impl Coord {
     /// Claims ticks; the outcome of each request, in order. Whole-batch failures (etcd down) give
     /// `Error` for every request.
     pub async fn claim_batch(&self, leases: &ClaimLeases, reqs: &[ClaimRequest]) -> Vec<ClaimOutcome> {
-        let mut out = Vec::with_capacity(reqs.len());
-        for chunk in reqs.chunks(MAX_BATCH) {
-            out.extend(self.claim_chunk(leases, chunk).await);
+        if reqs.iter().all(|r| !r.long) || reqs.iter().all(|r| r.long) {
+            let pool = leases.pool(reqs.first().is_some_and(|r| r.long));
+            let mut out = Vec::with_capacity(reqs.len());
+            for chunk in reqs.chunks(MAX_BATCH) {
+                out.extend(self.claim_chunk(pool, chunk).await);
+            }
+            return out;
+        }
+        // short and long claims go under different leases: claimed apart, answered in order
+        let mut out = vec![ClaimOutcome::Error(String::new()); reqs.len()];
+        for long in [false, true] {
+            let idx: Vec<usize> = (0..reqs.len()).filter(|&i| reqs[i].long == long).collect();
+            let part: Vec<ClaimRequest> = idx.iter().map(|&i| reqs[i].clone()).collect();
+            let pool = leases.pool(long);
+            let mut answers = Vec::with_capacity(part.len());
+            for chunk in part.chunks(MAX_BATCH) {
+                answers.extend(self.claim_chunk(pool, chunk).await);
+            }
+            for (i, a) in idx.into_iter().zip(answers) {
+                out[i] = a;
+            }
         }
         out
     }
@@ -225,19 +268,28 @@ impl Coord {
 
     /// Marks a run of `job` as running, cluster-wide, under the runner's session lease. With
     /// `exclusive`, only if no other run of the job is marked (the `forbid` policy); returns false
-    /// when another run holds it.
+    /// when another run holds it. With `guard_buffer` also only if the job's buffer is empty
+    /// (buffer jobs: a new tick does not overtake buffered ones).
     pub async fn mark_running(
         &self,
         job: &str,
         value: &ClaimValue,
         session_lease: i64,
         exclusive: bool,
+        guard_buffer: bool,
     ) -> Result<bool, CoordError> {
         let key = self.keys.running(job, &value.run_id);
         let put = TxnOp::put(key, encode(value), Some(PutOptions::new().with_lease(session_lease)));
         let mut txn = Txn::new();
+        let mut compares = Vec::new();
         if exclusive {
-            txn = txn.when([Compare::version(self.keys.running_of(job), CompareOp::Equal, 0).with_prefix()]);
+            compares.push(Compare::version(self.keys.running_of(job), CompareOp::Equal, 0).with_prefix());
+        }
+        if guard_buffer {
+            compares.push(Compare::version(self.keys.buffer(job), CompareOp::Equal, 0));
+        }
+        if !compares.is_empty() {
+            txn = txn.when(compares);
         }
         let txn = txn.and_then([put]);
         let resp = self.call("txn", |mut c| async move { c.txn(txn).await }).await?;

@@ -9,7 +9,8 @@
 //! | `masters/{id}` | master registration JSON | the master's session lease |
 //! | `claims/{job}/t{planned_ms:015}` | `ClaimValue` JSON | a claim lease (`claim_ttl`) |
 //! | `claims/{job}/m{trigger_id}` | `ClaimValue` JSON | a claim lease |
-//! | `running/{job}/{run_id}` | `ClaimValue` JSON | the runner's session lease (forbid jobs) |
+//! | `running/{job}/{run_id}` | `ClaimValue` JSON | the runner's session lease (forbid and buffer jobs) |
+//! | `buffer/{job}` | JSON list of `BufferedTick`, oldest first (buffer jobs) | until taken empty, or the job deleted |
 //! | `signals/kill/{job}/{id}` | `KillSignal` JSON | a short lease |
 //! | `signals/run/{job}/{id}` | `RunNowSignal` JSON | a short lease, deleted when taken |
 //! | `feed/{master}/{id}` | a batch of feed events (other masters relay them) | 30 s lease |
@@ -20,6 +21,7 @@
 //! | `backfill/leader` | the id of the master driving backfills | that master's session lease |
 
 mod backfill;
+mod buffer;
 mod cause;
 mod claims;
 mod jobs;
@@ -31,6 +33,7 @@ mod signals;
 mod watch;
 
 pub use backfill::{BACKFILL_SIGNAL_TTL_SECS, Backfill, BackfillState, InFlight};
+pub use buffer::{Appended, BufferEvent, BufferedTick, RunningEvent};
 pub use cause::EtcdCause;
 pub use claims::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
 pub use ledger::Watermark;
@@ -136,6 +139,15 @@ impl Keys {
             TickId::Scheduled(ms) => format!("{}claims/{job}/t{ms:015}", self.prefix),
             TickId::Manual(id) => format!("{}claims/{job}/m{id}", self.prefix),
         }
+    }
+    pub fn running_all(&self) -> String {
+        format!("{}running/", self.prefix)
+    }
+    pub fn buffers(&self) -> String {
+        format!("{}buffer/", self.prefix)
+    }
+    pub fn buffer(&self, job: &str) -> String {
+        format!("{}buffer/{job}", self.prefix)
     }
     pub fn running_of(&self, job: &str) -> String {
         format!("{}running/{job}/", self.prefix)

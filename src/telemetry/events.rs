@@ -153,6 +153,43 @@ impl TickSkipped<'_> {
     }
 }
 
+/// A tick went into its job's buffer: another run of the job was going (`buffer_*`).
+pub struct TickBuffered<'a> {
+    pub job: &'a str,
+    pub planned_at: i64,
+    pub run_id: &'a str,
+}
+impl TickBuffered<'_> {
+    pub fn emit(self) {
+        METRICS.ticks_buffered.inc();
+        info!(
+            job = self.job,
+            planned_at = self.planned_at,
+            run_id = self.run_id,
+            "tick buffered: another run of the job is going"
+        );
+    }
+}
+
+/// The job's owner took the oldest buffered tick to run it.
+pub struct BufferedTickTaken<'a> {
+    pub job: &'a str,
+    pub planned_at: i64,
+    pub run_id: &'a str,
+    pub left: usize,
+}
+impl BufferedTickTaken<'_> {
+    pub fn emit(self) {
+        info!(
+            job = self.job,
+            planned_at = self.planned_at,
+            run_id = self.run_id,
+            left = self.left,
+            "buffered tick taken to run"
+        );
+    }
+}
+
 /// Ticks were found overdue: nobody claimed them by their planned time.
 pub struct TicksOverdue<'a> {
     pub job: &'a str,

@@ -134,6 +134,8 @@ pub struct Metrics {
     pub run_slots: IntGauge,
     pub at_capacity: IntGauge,
     pub ticks_waiting_for_slot: IntGauge,
+    pub ticks_buffered: IntCounter,
+    pub buffered_ticks: IntGauge,
     pub lease_lost: IntCounter,
     pub signals: IntCounterVec,
     pub spawn_errors: IntCounter,
@@ -331,6 +333,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "cronmesh_ticks_waiting_for_slot",
             "Ticks due for claiming that wait for a free run slot on this worker.",
         ),
+        ticks_buffered: counter(
+            "cronmesh_ticks_buffered_total",
+            "Ticks this worker put in their job's buffer (concurrency = buffer_one or buffer_all) because another run was going.",
+        ),
+        buffered_ticks: gauge(
+            "cronmesh_buffered_ticks",
+            "Ticks waiting in the buffers of the jobs this worker owns.",
+        ),
         lease_lost: counter(
             "cronmesh_membership_lease_lost_total",
             "Times this process lost its membership lease and registered again.",
@@ -506,7 +516,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for r in ["no_live_worker", "no_matching_worker", "not_claimed"] {
         m.ticks_missed.with_label_values(&[r]);
     }
-    for w in ["jobs", "workers", "signals", "feed"] {
+    for w in ["jobs", "workers", "signals", "feed", "buffer"] {
         m.bad_values.with_label_values(&[w]);
     }
     for r in SKIP_REASONS {
@@ -579,7 +589,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 });
 
 /// Every reason a tick can be recorded as skipped.
-pub const SKIP_REASONS: [&str; 10] = [
+pub const SKIP_REASONS: [&str; 12] = [
     "concurrency_forbid",
     "forbid_check_failed",
     "capacity",
@@ -590,6 +600,8 @@ pub const SKIP_REASONS: [&str; 10] = [
     "job_deleted",
     "job_rescheduled",
     "drain_timeout",
+    "buffer_full",
+    "buffer_check_failed",
 ];
 
 /// Every reason a master refuses a reported run event.

@@ -60,6 +60,8 @@ pub async fn run(
     let jobs = coord.watch_jobs(watches.clone());
     let members = coord.watch_members(watches.clone());
     let signals = coord.watch_signals(watches.clone());
+    let running = coord.watch_running(watches.clone());
+    let buffers = coord.watch_buffers(watches.clone());
     let clock: Arc<dyn clock::Clock> = Arc::new(SystemClock);
     let (offsets_tx, offsets) = watch::channel(None);
     let probe = tokio::spawn(clock::measure_offsets(
@@ -79,6 +81,8 @@ pub async fn run(
         jobs: jobs.events,
         members: members.events,
         signals: signals.events,
+        running: running.events,
+        buffers: buffers.events,
         shutdown,
         ready,
         clock,
@@ -86,5 +90,5 @@ pub async fn run(
     })
     .await;
     watches.cancel();
-    let _ = tokio::join!(jobs.task, members.task, signals.task, probe);
+    let _ = tokio::join!(jobs.task, members.task, signals.task, running.task, buffers.task, probe);
 }

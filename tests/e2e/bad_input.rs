@@ -1,6 +1,6 @@
 use crate::harness::*;
 use cronmesh::coord::CoordError;
-use cronmesh::model::JobSpec;
+use cronmesh::model::{Concurrency, JobSpec, Misfire};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,6 +57,44 @@ async fn invalid_job_specs_are_rejected_with_a_specific_error_and_nothing_is_wri
                 ..good.clone()
             },
             "timeout",
+        ),
+        (
+            JobSpec {
+                max_buffer: Some(5),
+                ..good.clone()
+            },
+            "max_buffer",
+        ),
+        (
+            JobSpec {
+                concurrency: Concurrency::BufferAll,
+                max_buffer: Some(1001),
+                ..good.clone()
+            },
+            "max_buffer",
+        ),
+        (
+            JobSpec {
+                misfire: Misfire::RunAll,
+                concurrency: Concurrency::Forbid,
+                ..good.clone()
+            },
+            "misfire",
+        ),
+        (
+            JobSpec {
+                misfire: Misfire::RunAll,
+                catchup_window: Some(Duration::from_secs(2 * 24 * 3600)),
+                ..good.clone()
+            },
+            "catchup_window",
+        ),
+        (
+            JobSpec {
+                catchup_window: Some(Duration::from_secs(600)),
+                ..good.clone()
+            },
+            "catchup_window",
         ),
     ];
     let (before, rev_before) = c.coord.list_jobs().await.unwrap();

@@ -8,7 +8,9 @@ mod api;
 
 mod backfill;
 mod bad_input;
+mod buffers;
 mod capacity;
+mod catchup;
 mod clock_skew;
 mod ctl;
 mod deploy;

@@ -124,7 +124,8 @@ impl Ledger {
             return;
         };
         let name = job.spec.name.clone();
-        let deadline_ms = job.spec.starting_deadline().as_millis() as i64;
+        // under run_all a tick may still run until its catch-up window ends
+        let deadline_ms = job.spec.overdue_window().as_millis() as i64;
         let change = job.updated_at.min(now);
         // a job first seen: only ticks not yet due count, and none before its last change
         let first_start = (self.watermark - deadline_ms - self.grace_ms).max(job.updated_at);
@@ -422,6 +423,18 @@ mod tests {
         assert_eq!(l.watermark(), T0 + 19_500);
         let d = &l.due(T0 + 20_000)[0];
         assert_eq!((d.planned, d.deadline_ms), (T0 + 5000, 10_000));
+    }
+
+    #[test]
+    fn a_run_all_tick_is_due_after_its_catchup_window_not_its_starting_deadline() {
+        let mut l = Ledger::new(T0, GRACE);
+        let mut j = job("c", "@every 1s", T0, 2);
+        j.spec.misfire = crate::model::Misfire::RunAll;
+        j.spec.catchup_window = Some(Duration::from_secs(60));
+        save(&mut l, T0, j);
+        // tick T0+1s may still run until T0+1s+60s: due at T0+1s+60s+5s
+        assert!(l.due(T0 + 65_999).is_empty());
+        assert_eq!(planned(&l.due(T0 + 66_000)), vec![T0 + 1000]);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! tick's accounting time comes (its starting deadline plus `master.ledger_grace`) it looks the
 //! tick up in the run log, then its claim in etcd: no record and no claim is recorded `missed`
 //! (with the reason, under a run id derived from the tick); a claim of a worker that has left
-//! (or was restarted under its id: the claim is another process's) is recorded `lost`; a claim of a live worker is checked again until its record arrives. The
+//! (or was restarted under its id: the claim is another process's) is recorded `lost`, unless the
+//! tick waits in its job's buffer (`buffer_*`: the job's owner runs it later); a claim of a live
+//! worker is checked again until its record arrives. The
 //! watermark it has reached is kept in etcd, so a successor resumes there; after every master
 //! was down it catches up at most `master.ledger_catch_up`.
 //!
@@ -21,7 +23,7 @@ use crate::model::{ReportBatch, RunRecord, RunStatus, Trigger};
 use crate::schedule::ScheduleCache;
 use crate::telemetry::events::{LedgerKeeper, TickMissed};
 use crate::telemetry::metrics::METRICS;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -228,6 +230,13 @@ async fn account(st: &Arc<AppState>, books: &mut Books, ticks: &[DueTick]) -> Re
         let pairs: Vec<(String, i64)> = missing.iter().map(|t| (t.job.clone(), t.planned)).collect();
         st.coord.tick_claims(&pairs).await.map_err(|e| e.to_string())?
     };
+    let gone: Vec<String> = missing
+        .iter()
+        .zip(&claims)
+        .filter(|(_, c)| c.as_ref().is_some_and(|c| books.ledger.claimer_gone(c)))
+        .map(|(t, _)| t.job.clone())
+        .collect();
+    let buffered = buffered_runs(st, gone).await?;
     let now = now_ms();
     let mut records = Vec::new();
     for (tick, claim) in missing.into_iter().zip(claims) {
@@ -243,7 +252,10 @@ async fn account(st: &Arc<AppState>, books: &mut Books, ticks: &[DueTick]) -> Re
                 .emit();
                 records.push(missed_record(tick, reason, now));
             }
-            Some(c) if books.ledger.claimer_gone(&c) => records.push(lost_record(tick, &c, now)),
+            // a tick waiting in its job's buffer is not lost with its claimer: the owner runs it
+            Some(c) if books.ledger.claimer_gone(&c) && !buffered.contains(&c.run_id) => {
+                records.push(lost_record(tick, &c, now))
+            }
             Some(c) => {
                 if books.pending.len() >= MAX_PENDING
                     && let Some((k, _)) = books.pending.pop_first()
@@ -264,18 +276,49 @@ async fn account(st: &Arc<AppState>, books: &mut Books, ticks: &[DueTick]) -> Re
 async fn recheck(st: &Arc<AppState>, books: &mut Books, ticks: &[(DueTick, ClaimValue)]) -> Result<(), String> {
     let pairs: Vec<(String, i64)> = ticks.iter().map(|(t, _)| (t.job.clone(), t.planned)).collect();
     let recorded = st.store.recorded_ticks(&pairs).await.map_err(|e| e.to_string())?;
+    let gone: Vec<String> = ticks
+        .iter()
+        .filter(|(t, c)| !recorded.contains(&(t.job.clone(), t.planned)) && books.ledger.claimer_gone(c))
+        .map(|(t, _)| t.job.clone())
+        .collect();
+    let buffered = buffered_runs(st, gone).await?;
     let now = now_ms();
     let mut records = Vec::new();
     for (tick, claim) in ticks {
         let key = (tick.job.clone(), tick.planned);
         if recorded.contains(&key) {
             books.pending.remove(&key);
-        } else if books.ledger.claimer_gone(claim) {
+        } else if books.ledger.claimer_gone(claim) && !buffered.contains(&claim.run_id) {
             books.pending.remove(&key);
             records.push(lost_record(tick, claim, now));
         }
     }
     write(st, records).await
+}
+
+/// The run ids waiting in the buffers of `jobs` (`concurrency = buffer_*`): their ticks are
+/// still to run, whoever claimed them.
+async fn buffered_runs(st: &Arc<AppState>, mut jobs: Vec<String>) -> Result<HashSet<String>, String> {
+    jobs.sort();
+    jobs.dedup();
+    let mut out = HashSet::new();
+    for job in jobs {
+        match st.coord.buffered(&job).await {
+            Ok((ticks, _)) => out.extend(ticks.into_iter().map(|t| t.run_id)),
+            // garbage in a buffer holds no tick that could run (the error names the key)
+            Err(crate::coord::CoordError::Decode { key, message }) => {
+                crate::telemetry::events::BadValueSkipped {
+                    watch: "buffer",
+                    prefix: "",
+                    key: &key,
+                    error: &message,
+                }
+                .emit();
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(out)
 }
 
 async fn write(st: &Arc<AppState>, records: Vec<RunRecord>) -> Result<(), String> {

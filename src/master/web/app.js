@@ -757,7 +757,7 @@ const actions = {
 // ---------------------------------------------------------------- the job form
 
 const FORM_FIELDS = ['name', 'schedule', 'timezone', 'command', 'shell', 'timeout', 'retries', 'retry_backoff',
-  'concurrency', 'misfire', 'stderr', 'starting_deadline', 'workdir', 'max_output_bytes', 'env', 'selector',
+  'concurrency', 'max_buffer', 'misfire', 'catchup_window', 'stderr', 'starting_deadline', 'workdir', 'max_output_bytes', 'env', 'selector',
   'description', 'owner', 'labels', 'paused', 'pause_after_failures'];
 let formMode = null; // { edit: name } or { create: true }
 
@@ -1276,7 +1276,7 @@ function formSpec() {
     if (['env', 'selector', 'labels'].includes(k)) {
       const m = linesToMap(k, input.value);
       if (Object.keys(m).length) spec[k] = m;
-    } else if (k === 'retries' || k === 'max_output_bytes' || k === 'pause_after_failures') {
+    } else if (k === 'retries' || k === 'max_buffer' || k === 'max_output_bytes' || k === 'pause_after_failures') {
       if (v !== '') {
         const n = Number(v);
         if (!Number.isInteger(n) || n < 0) throw new ApiError(400, `invalid_${k}`, 'must be a whole number, 0 or more', k);

@@ -3,7 +3,9 @@
 //! reports, and turns their outcomes into inputs.
 
 use super::tick::ClaimTimes;
-use crate::coord::{ClaimOutcome, ClaimRequest, ClaimValue, JobEvent, MemberEvent, SignalEvent};
+use crate::coord::{
+    BufferEvent, BufferedTick, ClaimOutcome, ClaimRequest, ClaimValue, JobEvent, MemberEvent, RunningEvent, SignalEvent,
+};
 use crate::model::{KillSignal, RunRecord, RunStarted, StoredJob};
 use crate::worker::executor::ExecResult;
 use std::sync::Arc;
@@ -15,6 +17,28 @@ pub enum Input {
     Jobs(JobEvent),
     Members(MemberEvent),
     Signals(SignalEvent),
+    /// Running marks, cluster-wide.
+    RunState(RunningEvent),
+    /// Tick buffers, cluster-wide.
+    Buffers(BufferEvent),
+    /// The answer to `Effect::Buffer`: `Ok(false)` when the buffer was full.
+    Buffered {
+        run_id: String,
+        result: Result<bool, String>,
+    },
+    /// The answer to `Effect::TakeBuffered`: `Ok(false)` when a run was marked or the buffer
+    /// changed meanwhile.
+    Took {
+        job: String,
+        run_id: String,
+        result: Result<bool, String>,
+    },
+    /// The answer to `Effect::ClearBuffer`: `Ok(false)` when the buffer changed meanwhile.
+    BufferCleared {
+        job: String,
+        ticks: Vec<BufferedTick>,
+        result: Result<bool, String>,
+    },
     /// The worker's session lease (None while it is not registered).
     Session(Option<i64>),
     /// The answer to `Effect::Claim { batch }`, one outcome per request, in order.
@@ -82,9 +106,36 @@ pub enum Effect {
     Claim { batch: u64, requests: Vec<ClaimRequest> },
     /// Delete a run-now request that was claimed.
     AckRunNow { job: String, trigger: String },
-    /// `forbid`: mark the run as running cluster-wide, only if no other run of the job is
-    /// marked; answer with `Input::Marked`.
-    Mark { job: String, value: ClaimValue, lease: i64 },
+    /// `forbid`, `buffer_*`: mark the run as running cluster-wide, only if no other run of the
+    /// job is marked (and, with `guard_buffer`, its buffer is empty); answer with
+    /// `Input::Marked`.
+    Mark {
+        job: String,
+        value: ClaimValue,
+        lease: i64,
+        guard_buffer: bool,
+    },
+    /// Append a tick to the job's buffer unless it holds `limit`; answer with `Input::Buffered`.
+    Buffer {
+        job: String,
+        tick: BufferedTick,
+        limit: usize,
+    },
+    /// Take the oldest buffered tick (`value.run_id`): if no run is marked and the buffer is at
+    /// `revision`, mark it running and leave `rest`; answer with `Input::Took`.
+    TakeBuffered {
+        job: String,
+        revision: i64,
+        rest: Vec<BufferedTick>,
+        value: ClaimValue,
+        lease: i64,
+    },
+    /// Remove a deleted job's buffer if it is at `revision`; answer with `Input::BufferCleared`.
+    ClearBuffer {
+        job: String,
+        revision: i64,
+        ticks: Vec<BufferedTick>,
+    },
     /// Clear a running mark.
     Unmark { job: String, run_id: String },
     /// Start the process; answer with `Input::Spawned`, then `Input::Exited`.

@@ -23,7 +23,9 @@ use self::io::{Effect, Input};
 use super::clock::Clock;
 use super::reporter::Reporter;
 use crate::config::Config;
-use crate::coord::{ClaimLeases, Coord, JobEvent, MemberEvent, Registration, SignalEvent};
+use crate::coord::{
+    Appended, BufferEvent, ClaimLeases, Coord, JobEvent, MemberEvent, Registration, RunningEvent, SignalEvent,
+};
 use crate::model::WorkerInfo;
 use crate::telemetry::http::Readiness;
 use std::collections::HashMap;
@@ -56,6 +58,9 @@ pub struct SchedulerParts {
     pub jobs: mpsc::Receiver<JobEvent>,
     pub members: mpsc::Receiver<MemberEvent>,
     pub signals: mpsc::Receiver<SignalEvent>,
+    /// Running marks and tick buffers (`buffer_one`, `buffer_all`).
+    pub running: mpsc::Receiver<RunningEvent>,
+    pub buffers: mpsc::Receiver<BufferEvent>,
     pub shutdown: CancellationToken,
     pub ready: watch::Sender<Readiness>,
     pub clock: Arc<dyn Clock>,
@@ -75,6 +80,8 @@ struct Shell {
     spawn_slots: Arc<Semaphore>,
     /// Kill switches of the runs this worker started, by run id.
     kills: HashMap<String, watch::Sender<Option<String>>>,
+    /// One lock per job whose buffer this worker writes: its writes go one after another.
+    buffer_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Every task spawned for an effect: claims, marks, runs, acks.
     tasks: JoinSet<()>,
     tx: mpsc::Sender<Input>,
@@ -92,6 +99,8 @@ pub async fn run(parts: SchedulerParts) {
         mut jobs,
         mut members,
         mut signals,
+        mut running,
+        mut buffers,
         shutdown,
         ready,
         clock,
@@ -111,6 +120,7 @@ pub async fn run(parts: SchedulerParts) {
         registration,
         info,
         kills: HashMap::new(),
+        buffer_locks: HashMap::new(),
         tasks: JoinSet::new(),
         tx,
         clock: clock.clone(),
@@ -146,6 +156,8 @@ pub async fn run(parts: SchedulerParts) {
             Some(ev) = jobs.recv() => core.handle(clock.now_ms(), Input::Jobs(ev)),
             Some(ev) = members.recv() => core.handle(clock.now_ms(), Input::Members(ev)),
             Some(ev) = signals.recv() => core.handle(clock.now_ms(), Input::Signals(ev)),
+            Some(ev) = running.recv() => core.handle(clock.now_ms(), Input::RunState(ev)),
+            Some(ev) = buffers.recv() => core.handle(clock.now_ms(), Input::Buffers(ev)),
             Some(input) = rx.recv() => {
                 shell.observe(&input);
                 core.handle(clock.now_ms(), input);
@@ -198,6 +210,13 @@ pub async fn run(parts: SchedulerParts) {
 }
 
 impl Shell {
+    /// The lock that puts this worker's writes to the buffer of `job` in a row (dropped with
+    /// the last writer).
+    fn buffer_lock(&mut self, job: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.buffer_locks.retain(|_, l| Arc::strong_count(l) > 1);
+        self.buffer_locks.entry(job.to_string()).or_default().clone()
+    }
+
     /// Bookkeeping on an input passing through to the core.
     fn observe(&mut self, input: &Input) {
         if let Input::Exited { run_id, .. } = input {
@@ -241,11 +260,16 @@ impl Shell {
                     }
                 });
             }
-            Effect::Mark { job, value, lease } => {
+            Effect::Mark {
+                job,
+                value,
+                lease,
+                guard_buffer,
+            } => {
                 let (coord, tx) = (self.coord.clone(), self.tx.clone());
                 self.tasks.spawn(async move {
                     let result = coord
-                        .mark_running(&job, &value, lease, true)
+                        .mark_running(&job, &value, lease, true, guard_buffer)
                         .await
                         .map_err(|e| e.to_string());
                     let _ = tx
@@ -254,6 +278,54 @@ impl Shell {
                             result,
                         })
                         .await;
+                });
+            }
+            Effect::Buffer { job, tick, limit } => {
+                let (coord, tx, lock) = (self.coord.clone(), self.tx.clone(), self.buffer_lock(&job));
+                self.tasks.spawn(async move {
+                    let _turn = lock.lock().await;
+                    let result = coord
+                        .buffer_tick(&job, &tick, limit)
+                        .await
+                        .map(|a| a == Appended::Queued)
+                        .map_err(|e| e.to_string());
+                    let _ = tx
+                        .send(Input::Buffered {
+                            run_id: tick.run_id,
+                            result,
+                        })
+                        .await;
+                });
+            }
+            Effect::TakeBuffered {
+                job,
+                revision,
+                rest,
+                value,
+                lease,
+            } => {
+                let (coord, tx, lock) = (self.coord.clone(), self.tx.clone(), self.buffer_lock(&job));
+                self.tasks.spawn(async move {
+                    let _turn = lock.lock().await;
+                    let result = coord
+                        .take_buffered(&job, revision, &rest, &value, lease)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let _ = tx
+                        .send(Input::Took {
+                            job,
+                            run_id: value.run_id,
+                            result,
+                        })
+                        .await;
+                });
+            }
+            Effect::ClearBuffer { job, revision, ticks } => {
+                let (coord, tx, lock) = (self.coord.clone(), self.tx.clone(), self.buffer_lock(&job));
+                self.tasks.spawn(async move {
+                    let _turn = lock.lock().await;
+                    let result = coord.clear_buffer(&job, revision).await.map_err(|e| e.to_string());
+                    let _ = tx.send(Input::BufferCleared { job, ticks, result }).await;
                 });
             }
             Effect::Unmark { job, run_id } => {

@@ -7,7 +7,10 @@
 
 use super::core::{Core, CoreConfig, LATE_TOLERANCE_MS};
 use super::io::{Effect, Input, RunOrder};
-use crate::coord::{ClaimOutcome, ClaimValue, JobEvent, JobRead, MemberEvent, SignalEvent, TickId};
+use crate::coord::{
+    BufferEvent, BufferedTick, ClaimOutcome, ClaimValue, JobEvent, JobRead, MemberEvent, RunningEvent, SignalEvent,
+    TickId,
+};
 use crate::model::{
     Concurrency, Dispatch, JobSpec, KillSignal, Misfire, RunNowSignal, RunRecord, RunStarted, RunStatus, StoredJob,
     Trigger, WorkerInfo,
@@ -37,6 +40,8 @@ struct Sim {
     claims: HashMap<(String, TickId), ClaimValue>,
     /// `forbid` running marks: job -> run ids.
     marks: HashMap<String, Vec<String>>,
+    /// Tick buffers: job -> (ticks, revision); no entry when empty.
+    buffers: HashMap<String, (Vec<BufferedTick>, i64)>,
     /// Claims not answered yet (when `hold_claims`), per worker.
     held: Vec<(String, u64, Vec<crate::coord::ClaimRequest>)>,
     hold_claims: bool,
@@ -70,6 +75,7 @@ impl Sim {
             jobs: BTreeMap::new(),
             claims: HashMap::new(),
             marks: HashMap::new(),
+            buffers: HashMap::new(),
             held: Vec::new(),
             hold_claims: false,
             etcd_down: false,
@@ -127,6 +133,8 @@ impl Sim {
                     run_now: vec![],
                 }),
             );
+            core.handle(sim.now, Input::RunState(RunningEvent::Reset(vec![])));
+            core.handle(sim.now, Input::Buffers(BufferEvent::Reset(vec![])));
             sim.cores.insert(id.clone(), core);
             sim.members.insert(
                 id.clone(),
@@ -237,6 +245,18 @@ impl Sim {
                 run_now: vec![],
             }),
         );
+        let marks = self
+            .marks
+            .iter()
+            .flat_map(|(j, ids)| ids.iter().map(move |id| (j.clone(), id.clone())))
+            .collect();
+        core.handle(self.now, Input::RunState(RunningEvent::Reset(marks)));
+        let buffers = self
+            .buffers
+            .iter()
+            .map(|(j, (t, r))| (j.clone(), t.clone(), *r))
+            .collect();
+        core.handle(self.now, Input::Buffers(BufferEvent::Reset(buffers)));
         let w = WorkerInfo {
             started_at,
             ..info(&id, dispatch)
@@ -256,6 +276,17 @@ impl Sim {
     /// A worker dies: its core is gone, its processes die with it, its registration expires.
     fn kill_worker(&mut self, id: &str) {
         self.cores.remove(id);
+        // its running marks go with its session lease
+        let dead: Vec<String> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.worker == id)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for run_id in dead {
+            let job = self.procs[&run_id].order.job.spec.name.clone();
+            self.unmark(&job, &run_id);
+        }
         self.procs.retain(|_, p| p.worker != id);
         self.held.retain(|(w, _, _)| w != id);
         self.members.remove(id);
@@ -321,13 +352,23 @@ impl Sim {
             Effect::Mark { job, value, .. } if self.hold_marks => {
                 self.held_marks.push((worker.to_string(), job, value.run_id));
             }
-            Effect::Mark { job, value, .. } => {
+            Effect::Mark {
+                job,
+                value,
+                guard_buffer,
+                ..
+            } => {
                 let result = if self.etcd_down {
                     Err("etcd unreachable".to_string())
                 } else {
-                    let held = self.marks.entry(job).or_default();
-                    if held.is_empty() {
+                    let buffered = guard_buffer && self.buffers.contains_key(&job);
+                    let held = self.marks.entry(job.clone()).or_default();
+                    if held.is_empty() && !buffered {
                         held.push(value.run_id.clone());
+                        self.broadcast_later(Input::RunState(RunningEvent::Marked {
+                            job,
+                            run_id: value.run_id.clone(),
+                        }));
                         Ok(true)
                     } else {
                         Ok(false)
@@ -341,10 +382,76 @@ impl Sim {
                     },
                 );
             }
-            Effect::Unmark { job, run_id } => {
-                if let Some(m) = self.marks.get_mut(&job) {
-                    m.retain(|r| *r != run_id);
-                }
+            Effect::Unmark { job, run_id } => self.unmark(&job, &run_id),
+            Effect::Buffer { job, tick, limit } => {
+                let result = if self.etcd_down {
+                    Err("etcd unreachable".to_string())
+                } else {
+                    let len = self.buffers.get(&job).map(|(t, _)| t.len()).unwrap_or(0);
+                    if len >= limit {
+                        Ok(false)
+                    } else {
+                        self.revision += 1;
+                        let rev = self.revision;
+                        let b = self.buffers.entry(job.clone()).or_default();
+                        b.0.push(tick.clone());
+                        b.1 = rev;
+                        let ticks = b.0.clone();
+                        self.broadcast_later(Input::Buffers(BufferEvent::Changed {
+                            job,
+                            ticks,
+                            revision: rev,
+                        }));
+                        Ok(true)
+                    }
+                };
+                self.deliver(
+                    worker,
+                    Input::Buffered {
+                        run_id: tick.run_id,
+                        result,
+                    },
+                );
+            }
+            Effect::TakeBuffered {
+                job,
+                revision,
+                rest,
+                value,
+                ..
+            } => {
+                let result = if self.etcd_down {
+                    Err("etcd unreachable".to_string())
+                } else if self.marks.get(&job).is_some_and(|m| !m.is_empty())
+                    || self.buffers.get(&job).map(|(_, r)| *r) != Some(revision)
+                {
+                    Ok(false)
+                } else {
+                    self.marks.entry(job.clone()).or_default().push(value.run_id.clone());
+                    self.broadcast_later(Input::RunState(RunningEvent::Marked {
+                        job: job.clone(),
+                        run_id: value.run_id.clone(),
+                    }));
+                    self.set_buffer(&job, rest);
+                    Ok(true)
+                };
+                self.deliver(
+                    worker,
+                    Input::Took {
+                        job,
+                        run_id: value.run_id,
+                        result,
+                    },
+                );
+            }
+            Effect::ClearBuffer { job, revision, ticks } => {
+                let result = if self.buffers.get(&job).map(|(_, r)| *r) == Some(revision) {
+                    self.set_buffer(&job, vec![]);
+                    Ok(true)
+                } else {
+                    Ok(false)
+                };
+                self.deliver(worker, Input::BufferCleared { job, ticks, result });
             }
             Effect::Spawn(order) => {
                 let name = order.job.spec.name.clone();
@@ -407,6 +514,32 @@ impl Sim {
                     self.broadcast_later(Input::Members(MemberEvent::Up(w)));
                 }
             }
+        }
+    }
+
+    fn unmark(&mut self, job: &str, run_id: &str) {
+        if let Some(m) = self.marks.get_mut(job) {
+            m.retain(|r| *r != run_id);
+        }
+        self.broadcast_later(Input::RunState(RunningEvent::Unmarked {
+            job: job.to_string(),
+            run_id: run_id.to_string(),
+        }));
+    }
+
+    fn set_buffer(&mut self, job: &str, ticks: Vec<BufferedTick>) {
+        if ticks.is_empty() {
+            self.buffers.remove(job);
+            self.broadcast_later(Input::Buffers(BufferEvent::Gone { job: job.to_string() }));
+        } else {
+            self.revision += 1;
+            let revision = self.revision;
+            self.buffers.insert(job.to_string(), (ticks.clone(), revision));
+            self.broadcast_later(Input::Buffers(BufferEvent::Changed {
+                job: job.to_string(),
+                ticks,
+                revision,
+            }));
         }
     }
 
@@ -568,6 +701,8 @@ fn clone_input(i: &Input) -> Input {
             job: job.clone(),
             id: id.clone(),
         }),
+        Input::RunState(ev) => Input::RunState(ev.clone()),
+        Input::Buffers(ev) => Input::Buffers(ev.clone()),
         other => panic!("the sim does not broadcast {other:?}"),
     }
 }
@@ -762,6 +897,122 @@ fn misfire_skip_records_every_overdue_tick_skipped_and_runs_only_on_time_ticks()
         assert_eq!(o.fired_at, o.planned, "only on-time ticks run under misfire = skip");
     }
     assert!(!sim.ran("a").is_empty());
+}
+
+fn run_all(name: &str) -> JobSpec {
+    let mut spec = every_second(name);
+    spec.misfire = Misfire::RunAll;
+    spec
+}
+
+/// Asserts each run of `job` started after the one before ended, oldest tick first.
+fn assert_one_after_another(sim: &Sim, job: &str) {
+    let runs: Vec<&RunOrder> = sim
+        .spawned
+        .iter()
+        .filter(|(_, o)| o.job.spec.name == job)
+        .map(|(_, o)| o)
+        .collect();
+    for w in runs.windows(2) {
+        assert!(
+            w[1].planned > w[0].planned,
+            "in order: {} after {}",
+            w[1].planned,
+            w[0].planned
+        );
+        let ended = sim
+            .records
+            .iter()
+            .find(|r| r.run_id == w[0].run_id)
+            .and_then(|r| r.ended_at)
+            .expect("the earlier run ended");
+        assert!(w[1].fired_at >= ended, "one after another");
+    }
+}
+
+#[test]
+fn misfire_run_all_runs_every_overdue_tick_once_oldest_first_one_after_another() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.durations.insert("a".into(), 300);
+    sim.etcd_down = true;
+    sim.put(run_all("a"));
+    sim.advance(secs(15) + 500);
+    assert!(sim.spawned.is_empty());
+    sim.etcd_down = false;
+    sim.advance(secs(10));
+    let ran: Vec<i64> = sim.ran("a").into_iter().map(|(_, p)| p).collect();
+    assert_eq!(
+        ran,
+        (1..=25).map(|i| T0 + secs(i)).collect::<Vec<_>>(),
+        "every tick once"
+    );
+    assert_one_after_another(&sim, "a");
+    assert!(sim.records_of("a").iter().all(|r| r.status == RunStatus::Succeeded));
+    sim.assert_exactly_once();
+}
+
+#[test]
+fn misfire_run_all_runs_the_ticks_a_restarted_worker_missed_and_claims_them_under_a_long_lease() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.put(run_all("a"));
+    sim.advance(secs(2) + 500);
+    sim.kill_worker("w1");
+    sim.advance(secs(15));
+    let mut cfg = Sim::config("w1");
+    cfg.started_at = sim.now;
+    sim.join(cfg);
+    sim.advance(secs(3));
+    let ran: Vec<i64> = sim.ran("a").into_iter().map(|(_, p)| p).collect();
+    // ticks 1-2 ran before; 3 was claimed ahead by the dead process (lost); 4-17 caught up
+    for t in 4..=20 {
+        assert!(ran.contains(&(T0 + secs(t))), "tick {t} ran: {ran:?}");
+    }
+    assert_one_after_another(&sim, "a");
+    sim.assert_exactly_once();
+}
+
+#[test]
+fn misfire_run_all_goes_back_no_further_than_the_catchup_window() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    let mut spec = run_all("a");
+    spec.starting_deadline = Some(Duration::from_secs(2));
+    spec.catchup_window = Some(Duration::from_secs(5));
+    sim.etcd_down = true;
+    sim.put(spec);
+    sim.advance(secs(10) + 500);
+    sim.etcd_down = false;
+    sim.advance(secs(3));
+    let ran: Vec<i64> = sim.ran("a").into_iter().map(|(_, p)| p).collect();
+    assert!(
+        ran.iter().all(|p| *p >= T0 + secs(5)),
+        "nothing older than the window ran: {ran:?}"
+    );
+    for t in 6..=12 {
+        assert!(ran.contains(&(T0 + secs(t))), "tick {t} ran: {ran:?}");
+    }
+    assert_one_after_another(&sim, "a");
+}
+
+#[test]
+fn misfire_run_all_with_buffer_all_puts_the_backlog_through_the_buffer_in_order() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.durations.insert("a".into(), 1500);
+    let mut spec = run_all("a");
+    spec.concurrency = Concurrency::BufferAll;
+    sim.etcd_down = true;
+    sim.put(spec);
+    sim.advance(secs(5) + 500);
+    sim.etcd_down = false;
+    sim.advance(secs(30));
+    let planned: Vec<i64> = starts(&sim, "a").iter().map(|(p, _)| *p).collect();
+    let mut sorted = planned.clone();
+    sorted.sort();
+    assert_eq!(planned, sorted, "oldest first");
+    for t in 1..=12 {
+        assert!(planned.contains(&(T0 + secs(t))), "tick {t} ran: {planned:?}");
+    }
+    assert!(sim.records_of("a").iter().all(|r| r.status == RunStatus::Succeeded));
+    sim.assert_exactly_once();
 }
 
 #[test]
@@ -1205,6 +1456,188 @@ fn replace_kills_the_previous_run_here_and_elsewhere_and_starts_the_new_one() {
     assert_eq!(sim.procs.len(), 1, "only the new run goes");
     assert_eq!(sim.kills_broadcast.len(), 2);
     assert_eq!(sim.kills_broadcast[1].planned_before, Some(T0 + secs(4)));
+}
+
+// ---- buffers ---------------------------------------------------------------------------
+
+fn buffered_job(name: &str, concurrency: Concurrency) -> JobSpec {
+    let mut spec = every_second(name);
+    spec.concurrency = concurrency;
+    spec
+}
+
+/// (planned, fired_at) of a job's runs, in the order they were started.
+fn starts(sim: &Sim, job: &str) -> Vec<(i64, i64)> {
+    sim.spawned
+        .iter()
+        .filter(|(_, o)| o.job.spec.name == job)
+        .map(|(_, o)| (o.planned, o.fired_at))
+        .collect()
+}
+
+#[test]
+fn buffer_one_keeps_one_tick_and_starts_it_as_the_run_ends_and_skips_the_rest_as_buffer_full() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.durations.insert("b".into(), 2300);
+    sim.put(buffered_job("b", Concurrency::BufferOne));
+    sim.advance(secs(8) + 500);
+    // runs 1.0-3.3, then tick 2 at once (3.3-5.6), tick 4 (5.6-7.9), tick 6 (7.9-)
+    assert_eq!(
+        starts(&sim, "b"),
+        vec![
+            (T0 + secs(1), T0 + secs(1)),
+            (T0 + secs(2), T0 + 3300),
+            (T0 + secs(4), T0 + 5600),
+            (T0 + secs(6), T0 + 7900),
+        ]
+    );
+    assert_eq!(
+        sim.outcomes("b"),
+        vec![
+            (T0 + secs(1), RunStatus::Succeeded),
+            (T0 + secs(2), RunStatus::Succeeded),
+            (T0 + secs(3), RunStatus::Skipped),
+            (T0 + secs(4), RunStatus::Succeeded),
+            (T0 + secs(5), RunStatus::Skipped),
+            (T0 + secs(7), RunStatus::Skipped),
+        ]
+    );
+    assert_eq!(
+        sim.buffers["b"].0[0].planned,
+        T0 + secs(8),
+        "tick 8 came after tick 6 started"
+    );
+    for r in sim.records_of("b").iter().filter(|r| r.status == RunStatus::Skipped) {
+        assert!(r.error.as_deref().unwrap().starts_with("buffer_full:"), "{r:?}");
+    }
+    // a buffered tick runs under the run id it was claimed with, as a scheduled run
+    let second = sim.records_of("b")[1];
+    assert_eq!(second.trigger, Trigger::Schedule);
+    let claim = &sim.claims[&("b".to_string(), TickId::Scheduled(T0 + secs(2)))];
+    assert_eq!(claim.run_id, second.run_id);
+    assert_eq!(sim.core("w1").tick_states().get("buffering"), None);
+}
+
+#[test]
+fn buffer_all_runs_every_tick_in_order_one_after_another() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.durations.insert("b".into(), 1500);
+    sim.put(buffered_job("b", Concurrency::BufferAll));
+    sim.advance(secs(6) + 100);
+    // ticks come every second, runs take 1.5 s: the backlog grows, nothing is skipped
+    let s = starts(&sim, "b");
+    assert_eq!(
+        s,
+        vec![
+            (T0 + secs(1), T0 + secs(1)),
+            (T0 + secs(2), T0 + 2500),
+            (T0 + secs(3), T0 + 4000),
+            (T0 + secs(4), T0 + 5500),
+        ]
+    );
+    assert!(sim.records_of("b").iter().all(|r| r.status == RunStatus::Succeeded));
+    assert_eq!(
+        sim.buffers["b"].0.iter().map(|t| t.planned).collect::<Vec<_>>(),
+        vec![T0 + secs(5), T0 + secs(6)]
+    );
+    sim.advance(secs(20));
+    sim.assert_exactly_once();
+    let planned: Vec<i64> = starts(&sim, "b").iter().map(|(p, _)| *p).collect();
+    let mut sorted = planned.clone();
+    sorted.sort();
+    assert_eq!(planned, sorted, "in order, oldest first");
+    assert!(sim.records_of("b").iter().all(|r| r.status == RunStatus::Succeeded));
+}
+
+#[test]
+fn buffer_all_keeps_at_most_max_buffer_ticks() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.durations.insert("b".into(), 10_000);
+    let mut spec = buffered_job("b", Concurrency::BufferAll);
+    spec.max_buffer = Some(3);
+    sim.put(spec);
+    sim.advance(secs(8) + 100);
+    assert_eq!(sim.buffers["b"].0.len(), 3);
+    let out = sim.outcomes("b");
+    assert_eq!(out.len(), 4, "ticks 5-8 found the buffer full: {out:?}");
+    assert!(out.iter().all(|(p, s)| *s == RunStatus::Skipped && *p >= T0 + secs(5)));
+    sim.advance(secs(40));
+    let planned: Vec<i64> = starts(&sim, "b").iter().map(|(p, _)| *p).take(4).collect();
+    assert_eq!(planned, vec![T0 + secs(1), T0 + secs(2), T0 + secs(3), T0 + secs(4)]);
+}
+
+#[test]
+fn a_new_tick_does_not_overtake_buffered_ones() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    sim.put(buffered_job("b", Concurrency::BufferAll));
+    // a run elsewhere holds the job: ticks 1 and 2 are buffered
+    sim.marks.insert("b".into(), vec!["elsewhere".into()]);
+    sim.broadcast(|| {
+        Input::RunState(RunningEvent::Marked {
+            job: "b".into(),
+            run_id: "elsewhere".into(),
+        })
+    });
+    sim.advance(secs(2) + 100);
+    assert!(sim.spawned.is_empty());
+    assert_eq!(sim.buffers["b"].0.len(), 2);
+    sim.unmark("b", "elsewhere");
+    sim.pump();
+    assert_eq!(starts(&sim, "b"), vec![(T0 + secs(1), T0 + 2100)]);
+    sim.advance(secs(3));
+    let planned: Vec<i64> = starts(&sim, "b").iter().map(|(p, _)| *p).collect();
+    assert_eq!(planned, (1..=5).map(|i| T0 + secs(i)).collect::<Vec<_>>());
+}
+
+#[test]
+fn buffered_ticks_survive_the_owners_death_and_run_in_order_on_the_new_owner_and_are_not_lost() {
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    sim.durations.insert("b".into(), 2500);
+    sim.put(buffered_job("b", Concurrency::BufferAll));
+    sim.advance(secs(3) + 100);
+    let owner = sim.ran("b")[0].0.clone();
+    let other = if owner == "w1" { "w2" } else { "w1" };
+    assert_eq!(sim.buffers["b"].0.len(), 2, "ticks 2 and 3 wait");
+    sim.kill_worker(&owner);
+    sim.advance(secs(6));
+    let after: Vec<(String, i64)> = sim.ran("b").into_iter().filter(|(w, _)| w == other).collect();
+    let planned: Vec<i64> = after.iter().map(|(_, p)| *p).take(2).collect();
+    assert_eq!(
+        planned,
+        vec![T0 + secs(2), T0 + secs(3)],
+        "the buffered ticks, oldest first"
+    );
+    let lost: Vec<i64> = sim
+        .records_of("b")
+        .iter()
+        .filter(|r| r.status == RunStatus::Lost)
+        .map(|r| r.planned_at)
+        .collect();
+    assert!(
+        !lost.contains(&(T0 + secs(2))) && !lost.contains(&(T0 + secs(3))),
+        "{lost:?}"
+    );
+    sim.assert_exactly_once();
+}
+
+#[test]
+fn a_deleted_jobs_buffered_ticks_are_recorded_skipped_and_its_buffer_removed() {
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    sim.durations.insert("b".into(), 10_000);
+    sim.put(buffered_job("b", Concurrency::BufferAll));
+    sim.advance(secs(3) + 100);
+    assert_eq!(sim.buffers["b"].0.len(), 2);
+    sim.delete("b");
+    assert!(!sim.buffers.contains_key("b"));
+    let skipped: Vec<&RunRecord> = sim
+        .records_of("b")
+        .into_iter()
+        .filter(|r| r.error.as_deref().is_some_and(|e| e.starts_with("job_deleted:")))
+        .collect();
+    assert_eq!(
+        skipped.iter().map(|r| r.planned_at).collect::<Vec<_>>(),
+        vec![T0 + secs(2), T0 + secs(3)]
+    );
 }
 
 // ---- manual runs ------------------------------------------------------------------------

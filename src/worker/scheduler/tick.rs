@@ -27,6 +27,11 @@
 //!                                          └────────────── slot (or WaitingForSlot, claimed) ◄───────┘
 //! ```
 //!
+//! `buffer_one` / `buffer_all` mark like `forbid`; when another run goes (or ticks wait already)
+//! the tick goes `Buffering` (into `buffer/{job}` in etcd; full: `Skipped(buffer_full)`) and ends
+//! `Buffered`; the job's owner later takes it as a new `Tick` in `Taking`, then `Running`.
+//! `misfire = run_all` catch-up ticks won together wait `Queued` and fire one after another.
+//!
 //! Terminal ends (`TickEnd`): `Finished`, `Skipped` (with a `SkipReason`) and a `lost` record are
 //! written down; `ClaimLost`, `HandedOver` and `Dropped` happen before the tick was ours, so
 //! another worker (or a later claim) decides it.
@@ -186,6 +191,16 @@ pub enum TickState {
     },
     /// A failed attempt's retry, waiting for its backoff to end.
     Backoff { until: i64 },
+    /// `buffer_*`: another run is going; the tick is being appended to the job's buffer in
+    /// etcd (its slot went back). Once there, it is no longer this worker's: the job's owner
+    /// takes it when the run ends.
+    Buffering { claim: ClaimTimes },
+    /// `misfire = run_all`: an overdue tick won here, waiting for the job's catch-up run
+    /// before it to end (they run one after another, oldest first).
+    Queued { claim: ClaimTimes },
+    /// `buffer_*`: the job's owner is taking the oldest buffered tick (one transaction: no run
+    /// marked, the buffer unchanged; then its running mark and the shortened buffer).
+    Taking { slot: Slot },
 }
 
 impl TickState {
@@ -199,6 +214,9 @@ impl TickState {
             TickState::Marking { .. } => "marking",
             TickState::Running { .. } => "running",
             TickState::Backoff { .. } => "backoff",
+            TickState::Buffering { .. } => "buffering",
+            TickState::Taking { .. } => "taking",
+            TickState::Queued { .. } => "queued",
         }
     }
 }
@@ -225,6 +243,10 @@ pub enum SkipReason {
     JobRescheduled,
     /// Claimed by a draining worker whose drain timeout passed before the tick could start.
     DrainTimeout,
+    /// `buffer_*`: another run is going and the job's buffer already holds this many ticks.
+    BufferFull { limit: usize },
+    /// `buffer_*`: the running mark or the buffer could not be written.
+    BufferCheckFailed(String),
 }
 
 impl SkipReason {
@@ -239,6 +261,8 @@ impl SkipReason {
             SkipReason::JobDeleted => "job_deleted",
             SkipReason::JobRescheduled => "job_rescheduled",
             SkipReason::DrainTimeout => "drain_timeout",
+            SkipReason::BufferFull { .. } => "buffer_full",
+            SkipReason::BufferCheckFailed(_) => "buffer_check_failed",
         }
     }
 
@@ -262,6 +286,12 @@ impl SkipReason {
             SkipReason::JobDeleted => "the job was deleted after this tick was claimed".into(),
             SkipReason::JobRescheduled => "the job's schedule changed and no longer has this tick".into(),
             SkipReason::DrainTimeout => "the worker's drain timeout passed before the tick could start".into(),
+            SkipReason::BufferFull { limit } => format!(
+                "another run of this job is still going and its buffer already holds {limit} tick(s) (concurrency = buffer_one, or max_buffer of buffer_all)"
+            ),
+            SkipReason::BufferCheckFailed(why) => {
+                format!("could not check for other runs or buffer the tick in etcd: {why}")
+            }
         }
     }
 }
@@ -281,6 +311,9 @@ pub enum TickEnd {
     /// Never claimed here, and given back to the job (its claim failed: it is claimed again as
     /// overdue) or no longer wanted (the job changed or went before it was claimed).
     Dropped,
+    /// In the job's buffer in etcd: the job's owner runs it (under this run id) when the run
+    /// going ends.
+    Buffered,
 }
 
 impl TickEnd {
@@ -291,6 +324,7 @@ impl TickEnd {
             TickEnd::ClaimLost => "claim_lost",
             TickEnd::HandedOver => "handed_over",
             TickEnd::Dropped => "dropped",
+            TickEnd::Buffered => "buffered",
         }
     }
 }
@@ -391,6 +425,8 @@ mod tests {
             SkipReason::JobDeleted,
             SkipReason::JobRescheduled,
             SkipReason::DrainTimeout,
+            SkipReason::BufferFull { limit: 1 },
+            SkipReason::BufferCheckFailed(String::new()),
         ];
         for r in all {
             assert!(

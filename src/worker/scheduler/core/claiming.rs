@@ -17,7 +17,7 @@ impl Core {
         let Some(mut planned) = e.next_tick else { return };
         // Far behind (the process was stopped, the machine slept): don't claim one tick per
         // turn for hours; ticks older than the deadline are counted as missed.
-        let deadline = e.job.spec.starting_deadline().as_millis() as i64;
+        let deadline = e.job.spec.overdue_window().as_millis() as i64;
         if planned < now - deadline {
             let behind = e.schedule.ticks_between(planned - 1, now - deadline, usize::MAX).len();
             TicksOverdue {
@@ -43,7 +43,7 @@ impl Core {
         }
         // a tick that cannot start on time is, under `misfire = skip`, not run at all
         let wait_deadline = match e.job.spec.misfire {
-            Misfire::RunOnce => planned + deadline,
+            Misfire::RunOnce | Misfire::RunAll => planned + deadline,
             Misfire::Skip => planned + LATE_TOLERANCE_MS,
         };
         let older = e.waiting.clone();
@@ -132,7 +132,7 @@ impl Core {
         }
         // Ticks past the deadline can no longer be claimed safely (their claims may be gone):
         // they are counted as missed.
-        let horizon = now - e.job.spec.starting_deadline().as_millis() as i64;
+        let horizon = now - e.job.spec.overdue_window().as_millis() as i64;
         let expired: Vec<i64> = e.overdue.range(..horizon).map(|(t, _)| *t).collect();
         if !expired.is_empty() {
             for t in &expired {
@@ -149,14 +149,19 @@ impl Core {
             e.overdue.pop_first();
         }
         let overdue = std::mem::take(&mut e.overdue);
-        let newest = overdue.keys().next_back().copied();
-        let wants_slot = e.job.spec.misfire == Misfire::RunOnce;
+        // the tick that runs first gets a slot: the newest under run_once, the oldest under
+        // run_all
+        let first = match e.job.spec.misfire {
+            Misfire::RunOnce => overdue.keys().next_back().copied(),
+            Misfire::RunAll => overdue.keys().next().copied(),
+            Misfire::Skip => None,
+        };
         for (planned, earlier) in overdue {
             let run_id = match earlier {
                 Some(id) => id,
                 None => self.new_run_id(now),
             };
-            let slot = if wants_slot && Some(planned) == newest {
+            let slot = if Some(planned) == first {
                 self.slots.try_take()
             } else {
                 None
@@ -257,7 +262,12 @@ impl Core {
                 continue;
             };
             *b = batch;
+            let long = self
+                .jobs
+                .get(&t.job)
+                .is_some_and(|e| e.job.spec.misfire == Misfire::RunAll);
             requests.push(ClaimRequest {
+                long,
                 job: t.job.clone(),
                 tick: t.kind.claim_id(),
                 value: ClaimValue {
@@ -373,8 +383,18 @@ impl Core {
                         METRICS.claims.with_label_values(&["already_claimed"]).inc();
                         gone
                     };
-                    if record_lost && let TickKind::Scheduled { planned } = t.kind {
-                        let job = t.job.clone();
+                    // a tick in the job's buffer (or taken from it: running here under its run
+                    // id) is not lost: the owner runs it
+                    let (job, kind) = (t.job.clone(), t.kind.clone());
+                    let buffered = self.ticks.contains_key(&theirs)
+                        || self
+                            .buffers
+                            .get(&job)
+                            .is_some_and(|(ticks, _)| ticks.iter().any(|b| b.run_id == theirs));
+                    if record_lost
+                        && !buffered
+                        && let TickKind::Scheduled { planned } = kind
+                    {
                         self.record_lost(now, &job, planned, &holder, &theirs);
                     }
                     if let TickKind::Manual { trigger, backfill, .. } = &self.ticks[&run_id].kind {
@@ -459,7 +479,7 @@ impl Core {
             }
             return;
         };
-        let (misfire, deadline) = (e.job.spec.misfire, e.job.spec.starting_deadline().as_millis() as i64);
+        let (misfire, deadline) = (e.job.spec.misfire, e.job.spec.overdue_window().as_millis() as i64);
         let horizon = now - deadline;
         TicksOverdue {
             job,
@@ -470,6 +490,7 @@ impl Core {
         let run = match misfire {
             Misfire::RunOnce => ticks.last().filter(|(t, _)| *t >= horizon).cloned(),
             Misfire::Skip => None,
+            Misfire::RunAll => return self.catch_up_all(now, job, ticks, horizon),
         };
         // the one that runs may take a slot another of the group holds
         let mut spare: Option<Slot> = None;

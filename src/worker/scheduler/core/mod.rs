@@ -17,7 +17,9 @@
 //!   whose clocks are right, it claims nothing while one of those can, and it is not ready;
 //! - work per tick is O(log n) (the timer heap); only membership changes touch every job.
 
+mod buffering;
 mod capacity;
+mod catchup;
 mod claiming;
 mod drain;
 mod running;
@@ -41,7 +43,7 @@ use crate::telemetry::events::{
 use crate::telemetry::metrics::METRICS;
 use crate::timer::TimerHeap;
 use crate::worker::executor::{Ending, ExecResult};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};
@@ -152,6 +154,10 @@ enum Timer {
         run_id: String,
     },
     RunNowRetry,
+    /// A buffered tick's take (or a deleted job's buffer clear) failed: look again.
+    BufferRetry {
+        job: String,
+    },
     CapacityHold,
     DrainDeadline,
 }
@@ -177,6 +183,22 @@ pub struct Core {
     waiting_live: usize,
     /// Runs (marking or running) per job on this worker, for `forbid`.
     active: HashMap<String, usize>,
+    /// Running marks cluster-wide (`running/` watch): job → run ids.
+    marks: HashMap<String, HashSet<String>>,
+    /// Non-empty tick buffers cluster-wide (`buffer/` watch): job → ticks, key revision.
+    buffers: HashMap<String, (Vec<crate::coord::BufferedTick>, i64)>,
+    synced_buffers: bool,
+    /// Jobs whose oldest buffered tick is being taken, or whose buffer is being cleared.
+    taking: HashSet<String>,
+    clearing: HashSet<String>,
+    /// Jobs to look at for a buffered tick to take at the end of the step.
+    buffer_dirty: BTreeSet<String>,
+    /// `run_all`: each job's overdue ticks won and waiting for the one before to end, oldest
+    /// first, and the one running (or waiting for a slot) now.
+    catchup: HashMap<String, VecDeque<String>>,
+    catchup_head: HashMap<String, String>,
+    /// Jobs whose catch-up head ended: the next one starts at the end of the step.
+    catchup_dirty: BTreeSet<String>,
     timers: TimerHeap<Timer>,
     slots: Slots,
     /// Claims collected during one call, sent as one batch at its end.
@@ -224,6 +246,15 @@ impl Core {
             waiting: VecDeque::new(),
             waiting_live: 0,
             active: HashMap::new(),
+            marks: HashMap::new(),
+            buffers: HashMap::new(),
+            synced_buffers: false,
+            taking: HashSet::new(),
+            clearing: HashSet::new(),
+            buffer_dirty: BTreeSet::new(),
+            catchup: HashMap::new(),
+            catchup_head: HashMap::new(),
+            catchup_dirty: BTreeSet::new(),
             timers: TimerHeap::default(),
             batch: Vec::new(),
             batches: HashMap::new(),
@@ -253,7 +284,15 @@ impl Core {
             Input::Jobs(ev) => self.on_jobs(now, ev),
             Input::Members(ev) => self.on_members(now, ev),
             Input::Signals(ev) => self.on_signals(now, ev),
-            Input::Session(lease) => self.session = lease,
+            Input::Session(lease) => {
+                self.session = lease;
+                self.all_buffers_dirty();
+            }
+            Input::RunState(ev) => self.on_run_state(ev),
+            Input::Buffers(ev) => self.on_buffers(ev),
+            Input::Buffered { run_id, result } => self.on_buffered(now, &run_id, result),
+            Input::Took { job, run_id, result } => self.on_took(now, &job, &run_id, result),
+            Input::BufferCleared { job, ticks, result } => self.on_buffer_cleared(now, &job, ticks, result),
             Input::Claimed {
                 batch,
                 outcomes,
@@ -284,6 +323,9 @@ impl Core {
                 Timer::Retry { run_id } => self.on_retry_due(now, &run_id),
                 Timer::SlotDeadline { run_id } => self.on_slot_deadline(now, &run_id),
                 Timer::RunNowRetry => self.try_run_now(now),
+                Timer::BufferRetry { job } => {
+                    self.buffer_dirty.insert(job);
+                }
                 Timer::CapacityHold => {}
                 Timer::DrainDeadline => self.on_drain_deadline(now),
             }
@@ -367,8 +409,14 @@ impl Core {
             .values()
             .filter(|t| match &t.state {
                 TickState::Claiming { plan, .. } => matches!(plan, ClaimPlan::Run(_) | ClaimPlan::CatchUp(Some(_))),
-                TickState::Claimed { .. } | TickState::Marking { .. } | TickState::Running { .. } => true,
-                TickState::WaitingForSlot { .. } | TickState::Backoff { .. } => false,
+                TickState::Claimed { .. }
+                | TickState::Marking { .. }
+                | TickState::Running { .. }
+                | TickState::Taking { .. } => true,
+                TickState::WaitingForSlot { .. }
+                | TickState::Backoff { .. }
+                | TickState::Buffering { .. }
+                | TickState::Queued { .. } => false,
                 TickState::Deciding { .. } => panic!("a tick is still being decided after a step"),
             })
             .count();
@@ -427,7 +475,9 @@ impl Core {
         let now = self.now;
         self.serve_waiting(now);
         self.update_capacity(now);
+        self.serve_catchup(now);
         self.serve_waiting(now);
+        self.serve_buffers(now);
         self.flush_claims(now);
         METRICS.run_slots_used.set(self.slots.used() as i64);
         METRICS.ticks_waiting_for_slot.set(self.waiting_live as i64);
@@ -556,6 +606,7 @@ impl Core {
             for id in e.waiting {
                 self.drop_waiting(&id, TickEnd::Dropped);
             }
+            self.buffer_dirty.insert(name.to_string());
             debug!(job = name, "job removed");
         }
     }
@@ -600,6 +651,7 @@ impl Core {
             }
         };
         self.apply_own_flags();
+        self.all_buffers_dirty();
         METRICS.members.set(self.members.len() as i64);
         self.recompute_ownership(now, lookback);
         self.try_run_now(now);
@@ -742,7 +794,7 @@ impl Core {
             self.owned_count += 1;
             // Look back for ticks nobody may have claimed: claiming them decides each once.
             let window_start = match lookback {
-                Lookback::Full => now - e.job.spec.starting_deadline().as_millis() as i64,
+                Lookback::Full => now - e.job.spec.overdue_window().as_millis() as i64,
                 Lookback::Handover => now - claim_ahead - HANDOVER_LOOKBACK_MS,
             };
             let from = window_start.max(e.job.updated_at).max(e.decided_until);
@@ -768,6 +820,7 @@ impl Core {
                     },
                 );
             }
+            self.buffer_dirty.insert(name.to_string());
             debug!(job = name, "owned");
         } else {
             self.owned_count -= 1;

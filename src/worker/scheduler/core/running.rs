@@ -30,6 +30,17 @@ impl Core {
             self.skip(now, run_id, SkipReason::DrainTimeout);
             return;
         }
+        // run_all: while the job catches up, a tick due now waits its turn behind the backlog
+        if trigger == Trigger::Schedule
+            && e.job.spec.misfire == Misfire::RunAll
+            && self
+                .catchup_head
+                .get(&name)
+                .is_some_and(|h| h != run_id && self.ticks.contains_key(h))
+        {
+            self.queue_catch_up(run_id);
+            return;
+        }
         match e.job.spec.concurrency {
             Concurrency::Allow => self.start(now, run_id, false),
             Concurrency::Replace => {
@@ -56,9 +67,15 @@ impl Core {
                 }));
                 self.start(now, run_id, false);
             }
-            Concurrency::Forbid => {
+            Concurrency::Forbid | Concurrency::BufferOne | Concurrency::BufferAll => {
+                // a retry does not queue: it belongs to a run that already had its turn
+                let buffers = e.job.spec.concurrency.buffers() && t.attempt == 1;
                 if self.active.get(&name).copied().unwrap_or(0) > 0 {
-                    self.skip(now, run_id, SkipReason::ConcurrencyForbid { elsewhere: false });
+                    if buffers {
+                        self.buffer(now, run_id);
+                    } else {
+                        self.skip(now, run_id, SkipReason::ConcurrencyForbid { elsewhere: false });
+                    }
                     return;
                 }
                 let Some(lease) = self.session else {
@@ -81,6 +98,7 @@ impl Core {
                         worker_started_at: Some(self.cfg.started_at),
                     },
                     lease,
+                    guard_buffer: buffers,
                 });
             }
         }
@@ -104,13 +122,29 @@ impl Core {
             Ok(true) => self.start(now, run_id, true),
             Ok(false) => {
                 self.release_active(&job);
-                self.skip(now, run_id, SkipReason::ConcurrencyForbid { elsewhere: true });
+                if self.buffers_tick(run_id) {
+                    self.buffer(now, run_id);
+                } else {
+                    self.skip(now, run_id, SkipReason::ConcurrencyForbid { elsewhere: true });
+                }
             }
             Err(e) => {
                 self.release_active(&job);
-                self.skip(now, run_id, SkipReason::ForbidCheckFailed(e));
+                let reason = if self.buffers_tick(run_id) {
+                    SkipReason::BufferCheckFailed(e)
+                } else {
+                    SkipReason::ForbidCheckFailed(e)
+                };
+                self.skip(now, run_id, reason);
             }
         }
+    }
+
+    /// Whether this tick goes into its job's buffer when another run is going.
+    fn buffers_tick(&self, run_id: &str) -> bool {
+        self.ticks
+            .get(run_id)
+            .is_some_and(|t| t.attempt == 1 && self.jobs.get(&t.job).is_some_and(|e| e.job.spec.concurrency.buffers()))
     }
 
     pub(super) fn release_active(&mut self, job: &str) {
@@ -118,6 +152,10 @@ impl Core {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.active.remove(job);
+                // no run of the job here any more: a buffered tick may be taken
+                if self.buffers.contains_key(job) {
+                    self.buffer_dirty.insert(job.to_string());
+                }
             }
         }
     }
@@ -328,7 +366,9 @@ impl Core {
             | TickState::WaitingForSlot {
                 claimed: Some(claim), ..
             }
-            | TickState::Deciding { claimed: Some(claim) } => Some(claim.won),
+            | TickState::Deciding { claimed: Some(claim) }
+            | TickState::Buffering { claim }
+            | TickState::Queued { claim } => Some(claim.won),
             _ => None,
         };
         TickSkipped {
@@ -352,6 +392,10 @@ impl Core {
                 self.waiting_live -= 1;
             }
             debug!(job = %t.job, run_id, planned = t.planned(), end = end.as_str(), "tick ended");
+            if self.catchup_head.get(&t.job).is_some_and(|h| h == run_id) {
+                self.catchup_head.remove(&t.job);
+                self.catchup_dirty.insert(t.job.clone());
+            }
             if let Some(e) = self.jobs.get_mut(&t.job) {
                 e.waiting.retain(|w| w != run_id);
             }
