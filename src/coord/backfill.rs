@@ -46,7 +46,8 @@ impl BackfillState {
 pub struct InFlight {
     /// Unix ms.
     pub planned: i64,
-    /// The run-now signal's id, which is also the run id of the run's first attempt.
+    /// The run-now signal's id, which is also the run id of the run's first attempt; empty
+    /// while nothing was sent (the tick's live attempt failed and its retry is awaited).
     pub signal: String,
     /// When it was sent (the master's clock, Unix ms).
     pub sent_at: i64,
@@ -71,6 +72,10 @@ pub struct Backfill {
     pub total: u32,
     /// Ticks of the range that had a run already (not run again).
     pub already_ran: u32,
+    /// The job's `retries` when the backfill was made: a failed attempt with retries left is
+    /// not a tick's last (a later edit of the job does not change how its ticks are settled).
+    #[serde(default)]
+    pub retries: u32,
     pub state: BackfillState,
     /// The ticks before this index (into `backfill/ticks/{id}`) were sent or settled.
     pub next: u32,

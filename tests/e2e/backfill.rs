@@ -266,6 +266,34 @@ async fn a_cancelled_backfill_lets_its_running_tick_finish_and_records_the_rest_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfilled_tick_that_fails_waits_for_its_retry_and_is_not_sent_again() {
+    let mut c = Cluster::new().await;
+    c.start_worker("w1", &[]);
+    c.wait_members(&["w1"]).await;
+    let url = c.start_master("m1", &[]).await;
+    // the first attempt fails, the retry (12 s later: past the driver's 10 s look-again)
+    // succeeds
+    let mut spec = JobSpec::new("flaky", "@every 1s", &c.tick_command(r#"[ "$CRONMESH_ATTEMPT" = 2 ]"#));
+    spec.paused = true;
+    spec.retries = 1;
+    spec.retry_backoff = Some(Duration::from_secs(12));
+    c.put_job(spec).await;
+    let to = now_ms();
+    let from = to - 3_000;
+    let (id, ticks) = backfill(&c, &url, "flaky", from, to, 3).await;
+    assert_eq!(ticks, 3);
+    let b = wait_state(&c, &url, &id, "completed", Duration::from_secs(60)).await;
+    assert_eq!((b["done"].as_u64(), b["failed"].as_u64()), (Some(3), Some(0)), "{b}");
+    for (t, lines) in lines_by_tick(&c, "flaky", from, to) {
+        assert_eq!(
+            lines.len(),
+            2,
+            "tick {t}: one attempt and its retry, nothing sent again: {lines:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_job_ends_its_backfill_with_the_ticks_not_run_recorded_skipped() {
     let mut c = Cluster::new().await;
     c.start_worker("w1", &[]);
@@ -334,6 +362,7 @@ async fn bad_backfill_requests_are_4xx_that_say_why_and_make_nothing() {
             "split",
         ),
         (json!({"from": "yesterday", "to": now}), 400, "invalid_from", "RFC 3339"),
+        (json!({"from": -5000, "to": now}), 400, "invalid_from", "1970"),
         (json!({"from": now - 5000, "to": [1]}), 400, "invalid_to", "RFC 3339"),
         (
             json!({"from": now - 5000, "to": now, "max_parallel": 0}),

@@ -67,39 +67,75 @@ pub fn settle(f: &InFlight, records: &[RunRecord], retries: u32) -> Option<Settl
         .then_some(Settled::Skipped)
 }
 
-/// Whether a tick about to be sent has run meanwhile (the live schedule): `Some` with how.
-pub fn ran_already(records: &[RunRecord], retries: u32) -> Option<Settled> {
-    let last = records
+/// What to do with a tick in flight that has no last record `RECHECK_MS` after it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// Someone has it: its request waits for the owner, a run of it is in progress (reported
+    /// started), an attempt of it has a record (a retry follows), or a live worker holds its
+    /// claim. Wait.
+    Wait,
+    /// Nobody has it: the request went (nobody took it in time), no run of it is in progress or
+    /// recorded, and no claim is held or the claimer is gone. Send it again under a new id (the
+    /// owner then records a gone claimer's tick `lost`, or runs an unclaimed one).
+    SendAgain,
+}
+
+/// What the driver knows of a tick in flight without a last record.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Evidence<'a> {
+    /// Its request is still in etcd.
+    pub request_waiting: bool,
+    /// A run of it was reported started and has not ended (the masters' view of the workers).
+    pub running: bool,
+    /// An attempt of it has a record that counts as a run (a retry follows, or its last record
+    /// is on its way): it is not sent again, whatever its claim says.
+    pub attempted: bool,
+    pub claim: Option<&'a ClaimValue>,
+    pub claimer_gone: bool,
+}
+
+/// Decides a tick in flight without a last record. Sending again is the only way a tick could
+/// run twice, so it takes positive evidence that nobody has it: a claim expires after
+/// `claim_ttl`, also under a run that lasts longer, so no claim alone is not enough.
+pub fn recheck(e: Evidence<'_>) -> Recheck {
+    if e.request_waiting || e.running || e.attempted {
+        return Recheck::Wait;
+    }
+    match e.claim {
+        None => Recheck::SendAgain,
+        Some(_) if e.claimer_gone => Recheck::SendAgain,
+        Some(_) => Recheck::Wait,
+    }
+}
+
+/// What to do with a tick about to be sent, by its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    /// No run of it: send it.
+    Send,
+    /// It ran meanwhile (the live schedule): count it so.
+    Ran(Settled),
+    /// An attempt of it ran and a retry follows: wait for it, without sending.
+    Retrying,
+}
+
+/// Whether a tick about to be sent has run meanwhile.
+pub fn before_send(records: &[RunRecord], retries: u32) -> Before {
+    let Some(last) = records
         .iter()
         .filter(|r| counts_as_run(r))
-        .max_by_key(|r| (r.attempt, r.ended_at))?;
-    is_final(last, retries).then_some(if last.status == RunStatus::Succeeded {
+        .max_by_key(|r| (r.attempt, r.ended_at))
+    else {
+        return Before::Send;
+    };
+    if !is_final(last, retries) {
+        return Before::Retrying;
+    }
+    Before::Ran(if last.status == RunStatus::Succeeded {
         Settled::Done
     } else {
         Settled::Failed
     })
-}
-
-/// What to do with a tick in flight that has no record `RECHECK_MS` after it was sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recheck {
-    /// Its request waits for the owner, or a live worker holds its claim: wait.
-    Wait,
-    /// Nobody has it: the request went (nobody took it in time) and no claim is held, or the
-    /// claimer is gone. Send it again under a new id (the owner then records a gone claimer's
-    /// tick `lost`, or runs an unclaimed one).
-    SendAgain,
-}
-
-/// Decides a tick in flight without a record: whether its request is still in etcd, who holds
-/// its claim (if anyone), and whether that claimer is gone.
-pub fn recheck(request_waiting: bool, claim: Option<&ClaimValue>, claimer_gone: bool) -> Recheck {
-    match (request_waiting, claim) {
-        (true, _) => Recheck::Wait,
-        (false, None) => Recheck::SendAgain,
-        (false, Some(_)) if claimer_gone => Recheck::SendAgain,
-        (false, Some(_)) => Recheck::Wait,
-    }
 }
 
 /// Whether a tick in flight is due to be looked at at `now`.
@@ -193,6 +229,7 @@ mod tests {
             timezone: "UTC".into(),
             total,
             already_ran: 0,
+            retries: 0,
             state: BackfillState::Running,
             next: 0,
             in_flight: Vec::new(),
@@ -256,14 +293,59 @@ mod tests {
             claimed_at: 0,
             worker_started_at: None,
         };
-        assert_eq!(recheck(true, None, false), Recheck::Wait);
-        assert_eq!(recheck(true, Some(&claim), true), Recheck::Wait);
-        assert_eq!(recheck(false, Some(&claim), false), Recheck::Wait);
-        assert_eq!(recheck(false, Some(&claim), true), Recheck::SendAgain);
-        assert_eq!(recheck(false, None, false), Recheck::SendAgain);
+        let nobody = Evidence::default();
+        assert_eq!(recheck(nobody), Recheck::SendAgain);
+        assert_eq!(
+            recheck(Evidence {
+                request_waiting: true,
+                ..nobody
+            }),
+            Recheck::Wait
+        );
+        let live = Evidence {
+            claim: Some(&claim),
+            ..nobody
+        };
+        assert_eq!(recheck(live), Recheck::Wait);
+        assert_eq!(
+            recheck(Evidence {
+                claimer_gone: true,
+                ..live
+            }),
+            Recheck::SendAgain
+        );
+        // a run longer than claim_ttl: its claim expired, but it is reported started
+        assert_eq!(
+            recheck(Evidence {
+                running: true,
+                ..nobody
+            }),
+            Recheck::Wait
+        );
+        // a failed attempt with a retry to come: never sent again, whatever the claim says
+        assert_eq!(
+            recheck(Evidence {
+                attempted: true,
+                claimer_gone: true,
+                ..live
+            }),
+            Recheck::Wait
+        );
         let f = flight("x", 5_000);
         assert!(!recheck_due(&f, 5_000 + RECHECK_MS - 1));
         assert!(recheck_due(&f, 5_000 + RECHECK_MS));
+    }
+
+    #[test]
+    fn a_tick_that_ran_meanwhile_is_counted_and_one_whose_retry_is_coming_is_awaited_unsent() {
+        assert_eq!(before_send(&[], 0), Before::Send);
+        let missed = rec(RunStatus::Missed, 1, "m", Trigger::Schedule);
+        assert_eq!(before_send(std::slice::from_ref(&missed), 0), Before::Send);
+        let ok = rec(RunStatus::Succeeded, 1, "live", Trigger::Schedule);
+        assert_eq!(before_send(&[missed, ok], 0), Before::Ran(Settled::Done));
+        let failed = rec(RunStatus::Failed, 1, "live", Trigger::Schedule);
+        assert_eq!(before_send(std::slice::from_ref(&failed), 1), Before::Retrying);
+        assert_eq!(before_send(&[failed], 0), Before::Ran(Settled::Failed));
     }
 
     #[test]

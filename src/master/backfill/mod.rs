@@ -19,7 +19,7 @@
 
 pub mod core;
 
-use self::core::{CANCELLED, MAX_BACKFILL_TICKS, MAX_PARALLEL, Recheck, Settled};
+use self::core::{Before, CANCELLED, Evidence, MAX_BACKFILL_TICKS, MAX_PARALLEL, Recheck, Settled};
 use super::AppState;
 use super::api::{authorize, parse_time, valid_name};
 use super::auth::Need;
@@ -162,11 +162,14 @@ async fn pass(
     let now = now_ms();
     let mut active = 0;
     let mut live = std::collections::HashSet::new();
+    let mut errors = Vec::new();
     for (b, revision) in list {
         if b.state.finished() {
             if b.finished_at.is_some_and(|f| now - f > KEEP_FINISHED_MS) {
-                st.coord.delete_backfill(&b.id).await.map_err(|e| e.to_string())?;
-                info!(backfill = %b.id, job = %b.job, "finished backfill removed after 7 days");
+                match st.coord.delete_backfill(&b.id).await {
+                    Ok(()) => info!(backfill = %b.id, job = %b.job, "finished backfill removed after 7 days"),
+                    Err(e) => errors.push(format!("backfill {}: {e}", b.id)),
+                }
             }
             continue;
         }
@@ -180,12 +183,18 @@ async fn pass(
                 t
             }
         };
-        match step(st, me, b, revision, &ticks).await? {
-            Stepped::Written | Stepped::Unchanged => {}
-            Stepped::Deposed => return Ok(Pass::Deposed),
+        // one backfill's trouble (its job's records unreadable, a refused write) does not
+        // hold the others back
+        match step(st, me, b, revision, &ticks).await {
+            Ok(Stepped::Written | Stepped::Unchanged) => {}
+            Ok(Stepped::Deposed) => return Ok(Pass::Deposed),
+            Err(e) => errors.push(e),
         }
     }
     cache.retain(|id, _| live.contains(id));
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
     Ok(Pass::Active(active))
 }
 
@@ -205,13 +214,14 @@ async fn step(st: &Arc<AppState>, me: &str, mut b: Backfill, revision: i64, tick
     let now = now_ms();
     let before = b.clone();
     let job = st.coord.get_job(&b.job).await.map_err(|e| err(&e))?;
-    let retries = job.as_ref().map(|j| j.spec.retries).unwrap_or(0);
+    let retries = b.retries;
     let mut settled: Vec<Settled> = Vec::new();
     // 1. ticks in flight that have their records
+    let mut records = BTreeMap::new();
     if !b.in_flight.is_empty() {
         let lo = b.in_flight.iter().map(|f| f.planned).min().unwrap_or(0);
         let hi = b.in_flight.iter().map(|f| f.planned).max().unwrap_or(0);
-        let records = records_by_tick(st, &b.job, lo, hi + 1).await.map_err(|e| err(&e))?;
+        records = records_by_tick(st, &b.job, lo, hi + 1).await.map_err(|e| err(&e))?;
         let mut still = Vec::with_capacity(b.in_flight.len());
         for f in std::mem::take(&mut b.in_flight) {
             let recs = records.get(&f.planned).map(Vec::as_slice).unwrap_or(&[]);
@@ -242,12 +252,28 @@ async fn step(st: &Arc<AppState>, me: &str, mut b: Backfill, revision: i64, tick
             .into_iter()
             .map(|w| (w.id.clone(), w))
             .collect();
+        let running: std::collections::HashSet<i64> = st
+            .ingest
+            .running()
+            .into_iter()
+            .filter(|r| r.job == b.job)
+            .map(|r| r.planned_at)
+            .collect();
         let mut dropped = Vec::new();
         for ((&i, waiting), claim) in due.iter().zip(waiting).zip(claims) {
             let gone = claim.as_ref().is_some_and(|c| c.claimer_gone(members.get(&c.worker)));
             let f = &mut b.in_flight[i];
             f.sent_at = now;
-            if core::recheck(waiting, claim.as_ref(), gone) == Recheck::SendAgain {
+            let evidence = Evidence {
+                request_waiting: waiting,
+                running: running.contains(&f.planned),
+                attempted: records
+                    .get(&f.planned)
+                    .is_some_and(|r: &Vec<RunRecord>| r.iter().any(core::counts_as_run)),
+                claim: claim.as_ref(),
+                claimer_gone: gone,
+            };
+            if core::recheck(evidence) == Recheck::SendAgain {
                 if job.is_none() {
                     // no worker takes a request for a job it does not know: the tick is not run
                     dropped.push(i);
@@ -287,7 +313,8 @@ async fn step(st: &Arc<AppState>, me: &str, mut b: Backfill, revision: i64, tick
         } else {
             format!("{CANCELLED}: backfill {} was cancelled before this tick was sent", b.id)
         };
-        for chunk in ticks[b.next as usize..].chunks(CANCEL_BATCH) {
+        // one batch a pass, each counted in the state it writes: a long tail is resumable
+        if let Some(chunk) = ticks[b.next as usize..].chunks(CANCEL_BATCH).next() {
             let records: Vec<RunRecord> = chunk.iter().map(|&t| cancelled_record(&b, t, &why, now)).collect();
             let n = records.len() as u32;
             st.ingest
@@ -312,15 +339,21 @@ async fn step(st: &Arc<AppState>, me: &str, mut b: Backfill, revision: i64, tick
             .map_err(|e| err(&e))?;
         for &t in cands {
             let recs = records.get(&t).map(Vec::as_slice).unwrap_or(&[]);
-            if let Some(s) = core::ran_already(recs, retries) {
-                settled.push(s);
-            } else {
-                b.in_flight.push(InFlight {
+            match core::before_send(recs, retries) {
+                Before::Ran(s) => settled.push(s),
+                // in flight without a request: its retry's record settles it
+                Before::Retrying => b.in_flight.push(InFlight {
+                    planned: t,
+                    signal: String::new(),
+                    sent_at: now,
+                    sends: 0,
+                }),
+                Before::Send => b.in_flight.push(InFlight {
                     planned: t,
                     signal: core::request_id(&b.id, t, 0),
                     sent_at: now,
                     sends: 0,
-                });
+                }),
             }
         }
         b.next = send.end as u32;
@@ -331,7 +364,7 @@ async fn step(st: &Arc<AppState>, me: &str, mut b: Backfill, revision: i64, tick
     }
     // every request in flight whose id is new since the last write goes out after the write
     for f in &b.in_flight {
-        if !before.in_flight.iter().any(|o| o.signal == f.signal) {
+        if !f.signal.is_empty() && !before.in_flight.iter().any(|o| o.signal == f.signal) {
             requests.push(RunNowSignal {
                 job: b.job.clone(),
                 id: f.signal.clone(),
@@ -514,6 +547,14 @@ pub async fn create(
     let body: BackfillBody = serde_json::from_value(value).map_err(|e| ApiError::bad("invalid_body", e.to_string()))?;
     let from = time_field("from", &body.from)?;
     let to = time_field("to", &body.to)?;
+    for (field, v) in [("from", from), ("to", to)] {
+        if v < 0 {
+            return Err(ApiError::bad_field(
+                field,
+                format!("{field} is before 1970: give a time after it"),
+            ));
+        }
+    }
     let max_parallel = match &body.max_parallel {
         None | Some(serde_json::Value::Null) => 1,
         Some(v) => match v.as_u64() {
@@ -547,8 +588,12 @@ pub async fn create(
         .get_job(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {name:?} not found: it cannot be backfilled")))?;
-    let schedule = Schedule::parse_for_job(&job.spec.schedule, &job.spec.timezone, &job.spec.name)
-        .map_err(|e| ApiError::bad_field("schedule", e.to_string()))?;
+    let schedule = Schedule::parse_for_job(&job.spec.schedule, &job.spec.timezone, &job.spec.name).map_err(|e| {
+        ApiError::Conflict {
+            code: "unreadable_job".into(),
+            message: format!("job {name:?} is stored with a schedule that does not parse ({e}); fix it with PUT"),
+        }
+    })?;
     let mut all = Vec::new();
     let mut cursor = from - 1;
     while let Some(t) = schedule.next_after(cursor) {
@@ -573,9 +618,8 @@ pub async fn create(
     };
     let retries = job.spec.retries;
     let (ran, ticks): (Vec<i64>, Vec<i64>) = all.into_iter().partition(|t| {
-        records
-            .get(t)
-            .is_some_and(|r| r.iter().any(|r| core::counts_as_run(r) && core::is_final(r, retries)))
+        let recs = records.get(t).map(Vec::as_slice).unwrap_or(&[]);
+        matches!(core::before_send(recs, retries), Before::Ran(_))
     });
     let id = uuid::Uuid::now_v7().simple().to_string();
     let mut b = Backfill {
@@ -588,6 +632,7 @@ pub async fn create(
         timezone: job.spec.timezone.clone(),
         total: ticks.len() as u32,
         already_ran: ran.len() as u32,
+        retries,
         state: BackfillState::Running,
         next: 0,
         in_flight: Vec::new(),
@@ -696,7 +741,7 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let caller = authorize(&st, &headers, Need::Admin)?;
     let Path(id) = id?;
-    for _ in 0..10 {
+    for _ in 0..50 {
         let (mut b, revision) = find(&st, &id).await?;
         match b.state {
             BackfillState::Cancelling => {
@@ -718,7 +763,7 @@ pub async fn cancel(
         }
     }
     Err(ApiError::from(CoordError::Conflict(format!(
-        "backfill {id} changed ten times while cancelling; try again"
+        "backfill {id} changed 50 times while cancelling; try again"
     ))))
 }
 
