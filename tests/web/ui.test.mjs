@@ -221,6 +221,30 @@ if (MODE === 'ui') {
       assert.equal(stored.body.timeout, '30s');
     });
 
+    await t.test('the form sets the buffering and catch-up policies, and a buffer size without buffer_all is told at its field', async () => {
+      await page.click('#new-job');
+      await page.fill('#f-name', 'ui-buffer');
+      await page.fill('#f-schedule', '0 0 1 1 *');
+      await page.fill('#f-command', 'true');
+      await page.selectOption('#f-concurrency', 'forbid');
+      await page.fill('#f-max_buffer', '5');
+      await page.click('#job-save');
+      await page.locator('#e-max_buffer').waitFor({ state: 'visible' });
+      assert.equal((await apiCall('GET', '/api/v1/jobs/ui-buffer')).status, 404, 'nothing stored');
+      await page.selectOption('#f-concurrency', 'buffer_all');
+      await page.selectOption('#f-misfire', 'run_all');
+      await page.fill('#f-catchup_window', '2h');
+      await page.click('#job-save');
+      await page.locator('#job-dialog').waitFor({ state: 'hidden' });
+      const stored = (await apiCall('GET', '/api/v1/jobs/ui-buffer')).body;
+      assert.equal(stored.concurrency, 'buffer_all');
+      assert.equal(stored.max_buffer, 5);
+      assert.equal(stored.misfire, 'run_all');
+      assert.equal(stored.catchup_window, '2h');
+      assert.equal((await apiCall('DELETE', '/api/v1/jobs/ui-buffer')).status, 204);
+      await page.locator('#jobs-table tr[data-job="ui-buffer"]').waitFor({ state: 'detached' });
+    });
+
     await t.test('its runs appear live on its page, without reload', async () => {
       const navigations = [];
       page.on('framenavigated', (f) => { if (f === page.mainFrame()) navigations.push(f.url()); });
