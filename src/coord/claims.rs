@@ -77,8 +77,9 @@ pub const LONG_CLAIM_TTL: Duration = Duration::from_secs(24 * 3600 + 120);
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimOutcome {
     Won,
-    /// Someone holds it: `holder` (worker id) with `run_id`. When `run_id` is the claimer's
-    /// own, an earlier attempt whose answer was lost had in fact succeeded (reported as `Won`).
+    /// Someone holds it: `holder` (worker id) with `run_id`. When the holder is the claiming
+    /// process itself with the claimer's run id, an earlier attempt whose answer was lost had in
+    /// fact succeeded (reported as `Won`).
     Lost {
         holder: String,
         run_id: String,
@@ -224,7 +225,15 @@ impl Coord {
                             let (holder, run_id, holder_started_at) = decode::<ClaimValue>(&keys[i], kv.value())
                                 .map(|v| (v.worker, v.run_id, v.worker_started_at))
                                 .unwrap_or_else(|_| ("?".into(), String::new(), None));
-                            outcomes[i] = Some(if run_id == reqs[i].value.run_id {
+                            // our own claim (an earlier attempt whose answer was lost) only
+                            // when this process made it: run ids alone are not enough, as two
+                            // workers that both take themselves for a job's owner (one has not
+                            // seen the other yet) claim a manual run or a backfill's tick under
+                            // the same run id (the request's)
+                            let mine = run_id == reqs[i].value.run_id
+                                && holder == reqs[i].value.worker
+                                && holder_started_at == reqs[i].value.worker_started_at;
+                            outcomes[i] = Some(if mine {
                                 ClaimOutcome::Won
                             } else {
                                 ClaimOutcome::Lost {

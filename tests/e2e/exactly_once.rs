@@ -110,3 +110,40 @@ async fn a_second_process_with_a_taken_id_waits_instead_of_stealing_it() {
     assert_eq!(now.len(), 1);
     assert_eq!(now[0].pid, first, "the registration still belongs to the first process");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_is_ones_own_only_when_this_process_made_it_not_by_run_id_alone() {
+    // two workers that both take themselves for a job's owner (one has not seen the other yet)
+    // claim a manual run or a backfill's tick under the same run id: the request's
+    use cronmesh::coord::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
+    let c = Cluster::new().await;
+    let leases = ClaimLeases::new(Duration::from_secs(60));
+    let req = |worker: &str, started: i64| ClaimRequest {
+        job: "j".into(),
+        tick: TickId::Manual("0123456789abcdef0123456789abcdef".into()),
+        long: false,
+        value: ClaimValue {
+            worker: worker.into(),
+            run_id: "0123456789abcdef0123456789abcdef".into(),
+            claimed_at: now_ms(),
+            worker_started_at: Some(started),
+        },
+    };
+    assert_eq!(
+        c.coord.claim_batch(&leases, &[req("w1", 1)]).await,
+        vec![ClaimOutcome::Won]
+    );
+    // the same process again (its first answer was lost): still its own
+    assert_eq!(
+        c.coord.claim_batch(&leases, &[req("w1", 1)]).await,
+        vec![ClaimOutcome::Won]
+    );
+    // another worker, or the same id restarted, with the same run id: lost
+    for (w, started) in [("w2", 1), ("w1", 2)] {
+        let got = c.coord.claim_batch(&leases, &[req(w, started)]).await;
+        assert!(
+            matches!(&got[0], ClaimOutcome::Lost { holder, .. } if holder == "w1"),
+            "{w}/{started}: {got:?}"
+        );
+    }
+}

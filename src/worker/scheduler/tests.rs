@@ -566,7 +566,15 @@ impl Sim {
                         self.claims.insert(key, r.value.clone());
                         ClaimOutcome::Won
                     }
-                    Some(v) if v.run_id == r.value.run_id => ClaimOutcome::Won,
+                    // etcd's rule as `Coord::claim_batch` applies it: one's own only when made
+                    // by the same process
+                    Some(v)
+                        if v.run_id == r.value.run_id
+                            && v.worker == r.value.worker
+                            && v.worker_started_at == r.value.worker_started_at =>
+                    {
+                        ClaimOutcome::Won
+                    }
                     Some(v) => ClaimOutcome::Lost {
                         holder: v.worker.clone(),
                         run_id: v.run_id.clone(),
@@ -1746,6 +1754,32 @@ fn a_backfill_tick_held_by_a_worker_that_is_gone_is_recorded_lost_not_run() {
     assert_eq!(lost.len(), 1);
     assert_eq!((lost[0].status, lost[0].run_id.as_str()), (RunStatus::Lost, "deadrun"));
     assert!(sim.acks.contains(&"0000000000000b00000000000000000c".to_string()));
+}
+
+#[test]
+fn two_workers_that_both_take_themselves_for_the_owner_run_a_manual_request_once() {
+    // w2 has not seen w1 yet: both schedule the job; both claim the request under the same run
+    // id (the request's), and only the first claim is a win
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    let mut spec = every_second("both");
+    spec.paused = true;
+    sim.put(spec);
+    let id = "0000000000000b00000000000000000d";
+    sim.claims.insert(
+        ("both".to_string(), TickId::Manual(id.into())),
+        ClaimValue {
+            worker: "elsewhere".into(),
+            run_id: id.into(),
+            claimed_at: sim.now,
+            worker_started_at: Some(7),
+        },
+    );
+    sim.run_now("both", id);
+    sim.advance(secs(2));
+    assert!(
+        sim.spawned.is_empty(),
+        "a claim with our run id made by another process is not ours"
+    );
 }
 
 #[test]
