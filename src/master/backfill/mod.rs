@@ -121,7 +121,8 @@ async fn drive(
             }
             Err(e) => {
                 if e != last_error {
-                    warn!(error = %e, "a backfill pass failed; retrying");
+                    // an etcd outage is said once, by the outage reporter
+                    crate::warn_unless_etcd_down!(error = %e, "a backfill pass failed; retrying");
                     last_error = e;
                 }
             }
@@ -398,7 +399,7 @@ async fn step(st: &Arc<AppState>, me: &str, mut b: Backfill, revision: i64, tick
         .inc_by(requests.len() as u64);
     if let Err(e) = st.coord.send_backfill_ticks(&requests).await {
         // in the state already: looked at again after RECHECK_MS, and sent again then
-        warn!(backfill = %b.id, job = %b.job, error = %e, ticks = requests.len(), "cannot send backfill ticks to the job's owner; they are sent again within 10 s");
+        crate::warn_unless_etcd_down!(backfill = %b.id, job = %b.job, error = %e, ticks = requests.len(), "cannot send backfill ticks to the job's owner; they are sent again within 10 s");
     }
     if finished {
         BackfillEnded { backfill: &b }.emit();
