@@ -104,7 +104,9 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 pub struct JobSpec {
     /// 1–128 characters of `[A-Za-z0-9._-]`; not `.` or `..`.
     pub name: String,
-    /// Cron expression, macro or `@every` interval (see `schedule`).
+    /// Cron expression, macro or `@every` interval (see `schedule`). Empty for a job that runs
+    /// `after` other jobs instead.
+    #[serde(default)]
     pub schedule: String,
     /// IANA time zone the schedule is read in.
     #[serde(default = "default_tz")]
@@ -173,6 +175,62 @@ pub struct JobSpec {
     /// Pause the job after this many consecutive failures (absent: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_after_failures: Option<u32>,
+    /// Instead of a schedule: run once per root tick when every upstream's run of that root
+    /// tick meets its condition (fan-in).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<Upstream>,
+    /// With `after`: a root tick whose upstreams have not met their conditions this long after
+    /// its planned time is skipped (`upstream_timeout`). Default 1h, 1s to 24h.
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub after_timeout: Option<Duration>,
+}
+
+/// Most upstreams a job may have.
+pub const MAX_UPSTREAMS: usize = 32;
+/// Default and longest `after_timeout`.
+pub const DEFAULT_AFTER_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const MAX_AFTER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The schedule a job with `after` has internally: no ticks of its own.
+pub const NEVER: &str = "@never";
+
+/// One upstream of a job: the job, and what its run must come to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub job: String,
+    #[serde(default)]
+    pub on: DepCondition,
+}
+
+/// What an upstream's run must come to for its downstream to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DepCondition {
+    /// It succeeded (its last attempt).
+    #[default]
+    Success,
+    /// It failed, timed out, was killed or lost (its last attempt).
+    Failure,
+    /// It ran, whatever came of it.
+    Finished,
+}
+
+impl DepCondition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DepCondition::Success => "success",
+            DepCondition::Failure => "failure",
+            DepCondition::Finished => "finished",
+        }
+    }
+}
+
+/// The root tick a dependency run belongs to: the job with a schedule (or the manual run) the
+/// chain started from, and its planned time (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Root {
+    pub job: String,
+    pub planned_at: i64,
 }
 
 /// What a notification is about. `Failure` covers every failed outcome (failed, timed out,
@@ -391,7 +449,24 @@ impl JobSpec {
             labels: BTreeMap::new(),
             notify: None,
             pause_after_failures: None,
+            after: Vec::new(),
+            after_timeout: None,
         }
+    }
+
+    /// The schedule expression the job runs on: its own, or `@never` for a job that runs
+    /// `after` others.
+    pub fn effective_schedule(&self) -> &str {
+        if self.schedule.trim().is_empty() && !self.after.is_empty() {
+            NEVER
+        } else {
+            &self.schedule
+        }
+    }
+
+    /// `after_timeout` or its default.
+    pub fn after_timeout(&self) -> Duration {
+        self.after_timeout.unwrap_or(DEFAULT_AFTER_TIMEOUT)
     }
 
     /// Validates every field; returns the parsed schedule so callers need not parse twice.
@@ -489,10 +564,60 @@ impl JobSpec {
                 return Err(invalid("selector", "label keys must be 1-63 characters"));
             }
         }
-        parse(&self.schedule, &self.timezone, &self.name).map_err(|e| match e {
+        self.validate_after()?;
+        parse(self.effective_schedule(), &self.timezone, &self.name).map_err(|e| match e {
             ScheduleError::TimeZone(_) => invalid("timezone", e.to_string()),
             _ => invalid("schedule", e.to_string()),
         })
+    }
+
+    /// `after`, `after_timeout` and the schedule beside them (upstreams that exist and cycles
+    /// are the master's checks: it knows the other jobs).
+    fn validate_after(&self) -> Result<(), ValidationError> {
+        let has_schedule = !self.schedule.trim().is_empty();
+        if self.schedule.trim() == NEVER {
+            return Err(invalid(
+                "schedule",
+                "@never is not a schedule; leave schedule out and give after (the jobs this one runs after)",
+            ));
+        }
+        if self.after.is_empty() {
+            if !has_schedule {
+                return Err(invalid(
+                    "schedule",
+                    "must be set (a cron expression, a macro like @hourly, or @every 30s), or give after",
+                ));
+            }
+            if self.after_timeout.is_some() {
+                return Err(invalid("after_timeout", "is only for jobs with after"));
+            }
+            return Ok(());
+        }
+        if has_schedule {
+            return Err(invalid(
+                "after",
+                "cannot go with a schedule: a job runs on its schedule or after its upstreams; leave one out",
+            ));
+        }
+        if self.after.len() > MAX_UPSTREAMS {
+            return Err(invalid("after", format!("has more than {MAX_UPSTREAMS} upstreams")));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for u in &self.after {
+            validate_name(&u.job).map_err(|e| invalid("after", format!("upstream {:?}: {}", u.job, e.message)))?;
+            if !seen.insert(u.job.as_str()) {
+                return Err(invalid("after", format!("names {:?} twice", u.job)));
+            }
+            if u.job == self.name {
+                return Err(invalid("after", format!("a cycle: {} -> {}", self.name, self.name)));
+            }
+        }
+        if let Some(t) = self.after_timeout
+            && (t < Duration::from_secs(1) || t > MAX_AFTER_TIMEOUT)
+        {
+            return Err(invalid("after_timeout", "must be between 1s and 24h"));
+        }
+        Ok(())
     }
 
     /// The effective starting deadline.
@@ -555,6 +680,8 @@ pub enum Trigger {
     Retry,
     /// A past tick run by a backfill (`POST /api/v1/jobs/{name}/backfill`).
     Backfill,
+    /// A run of a job with `after`, for a root tick its upstreams met.
+    Dependency,
 }
 
 impl Trigger {
@@ -564,6 +691,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Retry => "retry",
             Trigger::Backfill => "backfill",
+            Trigger::Dependency => "dependency",
         }
     }
 }
@@ -642,9 +770,21 @@ pub struct RunRecord {
     pub max_rss_kb: Option<i64>,
     pub cpu_ms: Option<i64>,
     pub trace_id: Option<String>,
+    /// A dependency run's root tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Root>,
 }
 
 impl RunRecord {
+    /// The root tick this record's run belongs to: its own (job, planned time) unless it is a
+    /// dependency run.
+    pub fn root_tick(&self) -> Root {
+        self.root.clone().unwrap_or_else(|| Root {
+            job: self.job.clone(),
+            planned_at: self.planned_at,
+        })
+    }
+
     /// A record with its identity filled in and nothing else: the one place a `RunRecord` is
     /// made (workers, the tick ledger).
     pub fn new(
@@ -678,6 +818,7 @@ impl RunRecord {
             max_rss_kb: None,
             cpu_ms: None,
             trace_id: None,
+            root: None,
         }
     }
 }
@@ -809,6 +950,10 @@ pub struct RunNowSignal {
     /// The backfill's id (with `planned_at`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<String>,
+    /// A dependency run's root tick: the run is claimed under `claims/{job}/t{root planned}`
+    /// (once per root tick) and recorded with that planned time and trigger `dependency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Root>,
 }
 
 /// Serde for `Option<Duration>` as humantime strings ("30s"); integers are read as seconds.

@@ -27,6 +27,9 @@ pub struct BufferedTick {
     /// Who buffered it, and when (Unix ms).
     pub worker: String,
     pub buffered_at: i64,
+    /// A dependency run's root tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<crate::model::Root>,
 }
 
 /// What an append did.

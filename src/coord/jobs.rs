@@ -31,6 +31,13 @@ impl Coord {
     /// Creates or replaces a job after validating it. Keeps `created_at` of an existing job;
     /// optimistic concurrency (compare on the mod revision read) so two writers cannot interleave.
     pub async fn put_job(&self, spec: JobSpec) -> Result<StoredJob, CoordError> {
+        self.put_job_guarded(spec, None).await
+    }
+
+    /// `put_job`, written only if no job changed after `jobs_revision` (the revision of the jobs
+    /// list its dependencies were checked against: two writes cannot close a cycle together).
+    /// `JobsChanged` when one did: read the list again and check again.
+    pub async fn put_job_guarded(&self, spec: JobSpec, jobs_revision: Option<i64>) -> Result<StoredJob, CoordError> {
         spec.validate()?;
         crate::model::validate_new_name(&spec.name)?;
         for _ in 0..5 {
@@ -67,11 +74,19 @@ impl Coord {
             };
             let key = self.keys.job(&spec.name);
             let value = encode(&stored);
-            let txn = Txn::new().when([cmp]).and_then([TxnOp::put(key, value, None)]);
+            let mut cmps = vec![cmp];
+            if let Some(r) = jobs_revision {
+                let prefix = self.keys.jobs();
+                cmps.push(Compare::mod_revision(prefix.clone(), CompareOp::Less, r + 1).with_range(prefix_end(prefix.as_bytes())));
+            }
+            let txn = Txn::new().when(cmps).and_then([TxnOp::put(key, value, None)]);
             let resp = self.call("txn", |mut c| async move { c.txn(txn).await }).await?;
             if resp.succeeded() {
                 stored.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
                 return Ok(stored);
+            }
+            if jobs_revision.is_some() {
+                return Err(CoordError::JobsChanged);
             }
         }
         Err(CoordError::Conflict(format!(

@@ -23,6 +23,7 @@
 mod backfill;
 mod buffer;
 mod cause;
+mod deps;
 mod claims;
 mod jobs;
 mod ledger;
@@ -35,6 +36,7 @@ mod watch;
 pub use backfill::{BACKFILL_SIGNAL_TTL_SECS, Backfill, BackfillState, InFlight};
 pub use buffer::{Appended, BufferEvent, BufferedTick, RunningEvent};
 pub use cause::EtcdCause;
+pub use deps::{DECISION_TTL_SECS, DEP_SIGNAL_TTL_SECS, Decision};
 pub use claims::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
 pub use ledger::Watermark;
 pub use membership::{Registration, Role};
@@ -75,6 +77,9 @@ pub enum CoordError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// `put_job_guarded`: a job changed after the revision its check read.
+    #[error("the jobs changed while this one's dependencies were being checked; try again")]
+    JobsChanged,
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error("value at {key} is not valid JSON for its type: {message}; fix or delete the key")]

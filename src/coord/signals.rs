@@ -44,6 +44,7 @@ impl Coord {
             traceparent,
             planned_at: None,
             backfill: None,
+            root: None,
         };
         self.put_with_ttl(self.keys.run_signal(job, &id), encode(&signal), RUN_NOW_TTL_SECS)
             .await?;

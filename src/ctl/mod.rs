@@ -238,11 +238,23 @@ pub enum JobsCmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Delete a job (its runs stay in the run log).
-    #[command(after_help = "Example:\n  cronmesh ctl jobs delete backup")]
+    /// Delete a job (its runs stay in the run log). Refused while other jobs run after it,
+    /// unless --force.
+    #[command(after_help = "Examples:\n  cronmesh ctl jobs delete backup\n  cronmesh ctl jobs delete extract --force   # its downstreams' root ticks then time out")]
     Delete {
         /// The job's name.
         name: String,
+        /// Delete also when other jobs run after this one.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the dependency graph: each job that others run after, with its downstreams as a
+    /// tree (`[on]` is the condition; a job reached twice is shown once, then `(above)`).
+    /// `-o json`: the nodes and edges.
+    #[command(after_help = "Examples:\n  cronmesh ctl jobs graph\n  cronmesh ctl jobs graph extract   # only what runs after extract\n  cronmesh ctl jobs graph -o json")]
+    Graph {
+        /// Only this job and what runs after it.
+        name: Option<String>,
     },
     /// Run a job now (also a paused one). With --wait, wait for the run to end, print its output
     /// and exit with its exit code.
@@ -573,14 +585,33 @@ pub async fn run(a: CtlArgs) -> Result<Done, CtlError> {
             listing(o, &jobs, JOB_COLUMNS, "jobs")
         }
         CtlCmd::Jobs(JobsCmd::Apply { files, dry_run }) => apply_jobs(&c, o, &files, dry_run).await?,
-        CtlCmd::Jobs(JobsCmd::Delete { name }) => {
+        CtlCmd::Jobs(JobsCmd::Delete { name, force }) => {
+            let q = if force { "?force=true" } else { "" };
             c.call(
                 reqwest::Method::DELETE,
-                &format!("/api/v1/jobs/{}", encode(&name)),
+                &format!("/api/v1/jobs/{}{q}", encode(&name)),
                 None,
             )
             .await?;
             Done::out(format!("job/{name} deleted"))
+        }
+        CtlCmd::Jobs(JobsCmd::Graph { name }) => {
+            let jobs = list_jobs(&c, &JobFilter::default()).await?;
+            if o.is_data() {
+                Done::out(data(&output::dependency_graph_data(&jobs), o))
+            } else {
+                let text = output::dependency_tree(&jobs, name.as_deref());
+                if text.is_empty() {
+                    return Ok(Done {
+                        stderr: vec![match name {
+                            Some(n) => format!("No job runs after {n:?}."),
+                            None => "No job runs after another.".into(),
+                        }],
+                        ..Default::default()
+                    });
+                }
+                Done::out(text)
+            }
         }
         CtlCmd::Jobs(JobsCmd::Run { name, wait, timeout }) => {
             wait::run_job(&c, o, &name, wait.then(|| timeout.into())).await?

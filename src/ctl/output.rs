@@ -35,6 +35,101 @@ pub fn data(value: &Value, output: Output) -> String {
     }
 }
 
+/// The dependency edges of these jobs (the API's job objects): (upstream, downstream, on).
+fn dependency_edges(jobs: &[Value]) -> Vec<(String, String, String)> {
+    let mut edges = Vec::new();
+    for j in jobs {
+        let Some(name) = j["name"].as_str() else { continue };
+        for u in j["after"].as_array().into_iter().flatten() {
+            if let Some(up) = u["job"].as_str() {
+                let on = u["on"].as_str().unwrap_or("success");
+                edges.push((up.to_string(), name.to_string(), on.to_string()));
+            }
+        }
+    }
+    edges.sort();
+    edges
+}
+
+/// `jobs graph -o json`: the jobs that take part in a dependency, and the edges.
+pub fn dependency_graph_data(jobs: &[Value]) -> Value {
+    let edges = dependency_edges(jobs);
+    let mut nodes: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for (u, d, _) in &edges {
+        nodes.insert(u);
+        nodes.insert(d);
+    }
+    serde_json::json!({
+        "nodes": nodes.into_iter().collect::<Vec<_>>(),
+        "edges": edges
+            .iter()
+            .map(|(u, d, on)| serde_json::json!({"upstream": u, "downstream": d, "on": on}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// `jobs graph`: a tree per root (a job others run after that runs after none), its
+/// downstreams below it with their condition; a job reached again is shown once more as
+/// `name (above)`. With `only`, just that job and what runs after it.
+pub fn dependency_tree(jobs: &[Value], only: Option<&str>) -> String {
+    let edges = dependency_edges(jobs);
+    let mut down: std::collections::BTreeMap<&str, Vec<(&str, &str)>> = std::collections::BTreeMap::new();
+    let mut has_up: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for (u, d, on) in &edges {
+        down.entry(u).or_default().push((d, on));
+        has_up.insert(d);
+    }
+    let schedule_of = |name: &str| -> String {
+        jobs.iter()
+            .find(|j| j["name"].as_str() == Some(name))
+            .map(|j| match j["schedule"].as_str() {
+                Some(s) if !s.is_empty() => format!(" ({s})"),
+                _ => String::new(),
+            })
+            .unwrap_or_else(|| " (no such job)".into())
+    };
+    let roots: Vec<&str> = match only {
+        Some(n) if down.contains_key(n) || has_up.contains(n) => vec![n],
+        Some(_) => return String::new(),
+        None => down.keys().copied().filter(|u| !has_up.contains(u)).collect(),
+    };
+    let mut out = String::new();
+    let mut shown: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    fn walk<'a>(
+        node: &'a str,
+        prefix: &str,
+        down: &std::collections::BTreeMap<&'a str, Vec<(&'a str, &'a str)>>,
+        shown: &mut std::collections::BTreeSet<&'a str>,
+        out: &mut String,
+    ) {
+        let kids = down.get(node).map(Vec::as_slice).unwrap_or(&[]);
+        for (i, (d, on)) in kids.iter().enumerate() {
+            let last = i + 1 == kids.len();
+            let again = !shown.insert(d);
+            out.push_str(&format!(
+                "{prefix}{} {d} [{on}]{}\n",
+                if last { "└─" } else { "├─" },
+                if again { " (above)" } else { "" }
+            ));
+            if !again {
+                let deeper = format!("{prefix}{}", if last { "   " } else { "│  " });
+                walk(d, &deeper, down, shown, out);
+            }
+        }
+    }
+    for r in roots {
+        shown.insert(r);
+        out.push_str(&format!("{r}{}\n", schedule_of(r)));
+        walk(r, "", &down, &mut shown, &mut out);
+    }
+    // jobs in a cycle (never stored by a master, but etcd may hold anything) have no root
+    let unreached: Vec<&str> = has_up.iter().copied().filter(|d| !shown.contains(d)).collect();
+    if only.is_none() && !unreached.is_empty() {
+        out.push_str(&format!("not reached from any root: {}\n", unreached.join(", ")));
+    }
+    out.trim_end().to_string()
+}
+
 /// How many hex digits of a run id the tables show: its end. Run ids are UUIDv7, whose first 12
 /// digits are the time in milliseconds, so every run of one tick begins alike; the last 12 are
 /// random. `runs get` and `GET /api/v1/runs/{id}` take this end (or the beginning) as well.
@@ -496,6 +591,16 @@ pub fn run_detail(r: &Value) -> String {
             duration(r["duration_ms"].as_i64())
         ),
     ];
+    if let Some(root) = r["root"].as_object() {
+        lines.push(format!(
+            "root     {} planned {}",
+            s(&root["job"]),
+            time(&root["planned_at"])
+        ));
+    }
+    if !r["shard"].is_null() {
+        lines.push(format!("shard    {}", s(&r["shard"])));
+    }
     if !r["trace_id"].is_null() {
         lines.push(format!("trace    {}", s(&r["trace_id"])));
     }
@@ -518,6 +623,18 @@ pub fn job_detail(j: &Value, wide: bool) -> String {
     if let Some(reason) = j["paused_reason"].as_str() {
         // paused by the master (pause_after_failures): why, and since when
         text.push_str(&format!("\n\n{reason}, since {}", time(&j["paused_at"])));
+    }
+    let ups: Vec<String> = j["after"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| format!("{} [{}]", s(&u["job"]), u["on"].as_str().unwrap_or("success")))
+        .collect();
+    if !ups.is_empty() {
+        text.push_str(&format!("\n\nafter: {}", ups.join(", ")));
+        if let Some(t) = j["after_timeout"].as_str() {
+            text.push_str(&format!("   timeout {t}"));
+        }
     }
     text.push_str(&format!("\n\n{}\nnext:", s(&j["schedule_description"])));
     for t in j["next_fire_times"].as_array().into_iter().flatten() {
@@ -557,6 +674,27 @@ pub fn escape_controls(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dependency_graph_prints_as_a_tree_per_root_with_each_job_once() {
+        let jobs = vec![
+            json!({"name": "extract", "schedule": "@every 2s"}),
+            json!({"name": "load", "schedule": "", "after": [{"job": "extract", "on": "success"}]}),
+            json!({"name": "audit", "schedule": "", "after": [{"job": "extract", "on": "failure"}]}),
+            json!({"name": "report", "schedule": "", "after": [{"job": "load", "on": "finished"}, {"job": "audit"}]}),
+            json!({"name": "alone", "schedule": "@hourly"}),
+        ];
+        let t = dependency_tree(&jobs, None);
+        assert_eq!(
+            t,
+            "extract (@every 2s)\n├─ audit [failure]\n│  └─ report [success]\n└─ load [success]\n   └─ report [finished] (above)"
+        );
+        assert_eq!(dependency_tree(&jobs, Some("load")), "load\n└─ report [finished]");
+        assert_eq!(dependency_tree(&jobs, Some("alone")), "");
+        let d = dependency_graph_data(&jobs);
+        assert_eq!(d["nodes"], json!(["audit", "extract", "load", "report"]));
+        assert_eq!(d["edges"].as_array().unwrap().len(), 4);
+    }
     use serde_json::json;
 
     fn run(id: &str, attempt: u64) -> Value {

@@ -45,6 +45,7 @@ pub fn record(run_id: &str, job: &str, planned: i64, status: RunStatus) -> RunRe
         max_rss_kb: Some(1000),
         cpu_ms: Some(1),
         trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+        root: None,
     }
 }
 

@@ -151,10 +151,10 @@ pub fn job_view(
     stats_24h: crate::master::stats::DayCounts,
 ) -> JobView {
     let spec = &job.spec;
-    let (desc, resolved, warnings, next) = match Schedule::parse_for_job(&spec.schedule, &spec.timezone, &spec.name) {
+    let (desc, resolved, warnings, next) = match Schedule::parse_for_job(spec.effective_schedule(), &spec.timezone, &spec.name) {
         Ok(s) => (
             s.describe(),
-            s.resolved().to_string(),
+            if spec.after.is_empty() { s.resolved().to_string() } else { String::new() },
             s.warnings().to_vec(),
             s.next_n_rfc3339(now_ms(), n),
         ),
@@ -486,9 +486,12 @@ async fn put_job(
         return Ok(answer(j, Change::Unchanged).await);
     }
     let change = if existed { Change::Configured } else { Change::Created };
+    // the spec alone first (a schedule beside `after` is its own error), then its place
+    // among the other jobs
+    spec.validate().map_err(crate::coord::CoordError::from)?;
     if dry_run {
         // what `put_job` checks before it writes (the name was checked with the path)
-        spec.validate().map_err(crate::coord::CoordError::from)?;
+        check_dependencies(&st, &spec).await?;
         let would_pause = spec.paused;
         let now = now_ms();
         let would_be = StoredJob {
@@ -504,21 +507,89 @@ async fn put_job(
         };
         return Ok(answer(would_be, change).await);
     }
-    let stored = st.coord.put_job(spec).await?;
+    // a job with `after` is written only if no job changed since its check (two writes cannot
+    // close a cycle together); a job without can close none
+    let stored = if spec.after.is_empty() {
+        st.coord.put_job(spec).await?
+    } else {
+        let mut tries = 0;
+        loop {
+            let revision = check_dependencies(&st, &spec).await?;
+            match st.coord.put_job_guarded(spec.clone(), Some(revision)).await {
+                Err(crate::coord::CoordError::JobsChanged) if tries < 5 => tries += 1,
+                other => break other?,
+            }
+        }
+    };
     tracing::info!(job = %name, revision = stored.revision, created = !existed, "job saved through the API");
     Ok(answer(stored, change).await)
+}
+
+/// Checks a job's `after` against the stored jobs (upstreams exist, no cycle); returns the
+/// revision of the jobs list it read.
+async fn check_dependencies(st: &AppState, spec: &JobSpec) -> Result<i64, ApiError> {
+    if spec.after.is_empty() {
+        return Ok(0);
+    }
+    let (jobs, revision) = st.coord.list_jobs().await?;
+    let others: std::collections::BTreeMap<String, JobSpec> = jobs
+        .into_iter()
+        .filter(|j| j.spec.name != spec.name)
+        .map(|j| (j.spec.name.clone(), j.spec))
+        .collect();
+    crate::master::deps::core::check(spec, &others).map_err(|e| {
+        let code = match e {
+            crate::master::deps::core::GraphError::Cycle(_) => "dependency_cycle",
+            crate::master::deps::core::GraphError::UnknownUpstreams(_) => "unknown_upstream",
+        };
+        ApiError::BadRequest {
+            code: code.into(),
+            message: format!("invalid job spec: after: {e}"),
+            field: Some("after".into()),
+        }
+    })?;
+    Ok(revision)
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Delete also when other jobs run after this one (they then wait for it in vain, and
+    /// their root ticks time out).
+    #[serde(default)]
+    force: bool,
 }
 
 async fn delete_job(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
+    q: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     authorize(&st, &headers, Need::Admin)?;
     let Path(name) = name?;
+    let Query(DeleteQuery { force }) = q?;
     valid_name(&name)?;
+    if !force {
+        let (jobs, _) = st.coord.list_jobs().await?;
+        let dependents: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.spec.after.iter().any(|u| u.job == name))
+            .map(|j| j.spec.name.clone())
+            .collect();
+        if !dependents.is_empty() {
+            return Err(ApiError::Conflict {
+                code: "has_dependents".into(),
+                message: format!(
+                    "job {name:?} is an upstream of {}: change or delete {} first, or delete with ?force=true",
+                    dependents.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>().join(", "),
+                    if dependents.len() == 1 { "it" } else { "them" }
+                ),
+            });
+        }
+    }
     st.coord.delete_job(&name).await?;
-    tracing::info!(job = %name, "job deleted through the API");
+    tracing::info!(job = %name, force, "job deleted through the API");
     Ok(StatusCode::NO_CONTENT)
 }
 

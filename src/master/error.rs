@@ -163,6 +163,10 @@ impl From<CoordError> for ApiError {
                 code: "conflict".into(),
                 message: m,
             },
+            e @ CoordError::JobsChanged => ApiError::Conflict {
+                code: "conflict".into(),
+                message: e.to_string(),
+            },
             e if e.is_unavailable() => ApiError::EtcdUnavailable(format!(
                 "{e}; check that etcd is running and that this master reaches it (its log has the details at debug level)"
             )),

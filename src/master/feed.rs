@@ -380,6 +380,9 @@ pub async fn run_tail(st: Arc<AppState>, stop: CancellationToken) {
                     {
                         st.backfill_wake.notify_one();
                     }
+                    if let RunEvent::Finished(r) = &ev {
+                        st.deps.observe(r);
+                    }
                     from = Some(pos.clone());
                     st.feed.publish_run(pos, FeedEvent::from_run(ev));
                 }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod backfill;
 pub mod compat;
+pub mod deps;
 pub mod error;
 pub mod feed;
 pub mod health;
@@ -275,6 +276,8 @@ pub struct AppState {
     pub notify: Arc<notify::Notify>,
     /// Told when a backfill's run ends, so the backfill driver settles it at once.
     pub backfill_wake: tokio::sync::Notify,
+    /// Told of every finished run, so the dependency driver decides its downstreams at once.
+    pub deps: deps::Deps,
 }
 
 impl AppState {
@@ -294,6 +297,7 @@ impl AppState {
             ),
             notify,
             backfill_wake: tokio::sync::Notify::new(),
+            deps: deps::Deps::default(),
             feed,
             stats: stats::DayStats::default(),
             known: reports::Known::default(),
@@ -455,6 +459,11 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
         registration.lease_watch(),
         state.shutdown.clone(),
     ));
+    let dependencies = tokio::spawn(deps::run(
+        state.clone(),
+        registration.lease_watch(),
+        state.shutdown.clone(),
+    ));
     let runs = tokio::spawn(feed::run_tail(state.clone(), state.shutdown.clone()));
     let feed_stop = state.shutdown.clone();
     let stopping = shutdown.clone();
@@ -477,6 +486,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
     }
     let _ = notifier.await;
     let _ = backfills.await;
+    let _ = dependencies.await;
     let _ = day_stats.await;
     let _ = runs.await;
     let _ = retention.await;

@@ -90,7 +90,7 @@ pub async fn job_ticks(
     // the current spec's ticks, from its last change on
     let mut expected = Vec::new();
     if !job.spec.paused {
-        let schedule = Schedule::parse_for_job(&job.spec.schedule, &job.spec.timezone, &job.spec.name)
+        let schedule = Schedule::parse_for_job(job.spec.effective_schedule(), &job.spec.timezone, &job.spec.name)
             .map_err(|e| ApiError::bad_field("schedule", e.to_string()))?;
         let lo = from.max(job.updated_at);
         if lo <= to {

@@ -107,6 +107,8 @@ pub struct Schedule {
 enum Kind {
     Cron { cron: Box<Cron>, rule: DstRule },
     Every { interval_ms: i64 },
+    /// `@never`: no ticks of its own (a job that runs `after` others; see `model::NEVER`).
+    Never,
 }
 
 /// croner, asked for wall times on a clock without DST.
@@ -189,6 +191,16 @@ impl Schedule {
         let mut resolved_text = trimmed.to_string();
         let mut uses_hash = false;
         let mut warnings = Vec::new();
+        if trimmed == crate::model::NEVER {
+            return Ok(Schedule {
+                kind: Kind::Never,
+                tz,
+                expr: trimmed.to_string(),
+                resolved: trimmed.to_string(),
+                uses_hash: false,
+                warnings: Vec::new(),
+            });
+        }
         let kind = if let Some(rest) = trimmed.strip_prefix("@every") {
             parse_every(expr, rest)?
         } else {
@@ -255,7 +267,7 @@ impl Schedule {
     pub fn dst_rule(&self) -> Option<DstRule> {
         match &self.kind {
             Kind::Cron { rule, .. } => Some(*rule),
-            Kind::Every { .. } => None,
+            Kind::Every { .. } | Kind::Never => None,
         }
     }
 
@@ -269,6 +281,7 @@ impl Schedule {
         match &self.kind {
             Kind::Every { interval_ms } => Some((after_ms.div_euclid(*interval_ms) + 1) * interval_ms),
             Kind::Cron { cron, rule } => wall::next_after(&CronerWall(cron), self.tz, *rule, after_ms),
+            Kind::Never => None,
         }
     }
 
@@ -331,6 +344,7 @@ impl Schedule {
                 format!("{} (H for this job: {})", cron.describe(), self.resolved)
             }
             Kind::Cron { cron, .. } => cron.describe(),
+            Kind::Never => "After its upstreams (no schedule of its own)".into(),
         }
     }
 }

@@ -114,6 +114,11 @@ pub struct Metrics {
     pub notifications: IntCounterVec,
     pub backfills_running: IntGauge,
     pub backfill_ticks: IntCounterVec,
+    pub dependency_decisions: IntCounterVec,
+    pub dependency_resends: IntCounter,
+    pub dependency_waiting: IntGauge,
+    pub dependency_edges: IntGauge,
+    pub dependency_delay: Histogram,
     pub notification_latency: HistogramVec,
     pub notify_outbox: IntGauge,
     pub notify_inbox: IntGauge,
@@ -242,6 +247,28 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "cronmesh_backfill_ticks_total",
             "Backfill ticks by outcome: sent (a request to the job's owner), sent_again (nobody had it: its request went unclaimed or its claimer died), done, failed, skipped (by the overlap policy, or cancelled before it was sent).",
             &["outcome"],
+        ),
+        dependency_decisions: counter_vec(
+            "cronmesh_dependency_decisions_total",
+            "Root ticks of jobs with after, by decision: run (every upstream met its condition), upstream_failed, upstream_succeeded, upstream_skipped, upstream_timeout (not met within after_timeout), paused (each recorded skipped with that reason).",
+            &["outcome"],
+        ),
+        dependency_resends: counter(
+            "cronmesh_dependency_resends_total",
+            "Dependency run requests sent again: nobody took the first (no live owner, or its claimer died; the owner then records it lost).",
+        ),
+        dependency_waiting: gauge(
+            "cronmesh_dependency_waiting",
+            "Root ticks of jobs with after whose upstreams have not all come to their last record yet (on the master driving dependencies).",
+        ),
+        dependency_edges: gauge(
+            "cronmesh_dependency_edges",
+            "Dependency edges (upstream, downstream) in the fleet, as the driving master last read them.",
+        ),
+        dependency_delay: histogram(
+            "cronmesh_dependency_delay_seconds",
+            "From the end of the upstream run that completed a root tick's conditions to the master's run request for the downstream.",
+            vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
         ),
         notifications: counter_vec(
             "cronmesh_notifications_total",
@@ -501,11 +528,21 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for o in ["won", "lost", "error", "already_claimed"] {
         m.claims.with_label_values(&[o]);
     }
-    for t in ["schedule", "manual", "retry", "backfill"] {
+    for t in ["schedule", "manual", "retry", "backfill", "dependency"] {
         m.runs_started.with_label_values(&[t]);
     }
     for o in ["sent", "sent_again", "done", "failed", "skipped"] {
         m.backfill_ticks.with_label_values(&[o]);
+    }
+    for o in [
+        "run",
+        "upstream_failed",
+        "upstream_succeeded",
+        "upstream_skipped",
+        "upstream_timeout",
+        "paused",
+    ] {
+        m.dependency_decisions.with_label_values(&[o]);
     }
     for o in ["ok", "error"] {
         m.notify_inbox_writes.with_label_values(&[o]);

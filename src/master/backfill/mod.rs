@@ -373,6 +373,7 @@ async fn step(st: &Arc<AppState>, me: &str, mut b: Backfill, revision: i64, tick
                 traceparent: None,
                 planned_at: Some(f.planned),
                 backfill: Some(b.id.clone()),
+                root: None,
             });
         }
     }
@@ -589,7 +590,7 @@ pub async fn create(
         .get_job(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {name:?} not found: it cannot be backfilled")))?;
-    let schedule = Schedule::parse_for_job(&job.spec.schedule, &job.spec.timezone, &job.spec.name).map_err(|e| {
+    let schedule = Schedule::parse_for_job(job.spec.effective_schedule(), &job.spec.timezone, &job.spec.name).map_err(|e| {
         ApiError::Conflict {
             code: "unreadable_job".into(),
             message: format!("job {name:?} is stored with a schedule that does not parse ({e}); fix it with PUT"),

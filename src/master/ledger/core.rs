@@ -381,7 +381,7 @@ mod tests {
     }
 
     fn parse(j: &StoredJob) -> Option<Arc<Schedule>> {
-        Schedule::parse_for_job(&j.spec.schedule, &j.spec.timezone, &j.spec.name)
+        Schedule::parse_for_job(j.spec.effective_schedule(), &j.spec.timezone, &j.spec.name)
             .ok()
             .map(Arc::new)
     }

@@ -132,7 +132,7 @@ async fn keep_books(
     let mut cache = ScheduleCache::default();
     let mut parse = |j: &crate::model::StoredJob| {
         cache
-            .get_or_parse(&j.spec.schedule, &j.spec.timezone, &j.spec.name)
+            .get_or_parse(j.spec.effective_schedule(), &j.spec.timezone, &j.spec.name)
             .ok()
     };
     let (mut jobs_synced, mut members_synced) = (false, false);

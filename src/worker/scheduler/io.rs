@@ -97,6 +97,8 @@ pub struct RunOrder {
     pub claim: ClaimTimes,
     /// When the core decided to start it (the trace's spawn span starts here).
     pub fired_at: i64,
+    /// A dependency run's root tick (`CRONMESH_ROOT_JOB`, `CRONMESH_ROOT_PLANNED_AT`).
+    pub root: Option<crate::model::Root>,
 }
 
 /// Something the core wants done.

@@ -85,6 +85,12 @@ pub fn exec_spec(order: &RunOrder, ctx: &RunContext, traceparent: &str) -> ExecS
         ("CRONMESH_WORKER".into(), cfg.id.clone()),
         ("TRACEPARENT".into(), traceparent.to_string()),
     ]);
+    if let Some(root) = &order.root {
+        env.extend([
+            ("CRONMESH_ROOT_JOB".to_string(), root.job.clone()),
+            ("CRONMESH_ROOT_PLANNED_AT".into(), rfc3339_ms(root.planned_at)),
+        ]);
+    }
     ExecSpec {
         shell: spec.shell.clone(),
         command: spec.command.clone(),

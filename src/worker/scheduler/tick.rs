@@ -37,7 +37,7 @@
 //! another worker (or a later claim) decides it.
 
 use crate::coord::TickId;
-use crate::model::{RunRecord, RunStatus, Trigger};
+use crate::model::{Root, RunRecord, RunStatus, Trigger};
 use crate::worker::executor::{Ending, ExecResult};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +54,9 @@ pub enum TickKind {
         requested_at: i64,
         traceparent: Option<String>,
         backfill: Option<Backfilled>,
+        /// A dependency run's root tick (with `backfill` holding its planned time: it is
+        /// claimed under the tick's key like a backfill's).
+        root: Option<Root>,
     },
 }
 
@@ -85,7 +88,15 @@ impl TickKind {
 
     /// A backfill's tick.
     pub fn is_backfill(&self) -> bool {
-        matches!(self, TickKind::Manual { backfill: Some(_), .. })
+        matches!(self, TickKind::Manual { backfill: Some(_), root: None, .. })
+    }
+
+    /// A dependency run's root tick.
+    pub fn root(&self) -> Option<&Root> {
+        match self {
+            TickKind::Manual { root, .. } => root.as_ref(),
+            TickKind::Scheduled { .. } => None,
+        }
     }
 }
 
@@ -362,6 +373,7 @@ impl Tick {
         } else {
             match self.kind {
                 TickKind::Scheduled { .. } => Trigger::Schedule,
+                TickKind::Manual { root: Some(_), .. } => Trigger::Dependency,
                 TickKind::Manual { backfill: Some(_), .. } => Trigger::Backfill,
                 TickKind::Manual { .. } => Trigger::Manual,
             }
@@ -374,7 +386,7 @@ impl Tick {
 
     /// The record of this tick's current attempt with its identity filled in and nothing else.
     pub fn record(&self, worker: &str, status: RunStatus) -> RunRecord {
-        record(
+        let mut r = record(
             &self.job,
             &self.run_id,
             self.attempt,
@@ -382,7 +394,9 @@ impl Tick {
             self.planned(),
             worker,
             status,
-        )
+        );
+        r.root = self.kind.root().cloned();
+        r
     }
 }
 

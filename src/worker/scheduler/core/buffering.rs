@@ -88,6 +88,7 @@ impl Core {
             trigger: t.trigger(),
             worker: self.cfg.worker.clone(),
             buffered_at: now,
+            root: t.kind.root().cloned(),
         };
         self.effects.push_back(Effect::Buffer {
             job: t.job.clone(),
@@ -200,6 +201,7 @@ impl Core {
                 requested_at: first.planned,
                 traceparent: None,
                 backfill: None,
+                root: None,
             },
             // a backfill's tick stays one (its record says `backfill`); its claim is the tick's
             Trigger::Backfill => TickKind::Manual {
@@ -210,6 +212,21 @@ impl Core {
                     id: String::new(),
                     planned: first.planned,
                 }),
+                root: None,
+            },
+            // a dependency run's tick stays one, with its root
+            Trigger::Dependency => TickKind::Manual {
+                trigger: first.run_id.clone(),
+                requested_at: first.planned,
+                traceparent: None,
+                backfill: Some(Backfilled {
+                    id: String::new(),
+                    planned: first.planned,
+                }),
+                root: Some(first.root.clone().unwrap_or_else(|| crate::model::Root {
+                    job: job.to_string(),
+                    planned_at: first.planned,
+                })),
             },
             _ => TickKind::Scheduled { planned: first.planned },
         };

@@ -227,13 +227,19 @@ impl Core {
                         trigger: t.id.clone(),
                         requested_at: t.requested_at,
                         traceparent: t.traceparent.clone(),
-                        backfill: match (&t.backfill, t.planned_at) {
-                            (Some(id), Some(planned)) => Some(Backfilled {
+                        backfill: match (&t.backfill, t.planned_at, &t.root) {
+                            (Some(id), Some(planned), _) => Some(Backfilled {
                                 id: id.clone(),
+                                planned,
+                            }),
+                            // a dependency run: claimed under `t{planned}` too
+                            (None, Some(planned), Some(_)) => Some(Backfilled {
+                                id: String::new(),
                                 planned,
                             }),
                             _ => None,
                         },
+                        root: t.root.clone().filter(|_| t.planned_at.is_some()),
                     },
                     run_id.clone(),
                     generation,
@@ -262,10 +268,13 @@ impl Core {
                 continue;
             };
             *b = batch;
-            let long = self
-                .jobs
-                .get(&t.job)
-                .is_some_and(|e| e.job.spec.misfire == Misfire::RunAll);
+            // a dependency run's claim outlives every resend of its request (`after_timeout`
+            // is at most 24 h): once per root tick
+            let long = t.kind.root().is_some()
+                || self
+                    .jobs
+                    .get(&t.job)
+                    .is_some_and(|e| e.job.spec.misfire == Misfire::RunAll);
             requests.push(ClaimRequest {
                 long,
                 job: t.job.clone(),
@@ -395,10 +404,13 @@ impl Core {
                         && !buffered
                         && let TickKind::Scheduled { planned } = kind
                     {
-                        self.record_lost(now, &job, planned, &holder, &theirs);
+                        self.record_lost(now, &job, planned, &holder, &theirs, None);
                     }
-                    if let TickKind::Manual { trigger, backfill, .. } = &self.ticks[&run_id].kind {
-                        let (trigger, backfill) = (trigger.clone(), backfill.clone());
+                    if let TickKind::Manual {
+                        trigger, backfill, root, ..
+                    } = &self.ticks[&run_id].kind
+                    {
+                        let (trigger, backfill, root) = (trigger.clone(), backfill.clone(), root.clone());
                         self.triggers.remove(&trigger);
                         self.triggers_in_flight.remove(&trigger);
                         // A backfill's tick held by another claim: the live schedule's run, or
@@ -408,7 +420,7 @@ impl Core {
                         if let Some(b) = backfill {
                             let job = self.ticks[&run_id].job.clone();
                             if gone {
-                                self.record_lost(now, &job, b.planned, &holder, &theirs);
+                                self.record_lost(now, &job, b.planned, &holder, &theirs, root);
                             }
                             self.effects.push_back(Effect::AckRunNow { job, trigger });
                         }
@@ -531,14 +543,24 @@ impl Core {
     /// A tick claimed by a worker that has since left the cluster: whether it ran is unknown
     /// (the worker may have died before, during or after the run). Recorded as `lost` under the
     /// dead worker's run id, so a record it did send wins in an idempotent store.
-    pub(super) fn record_lost(&mut self, now: i64, job: &str, planned: i64, holder: &str, run_id: &str) {
+    pub(super) fn record_lost(
+        &mut self,
+        now: i64,
+        job: &str,
+        planned: i64,
+        holder: &str,
+        run_id: &str,
+        root: Option<crate::model::Root>,
+    ) {
         TickSkipped {
             job,
             planned_at: planned,
             reason: "lost_with_worker",
         }
         .emit();
-        let mut rec = record(job, run_id, 1, Trigger::Schedule, planned, holder, RunStatus::Lost);
+        let trigger = if root.is_some() { Trigger::Dependency } else { Trigger::Schedule };
+        let mut rec = record(job, run_id, 1, trigger, planned, holder, RunStatus::Lost);
+        rec.root = root;
         rec.ended_at = Some(now);
         rec.error = Some(format!(
             "claimed by worker {holder}, whose process left the cluster (or was restarted) without reporting it; it may or may not have run"

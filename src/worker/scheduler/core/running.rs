@@ -196,6 +196,7 @@ impl Core {
             traceparent,
             claim,
             fired_at: now,
+            root: t.kind.root().cloned(),
         })));
     }
 
