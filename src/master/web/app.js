@@ -746,19 +746,33 @@ const actions = {
     });
   },
   async remove(name) {
-    if (!await confirmAction('Delete job?', `Delete job ${name}? It stops being scheduled; its run history stays in the run log.`, 'Delete')) return;
-    await act(`${name} deleted`, async () => {
-      await api('DELETE', `/api/v1/jobs/${encodeURIComponent(name)}`);
+    const downs = [...new Set(downstreamsOf(name).map((d) => d.job))];
+    const also = downs.length ? ` ${downs.length === 1 ? 'Job' : 'Jobs'} ${downs.slice(0, 5).join(', ')}${downs.length > 5 ? ` and ${downs.length - 5} more` : ''} ${downs.length === 1 ? 'runs' : 'run'} after it.` : '';
+    if (!await confirmAction('Delete job?', `Delete job ${name}? It stops being scheduled; its run history stays in the run log.${also}`, 'Delete')) return;
+    const path = `/api/v1/jobs/${encodeURIComponent(name)}`;
+    const gone = () => {
       jobDeleted(name);
       if (state.view.name === 'job' && state.view.job === name) location.hash = '#/jobs';
       scheduleRender();
-    });
+      toast(`${name} deleted`);
+    };
+    try {
+      await api('DELETE', path);
+    } catch (e) {
+      // other jobs run after it: the master names them, and deletes it anyway only when told to
+      if (e.status !== 409) { toast(e.message, true); return; }
+      if (!await confirmAction('Other jobs depend on it', `${e.message.replace(/\.$/, '')}. Delete ${name} anyway? The jobs that run after it keep naming it in their After until they are changed.`, 'Delete anyway')) return;
+      try {
+        await api('DELETE', `${path}?force=true`);
+      } catch (e2) { toast(e2.message, true); return; }
+    }
+    gone();
   },
 };
 
 // ---------------------------------------------------------------- the job form
 
-const FORM_FIELDS = ['name', 'schedule', 'timezone', 'command', 'shell', 'timeout', 'retries', 'retry_backoff',
+const FORM_FIELDS = ['name', 'schedule', 'timezone', 'after', 'after_timeout', 'command', 'shell', 'timeout', 'retries', 'retry_backoff',
   'concurrency', 'max_buffer', 'misfire', 'catchup_window', 'stderr', 'starting_deadline', 'workdir', 'max_output_bytes', 'env', 'selector',
   'description', 'owner', 'labels', 'paused', 'pause_after_failures'];
 let formMode = null; // { edit: name } or { create: true }
@@ -776,12 +790,34 @@ function linesToMap(field, text) {
   return out;
 }
 
+// The After field: a line per upstream, `job` (on success) or `job:on`; commas part them too.
+function afterToLines(list) {
+  return (Array.isArray(list) ? list : []).filter((a) => a && a.job).map((a) => (a.on && a.on !== 'success' ? `${a.job}:${a.on}` : a.job)).join('\n');
+}
+function linesToAfter(text) {
+  const out = [];
+  for (const [i, raw] of text.split('\n').entries()) {
+    for (const part of raw.split(',')) {
+      const item = part.trim();
+      if (!item) continue;
+      const colon = item.indexOf(':');
+      const job = (colon < 0 ? item : item.slice(0, colon)).trim();
+      const on = colon < 0 ? 'success' : item.slice(colon + 1).trim();
+      if (!job) throw new ApiError(400, 'invalid_after', `line ${i + 1}: write job or job:condition`, 'after');
+      if (!DEP_ON.includes(on)) throw new ApiError(400, 'invalid_after', `line ${i + 1}: the condition "${on}" is not one of ${DEP_ON.join(', ')}`, 'after');
+      out.push({ job, on });
+    }
+  }
+  return out;
+}
+
 function openJobForm(name) {
   const f = $('#job-form');
   f.reset();
   clearFormErrors();
   const job = name ? state.jobs.get(name) : null;
-  formMode = job ? { edit: name } : { create: true };
+  // the stored `after`, sent back as it is while its field is not changed
+  formMode = job ? { edit: name, after: Array.isArray(job.after) ? job.after : null, afterText: afterToLines(job.after) } : { create: true };
   $('#job-title').textContent = job ? `Edit ${name}` : 'New job';
   const nameInput = f.elements.name;
   nameInput.readOnly = !!job;
@@ -791,6 +827,7 @@ function openJobForm(name) {
       const input = f.elements[k];
       const v = s[k];
       if (k === 'paused') input.checked = !!v;
+      else if (k === 'after') input.value = afterToLines(v);
       else if (['env', 'selector', 'labels'].includes(k)) input.value = mapToLines(v);
       else if (v !== undefined && v !== null) input.value = String(v);
     }
@@ -1217,7 +1254,7 @@ function errorPath(err) {
   let path = err.field || (err.code && err.code.startsWith('invalid_') && err.code !== 'invalid_job' ? err.code.slice(8) : null);
   let text = String(err.message || '').replace(/^invalid job spec: /, '');
   if (path && text.startsWith(`${path}: `)) text = text.slice(path.length + 2);
-  const m = /^((?:notify|pause_after_failures)(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)?): ([\s\S]*)$/.exec(text);
+  const m = /^((?:notify|pause_after_failures|after_timeout|after)(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)?): ([\s\S]*)$/.exec(text);
   if (m && (!path || m[1].startsWith(path))) { path = m[1]; text = m[2]; }
   return { path, text };
 }
@@ -1250,11 +1287,14 @@ function showFormError(err) {
   const f = $('#job-form');
   const { path, text } = errorPath(err);
   if (path && /^notify(\[|$)/.test(path)) { showNotifyError(path, text); return; }
-  const field = path;
+  let field = path;
+  let said = text;
+  // after[1].job: at the After field, which says which line
+  if (field && /^after[[.]/.test(field)) { said = `${field}: ${text}`; field = 'after'; }
   const slot = field && f.elements[field] && document.getElementById(`e-${field}`);
   if (slot) {
     // next to the field, its name need not be repeated
-    slot.textContent = text;
+    slot.textContent = said;
     slot.hidden = false;
     f.elements[field].setAttribute('aria-invalid', 'true');
     f.elements[field].focus();
@@ -1274,6 +1314,11 @@ function formSpec() {
   for (const k of FORM_FIELDS) {
     const input = f.elements[k];
     if (k === 'paused') { spec.paused = input.checked; continue; }
+    if (k === 'after') {
+      const after = formMode && formMode.after && input.value.trim() === formMode.afterText ? formMode.after : linesToAfter(input.value);
+      if (after.length) spec.after = after;
+      continue;
+    }
     const v = input.value.trim();
     if (['env', 'selector', 'labels'].includes(k)) {
       const m = linesToMap(k, input.value);
@@ -1290,6 +1335,8 @@ function formSpec() {
   }
   const notify = notifySpec();
   if (notify !== undefined) spec.notify = notify;
+  // a job that runs after others has no schedule of its own
+  if (spec.after && spec.schedule === undefined) spec.schedule = '';
   return spec;
 }
 
