@@ -115,6 +115,13 @@ function triggerLabel(r) {
   if (r.trigger === 'retry' || r.attempt > 1) return `retry ${Math.max(1, (r.attempt || 2) - 1)}`;
   return r.trigger || '—';
 }
+// A dependency run's root tick: the job whose tick it belongs to, and that tick's planned time.
+function rootNodes(r) {
+  if (!r.root || !r.root.job) return null;
+  return el('span', { class: 'run-root' }, el('a', { href: `#/jobs/${encodeURIComponent(r.root.job)}`, class: 'root-job' }, r.root.job),
+    r.root.planned_at ? [' @ ', el('span', { title: fmtAbs(r.root.planned_at) }, fmtShort(r.root.planned_at))] : null);
+}
+function hasShard(r) { return r.shard !== undefined && r.shard !== null; }
 // One readable line: what reaches the page from the API or the network, never a dump.
 function oneLine(msg) {
   const first = String(msg || '').split('\n')[0].trim();
@@ -1448,7 +1455,8 @@ function runSummary(r) {
   return el('p', { class: 'run-summary', id: 'run-summary' },
     badge(r.status), ' ',
     el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job), ' · ',
-    triggerLabel(r), ' · planned ', el('span', { title: fmtAbs(r.planned_at) }, fmtShort(r.planned_at)),
+    triggerLabel(r), r.root && r.root.job ? [' of the tick ', rootNodes(r)] : '', hasShard(r) ? ` · shard ${r.shard}` : '',
+    ' · planned ', el('span', { title: fmtAbs(r.planned_at) }, fmtShort(r.planned_at)),
     ended && r.duration_ms !== null && r.duration_ms !== undefined ? ` · took ${fmtDuration(r.duration_ms)}` : '',
     !ended && r.started_at ? el('span', {}, ' · running for ', el('span', { id: 'run-elapsed', dataset: { since: String(r.started_at) } }, fmtDuration(Date.now() - r.started_at))) : '',
     exit ? ` · ${exit}` : '',
@@ -1459,7 +1467,10 @@ function runDetails(r) {
   const rows = [
     ['Job', el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job)],
     ['Status', badge(r.status)],
-    ['Trigger', triggerLabel(r)], ['Attempt', r.attempt > 1 ? `${r.attempt} (retry ${r.attempt - 1})` : (r.attempt ?? '—')],
+    ['Trigger', triggerLabel(r)],
+    ...(r.root && r.root.job ? [['Root tick', el('span', { id: 'run-root' }, rootNodes(r), r.root.planned_at ? ` (${fmtAbs(r.root.planned_at)})` : '')]] : []),
+    ...(hasShard(r) ? [['Shard', String(r.shard)]] : []),
+    ['Attempt', r.attempt > 1 ? `${r.attempt} (retry ${r.attempt - 1})` : (r.attempt ?? '—')],
     ['Planned', fmtAbs(r.planned_at)], ['Started', fmtAbs(r.started_at)], ['Ended', fmtAbs(r.ended_at)],
     ['Lag', r.lag_ms !== undefined && r.lag_ms !== null ? fmtDuration(r.lag_ms) : '—'], ['Duration', fmtDuration(r.duration_ms)],
     ['Exit code', r.exit_code ?? '—'], ['Signal', signalName(r.signal)], ['Worker', r.worker || '—'],
@@ -2272,10 +2283,13 @@ function renderRunsBody() {
     const dur = running ? fmtDuration(now - r.started_at) : fmtDuration(r.duration_ms);
     const exit = r.exit_code ?? (r.signal ? (SIGNALS[r.signal] || `signal ${r.signal}`) : '—');
     const cells = [
-      [r.status, () => el('td', { 'data-label': 'Status' }, badge(r.status))],
+      [`${r.status}|${r.status === 'skipped' ? r.error || '' : ''}`, () => el('td', { 'data-label': 'Status' }, badge(r.status),
+        r.status === 'skipped' && r.error ? el('div', { class: 'muted small run-why', title: r.error }, oneLine(r.error)) : null)],
       rv.job ? null : [r.job, () => el('td', { 'data-label': 'Job' }, el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job))],
       [r.run_id, () => el('td', { 'data-label': 'Run' }, el('a', { class: 'mono', href: `#/runs/${encodeURIComponent(r.run_id)}`, title: r.run_id, dataset: { key: `${r.run_id}/open` }, 'aria-label': `Open run ${r.run_id}` }, shortId(r.run_id)))],
-      [triggerLabel(r), () => el('td', { 'data-label': 'Trigger' }, triggerLabel(r))],
+      [`${triggerLabel(r)}|${JSON.stringify(r.root || null)}|${hasShard(r) ? r.shard : ''}`, () => el('td', { 'data-label': 'Trigger' }, triggerLabel(r),
+        hasShard(r) ? [' ', el('span', { class: 'chip shard' }, `shard ${r.shard}`)] : null,
+        r.root && r.root.job ? el('div', { class: 'muted small' }, 'root ', rootNodes(r)) : null)],
       [String(r.planned_at), () => el('td', { 'data-label': 'Planned' }, el('span', { title: fmtAbs(r.planned_at) }, new Date(r.planned_at).toLocaleString()))],
       [lag, () => el('td', { 'data-label': 'Lag' }, lag)],
       [dur, () => el('td', { 'data-label': 'Duration' }, dur)],
