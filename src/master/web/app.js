@@ -2368,7 +2368,7 @@ function workerState(w) {
 // downstreams, and #/graph, the whole fleet's dependency graph drawn as SVG.
 const DEP_ON = ['success', 'failure', 'finished'];
 const GRAPH = { nodeW: 168, nodeH: 28, colGap: 64, rowGap: 12, compGap: 32, pad: 16, maxWidth: 1240 };
-const GRAPH_LABEL_CHARS = 21; // a node's name is cut to this many characters (the whole in its <title>)
+const GRAPH_LABEL_CHARS = 20; // a node's name is cut to this many characters (the whole in its <title>)
 
 function afterOf(j) { return j && Array.isArray(j.after) ? j.after.filter((a) => a && typeof a.job === 'string' && a.job) : []; }
 function isDependent(j) { return afterOf(j).length > 0; }
