@@ -2496,15 +2496,26 @@ function layoutGraph(nodeList, edgeList, opts) {
       for (let l = 1; l < depth; l++) sweep(l, up);
       for (let l = depth - 2; l >= 0; l--) sweep(l, down);
     }
-    // heights (in slots): towards the neighbours' mean, in order, at least a slot apart
+    // heights (in slots): as near the neighbours' mean as the order and a slot's distance
+    // allow, in the least-squares sense (pool adjacent violators on want - index), so a row
+    // is not pushed one way only
     const slot = new Array(vLayer.length).fill(0);
     for (const row of layers) row.forEach((v, i) => { slot[v] = i; });
     const place = (row, nb) => {
-      let prev = -Infinity;
-      for (const v of row) {
+      const blocks = []; // [sum, count] of want - index, non-decreasing means
+      row.forEach((v, i) => {
         const want = nb[v].length ? nb[v].reduce((s, u) => s + slot[u], 0) / nb[v].length : slot[v];
-        slot[v] = Math.max(prev + 1, want);
-        prev = slot[v];
+        blocks.push([want - i, 1]);
+        while (blocks.length > 1) {
+          const [s2, c2] = blocks[blocks.length - 1];
+          const [s1, c1] = blocks[blocks.length - 2];
+          if (s1 / c1 <= s2 / c2) break;
+          blocks.splice(-2, 2, [s1 + s2, c1 + c2]);
+        }
+      });
+      let i = 0;
+      for (const [sum, count] of blocks) {
+        for (let k = 0; k < count; k++, i++) slot[row[i]] = sum / count + i;
       }
     };
     for (let l = 1; l < depth; l++) place(layers[l], up);
