@@ -2,7 +2,8 @@
 // real cluster that tests/e2e/web.rs starts (etcd, a master with tokens, a worker).
 //
 // Env: CRONMESH_URL (the master), CRONMESH_ADMIN_TOKEN, CRONMESH_READ_TOKEN, WEB_OUT (screenshots),
-// WEB_MODE=ui (the user journeys) or scale (10,000 jobs: load time and memory, printed),
+// WEB_MODE=ui (the user journeys), scale (10,000 jobs: load time and memory, printed) or deps
+// (job dependencies: a job's upstreams and downstreams, the fleet's graph of ~300 jobs, the form),
 // CRONMESH_HOOK_PORT (ui: the port the master's webhook channels "hook" and "broken" send to).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -876,5 +877,283 @@ if (MODE === 'scale') {
     } finally {
       await browser.close();
     }
+  });
+}
+
+if (MODE === 'deps') {
+  test('job dependencies: upstreams and downstreams, the fleet graph, the form', { timeout: 150_000 }  /* under nextest's 180 s */, async (t) => {
+    const browser = await launch();
+    const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    await context.addInitScript((tk) => sessionStorage.setItem('cronmesh.token', tk), ADMIN);
+    const page = await context.newPage();
+    const consoleErrors = [];
+    page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+    page.on('pageerror', (e) => consoleErrors.push(String(e)));
+    // what this test made, in the order made: deleted in the reverse order (downstreams first)
+    const made = [];
+    t.after(async () => {
+      for (const name of made.slice().reverse()) {
+        const p = `/api/v1/jobs/${encodeURIComponent(name)}`;
+        const r = await apiCall('DELETE', p);
+        if (r.status === 409) await apiCall('DELETE', `${p}?force=true`);
+      }
+      await browser.close();
+    });
+    const put = async (name, spec) => {
+      const r = await apiCall('PUT', `/api/v1/jobs/${encodeURIComponent(name)}`, { command: 'true', ...spec });
+      assert.ok(r.status === 201 || r.status === 200, `PUT ${name}: ${r.status} ${JSON.stringify(r.body)}`);
+      made.push(name);
+    };
+    // a level at a time (upstreams exist before their downstreams), 16 requests at once
+    const putAll = async (list) => {
+      for (let i = 0; i < list.length; i += 16) await Promise.all(list.slice(i, i + 16).map(([n, s]) => put(n, s)));
+    };
+    const after = (...ups) => ({ schedule: '', after: ups.map(([job, on]) => ({ job, on })) });
+
+    // dep-a -> dep-b (on success) -> dep-c (on finished); and 300 g- jobs: 90 roots with two
+    // downstreams each (on success, on failure), 15 fan-ins of three of those, 15 chains after them
+    const edges = [['dep-a', 'dep-b', 'success'], ['dep-b', 'dep-c', 'finished']];
+    const LONG = 'g-chain-00-with-a-name-longer-than-a-node';
+    const roots = []; const downs = []; const fans = []; const chains = [];
+    for (let i = 0; i < 90; i++) {
+      const r = `g-r${String(i).padStart(3, '0')}`;
+      roots.push([r, { schedule: '@every 1h' }]);
+      downs.push([`${r}-x`, after([r, 'success'])], [`${r}-y`, after([r, 'failure'])]);
+      edges.push([r, `${r}-x`, 'success'], [r, `${r}-y`, 'failure']);
+    }
+    for (let i = 0; i < 15; i++) {
+      const f = `g-fan-${String(i).padStart(2, '0')}`;
+      const ups = [0, 1, 2].map((k) => [`g-r${String(i * 3 + k).padStart(3, '0')}-x`, 'success']);
+      fans.push([f, after(...ups)]);
+      for (const [u, on] of ups) edges.push([u, f, on]);
+      const c = i === 0 ? LONG : `g-chain-${String(i).padStart(2, '0')}`;
+      chains.push([c, after([f, 'finished'])]);
+      edges.push([f, c, 'finished']);
+    }
+    await t.test('the jobs are made through the API', async () => {
+      await put('dep-a', { schedule: '@every 1h' });
+      await put('dep-b', after(['dep-a', 'success']));
+      await put('dep-c', after(['dep-b', 'finished']));
+      for (const level of [roots, downs, fans, chains]) await putAll(level);
+      assert.equal(made.length, 303);
+      const b = (await apiCall('GET', '/api/v1/jobs/dep-b')).body;
+      assert.equal(b.schedule, '');
+      assert.deepEqual(b.after, [{ job: 'dep-a', on: 'success' }]);
+    });
+
+    await t.test("a job's page lists its upstreams and downstreams, each a link to that job", async () => {
+      await page.goto(MASTER + '/#/jobs/dep-b');
+      await page.waitForFunction((n) => window.cronmesh.jobsLoaded && window.cronmesh.jobs.size >= n, made.length, { timeout: 60_000 });
+      const up = page.locator('#job-upstreams li[data-job="dep-a"]');
+      const down = page.locator('#job-downstreams li[data-job="dep-c"]');
+      await up.waitFor();
+      await down.waitFor();
+      assert.match(await up.textContent(), /dep-a\s+on success/);
+      assert.match(await down.textContent(), /dep-c\s+on finished/);
+      assert.equal(await page.locator('#job-upstreams li').count(), 1);
+      assert.equal(await page.locator('#job-downstreams li').count(), 1);
+      // its neighbourhood, drawn small: itself marked, its two neighbours
+      await page.locator('#job-dep-graph .gnode.self[data-job="dep-b"]').waitFor();
+      assert.deepEqual((await page.locator('#job-dep-graph .gnode').evaluateAll((xs) => xs.map((x) => x.dataset.job))).sort(), ['dep-a', 'dep-b', 'dep-c']);
+      assert.equal(await page.locator('#job-dep-graph .gedge').count(), 2);
+      assert.match(await page.locator('#job-after').textContent(), /after dep-a/);
+      await shot(page, '30-deps-job');
+      // the upstream's link opens it; there, dep-b is its downstream and it has no upstream
+      await up.locator('a.dep-link').click();
+      await page.waitForFunction(() => location.hash === '#/jobs/dep-a');
+      await page.locator('#job-downstreams li[data-job="dep-b"]').waitFor();
+      assert.equal(await page.locator('#job-upstreams').count(), 0, 'a root lists no upstream');
+      assert.match(await page.locator('#job-downstreams li[data-job="dep-b"]').textContent(), /on success/);
+      // and back on dep-b, the downstream's link opens dep-c
+      await page.goBack();
+      await page.waitForFunction(() => location.hash === '#/jobs/dep-b');
+      await down.locator('a.dep-link').click();
+      await page.waitForFunction(() => location.hash === '#/jobs/dep-c');
+      await page.locator('#job-upstreams li[data-job="dep-b"]').waitFor();
+      assert.match(await page.locator('#job-head h1').textContent(), /^dep-c/);
+      assert.equal(await page.locator('#job-downstreams').count(), 0, 'a leaf lists no downstream');
+    });
+
+    await t.test("the jobs list shows a dependent job's upstreams in place of its schedule", async () => {
+      await page.goto(MASTER + '/#/jobs');
+      await page.fill('#job-search', 'dep-');
+      const row = page.locator('#jobs-table tr[data-job="dep-b"]');
+      await row.waitFor();
+      assert.match(await row.locator('td[data-label="Schedule"]').textContent(), /after dep-a/);
+      assert.match(await row.locator('td[data-label="Next run"]').textContent(), /after upstream/);
+      // a job without dependencies is shown as before
+      assert.match(await page.locator('#jobs-table tr[data-job="dep-a"] td[data-label="Schedule"]').textContent(), /@every 1h/);
+      await page.fill('#job-search', '');
+    });
+
+    const ours = new Set(made);
+    await t.test('the graph view draws every dependent job and every dependency, without overlaps', async () => {
+      await page.click('a[data-nav="graph"]');
+      await page.waitForFunction(() => location.hash === '#/graph');
+      await page.locator('#dep-graph').waitFor();
+      const drawn = await page.locator('#dep-graph .gnode').evaluateAll((xs) => xs.map((x) => x.dataset.job));
+      const mine = drawn.filter((n) => ours.has(n));
+      assert.equal(new Set(mine).size, mine.length, 'a node per job, once');
+      assert.deepEqual([...mine].sort(), [...ours].sort(), 'a node for each of the jobs in a dependency');
+      const drawnEdges = await page.locator('#dep-graph .gedge').evaluateAll((xs) => xs.map((x) => [x.dataset.from, x.dataset.to, x.dataset.on]));
+      const mineEdges = drawnEdges.filter(([, to]) => ours.has(to)).map((e) => e.join(' ')).sort();
+      assert.deepEqual(mineEdges, edges.map((e) => e.join(' ')).sort(), 'an edge per dependency, with its condition');
+      // each edge a path with an arrowhead
+      const paths = await page.locator('#dep-graph .gedge path').evaluateAll((xs) => xs.map((x) => [x.getAttribute('d'), x.getAttribute('marker-end')]));
+      assert.ok(paths.every(([d, m]) => /^M[\d.]+,[\d.]+ [CL]/.test(d) && /^url\(#/.test(m)), 'paths with arrowheads');
+      // no two node boxes overlap, and every name fits its box
+      const boxes = await page.locator('#dep-graph .gnode').evaluateAll((xs) => xs.map((g) => {
+        const r = g.querySelector('rect'); const b = r.getBBox(); const tb = g.querySelector('text').getBBox();
+        return { job: g.dataset.job, x: b.x, y: b.y, w: b.width, h: b.height, tw: tb.x + tb.width - b.x, title: g.querySelector('title').textContent, label: g.querySelector('text').textContent };
+      }));
+      boxes.sort((p, q) => p.x - q.x);
+      for (let i = 0; i < boxes.length; i++) {
+        const p = boxes[i];
+        assert.ok(p.w > 0 && p.h > 0, `${p.job} has a size`);
+        assert.ok(p.tw <= p.w, `${p.job}'s label (${p.label}) fits its box`);
+        for (let j = i + 1; j < boxes.length && boxes[j].x < p.x + p.w; j++) {
+          const q = boxes[j];
+          assert.ok(!(q.y < p.y + p.h && p.y < q.y + q.h), `${p.job} and ${q.job} overlap: ${JSON.stringify([p, q])}`);
+        }
+      }
+      const sizes = new Set(boxes.map((b) => `${b.w}x${b.h}`));
+      assert.equal(sizes.size, 1, `every node the same size: ${[...sizes]}`);
+      // a long name is cut, the whole of it in the node's title
+      const long = boxes.find((b) => b.job === LONG);
+      assert.ok(long.label.endsWith('…') && long.label.length < LONG.length, long.label);
+      assert.ok(long.title.startsWith(LONG), long.title);
+      // upstreams are left of their downstreams (layers from the roots)
+      const at = new Map(boxes.map((b) => [b.job, b]));
+      for (const [from, to] of edges) assert.ok(at.get(from).x < at.get(to).x, `${from} is left of ${to}`);
+      await shot(page, '31-deps-graph');
+      // zoom: the drawing scales, its layout stays
+      const w0 = Number(await page.getAttribute('#dep-graph', 'width'));
+      await page.click('#graph-zoom-out');
+      await page.waitForFunction((w) => Number(document.getElementById('dep-graph').getAttribute('width')) < w, w0);
+      await page.click('#graph-actual');
+      await page.waitForFunction((w) => Number(document.getElementById('dep-graph').getAttribute('width')) === w, w0);
+    });
+
+    await t.test("clicking a node opens its job; #/graph/NAME marks that job", async () => {
+      await page.click('#dep-graph .gnode[data-job="dep-c"]');
+      await page.waitForFunction(() => location.hash === '#/jobs/dep-c');
+      await page.locator('#job-head h1', { hasText: 'dep-c' }).waitFor();
+      await page.click('#job-graph-link');
+      await page.waitForFunction(() => location.hash === '#/graph/dep-c');
+      await page.locator('#dep-graph .gnode.focus[data-job="dep-c"]').waitFor();
+      assert.equal(await page.locator('#dep-graph .gedge.near').count(), 1, "dep-c's one edge is marked");
+    });
+
+    await t.test('the form makes a job that runs after others, with no schedule, and it joins the graph', async () => {
+      await page.goto(MASTER + '/#/jobs');
+      await page.click('#new-job');
+      await page.locator('#job-dialog').waitFor({ state: 'visible' });
+      await page.fill('#f-name', 'dep-d');
+      await page.fill('#f-after', 'dep-c:failure\ndep-a');
+      await page.fill('#f-after_timeout', '30m');
+      await page.fill('#f-command', 'true');
+      // a condition the master does not know is told at the field, and nothing is sent
+      await page.fill('#f-after', 'dep-c:sometimes');
+      await page.click('#job-save');
+      await page.locator('#e-after', { hasText: 'sometimes' }).waitFor();
+      assert.equal((await apiCall('GET', '/api/v1/jobs/dep-d')).status, 404);
+      await page.fill('#f-after', 'dep-c:failure\ndep-a');
+      made.push('dep-d');
+      await page.click('#job-save');
+      await page.locator('#job-dialog').waitFor({ state: 'hidden' });
+      const d = await apiCall('GET', '/api/v1/jobs/dep-d');
+      assert.equal(d.status, 200, JSON.stringify(d.body));
+      assert.equal(d.body.schedule, '');
+      assert.deepEqual(d.body.after, [{ job: 'dep-c', on: 'failure' }, { job: 'dep-a', on: 'success' }]);
+      assert.equal(d.body.after_timeout, '30m');
+      await page.goto(MASTER + '/#/graph');
+      await page.locator('#dep-graph .gnode[data-job="dep-d"]').waitFor();
+      await page.locator('#dep-graph .gedge.on-failure[data-from="dep-c"][data-to="dep-d"]').waitFor();
+      await page.locator('#dep-graph .gedge.on-success[data-from="dep-a"][data-to="dep-d"]').waitFor();
+      // edited unchanged, it keeps its After as stored
+      await page.goto(MASTER + '/#/jobs/dep-d');
+      await page.click('button[data-key="head/edit"]');
+      await page.locator('#job-dialog').waitFor({ state: 'visible' });
+      assert.equal(await page.inputValue('#f-after'), 'dep-c:failure\ndep-a');
+      assert.equal(await page.inputValue('#f-schedule'), '');
+      await page.click('#job-save');
+      await page.locator('#job-dialog').waitFor({ state: 'hidden' });
+      assert.deepEqual((await apiCall('GET', '/api/v1/jobs/dep-d')).body.after, d.body.after);
+    });
+
+    await t.test("a cycle is refused with the master's message, and nothing changes", async () => {
+      await page.goto(MASTER + '/#/jobs/dep-a');
+      await page.locator('#job-head h1', { hasText: 'dep-a' }).waitFor();
+      await page.click('button[data-key="head/edit"]');
+      await page.locator('#job-dialog').waitFor({ state: 'visible' });
+      await page.fill('#f-schedule', '');
+      await page.fill('#f-after', 'dep-c');
+      await page.click('#job-save');
+      await page.waitForFunction(() => [...document.querySelectorAll('#job-dialog .field-error, #job-form-error')]
+        .some((e) => !e.hidden && /cycle/.test(e.textContent)));
+      await shot(page, '32-deps-cycle');
+      await page.click('#job-cancel');
+      const a = (await apiCall('GET', '/api/v1/jobs/dep-a')).body;
+      assert.equal(a.schedule, '@every 1h');
+      assert.ok(!a.after || a.after.length === 0, JSON.stringify(a.after));
+    });
+
+    await t.test('deleting a job others run after asks again, and deletes it only when told to', async () => {
+      await page.goto(MASTER + '/#/jobs/dep-b');
+      await page.locator('#job-head h1', { hasText: 'dep-b' }).waitFor();
+      await page.click('button[data-key="head/delete"]');
+      await page.locator('#confirm-text', { hasText: 'dep-c' }).waitFor();
+      await page.click('#confirm-ok');
+      // the master refuses (409) and names its dependents; the page asks whether to force it
+      await page.locator('#confirm-title', { hasText: 'Other jobs depend on it' }).waitFor();
+      assert.match(await page.locator('#confirm-text').textContent(), /dep-c/);
+      await page.click('#confirm-cancel');
+      await page.locator('#confirm-dialog').waitFor({ state: 'hidden' });
+      assert.equal((await apiCall('GET', '/api/v1/jobs/dep-b')).status, 200, 'kept');
+      // dep-d runs after dep-c: deleted anyway
+      await page.goto(MASTER + '/#/jobs/dep-c');
+      await page.locator('#job-head h1', { hasText: 'dep-c' }).waitFor();
+      await page.click('button[data-key="head/delete"]');
+      await page.locator('#confirm-text', { hasText: 'dep-d' }).waitFor();
+      await page.click('#confirm-ok');
+      await page.locator('#confirm-title', { hasText: 'Other jobs depend on it' }).waitFor();
+      await page.click('#confirm-ok');
+      await page.locator('.toast', { hasText: 'dep-c deleted' }).waitFor();
+      await page.waitForFunction(() => location.hash === '#/jobs');
+      assert.equal((await apiCall('GET', '/api/v1/jobs/dep-c')).status, 404, 'deleted');
+      made.splice(made.indexOf('dep-c'), 1);
+      // the graph still draws (dep-d may name a job that is gone)
+      await page.goto(MASTER + '/#/graph');
+      await page.locator('#dep-graph .gnode[data-job="dep-d"]').waitFor();
+    });
+
+    await t.test('a dependency run shows its trigger and root tick', async (st) => {
+      // a manual run of dep-a is a tick of dep-b's root: dep-b runs after it, if the master
+      // runs dependents after a manual run (otherwise this part is skipped, and says so)
+      await page.goto(`${MASTER}/#/jobs/dep-b`);
+      await page.locator('#job-head h1', { hasText: 'dep-b' }).waitFor();
+      assert.equal((await apiCall('POST', '/api/v1/jobs/dep-a/run')).status, 202);
+      const cell = page.locator('#runs-table td[data-label="Trigger"]', { hasText: 'dependency' }).first();
+      try {
+        await cell.waitFor({ timeout: 30_000 });
+      } catch (_) {
+        st.skip('no dependency run of dep-b appeared within 30 s of a manual run of dep-a');
+        return;
+      }
+      assert.match(await cell.textContent(), /dependency.*root dep-a/);
+      const runId = await cell.locator('xpath=..').getAttribute('data-run');
+      const run = (await apiCall('GET', `/api/v1/runs/${runId}`)).body;
+      assert.equal(run.trigger, 'dependency');
+      assert.equal(run.root.job, 'dep-a');
+      await page.goto(`${MASTER}/#/runs/${runId}`);
+      await page.locator('#run-root a', { hasText: 'dep-a' }).waitFor();
+      assert.match(await page.locator('#run-summary').textContent(), /dependency of the tick dep-a/);
+      await shot(page, '33-deps-run');
+    });
+
+    await t.test('the console has no errors', async () => {
+      const real = consoleErrors.filter((e) => !/Failed to load resource|WebSocket connection|ERR_CONNECTION|status of 40[0-9]/.test(e));
+      assert.deepEqual(real, [], 'console errors');
+    });
   });
 }

@@ -37,6 +37,7 @@ const state = {
   master: { up: true, downSince: 0, lastOk: 0 }, // does the master answer at all?
   run: null,              // the run page: { id, record, live, loading, error, prev, next }
   channels: null,         // GET /api/v1/notify/channels: { list, default, error, at }, null until read
+  graphZoom: 1,           // the dependency graph's scale (#/graph)
   notifs: null,           // a deliveries list (job page, notifications view): { job, status, list, loading, loaded, error }
 };
 window.cronmesh = state; // for debugging and for the browser tests' measurements
@@ -114,6 +115,13 @@ function triggerLabel(r) {
   if (r.trigger === 'retry' || r.attempt > 1) return `retry ${Math.max(1, (r.attempt || 2) - 1)}`;
   return r.trigger || '—';
 }
+// A dependency run's root tick: the job whose tick it belongs to, and that tick's planned time.
+function rootNodes(r) {
+  if (!r.root || !r.root.job) return null;
+  return el('span', { class: 'run-root' }, el('a', { href: `#/jobs/${encodeURIComponent(r.root.job)}`, class: 'root-job' }, r.root.job),
+    r.root.planned_at ? [' @ ', el('span', { title: fmtAbs(r.root.planned_at) }, fmtShort(r.root.planned_at))] : null);
+}
+function hasShard(r) { return r.shard !== undefined && r.shard !== null; }
 // One readable line: what reaches the page from the API or the network, never a dump.
 function oneLine(msg) {
   const first = String(msg || '').split('\n')[0].trim();
@@ -432,7 +440,8 @@ function refreshStale(jobs) {
   for (const j of jobs) {
     if (state.staleInFlight >= STALE_PARALLEL) return;
     const name = j.name;
-    const needs = j.stale || (!j.paused && nextFire(j) === null);
+    // a dependent job has no fire times of its own: it runs after its upstreams
+    const needs = j.stale || (!j.paused && !isDependent(j) && nextFire(j) === null);
     if (!needs || now - (state.staleAt.get(name) || 0) < STALE_REFRESH_MS) continue;
     state.staleAt.set(name, now);
     state.staleInFlight++;
@@ -744,19 +753,33 @@ const actions = {
     });
   },
   async remove(name) {
-    if (!await confirmAction('Delete job?', `Delete job ${name}? It stops being scheduled; its run history stays in the run log.`, 'Delete')) return;
-    await act(`${name} deleted`, async () => {
-      await api('DELETE', `/api/v1/jobs/${encodeURIComponent(name)}`);
+    const downs = [...new Set(downstreamsOf(name).map((d) => d.job))];
+    const also = downs.length ? ` ${downs.length === 1 ? 'Job' : 'Jobs'} ${downs.slice(0, 5).join(', ')}${downs.length > 5 ? ` and ${downs.length - 5} more` : ''} ${downs.length === 1 ? 'runs' : 'run'} after it.` : '';
+    if (!await confirmAction('Delete job?', `Delete job ${name}? It stops being scheduled; its run history stays in the run log.${also}`, 'Delete')) return;
+    const path = `/api/v1/jobs/${encodeURIComponent(name)}`;
+    const gone = () => {
       jobDeleted(name);
       if (state.view.name === 'job' && state.view.job === name) location.hash = '#/jobs';
       scheduleRender();
-    });
+      toast(`${name} deleted`);
+    };
+    try {
+      await api('DELETE', path);
+    } catch (e) {
+      // other jobs run after it: the master names them, and deletes it anyway only when told to
+      if (e.status !== 409) { toast(e.message, true); return; }
+      if (!await confirmAction('Other jobs depend on it', `${e.message.replace(/\.$/, '')}. Delete ${name} anyway? The jobs that run after it keep naming it in their After until they are changed.`, 'Delete anyway')) return;
+      try {
+        await api('DELETE', `${path}?force=true`);
+      } catch (e2) { toast(e2.message, true); return; }
+    }
+    gone();
   },
 };
 
 // ---------------------------------------------------------------- the job form
 
-const FORM_FIELDS = ['name', 'schedule', 'timezone', 'command', 'shell', 'timeout', 'retries', 'retry_backoff',
+const FORM_FIELDS = ['name', 'schedule', 'timezone', 'after', 'after_timeout', 'command', 'shell', 'timeout', 'retries', 'retry_backoff',
   'concurrency', 'max_buffer', 'misfire', 'catchup_window', 'stderr', 'starting_deadline', 'workdir', 'max_output_bytes', 'env', 'selector',
   'description', 'owner', 'labels', 'paused', 'pause_after_failures'];
 let formMode = null; // { edit: name } or { create: true }
@@ -774,12 +797,34 @@ function linesToMap(field, text) {
   return out;
 }
 
+// The After field: a line per upstream, `job` (on success) or `job:on`; commas part them too.
+function afterToLines(list) {
+  return (Array.isArray(list) ? list : []).filter((a) => a && a.job).map((a) => (a.on && a.on !== 'success' ? `${a.job}:${a.on}` : a.job)).join('\n');
+}
+function linesToAfter(text) {
+  const out = [];
+  for (const [i, raw] of text.split('\n').entries()) {
+    for (const part of raw.split(',')) {
+      const item = part.trim();
+      if (!item) continue;
+      const colon = item.indexOf(':');
+      const job = (colon < 0 ? item : item.slice(0, colon)).trim();
+      const on = colon < 0 ? 'success' : item.slice(colon + 1).trim();
+      if (!job) throw new ApiError(400, 'invalid_after', `line ${i + 1}: write job or job:condition`, 'after');
+      if (!DEP_ON.includes(on)) throw new ApiError(400, 'invalid_after', `line ${i + 1}: the condition "${on}" is not one of ${DEP_ON.join(', ')}`, 'after');
+      out.push({ job, on });
+    }
+  }
+  return out;
+}
+
 function openJobForm(name) {
   const f = $('#job-form');
   f.reset();
   clearFormErrors();
   const job = name ? state.jobs.get(name) : null;
-  formMode = job ? { edit: name } : { create: true };
+  // the stored `after`, sent back as it is while its field is not changed
+  formMode = job ? { edit: name, after: Array.isArray(job.after) ? job.after : null, afterText: afterToLines(job.after) } : { create: true };
   $('#job-title').textContent = job ? `Edit ${name}` : 'New job';
   const nameInput = f.elements.name;
   nameInput.readOnly = !!job;
@@ -789,6 +834,7 @@ function openJobForm(name) {
       const input = f.elements[k];
       const v = s[k];
       if (k === 'paused') input.checked = !!v;
+      else if (k === 'after') input.value = afterToLines(v);
       else if (['env', 'selector', 'labels'].includes(k)) input.value = mapToLines(v);
       else if (v !== undefined && v !== null) input.value = String(v);
     }
@@ -1215,7 +1261,7 @@ function errorPath(err) {
   let path = err.field || (err.code && err.code.startsWith('invalid_') && err.code !== 'invalid_job' ? err.code.slice(8) : null);
   let text = String(err.message || '').replace(/^invalid job spec: /, '');
   if (path && text.startsWith(`${path}: `)) text = text.slice(path.length + 2);
-  const m = /^((?:notify|pause_after_failures)(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)?): ([\s\S]*)$/.exec(text);
+  const m = /^((?:notify|pause_after_failures|after_timeout|after)(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)?): ([\s\S]*)$/.exec(text);
   if (m && (!path || m[1].startsWith(path))) { path = m[1]; text = m[2]; }
   return { path, text };
 }
@@ -1248,11 +1294,14 @@ function showFormError(err) {
   const f = $('#job-form');
   const { path, text } = errorPath(err);
   if (path && /^notify(\[|$)/.test(path)) { showNotifyError(path, text); return; }
-  const field = path;
+  let field = path;
+  let said = text;
+  // after[1].job: at the After field, which says which line
+  if (field && /^after[[.]/.test(field)) { said = `${field}: ${text}`; field = 'after'; }
   const slot = field && f.elements[field] && document.getElementById(`e-${field}`);
   if (slot) {
     // next to the field, its name need not be repeated
-    slot.textContent = text;
+    slot.textContent = said;
     slot.hidden = false;
     f.elements[field].setAttribute('aria-invalid', 'true');
     f.elements[field].focus();
@@ -1272,6 +1321,11 @@ function formSpec() {
   for (const k of FORM_FIELDS) {
     const input = f.elements[k];
     if (k === 'paused') { spec.paused = input.checked; continue; }
+    if (k === 'after') {
+      const after = formMode && formMode.after && input.value.trim() === formMode.afterText ? formMode.after : linesToAfter(input.value);
+      if (after.length) spec.after = after;
+      continue;
+    }
     const v = input.value.trim();
     if (['env', 'selector', 'labels'].includes(k)) {
       const m = linesToMap(k, input.value);
@@ -1288,6 +1342,8 @@ function formSpec() {
   }
   const notify = notifySpec();
   if (notify !== undefined) spec.notify = notify;
+  // a job that runs after others has no schedule of its own
+  if (spec.after && spec.schedule === undefined) spec.schedule = '';
   return spec;
 }
 
@@ -1399,7 +1455,8 @@ function runSummary(r) {
   return el('p', { class: 'run-summary', id: 'run-summary' },
     badge(r.status), ' ',
     el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job), ' · ',
-    triggerLabel(r), ' · planned ', el('span', { title: fmtAbs(r.planned_at) }, fmtShort(r.planned_at)),
+    triggerLabel(r), r.root && r.root.job ? [' of the tick ', rootNodes(r)] : '', hasShard(r) ? ` · shard ${r.shard}` : '',
+    ' · planned ', el('span', { title: fmtAbs(r.planned_at) }, fmtShort(r.planned_at)),
     ended && r.duration_ms !== null && r.duration_ms !== undefined ? ` · took ${fmtDuration(r.duration_ms)}` : '',
     !ended && r.started_at ? el('span', {}, ' · running for ', el('span', { id: 'run-elapsed', dataset: { since: String(r.started_at) } }, fmtDuration(Date.now() - r.started_at))) : '',
     exit ? ` · ${exit}` : '',
@@ -1410,7 +1467,10 @@ function runDetails(r) {
   const rows = [
     ['Job', el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job)],
     ['Status', badge(r.status)],
-    ['Trigger', triggerLabel(r)], ['Attempt', r.attempt > 1 ? `${r.attempt} (retry ${r.attempt - 1})` : (r.attempt ?? '—')],
+    ['Trigger', triggerLabel(r)],
+    ...(r.root && r.root.job ? [['Root tick', el('span', { id: 'run-root' }, rootNodes(r), r.root.planned_at ? ` (${fmtAbs(r.root.planned_at)})` : '')]] : []),
+    ...(hasShard(r) ? [['Shard', String(r.shard)]] : []),
+    ['Attempt', r.attempt > 1 ? `${r.attempt} (retry ${r.attempt - 1})` : (r.attempt ?? '—')],
     ['Planned', fmtAbs(r.planned_at)], ['Started', fmtAbs(r.started_at)], ['Ended', fmtAbs(r.ended_at)],
     ['Lag', r.lag_ms !== undefined && r.lag_ms !== null ? fmtDuration(r.lag_ms) : '—'], ['Duration', fmtDuration(r.duration_ms)],
     ['Exit code', r.exit_code ?? '—'], ['Signal', signalName(r.signal)], ['Worker', r.worker || '—'],
@@ -1514,12 +1574,13 @@ function route() {
   if (section === 'runs') return { name: 'runs' };
   if (section === 'workers') return { name: 'workers' };
   if (section === 'notifications') return { name: 'notifications' };
+  if (section === 'graph') return { name: 'graph', focus: arg || '' };
   return { name: 'jobs' };
 }
 
 function navigate() {
   const v = route();
-  const same = state.view && state.view.name === v.name && state.view.job === v.job && state.view.run === v.run;
+  const same = state.view && state.view.name === v.name && state.view.job === v.job && state.view.run === v.run && state.view.focus === v.focus;
   state.view = v;
   const section = v.name === 'job' ? 'jobs' : v.name === 'run' ? 'runs' : v.name;
   for (const a of document.querySelectorAll('[data-nav]')) {
@@ -1549,6 +1610,7 @@ function navigate() {
       loadChannels(v.name === 'notifications');
     }
     document.title = v.name === 'job' ? `${v.job} — cronmesh` : v.name === 'run' ? `Run ${shortId(v.run)} — cronmesh`
+      : v.name === 'graph' ? 'Dependency graph — cronmesh'
       : `${v.name[0].toUpperCase()}${v.name.slice(1)} — cronmesh`;
   }
   render();
@@ -1568,6 +1630,7 @@ function render() {
   else if (v.name === 'run') renderRun(v.run);
   else if (v.name === 'runs') renderRuns();
   else if (v.name === 'notifications') renderNotifications();
+  else if (v.name === 'graph') renderGraph(v.focus);
   else renderWorkers();
   applyPermissions($('#main'));
 }
@@ -1850,7 +1913,8 @@ function jobRow(j) {
   const name = j.name;
   const nf = nextFire(j);
   const running = runningOf(name);
-  const nextText = j.paused ? '' : nf ? `${fmtRel(nf)}|${(j.next_fire_times || []).filter((t) => Date.parse(t) >= nf).slice(0, 3).join(',')}` : 'due';
+  const dependent = isDependent(j);
+  const nextText = j.paused ? '' : dependent ? 'after' : nf ? `${fmtRel(nf)}|${(j.next_fire_times || []).filter((t) => Date.parse(t) >= nf).slice(0, 3).join(',')}` : 'due';
   const last = j.last_run ? `${j.last_run.run_id}|${j.last_run.status}|${fmtRel(j.last_run.ended_at || j.last_run.planned_at)}` : '';
   return {
     key: name,
@@ -1859,11 +1923,15 @@ function jobRow(j) {
       [`${name}|${j.description || ''}`, () => el('td', { 'data-label': 'Name' },
         el('a', { href: `#/jobs/${encodeURIComponent(name)}`, dataset: { key: `${name}/link` } }, name),
         j.description ? el('div', { class: 'muted small' }, j.description) : null)],
-      [`${j.schedule}|${j.schedule_description}|${j.timezone}|${(j.schedule_warnings || []).length}`, () => el('td', { 'data-label': 'Schedule' },
+      dependent ? [`after|${JSON.stringify(afterOf(j))}|${j.after_timeout || ''}`, () => el('td', { 'data-label': 'Schedule' },
+        el('span', { class: 'sched after', title: afterText(j, Infinity) }, `after ${afterText(j)}`),
+        j.after_timeout ? el('div', { class: 'muted small' }, `within ${j.after_timeout}`) : null)]
+        : [`${j.schedule}|${j.schedule_description}|${j.timezone}|${(j.schedule_warnings || []).length}`, () => el('td', { 'data-label': 'Schedule' },
         el('span', { class: 'sched' }, j.schedule),
         el('div', { class: 'muted small' }, j.schedule_description || ''), j.timezone !== 'UTC' ? el('div', { class: 'muted small' }, j.timezone) : null,
         (j.schedule_warnings || []).length ? el('div', { class: 'warning small', title: j.schedule_warnings[0] }, 'meaning changed: see the job') : null)],
       [nextText, () => el('td', { 'data-label': 'Next run' }, j.paused ? el('span', { class: 'muted' }, '—')
+        : dependent ? el('span', { class: 'muted', title: 'Runs once per tick of its root job, after its upstreams' }, 'after upstream')
         : nf ? el('span', {}, timeEl(nf), el('div', { class: 'muted small' }, (j.next_fire_times || []).filter((t) => Date.parse(t) >= nf).slice(0, 3).map((t) => fmtShort(Date.parse(t))).join(', ')))
           : el('span', { class: 'muted' }, 'due'))],
       [`${running}|${last}`, () => el('td', { 'data-label': 'Last run' }, lastRunCell(j))],
@@ -1950,7 +2018,7 @@ function renderJob(name) {
   const head = document.getElementById('job-head');
   const running = runningOf(name);
   const sig = JSON.stringify([j, running, state.jobsLoaded, j && !j.paused ? (j.next_fire_times || []).filter((t) => Date.parse(t) > Date.now()).length : 0,
-    state.channels && state.channels.loaded ? state.channels.default : null]);
+    state.channels && state.channels.loaded ? state.channels.default : null, jobDepsSig(j)]);
   if (head.dataset.sig !== sig) {
     head.dataset.sig = sig;
     keepFocus(head, () => {
@@ -1962,10 +2030,13 @@ function renderJob(name) {
       }
       refreshStale([j]);
       const s = j;
+      const dependent = isDependent(s);
       const spec = [
-        ['Schedule', el('span', {}, el('code', {}, s.schedule), ' — ', j.schedule_description || '')],
-        ['Time zone', s.timezone],
-        ['Next runs', s.paused ? 'paused' : (j.next_fire_times || []).map((t) => fmtAbs(Date.parse(t))).join(' · ') || '—'],
+        dependent ? ['Schedule', el('span', { id: 'job-after' }, `after ${afterText(s)}`)]
+          : ['Schedule', el('span', {}, el('code', {}, s.schedule), ' — ', j.schedule_description || '')],
+        dependent ? (s.after_timeout ? ['After timeout', s.after_timeout] : null) : ['Time zone', s.timezone],
+        ['Next runs', s.paused ? 'paused' : dependent ? 'after its upstreams, once per root tick'
+          : (j.next_fire_times || []).map((t) => fmtAbs(Date.parse(t))).join(' · ') || '—'],
         ['Command', el('pre', { class: 'mono command' }, s.command)],
         ['Shell', s.shell], ['Concurrency', s.concurrency || 'allow'],
         ['Missed ticks', `${s.misfire || 'run_once'}, within ${s.starting_deadline || '30s'}`],
@@ -1977,7 +2048,7 @@ function renderJob(name) {
         ['Notifications', el('span', { id: 'job-notify' }, jobNotifyText(s))],
         ['Pause after', s.pause_after_failures ? `${s.pause_after_failures} consecutive failure${s.pause_after_failures > 1 ? 's' : ''}` : 'never'],
         ['Revision', `${j.revision}, updated ${fmtAbs(j.updated_at)}`],
-      ];
+      ].filter(Boolean);
       const btn = (label, k, onclick, cls) => el('button', { type: 'button', class: cls || 'secondary', dataset: { key: `head/${k}`, write: '' }, onclick }, label);
       fill(head,
         el('p', { class: 'small' }, el('a', { href: '#/jobs' }, '← All jobs')),
@@ -1996,7 +2067,8 @@ function renderJob(name) {
           // always there, so the others never move; off while nothing runs
           el('button', { type: 'button', class: 'danger', dataset: { key: 'head/kill', write: '' }, hidden: !running, onclick: () => actions.kill(name) },
             running > 1 ? `Kill ${running} runs` : 'Kill')),
-        el('dl', { class: 'spec' }, spec.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])));
+        el('dl', { class: 'spec' }, spec.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])),
+        jobDeps(j));
     });
   }
   renderRunsBody();
@@ -2211,10 +2283,13 @@ function renderRunsBody() {
     const dur = running ? fmtDuration(now - r.started_at) : fmtDuration(r.duration_ms);
     const exit = r.exit_code ?? (r.signal ? (SIGNALS[r.signal] || `signal ${r.signal}`) : '—');
     const cells = [
-      [r.status, () => el('td', { 'data-label': 'Status' }, badge(r.status))],
+      [`${r.status}|${r.status === 'skipped' ? r.error || '' : ''}`, () => el('td', { 'data-label': 'Status' }, badge(r.status),
+        r.status === 'skipped' && r.error ? el('div', { class: 'muted small run-why', title: r.error }, oneLine(r.error)) : null)],
       rv.job ? null : [r.job, () => el('td', { 'data-label': 'Job' }, el('a', { href: `#/jobs/${encodeURIComponent(r.job)}` }, r.job))],
       [r.run_id, () => el('td', { 'data-label': 'Run' }, el('a', { class: 'mono', href: `#/runs/${encodeURIComponent(r.run_id)}`, title: r.run_id, dataset: { key: `${r.run_id}/open` }, 'aria-label': `Open run ${r.run_id}` }, shortId(r.run_id)))],
-      [triggerLabel(r), () => el('td', { 'data-label': 'Trigger' }, triggerLabel(r))],
+      [`${triggerLabel(r)}|${JSON.stringify(r.root || null)}|${hasShard(r) ? r.shard : ''}`, () => el('td', { 'data-label': 'Trigger' }, triggerLabel(r),
+        hasShard(r) ? [' ', el('span', { class: 'chip shard' }, `shard ${r.shard}`)] : null,
+        r.root && r.root.job ? el('div', { class: 'muted small' }, 'root ', rootNodes(r)) : null)],
       [String(r.planned_at), () => el('td', { 'data-label': 'Planned' }, el('span', { title: fmtAbs(r.planned_at) }, new Date(r.planned_at).toLocaleString()))],
       [lag, () => el('td', { 'data-label': 'Lag' }, lag)],
       [dur, () => el('td', { 'data-label': 'Duration' }, dur)],
@@ -2284,6 +2359,402 @@ function workerState(w) {
   if (w.clock_skewed) badges.push(el('span', { class: 'badge failed', title: 'Its clock is off from the masters\' by more than worker.max_clock_skew: its jobs run on workers whose clocks are right' }, 'clock off'));
   if (w.at_capacity) badges.push(el('span', { class: 'badge paused', title: 'Every run slot is taken: its jobs run on workers with room' }, 'full'));
   return badges.length ? badges : el('span', { class: 'badge succeeded' }, 'active');
+}
+
+// ---------------------------------------------------------------- job dependencies: the graph
+
+// A job with `after` runs once per root tick, when its upstreams' runs of that tick meet their
+// conditions; these are the page's views of those edges: the job page's upstreams and
+// downstreams, and #/graph, the whole fleet's dependency graph drawn as SVG.
+const DEP_ON = ['success', 'failure', 'finished'];
+const GRAPH = { nodeW: 168, nodeH: 28, colGap: 64, rowGap: 12, compGap: 32, pad: 16, maxWidth: 1240 };
+const GRAPH_LABEL_CHARS = 20; // a node's name is cut to this many characters (the whole in its <title>)
+
+function afterOf(j) { return j && Array.isArray(j.after) ? j.after.filter((a) => a && typeof a.job === 'string' && a.job) : []; }
+function isDependent(j) { return afterOf(j).length > 0; }
+// "extract, load (on failure)": a dependent job's upstreams in words, the first few of them.
+function afterText(j, most = 3) {
+  const list = afterOf(j).map((a) => (a.on && a.on !== 'success' ? `${a.job} (on ${a.on})` : a.job));
+  return list.length > most ? `${list.slice(0, most).join(', ')} +${list.length - most}` : list.join(', ');
+}
+
+// Every edge of the fleet, upstream to downstream: [{ from, to, on }], in name order.
+function depEdges() {
+  const out = [];
+  for (const name of sortedNames()) {
+    for (const a of afterOf(state.jobs.get(name))) out.push({ from: a.job, to: name, on: a.on || 'success' });
+  }
+  return out;
+}
+
+// The jobs whose `after` names `name`: [{ job, on }].
+function downstreamsOf(name) {
+  const out = [];
+  for (const n of sortedNames()) {
+    for (const a of afterOf(state.jobs.get(n))) if (a.job === name) out.push({ job: n, on: a.on || 'success' });
+  }
+  return out;
+}
+
+// The layout of a dependency graph, with no DOM in it (a plain function of its arguments, so it
+// can be checked in node): nodes are names, edges { from, to, on }. Each connected part is laid
+// out on its own: layers by the longest path from its roots, left to right (a cycle, which the
+// master refuses, is broken rather than looped on); an edge spanning layers passes through
+// invisible slots of the layers between; a few barycenter sweeps order each layer to reduce
+// crossings; then nodes move towards their neighbours' heights, keeping their order and a
+// slot's distance. The parts are packed in shelves up to maxWidth. Every node has the same
+// size and its own slot, so no two overlap. Returns { nodes: Map name -> { x, y, w, h, layer },
+// edges: [{ from, to, on, points: [[x, y], ...] }], width, height }.
+function layoutGraph(nodeList, edgeList, opts) {
+  const o = Object.assign({}, GRAPH, opts || {});
+  const names = [...new Set(nodeList)].sort();
+  const idx = new Map(names.map((n, i) => [n, i]));
+  const n = names.length;
+  const edges = edgeList.filter((e) => idx.has(e.from) && idx.has(e.to) && e.from !== e.to);
+  // connected parts (union-find)
+  const parent = names.map((_, i) => i);
+  const find = (i) => { while (parent[i] !== i) { parent[i] = parent[parent[i]]; i = parent[i]; } return i; };
+  for (const e of edges) { const a = find(idx.get(e.from)); const b = find(idx.get(e.to)); if (a !== b) parent[Math.max(a, b)] = Math.min(a, b); }
+  const parts = new Map();
+  for (let i = 0; i < n; i++) { const r = find(i); if (!parts.has(r)) parts.set(r, { nodes: [], edges: [] }); parts.get(r).nodes.push(i); }
+  for (const e of edges) parts.get(find(idx.get(e.from))).edges.push(e);
+  const pitch = o.nodeH + o.rowGap;
+  const colW = o.nodeW + o.colGap;
+  const outNodes = new Map();
+  const outEdges = [];
+  const boxes = [];
+  for (const part of parts.values()) {
+    const local = new Map(part.nodes.map((g, k) => [g, k]));
+    const m = part.nodes.length;
+    const succ = part.nodes.map(() => []);
+    const indeg = part.nodes.map(() => 0);
+    const es = part.edges.map((e) => ({ e, a: local.get(idx.get(e.from)), b: local.get(idx.get(e.to)) }));
+    for (const x of es) { succ[x.a].push(x.b); indeg[x.b]++; }
+    // longest-path layering (Kahn); what a cycle leaves is freed one node at a time, by name
+    const layer = part.nodes.map(() => 0);
+    const done = part.nodes.map(() => false);
+    const queue = [];
+    for (let k = 0; k < m; k++) if (indeg[k] === 0) queue.push(k);
+    let left = m;
+    for (;;) {
+      while (queue.length) {
+        const k = queue.shift();
+        if (done[k]) continue;
+        done[k] = true; left--;
+        for (const s of succ[k]) {
+          if (done[s]) continue;
+          if (layer[s] < layer[k] + 1) layer[s] = layer[k] + 1;
+          if (--indeg[s] === 0) queue.push(s);
+        }
+      }
+      if (!left) break;
+      for (let k = 0; k < m; k++) if (!done[k]) { queue.push(k); break; }
+    }
+    // vertices: the part's nodes, then a slot per layer an edge passes through
+    const vLayer = layer.slice();
+    const up = part.nodes.map(() => []);
+    const down = part.nodes.map(() => []);
+    const chains = [];
+    for (const x of es) {
+      const chain = [x.a];
+      if (layer[x.b] > layer[x.a]) {
+        let prev = x.a;
+        for (let l = layer[x.a] + 1; l < layer[x.b]; l++) {
+          const v = vLayer.length;
+          vLayer.push(l); up.push([]); down.push([]);
+          down[prev].push(v); up[v].push(prev);
+          chain.push(v); prev = v;
+        }
+        down[prev].push(x.b); up[x.b].push(prev);
+      }
+      chain.push(x.b);
+      chains.push({ e: x.e, chain });
+    }
+    const depth = Math.max(...vLayer) + 1;
+    const layers = Array.from({ length: depth }, () => []);
+    // first order: names in the first layer, then by the first upstream's place
+    const pos = new Array(vLayer.length).fill(0);
+    for (let k = 0; k < m; k++) if (vLayer[k] === 0) layers[0].push(k);
+    layers[0].sort((p, q) => part.nodes[p] - part.nodes[q]);
+    layers[0].forEach((v, i) => { pos[v] = i; });
+    const rest = [];
+    for (let v = 0; v < vLayer.length; v++) if (vLayer[v] > 0) rest.push(v);
+    for (let l = 1; l < depth; l++) {
+      const row = rest.filter((v) => vLayer[v] === l);
+      const key = (v) => (up[v].length ? Math.min(...up[v].map((u) => pos[u])) : Infinity);
+      row.sort((p, q) => key(p) - key(q) || (p < m && q < m ? part.nodes[p] - part.nodes[q] : p - q));
+      row.forEach((v, i) => { pos[v] = i; });
+      layers[l] = row;
+    }
+    const sweep = (l, nb) => {
+      const row = layers[l];
+      const bary = new Map(row.map((v) => [v, nb[v].length ? nb[v].reduce((s, u) => s + pos[u], 0) / nb[v].length : pos[v]]));
+      row.sort((p, q) => bary.get(p) - bary.get(q) || pos[p] - pos[q]);
+      row.forEach((v, i) => { pos[v] = i; });
+    };
+    for (let it = 0; it < 4; it++) {
+      for (let l = 1; l < depth; l++) sweep(l, up);
+      for (let l = depth - 2; l >= 0; l--) sweep(l, down);
+    }
+    // heights (in slots): as near the neighbours' mean as the order and a slot's distance
+    // allow, in the least-squares sense (pool adjacent violators on want - index), so a row
+    // is not pushed one way only
+    const slot = new Array(vLayer.length).fill(0);
+    for (const row of layers) row.forEach((v, i) => { slot[v] = i; });
+    const place = (row, nb) => {
+      const blocks = []; // [sum, count] of want - index, non-decreasing means
+      row.forEach((v, i) => {
+        const want = nb[v].length ? nb[v].reduce((s, u) => s + slot[u], 0) / nb[v].length : slot[v];
+        blocks.push([want - i, 1]);
+        while (blocks.length > 1) {
+          const [s2, c2] = blocks[blocks.length - 1];
+          const [s1, c1] = blocks[blocks.length - 2];
+          if (s1 / c1 <= s2 / c2) break;
+          blocks.splice(-2, 2, [s1 + s2, c1 + c2]);
+        }
+      });
+      let i = 0;
+      for (const [sum, count] of blocks) {
+        for (let k = 0; k < count; k++, i++) slot[row[i]] = sum / count + i;
+      }
+    };
+    for (let l = 1; l < depth; l++) place(layers[l], up);
+    for (let l = depth - 2; l >= 0; l--) place(layers[l], down);
+    let min = Infinity; let max = -Infinity;
+    for (const s of slot) { if (s < min) min = s; if (s > max) max = s; }
+    boxes.push({
+      w: depth * colW - o.colGap, h: (max - min) * pitch + o.nodeH, size: m, first: part.nodes[0],
+      place(ox, oy) {
+        const at = (v) => [ox + vLayer[v] * colW, oy + (slot[v] - min) * pitch];
+        for (let k = 0; k < m; k++) {
+          const [x, y] = at(k);
+          outNodes.set(names[part.nodes[k]], { x, y, w: o.nodeW, h: o.nodeH, layer: vLayer[k] });
+        }
+        for (const { e, chain } of chains) {
+          const points = [];
+          chain.forEach((v, i) => {
+            const [x, y] = at(v);
+            const cy = y + o.nodeH / 2;
+            if (i === 0) points.push([x + o.nodeW, cy]);
+            else if (i === chain.length - 1) points.push([x, cy]);
+            else points.push([x, cy], [x + o.nodeW, cy]);
+          });
+          outEdges.push({ from: e.from, to: e.to, on: e.on || 'success', points });
+        }
+      },
+    });
+  }
+  // the big parts first, then by name; packed left to right in shelves
+  boxes.sort((a, b) => b.size - a.size || a.first - b.first);
+  let x = 0; let y = 0; let shelf = 0; let width = 0;
+  for (const b of boxes) {
+    if (x > 0 && x + b.w > o.maxWidth) { x = 0; y += shelf + o.compGap; shelf = 0; }
+    b.place(o.pad + x, o.pad + y);
+    x += b.w + o.compGap;
+    if (b.h > shelf) shelf = b.h;
+    if (x - o.compGap > width) width = x - o.compGap;
+  }
+  return { nodes: outNodes, edges: outEdges, width: width + 2 * o.pad, height: (boxes.length ? y + shelf : 0) + 2 * o.pad };
+}
+// end of layoutGraph
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+function svgEl(tag, attrs, ...children) {
+  const e = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'text') e.textContent = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else if (k === 'dataset') Object.assign(e.dataset, v);
+    else e.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+// What colours a node: its job's run in progress, else its last run's status; "missing" for a
+// name that some job's `after` gives but no job has.
+function graphStatus(name) {
+  const j = state.jobs.get(name);
+  if (!j) return 'missing';
+  if (runningOf(name)) return 'running';
+  if (j.paused) return 'paused';
+  return j.last_run ? j.last_run.status : 'never';
+}
+function cutName(s) { return s.length > GRAPH_LABEL_CHARS ? `${s.slice(0, GRAPH_LABEL_CHARS - 1)}…` : s; }
+function edgePath(points) {
+  let d = `M${points[0][0]},${points[0][1]}`;
+  for (let i = 1; i < points.length; i++) {
+    const [ax, ay] = points[i - 1];
+    const [bx, by] = points[i];
+    if (ay === by) { d += ` L${bx},${by}`; continue; }
+    const dx = Math.max(16, (bx - ax) / 2);
+    d += ` C${ax + dx},${ay} ${bx - dx},${by} ${bx},${by}`;
+  }
+  return d;
+}
+
+// The SVG of a layout: an edge per dependency (coloured, dashed and arrowed by its condition,
+// the conditions other than success written at its end), a node per job, each a link to its
+// page. `prefix` keeps the arrowheads' ids apart; `self`: the job whose neighbourhood it is.
+function drawGraph(layout, { prefix, self, focus, label }) {
+  const markers = DEP_ON.map((on) => svgEl('marker', { id: `${prefix}-arrow-${on}`, viewBox: '0 0 10 10', refX: '9', refY: '5',
+    markerWidth: '7', markerHeight: '7', orient: 'auto-start-reverse', class: `garrow on-${on}` }, svgEl('path', { d: 'M0,0 L10,5 L0,10 z' })));
+  const near = (e) => focus && (e.from === focus || e.to === focus);
+  const edges = layout.edges.map((e) => {
+    const on = DEP_ON.includes(e.on) ? e.on : 'success';
+    const last = e.points[e.points.length - 1];
+    return svgEl('g', { class: `gedge on-${on}${near(e) ? ' near' : ''}`, dataset: { from: e.from, to: e.to, on } },
+      svgEl('title', {}, `${e.to} runs after ${e.from} on ${on}`),
+      svgEl('path', { d: edgePath(e.points), 'marker-end': `url(#${prefix}-arrow-${on})` }),
+      on !== 'success' ? svgEl('text', { x: last[0] - 6, y: last[1] - 4, 'text-anchor': 'end', class: 'gedge-label' }, on) : null);
+  });
+  const nodes = [...layout.nodes.entries()].map(([name, p]) => {
+    const status = graphStatus(name);
+    const cls = `gnode status-${status}${name === self ? ' self' : ''}${name === focus ? ' focus' : ''}`;
+    const kids = [
+      svgEl('title', {}, `${name} — ${status.replace('_', ' ')}`),
+      svgEl('rect', { class: 'gnode-box', x: p.x, y: p.y, width: p.w, height: p.h, rx: '5' }),
+      svgEl('text', { x: p.x + 9, y: p.y + p.h / 2 + 4, class: 'gnode-label' }, cutName(name)),
+    ];
+    if (status === 'missing') return svgEl('g', { class: cls, dataset: { job: name, status } }, kids);
+    return svgEl('a', { class: cls, href: `#/jobs/${encodeURIComponent(name)}`, dataset: { job: name, status }, 'aria-label': `${name}, ${status.replace('_', ' ')}` }, kids);
+  });
+  return svgEl('svg', { class: 'dep-graph', viewBox: `0 0 ${layout.width} ${layout.height}`, width: layout.width, height: layout.height,
+    role: 'group', 'aria-label': label, dataset: { width: String(layout.width), height: String(layout.height) } },
+  svgEl('defs', {}, markers), svgEl('g', { class: 'gedges' }, edges), svgEl('g', { class: 'gnodes' }, nodes));
+}
+
+// The nodes' colours follow their jobs' runs without drawing the graph again.
+function recolourGraph(svg) {
+  for (const g of svg.querySelectorAll('.gnode')) {
+    const s = graphStatus(g.dataset.job);
+    if (g.dataset.status === s) continue;
+    g.dataset.status = s;
+    g.classList.remove(...[...g.classList].filter((c) => c.startsWith('status-')));
+    g.classList.add(`status-${s}`);
+    const t = g.querySelector('title');
+    if (t) t.textContent = `${g.dataset.job} — ${s.replace('_', ' ')}`;
+  }
+}
+
+function legend() {
+  return el('span', { class: 'graph-legend small', id: 'graph-legend' },
+    DEP_ON.map((on) => el('span', { class: `legend-item on-${on}` }, el('span', { class: 'legend-line', 'aria-hidden': 'true' }), ` on ${on}`)));
+}
+
+// #/graph (#/graph/NAME: that job marked, and scrolled to): the jobs that take part in some
+// dependency, laid out by layoutGraph; scrolls, and zooms with its buttons.
+function renderGraph(focus) {
+  const main = $('#main');
+  if (skeleton !== `graph:${focus || ''}`) {
+    skeleton = `graph:${focus || ''}`;
+    const zoom = (f) => () => { state.graphZoom = f === 0 ? fitZoom() : Math.min(4, Math.max(0.1, (state.graphZoom || 1) * f)); zoomGraph(); };
+    fill(main,
+      el('h1', {}, 'Dependency graph'),
+      el('div', { class: 'toolbar' },
+        el('span', { class: 'muted', id: 'graph-count' }),
+        legend(),
+        el('span', { class: 'spacer' }),
+        el('button', { type: 'button', class: 'secondary small', id: 'graph-zoom-out', 'aria-label': 'Zoom out', onclick: zoom(1 / 1.25) }, '−'),
+        el('button', { type: 'button', class: 'secondary small', id: 'graph-zoom-in', 'aria-label': 'Zoom in', onclick: zoom(1.25) }, '+'),
+        el('button', { type: 'button', class: 'secondary small', id: 'graph-fit', onclick: zoom(0) }, 'Fit'),
+        el('button', { type: 'button', class: 'secondary small', id: 'graph-actual', onclick: () => { state.graphZoom = 1; zoomGraph(); } }, '100 %')),
+      el('div', { id: 'graph-wrap', class: 'graph-wrap', tabindex: '0', 'aria-label': 'Dependency graph, scrolls' }));
+  }
+  const wrap = document.getElementById('graph-wrap');
+  const count = document.getElementById('graph-count');
+  if (!state.jobsLoaded) {
+    if (state.jobsError) mode(wrap, `error:${state.jobsError.message}`, () => el('p', { class: 'empty' }, `Cannot list jobs: ${state.jobsError.message}`));
+    else mode(wrap, 'loading', () => el('p', { class: 'empty' }, 'Loading jobs…'));
+    return;
+  }
+  const edges = depEdges();
+  if (!edges.length) {
+    mode(wrap, 'none', () => el('p', { class: 'empty', id: 'graph-empty' }, 'No job depends on another. A job with After runs when its upstream jobs have run.'));
+    if (count.textContent) count.textContent = '';
+    return;
+  }
+  const sig = JSON.stringify(edges);
+  if (wrap.dataset.mode !== 'graph' || wrap.dataset.sig !== sig) {
+    const nodes = [...new Set(edges.flatMap((e) => [e.from, e.to]))];
+    const layout = layoutGraph(nodes, edges, { maxWidth: Math.max(600, wrap.clientWidth - 2 * GRAPH.pad - 4) });
+    wrap.dataset.mode = 'graph';
+    wrap.dataset.sig = sig;
+    const svg = drawGraph(layout, { prefix: 'g', focus, label: `Dependency graph: ${layout.nodes.size} jobs, ${layout.edges.length} dependencies` });
+    svg.id = 'dep-graph';
+    fill(wrap, svg);
+    const text = `${layout.nodes.size} jobs, ${layout.edges.length} dependencies`;
+    if (count.textContent !== text) count.textContent = text;
+    zoomGraph();
+    if (focus && !wrap.dataset.scrolled) {
+      wrap.dataset.scrolled = 'true';
+      const p = layout.nodes.get(focus);
+      if (p) {
+        const z = state.graphZoom || 1;
+        wrap.scrollTo({ left: Math.max(0, p.x * z - wrap.clientWidth / 2), top: Math.max(0, p.y * z - wrap.clientHeight / 2) });
+        wrap.scrollIntoView({ block: 'nearest' });
+      }
+    }
+  } else {
+    recolourGraph(wrap.querySelector('svg'));
+  }
+}
+
+function fitZoom() {
+  const wrap = document.getElementById('graph-wrap');
+  const svg = wrap && wrap.querySelector('svg');
+  if (!svg) return 1;
+  const w = Number(svg.dataset.width); const h = Number(svg.dataset.height);
+  return Math.max(0.1, Math.min(1, (wrap.clientWidth - 4) / w, (wrap.clientHeight - 4) / h));
+}
+
+function zoomGraph() {
+  const svg = document.querySelector('#graph-wrap svg');
+  if (!svg) return;
+  const z = state.graphZoom || 1;
+  svg.setAttribute('width', String(Math.round(Number(svg.dataset.width) * z)));
+  svg.setAttribute('height', String(Math.round(Number(svg.dataset.height) * z)));
+  const b = document.getElementById('graph-actual');
+  if (b) b.textContent = `${Math.round(z * 100)} %`;
+}
+
+// The job page's part: what it runs after, what runs after it, and the two as a small graph.
+function jobDeps(j) {
+  const ups = afterOf(j).map((a) => ({ job: a.job, on: a.on || 'success' }));
+  const downs = downstreamsOf(j.name);
+  if (!ups.length && !downs.length) return null;
+  const item = (d, dir) => el('li', { dataset: { job: d.job, on: d.on } },
+    el('a', { href: `#/jobs/${encodeURIComponent(d.job)}`, class: 'dep-link', dataset: { key: `dep/${dir}/${d.job}` } }, d.job),
+    ' ', el('span', { class: `chip dep-on on-${d.on}` }, `on ${d.on}`),
+    state.jobs.has(d.job) ? null : el('span', { class: 'muted small' }, ' (no such job)'));
+  const nodes = [j.name, ...ups.map((u) => u.job), ...downs.map((d) => d.job)];
+  const edges = [...ups.map((u) => ({ from: u.job, to: j.name, on: u.on })), ...downs.map((d) => ({ from: j.name, to: d.job, on: d.on }))];
+  const layout = layoutGraph(nodes, edges, { maxWidth: 100000 });
+  const mini = drawGraph(layout, { prefix: 'mini', self: j.name, label: `${j.name}, its upstreams and downstreams` });
+  mini.id = 'job-dep-graph';
+  return el('section', { id: 'job-deps', class: 'job-deps', 'aria-labelledby': 'job-deps-title' },
+    el('h2', { id: 'job-deps-title' }, 'Dependencies'),
+    el('div', { class: 'deps-lists' },
+      ups.length ? el('div', { id: 'job-upstreams' }, el('h3', {}, 'Runs after'),
+        el('ul', { class: 'dep-list' }, ups.map((u) => item(u, 'up'))),
+        el('p', { class: 'muted small' }, `Once per tick of its root job, when these runs of that tick meet their conditions${j.after_timeout ? `; skipped if they have not within ${j.after_timeout}` : ''}.`)) : null,
+      downs.length ? el('div', { id: 'job-downstreams' }, el('h3', {}, 'Then runs'),
+        el('ul', { class: 'dep-list' }, downs.map((d) => item(d, 'down')))) : null),
+    el('div', { class: 'graph-wrap mini' }, mini),
+    el('p', { class: 'small' }, el('a', { href: `#/graph/${encodeURIComponent(j.name)}`, id: 'job-graph-link' }, 'Show in the dependency graph')));
+}
+
+// What the job page's dependency part shows, to tell when it must be built again.
+function jobDepsSig(j) {
+  if (!j) return null;
+  const ups = afterOf(j);
+  const downs = downstreamsOf(j.name);
+  if (!ups.length && !downs.length) return null;
+  return [ups, downs, [...ups.map((u) => u.job), ...downs.map((d) => d.job)].map(graphStatus)];
 }
 
 // ---------------------------------------------------------------- start
