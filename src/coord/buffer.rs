@@ -236,6 +236,7 @@ mod tests {
             trigger: Trigger::Schedule,
             worker: "w1".into(),
             buffered_at: 1001,
+            root: None,
         }])
         .unwrap();
         let reset = WatchEvent::Reset {

@@ -13,6 +13,7 @@ mod capacity;
 mod catchup;
 mod clock_skew;
 mod ctl;
+mod dependencies;
 mod deploy;
 mod drain;
 mod exactly_once;

@@ -239,9 +239,9 @@ pub fn decide(d: &JobSpec, planned: i64, seen: &[Seen], now: i64) -> Decide {
     Decide::Wait { until }
 }
 
-/// The id of the run request for a downstream's root tick, sent for the `sends`-th time (also
-/// the first attempt's run id). Deterministic: a driver that took over sends what its
-/// predecessor would.
+/// The id of the first run request for a downstream's root tick (also the first attempt's run
+/// id). Deterministic: a driver that took over sends what its predecessor would. A request
+/// sent again gets a new random id (a worker takes a claim under its own id for its own).
 pub fn run_request_id(job: &str, planned: i64, sends: u32) -> String {
     request_id(&format!("dep\0{job}"), planned, sends)
 }

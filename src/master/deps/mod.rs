@@ -499,6 +499,9 @@ impl<'a> Driver<'a> {
         };
         self.sent.insert(key, now);
         if core::follow_up(p, now) == FollowUp::SendAgain {
+            // under a new id: a worker that finds its own claim under the same id would take
+            // it for a claim whose answer it lost, and run the tick again
+            let id = uuid::Uuid::now_v7().simple().to_string();
             let signal = RunNowSignal {
                 job: d.name.clone(),
                 id: id.clone(),

@@ -203,6 +203,7 @@ impl Sim {
             traceparent: None,
             planned_at: None,
             backfill: None,
+            root: None,
         };
         self.broadcast(|| Input::Signals(SignalEvent::RunNow(signal.clone())));
     }
@@ -216,6 +217,21 @@ impl Sim {
             traceparent: None,
             planned_at: Some(planned),
             backfill: Some("bf1".into()),
+            root: None,
+        };
+        self.broadcast(|| Input::Signals(SignalEvent::RunNow(signal.clone())));
+    }
+
+    /// The dependency driver's request for the root tick `root` of `job`.
+    fn dependency_tick(&mut self, job: &str, id: &str, root: crate::model::Root) {
+        let signal = RunNowSignal {
+            job: job.to_string(),
+            id: id.to_string(),
+            requested_at: self.now,
+            traceparent: None,
+            planned_at: Some(root.planned_at),
+            backfill: None,
+            root: Some(root),
         };
         self.broadcast(|| Input::Signals(SignalEvent::RunNow(signal.clone())));
     }
@@ -1702,6 +1718,40 @@ fn a_backfill_tick_is_claimed_under_the_scheduled_ticks_key_and_recorded_with_it
     assert_eq!(
         (r.status, r.trigger, r.planned_at),
         (RunStatus::Succeeded, Trigger::Backfill, planned)
+    );
+}
+
+#[test]
+fn a_dependency_run_is_claimed_under_its_root_ticks_key_runs_once_however_often_it_is_sent_and_carries_its_root() {
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    let mut spec = JobSpec::new("load", "", "true");
+    spec.after = vec![crate::model::Upstream {
+        job: "extract".into(),
+        on: crate::model::DepCondition::Success,
+    }];
+    sim.put(spec);
+    sim.advance(secs(3));
+    assert!(sim.spawned.is_empty(), "a job with after has no ticks of its own");
+    let root = crate::model::Root {
+        job: "extract".into(),
+        planned_at: T0 + 1000,
+    };
+    let id = "0000000000000b00000000000000000d";
+    sim.dependency_tick("load", id, root.clone());
+    sim.advance(secs(1));
+    // the driver sends it again, under a new id (it found no record yet): the claim keeps it
+    // from a second run
+    sim.dependency_tick("load", "0000000000000b00000000000000000e", root.clone());
+    sim.advance(secs(2));
+    assert_eq!(sim.spawned.len(), 1, "{:?}", sim.spawned);
+    let (_, o) = &sim.spawned[0];
+    assert_eq!((o.trigger, o.planned, o.run_id.as_str()), (Trigger::Dependency, root.planned_at, id));
+    assert_eq!(o.root.as_ref(), Some(&root));
+    assert!(sim.claims.contains_key(&("load".to_string(), TickId::Scheduled(root.planned_at))));
+    let r = &sim.records_of("load")[0];
+    assert_eq!(
+        (r.status, r.trigger, r.planned_at, r.root.as_ref()),
+        (RunStatus::Succeeded, Trigger::Dependency, root.planned_at, Some(&root))
     );
 }
 
