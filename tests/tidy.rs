@@ -137,6 +137,7 @@ fn the_scheduler_core_reads_no_clock_and_does_no_io() {
         "src/master/ledger/core.rs",
         "src/master/notify/core.rs",
         "src/master/backfill/core.rs",
+        "src/master/deps/core.rs",
     ];
     let forbidden = [
         "now_ms(",

@@ -53,7 +53,10 @@ impl Coord {
     /// A lease for decisions (`DECISION_TTL_SECS`) or run requests (`DEP_SIGNAL_TTL_SECS`).
     pub async fn dep_lease(&self, ttl_secs: i64) -> Result<i64, CoordError> {
         Ok(self
-            .call("lease_grant", |mut c| async move { c.lease_grant(ttl_secs, None).await })
+            .call(
+                "lease_grant",
+                |mut c| async move { c.lease_grant(ttl_secs, None).await },
+            )
             .await?
             .id())
     }

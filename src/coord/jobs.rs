@@ -27,6 +27,15 @@ fn decode_job(name: &str, value: &[u8], revision: i64) -> Result<StoredJob, Stri
     Ok(job)
 }
 
+/// What `put_job_guarded` compares besides the job itself.
+#[derive(Debug, Clone)]
+pub enum JobsGuard {
+    /// These jobs still have these mod revisions (a job's upstreams and their ancestors).
+    Unchanged(Vec<(String, i64)>),
+    /// No job changed after this revision (for more jobs than a transaction compares).
+    NoneChangedAfter(i64),
+}
+
 impl Coord {
     /// Creates or replaces a job after validating it. Keeps `created_at` of an existing job;
     /// optimistic concurrency (compare on the mod revision read) so two writers cannot interleave.
@@ -34,10 +43,10 @@ impl Coord {
         self.put_job_guarded(spec, None).await
     }
 
-    /// `put_job`, written only if no job changed after `jobs_revision` (the revision of the jobs
-    /// list its dependencies were checked against: two writes cannot close a cycle together).
-    /// `JobsChanged` when one did: read the list again and check again.
-    pub async fn put_job_guarded(&self, spec: JobSpec, jobs_revision: Option<i64>) -> Result<StoredJob, CoordError> {
+    /// `put_job`, written only if the jobs its dependencies were checked against are as they
+    /// were (two writes cannot close a cycle together). `JobsChanged` when one changed: read
+    /// them again and check again.
+    pub async fn put_job_guarded(&self, spec: JobSpec, guard: Option<&JobsGuard>) -> Result<StoredJob, CoordError> {
         spec.validate()?;
         crate::model::validate_new_name(&spec.name)?;
         for _ in 0..5 {
@@ -75,9 +84,19 @@ impl Coord {
             let key = self.keys.job(&spec.name);
             let value = encode(&stored);
             let mut cmps = vec![cmp];
-            if let Some(r) = jobs_revision {
-                let prefix = self.keys.jobs();
-                cmps.push(Compare::mod_revision(prefix.clone(), CompareOp::Less, r + 1).with_range(prefix_end(prefix.as_bytes())));
+            match guard {
+                None => {}
+                Some(JobsGuard::Unchanged(jobs)) => cmps.extend(
+                    jobs.iter()
+                        .map(|(name, rev)| Compare::mod_revision(self.keys.job(name), CompareOp::Equal, *rev)),
+                ),
+                Some(JobsGuard::NoneChangedAfter(r)) => {
+                    let prefix = self.keys.jobs();
+                    cmps.push(
+                        Compare::mod_revision(prefix.clone(), CompareOp::Less, r + 1)
+                            .with_range(prefix_end(prefix.as_bytes())),
+                    );
+                }
             }
             let txn = Txn::new().when(cmps).and_then([TxnOp::put(key, value, None)]);
             let resp = self.call("txn", |mut c| async move { c.txn(txn).await }).await?;
@@ -85,7 +104,7 @@ impl Coord {
                 stored.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
                 return Ok(stored);
             }
-            if jobs_revision.is_some() {
+            if guard.is_some() {
                 return Err(CoordError::JobsChanged);
             }
         }

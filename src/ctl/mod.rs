@@ -240,7 +240,9 @@ pub enum JobsCmd {
     },
     /// Delete a job (its runs stay in the run log). Refused while other jobs run after it,
     /// unless --force.
-    #[command(after_help = "Examples:\n  cronmesh ctl jobs delete backup\n  cronmesh ctl jobs delete extract --force   # its downstreams' root ticks then time out")]
+    #[command(
+        after_help = "Examples:\n  cronmesh ctl jobs delete backup\n  cronmesh ctl jobs delete extract --force   # its downstreams' root ticks then time out"
+    )]
     Delete {
         /// The job's name.
         name: String,
@@ -251,7 +253,9 @@ pub enum JobsCmd {
     /// Print the dependency graph: each job that others run after, with its downstreams as a
     /// tree (`[on]` is the condition; a job reached twice is shown once, then `(above)`).
     /// `-o json`: the nodes and edges.
-    #[command(after_help = "Examples:\n  cronmesh ctl jobs graph\n  cronmesh ctl jobs graph extract   # only what runs after extract\n  cronmesh ctl jobs graph -o json")]
+    #[command(
+        after_help = "Examples:\n  cronmesh ctl jobs graph\n  cronmesh ctl jobs graph extract   # only what runs after extract\n  cronmesh ctl jobs graph -o json"
+    )]
     Graph {
         /// Only this job and what runs after it.
         name: Option<String>,

@@ -52,6 +52,8 @@ pub enum StoreError {
 pub const RUN_EVENTS_KEPT: Duration = Duration::from_secs(3600);
 
 /// A run event as the feed shows it: a run-started marker, or a stored record (output left out).
+// Most events are records; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "run", rename_all = "snake_case")]
 pub enum RunEvent {

@@ -151,15 +151,20 @@ pub fn job_view(
     stats_24h: crate::master::stats::DayCounts,
 ) -> JobView {
     let spec = &job.spec;
-    let (desc, resolved, warnings, next) = match Schedule::parse_for_job(spec.effective_schedule(), &spec.timezone, &spec.name) {
-        Ok(s) => (
-            s.describe(),
-            if spec.after.is_empty() { s.resolved().to_string() } else { String::new() },
-            s.warnings().to_vec(),
-            s.next_n_rfc3339(now_ms(), n),
-        ),
-        Err(e) => (e.to_string(), spec.schedule.clone(), Vec::new(), Vec::new()),
-    };
+    let (desc, resolved, warnings, next) =
+        match Schedule::parse_for_job(spec.effective_schedule(), &spec.timezone, &spec.name) {
+            Ok(s) => (
+                s.describe(),
+                if spec.after.is_empty() {
+                    s.resolved().to_string()
+                } else {
+                    String::new()
+                },
+                s.warnings().to_vec(),
+                s.next_n_rfc3339(now_ms(), n),
+            ),
+            Err(e) => (e.to_string(), spec.schedule.clone(), Vec::new(), Vec::new()),
+        };
     JobView {
         job,
         schedule_description: desc,
@@ -491,7 +496,9 @@ async fn put_job(
     spec.validate().map_err(crate::coord::CoordError::from)?;
     if dry_run {
         // what `put_job` checks before it writes (the name was checked with the path)
-        check_dependencies(&st, &spec).await?;
+        if !spec.after.is_empty() {
+            check_dependencies(&st, &spec).await?;
+        }
         let would_pause = spec.paused;
         let now = now_ms();
         let would_be = StoredJob {
@@ -514,9 +521,9 @@ async fn put_job(
     } else {
         let mut tries = 0;
         loop {
-            let revision = check_dependencies(&st, &spec).await?;
-            match st.coord.put_job_guarded(spec.clone(), Some(revision)).await {
-                Err(crate::coord::CoordError::JobsChanged) if tries < 5 => tries += 1,
+            let guard = check_dependencies(&st, &spec).await?;
+            match st.coord.put_job_guarded(spec.clone(), Some(&guard)).await {
+                Err(crate::coord::CoordError::JobsChanged) if tries < 10 => tries += 1,
                 other => break other?,
             }
         }
@@ -525,18 +532,29 @@ async fn put_job(
     Ok(answer(stored, change).await)
 }
 
-/// Checks a job's `after` against the stored jobs (upstreams exist, no cycle); returns the
-/// revision of the jobs list it read.
-async fn check_dependencies(st: &AppState, spec: &JobSpec) -> Result<i64, ApiError> {
-    if spec.after.is_empty() {
-        return Ok(0);
-    }
+/// Checks a job's `after` against the stored jobs (upstreams exist, no cycle); returns what
+/// its write must compare: the mod revisions of its ancestors (a cycle through it closes only
+/// by a change of one of them), or for very many, that no job changed since the check read.
+async fn check_dependencies(st: &AppState, spec: &JobSpec) -> Result<crate::coord::JobsGuard, ApiError> {
     let (jobs, revision) = st.coord.list_jobs().await?;
+    let revisions: std::collections::BTreeMap<String, i64> =
+        jobs.iter().map(|j| (j.spec.name.clone(), j.revision)).collect();
     let others: std::collections::BTreeMap<String, JobSpec> = jobs
         .into_iter()
         .filter(|j| j.spec.name != spec.name)
         .map(|j| (j.spec.name.clone(), j.spec))
         .collect();
+    let ancestors = crate::master::deps::core::ancestors(spec, &others);
+    let guard = if ancestors.len() <= 100 {
+        crate::coord::JobsGuard::Unchanged(
+            ancestors
+                .into_iter()
+                .filter_map(|a| revisions.get(&a).map(|r| (a, *r)))
+                .collect(),
+        )
+    } else {
+        crate::coord::JobsGuard::NoneChangedAfter(revision)
+    };
     crate::master::deps::core::check(spec, &others).map_err(|e| {
         let code = match e {
             crate::master::deps::core::GraphError::Cycle(_) => "dependency_cycle",
@@ -548,7 +566,7 @@ async fn check_dependencies(st: &AppState, spec: &JobSpec) -> Result<i64, ApiErr
             field: Some("after".into()),
         }
     })?;
-    Ok(revision)
+    Ok(guard)
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -582,7 +600,11 @@ async fn delete_job(
                 code: "has_dependents".into(),
                 message: format!(
                     "job {name:?} is an upstream of {}: change or delete {} first, or delete with ?force=true",
-                    dependents.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>().join(", "),
+                    dependents
+                        .iter()
+                        .map(|d| format!("{d:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     if dependents.len() == 1 { "it" } else { "them" }
                 ),
             });

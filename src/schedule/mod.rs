@@ -105,8 +105,13 @@ pub struct Schedule {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Cron { cron: Box<Cron>, rule: DstRule },
-    Every { interval_ms: i64 },
+    Cron {
+        cron: Box<Cron>,
+        rule: DstRule,
+    },
+    Every {
+        interval_ms: i64,
+    },
     /// `@never`: no ticks of its own (a job that runs `after` others; see `model::NEVER`).
     Never,
 }

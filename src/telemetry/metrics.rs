@@ -268,7 +268,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         dependency_delay: histogram(
             "cronmesh_dependency_delay_seconds",
             "From the end of the upstream run that completed a root tick's conditions to the master's run request for the downstream.",
-            vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
         ),
         notifications: counter_vec(
             "cronmesh_notifications_total",

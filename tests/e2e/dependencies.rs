@@ -36,7 +36,9 @@ fn roots_seen(c: &Cluster) -> BTreeMap<(String, i64), Vec<(String, String)>> {
         if p.len() < 6 {
             continue;
         }
-        let Ok(planned) = chrono::DateTime::parse_from_rfc3339(p[1]) else { continue };
+        let Ok(planned) = chrono::DateTime::parse_from_rfc3339(p[1]) else {
+            continue;
+        };
         out.entry((p[0].to_string(), planned.timestamp_millis()))
             .or_default()
             .push((p[4].to_string(), p[5].to_string()));
@@ -104,8 +106,14 @@ async fn a_chain_runs_each_downstream_once_per_root_tick_in_order_and_a_failed_r
             assert_eq!((root.job.as_str(), root.planned_at), ("a", *t), "{r:?}");
             assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
         }
-        assert!(a_run.ended_at.unwrap() <= b_run.started_at.unwrap(), "b after a: {a_run:?} {b_run:?}");
-        assert!(b_run.ended_at.unwrap() <= c_run.started_at.unwrap(), "c after b: {b_run:?} {c_run:?}");
+        assert!(
+            a_run.ended_at.unwrap() <= b_run.started_at.unwrap(),
+            "b after a: {a_run:?} {b_run:?}"
+        );
+        assert!(
+            b_run.ended_at.unwrap() <= c_run.started_at.unwrap(),
+            "c after b: {b_run:?} {c_run:?}"
+        );
         checked += 1;
     }
     assert!(checked >= 3);
@@ -117,7 +125,9 @@ async fn a_chain_runs_each_downstream_once_per_root_tick_in_order_and_a_failed_r
             assert_eq!(runs.len(), 1, "{job} ran once for {t}: {runs:?}");
             assert_eq!(runs[0].0, "a");
             assert_eq!(
-                chrono::DateTime::parse_from_rfc3339(&runs[0].1).unwrap().timestamp_millis(),
+                chrono::DateTime::parse_from_rfc3339(&runs[0].1)
+                    .unwrap()
+                    .timestamp_millis(),
                 *t
             );
         }
@@ -131,7 +141,9 @@ async fn a_chain_runs_each_downstream_once_per_root_tick_in_order_and_a_failed_r
             return false;
         };
         c.api_runs(&url, "c").await.iter().any(|r| {
-            r.root.as_ref().is_some_and(|x| x.job == "a" && x.planned_at == m.planned_at)
+            r.root
+                .as_ref()
+                .is_some_and(|x| x.job == "a" && x.planned_at == m.planned_at)
                 && r.status == RunStatus::Succeeded
         })
     })
@@ -167,7 +179,10 @@ async fn a_chain_runs_each_downstream_once_per_root_tick_in_order_and_a_failed_r
     // no skipped tick ran: no tick line of b for a failed root
     let seen = roots_seen(&c);
     for r in &skipped {
-        assert!(!seen.contains_key(&("b".to_string(), r.planned_at)), "{r:?} did not run");
+        assert!(
+            !seen.contains_key(&("b".to_string(), r.planned_at)),
+            "{r:?} did not run"
+        );
     }
     let m = c.master_log("m1");
     assert!(m.contains("dependency tick skipped"), "{m}");
@@ -181,7 +196,8 @@ async fn a_fan_in_waits_for_every_upstream_and_a_root_tick_not_met_in_time_is_sk
     let url = c.start_master("m1", &[]).await;
     // a finishes at once, c a second later: d waits for c
     c.put_job(JobSpec::new("a", "@every 2s", &dep_command(&c, ""))).await;
-    c.put_job(JobSpec::new("c", "@every 2s", &dep_command(&c, "sleep 1"))).await;
+    c.put_job(JobSpec::new("c", "@every 2s", &dep_command(&c, "sleep 1")))
+        .await;
     let mut d = after(
         "d",
         &[("a", DepCondition::Success), ("c", DepCondition::Finished)],
@@ -189,7 +205,13 @@ async fn a_fan_in_waits_for_every_upstream_and_a_root_tick_not_met_in_time_is_sk
     );
     d.after_timeout = Some(Duration::from_secs(4));
     let (st, body) = c
-        .send("PUT", &url, "/api/v1/jobs/d", Some(ADMIN), Some(serde_json::to_value(&d).unwrap()))
+        .send(
+            "PUT",
+            &url,
+            "/api/v1/jobs/d",
+            Some(ADMIN),
+            Some(serde_json::to_value(&d).unwrap()),
+        )
         .await;
     assert_eq!(st, 201, "{body}");
     let since = now_ms();
@@ -230,13 +252,18 @@ async fn a_fan_in_waits_for_every_upstream_and_a_root_tick_not_met_in_time_is_sk
         .unwrap();
     let reason = t.error.as_deref().unwrap();
     assert!(reason.starts_with("upstream_timeout: no run of c "), "{reason}");
-    assert!(t.ended_at.unwrap() >= t.planned_at + 4000, "not before the timeout: {t:?}");
+    assert!(
+        t.ended_at.unwrap() >= t.planned_at + 4000,
+        "not before the timeout: {t:?}"
+    );
     assert!(!roots_seen(&c).contains_key(&("d".to_string(), t.planned_at)));
     let (_, metrics) = c.get(&url, "/metrics", None).await;
     let metrics = metrics.as_str().unwrap_or_default().to_string();
     assert!(
-        metrics.lines().any(|l| l.starts_with("cronmesh_dependency_decisions_total{outcome=\"upstream_timeout\"}")
-            && !l.ends_with(" 0")),
+        metrics.lines().any(
+            |l| l.starts_with("cronmesh_dependency_decisions_total{outcome=\"upstream_timeout\"}")
+                && !l.ends_with(" 0")
+        ),
         "{metrics}"
     );
 }
@@ -273,16 +300,20 @@ async fn a_sigkilled_worker_running_a_downstream_does_not_make_its_root_tick_run
     c.wait_members(&[survivor]).await;
     // the killed run's root tick is recorded lost (nobody reports it, and its claim is the
     // dead worker's), never run again; later root ticks run on the survivor
-    wait_for(Duration::from_secs(60), "b's killed root tick is lost and a later one succeeded", || async {
-        let b = c.api_runs(&url, "b").await;
-        let lost = b
-            .iter()
-            .any(|r| r.planned_at == victim.planned_ms && r.status == RunStatus::Lost);
-        let later = b
-            .iter()
-            .any(|r| r.planned_at > victim.planned_ms && r.status == RunStatus::Succeeded && r.worker == survivor);
-        lost && later
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "b's killed root tick is lost and a later one succeeded",
+        || async {
+            let b = c.api_runs(&url, "b").await;
+            let lost = b
+                .iter()
+                .any(|r| r.planned_at == victim.planned_ms && r.status == RunStatus::Lost);
+            let later = b
+                .iter()
+                .any(|r| r.planned_at > victim.planned_ms && r.status == RunStatus::Succeeded && r.worker == survivor);
+            lost && later
+        },
+    )
     .await;
     let lines: Vec<TickLine> = c
         .ticks()
@@ -305,7 +336,10 @@ async fn bad_dependency_graphs_are_refused_naming_the_problem_and_change_nothing
     let put = |name: &'static str, body: serde_json::Value| {
         let c = &c;
         let url = url.clone();
-        async move { c.send("PUT", &url, &format!("/api/v1/jobs/{name}"), Some(ADMIN), Some(body)).await }
+        async move {
+            c.send("PUT", &url, &format!("/api/v1/jobs/{name}"), Some(ADMIN), Some(body))
+                .await
+        }
     };
     let (st, _) = put("a", json!({"schedule": "@hourly", "command": "true"})).await;
     assert_eq!(st, 201);
@@ -314,9 +348,24 @@ async fn bad_dependency_graphs_are_refused_naming_the_problem_and_change_nothing
     let (_, before) = c.get(&url, "/api/v1/jobs/a", Some(READ)).await;
     let cases: Vec<(&str, serde_json::Value, u16, &str)> = vec![
         // a -> b exists; a after b closes a -> b -> a
-        ("a", json!({"command": "true", "after": [{"job": "b"}]}), 400, "a cycle: a -> b -> a"),
-        ("x", json!({"command": "true", "after": [{"job": "x"}]}), 400, "a cycle: x -> x"),
-        ("x", json!({"command": "true", "after": [{"job": "nope"}]}), 400, "\"nope\""),
+        (
+            "a",
+            json!({"command": "true", "after": [{"job": "b"}]}),
+            400,
+            "a cycle: a -> b -> a",
+        ),
+        (
+            "x",
+            json!({"command": "true", "after": [{"job": "x"}]}),
+            400,
+            "a cycle: x -> x",
+        ),
+        (
+            "x",
+            json!({"command": "true", "after": [{"job": "nope"}]}),
+            400,
+            "\"nope\"",
+        ),
         (
             "x",
             json!({"schedule": "@hourly", "command": "true", "after": [{"job": "a"}]}),
@@ -366,9 +415,13 @@ async fn bad_dependency_graphs_are_refused_naming_the_problem_and_change_nothing
     let message = resp["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("upstream of \"b\""), "{resp}");
     assert_eq!(c.get(&url, "/api/v1/jobs/a", Some(READ)).await.0, 200);
-    let (st, resp) = c.send("DELETE", &url, "/api/v1/jobs/a?force=yes", Some(ADMIN), None).await;
+    let (st, resp) = c
+        .send("DELETE", &url, "/api/v1/jobs/a?force=yes", Some(ADMIN), None)
+        .await;
     assert_eq!(st, 400, "{resp}");
-    let (st, _) = c.send("DELETE", &url, "/api/v1/jobs/a?force=true", Some(ADMIN), None).await;
+    let (st, _) = c
+        .send("DELETE", &url, "/api/v1/jobs/a?force=true", Some(ADMIN), None)
+        .await;
     assert_eq!(st, 204);
     assert_eq!(c.get(&url, "/api/v1/jobs/a", Some(READ)).await.0, 404);
 }

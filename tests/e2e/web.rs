@@ -155,3 +155,15 @@ async fn the_web_page_lists_10000_jobs_one_page_at_a_time() {
     let stdout = run_browser("scale", &url, &out, &[("WEB_JOBS", JOBS.to_string())]);
     assert!(stdout.contains("WEB_SCALE"), "the scale run printed its figures");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_shows_a_jobs_upstreams_and_downstreams_and_draws_the_fleets_dependency_graph() {
+    let mut c = Cluster::new().await;
+    c.start_worker("w1", &[]);
+    c.wait_members(&["w1"]).await;
+    let url = c.start_master("m1", &[]).await;
+    // the browser script makes its jobs (a chain, ~300 more in fan-outs) through the API, and
+    // deletes them at the end
+    let out = out_dir("deps");
+    run_browser("deps", &url, &out, &[]);
+}

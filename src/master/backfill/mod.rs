@@ -590,12 +590,13 @@ pub async fn create(
         .get_job(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {name:?} not found: it cannot be backfilled")))?;
-    let schedule = Schedule::parse_for_job(job.spec.effective_schedule(), &job.spec.timezone, &job.spec.name).map_err(|e| {
-        ApiError::Conflict {
-            code: "unreadable_job".into(),
-            message: format!("job {name:?} is stored with a schedule that does not parse ({e}); fix it with PUT"),
-        }
-    })?;
+    let schedule =
+        Schedule::parse_for_job(job.spec.effective_schedule(), &job.spec.timezone, &job.spec.name).map_err(|e| {
+            ApiError::Conflict {
+                code: "unreadable_job".into(),
+                message: format!("job {name:?} is stored with a schedule that does not parse ({e}); fix it with PUT"),
+            }
+        })?;
     let mut all = Vec::new();
     let mut cursor = from - 1;
     while let Some(t) = schedule.next_after(cursor) {

@@ -114,6 +114,21 @@ pub fn check(spec: &JobSpec, others: &BTreeMap<String, JobSpec>) -> Result<(), G
     }
 }
 
+/// The jobs `spec` runs after, directly or through others (by the other jobs' `after`).
+pub fn ancestors(spec: &JobSpec, others: &BTreeMap<String, JobSpec>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack: Vec<&str> = spec.after.iter().map(|u| u.job.as_str()).collect();
+    while let Some(j) = stack.pop() {
+        if j == spec.name || !out.insert(j.to_string()) {
+            continue;
+        }
+        if let Some(o) = others.get(j) {
+            stack.extend(o.after.iter().map(|u| u.job.as_str()));
+        }
+    }
+    out
+}
+
 /// The shortest path from `start` along downstream edges back to `start`, if any.
 fn path_back(g: &Graph, start: &str) -> Option<Vec<String>> {
     // breadth first, so the cycle named is the shortest one
@@ -355,19 +370,28 @@ mod tests {
         assert_eq!(g.downstreams("r"), ["a", "c"]);
         assert_eq!(g.downstreams("a"), ["d"]);
         assert_eq!(g.edges().count(), 4);
+        // what a write of d compares: every job it runs after, through the others too
+        let anc: Vec<String> = ancestors(&jobs[3], &f).into_iter().collect();
+        assert_eq!(anc, ["a", "c", "r"]);
     }
 
     #[test]
     fn an_upstreams_last_attempt_decides_its_condition() {
         let s = up("a", DepCondition::Success);
         assert_eq!(upstream_state(&s, &[], 0), UpState::Pending);
-        assert_eq!(upstream_state(&s, &[rec("a", RunStatus::Succeeded, 1, 5)], 0), UpState::Met);
+        assert_eq!(
+            upstream_state(&s, &[rec("a", RunStatus::Succeeded, 1, 5)], 0),
+            UpState::Met
+        );
         assert_eq!(
             upstream_state(&s, &[rec("a", RunStatus::Failed, 1, 5)], 0),
             UpState::Unmeetable("upstream_failed: a".into())
         );
         // a retry follows a failed first attempt: not yet
-        assert_eq!(upstream_state(&s, &[rec("a", RunStatus::Failed, 1, 5)], 1), UpState::Pending);
+        assert_eq!(
+            upstream_state(&s, &[rec("a", RunStatus::Failed, 1, 5)], 1),
+            UpState::Pending
+        );
         assert_eq!(
             upstream_state(
                 &s,
@@ -377,13 +401,19 @@ mod tests {
             UpState::Met
         );
         let f = up("a", DepCondition::Failure);
-        assert_eq!(upstream_state(&f, &[rec("a", RunStatus::TimedOut, 1, 5)], 0), UpState::Met);
+        assert_eq!(
+            upstream_state(&f, &[rec("a", RunStatus::TimedOut, 1, 5)], 0),
+            UpState::Met
+        );
         assert_eq!(
             upstream_state(&f, &[rec("a", RunStatus::Succeeded, 1, 5)], 0),
             UpState::Unmeetable("upstream_succeeded: a".into())
         );
         let any = up("a", DepCondition::Finished);
-        assert_eq!(upstream_state(&any, &[rec("a", RunStatus::Lost, 1, 5)], 0), UpState::Met);
+        assert_eq!(
+            upstream_state(&any, &[rec("a", RunStatus::Lost, 1, 5)], 0),
+            UpState::Met
+        );
         assert_eq!(
             upstream_state(&any, &[rec("a", RunStatus::Skipped, 1, 5)], 0),
             UpState::Unmeetable("upstream_skipped: a".into())
@@ -429,7 +459,10 @@ mod tests {
             decide(
                 &d,
                 1000,
-                &[seen("a", UpState::Pending), seen("c", UpState::Unmeetable("upstream_failed: c".into()))],
+                &[
+                    seen("a", UpState::Pending),
+                    seen("c", UpState::Unmeetable("upstream_failed: c".into()))
+                ],
                 1200
             ),
             Decide::Skip {

@@ -159,7 +159,8 @@ impl<'a> Driver<'a> {
             if *lease.borrow() != Some(lease_id) {
                 return;
             }
-            let sweep = tokio::time::Instant::now() >= next_sweep || self.st.deps.overflow.swap(false, Ordering::Relaxed);
+            let sweep =
+                tokio::time::Instant::now() >= next_sweep || self.st.deps.overflow.swap(false, Ordering::Relaxed);
             let res = if sweep {
                 next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
                 self.st.deps.take();
@@ -255,7 +256,9 @@ impl<'a> Driver<'a> {
         }
         let mut errors = Vec::new();
         for (d, planned) in ticks {
-            let Some(spec) = self.jobs.get(&d).cloned() else { continue };
+            let Some(spec) = self.jobs.get(&d).cloned() else {
+                continue;
+            };
             let res = async {
                 if self
                     .st
@@ -276,7 +279,11 @@ impl<'a> Driver<'a> {
                 errors.push(format!("{d} at {planned}: {e}"));
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     /// Every root tick of the look-back window.
@@ -314,7 +321,9 @@ impl<'a> Driver<'a> {
             .collect();
         let mut live = std::collections::HashSet::new();
         for d in deps {
-            let Some(spec) = self.jobs.get(&d).cloned() else { continue };
+            let Some(spec) = self.jobs.get(&d).cloned() else {
+                continue;
+            };
             let own_from = now - spec.after_timeout().as_millis() as i64 - core::GRACE_MS;
             let (decided, bad) = match self.st.coord.dep_decisions(&d, own_from).await {
                 Ok(v) => v,
@@ -347,8 +356,15 @@ impl<'a> Driver<'a> {
                     Some(dec) => {
                         live.insert((d.clone(), planned));
                         let has_record = recs.contains_key(&(d.clone(), planned));
-                        self.decided(&spec, planned, dec, has_record, running.contains(&(d.clone(), planned)), now)
-                            .await
+                        self.decided(
+                            &spec,
+                            planned,
+                            dec,
+                            has_record,
+                            running.contains(&(d.clone(), planned)),
+                            now,
+                        )
+                        .await
                     }
                 };
                 if let Err(e) = res {
@@ -358,7 +374,11 @@ impl<'a> Driver<'a> {
         }
         self.sent.retain(|k, _| live.contains(k));
         METRICS.dependency_waiting.set(waiting);
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     /// Decides a root tick with no decision yet; true while it waits.

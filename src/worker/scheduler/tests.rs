@@ -1745,9 +1745,15 @@ fn a_dependency_run_is_claimed_under_its_root_ticks_key_runs_once_however_often_
     sim.advance(secs(2));
     assert_eq!(sim.spawned.len(), 1, "{:?}", sim.spawned);
     let (_, o) = &sim.spawned[0];
-    assert_eq!((o.trigger, o.planned, o.run_id.as_str()), (Trigger::Dependency, root.planned_at, id));
+    assert_eq!(
+        (o.trigger, o.planned, o.run_id.as_str()),
+        (Trigger::Dependency, root.planned_at, id)
+    );
     assert_eq!(o.root.as_ref(), Some(&root));
-    assert!(sim.claims.contains_key(&("load".to_string(), TickId::Scheduled(root.planned_at))));
+    assert!(
+        sim.claims
+            .contains_key(&("load".to_string(), TickId::Scheduled(root.planned_at)))
+    );
     let r = &sim.records_of("load")[0];
     assert_eq!(
         (r.status, r.trigger, r.planned_at, r.root.as_ref()),

@@ -88,7 +88,14 @@ impl TickKind {
 
     /// A backfill's tick.
     pub fn is_backfill(&self) -> bool {
-        matches!(self, TickKind::Manual { backfill: Some(_), root: None, .. })
+        matches!(
+            self,
+            TickKind::Manual {
+                backfill: Some(_),
+                root: None,
+                ..
+            }
+        )
     }
 
     /// A dependency run's root tick.

@@ -407,7 +407,10 @@ impl Core {
                         self.record_lost(now, &job, planned, &holder, &theirs, None);
                     }
                     if let TickKind::Manual {
-                        trigger, backfill, root, ..
+                        trigger,
+                        backfill,
+                        root,
+                        ..
                     } = &self.ticks[&run_id].kind
                     {
                         let (trigger, backfill, root) = (trigger.clone(), backfill.clone(), root.clone());
@@ -558,7 +561,11 @@ impl Core {
             reason: "lost_with_worker",
         }
         .emit();
-        let trigger = if root.is_some() { Trigger::Dependency } else { Trigger::Schedule };
+        let trigger = if root.is_some() {
+            Trigger::Dependency
+        } else {
+            Trigger::Schedule
+        };
         let mut rec = record(job, run_id, 1, trigger, planned, holder, RunStatus::Lost);
         rec.root = root;
         rec.ended_at = Some(now);
