@@ -200,10 +200,15 @@ paths = {
             ),
         },
         "delete": {
-            "summary": "Delete a job",
+            "summary": "Delete a job; refused (409 has_dependents, naming them) while other jobs run after it, unless force=true",
             "operationId": "deleteJob",
-            "parameters": [name_p],
-            "responses": responses({"204": {"description": "Deleted"}}, NOT_FOUND, UNAVAILABLE),
+            "parameters": [name_p, q("force", "boolean", "delete also when other jobs run after this one (their root ticks then time out)")],
+            "responses": responses(
+                {"204": {"description": "Deleted"}},
+                NOT_FOUND,
+                {"409": err("Other jobs run after this one (has_dependents): the message names them")},
+                UNAVAILABLE,
+            ),
         },
     },
     "/api/v1/jobs/{name}/run": {
@@ -570,7 +575,7 @@ ms = {"type": ["integer", "null"], "description": "Unix ms"}
 
 spec_props = {
     "name": {"type": "string"},
-    "schedule": {"type": "string", "description": "5/6/7-field cron (names, a/n, L, W, #, H for a value hashed from the job name), @hourly-style macro, or @every 30s"},
+    "schedule": {"type": "string", "description": "5/6/7-field cron (names, a/n, L, W, #, H for a value hashed from the job name), @hourly-style macro, or @every 30s; empty (or left out) for a job with after"},
     "timezone": {"type": "string", "default": "UTC"},
     "command": {"type": "string"},
     "shell": {"type": "string", "default": "/bin/sh"},
@@ -598,8 +603,21 @@ spec_props = {
         "description": "who hears about this job's runs; absent: the fleet's default rules (master.notify.default); []: nobody",
     },
     "pause_after_failures": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "pause the job after this many failures in a row (failed, timed out, killed, lost)"},
+    "after": {
+        "type": "array",
+        "maxItems": 32,
+        "items": strict(
+            {
+                "job": {"type": "string", "description": "an existing job (no cycle: a -> b -> a is refused, naming it)"},
+                "on": {"enum": ["success", "failure", "finished"], "description": "what the upstream's last attempt must come to (default success)"},
+            },
+            required=["job"],
+        ),
+        "description": "instead of a schedule (leave schedule empty): run once per root tick when every upstream's run of that root tick met its condition; a condition that can be met no more skips the tick (upstream_failed: x)",
+    },
+    "after_timeout": {"type": "string", "description": "with after: a root tick not met this long after its planned time is skipped (upstream_timeout); default 1h, 1s to 24h"},
 }
-jobspec = strict(spec_props, required=["schedule", "command"])
+jobspec = strict(spec_props, required=["command"])
 
 warnings = {
     "type": "array",
@@ -663,7 +681,7 @@ run = strict(
         "job": {"type": "string"},
         "worker": {"type": "string"},
         "attempt": {"type": "integer"},
-        "trigger": {"enum": ["schedule", "manual", "retry", "backfill"]},
+        "trigger": {"enum": ["schedule", "manual", "retry", "backfill", "dependency"]},
         "planned_at": {"type": "integer"},
         "claimed_at": ms,
         "started_at": ms,
@@ -684,10 +702,14 @@ run = strict(
         "max_rss_kb": opt_int,
         "cpu_ms": opt_int,
         "trace_id": {"type": ["string", "null"]},
+        "root": strict(
+            {"job": {"type": "string"}, "planned_at": {"type": "integer"}},
+            description="a dependency run's root tick: the job the chain started from and its planned time (Unix ms); absent otherwise",
+        ),
     }
 )
-# stderr_spans is left out when the command wrote nothing to stderr
-run["required"] = [k for k in run["required"] if k != "stderr_spans"]
+# stderr_spans is left out when the command wrote nothing to stderr; root but for dependency runs
+run["required"] = [k for k in run["required"] if k not in ("stderr_spans", "root")]
 # what a worker sends: fields that may be null may also be left out
 run_in = dict(run, required=["run_id", "job", "worker", "attempt", "trigger", "planned_at", "status"])
 started = strict(
