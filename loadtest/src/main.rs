@@ -9,6 +9,7 @@
 mod api;
 mod backfill;
 mod churn;
+mod deps;
 mod feed;
 mod fleet;
 mod limits;
@@ -102,6 +103,9 @@ enum Scenario {
     Notify(notify::Opts),
     /// Backfill throughput: N past ticks of a `true` job on W workers, per max_parallel.
     Backfill(backfill::Opts),
+    /// Dependencies: C chains root @every 1s → b → c; the delay from an upstream's end to its
+    /// downstream's start and the etcd writes per dependency run.
+    Deps(deps::Opts),
     /// Only the machine's limits.
     Limits,
 }
@@ -118,6 +122,7 @@ impl Scenario {
             Scenario::Feed { .. } => "feed",
             Scenario::Notify(_) => "notify",
             Scenario::Backfill(_) => "backfill",
+            Scenario::Deps(_) => "deps",
             Scenario::Limits => "limits",
         }
     }
@@ -272,6 +277,10 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
         Scenario::Backfill(o) => {
             let b = backfill::run(ctx, &o).await?;
             backfill::report(rep, &b);
+        }
+        Scenario::Deps(o) => {
+            let d = deps::run(ctx, &o).await?;
+            deps::report(rep, &d);
         }
     }
     Ok(())
