@@ -85,6 +85,16 @@ fleet += [
     panel(36, "Dead letters in the last hour, by channel", ['sum by (channel) (increase(cronmesh_notify_dead_letters_total[1h]))'], 0, 94, w=24, legends=["{{channel}}"],
           desc="Deliveries given up on (CronmeshNotificationDeadLetter): cronmesh ctl notifications list --status dead says why."),
 ]
+fleet += [
+    row(37, "Dependencies (on the master driving them)", 102),
+    panel(38, "Dependency decisions in the last hour, by outcome", ['sum by (outcome) (increase(cronmesh_dependency_decisions_total[1h]))'], 0, 103, w=8, legends=["{{outcome}}"],
+          desc="run = every upstream met its condition; the others are root ticks recorded skipped with that reason (cronmesh ctl runs list --status skipped). CronmeshDependencyTimeouts fires on upstream_timeout."),
+    panel(39, "Dependency delay p50 / p99 (upstream end to the downstream's run request)", [
+        'histogram_quantile(0.5, sum by (le) (rate(cronmesh_dependency_delay_seconds_bucket' + R + ')))',
+        'histogram_quantile(0.99, sum by (le) (rate(cronmesh_dependency_delay_seconds_bucket' + R + ')))'], 8, 103, w=8, legends=["p50", "p99"], unit="s"),
+    panel(40, "Root ticks waiting, edges, requests sent again", ['max(cronmesh_dependency_waiting)', 'max(cronmesh_dependency_edges)', 'sum(increase(cronmesh_dependency_resends_total[1h]))'], 16, 103, w=8, legends=["root ticks waiting for upstreams", "edges", "requests sent again (1h)"],
+          desc="Requests sent again: a decided run nobody took (no live owner, or its claimer died). CronmeshDependencyResends fires on a steady flow."),
+]
 with open("cronmesh-fleet.json", "w") as f:
     json.dump(dashboard("cronmesh-fleet", "cronmesh / fleet overview", fleet), f, indent=2)
     f.write("\n")
