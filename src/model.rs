@@ -183,6 +183,50 @@ pub struct JobSpec {
     /// its planned time is skipped (`upstream_timeout`). Default 1h, 1s to 24h.
     #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub after_timeout: Option<Duration>,
+    /// Each tick runs as this many shards (1–1000), each exactly once, spread over the eligible
+    /// workers by rendezvous on (job, shard); the command sees `CRONMESH_SHARD_INDEX` and
+    /// `CRONMESH_SHARD_TOTAL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
+    /// `all`: each tick runs once on every eligible live worker.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub fanout: Fanout,
+}
+
+/// Most shards a job may have.
+pub const MAX_SHARDS: u32 = 1000;
+
+/// Where a job's tick runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Fanout {
+    /// On one worker (the job's owner; per shard with `shards`).
+    #[default]
+    One,
+    /// On every eligible live worker, once each.
+    All,
+}
+
+/// The names the worker schedules a job's parts under: `job#3` is shard 3 of `job`, `job@w1`
+/// is its run on worker w1 (`fanout = all`). Neither `#` nor `@` can be in a job's name, so a
+/// part's claims, marks and buffer keys never meet a job's.
+pub fn shard_part(job: &str, shard: u32) -> String {
+    format!("{job}#{shard}")
+}
+pub fn worker_part(job: &str, worker: &str) -> String {
+    format!("{job}@{worker}")
+}
+
+/// The job a scheduled name belongs to, and its shard: `job#3` → (`job`, Some(3)); `job@w1` →
+/// (`job`, None); a job's own name → itself.
+pub fn part_of(name: &str) -> (&str, Option<u32>) {
+    if let Some((job, shard)) = name.split_once('#') {
+        return (job, shard.parse().ok());
+    }
+    if let Some((job, _)) = name.split_once('@') {
+        return (job, None);
+    }
+    (name, None)
 }
 
 /// Most upstreams a job may have.
@@ -451,7 +495,14 @@ impl JobSpec {
             pause_after_failures: None,
             after: Vec::new(),
             after_timeout: None,
+            shards: None,
+            fanout: Fanout::One,
         }
+    }
+
+    /// How many runs a tick of this job has per worker part: its shards (1 without).
+    pub fn shard_count(&self) -> u32 {
+        self.shards.unwrap_or(1)
     }
 
     /// The schedule expression the job runs on: its own, or `@never` for a job that runs
@@ -575,6 +626,23 @@ impl JobSpec {
     /// are the master's checks: it knows the other jobs).
     fn validate_after(&self) -> Result<(), ValidationError> {
         let has_schedule = !self.schedule.trim().is_empty();
+        if let Some(n) = self.shards {
+            if !(1..=MAX_SHARDS).contains(&n) {
+                return Err(invalid("shards", format!("must be between 1 and {MAX_SHARDS}")));
+            }
+            if self.fanout == Fanout::All {
+                return Err(invalid(
+                    "shards",
+                    "cannot go with fanout = all (every worker runs the whole tick); use one of them",
+                ));
+            }
+        }
+        if !self.after.is_empty() && (self.shards.is_some() || self.fanout == Fanout::All) {
+            return Err(invalid(
+                if self.shards.is_some() { "shards" } else { "fanout" },
+                "is for jobs with a schedule, not with after (a dependency runs once per root tick)",
+            ));
+        }
         if self.schedule.trim() == NEVER {
             return Err(invalid(
                 "schedule",
@@ -773,6 +841,9 @@ pub struct RunRecord {
     /// A dependency run's root tick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<Root>,
+    /// A sharded job's shard (0-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
 }
 
 impl RunRecord {
@@ -819,6 +890,7 @@ impl RunRecord {
             cpu_ms: None,
             trace_id: None,
             root: None,
+            shard: None,
         }
     }
 }

@@ -32,23 +32,52 @@ impl Coord {
     }
 
     /// Asks the job's owner to run it now. Returns the trigger id (it becomes the claim key).
+    /// A sharded job runs once per shard (a request to each shard's owner); a job for every
+    /// worker once on each eligible live worker. The first id is returned.
     pub async fn send_run_now(&self, job: &str, traceparent: Option<String>) -> Result<String, CoordError> {
-        if self.get_job(job).await?.is_none() {
+        let Some(stored) = self.get_job(job).await? else {
             return Err(CoordError::NotFound(job.to_string()));
-        }
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let signal = RunNowSignal {
-            job: job.to_string(),
-            id: id.clone(),
-            requested_at: now_ms(),
-            traceparent,
-            planned_at: None,
-            backfill: None,
-            root: None,
         };
-        self.put_with_ttl(self.keys.run_signal(job, &id), encode(&signal), RUN_NOW_TTL_SECS)
+        let parts: Vec<String> = match (stored.spec.shards, stored.spec.fanout) {
+            (Some(n), _) => (0..n).map(|k| crate::model::shard_part(job, k)).collect(),
+            (None, crate::model::Fanout::All) => self
+                .list_workers()
+                .await?
+                .into_iter()
+                .filter(|w| crate::cluster::ownership::eligible(w, &stored.spec.selector))
+                .map(|w| crate::model::worker_part(job, &w.id))
+                .collect(),
+            (None, crate::model::Fanout::One) => vec![job.to_string()],
+        };
+        let requested_at = now_ms();
+        let lease = self
+            .call("lease_grant", |mut c| async move { c.lease_grant(RUN_NOW_TTL_SECS, None).await })
+            .await?
+            .id();
+        let mut first = None;
+        for part in parts {
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            first.get_or_insert_with(|| id.clone());
+            let signal = RunNowSignal {
+                job: part.clone(),
+                id: id.clone(),
+                requested_at,
+                traceparent: traceparent.clone(),
+                planned_at: None,
+                backfill: None,
+                root: None,
+            };
+            let (key, value) = (self.keys.run_signal(&part, &id), encode(&signal));
+            self.call("put", |mut c| async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease))).await
+            })
             .await?;
-        Ok(id)
+        }
+        first.ok_or_else(|| {
+            CoordError::Conflict(format!(
+                "job {job:?} runs on every eligible worker, and no worker is eligible now: nothing was started"
+            ))
+        })
     }
 
     /// Removes a run-now request once it has been claimed.

@@ -46,6 +46,7 @@ pub fn record(run_id: &str, job: &str, planned: i64, status: RunStatus) -> RunRe
         cpu_ms: Some(1),
         trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
         root: None,
+        shard: None,
     }
 }
 
@@ -68,6 +69,8 @@ where
     recent_per_job_gives_each_jobs_newest_few_newest_first(&*fresh().await).await;
     a_missed_record_gives_way_to_the_ticks_real_record(&*fresh().await).await;
     recorded_ticks_are_found_and_manual_runs_do_not_count(&*fresh().await).await;
+    each_shard_of_a_tick_is_recorded_and_found_on_its_own(&*fresh().await).await;
+    a_dependency_record_keeps_its_root(&*fresh().await).await;
     counts_since_group_each_jobs_records_by_status(&*fresh().await).await;
     run_events_follow_what_is_stored_in_insert_order_once(&*fresh().await).await;
     run_events_resume_after_any_position_they_gave(&*fresh().await).await;
@@ -145,6 +148,55 @@ pub async fn recorded_ticks_are_found_and_manual_runs_do_not_count(s: &dyn LogSt
         .collect();
     assert_eq!(found, want);
     assert!(s.recorded_ticks(&[]).await.unwrap().is_empty());
+}
+
+pub async fn each_shard_of_a_tick_is_recorded_and_found_on_its_own(s: &dyn LogStore) {
+    let shard = |mut r: RunRecord, k: u32| {
+        r.shard = Some(k);
+        r
+    };
+    // shard 0 ran, shard 1 was missed: both are kept (a missed shard beside a real one)
+    s.insert(&[shard(record("r0", "sh", 1_000, RunStatus::Succeeded), 0)]).await.unwrap();
+    let out = s.insert(&[shard(missed("m1", "sh", 1_000), 1), shard(missed("m2", "sh", 1_000), 2)]).await.unwrap();
+    assert_eq!(out.inserted, 2, "each shard is a tick of its own");
+    // shard 2's real record replaces its own missed one only
+    s.insert(&[shard(record("r2", "sh", 1_000, RunStatus::Failed), 2)]).await.unwrap();
+    assert!(s.get("m2").await.unwrap().is_none());
+    assert!(s.get("m1").await.unwrap().is_some(), "shard 1 stays missed");
+    // a missed record of a shard that has a record is not stored
+    let out = s.insert(&[shard(missed("m0", "sh", 1_000), 0)]).await.unwrap();
+    assert_eq!((out.inserted, out.duplicates), (0, 1));
+    let asked: Vec<(String, i64)> = ["sh#0", "sh#1", "sh#2", "sh#3", "sh"]
+        .into_iter()
+        .map(|j| (j.to_string(), 1_000))
+        .collect();
+    let found = s.recorded_ticks(&asked).await.unwrap();
+    let want: HashSet<(String, i64)> = ["sh#0", "sh#1", "sh#2"].into_iter().map(|j| (j.to_string(), 1_000)).collect();
+    assert_eq!(found, want, "a shard's name finds its shard's records, the job's name the job's own");
+    let got = s.get("r2").await.unwrap().unwrap();
+    assert_eq!(got.shard, Some(2));
+}
+
+pub async fn a_dependency_record_keeps_its_root(s: &dyn LogStore) {
+    let mut r = record("d1", "load", 5_000, RunStatus::Succeeded);
+    r.trigger = Trigger::Dependency;
+    r.root = Some(crate::model::Root {
+        job: "extract".into(),
+        planned_at: 5_000,
+    });
+    s.insert(std::slice::from_ref(&r)).await.unwrap();
+    assert_eq!(s.get("d1").await.unwrap().unwrap().root, r.root);
+    let listed = s
+        .list(&RunQuery {
+            jobs: vec!["load".into()],
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .runs;
+    assert_eq!(listed[0].root, r.root);
+    assert_eq!(listed[0].trigger, Trigger::Dependency);
 }
 
 pub async fn counts_since_group_each_jobs_records_by_status(s: &dyn LogStore) {

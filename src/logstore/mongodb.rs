@@ -405,14 +405,14 @@ impl LogStore for MongoStore {
         let mut kept: Vec<&RunRecord> = Vec::with_capacity(records.len());
         for r in records {
             if r.status == RunStatus::Missed {
-                let real = doc! { "job": &r.job, "planned_at": r.planned_at, "status": { "$ne": "missed" }, "trigger": { "$ne": "manual" } };
+                let real = doc! { "job": &r.job, "planned_at": r.planned_at, "status": { "$ne": "missed" }, "trigger": { "$ne": "manual" }, "shard": shard_filter(r.shard) };
                 if self.coll.find_one(real).await.map_err(err)?.is_some() {
                     skipped_missed += 1;
                     continue;
                 }
             } else if r.trigger != Trigger::Manual {
                 self.coll
-                    .delete_many(doc! { "job": &r.job, "planned_at": r.planned_at, "status": "missed" })
+                    .delete_many(doc! { "job": &r.job, "planned_at": r.planned_at, "status": "missed", "shard": shard_filter(r.shard) })
                     .await
                     .map_err(err)?;
             }
@@ -625,21 +625,36 @@ impl LogStore for MongoStore {
             return Ok(HashSet::new());
         }
         // the {job, planned_at} index serves each branch of the $or
+        // a shard's tick (`job#3`) is recorded by a record of that shard
         let either: Vec<Document> = ticks
             .iter()
-            .map(|(job, planned)| doc! { "job": job, "planned_at": planned })
+            .map(|(name, planned)| {
+                let (job, shard) = crate::model::part_of(name);
+                doc! { "job": job, "planned_at": planned, "shard": shard_filter(shard) }
+            })
             .collect();
         let filter = doc! { "$or": either, "trigger": { "$ne": "manual" } };
         let cursor = self
             .coll
             .find(filter)
-            .projection(doc! { "job": 1, "planned_at": 1, "_id": 0 })
+            .projection(doc! { "job": 1, "planned_at": 1, "shard": 1, "_id": 0 })
             .await
             .map_err(err)?;
         let docs: Vec<Document> = cursor.try_collect().await.map_err(err)?;
         Ok(docs
             .into_iter()
-            .filter_map(|d| Some((d.get_str("job").ok()?.to_string(), d.get_i64("planned_at").ok()?)))
+            .filter_map(|d| {
+                let job = d.get_str("job").ok()?;
+                let shard = d
+                    .get_i64("shard")
+                    .ok()
+                    .or_else(|| d.get_i32("shard").ok().map(i64::from));
+                let name = match shard {
+                    Some(k) => crate::model::shard_part(job, k as u32),
+                    None => job.to_string(),
+                };
+                Some((name, d.get_i64("planned_at").ok()?))
+            })
             .collect())
     }
 
@@ -824,6 +839,16 @@ impl LogStore for MongoStore {
     async fn append_relayed(&self, _events: &[RunEvent]) -> Result<(), StoreError> {
         // every master reads every insert from the change stream: nothing is relayed to MongoDB
         Ok(())
+    }
+}
+
+
+/// Matches the records of one shard (`None`: of a job without shards).
+fn shard_filter(shard: Option<u32>) -> bson::Bson {
+    match shard {
+        // however the number was stored
+        Some(k) => bson::Bson::Document(doc! { "$in": [k as i32, k as i64] }),
+        None => bson::Bson::Document(doc! { "$exists": false }),
     }
 }
 

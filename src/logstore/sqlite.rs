@@ -219,20 +219,24 @@ impl LogStore for SqliteStore {
                 let mut has_real = tx
                     .prepare_cached(
                         "SELECT 1 FROM runs WHERE job = ?1 AND planned_at = ?2 AND status <> 'missed'
-                           AND json_extract(record, '$.trigger') <> 'manual' LIMIT 1",
+                           AND json_extract(record, '$.trigger') <> 'manual'
+                           AND json_extract(record, '$.shard') IS ?3 LIMIT 1",
                     )
                     .map_err(err)?;
                 let mut drop_missed = tx
-                    .prepare_cached("DELETE FROM runs WHERE job = ?1 AND planned_at = ?2 AND status = 'missed'")
+                    .prepare_cached(
+                        "DELETE FROM runs WHERE job = ?1 AND planned_at = ?2 AND status = 'missed'
+                           AND json_extract(record, '$.shard') IS ?3",
+                    )
                     .map_err(err)?;
                 for r in &records {
                     if r.status == RunStatus::Missed {
-                        if has_real.exists(params![r.job, r.planned_at]).map_err(err)? {
+                        if has_real.exists(params![r.job, r.planned_at, r.shard]).map_err(err)? {
                             out.duplicates += 1;
                             continue;
                         }
                     } else if r.trigger != Trigger::Manual {
-                        drop_missed.execute(params![r.job, r.planned_at]).map_err(err)?;
+                        drop_missed.execute(params![r.job, r.planned_at, r.shard]).map_err(err)?;
                     }
                     let mut meta = r.clone();
                     meta.output = String::new();
@@ -418,13 +422,16 @@ impl LogStore for SqliteStore {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT 1 FROM runs WHERE job = ?1 AND planned_at = ?2
-                       AND json_extract(record, '$.trigger') <> 'manual' LIMIT 1",
+                       AND json_extract(record, '$.trigger') <> 'manual'
+                       AND json_extract(record, '$.shard') IS ?3 LIMIT 1",
                 )
                 .map_err(err)?;
             let mut out = HashSet::new();
-            for (job, planned) in ticks {
-                if stmt.exists(params![job, planned]).map_err(err)? {
-                    out.insert((job, planned));
+            for (name, planned) in ticks {
+                // a shard's tick (`job#3`) is recorded by a record of that shard
+                let (job, shard) = crate::model::part_of(&name);
+                if stmt.exists(params![job, planned, shard]).map_err(err)? {
+                    out.insert((name, planned));
                 }
             }
             Ok(out)

@@ -169,19 +169,60 @@ pub enum UpState {
     Unmeetable(String),
 }
 
+/// How many runs an upstream's tick has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts {
+    /// One (a job's own run).
+    One,
+    /// One per shard.
+    Shards(u32),
+    /// One per eligible live worker (`fanout = all`): how many is known only once they have
+    /// all come: `settled` when no run of the tick is in progress and the last ended a while
+    /// ago (the shell's call).
+    Everyone { settled: bool },
+}
+
 /// The state of `up` at a root tick, from the records of `up.job` planned then; `retries` is
-/// the upstream's own (an attempt a retry follows is not its last).
-pub fn upstream_state(up: &Upstream, records: &[RunRecord], retries: u32) -> UpState {
-    let Some(last) = records.iter().max_by_key(|r| (r.attempt, r.ended_at)) else {
+/// the upstream's own (an attempt a retry follows is not its last). A sharded or fanned-out
+/// upstream succeeded when all its runs of the tick did.
+pub fn upstream_state(up: &Upstream, records: &[RunRecord], retries: u32, parts: Parts) -> UpState {
+    // each run's last attempt: by shard, by worker, or the one
+    let mut lasts: BTreeMap<String, &RunRecord> = BTreeMap::new();
+    for r in records {
+        let key = match parts {
+            Parts::One => String::new(),
+            Parts::Shards(_) => r.shard.map(|s| s.to_string()).unwrap_or_default(),
+            Parts::Everyone { .. } => r.worker.clone(),
+        };
+        let e = lasts.entry(key).or_insert(r);
+        if (r.attempt, r.ended_at) > (e.attempt, e.ended_at) {
+            *e = r;
+        }
+    }
+    if lasts.is_empty() {
         return UpState::Pending;
-    };
-    if matches!(last.status, RunStatus::Skipped | RunStatus::Missed) {
+    }
+    if lasts
+        .values()
+        .any(|l| matches!(l.status, RunStatus::Skipped | RunStatus::Missed))
+    {
         return UpState::Unmeetable(format!("upstream_skipped: {}", up.job));
     }
-    if !is_final(last, retries) {
+    let finals: Vec<&&RunRecord> = lasts.values().filter(|l| is_final(l, retries)).collect();
+    // a run that failed for good fails an `on = success` at once, whatever the others do
+    if up.on == DepCondition::Success && finals.iter().any(|l| l.status != RunStatus::Succeeded) {
+        return UpState::Unmeetable(format!("upstream_failed: {}", up.job));
+    }
+    let all_in = finals.len() == lasts.len()
+        && match parts {
+            Parts::One => true,
+            Parts::Shards(n) => lasts.len() >= n as usize,
+            Parts::Everyone { settled } => settled,
+        };
+    if !all_in {
         return UpState::Pending;
     }
-    let ok = last.status == RunStatus::Succeeded;
+    let ok = finals.iter().all(|l| l.status == RunStatus::Succeeded);
     match (up.on, ok) {
         (DepCondition::Finished, _) | (DepCondition::Success, true) | (DepCondition::Failure, false) => UpState::Met,
         (DepCondition::Success, false) => UpState::Unmeetable(format!("upstream_failed: {}", up.job)),
@@ -378,46 +419,78 @@ mod tests {
     #[test]
     fn an_upstreams_last_attempt_decides_its_condition() {
         let s = up("a", DepCondition::Success);
-        assert_eq!(upstream_state(&s, &[], 0), UpState::Pending);
+        assert_eq!(upstream_state(&s, &[], 0, Parts::One), UpState::Pending);
         assert_eq!(
-            upstream_state(&s, &[rec("a", RunStatus::Succeeded, 1, 5)], 0),
+            upstream_state(&s, &[rec("a", RunStatus::Succeeded, 1, 5)], 0, Parts::One),
             UpState::Met
         );
         assert_eq!(
-            upstream_state(&s, &[rec("a", RunStatus::Failed, 1, 5)], 0),
+            upstream_state(&s, &[rec("a", RunStatus::Failed, 1, 5)], 0, Parts::One),
             UpState::Unmeetable("upstream_failed: a".into())
         );
         // a retry follows a failed first attempt: not yet
         assert_eq!(
-            upstream_state(&s, &[rec("a", RunStatus::Failed, 1, 5)], 1),
+            upstream_state(&s, &[rec("a", RunStatus::Failed, 1, 5)], 1, Parts::One),
             UpState::Pending
         );
         assert_eq!(
-            upstream_state(
-                &s,
+            upstream_state(&s,
                 &[rec("a", RunStatus::Failed, 1, 5), rec("a", RunStatus::Succeeded, 2, 9)],
-                1
+                1,
+                Parts::One
             ),
             UpState::Met
         );
         let f = up("a", DepCondition::Failure);
         assert_eq!(
-            upstream_state(&f, &[rec("a", RunStatus::TimedOut, 1, 5)], 0),
+            upstream_state(&f, &[rec("a", RunStatus::TimedOut, 1, 5)], 0, Parts::One),
             UpState::Met
         );
         assert_eq!(
-            upstream_state(&f, &[rec("a", RunStatus::Succeeded, 1, 5)], 0),
+            upstream_state(&f, &[rec("a", RunStatus::Succeeded, 1, 5)], 0, Parts::One),
             UpState::Unmeetable("upstream_succeeded: a".into())
         );
         let any = up("a", DepCondition::Finished);
         assert_eq!(
-            upstream_state(&any, &[rec("a", RunStatus::Lost, 1, 5)], 0),
+            upstream_state(&any, &[rec("a", RunStatus::Lost, 1, 5)], 0, Parts::One),
             UpState::Met
         );
         assert_eq!(
-            upstream_state(&any, &[rec("a", RunStatus::Skipped, 1, 5)], 0),
+            upstream_state(&any, &[rec("a", RunStatus::Skipped, 1, 5)], 0, Parts::One),
             UpState::Unmeetable("upstream_skipped: a".into())
         );
+    }
+
+    #[test]
+    fn a_sharded_or_fanned_out_upstream_succeeded_when_all_its_runs_did() {
+        let s = up("a", DepCondition::Success);
+        let shard = |k: u32, st: RunStatus| {
+            let mut r = rec("a", st, 1, 5);
+            r.shard = Some(k);
+            r
+        };
+        let two = [shard(0, RunStatus::Succeeded), shard(1, RunStatus::Succeeded)];
+        assert_eq!(upstream_state(&s, &two, 0, Parts::Shards(3)), UpState::Pending, "shard 2 has not come");
+        let three = [two[0].clone(), two[1].clone(), shard(2, RunStatus::Succeeded)];
+        assert_eq!(upstream_state(&s, &three, 0, Parts::Shards(3)), UpState::Met);
+        // one shard failing fails it at once
+        assert_eq!(
+            upstream_state(&s, &[shard(1, RunStatus::Failed)], 0, Parts::Shards(3)),
+            UpState::Unmeetable("upstream_failed: a".into())
+        );
+        let f = up("a", DepCondition::Failure);
+        assert_eq!(
+            upstream_state(&f, &[shard(1, RunStatus::Failed), shard(0, RunStatus::Succeeded)], 0, Parts::Shards(2)),
+            UpState::Met
+        );
+        let on = |w: &str| {
+            let mut r = rec("a", RunStatus::Succeeded, 1, 5);
+            r.worker = w.into();
+            r
+        };
+        let runs = [on("w1"), on("w2")];
+        assert_eq!(upstream_state(&s, &runs, 0, Parts::Everyone { settled: false }), UpState::Pending);
+        assert_eq!(upstream_state(&s, &runs, 0, Parts::Everyone { settled: true }), UpState::Met);
     }
 
     fn seen(job: &str, state: UpState) -> Seen {

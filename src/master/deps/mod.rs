@@ -42,6 +42,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// Most finished runs waiting for the driver; past it they wait for the next sweep (counted in
 /// no metric of their own: the sweep finds them all).
 const QUEUE_MAX: usize = 10_000;
+/// A fanned-out upstream's runs of a tick are taken to have all come this long after the last
+/// one ended (with none in progress).
+const EVERYONE_SETTLES_MS: i64 = 2000;
 /// Records read per page of the run log.
 const PAGE: usize = 1000;
 /// A lease is used for new keys this long, then a new one is granted (so every key lives at
@@ -387,12 +390,28 @@ impl<'a> Driver<'a> {
         let mut last_end = None;
         for u in &d.after {
             let rs = recs.get(&(u.job.clone(), planned)).map(Vec::as_slice).unwrap_or(&[]);
-            let retries = self.jobs.get(&u.job).map(|j| j.retries).unwrap_or(0);
-            let last = rs.iter().max_by_key(|r| (r.attempt, r.ended_at));
+            let spec = self.jobs.get(&u.job);
+            let retries = spec.map(|j| j.retries).unwrap_or(0);
+            let last = rs.iter().max_by_key(|r| (r.ended_at, r.attempt));
+            let parts = match spec.map(|j| (j.shards, j.fanout)) {
+                Some((Some(n), _)) => core::Parts::Shards(n),
+                Some((None, crate::model::Fanout::All)) => core::Parts::Everyone {
+                    // every worker's run has come when none is in progress and the last
+                    // ended a while ago
+                    settled: !self
+                        .st
+                        .ingest
+                        .running()
+                        .iter()
+                        .any(|r| r.job == u.job && r.planned_at == planned)
+                        && last.and_then(|r| r.ended_at).is_some_and(|e| now - e >= EVERYONE_SETTLES_MS),
+                },
+                _ => core::Parts::One,
+            };
             last_end = last_end.max(last.and_then(|r| r.ended_at));
             seen.push(Seen {
                 up: u.clone(),
-                state: core::upstream_state(u, rs, retries),
+                state: core::upstream_state(u, rs, retries, parts),
                 root: last.map(RunRecord::root_tick),
             });
         }

@@ -2262,3 +2262,85 @@ fn a_busy_fleet_with_joins_deaths_drains_and_an_etcd_outage_runs_every_tick_at_m
     assert!(sim.core("w2").done());
     let _ = LATE_TOLERANCE_MS;
 }
+
+use std::collections::BTreeSet;
+
+/// Each tick's spawns of `job`'s parts: planned -> (worker, part name).
+fn parts_by_tick(sim: &Sim, job: &str) -> BTreeMap<i64, Vec<(String, String)>> {
+    let mut out: BTreeMap<i64, Vec<(String, String)>> = BTreeMap::new();
+    for (w, o) in &sim.spawned {
+        if crate::model::part_of(&o.job.spec.name).0 == job {
+            out.entry(o.planned).or_default().push((w.clone(), o.job.spec.name.clone()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_sharded_job_runs_each_shard_of_every_tick_once_spread_over_the_workers_and_through_a_dead_one() {
+    let mut sim = Sim::with_workers(&["w1", "w2", "w3"]);
+    let mut spec = every_second("split");
+    spec.shards = Some(6);
+    sim.put(spec);
+    sim.advance(secs(4));
+    let before = parts_by_tick(&sim, "split");
+    assert!(before.len() >= 3, "{before:?}");
+    let mut workers = BTreeSet::new();
+    for (t, runs) in &before {
+        let shards: BTreeSet<&str> = runs.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!((runs.len(), shards.len()), (6, 6), "tick {t}: {runs:?}");
+        workers.extend(runs.iter().map(|(w, _)| w.clone()));
+    }
+    assert!(workers.len() >= 2, "the shards spread over the workers: {workers:?}");
+    let killed_at = sim.now;
+    sim.kill_worker("w2");
+    sim.advance(secs(5));
+    let after = parts_by_tick(&sim, "split");
+    // the tick w2 had claimed ahead when it died: its shards stay claimed by it (the tick
+    // ledger records them lost), never run twice; from the next one the others run them
+    let next = (killed_at / 1000 + 1) * 1000;
+    let held_by_w2 = (0..6)
+        .filter(|k| {
+            sim.claims
+                .get(&(format!("split#{k}"), TickId::Scheduled(next)))
+                .is_some_and(|c| c.worker == "w2")
+        })
+        .count();
+    let ran_then = after.get(&next).map(Vec::len).unwrap_or(0);
+    assert_eq!(held_by_w2 + ran_then, 6, "every shard of tick {next} ran or is w2's");
+    let later: Vec<_> = after.range(next + 1000..).collect();
+    assert!(later.len() >= 3);
+    for (t, runs) in later {
+        let shards: BTreeSet<&str> = runs.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!((runs.len(), shards.len()), (6, 6), "tick {t} after w2 died: {runs:?}");
+        assert!(runs.iter().all(|(w, _)| w != "w2"));
+    }
+    sim.assert_exactly_once();
+    let recs = sim.records_of("split");
+    assert!(!recs.is_empty());
+    assert!(recs.iter().all(|r| r.shard.is_some_and(|s| s < 6)), "records carry their shard");
+}
+
+#[test]
+fn a_job_for_every_worker_runs_once_on_each_eligible_worker_per_tick_and_a_joiner_from_its_next_tick() {
+    let mut sim = Sim::with_workers(&["w1", "w2", "w3"]);
+    let mut spec = every_second("everywhere");
+    spec.fanout = crate::model::Fanout::All;
+    sim.put(spec);
+    sim.advance(secs(3));
+    for (t, runs) in parts_by_tick(&sim, "everywhere") {
+        let on: BTreeSet<&str> = runs.iter().map(|(w, _)| w.as_str()).collect();
+        assert_eq!((runs.len(), on.len()), (3, 3), "tick {t}: {runs:?}");
+    }
+    let stopped_at = sim.now;
+    sim.drain("w3");
+    sim.advance(secs(3));
+    // (a tick it had claimed ahead still runs there)
+    for (t, runs) in parts_by_tick(&sim, "everywhere").range(stopped_at + 2000..) {
+        let on: BTreeSet<&str> = runs.iter().map(|(w, _)| w.as_str()).collect();
+        assert_eq!(on, BTreeSet::from(["w1", "w2"]), "tick {t}: a draining worker takes none");
+    }
+    sim.assert_exactly_once();
+    let recs = sim.records_of("everywhere");
+    assert!(recs.iter().all(|r| r.shard.is_none()));
+}

@@ -407,7 +407,8 @@ impl Tick {
     }
 }
 
-/// A record with its identity filled in and nothing else (see `RunRecord::new`).
+/// A record with its identity filled in and nothing else (see `RunRecord::new`). `job` is the
+/// name the core schedules: a shard's (`job#3`) is recorded as the job's, with its shard.
 pub fn record(
     job: &str,
     run_id: &str,
@@ -417,7 +418,10 @@ pub fn record(
     worker: &str,
     status: RunStatus,
 ) -> RunRecord {
-    RunRecord::new(job, run_id, attempt, trigger, planned, worker, status)
+    let (job, shard) = crate::model::part_of(job);
+    let mut r = RunRecord::new(job, run_id, attempt, trigger, planned, worker, status);
+    r.shard = shard;
+    r
 }
 
 /// How an ended process is recorded.

@@ -197,14 +197,23 @@ impl Core {
         pending.sort_by(|a, b| (a.requested_at, a.planned_at, &a.id).cmp(&(b.requested_at, b.planned_at, &b.id)));
         for t in pending {
             let Some(e) = self.jobs.get(&t.job) else { continue };
-            // Manual runs go to the job's owner, even when the job is paused.
-            let mine = ownership::schedules(
-                &self.members,
-                &self.cfg.worker,
-                self.cfg.dispatch,
-                &t.job,
-                &e.job.spec.selector,
-            );
+            // Manual runs go to the job's owner, even when the job is paused; a job for every
+            // worker's run on this worker is this worker's
+            let mine = if e.job.spec.fanout == crate::model::Fanout::All {
+                !self.draining
+                    && self
+                        .members
+                        .get(&self.cfg.worker)
+                        .is_some_and(|me| ownership::eligible(me, &e.job.spec.selector))
+            } else {
+                ownership::schedules(
+                    &self.members,
+                    &self.cfg.worker,
+                    self.cfg.dispatch,
+                    &t.job,
+                    &e.job.spec.selector,
+                )
+            };
             if !mine {
                 continue;
             }

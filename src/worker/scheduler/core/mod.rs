@@ -171,6 +171,9 @@ pub struct Core {
     session: Option<i64>,
     synced_jobs: bool,
     synced_members: bool,
+    /// The names a sharded job (`job#0`, …) or a job that runs on every worker (`job@me`) is
+    /// scheduled under, by the job's name; a job absent here is scheduled under its own name.
+    parts: HashMap<String, Vec<String>>,
     /// Run-now requests not yet claimed, by id.
     triggers: HashMap<String, RunNowSignal>,
     /// Run-now ids in a claim right now.
@@ -240,6 +243,7 @@ impl Core {
             session: None,
             synced_jobs: false,
             synced_members: false,
+            parts: HashMap::new(),
             triggers: HashMap::new(),
             triggers_in_flight: HashSet::new(),
             ticks: HashMap::new(),
@@ -527,17 +531,24 @@ impl Core {
             JobEvent::Reset { jobs, .. } => {
                 self.synced_jobs = true;
                 let present: HashSet<&str> = jobs.iter().map(|j| j.name()).collect();
-                let gone: Vec<String> = self
+                let gone: BTreeSet<String> = self
                     .jobs
                     .keys()
-                    .filter(|k| !present.contains(k.as_str()))
-                    .cloned()
+                    .map(|k| crate::model::part_of(k).0)
+                    .filter(|k| !present.contains(k))
+                    .map(str::to_string)
                     .collect();
                 for name in gone {
                     self.remove_job(&name);
                 }
                 for read in jobs {
-                    if self.jobs.get(read.name()).map(|e| e.job.revision) != Some(read.revision()) {
+                    let first = self
+                        .parts
+                        .get(read.name())
+                        .and_then(|p| p.first())
+                        .map(String::as_str)
+                        .unwrap_or(read.name());
+                    if self.jobs.get(first).map(|e| e.job.revision) != Some(read.revision()) {
                         self.upsert_job(now, read);
                     }
                 }
@@ -571,34 +582,66 @@ impl Core {
             }
         };
         let name = job.spec.name.clone();
-        let generation = self.bump_gen();
-        if let Some(old) = self.jobs.remove(&name) {
-            if old.owned {
-                self.owned_count -= 1;
-            }
-            for id in old.waiting {
-                self.drop_waiting(&id, TickEnd::Dropped);
-            }
+        // the names it is scheduled under: each shard, this worker's run of a job for every
+        // worker, or the job's own
+        let parts: Vec<String> = match (job.spec.shards, job.spec.fanout) {
+            (Some(n), _) => (0..n).map(|k| crate::model::shard_part(&name, k)).collect(),
+            (None, crate::model::Fanout::All) => vec![crate::model::worker_part(&name, &self.cfg.worker)],
+            (None, crate::model::Fanout::One) => vec![name.clone()],
+        };
+        let old = self.parts.remove(&name).unwrap_or_else(|| vec![name.clone()]);
+        for p in old.iter().filter(|p| !parts.contains(p)) {
+            self.remove_part(p);
         }
-        self.jobs.insert(
-            name.clone(),
-            JobState {
-                job: Arc::new(job),
-                schedule,
-                generation,
-                owned: false,
-                next_tick: None,
-                overdue: BTreeMap::new(),
-                waiting: Vec::new(),
-                decided_until: 0,
-            },
-        );
-        // a changed spec starts the job's timeline afresh (looking back no further than the
-        // change itself: `updated_at`)
-        self.update_ownership(now, &name, Lookback::Full);
+        if parts != [name.clone()] {
+            self.parts.insert(name.clone(), parts.clone());
+        }
+        let job = Arc::new(job);
+        for part in parts {
+            let generation = self.bump_gen();
+            if let Some(old) = self.jobs.remove(&part) {
+                if old.owned {
+                    self.owned_count -= 1;
+                }
+                for id in old.waiting {
+                    self.drop_waiting(&id, TickEnd::Dropped);
+                }
+            }
+            let job = if part == name {
+                job.clone()
+            } else {
+                let mut j = (*job).clone();
+                j.spec.name = part.clone();
+                Arc::new(j)
+            };
+            self.jobs.insert(
+                part.clone(),
+                JobState {
+                    job,
+                    schedule: schedule.clone(),
+                    generation,
+                    owned: false,
+                    next_tick: None,
+                    overdue: BTreeMap::new(),
+                    waiting: Vec::new(),
+                    decided_until: 0,
+                },
+            );
+            // a changed spec starts the job's timeline afresh (looking back no further than the
+            // change itself: `updated_at`)
+            self.update_ownership(now, &part, Lookback::Full);
+        }
     }
 
+    /// Removes a job and every name it is scheduled under.
     fn remove_job(&mut self, name: &str) {
+        let parts = self.parts.remove(name).unwrap_or_else(|| vec![name.to_string()]);
+        for p in parts {
+            self.remove_part(&p);
+        }
+    }
+
+    fn remove_part(&mut self, name: &str) {
         if let Some(e) = self.jobs.remove(name) {
             if e.owned {
                 self.owned_count -= 1;
@@ -733,7 +776,8 @@ impl Core {
             let TickState::Running { fired_at, .. } = &t.state else {
                 continue;
             };
-            let matches = t.job == k.job
+            // a kill of the job is one of each of its parts (shards, runs on every worker)
+            let matches = (t.job == k.job || crate::model::part_of(&t.job).0 == k.job)
                 && k.run_id.as_ref().is_none_or(|id| id == run_id)
                 && k.planned_before.is_none_or(|pb| t.planned() < pb)
                 && (k.run_id.is_some() || *fired_at <= k.requested_at + 100);
@@ -758,6 +802,15 @@ impl Core {
     // ---- ownership -----------------------------------------------------------------------
 
     fn should_own(&self, job: &StoredJob) -> bool {
+        if job.spec.fanout == crate::model::Fanout::All {
+            // this worker's own run of a job for every worker: while it is eligible
+            return !self.draining
+                && !job.spec.paused
+                && self
+                    .members
+                    .get(&self.cfg.worker)
+                    .is_some_and(|me| ownership::eligible(me, &job.spec.selector));
+        }
         !self.draining
             && !job.spec.paused
             && ownership::schedules(

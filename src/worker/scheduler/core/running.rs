@@ -223,7 +223,7 @@ impl Core {
         let Some(err) = error else {
             self.effects.push_back(Effect::ReportStarted(RunStarted {
                 run_id: run_id.to_string(),
-                job: t.job.clone(),
+                job: crate::model::part_of(&t.job).0.to_string(),
                 worker: self.cfg.worker.clone(),
                 attempt: t.attempt,
                 trigger: t.trigger(),
