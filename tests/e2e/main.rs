@@ -33,6 +33,7 @@ mod policies;
 mod quickstart;
 mod resume;
 mod schedules;
+mod shards;
 mod sinks;
 mod standalone;
 mod traces;

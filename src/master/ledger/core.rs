@@ -96,34 +96,78 @@ impl Ledger {
         match ev {
             JobEvent::Reset { jobs, .. } => {
                 let present: std::collections::HashSet<String> = jobs.iter().map(|j| j.name().to_string()).collect();
-                let gone: Vec<String> = self.jobs.keys().filter(|k| !present.contains(*k)).cloned().collect();
+                let gone: Vec<String> = self
+                    .jobs
+                    .keys()
+                    .filter(|k| !present.contains(crate::model::part_of(k).0))
+                    .cloned()
+                    .collect();
                 for name in gone {
                     self.close(&name, now);
                 }
                 for read in jobs {
-                    if self.jobs.get(read.name()).map(|t| t.revision) != Some(read.revision()) {
+                    let first = self
+                        .jobs
+                        .get(read.name())
+                        .or_else(|| self.jobs.get(&crate::model::shard_part(read.name(), 0)));
+                    if first.map(|t| t.revision) != Some(read.revision()) {
                         self.saved(now, read, parse);
                     }
                 }
             }
             JobEvent::Saved(read) => self.saved(now, read, parse),
-            JobEvent::Deleted { name, .. } => self.close(&name, now),
+            JobEvent::Deleted { name, .. } => self.close_all(&name, now),
         }
     }
 
+    /// Closes the job and each of its shards.
+    fn close_all(&mut self, name: &str, now: i64) {
+        let parts: Vec<String> = self
+            .jobs
+            .keys()
+            .filter(|k| crate::model::part_of(k).0 == name)
+            .cloned()
+            .collect();
+        for p in parts {
+            self.close(&p, now);
+        }
+    }
+
+    /// A job saved: its books, or each shard's (`job#k`: every shard of a tick is a tick to
+    /// account for).
     fn saved(&mut self, now: i64, read: JobRead, parse: &mut impl FnMut(&StoredJob) -> Option<Arc<Schedule>>) {
         let job = match read {
             JobRead::Job(j) => j,
             JobRead::Bad { name, .. } => {
-                self.close(&name, now);
+                self.close_all(&name, now);
                 return;
             }
         };
         let Some(schedule) = parse(&job) else {
-            self.close(&job.spec.name, now);
+            self.close_all(&job.spec.name, now);
             return;
         };
         let name = job.spec.name.clone();
+        let parts: Vec<String> = match job.spec.shards {
+            Some(n) => (0..n).map(|k| crate::model::shard_part(&name, k)).collect(),
+            None => vec![name.clone()],
+        };
+        let stale: Vec<String> = self
+            .jobs
+            .keys()
+            .filter(|k| crate::model::part_of(k).0 == name && !parts.contains(k))
+            .cloned()
+            .collect();
+        for p in stale {
+            self.close(&p, now);
+        }
+        for part in parts {
+            self.saved_part(now, &job, &part, schedule.clone());
+        }
+    }
+
+    fn saved_part(&mut self, now: i64, job: &StoredJob, name: &str, schedule: Arc<Schedule>) {
+        let name = name.to_string();
         // under run_all a tick may still run until its catch-up window ends
         let deadline_ms = job.spec.overdue_window().as_millis() as i64;
         let change = job.updated_at.min(now);
@@ -423,6 +467,30 @@ mod tests {
         assert_eq!(l.watermark(), T0 + 19_500);
         let d = &l.due(T0 + 20_000)[0];
         assert_eq!((d.planned, d.deadline_ms), (T0 + 5000, 10_000));
+    }
+
+    #[test]
+    fn each_shard_of_a_sharded_jobs_tick_is_a_tick_to_account_for_and_fewer_shards_fewer() {
+        let mut l = Ledger::new(T0, GRACE);
+        let mut j = job("s", "@every 1s", T0, 2);
+        j.spec.shards = Some(3);
+        save(&mut l, T0, j);
+        let due = l.due(T0 + 16_000);
+        let names: Vec<&str> = due.iter().map(|d| d.job.as_str()).collect();
+        assert_eq!(names, ["s#0", "s#1", "s#2"], "tick T0+1s, once per shard");
+        assert!(due.iter().all(|d| d.planned == T0 + 1000));
+        // down to one shard from T0+5.5s: the ticks after it have one part each
+        let mut fewer = job("s", "@every 1s", T0 + 5500, 3);
+        fewer.spec.shards = Some(1);
+        save(&mut l, T0 + 5500, fewer);
+        let later: Vec<(String, i64)> = l
+            .due(T0 + 60_000)
+            .into_iter()
+            .filter(|d| d.planned > T0 + 6000)
+            .map(|d| (d.job, d.planned))
+            .collect();
+        assert!(!later.is_empty());
+        assert!(later.iter().all(|(j, _)| j == "s#0"), "{later:?}");
     }
 
     #[test]

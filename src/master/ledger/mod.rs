@@ -244,7 +244,7 @@ async fn account(st: &Arc<AppState>, books: &mut Books, ticks: &[DueTick]) -> Re
             None => {
                 let (kind, reason) = books.ledger.reason(tick);
                 TickMissed {
-                    job: &tick.job,
+                    job: crate::model::part_of(&tick.job).0,
                     planned_at: tick.planned,
                     kind,
                     reason: &reason,
@@ -336,8 +336,11 @@ async fn write(st: &Arc<AppState>, records: Vec<RunRecord>) -> Result<(), String
 }
 
 fn base(tick: &DueTick, run_id: String, worker: &str, status: RunStatus, now: i64) -> RunRecord {
-    let mut r = RunRecord::new(&tick.job, &run_id, 1, Trigger::Schedule, tick.planned, worker, status);
+    // a shard's tick (`job#3`) is recorded as the job's, with its shard
+    let (job, shard) = crate::model::part_of(&tick.job);
+    let mut r = RunRecord::new(job, &run_id, 1, Trigger::Schedule, tick.planned, worker, status);
     r.ended_at = Some(now);
+    r.shard = shard;
     r
 }
 
