@@ -255,7 +255,10 @@ pub fn report(r: &mut Report, d: &Deps) {
             ),
             (
                 "etcd revisions (writes) per root tick alone / added per dependency run",
-                format!("{:.2} / {:.2}", d.revisions_per_root_tick_alone, d.revisions_per_dependency_run),
+                format!(
+                    "{:.2} / {:.2}",
+                    d.revisions_per_root_tick_alone, d.revisions_per_dependency_run
+                ),
             ),
         ],
     );
@@ -266,7 +269,10 @@ pub fn report(r: &mut Report, d: &Deps) {
                 "raw etcd txn round trip (compare-and-create)",
                 format!("p50 {:.2} ms, p99 {:.2} ms", d.etcd_txn_p50_ms, d.etcd_txn_p99_ms),
             ),
-            ("raw spawn `/bin/sh -c true`, sequential", format!("{:.0}/s", d.spawn_per_s_limit)),
+            (
+                "raw spawn `/bin/sh -c true`, sequential",
+                format!("{:.0}/s", d.spawn_per_s_limit),
+            ),
         ],
     );
     r.table("Processes (with the chains)", &PROC_HEADER, &proc_rows(&d.processes));

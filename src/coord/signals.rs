@@ -51,7 +51,9 @@ impl Coord {
         };
         let requested_at = now_ms();
         let lease = self
-            .call("lease_grant", |mut c| async move { c.lease_grant(RUN_NOW_TTL_SECS, None).await })
+            .call("lease_grant", |mut c| async move {
+                c.lease_grant(RUN_NOW_TTL_SECS, None).await
+            })
             .await?
             .id();
         let mut first = None;

@@ -156,11 +156,18 @@ pub async fn each_shard_of_a_tick_is_recorded_and_found_on_its_own(s: &dyn LogSt
         r
     };
     // shard 0 ran, shard 1 was missed: both are kept (a missed shard beside a real one)
-    s.insert(&[shard(record("r0", "sh", 1_000, RunStatus::Succeeded), 0)]).await.unwrap();
-    let out = s.insert(&[shard(missed("m1", "sh", 1_000), 1), shard(missed("m2", "sh", 1_000), 2)]).await.unwrap();
+    s.insert(&[shard(record("r0", "sh", 1_000, RunStatus::Succeeded), 0)])
+        .await
+        .unwrap();
+    let out = s
+        .insert(&[shard(missed("m1", "sh", 1_000), 1), shard(missed("m2", "sh", 1_000), 2)])
+        .await
+        .unwrap();
     assert_eq!(out.inserted, 2, "each shard is a tick of its own");
     // shard 2's real record replaces its own missed one only
-    s.insert(&[shard(record("r2", "sh", 1_000, RunStatus::Failed), 2)]).await.unwrap();
+    s.insert(&[shard(record("r2", "sh", 1_000, RunStatus::Failed), 2)])
+        .await
+        .unwrap();
     assert!(s.get("m2").await.unwrap().is_none());
     assert!(s.get("m1").await.unwrap().is_some(), "shard 1 stays missed");
     // a missed record of a shard that has a record is not stored
@@ -171,8 +178,14 @@ pub async fn each_shard_of_a_tick_is_recorded_and_found_on_its_own(s: &dyn LogSt
         .map(|j| (j.to_string(), 1_000))
         .collect();
     let found = s.recorded_ticks(&asked).await.unwrap();
-    let want: HashSet<(String, i64)> = ["sh#0", "sh#1", "sh#2"].into_iter().map(|j| (j.to_string(), 1_000)).collect();
-    assert_eq!(found, want, "a shard's name finds its shard's records, the job's name the job's own");
+    let want: HashSet<(String, i64)> = ["sh#0", "sh#1", "sh#2"]
+        .into_iter()
+        .map(|j| (j.to_string(), 1_000))
+        .collect();
+    assert_eq!(
+        found, want,
+        "a shard's name finds its shard's records, the job's name the job's own"
+    );
     let got = s.get("r2").await.unwrap().unwrap();
     assert_eq!(got.shard, Some(2));
 }

@@ -842,7 +842,6 @@ impl LogStore for MongoStore {
     }
 }
 
-
 /// Matches the records of one shard (`None`: of a job without shards).
 fn shard_filter(shard: Option<u32>) -> bson::Bson {
     match shard {

@@ -236,7 +236,9 @@ impl LogStore for SqliteStore {
                             continue;
                         }
                     } else if r.trigger != Trigger::Manual {
-                        drop_missed.execute(params![r.job, r.planned_at, r.shard]).map_err(err)?;
+                        drop_missed
+                            .execute(params![r.job, r.planned_at, r.shard])
+                            .map_err(err)?;
                     }
                     let mut meta = r.clone();
                     meta.output = String::new();

@@ -272,6 +272,11 @@ impl Feed {
         c.jobs = c.jobs.max(revision);
     }
 
+    /// The newest jobs revision this master's job watch has seen (0 before its first listing).
+    pub fn jobs_revision(&self) -> i64 {
+        self.cursor.lock().unwrap_or_else(|p| p.into_inner()).jobs
+    }
+
     /// The run log has nothing after `pos` yet: cursors start there.
     pub fn caught_up(&self, pos: RunPos) {
         let mut c = self.cursor.lock().unwrap_or_else(|p| p.into_inner());

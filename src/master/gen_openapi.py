@@ -213,13 +213,13 @@ paths = {
     },
     "/api/v1/jobs/{name}/run": {
         "post": {
-            "summary": "Run now (continues the caller's traceparent header)",
+            "summary": "Run now (continues the caller's traceparent header); a sharded job runs every shard, a fanout = all job on every eligible live worker (trigger_id: the first run's)",
             "operationId": "runJob",
             "parameters": [name_p, {"name": "traceparent", "in": "header", "required": False, "schema": {"type": "string"}}],
             "responses": responses(
                 {"202": json_body("Requested", strict({"job": {"type": "string"}, "trigger_id": {"type": "string"}}))},
                 NOT_FOUND,
-                UNREADABLE,
+                {"409": err("Stored but unreadable (unreadable_job), or a fanout = all job with no eligible worker now (conflict)")},
                 UNAVAILABLE,
             ),
         }
@@ -616,6 +616,8 @@ spec_props = {
         "description": "instead of a schedule (leave schedule empty): run once per root tick when every upstream's run of that root tick met its condition; a condition that can be met no more skips the tick (upstream_failed: x)",
     },
     "after_timeout": {"type": "string", "description": "with after: a root tick not met this long after its planned time is skipped (upstream_timeout); default 1h, 1s to 24h"},
+    "shards": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "each tick runs as this many shards, each once, spread over the eligible workers by rendezvous on (job, shard); the command sees CRONMESH_SHARD_INDEX (0-based) and CRONMESH_SHARD_TOTAL; not with fanout all or after"},
+    "fanout": {"enum": ["one", "all"], "description": "all: each tick runs once on every eligible live worker (a worker that joins runs the ticks after it joined); default one"},
 }
 jobspec = strict(spec_props, required=["command"])
 
@@ -706,10 +708,12 @@ run = strict(
             {"job": {"type": "string"}, "planned_at": {"type": "integer"}},
             description="a dependency run's root tick: the job the chain started from and its planned time (Unix ms); absent otherwise",
         ),
+        "shard": {"type": "integer", "minimum": 0, "description": "a sharded job's shard (0-based); absent otherwise"},
     }
 )
-# stderr_spans is left out when the command wrote nothing to stderr; root but for dependency runs
-run["required"] = [k for k in run["required"] if k not in ("stderr_spans", "root")]
+# stderr_spans is left out when the command wrote nothing to stderr; root but for dependency
+# runs, shard but for sharded jobs
+run["required"] = [k for k in run["required"] if k not in ("stderr_spans", "root", "shard")]
 # what a worker sends: fields that may be null may also be left out
 run_in = dict(run, required=["run_id", "job", "worker", "attempt", "trigger", "planned_at", "status"])
 started = strict(

@@ -65,6 +65,9 @@ async fn a_chain_runs_each_downstream_once_per_root_tick_in_order_and_a_failed_r
     let flag = c.path("fail-a");
     let a_cmd = dep_command(&c, &format!("test ! -e {}", flag.display()));
     c.put_job(JobSpec::new("a", "@every 2s", &a_cmd)).await;
+    // a has run before b and c exist: those root ticks are not theirs
+    wait_for(Duration::from_secs(20), "a ran twice", || async { c.api_runs(&url, "a").await.len() >= 2 }).await;
+    let before_b = c.api_runs(&url, "a").await.iter().map(|r| r.planned_at).max().unwrap();
     for (name, up) in [("b", "a"), ("c", "b")] {
         let (st, body) = c
             .send(
@@ -93,6 +96,11 @@ async fn a_chain_runs_each_downstream_once_per_root_tick_in_order_and_a_failed_r
     let a = by_planned(&c.api_runs(&url, "a").await);
     let b = by_planned(&c.api_runs(&url, "b").await);
     let cc = by_planned(&c.api_runs(&url, "c").await);
+    assert!(
+        b.keys().all(|t| *t > before_b),
+        "no run (nor skip) of b for a root tick from before b existed: {:?}",
+        b.keys().collect::<Vec<_>>()
+    );
     let mut checked = 0;
     for (t, cs) in &cc {
         assert_eq!(cs.len(), 1, "one c per root tick: {cs:?}");
@@ -397,6 +405,43 @@ async fn bad_dependency_graphs_are_refused_naming_the_problem_and_change_nothing
             json!({"command": "true", "after": [{"job": "a"}, {"job": "a"}]}),
             400,
             "twice",
+        ),
+        // shards and fanout
+        (
+            "x",
+            json!({"schedule": "@hourly", "command": "true", "shards": 0}),
+            400,
+            "shards",
+        ),
+        (
+            "x",
+            json!({"schedule": "@hourly", "command": "true", "shards": 1001}),
+            400,
+            "shards",
+        ),
+        (
+            "x",
+            json!({"schedule": "@hourly", "command": "true", "shards": 2, "fanout": "all"}),
+            400,
+            "fanout = all",
+        ),
+        (
+            "x",
+            json!({"command": "true", "after": [{"job": "a"}], "shards": 2}),
+            400,
+            "not with after",
+        ),
+        (
+            "x",
+            json!({"command": "true", "after": [{"job": "a"}], "fanout": "all"}),
+            400,
+            "not with after",
+        ),
+        (
+            "x",
+            json!({"schedule": "@hourly", "command": "true", "fanout": "some"}),
+            400,
+            "some",
         ),
     ];
     for (name, body, want, needle) in cases {

@@ -15,7 +15,9 @@ fn shard_lines(c: &Cluster, job: &str) -> BTreeMap<i64, Vec<(String, String, Str
         if p.len() < 6 || p[0] != job {
             continue;
         }
-        let Ok(planned) = chrono::DateTime::parse_from_rfc3339(p[1]) else { continue };
+        let Ok(planned) = chrono::DateTime::parse_from_rfc3339(p[1]) else {
+            continue;
+        };
         out.entry(planned.timestamp_millis())
             .or_default()
             .push((p[2].to_string(), p[4].to_string(), p[5].to_string()));
@@ -59,20 +61,27 @@ async fn six_shards_on_three_workers_run_each_shard_of_each_tick_once_through_a_
     let killed_at = now_ms();
     let left: Vec<&str> = ["w1", "w2", "w3"].into_iter().filter(|w| *w != victim).collect();
     c.wait_members(&left).await;
-    wait_until(Duration::from_secs(30), "3 ticks after the kill with all 6 shards", || {
-        shard_lines(&c, "split")
-            .range(killed_at + 4000..)
-            .filter(|(_, l)| l.len() == 6)
-            .count()
-            >= 3
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "3 ticks after the kill with all 6 shards",
+        || {
+            shard_lines(&c, "split")
+                .range(killed_at + 4000..)
+                .filter(|(_, l)| l.len() == 6)
+                .count()
+                >= 3
+        },
+    )
     .await;
     let until = now_ms() - 6000;
     let lines = shard_lines(&c, "split");
     for (t, runs) in &lines {
         let shards: BTreeSet<&str> = runs.iter().map(|(_, s, _)| s.as_str()).collect();
         assert_eq!(shards.len(), runs.len(), "tick {t}: a shard ran twice: {runs:?}");
-        assert!(runs.iter().all(|(_, s, total)| total == "6" && s.parse::<u32>().unwrap() < 6));
+        assert!(
+            runs.iter()
+                .all(|(_, s, total)| total == "6" && s.parse::<u32>().unwrap() < 6)
+        );
         if *t > killed_at + 4000 {
             assert_eq!(runs.len(), 6, "tick {t} after the kill: {runs:?}");
             assert!(runs.iter().all(|(w, _, _)| *w != victim));
@@ -80,29 +89,31 @@ async fn six_shards_on_three_workers_run_each_shard_of_each_tick_once_through_a_
     }
     // every shard of every tick is accounted for: run, or recorded lost (the dead worker's
     // claims) or missed by the tick ledger
-    wait_for(Duration::from_secs(30), "every shard of every tick has its record", || async {
-        let recs = c.api_runs(&url, "split").await;
-        let mut by: BTreeMap<(i64, u32), usize> = BTreeMap::new();
-        for r in &recs {
-            *by.entry((r.planned_at, r.shard.unwrap())).or_default() += 1;
-        }
-        let ticks: BTreeSet<i64> = recs
-            .iter()
-            .map(|r| r.planned_at)
-            .filter(|t| *t > started + 2000 && *t < until)
-            .collect();
-        !ticks.is_empty()
-            && ticks
+    wait_for(
+        Duration::from_secs(30),
+        "every shard of every tick has its record",
+        || async {
+            let recs = c.api_runs(&url, "split").await;
+            let mut by: BTreeMap<(i64, u32), usize> = BTreeMap::new();
+            for r in &recs {
+                *by.entry((r.planned_at, r.shard.unwrap())).or_default() += 1;
+            }
+            let ticks: BTreeSet<i64> = recs
                 .iter()
-                .all(|t| (0..6).all(|k| by.get(&(*t, k)) == Some(&1)))
-    })
+                .map(|r| r.planned_at)
+                .filter(|t| *t > started + 2000 && *t < until)
+                .collect();
+            !ticks.is_empty() && ticks.iter().all(|t| (0..6).all(|k| by.get(&(*t, k)) == Some(&1)))
+        },
+    )
     .await;
     let recs = c.api_runs(&url, "split").await;
     for r in &recs {
         if r.status == RunStatus::Succeeded {
             let ran = &lines[&r.planned_at];
             assert!(
-                ran.iter().any(|(w, s, _)| *w == r.worker && s.parse::<u32>().ok() == r.shard),
+                ran.iter()
+                    .any(|(w, s, _)| *w == r.worker && s.parse::<u32>().ok() == r.shard),
                 "{r:?}"
             );
         }
@@ -148,18 +159,24 @@ async fn a_job_for_every_worker_runs_once_on_each_of_three_then_on_the_two_left(
     let three = lines.range(..stopped_at - 2000).filter(|(_, l)| l.len() == 3).count();
     assert!(three >= 2, "{lines:?}");
     // a manual run runs on each live worker once
-    let (st, body) = c.send("POST", &url, "/api/v1/jobs/everywhere/run", Some(ADMIN), None).await;
+    let (st, body) = c
+        .send("POST", &url, "/api/v1/jobs/everywhere/run", Some(ADMIN), None)
+        .await;
     assert_eq!(st, 202, "{body}");
-    wait_for(Duration::from_secs(20), "the manual run ran on both workers", || async {
-        let manual: Vec<String> = c
-            .api_runs(&url, "everywhere")
-            .await
-            .into_iter()
-            .filter(|r| r.trigger == cronmesh::model::Trigger::Manual)
-            .map(|r| r.worker)
-            .collect();
-        let set: BTreeSet<&str> = manual.iter().map(String::as_str).collect();
-        manual.len() == 2 && set == BTreeSet::from(["w1", "w2"])
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "the manual run ran on both workers",
+        || async {
+            let manual: Vec<String> = c
+                .api_runs(&url, "everywhere")
+                .await
+                .into_iter()
+                .filter(|r| r.trigger == cronmesh::model::Trigger::Manual)
+                .map(|r| r.worker)
+                .collect();
+            let set: BTreeSet<&str> = manual.iter().map(String::as_str).collect();
+            manual.len() == 2 && set == BTreeSet::from(["w1", "w2"])
+        },
+    )
     .await;
 }

@@ -1151,6 +1151,42 @@ if (MODE === 'deps') {
       await shot(page, '33-deps-run');
     });
 
+    await t.test('the form makes a sharded job and a job for every worker, and the job page says where each runs', async () => {
+      for (const [name, set, want, says] of [
+        ['dep-sharded', async () => page.fill('#f-shards', '4'), { shards: 4 }, '4 shards'],
+        ['dep-everywhere', async () => page.selectOption('#f-fanout', 'all'), { fanout: 'all' }, 'every eligible worker'],
+      ]) {
+        await page.goto(MASTER + '/#/jobs');
+        await page.click('#new-job');
+        await page.locator('#job-dialog').waitFor({ state: 'visible' });
+        await page.fill('#f-name', name);
+        await page.fill('#f-schedule', '@hourly');
+        await page.fill('#f-command', 'true');
+        await set();
+        made.push(name);
+        await page.click('#job-save');
+        await page.locator('#job-dialog').waitFor({ state: 'hidden' });
+        const j = await apiCall('GET', `/api/v1/jobs/${name}`);
+        assert.equal(j.status, 200, JSON.stringify(j.body));
+        for (const [k, v] of Object.entries(want)) assert.equal(j.body[k], v, JSON.stringify(j.body));
+        await page.goto(MASTER + `/#/jobs/${name}`);
+        await page.getByText(says).first().waitFor();
+      }
+      // both at once is refused with the master's message, and nothing is made
+      await page.goto(MASTER + '/#/jobs');
+      await page.click('#new-job');
+      await page.locator('#job-dialog').waitFor({ state: 'visible' });
+      await page.fill('#f-name', 'dep-both');
+      await page.fill('#f-schedule', '@hourly');
+      await page.fill('#f-command', 'true');
+      await page.fill('#f-shards', '2');
+      await page.selectOption('#f-fanout', 'all');
+      await page.click('#job-save');
+      await page.locator('#job-dialog .field-error:not([hidden]), #job-dialog .form-error:not([hidden])', { hasText: 'fanout' }).first().waitFor();
+      assert.equal((await apiCall('GET', '/api/v1/jobs/dep-both')).status, 404);
+      await page.keyboard.press('Escape');
+    });
+
     await t.test('the console has no errors', async () => {
       const real = consoleErrors.filter((e) => !/Failed to load resource|WebSocket connection|ERR_CONNECTION|status of 40[0-9]/.test(e));
       assert.deepEqual(real, [], 'console errors');

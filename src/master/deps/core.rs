@@ -434,7 +434,8 @@ mod tests {
             UpState::Pending
         );
         assert_eq!(
-            upstream_state(&s,
+            upstream_state(
+                &s,
                 &[rec("a", RunStatus::Failed, 1, 5), rec("a", RunStatus::Succeeded, 2, 9)],
                 1,
                 Parts::One
@@ -470,7 +471,11 @@ mod tests {
             r
         };
         let two = [shard(0, RunStatus::Succeeded), shard(1, RunStatus::Succeeded)];
-        assert_eq!(upstream_state(&s, &two, 0, Parts::Shards(3)), UpState::Pending, "shard 2 has not come");
+        assert_eq!(
+            upstream_state(&s, &two, 0, Parts::Shards(3)),
+            UpState::Pending,
+            "shard 2 has not come"
+        );
         let three = [two[0].clone(), two[1].clone(), shard(2, RunStatus::Succeeded)];
         assert_eq!(upstream_state(&s, &three, 0, Parts::Shards(3)), UpState::Met);
         // one shard failing fails it at once
@@ -480,7 +485,12 @@ mod tests {
         );
         let f = up("a", DepCondition::Failure);
         assert_eq!(
-            upstream_state(&f, &[shard(1, RunStatus::Failed), shard(0, RunStatus::Succeeded)], 0, Parts::Shards(2)),
+            upstream_state(
+                &f,
+                &[shard(1, RunStatus::Failed), shard(0, RunStatus::Succeeded)],
+                0,
+                Parts::Shards(2)
+            ),
             UpState::Met
         );
         let on = |w: &str| {
@@ -489,8 +499,14 @@ mod tests {
             r
         };
         let runs = [on("w1"), on("w2")];
-        assert_eq!(upstream_state(&s, &runs, 0, Parts::Everyone { settled: false }), UpState::Pending);
-        assert_eq!(upstream_state(&s, &runs, 0, Parts::Everyone { settled: true }), UpState::Met);
+        assert_eq!(
+            upstream_state(&s, &runs, 0, Parts::Everyone { settled: false }),
+            UpState::Pending
+        );
+        assert_eq!(
+            upstream_state(&s, &runs, 0, Parts::Everyone { settled: true }),
+            UpState::Met
+        );
     }
 
     fn seen(job: &str, state: UpState) -> Seen {

@@ -45,6 +45,8 @@ const QUEUE_MAX: usize = 10_000;
 /// A fanned-out upstream's runs of a tick are taken to have all come this long after the last
 /// one ended (with none in progress).
 const EVERYONE_SETTLES_MS: i64 = 2000;
+/// The jobs are read again this often even when the job watch has seen no change.
+const REREAD_JOBS_MS: i64 = 30_000;
 /// Records read per page of the run log.
 const PAGE: usize = 1000;
 /// A lease is used for new keys this long, then a new one is granted (so every key lives at
@@ -136,6 +138,11 @@ struct Driver<'a> {
     /// When a decided run's request was last sent by this driver.
     sent: HashMap<(String, i64), i64>,
     bad_keys: BTreeSet<String>,
+    /// When each job was created (Unix ms): a downstream's root ticks are those planned after.
+    created: HashMap<String, i64>,
+    /// The revision of the jobs last read, and when (Unix ms).
+    jobs_revision: i64,
+    jobs_read_at: i64,
 }
 
 /// Records of the look-back window, by (job, planned).
@@ -152,6 +159,9 @@ impl<'a> Driver<'a> {
             signal_lease: None,
             sent: HashMap::new(),
             bad_keys: BTreeSet::new(),
+            jobs_revision: 0,
+            jobs_read_at: 0,
+            created: HashMap::new(),
         }
     }
 
@@ -207,9 +217,18 @@ impl<'a> Driver<'a> {
         Ok(id)
     }
 
-    /// Reads the jobs and their graph.
+    /// Reads the jobs and their graph: when this master's job watch has seen a change since
+    /// the last read (and every `REREAD_JOBS_MS` anyway), not every sweep.
     async fn read_jobs(&mut self) -> Result<(), String> {
-        let (jobs, _) = self.st.coord.list_jobs().await.map_err(|e| e.to_string())?;
+        let seen = self.st.feed.jobs_revision();
+        let now = now_ms();
+        if seen != 0 && seen <= self.jobs_revision && now - self.jobs_read_at < REREAD_JOBS_MS {
+            return Ok(());
+        }
+        let (jobs, revision) = self.st.coord.list_jobs().await.map_err(|e| e.to_string())?;
+        self.jobs_revision = revision;
+        self.jobs_read_at = now;
+        self.created = jobs.iter().map(|j| (j.spec.name.clone(), j.created_at)).collect();
         self.jobs = jobs.into_iter().map(|j| (j.spec.name.clone(), j.spec)).collect();
         self.graph = Graph::of(self.jobs.values());
         METRICS.dependency_edges.set(self.graph.edges().count() as i64);
@@ -386,6 +405,11 @@ impl<'a> Driver<'a> {
 
     /// Decides a root tick with no decision yet; true while it waits.
     async fn undecided(&mut self, d: &JobSpec, planned: i64, recs: &ByTick, now: i64) -> Result<bool, String> {
+        // a root tick planned before the downstream existed is not one of its ticks (a new
+        // downstream does not run its upstreams' last hour again)
+        if planned < self.created.get(&d.name).copied().unwrap_or(i64::MAX) {
+            return Ok(false);
+        }
         let mut seen = Vec::with_capacity(d.after.len());
         let mut last_end = None;
         for u in &d.after {
@@ -404,7 +428,9 @@ impl<'a> Driver<'a> {
                         .running()
                         .iter()
                         .any(|r| r.job == u.job && r.planned_at == planned)
-                        && last.and_then(|r| r.ended_at).is_some_and(|e| now - e >= EVERYONE_SETTLES_MS),
+                        && last
+                            .and_then(|r| r.ended_at)
+                            .is_some_and(|e| now - e >= EVERYONE_SETTLES_MS),
                 },
                 _ => core::Parts::One,
             };

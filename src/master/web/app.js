@@ -781,7 +781,7 @@ const actions = {
 
 const FORM_FIELDS = ['name', 'schedule', 'timezone', 'after', 'after_timeout', 'command', 'shell', 'timeout', 'retries', 'retry_backoff',
   'concurrency', 'max_buffer', 'misfire', 'catchup_window', 'stderr', 'starting_deadline', 'workdir', 'max_output_bytes', 'env', 'selector',
-  'description', 'owner', 'labels', 'paused', 'pause_after_failures'];
+  'description', 'owner', 'labels', 'paused', 'pause_after_failures', 'shards', 'fanout'];
 let formMode = null; // { edit: name } or { create: true }
 
 function mapToLines(m) { return Object.entries(m || {}).map(([k, v]) => `${k}=${v}`).join('\n'); }
@@ -835,11 +835,13 @@ function openJobForm(name) {
       const v = s[k];
       if (k === 'paused') input.checked = !!v;
       else if (k === 'after') input.value = afterToLines(v);
+      else if (k === 'fanout') input.value = v || 'one';
       else if (['env', 'selector', 'labels'].includes(k)) input.value = mapToLines(v);
       else if (v !== undefined && v !== null) input.value = String(v);
     }
   } else {
     f.elements.concurrency.value = 'allow';
+    f.elements.fanout.value = 'one';
     f.elements.misfire.value = 'run_once';
     f.elements.stderr.value = 'merged';
   }
@@ -1330,7 +1332,9 @@ function formSpec() {
     if (['env', 'selector', 'labels'].includes(k)) {
       const m = linesToMap(k, input.value);
       if (Object.keys(m).length) spec[k] = m;
-    } else if (k === 'retries' || k === 'max_buffer' || k === 'max_output_bytes' || k === 'pause_after_failures') {
+    } else if (k === 'fanout') {
+      if (v && v !== 'one') spec.fanout = v;
+    } else if (k === 'retries' || k === 'max_buffer' || k === 'max_output_bytes' || k === 'pause_after_failures' || k === 'shards') {
       if (v !== '') {
         const n = Number(v);
         if (!Number.isInteger(n) || n < 0) throw new ApiError(400, `invalid_${k}`, 'must be a whole number, 0 or more', k);
@@ -2039,6 +2043,8 @@ function renderJob(name) {
           : (j.next_fire_times || []).map((t) => fmtAbs(Date.parse(t))).join(' · ') || '—'],
         ['Command', el('pre', { class: 'mono command' }, s.command)],
         ['Shell', s.shell], ['Concurrency', s.concurrency || 'allow'],
+        ['Runs on', s.shards ? `${s.shards} shards, each on its owner (CRONMESH_SHARD_INDEX of CRONMESH_SHARD_TOTAL)`
+          : s.fanout === 'all' ? 'every eligible worker, once each' : 'one worker (the job\'s owner)'],
         ['Missed ticks', `${s.misfire || 'run_once'}, within ${s.starting_deadline || '30s'}`],
         ['Output', s.stderr === 'separate' ? 'stdout and stderr apart (stderr marked)' : 'stdout and stderr merged, in the order written'],
         ['Timeout', s.timeout || 'none'], ['Retries', s.retries ? `${s.retries}, backoff ${s.retry_backoff || '1s'}` : 'none'],

@@ -78,7 +78,10 @@ pub fn exec_spec(order: &RunOrder, ctx: &RunContext, traceparent: &str) -> ExecS
         .collect();
     env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend([
-        ("CRONMESH_JOB".to_string(), crate::model::part_of(&spec.name).0.to_string()),
+        (
+            "CRONMESH_JOB".to_string(),
+            crate::model::part_of(&spec.name).0.to_string(),
+        ),
         ("CRONMESH_RUN_ID".into(), order.run_id.clone()),
         ("CRONMESH_PLANNED_AT".into(), rfc3339_ms(order.planned)),
         ("CRONMESH_ATTEMPT".into(), order.attempt.to_string()),
@@ -125,7 +128,10 @@ pub async fn run(
         order.traceparent.as_deref(),
         order.claim.started.min(clock.now_ms()),
         vec![
-            KeyValue::new("cronmesh.job", crate::model::part_of(&order.job.spec.name).0.to_string()),
+            KeyValue::new(
+                "cronmesh.job",
+                crate::model::part_of(&order.job.spec.name).0.to_string(),
+            ),
             KeyValue::new("cronmesh.run_id", order.run_id.clone()),
             KeyValue::new("cronmesh.planned_at", rfc3339_ms(order.planned)),
             KeyValue::new("cronmesh.trigger", format!("{:?}", order.trigger).to_lowercase()),

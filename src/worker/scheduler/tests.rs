@@ -2270,7 +2270,9 @@ fn parts_by_tick(sim: &Sim, job: &str) -> BTreeMap<i64, Vec<(String, String)>> {
     let mut out: BTreeMap<i64, Vec<(String, String)>> = BTreeMap::new();
     for (w, o) in &sim.spawned {
         if crate::model::part_of(&o.job.spec.name).0 == job {
-            out.entry(o.planned).or_default().push((w.clone(), o.job.spec.name.clone()));
+            out.entry(o.planned)
+                .or_default()
+                .push((w.clone(), o.job.spec.name.clone()));
         }
     }
     out
@@ -2318,7 +2320,10 @@ fn a_sharded_job_runs_each_shard_of_every_tick_once_spread_over_the_workers_and_
     sim.assert_exactly_once();
     let recs = sim.records_of("split");
     assert!(!recs.is_empty());
-    assert!(recs.iter().all(|r| r.shard.is_some_and(|s| s < 6)), "records carry their shard");
+    assert!(
+        recs.iter().all(|r| r.shard.is_some_and(|s| s < 6)),
+        "records carry their shard"
+    );
 }
 
 #[test]
@@ -2338,7 +2343,11 @@ fn a_job_for_every_worker_runs_once_on_each_eligible_worker_per_tick_and_a_joine
     // (a tick it had claimed ahead still runs there)
     for (t, runs) in parts_by_tick(&sim, "everywhere").range(stopped_at + 2000..) {
         let on: BTreeSet<&str> = runs.iter().map(|(w, _)| w.as_str()).collect();
-        assert_eq!(on, BTreeSet::from(["w1", "w2"]), "tick {t}: a draining worker takes none");
+        assert_eq!(
+            on,
+            BTreeSet::from(["w1", "w2"]),
+            "tick {t}: a draining worker takes none"
+        );
     }
     sim.assert_exactly_once();
     let recs = sim.records_of("everywhere");
