@@ -24,6 +24,11 @@ use tracing::{info, warn};
 pub trait Reporter: Send + Sync + 'static {
     fn started(&self, event: &RunStarted);
     fn finished(&self, record: &RunRecord);
+    /// `finished`, sent without waiting for the batch to fill or linger (other jobs run after
+    /// this one).
+    fn finished_urgent(&self, record: &RunRecord) {
+        self.finished(record);
+    }
     /// Deliver (or make durable) everything reported so far; called on shutdown.
     async fn flush(&self) {}
 }
@@ -146,6 +151,8 @@ pub struct QueueReporter {
     tx: mpsc::Sender<Event>,
     spool: Arc<Spool>,
     flush_tx: mpsc::Sender<oneshot::Sender<()>>,
+    /// Send what is queued now (capacity 1: one wake-up stands for any number).
+    urgent_tx: mpsc::Sender<()>,
     also: Option<FileReporter>,
 }
 
@@ -161,11 +168,13 @@ impl QueueReporter {
         let spool = Arc::new(Spool::open(spool_dir)?);
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let (flush_tx, flush_rx) = mpsc::channel(4);
-        tokio::spawn(deliver(sink, spool.clone(), rx, flush_rx));
+        let (urgent_tx, urgent_rx) = mpsc::channel(1);
+        tokio::spawn(deliver(sink, spool.clone(), rx, flush_rx, urgent_rx));
         Ok(QueueReporter {
             tx,
             spool,
             flush_tx,
+            urgent_tx,
             also,
         })
     }
@@ -193,6 +202,11 @@ impl Reporter for QueueReporter {
             f.append(record);
         }
         self.enqueue(Event::Finished(Box::new(record.clone())));
+    }
+    fn finished_urgent(&self, record: &RunRecord) {
+        self.finished(record);
+        // full: a wake-up is on its way already
+        let _ = self.urgent_tx.try_send(());
     }
     async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -242,6 +256,7 @@ async fn deliver(
     spool: Arc<Spool>,
     mut rx: mpsc::Receiver<Event>,
     mut flush_rx: mpsc::Receiver<oneshot::Sender<()>>,
+    mut urgent_rx: mpsc::Receiver<()>,
 ) {
     let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
     let mut replay_backoff = Duration::from_millis(500);
@@ -266,6 +281,18 @@ async fn deliver(
             }
             _ = linger, if !batch.is_empty() => {
                 send_or_spool(&*sink, &spool, std::mem::take(&mut batch), &mut degraded).await;
+            }
+            // a record others wait for: what is queued goes now (degraded: to the spool, as any)
+            Some(()) = urgent_rx.recv() => {
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(ev) => { METRICS.report_queue_depth.dec(); batch.push(ev); }
+                        Err(_) => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    send_or_spool(&*sink, &spool, std::mem::take(&mut batch), &mut degraded).await;
+                }
             }
             reply = flush_rx.recv() => {
                 let Some(reply) = reply else { break };

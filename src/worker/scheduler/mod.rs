@@ -130,6 +130,13 @@ pub async fn run(parts: SchedulerParts) {
     let mut draining = false;
     loop {
         while let Some(effect) = core.poll_effect() {
+            // a run others run after goes to the masters at once, not after the batch's linger
+            if let Effect::ReportFinished(r) = &effect
+                && core.has_downstreams(&r.job)
+            {
+                shell.reporter.finished_urgent(r);
+                continue;
+            }
             shell.execute(effect);
         }
         let readiness = match core.not_ready() {

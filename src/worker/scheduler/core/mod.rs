@@ -174,6 +174,8 @@ pub struct Core {
     /// The names a sharded job (`job#0`, …) or a job that runs on every worker (`job@me`) is
     /// scheduled under, by the job's name; a job absent here is scheduled under its own name.
     parts: HashMap<String, Vec<String>>,
+    /// How many jobs run after each job (by name).
+    downstreams: HashMap<String, usize>,
     /// Run-now requests not yet claimed, by id.
     triggers: HashMap<String, RunNowSignal>,
     /// Run-now ids in a claim right now.
@@ -244,6 +246,7 @@ impl Core {
             synced_jobs: false,
             synced_members: false,
             parts: HashMap::new(),
+            downstreams: HashMap::new(),
             triggers: HashMap::new(),
             triggers_in_flight: HashSet::new(),
             ticks: HashMap::new(),
@@ -342,6 +345,22 @@ impl Core {
     pub fn poll_timeout(&mut self) -> Option<i64> {
         self.settle();
         self.timers.next_at()
+    }
+
+    /// Whether some job runs after `job` (its records then go to the masters at once).
+    pub fn has_downstreams(&self, job: &str) -> bool {
+        self.downstreams.get(job).is_some_and(|n| *n > 0)
+    }
+
+    /// Counts the upstreams of a job coming (`+1`) or going (`-1`).
+    fn count_upstreams(&mut self, spec: &crate::model::JobSpec, delta: i64) {
+        for u in &spec.after {
+            let n = self.downstreams.entry(u.job.clone()).or_default();
+            *n = (*n as i64 + delta).max(0) as usize;
+            if *n == 0 {
+                self.downstreams.remove(&u.job);
+            }
+        }
     }
 
     /// The next effect to carry out, in order.
@@ -599,7 +618,10 @@ impl Core {
         let job = Arc::new(job);
         for part in parts {
             let generation = self.bump_gen();
+            self.count_upstreams(&job.spec, 1);
             if let Some(old) = self.jobs.remove(&part) {
+                let spec = old.job.spec.clone();
+                self.count_upstreams(&spec, -1);
                 if old.owned {
                     self.owned_count -= 1;
                 }
@@ -643,6 +665,8 @@ impl Core {
 
     fn remove_part(&mut self, name: &str) {
         if let Some(e) = self.jobs.remove(name) {
+            let spec = e.job.spec.clone();
+            self.count_upstreams(&spec, -1);
             if e.owned {
                 self.owned_count -= 1;
             }
