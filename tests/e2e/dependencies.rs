@@ -66,7 +66,10 @@ async fn a_chain_runs_each_downstream_once_per_root_tick_in_order_and_a_failed_r
     let a_cmd = dep_command(&c, &format!("test ! -e {}", flag.display()));
     c.put_job(JobSpec::new("a", "@every 2s", &a_cmd)).await;
     // a has run before b and c exist: those root ticks are not theirs
-    wait_for(Duration::from_secs(20), "a ran twice", || async { c.api_runs(&url, "a").await.len() >= 2 }).await;
+    wait_for(Duration::from_secs(20), "a ran twice", || async {
+        c.api_runs(&url, "a").await.len() >= 2
+    })
+    .await;
     let before_b = c.api_runs(&url, "a").await.iter().map(|r| r.planned_at).max().unwrap();
     for (name, up) in [("b", "a"), ("c", "b")] {
         let (st, body) = c
