@@ -331,8 +331,7 @@ paths = {
                     }
                 },
                 BODY,
-                {"404": err("No such job: a deleted job cannot be backfilled")},
-                UNREADABLE,
+                {"404": err("No such job: a deleted job cannot be backfilled"), "409": err("The job cannot be backfilled (not_backfillable: it runs after others, is sharded, or runs on every worker), or is stored unreadable (unreadable_job)")},
                 UNAVAILABLE,
             ),
         }

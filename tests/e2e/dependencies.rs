@@ -457,6 +457,28 @@ async fn bad_dependency_graphs_are_refused_naming_the_problem_and_change_nothing
     let (_, now) = c.get(&url, "/api/v1/jobs/a", Some(READ)).await;
     assert_eq!(now["revision"], before["revision"]);
     assert_eq!(c.get(&url, "/api/v1/jobs/x", Some(READ)).await.0, 404);
+    // a backfill of a job with after (or a sharded one, or one on every worker) is refused
+    let (st, _) = put("sharded", json!({"schedule": "@hourly", "command": "true", "shards": 3})).await;
+    assert_eq!(st, 201);
+    let (st, _) = put("everywhere", json!({"schedule": "@hourly", "command": "true", "fanout": "all"})).await;
+    assert_eq!(st, 201);
+    for (job, needle) in [("b", "backfill its root job"), ("sharded", "sharded"), ("everywhere", "every worker")] {
+        let now = now_ms();
+        let (st, resp) = c
+            .send(
+                "POST",
+                &url,
+                &format!("/api/v1/jobs/{job}/backfill"),
+                Some(ADMIN),
+                Some(json!({"from": now - 7_200_000, "to": now})),
+            )
+            .await;
+        assert_eq!(st, 409, "{job}: {resp}");
+        assert_eq!(resp["error"]["code"], "not_backfillable", "{resp}");
+        assert!(resp["error"]["message"].as_str().unwrap().contains(needle), "{resp}");
+    }
+    let (_, list) = c.get(&url, "/api/v1/backfills", Some(READ)).await;
+    assert_eq!(list["backfills"].as_array().map(Vec::len), Some(0), "nothing was made: {list}");
     // deleting an upstream: 409 naming its dependents, unless forced
     let (st, resp) = c.send("DELETE", &url, "/api/v1/jobs/a", Some(ADMIN), None).await;
     assert_eq!(st, 409, "{resp}");

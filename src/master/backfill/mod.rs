@@ -590,6 +590,22 @@ pub async fn create(
         .get_job(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {name:?} not found: it cannot be backfilled")))?;
+    // what a backfill cannot run (yet): say so rather than send requests nobody takes
+    let unsupported = if !job.spec.after.is_empty() {
+        Some("it runs after its upstreams and has no ticks of its own: backfill its root job, and its downstreams run for each backfilled tick")
+    } else if job.spec.shards.is_some() {
+        Some("it is sharded, and a backfill of a sharded job is not built yet")
+    } else if job.spec.fanout == crate::model::Fanout::All {
+        Some("it runs on every worker (fanout = all), and a backfill of such a job is not built yet")
+    } else {
+        None
+    };
+    if let Some(why) = unsupported {
+        return Err(ApiError::Conflict {
+            code: "not_backfillable".into(),
+            message: format!("job {name:?} cannot be backfilled: {why}"),
+        });
+    }
     let schedule =
         Schedule::parse_for_job(job.spec.effective_schedule(), &job.spec.timezone, &job.spec.name).map_err(|e| {
             ApiError::Conflict {
