@@ -150,6 +150,65 @@ pub fn nothing_applied(failures: Vec<String>) -> CtlError {
     ))
 }
 
+/// The specs in an order that writes every upstream before the jobs that run after it (the
+/// master refuses an `after` naming a job it does not have); otherwise in the given order.
+pub fn upstreams_first(specs: &[(Source, JobSpec)]) -> Vec<&(Source, JobSpec)> {
+    let names: std::collections::BTreeSet<&str> = specs.iter().map(|(_, s)| s.name.as_str()).collect();
+    let mut done: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(specs.len());
+    while out.len() < specs.len() {
+        let before = out.len();
+        for item in specs {
+            let s = &item.1;
+            if done.contains(s.name.as_str()) {
+                continue;
+            }
+            let ready = s
+                .after
+                .iter()
+                .all(|u| !names.contains(u.job.as_str()) || done.contains(u.job.as_str()) || u.job == s.name);
+            if ready {
+                done.insert(&s.name);
+                out.push(item);
+            }
+        }
+        if out.len() == before {
+            // a cycle among them (refused by `batch_cycles`): the rest as given
+            out.extend(specs.iter().filter(|(_, s)| !done.contains(s.name.as_str())));
+            break;
+        }
+    }
+    out
+}
+
+/// The cycles the specs would close among themselves and the stored jobs, one message per
+/// spec that closes one (the master checks each spec against what is stored; jobs applied
+/// together can close a cycle only together).
+pub(super) async fn batch_cycles(c: &super::Client, specs: &[(Source, JobSpec)]) -> Result<Vec<String>, CtlError> {
+    let mut all: std::collections::BTreeMap<String, JobSpec> = std::collections::BTreeMap::new();
+    for j in super::list_jobs(c, &super::JobFilter::default()).await? {
+        let Some(name) = j["name"].as_str() else { continue };
+        let mut spec = JobSpec::new(name, "@hourly", "true");
+        spec.after = serde_json::from_value(j["after"].clone()).unwrap_or_default();
+        all.insert(name.to_string(), spec);
+    }
+    for (_, s) in specs {
+        all.insert(s.name.clone(), s.clone());
+    }
+    let mut out = Vec::new();
+    for (src, s) in specs {
+        if s.after.is_empty() {
+            continue;
+        }
+        let mut others = all.clone();
+        others.remove(&s.name);
+        if let Err(e @ crate::master::deps::core::GraphError::Cycle(_)) = crate::master::deps::core::check(s, &others) {
+            out.push(format!("{}: invalid job spec: after: {e}", src.label()));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

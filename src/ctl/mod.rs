@@ -998,16 +998,26 @@ async fn running_run_id(c: &Client, job: &str, fragment: &str) -> Result<String,
 async fn apply_jobs(c: &Client, o: Output, files: &[PathBuf], dry_run: bool) -> Result<Done, CtlError> {
     let sources = apply::collect(files)?;
     let specs = apply::read_all(&sources)?;
-    let put = |name: &str, dry: bool| {
-        format!(
-            "/api/v1/jobs/{}{}",
-            encode(name),
-            if dry { "?dry_run=true" } else { "" }
-        )
+    // jobs that run after others in the same apply: their upstreams are checked as if applied
+    // (the master counts them as existing; the cycles among them are checked here)
+    let batch: Vec<String> = specs.iter().map(|(_, s)| s.name.clone()).collect();
+    let with = encode(&batch.join(","));
+    let put = |spec: &crate::model::JobSpec, dry: bool| {
+        let q = if !dry {
+            String::new()
+        } else if spec.after.iter().any(|u| batch.contains(&u.job)) {
+            format!("?dry_run=true&with={with}")
+        } else {
+            "?dry_run=true".to_string()
+        };
+        format!("/api/v1/jobs/{}{q}", encode(&spec.name))
     };
-    let mut checked = Vec::with_capacity(specs.len());
     let mut failures = Vec::new();
-    for (src, spec) in &specs {
+    if specs.iter().any(|(_, s)| !s.after.is_empty()) {
+        failures.extend(apply::batch_cycles(c, &specs).await?);
+    }
+    let mut checked = Vec::with_capacity(specs.len());
+    for (src, spec) in apply::upstreams_first(&specs) {
         let mut body = serde_json::to_value(spec).expect("specs serialize");
         // a file that does not pause the job does not resume one a master paused for its
         // failures either (`jobs resume` does): the master keeps such a pause when the body
@@ -1017,11 +1027,8 @@ async fn apply_jobs(c: &Client, o: Output, files: &[PathBuf], dry_run: bool) -> 
         {
             o.remove("paused");
         }
-        match c
-            .call(reqwest::Method::PUT, &put(&spec.name, true), Some(body.clone()))
-            .await
-        {
-            Ok(view) => checked.push((spec.name.clone(), body, view)),
+        match c.call(reqwest::Method::PUT, &put(spec, true), Some(body.clone())).await {
+            Ok(view) => checked.push((spec.clone(), body, view)),
             Err(CtlError::Api { status, message, .. }) if (400..500).contains(&status) => {
                 failures.push(format!("{}: {message}", src.label()))
             }
@@ -1034,11 +1041,12 @@ async fn apply_jobs(c: &Client, o: Output, files: &[PathBuf], dry_run: bool) -> 
     let mut done = Done::default();
     let mut lines = Vec::new();
     let mut views = Vec::new();
-    for (name, body, view) in checked {
+    for (spec, body, view) in checked {
+        let name = spec.name.clone();
         let view = if dry_run || view["change"] == "unchanged" {
             view
         } else {
-            c.call(reqwest::Method::PUT, &put(&name, false), Some(body)).await?
+            c.call(reqwest::Method::PUT, &put(&spec, false), Some(body)).await?
         };
         let change = view["change"].as_str().unwrap_or("configured");
         lines.push(format!(

@@ -378,6 +378,10 @@ struct PutQuery {
     /// Validate and say what would change, writing nothing.
     #[serde(default)]
     dry_run: bool,
+    /// With `dry_run`: the jobs applied together with this one (comma-separated), which count
+    /// as existing upstreams (`ctl jobs apply` checks the cycles among them itself).
+    #[serde(default)]
+    with: Option<String>,
 }
 
 /// What a PUT did (or, with `dry_run`, would do) to the stored job.
@@ -408,7 +412,27 @@ async fn put_job(
 ) -> Result<Response, ApiError> {
     authorize(&st, &headers, Need::Admin)?;
     let Path(name) = name?;
-    let Query(PutQuery { dry_run }) = q?;
+    let Query(PutQuery { dry_run, with }) = q?;
+    if with.is_some() && !dry_run {
+        return Err(ApiError::bad(
+            "invalid_query",
+            "with is only for dry_run=true (a write needs its upstreams stored first)",
+        ));
+    }
+    let assumed: Vec<String> = with
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if assumed.len() > 10_000 {
+        return Err(ApiError::bad("invalid_query", "with names more than 10,000 jobs"));
+    }
+    for a in &assumed {
+        crate::model::validate_name(a).map_err(|e| ApiError::bad("invalid_query", format!("with: {}", e.message)))?;
+    }
     crate::model::validate_new_name(&name).map_err(|e| ApiError::bad_field("name", e.to_string()))?;
     let StrictJson(mut value) = body?;
     let obj = value
@@ -497,7 +521,7 @@ async fn put_job(
     if dry_run {
         // what `put_job` checks before it writes (the name was checked with the path)
         if !spec.after.is_empty() {
-            check_dependencies(&st, &spec).await?;
+            check_dependencies(&st, &spec, &assumed).await?;
         }
         let would_pause = spec.paused;
         let now = now_ms();
@@ -521,7 +545,7 @@ async fn put_job(
     } else {
         let mut tries = 0;
         loop {
-            let guard = check_dependencies(&st, &spec).await?;
+            let guard = check_dependencies(&st, &spec, &[]).await?;
             match st.coord.put_job_guarded(spec.clone(), Some(&guard)).await {
                 Err(crate::coord::CoordError::JobsChanged) if tries < 10 => tries += 1,
                 other => break other?,
@@ -535,15 +559,27 @@ async fn put_job(
 /// Checks a job's `after` against the stored jobs (upstreams exist, no cycle); returns what
 /// its write must compare: the mod revisions of its ancestors (a cycle through it closes only
 /// by a change of one of them), or for very many, that no job changed since the check read.
-async fn check_dependencies(st: &AppState, spec: &JobSpec) -> Result<crate::coord::JobsGuard, ApiError> {
+async fn check_dependencies(
+    st: &AppState,
+    spec: &JobSpec,
+    assumed: &[String],
+) -> Result<crate::coord::JobsGuard, ApiError> {
     let (jobs, revision) = st.coord.list_jobs().await?;
     let revisions: std::collections::BTreeMap<String, i64> =
         jobs.iter().map(|j| (j.spec.name.clone(), j.revision)).collect();
-    let others: std::collections::BTreeMap<String, JobSpec> = jobs
+    let mut others: std::collections::BTreeMap<String, JobSpec> = jobs
         .into_iter()
         .filter(|j| j.spec.name != spec.name)
         .map(|j| (j.spec.name.clone(), j.spec))
         .collect();
+    // jobs applied together with this one (a dry run's `with`): they exist, running after none
+    for a in assumed {
+        if *a != spec.name {
+            others
+                .entry(a.clone())
+                .or_insert_with(|| JobSpec::new(a, "@hourly", "true"));
+        }
+    }
     let ancestors = crate::master::deps::core::ancestors(spec, &others);
     let guard = if ancestors.len() <= 100 {
         crate::coord::JobsGuard::Unchanged(

@@ -187,6 +187,7 @@ paths = {
             "parameters": [
                 name_p,
                 q("dry_run", "boolean", "validate and answer what would change (created, configured, unchanged), writing nothing"),
+                q("with", "string", "with dry_run: jobs applied together with this one (comma-separated), counted as existing upstreams"),
             ],
             "requestBody": json_req(ref("JobSpec")),
             "responses": responses(

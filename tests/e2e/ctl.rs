@@ -885,3 +885,70 @@ to = ["ops@example.com", "oncall@example.com"]
     );
     assert_eq!(sink.messages().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_graph_prints_the_dependency_tree_and_a_delete_with_dependents_needs_force() {
+    let mut c = Cluster::new().await;
+    let m = c.start_master("m1", &[]).await;
+    let t = |token: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        a.extend(["--url".into(), m.clone(), "--token".into(), token.into()]);
+        a
+    };
+    let run = |a: Vec<String>| ctl(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let dir = c.path("jobs");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, body) in [
+        (
+            "1-extract",
+            r#"{"name": "extract", "schedule": "@hourly", "command": "true"}"#,
+        ),
+        (
+            "2-load",
+            r#"{"name": "load", "command": "true", "after": [{"job": "extract"}]}"#,
+        ),
+        (
+            "3-report",
+            r#"{"name": "report", "command": "true", "after": [{"job": "load", "on": "finished"}]}"#,
+        ),
+    ] {
+        std::fs::write(dir.join(format!("{name}.json")), body).unwrap();
+    }
+    let out = run(t(ADMIN, &["jobs", "apply", "-f", dir.to_str().unwrap()]));
+    assert_eq!(out.code, 0, "{out}");
+    let out = run(t(READ, &["jobs", "graph"]));
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(
+        out.stdout, "extract (@hourly)\n└─ load [success]\n   └─ report [finished]",
+        "{out}"
+    );
+    let out = run(t(READ, &["jobs", "graph", "-o", "json"]));
+    assert_eq!(out.json()["edges"].as_array().map(Vec::len), Some(2), "{out}");
+    let out = run(t(READ, &["jobs", "get", "report"]));
+    assert!(out.stdout.contains("after: load [finished]"), "{out}");
+    // extract has a downstream: refused, naming it, until --force
+    let out = run(t(ADMIN, &["jobs", "delete", "extract"]));
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("\"load\""), "{out}");
+    let out = run(t(ADMIN, &["jobs", "delete", "extract", "--force"]));
+    assert_eq!(out.code, 0, "{out}");
+    let out = run(t(READ, &["jobs", "graph"]));
+    assert!(out.stdout.starts_with("extract (no such job)"), "{out}");
+    // a cycle among files applied together is refused before anything is written
+    let cyc = c.path("cycle");
+    std::fs::create_dir_all(&cyc).unwrap();
+    std::fs::write(
+        cyc.join("x.json"),
+        r#"{"name": "x", "command": "true", "after": [{"job": "y"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        cyc.join("y.json"),
+        r#"{"name": "y", "command": "true", "after": [{"job": "x"}]}"#,
+    )
+    .unwrap();
+    let out = run(t(ADMIN, &["jobs", "apply", "-f", cyc.to_str().unwrap()]));
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("a cycle: x -> y -> x"), "{out}");
+    assert_eq!(c.get(&m, "/api/v1/jobs/x", Some(READ)).await.0, 404);
+}

@@ -453,16 +453,57 @@ async fn bad_dependency_graphs_are_refused_naming_the_problem_and_change_nothing
         let message = resp["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(needle), "{name} {body}: {resp} should name {needle:?}");
     }
+    // `with` (jobs applied together) is for dry runs only, and names jobs
+    let body = json!({"command": "true", "after": [{"job": "y"}]});
+    let (st, resp) = c
+        .send("PUT", &url, "/api/v1/jobs/x?with=y", Some(ADMIN), Some(body.clone()))
+        .await;
+    assert_eq!(st, 400, "{resp}");
+    let (st, resp) = c
+        .send(
+            "PUT",
+            &url,
+            "/api/v1/jobs/x?dry_run=true&with=a/b",
+            Some(ADMIN),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(st, 400, "{resp}");
+    let (st, resp) = c
+        .send(
+            "PUT",
+            &url,
+            "/api/v1/jobs/x?dry_run=true&with=y",
+            Some(ADMIN),
+            Some(body),
+        )
+        .await;
+    assert_eq!(
+        st, 201,
+        "an upstream applied together counts as there in a dry run: {resp}"
+    );
     // nothing was written: a is as it was, x does not exist
     let (_, now) = c.get(&url, "/api/v1/jobs/a", Some(READ)).await;
     assert_eq!(now["revision"], before["revision"]);
     assert_eq!(c.get(&url, "/api/v1/jobs/x", Some(READ)).await.0, 404);
     // a backfill of a job with after (or a sharded one, or one on every worker) is refused
-    let (st, _) = put("sharded", json!({"schedule": "@hourly", "command": "true", "shards": 3})).await;
+    let (st, _) = put(
+        "sharded",
+        json!({"schedule": "@hourly", "command": "true", "shards": 3}),
+    )
+    .await;
     assert_eq!(st, 201);
-    let (st, _) = put("everywhere", json!({"schedule": "@hourly", "command": "true", "fanout": "all"})).await;
+    let (st, _) = put(
+        "everywhere",
+        json!({"schedule": "@hourly", "command": "true", "fanout": "all"}),
+    )
+    .await;
     assert_eq!(st, 201);
-    for (job, needle) in [("b", "backfill its root job"), ("sharded", "sharded"), ("everywhere", "every worker")] {
+    for (job, needle) in [
+        ("b", "backfill its root job"),
+        ("sharded", "sharded"),
+        ("everywhere", "every worker"),
+    ] {
         let now = now_ms();
         let (st, resp) = c
             .send(
@@ -478,7 +519,11 @@ async fn bad_dependency_graphs_are_refused_naming_the_problem_and_change_nothing
         assert!(resp["error"]["message"].as_str().unwrap().contains(needle), "{resp}");
     }
     let (_, list) = c.get(&url, "/api/v1/backfills", Some(READ)).await;
-    assert_eq!(list["backfills"].as_array().map(Vec::len), Some(0), "nothing was made: {list}");
+    assert_eq!(
+        list["backfills"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was made: {list}"
+    );
     // deleting an upstream: 409 naming its dependents, unless forced
     let (st, resp) = c.send("DELETE", &url, "/api/v1/jobs/a", Some(ADMIN), None).await;
     assert_eq!(st, 409, "{resp}");

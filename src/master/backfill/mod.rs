@@ -592,7 +592,9 @@ pub async fn create(
         .ok_or_else(|| ApiError::NotFound(format!("job {name:?} not found: it cannot be backfilled")))?;
     // what a backfill cannot run (yet): say so rather than send requests nobody takes
     let unsupported = if !job.spec.after.is_empty() {
-        Some("it runs after its upstreams and has no ticks of its own: backfill its root job, and its downstreams run for each backfilled tick")
+        Some(
+            "it runs after its upstreams and has no ticks of its own: backfill its root job, and its downstreams run for each backfilled tick",
+        )
     } else if job.spec.shards.is_some() {
         Some("it is sharded, and a backfill of a sharded job is not built yet")
     } else if job.spec.fanout == crate::model::Fanout::All {
