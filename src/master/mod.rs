@@ -8,6 +8,7 @@ pub mod auth;
 pub mod backfill;
 pub mod compat;
 pub mod deps;
+pub mod election;
 pub mod error;
 pub mod feed;
 pub mod health;

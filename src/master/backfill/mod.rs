@@ -43,8 +43,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// How often a master that does not drive backfills tries to.
-const CAMPAIGN_EVERY: Duration = Duration::from_secs(2);
 /// Between two passes while a backfill runs, and while none does.
 const PASS_ACTIVE: Duration = Duration::from_millis(200);
 const PASS_IDLE: Duration = Duration::from_secs(1);
@@ -58,40 +56,23 @@ const CANCEL_BATCH: usize = 500;
 // ---- the driver ----------------------------------------------------------------------------
 
 /// Takes part in the election until `stop`; drives every backfill while elected.
-pub async fn run(st: Arc<AppState>, mut lease: watch::Receiver<Option<i64>>, stop: CancellationToken) {
+pub async fn run(st: Arc<AppState>, lease: watch::Receiver<Option<i64>>, stop: CancellationToken) {
     let me = st.config.master.id.clone();
-    let mut last_error = String::new();
-    loop {
-        let current = *lease.borrow_and_update();
-        if let Some(lease_id) = current {
-            match st.coord.campaign_backfills(&me, lease_id).await {
-                Ok(true) => {
-                    last_error.clear();
-                    info!(master = %me, "driving backfills");
-                    drive(&st, &me, lease_id, &mut lease, &stop).await;
-                    METRICS.backfills_running.set(0);
-                    if stop.is_cancelled() {
-                        let _ = st.coord.resign_backfills(&me).await;
-                        return;
-                    }
-                    continue;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    let e = e.to_string();
-                    if e != last_error {
-                        crate::warn_unless_etcd_down!(error = %e, "cannot take part in the backfill driver's election; retrying every 2 s");
-                        last_error = e;
-                    }
-                }
+    super::election::serve(
+        &st,
+        super::election::Role::Backfills,
+        lease,
+        &stop,
+        |lease_id, mut lease| {
+            let (st, me, stop) = (st.clone(), me.clone(), stop.clone());
+            async move {
+                info!(master = %me, "driving backfills");
+                drive(&st, &me, lease_id, &mut lease, &stop).await;
+                METRICS.backfills_running.set(0);
             }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = lease.changed() => {}
-            _ = tokio::time::sleep(CAMPAIGN_EVERY) => {}
-        }
-    }
+        },
+    )
+    .await;
 }
 
 /// Passes over every backfill until `stop`, the lease changes, or another master drives.

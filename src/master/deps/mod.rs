@@ -35,8 +35,6 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// How often a master that does not drive dependencies tries to.
-const CAMPAIGN_EVERY: Duration = Duration::from_secs(2);
 /// Between two sweeps of the look-back window.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// Most finished runs waiting for the driver; past it they wait for the next sweep (counted in
@@ -87,43 +85,26 @@ impl Deps {
 }
 
 /// Takes part in the election until `stop`; drives dependencies while elected.
-pub async fn run(st: Arc<AppState>, mut lease: watch::Receiver<Option<i64>>, stop: CancellationToken) {
+pub async fn run(st: Arc<AppState>, lease: watch::Receiver<Option<i64>>, stop: CancellationToken) {
     let me = st.config.master.id.clone();
-    let mut last_error = String::new();
-    loop {
-        let current = *lease.borrow_and_update();
-        if let Some(lease_id) = current {
-            match st.coord.campaign_deps(&me, lease_id).await {
-                Ok(true) => {
-                    last_error.clear();
-                    info!(master = %me, "driving dependencies");
-                    st.deps.leading.store(true, Ordering::Relaxed);
-                    Driver::new(&st, &me).drive(lease_id, &mut lease, &stop).await;
-                    st.deps.leading.store(false, Ordering::Relaxed);
-                    st.deps.take();
-                    METRICS.dependency_waiting.set(0);
-                    if stop.is_cancelled() {
-                        let _ = st.coord.resign_deps(&me).await;
-                        return;
-                    }
-                    continue;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    let e = e.to_string();
-                    if e != last_error {
-                        crate::warn_unless_etcd_down!(error = %e, "cannot take part in the dependency driver's election; retrying every 2 s");
-                        last_error = e;
-                    }
-                }
+    super::election::serve(
+        &st,
+        super::election::Role::Dependencies,
+        lease,
+        &stop,
+        |lease_id, mut lease| {
+            let (st, me, stop) = (st.clone(), me.clone(), stop.clone());
+            async move {
+                info!(master = %me, "driving dependencies");
+                st.deps.leading.store(true, Ordering::Relaxed);
+                Driver::new(&st, &me).drive(lease_id, &mut lease, &stop).await;
+                st.deps.leading.store(false, Ordering::Relaxed);
+                st.deps.take();
+                METRICS.dependency_waiting.set(0);
             }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = lease.changed() => {}
-            _ = tokio::time::sleep(CAMPAIGN_EVERY) => {}
-        }
-    }
+        },
+    )
+    .await;
 }
 
 /// The driver's view between sweeps.

@@ -30,8 +30,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// How often a master that does not keep the books tries to take them.
-const CAMPAIGN_EVERY: Duration = Duration::from_secs(2);
 /// Longest wait between two passes (a pass also runs as soon as a tick falls due).
 const PASS_EVERY_MS: i64 = 1000;
 /// How often ticks claimed by live workers without a record are looked at again.
@@ -41,39 +39,19 @@ const MAX_PENDING: usize = 100_000;
 
 /// Takes part in the election until `stop`; keeps the books while elected. `lease` is this
 /// master's session lease (from its registration).
-pub async fn run(st: Arc<AppState>, mut lease: watch::Receiver<Option<i64>>, stop: CancellationToken) {
-    let me = st.config.master.id.clone();
+pub async fn run(st: Arc<AppState>, lease: watch::Receiver<Option<i64>>, stop: CancellationToken) {
     METRICS.ledger_keeper.set(0);
-    let mut last_error = String::new();
-    loop {
-        let current = *lease.borrow_and_update();
-        if let Some(lease_id) = current {
-            match st.coord.campaign_ledger(&me, lease_id).await {
-                Ok(true) => {
-                    last_error.clear();
-                    keep_books(&st, lease_id, &mut lease, &stop).await;
-                    if stop.is_cancelled() {
-                        let _ = st.coord.resign_ledger(&me).await;
-                        return;
-                    }
-                    continue;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    let e = e.to_string();
-                    if e != last_error {
-                        crate::warn_unless_etcd_down!(error = %e, "cannot take part in the tick ledger's election; retrying every 2 s");
-                        last_error = e;
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = lease.changed() => {}
-            _ = tokio::time::sleep(CAMPAIGN_EVERY) => {}
-        }
-    }
+    super::election::serve(
+        &st,
+        super::election::Role::Ledger,
+        lease,
+        &stop,
+        |lease_id, mut lease| {
+            let (st, stop) = (st.clone(), stop.clone());
+            async move { keep_books(&st, lease_id, &mut lease, &stop).await }
+        },
+    )
+    .await;
 }
 
 /// What the keeper holds while it keeps the books.

@@ -289,42 +289,22 @@ pub fn check_rules(spec: &JobSpec, channels: &[&str]) -> Result<(), (String, Str
 }
 
 /// Takes part in the notifier's election until `stop`; decides and sends while elected.
-pub async fn run(st: Arc<AppState>, mut lease: watch::Receiver<Option<i64>>, stop: CancellationToken) {
+pub async fn run(st: Arc<AppState>, lease: watch::Receiver<Option<i64>>, stop: CancellationToken) {
     METRICS.notify_keeper.set(0);
     if !st.notify.enabled {
         return;
     }
-    let me = st.config.master.id.clone();
-    let mut last_error = String::new();
-    loop {
-        let current = *lease.borrow_and_update();
-        if let Some(lease_id) = current {
-            match st.coord.campaign_notifier(&me, lease_id).await {
-                Ok(true) => {
-                    last_error.clear();
-                    keep(&st, lease_id, &mut lease, &stop).await;
-                    if stop.is_cancelled() {
-                        let _ = st.coord.resign_notifier(&me).await;
-                        return;
-                    }
-                    continue;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    let e = e.to_string();
-                    if e != last_error {
-                        crate::warn_unless_etcd_down!(error = %e, "cannot take part in the notifier's election; retrying every 2 s");
-                        last_error = e;
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = lease.changed() => {}
-            _ = tokio::time::sleep(CAMPAIGN_EVERY) => {}
-        }
-    }
+    super::election::serve(
+        &st,
+        super::election::Role::Notifier,
+        lease,
+        &stop,
+        |lease_id, mut lease| {
+            let (st, stop) = (st.clone(), stop.clone());
+            async move { keep(&st, lease_id, &mut lease, &stop).await }
+        },
+    )
+    .await;
 }
 
 /// What the notifier holds while it is one.
