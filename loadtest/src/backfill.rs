@@ -6,7 +6,7 @@
 //! transaction round trip (a tick costs a few of those: request, claim, ack, state write).
 
 use crate::Ctx;
-use crate::fleet::{CpuMeter, ProcStat, WorkerSpec, http_client, proc_stat, spawn_master, wait_members};
+use crate::fleet::{CpuMeter, ProcStat, http_client, proc_stat, spawn_master, spawn_reporting_workers};
 use crate::report::Report;
 use crate::steady::{PROC_HEADER, proc_rows};
 use anyhow::{Result, bail};
@@ -64,22 +64,7 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Backfill> {
         .collect::<Result<_, _>>()?;
     let endpoints = ctx.etcd.endpoints();
     let (master, url) = spawn_master(&ctx.bin, &ctx.dir, &endpoints, PREFIX, "bf-master").await?;
-    let master_flag = ["--master", url.as_str()];
-    let spec = WorkerSpec {
-        bin: &ctx.bin,
-        dir: &ctx.dir,
-        etcd: &endpoints,
-        prefix: PREFIX,
-        dispatch: "owner",
-        config: None,
-        extra: &master_flag,
-    };
-    let mut workers = Vec::new();
-    for i in 0..o.workers {
-        workers.push(spec.spawn(&format!("bf-w{i}"))?);
-    }
-    let coord = ctx.etcd.coord(PREFIX).await?;
-    wait_members(&coord, o.workers, Duration::from_secs(30)).await?;
+    let (mut workers, _coord) = spawn_reporting_workers(ctx, PREFIX, &url, "bf", o.workers).await?;
     let http = http_client();
     let mut runs = Vec::new();
     for p in parallels {

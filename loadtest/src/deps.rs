@@ -6,7 +6,7 @@
 //! adds; beside them, measured in the same run, the raw etcd transaction round trip and spawn rate.
 
 use crate::Ctx;
-use crate::fleet::{CpuMeter, ProcStat, WorkerSpec, http_client, proc_stat, spawn_master, wait_members};
+use crate::fleet::{CpuMeter, ProcStat, http_client, proc_stat, spawn_master, spawn_reporting_workers};
 use crate::records::pct;
 use crate::report::Report;
 use crate::steady::{PROC_HEADER, proc_rows};
@@ -105,22 +105,7 @@ async fn root_ticks(http: &reqwest::Client, url: &str, chains: usize, from: i64,
 pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Deps> {
     let endpoints = ctx.etcd.endpoints();
     let (master, url) = spawn_master(&ctx.bin, &ctx.dir, &endpoints, PREFIX, "deps-master").await?;
-    let master_flag = ["--master", url.as_str()];
-    let spec = WorkerSpec {
-        bin: &ctx.bin,
-        dir: &ctx.dir,
-        etcd: &endpoints,
-        prefix: PREFIX,
-        dispatch: "owner",
-        config: None,
-        extra: &master_flag,
-    };
-    let mut workers = Vec::new();
-    for i in 0..o.workers {
-        workers.push(spec.spawn(&format!("deps-w{i}"))?);
-    }
-    let coord = ctx.etcd.coord(PREFIX).await?;
-    wait_members(&coord, o.workers, Duration::from_secs(30)).await?;
+    let (mut workers, coord) = spawn_reporting_workers(ctx, PREFIX, &url, "deps", o.workers).await?;
     let http = http_client();
     let put = |name: String, body: Value| {
         let http = http.clone();

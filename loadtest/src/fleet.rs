@@ -224,6 +224,35 @@ pub async fn spawn_master_with(
     }
 }
 
+/// `n` workers (`{name}-w0`, …) in owner dispatch reporting to the master at `url`, once all
+/// have registered; with the coordination handle of `prefix`.
+pub async fn spawn_reporting_workers(
+    ctx: &crate::Ctx,
+    prefix: &str,
+    url: &str,
+    name: &str,
+    n: usize,
+) -> Result<(Vec<Proc>, Coord)> {
+    let endpoints = ctx.etcd.endpoints();
+    let master_flag = ["--master", url];
+    let spec = WorkerSpec {
+        bin: &ctx.bin,
+        dir: &ctx.dir,
+        etcd: &endpoints,
+        prefix,
+        dispatch: "owner",
+        config: None,
+        extra: &master_flag,
+    };
+    let mut workers = Vec::new();
+    for i in 0..n {
+        workers.push(spec.spawn(&format!("{name}-w{i}"))?);
+    }
+    let coord = ctx.etcd.coord(prefix).await?;
+    wait_members(&coord, n, Duration::from_secs(30)).await?;
+    Ok((workers, coord))
+}
+
 /// Waits until `n` workers are registered.
 pub async fn wait_members(coord: &Coord, n: usize, timeout: Duration) -> Result<Duration> {
     let t = Instant::now();

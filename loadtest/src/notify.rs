@@ -13,8 +13,8 @@
 
 use crate::Ctx;
 use crate::fleet::{
-    CpuMeter, ProcStat, WorkerSpec, cpu_seconds, http_client, metric_sum, proc_stat, rss_mb, spawn_master_with,
-    wait_members,
+    CpuMeter, ProcStat, cpu_seconds, http_client, metric_sum, proc_stat, rss_mb, spawn_master_with,
+    spawn_reporting_workers,
 };
 use crate::records::pct;
 use crate::report::Report;
@@ -355,22 +355,7 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Notify> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let master_flag = ["--master", url.as_str()];
-    let spec = WorkerSpec {
-        bin: &ctx.bin,
-        dir: &ctx.dir,
-        etcd: &endpoints,
-        prefix: PREFIX,
-        dispatch: "owner",
-        config: None,
-        extra: &master_flag,
-    };
-    let mut workers = Vec::new();
-    for i in 0..o.workers {
-        workers.push(spec.spawn(&format!("nf-w{i}"))?);
-    }
-    let coord = ctx.etcd.coord(PREFIX).await?;
-    wait_members(&coord, o.workers, Duration::from_secs(30)).await?;
+    let (mut workers, _coord) = spawn_reporting_workers(ctx, PREFIX, &url, "nf", o.workers).await?;
     let http = http_client();
     let names: Vec<String> = (0..o.jobs).map(|j| format!("nf-{j}")).collect();
     for n in &names {
