@@ -605,6 +605,32 @@ async fn check_dependencies(
     Ok(guard)
 }
 
+/// 409 `has_dependents` naming the jobs that run after `name` (a delete of it is refused
+/// unless forced: theirs would wait for it in vain).
+pub(crate) async fn refuse_if_upstream(st: &AppState, name: &str) -> Result<(), ApiError> {
+    let (jobs, _) = st.coord.list_jobs().await?;
+    let dependents: Vec<String> = jobs
+        .iter()
+        .filter(|j| j.spec.after.iter().any(|u| u.job == name))
+        .map(|j| j.spec.name.clone())
+        .collect();
+    if dependents.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Conflict {
+        code: "has_dependents".into(),
+        message: format!(
+            "job {name:?} is an upstream of {}: change or delete {} first, or delete with ?force=true",
+            dependents
+                .iter()
+                .map(|d| format!("{d:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if dependents.len() == 1 { "it" } else { "them" }
+        ),
+    })
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
@@ -625,26 +651,7 @@ async fn delete_job(
     let Query(DeleteQuery { force }) = q?;
     valid_name(&name)?;
     if !force {
-        let (jobs, _) = st.coord.list_jobs().await?;
-        let dependents: Vec<String> = jobs
-            .iter()
-            .filter(|j| j.spec.after.iter().any(|u| u.job == name))
-            .map(|j| j.spec.name.clone())
-            .collect();
-        if !dependents.is_empty() {
-            return Err(ApiError::Conflict {
-                code: "has_dependents".into(),
-                message: format!(
-                    "job {name:?} is an upstream of {}: change or delete {} first, or delete with ?force=true",
-                    dependents
-                        .iter()
-                        .map(|d| format!("{d:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if dependents.len() == 1 { "it" } else { "them" }
-                ),
-            });
-        }
+        refuse_if_upstream(&st, &name).await?;
     }
     st.coord.delete_job(&name).await?;
     tracing::info!(job = %name, force, "job deleted through the API");

@@ -45,6 +45,8 @@ fn envelope(r: Result<Response, ApiError>) -> Response {
         Err(e @ (ApiError::Unauthorized | ApiError::Forbidden(_))) => e.into_response(),
         Err(ApiError::BadRequest { message, .. }) => fail(message),
         Err(ApiError::NotFound(m)) => fail(m),
+        // a refusal that says why (a job others run after, one changed meanwhile)
+        Err(ApiError::Conflict { message, .. }) => fail(message),
         Err(e) => {
             let resp = e.into_response();
             fail(format!("request failed with status {}", resp.status()))
@@ -144,6 +146,9 @@ async fn delete(
             authorize(&st, &headers, Need::Admin)?;
             let Form(f) = form.map_err(|e| ApiError::bad("invalid_form", e.body_text()))?;
             let old = st.coord.get_job(&f.name).await?.map(|j| to_seed(&j.spec));
+            // as DELETE /api/v1/jobs/{name}: not while other jobs run after it (the seed's
+            // page has no way to force it; the API has)
+            super::api::refuse_if_upstream(&st, &f.name).await?;
             match st.coord.delete_job(&f.name).await {
                 Ok(()) | Err(crate::coord::CoordError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),

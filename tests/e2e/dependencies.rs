@@ -530,6 +530,24 @@ async fn bad_dependency_graphs_are_refused_naming_the_problem_and_change_nothing
     let message = resp["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("upstream of \"b\""), "{resp}");
     assert_eq!(c.get(&url, "/api/v1/jobs/a", Some(READ)).await.0, 200);
+    // the seed's delete route too (its page cannot force it)
+    let seed: serde_json::Value = c
+        .http
+        .post(format!("{url}/job/delete"))
+        .bearer_auth(ADMIN)
+        .form(&[("name", "a")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seed["errno"], -1, "{seed}");
+    assert!(
+        seed["msg"].as_str().unwrap_or_default().contains("upstream of \"b\""),
+        "{seed}"
+    );
+    assert_eq!(c.get(&url, "/api/v1/jobs/a", Some(READ)).await.0, 200);
     let (st, resp) = c
         .send("DELETE", &url, "/api/v1/jobs/a?force=yes", Some(ADMIN), None)
         .await;
