@@ -431,15 +431,7 @@ impl<'a> Driver<'a> {
             Decide::Wait { .. } => Ok(true),
             Decide::Run(root) => {
                 let id = core::run_request_id(&d.name, planned, 0);
-                let signal = RunNowSignal {
-                    job: d.name.clone(),
-                    id: id.clone(),
-                    requested_at: now,
-                    traceparent: None,
-                    planned_at: Some(planned),
-                    backfill: None,
-                    root: Some(root.clone()),
-                };
+                let signal = run_request(d, &id, planned, &root, now);
                 let decision = Decision {
                     at: now,
                     root: root.clone(),
@@ -548,15 +540,7 @@ impl<'a> Driver<'a> {
             // under a new id: a worker that finds its own claim under the same id would take
             // it for a claim whose answer it lost, and run the tick again
             let id = uuid::Uuid::now_v7().simple().to_string();
-            let signal = RunNowSignal {
-                job: d.name.clone(),
-                id: id.clone(),
-                requested_at: now,
-                traceparent: None,
-                planned_at: Some(planned),
-                backfill: None,
-                root: Some(dec.root.clone()),
-            };
+            let signal = run_request(d, &id, planned, &dec.root, now);
             let sl = self.lease(false).await?;
             coord.resend_dependency(&signal, sl).await.map_err(|e| e.to_string())?;
             METRICS.dependency_resends.inc();
@@ -587,5 +571,19 @@ impl<'a> Driver<'a> {
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+/// The run-now request for a downstream's root tick `planned`: claimed under the root tick's
+/// key and recorded with the root (see `RunNowSignal::root`).
+fn run_request(d: &JobSpec, id: &str, planned: i64, root: &Root, now: i64) -> RunNowSignal {
+    RunNowSignal {
+        job: d.name.clone(),
+        id: id.to_string(),
+        requested_at: now,
+        traceparent: None,
+        planned_at: Some(planned),
+        backfill: None,
+        root: Some(root.clone()),
     }
 }

@@ -196,37 +196,22 @@ impl Core {
         let generation = e.generation;
         let Some(slot) = self.slots.try_take() else { return true };
         let kind = match first.trigger {
-            Trigger::Manual => TickKind::Manual {
+            // a backfill's tick stays one (its record says `backfill`), and so does a dependency
+            // run's, with its root: both are claimed under the tick's key
+            Trigger::Manual | Trigger::Backfill | Trigger::Dependency => TickKind::Manual {
                 trigger: first.run_id.clone(),
                 requested_at: first.planned,
                 traceparent: None,
-                backfill: None,
-                root: None,
-            },
-            // a backfill's tick stays one (its record says `backfill`); its claim is the tick's
-            Trigger::Backfill => TickKind::Manual {
-                trigger: first.run_id.clone(),
-                requested_at: first.planned,
-                traceparent: None,
-                backfill: Some(Backfilled {
+                backfill: (first.trigger != Trigger::Manual).then(|| Backfilled {
                     id: String::new(),
                     planned: first.planned,
                 }),
-                root: None,
-            },
-            // a dependency run's tick stays one, with its root
-            Trigger::Dependency => TickKind::Manual {
-                trigger: first.run_id.clone(),
-                requested_at: first.planned,
-                traceparent: None,
-                backfill: Some(Backfilled {
-                    id: String::new(),
-                    planned: first.planned,
+                root: (first.trigger == Trigger::Dependency).then(|| {
+                    first.root.clone().unwrap_or_else(|| crate::model::Root {
+                        job: job.to_string(),
+                        planned_at: first.planned,
+                    })
                 }),
-                root: Some(first.root.clone().unwrap_or_else(|| crate::model::Root {
-                    job: job.to_string(),
-                    planned_at: first.planned,
-                })),
             },
             _ => TickKind::Scheduled { planned: first.planned },
         };
