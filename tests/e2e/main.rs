@@ -1,6 +1,7 @@
 //! End-to-end specs: real etcd processes, real `cronmesh worker` processes, real commands.
 //! Each test builds its own cluster (temp dir, free ports), so tests run in parallel.
 
+mod certs;
 mod feed_client;
 mod harness;
 
