@@ -56,8 +56,9 @@ pub use crate::model::Dispatch;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// etcd client endpoints.
-    pub etcd: Vec<String>,
+    /// etcd: its endpoints (`etcd = ["http://…"]`), or a table with the endpoints and how to
+    /// connect (`[etcd] endpoints = […], ca_file = …, user = …`).
+    pub etcd: EtcdConfig,
     /// Key namespace in etcd, so several clusters can share one etcd.
     pub prefix: String,
     /// `text` or `json` log lines.
@@ -77,7 +78,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            etcd: vec!["http://127.0.0.1:2379".into()],
+            etcd: EtcdConfig::default(),
             prefix: "/cronmesh/".into(),
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -88,6 +89,183 @@ impl Default for Config {
             tracing: Default::default(),
         }
     }
+}
+
+/// `[etcd]`: where etcd is and how this process proves who it is. Written either as a list of
+/// endpoints (`etcd = ["http://127.0.0.1:2379"]`) or as this table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdTable {
+    /// Client endpoints: `http://HOST:PORT`, or `https://HOST:PORT` with TLS.
+    pub endpoints: Vec<String>,
+    /// PEM file of the CA that signed etcd's server certificate (`https://` endpoints).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for an etcd started with `--client-cert-auth` (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// etcd user (for an etcd with `auth enable`); its password comes from `password_file` or
+    /// the `CRONMESH_ETCD_PASSWORD` environment variable, never from a flag.
+    pub user: Option<String>,
+    /// File holding the etcd user's password (one line; a trailing newline is ignored).
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for EtcdTable {
+    fn default() -> Self {
+        EtcdTable {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user: None,
+            password_file: None,
+        }
+    }
+}
+
+/// `etcd`: the table, plus the password once read (never serialized).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EtcdConfig {
+    #[serde(flatten)]
+    pub table: EtcdTable,
+    /// The user's password, from `password_file` or `CRONMESH_ETCD_PASSWORD` (`resolve`).
+    #[serde(skip)]
+    pub password: Option<String>,
+}
+
+impl std::ops::Deref for EtcdConfig {
+    type Target = EtcdTable;
+    fn deref(&self) -> &EtcdTable {
+        &self.table
+    }
+}
+
+impl std::ops::DerefMut for EtcdConfig {
+    fn deref_mut(&mut self) -> &mut EtcdTable {
+        &mut self.table
+    }
+}
+
+impl<'de> Deserialize<'de> for EtcdConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EtcdTable;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of endpoints, or an [etcd] table")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<EtcdTable, A::Error> {
+                let endpoints = Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(EtcdTable {
+                    endpoints,
+                    ..EtcdTable::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<EtcdTable, A::Error> {
+                EtcdTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        Ok(EtcdConfig {
+            table: d.deserialize_any(V)?,
+            password: None,
+        })
+    }
+}
+
+/// What the TLS settings of `[etcd]` hold, read and checked: PEM text.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    pub ca_pem: Option<Vec<u8>>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdConfig {
+    /// Reads the password (`password_file`, else `env_password` from `CRONMESH_ETCD_PASSWORD`).
+    pub fn resolve_password(&mut self, env_password: Option<String>) -> Result<(), ConfigError> {
+        if self.user.is_none() {
+            if self.password_file.is_some() || env_password.is_some() {
+                return Err(invalid(
+                    "etcd.user",
+                    "a password is given (etcd.password_file or CRONMESH_ETCD_PASSWORD) but no user; set etcd.user (--etcd-user)",
+                ));
+            }
+            return Ok(());
+        }
+        let password = match (&self.password_file, env_password) {
+            (Some(f), _) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| invalid("etcd.password_file", format!("cannot read {}: {}", f.display(), io_reason(&e))))?;
+                text.trim_end_matches(['\n', '\r']).to_string()
+            }
+            (None, Some(p)) => p,
+            (None, None) => {
+                return Err(invalid(
+                    "etcd.user",
+                    "needs a password: set etcd.password_file (--etcd-password-file) or CRONMESH_ETCD_PASSWORD",
+                ));
+            }
+        };
+        if password.is_empty() {
+            return Err(invalid("etcd.password_file", "the password is empty"));
+        }
+        self.password = Some(password);
+        Ok(())
+    }
+
+    /// Reads and checks the TLS files: each is readable PEM of the right kind, the client
+    /// certificate has not expired and is not yet to come, and TLS goes with `https://`.
+    pub fn tls_files(&self) -> Result<Option<EtcdTlsFiles>, ConfigError> {
+        let https = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        let any_tls = self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some();
+        if !any_tls {
+            if https {
+                return Err(invalid(
+                    "etcd.ca_file",
+                    "https:// endpoints need the CA of etcd's certificate: set etcd.ca_file (--etcd-ca)",
+                ));
+            }
+            return Ok(None);
+        }
+        if let Some(e) = self.endpoints.iter().find(|e| e.starts_with("http://")) {
+            return Err(invalid(
+                "etcd",
+                format!("{e:?} is plain http, but TLS files are set: write https://"),
+            ));
+        }
+        let ca_pem = match &self.ca_file {
+            Some(f) => {
+                let pem = read_pem("etcd.ca_file", f)?;
+                crate::pem::certificates("etcd.ca_file", f, &pem).map_err(|m| invalid("etcd.ca_file", m))?;
+                Some(pem)
+            }
+            None => {
+                return Err(invalid(
+                    "etcd.ca_file",
+                    "TLS needs the CA of etcd's certificate: set etcd.ca_file (--etcd-ca)",
+                ));
+            }
+        };
+        let identity = match (&self.cert_file, &self.key_file) {
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("etcd.key_file", "etcd.cert_file is set: set its key too (--etcd-key)")),
+            (None, Some(_)) => return Err(invalid("etcd.cert_file", "etcd.key_file is set: set its certificate too (--etcd-cert)")),
+            (Some(c), Some(k)) => {
+                let cert = read_pem("etcd.cert_file", c)?;
+                let certs = crate::pem::certificates("etcd.cert_file", c, &cert).map_err(|m| invalid("etcd.cert_file", m))?;
+                crate::pem::check_validity(&certs[0], crate::coord::now_ms())
+                    .map_err(|m| invalid("etcd.cert_file", format!("{}: {m}", c.display())))?;
+                let key = read_pem("etcd.key_file", k)?;
+                crate::pem::private_key(&key).map_err(|m| invalid("etcd.key_file", format!("{}: {m}", k.display())))?;
+                Some((cert, key))
+            }
+        };
+        Ok(Some(EtcdTlsFiles { ca_pem, identity }))
+    }
+}
+
+fn read_pem(key: &'static str, f: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(f).map_err(|e| invalid(key, format!("cannot read {}: {}", f.display(), io_reason(&e))))
 }
 
 /// `[worker]`.
@@ -159,6 +337,12 @@ pub struct WorkerConfig {
     /// How often the worker measures its clock against the masters.
     #[serde(with = "dur")]
     pub clock_check_interval: Duration,
+    /// Public keys of the masters whose job signatures this worker accepts: PEM files
+    /// (`-----BEGIN PUBLIC KEY-----`) or `ed25519:BASE64`. When set, a job without a valid
+    /// signature by one of them never runs (it is recorded `skipped`, reason `unsigned` or
+    /// `bad_signature`). Empty: every job in etcd runs (anyone who can write `jobs/` in etcd
+    /// can run commands here; the worker warns at start).
+    pub trusted_keys: Vec<String>,
 }
 
 /// The variables a job inherits from the worker unless `worker.inherit_env` says otherwise.
@@ -202,6 +386,7 @@ impl Default for WorkerConfig {
             run_cgroups: RunCgroups::Auto,
             max_clock_skew: Duration::from_secs(1),
             clock_check_interval: Duration::from_secs(10),
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -260,6 +445,12 @@ pub struct MasterConfig {
     pub metrics_jobs: Vec<String>,
     /// Notifications: channels jobs may name, and the fleet's default rules.
     pub notify: NotifyConfig,
+    /// Ed25519 private key (PKCS#8 PEM) this master signs every job it stores with; workers
+    /// with `worker.trusted_keys` run only signed jobs. Several masters may share one key.
+    pub signing_key_file: Option<PathBuf>,
+    /// Keys (as `worker.trusted_keys`) whose signatures this master re-signs with its own key
+    /// at start: the old key during a rotation.
+    pub trusted_keys: Vec<String>,
 }
 
 /// `[master.notify]`. Every master should have the same channels: the one keeping the notifier
@@ -363,6 +554,8 @@ impl Default for MasterConfig {
             ledger_catch_up: Duration::from_secs(24 * 3600),
             metrics_jobs: Vec::new(),
             notify: NotifyConfig::default(),
+            signing_key_file: None,
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -533,13 +726,19 @@ impl Config {
 
     /// Checks the shared keys.
     pub fn validate_common(&self) -> Result<(), ConfigError> {
-        if self.etcd.is_empty() {
+        if self.etcd.endpoints.is_empty() {
             return Err(invalid("etcd", "at least one endpoint is required"));
         }
-        for e in &self.etcd {
+        for e in &self.etcd.endpoints {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
                 return Err(invalid("etcd", format!("{e:?} must start with http:// or https://")));
             }
+        }
+        self.etcd.tls_files()?;
+        if let Some(u) = &self.etcd.user
+            && (u.is_empty() || u.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid("etcd.user", format!("{u:?} is not a user name")));
         }
         if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') || self.prefix.len() < 2 {
             return Err(invalid(
@@ -617,6 +816,8 @@ impl Config {
         if w.clock_check_interval < Duration::from_secs(1) || w.clock_check_interval > Duration::from_secs(600) {
             return Err(invalid("worker.clock_check_interval", "must be between 1s and 10m"));
         }
+        crate::signing::Verifier::from_entries(&w.trusted_keys)
+            .map_err(|e| invalid("worker.trusted_keys", e.to_string()))?;
         Ok(())
     }
 
@@ -656,6 +857,11 @@ impl Config {
             return Err(invalid("master.metrics_jobs", "at most 100 jobs get per-job series"));
         }
         validate_notify(&m.notify)?;
+        if let Some(f) = &m.signing_key_file {
+            crate::signing::Signer::from_file(f).map_err(|e| invalid("master.signing_key_file", e.to_string()))?;
+        }
+        crate::signing::Verifier::from_entries(&m.trusted_keys)
+            .map_err(|e| invalid("master.trusted_keys", e.to_string()))?;
         if m.lease_ttl < Duration::from_secs(2) || m.lease_ttl > Duration::from_secs(300) {
             return Err(invalid("master.lease_ttl", "must be between 2s and 5m"));
         }

@@ -17,6 +17,9 @@ pub struct EtcdProcess {
     log: PathBuf,
     /// `http://127.0.0.1:PORT`
     pub client_url: String,
+    /// Where `/health` answers over plain HTTP: the client URL, or a metrics URL of its own
+    /// when clients must speak TLS.
+    health_addr: String,
     pub peer_url: String,
     pub name: String,
     pub data_dir: PathBuf,
@@ -30,7 +33,51 @@ pub fn free_port() -> u16 {
         .expect("can bind 127.0.0.1:0")
 }
 
+/// The TLS of an etcd's client port: its own certificate, and (`client_ca`) the CA whose
+/// client certificates it requires (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
 impl EtcdProcess {
+    /// Starts a one-member cluster whose clients speak TLS (`https://`); `/health` is served
+    /// on a plain-HTTP metrics port of its own (`metrics_port`).
+    pub fn start_single_tls(
+        binary: &str,
+        data_dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        metrics_port: u16,
+        tls: &EtcdTls,
+    ) -> io::Result<Self> {
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let client_url = format!("https://127.0.0.1:{client_port}");
+        let mut extra = vec![
+            format!("--cert-file={}", tls.cert.display()),
+            format!("--key-file={}", tls.key.display()),
+            format!("--listen-metrics-urls=http://127.0.0.1:{metrics_port}"),
+        ];
+        if let Some(ca) = &tls.client_ca {
+            extra.push("--client-cert-auth".into());
+            extra.push(format!("--trusted-ca-file={}", ca.display()));
+        }
+        let mut p = Self::new_member(
+            binary,
+            "default",
+            data_dir,
+            &client_url,
+            &peer,
+            &format!("default={peer}"),
+            extra,
+        )?;
+        p.health_addr = format!("127.0.0.1:{metrics_port}");
+        p.spawn()?;
+        Ok(p)
+    }
+
     /// Starts a one-member cluster.
     pub fn start_single(binary: &str, data_dir: &Path, client_port: u16, peer_port: u16) -> io::Result<Self> {
         let peer = format!("http://127.0.0.1:{peer_port}");
@@ -53,10 +100,24 @@ impl EtcdProcess {
         peer_port: u16,
         initial_cluster: &str,
     ) -> io::Result<Self> {
-        std::fs::create_dir_all(data_dir)?;
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let args = vec![
+        let mut p = Self::new_member(binary, name, data_dir, &client_url, &peer_url, initial_cluster, Vec::new())?;
+        p.spawn()?;
+        Ok(p)
+    }
+
+    fn new_member(
+        binary: &str,
+        name: &str,
+        data_dir: &Path,
+        client_url: &str,
+        peer_url: &str,
+        initial_cluster: &str,
+        extra: Vec<String>,
+    ) -> io::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let mut args = vec![
             format!("--name={name}"),
             format!("--data-dir={}", data_dir.join("member-data").display()),
             format!("--listen-client-urls={client_url}"),
@@ -70,18 +131,18 @@ impl EtcdProcess {
             "--log-outputs=stderr".into(),
             "--log-level=warn".into(),
         ];
-        let mut p = EtcdProcess {
+        args.extend(extra);
+        Ok(EtcdProcess {
             child: None,
             binary: binary.to_string(),
             args,
             log: data_dir.join("etcd.log"),
-            client_url,
-            peer_url,
+            health_addr: client_url.trim_start_matches("http://").to_string(),
+            client_url: client_url.to_string(),
+            peer_url: peer_url.to_string(),
             name: name.to_string(),
             data_dir: data_dir.to_path_buf(),
-        };
-        p.spawn()?;
-        Ok(p)
+        })
     }
 
     fn spawn(&mut self) -> io::Result<()> {
@@ -119,7 +180,7 @@ impl EtcdProcess {
     /// Waits until `/health` answers healthy.
     pub async fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
         let start = Instant::now();
-        let addr = self.client_url.trim_start_matches("http://").to_string();
+        let addr = self.health_addr.clone();
         loop {
             if let Some(c) = self.child.as_mut()
                 && let Some(report) = crate::child_process::exit_report(c, &self.log, 5)

@@ -16,6 +16,10 @@
 //! - [`telemetry`]: metric names, typed internal events, logging, the ops HTTP listener.
 //! - [`timer`]: a deadline heap, the clock-free timer of both sans-I/O cores.
 //! - [`http_client`]: every outgoing HTTP client starts here (TLS provider installed once).
+//! - [`pem`]: PEM certificates and keys (etcd's CA and client certificate), read with errors
+//!   that name the file and what is wrong.
+//! - [`signing`]: job signatures (Ed25519): masters sign every job they store, workers run only
+//!   jobs signed by a key they trust.
 //! - [`etcd_process`]: starting etcd as a child process (standalone mode and tests).
 //! - [`mongo_process`]: starting the MongoDB stand-in server (`secantusd-py`) for tests and load tests.
 
@@ -30,7 +34,9 @@ pub mod logstore;
 pub mod master;
 pub mod model;
 pub mod mongo_process;
+pub mod pem;
 pub mod schedule;
+pub mod signing;
 pub mod telemetry;
 pub mod timer;
 pub mod worker;

@@ -49,6 +49,21 @@ struct CommonArgs {
     /// Log filter, e.g. info or cronmesh=debug.
     #[arg(long, env = "CRONMESH_LOG_LEVEL")]
     log_level: Option<String>,
+    /// PEM CA of etcd's server certificate (https:// endpoints).
+    #[arg(long, env = "CRONMESH_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (with --etcd-key).
+    #[arg(long, env = "CRONMESH_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "CRONMESH_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user; its password from --etcd-password-file or CRONMESH_ETCD_PASSWORD.
+    #[arg(long, env = "CRONMESH_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(long, env = "CRONMESH_ETCD_PASSWORD_FILE")]
+    etcd_password_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +92,44 @@ enum Cmd {
     HashToken {
         /// The token.
         token: String,
+    },
+    /// Administration: etcd roles for least privilege, job signing keys.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Print (or, with --apply, create) an etcd role for masters and one for workers, each
+    /// limited to the key ranges it needs under the prefix.
+    EtcdRoles {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Create the roles in etcd (connects with the --etcd-* settings; needs etcd's root role).
+        #[arg(long)]
+        apply: bool,
+        /// Role names are BASE-master and BASE-worker.
+        #[arg(long, default_value = "cronmesh")]
+        role_base: String,
+        /// With --apply: grant the master role to this etcd user.
+        #[arg(long)]
+        master_user: Option<String>,
+        /// With --apply: grant the worker role to this etcd user.
+        #[arg(long)]
+        worker_user: Option<String>,
+        /// With --apply: password file for creating --master-user when it does not exist.
+        #[arg(long)]
+        master_password_file: Option<PathBuf>,
+        /// With --apply: password file for creating --worker-user when it does not exist.
+        #[arg(long)]
+        worker_password_file: Option<PathBuf>,
+    },
+    /// Make an Ed25519 job signing key (PKCS#8 PEM, mode 0600) and print its public key, for
+    /// master.signing_key_file and worker.trusted_keys.
+    Keygen {
+        /// Where to write the private key (must not exist).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -193,14 +246,17 @@ fn main() -> Result<()> {
         println!("{}", cronmesh::master::auth::token_sha256_hex(token));
         return Ok(());
     }
+    if let Cmd::Admin(cmd) = cli.command {
+        return admin(cmd);
+    }
     let common = match &cli.command {
         Cmd::Master(m) => &m.common,
         Cmd::Worker(w) => &w.common,
         Cmd::Standalone(s) => &s.worker.common,
-        Cmd::Check { .. } | Cmd::HashToken { .. } | Cmd::Ctl(_) => unreachable!(),
+        Cmd::Check { .. } | Cmd::HashToken { .. } | Cmd::Ctl(_) | Cmd::Admin(_) => unreachable!(),
     };
     let mut config = Config::load(common.config.as_deref())?;
-    apply_common(&mut config, common);
+    apply_common(&mut config, common)?;
     let etcd_given = common.etcd.is_some();
     match &cli.command {
         Cmd::Master(m) => {
@@ -240,7 +296,7 @@ fn main() -> Result<()> {
             config.validate_worker()?;
             config.validate_master()?;
         }
-        Cmd::Check { .. } | Cmd::HashToken { .. } | Cmd::Ctl(_) => unreachable!(),
+        Cmd::Check { .. } | Cmd::HashToken { .. } | Cmd::Ctl(_) | Cmd::Admin(_) => unreachable!(),
     }
     // The tokens have been read into the config: nothing of this process passes them on, and
     // its initial environment (what /proc/PID/environ shows) no longer holds them.
@@ -260,7 +316,7 @@ fn main() -> Result<()> {
             Cmd::Master(_) => run_master(Arc::new(config)).await,
             Cmd::Worker(_) => run_worker(Arc::new(config)).await,
             Cmd::Standalone(s) => run_standalone(config, s.apply).await,
-            Cmd::Check { .. } | Cmd::HashToken { .. } | Cmd::Ctl(_) => unreachable!(),
+            Cmd::Check { .. } | Cmd::HashToken { .. } | Cmd::Ctl(_) | Cmd::Admin(_) => unreachable!(),
         }
     });
     if let Some(p) = provider {
@@ -270,10 +326,27 @@ fn main() -> Result<()> {
     result
 }
 
-fn apply_common(c: &mut Config, a: &CommonArgs) {
+fn apply_common(c: &mut Config, a: &CommonArgs) -> Result<()> {
     if let Some(e) = &a.etcd {
-        c.etcd = e.clone();
+        c.etcd.endpoints = e.clone();
     }
+    if let Some(v) = &a.etcd_ca {
+        c.etcd.ca_file = Some(v.clone());
+    }
+    if let Some(v) = &a.etcd_cert {
+        c.etcd.cert_file = Some(v.clone());
+    }
+    if let Some(v) = &a.etcd_key {
+        c.etcd.key_file = Some(v.clone());
+    }
+    if let Some(v) = &a.etcd_user {
+        c.etcd.user = Some(v.clone());
+    }
+    if let Some(v) = &a.etcd_password_file {
+        c.etcd.password_file = Some(v.clone());
+    }
+    let env_password = std::env::var("CRONMESH_ETCD_PASSWORD").ok().filter(|p| !p.is_empty());
+    c.etcd.resolve_password(env_password)?;
     if let Some(p) = &a.prefix {
         c.prefix = p.clone();
     }
@@ -283,6 +356,7 @@ fn apply_common(c: &mut Config, a: &CommonArgs) {
     if let Some(l) = &a.log_level {
         c.log_level = l.clone();
     }
+    Ok(())
 }
 
 fn apply_master(c: &mut Config, a: &MasterArgs) {
@@ -381,7 +455,12 @@ fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
 }
 
 /// The environment variables that carry secrets.
-const SECRET_VARIABLES: [&str; 3] = ["CRONMESH_ADMIN_TOKEN", "CRONMESH_READ_TOKEN", "CRONMESH_WORKER_TOKEN"];
+const SECRET_VARIABLES: [&str; 4] = [
+    "CRONMESH_ADMIN_TOKEN",
+    "CRONMESH_READ_TOKEN",
+    "CRONMESH_WORKER_TOKEN",
+    "CRONMESH_ETCD_PASSWORD",
+];
 
 /// Overwrites the values of `names` in place in the process' environment block, then removes
 /// them: a job (which runs as this user) that reads `/proc/<worker>/environ` finds zeros.
@@ -465,8 +544,106 @@ fn on_signals(token: CancellationToken) {
     });
 }
 
+/// How this process reaches etcd, from `[etcd]` (already validated).
+fn access(config: &Config) -> Result<cronmesh::coord::Access> {
+    Ok(cronmesh::coord::Access {
+        endpoints: config.etcd.endpoints.clone(),
+        tls: config.etcd.tls_files()?,
+        user: config
+            .etcd
+            .user
+            .clone()
+            .map(|u| (u, config.etcd.password.clone().unwrap_or_default())),
+    })
+}
+
+/// Connects to etcd and proves the access works before anything binds: a wrong CA, a refused
+/// certificate, a wrong password or a missing permission stops the process with the setting
+/// named. etcd down: without a user, go on (requests retry); with one, wait for etcd (nothing
+/// works unauthenticated), saying so every 10 s.
 async fn connect(config: &Config) -> Result<Coord> {
-    Ok(Coord::connect(&config.etcd, &config.prefix, config.etcd_timeout).await?)
+    use cronmesh::coord::AccessError;
+    let coord = Coord::connect_with(&access(config)?, &config.prefix, config.etcd_timeout).await?;
+    let mut waited = 0u32;
+    loop {
+        match coord.check_access().await {
+            Ok(()) => return Ok(coord),
+            Err(AccessError::Refused(m)) => anyhow::bail!("cannot use etcd at {}: {m}", coord.endpoints()),
+            Err(AccessError::Unreachable(e)) if config.etcd.user.is_none() => {
+                tracing::warn!(error = %e, "etcd is not reachable yet; starting anyway, requests are retried");
+                return Ok(coord);
+            }
+            Err(AccessError::Unreachable(e)) => {
+                if waited.is_multiple_of(10) {
+                    tracing::warn!(error = %e, user = ?config.etcd.user, "etcd is not reachable; waiting to authenticate before starting");
+                }
+                waited += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// `cronmesh admin …`.
+fn admin(cmd: AdminCmd) -> Result<()> {
+    match cmd {
+        AdminCmd::Keygen { out } => {
+            let key = cronmesh::signing::Signer::generate_to(&out)?;
+            println!("# key {} written to {} (mode 0600)", key.id(), out.display());
+            println!("# trust it on workers: worker.trusted_keys = [\"{}\"]", key.public_inline());
+            print!("{}", key.public_pem());
+            Ok(())
+        }
+        AdminCmd::EtcdRoles {
+            common,
+            apply,
+            role_base,
+            master_user,
+            worker_user,
+            master_password_file,
+            worker_password_file,
+        } => {
+            let mut config = Config::load(common.config.as_deref())?;
+            apply_common(&mut config, &common)?;
+            config.validate_common()?;
+            let keys = cronmesh::coord::Keys::new(&config.prefix);
+            let roles = cronmesh::coord::roles(&keys, &role_base);
+            if !apply {
+                for r in &roles {
+                    println!("# role {}", r.name);
+                    for line in r.etcdctl() {
+                        println!("{line}");
+                    }
+                }
+                return Ok(());
+            }
+            let read_pw = |f: &Option<PathBuf>| -> Result<Option<String>> {
+                f.as_ref()
+                    .map(|f| {
+                        std::fs::read_to_string(f)
+                            .map(|t| t.trim_end_matches(['\n', '\r']).to_string())
+                            .with_context(|| format!("cannot read {}", f.display()))
+                    })
+                    .transpose()
+            };
+            let mut users = Vec::new();
+            if let Some(u) = master_user {
+                users.push((u, roles[0].name.clone(), read_pw(&master_password_file)?));
+            }
+            if let Some(u) = worker_user {
+                users.push((u, roles[1].name.clone(), read_pw(&worker_password_file)?));
+            }
+            telemetry::init_logging(config.log_format, &config.log_level);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let coord = connect(&config).await?;
+                for line in coord.apply_roles(&roles, &users).await? {
+                    println!("{line}");
+                }
+                Ok(())
+            })
+        }
+    }
 }
 
 async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
@@ -498,11 +675,11 @@ fn reporter_for(config: &Config, sink: Arc<dyn ReportSink>) -> Result<Arc<dyn Re
 }
 
 async fn run_worker(config: Arc<Config>) -> Result<()> {
+    let coord = connect(&config).await?;
     let listener = match &config.worker.listen {
         Some(l) => Some(bind(l).await?),
         None => None,
     };
-    let coord = connect(&config).await?;
     let sink = Arc::new(HttpSink::new(
         coord.clone(),
         config.worker.masters.clone(),
@@ -536,10 +713,37 @@ fn retention(c: &Config) -> cronmesh::logstore::Retention {
     }
 }
 
+/// The master's signing key, if it has one; jobs signed by one of `master.trusted_keys` (a
+/// rotation's old key) are signed again with it.
+async fn signing(config: &Config, coord: Coord) -> Result<Coord> {
+    let Some(file) = &config.master.signing_key_file else {
+        tracing::warn!("master.signing_key_file is not set: jobs are stored unsigned, and workers with worker.trusted_keys will not run them");
+        return Ok(coord);
+    };
+    let signer = Arc::new(cronmesh::signing::Signer::from_file(file)?);
+    info!(key = signer.id(), "signing every job this master stores");
+    let coord = coord.with_signer(signer.clone());
+    let mut old = cronmesh::signing::Verifier::from_entries(&config.master.trusted_keys)?;
+    old.trust(&signer);
+    match coord.resign_jobs(&old).await {
+        Ok(r) => {
+            if r.resigned > 0 {
+                info!(jobs = r.resigned, key = signer.id(), "jobs signed by a trusted older key signed again with this master's key");
+            }
+            if r.untrusted > 0 {
+                tracing::warn!(jobs = r.untrusted, "jobs in etcd carry no signature this master trusts; workers with worker.trusted_keys will not run them until they are saved through the API");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not check the jobs' signatures at start"),
+    }
+    Ok(coord)
+}
+
 async fn run_master(config: Arc<Config>) -> Result<()> {
+    let coord = connect(&config).await?;
+    let coord = signing(&config, coord).await?;
     let listener = bind(&config.master.listen).await?;
     let store = cronmesh::logstore::open(&config.master.log_store, retention(&config)).await?;
-    let coord = connect(&config).await?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());
     let state = cronmesh::master::AppState::new(config.clone(), coord, store)?;
@@ -549,7 +753,21 @@ async fn run_master(config: Arc<Config>) -> Result<()> {
 
 async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
     let mut etcd = None;
-    let listener = bind(&config.master.listen).await?;
+    // a signing key of its own, made on first start; its worker trusts it
+    if config.master.signing_key_file.is_none() {
+        let file = config.standalone.data_dir.join("signing-key.pem");
+        let key = if file.exists() {
+            cronmesh::signing::Signer::from_file(&file)?
+        } else {
+            let k = cronmesh::signing::Signer::generate_to(&file)?;
+            info!(key = k.id(), file = %file.display(), "made a job signing key");
+            k
+        };
+        if config.worker.trusted_keys.is_empty() {
+            config.worker.trusted_keys.push(key.public_inline());
+        }
+        config.master.signing_key_file = Some(file);
+    }
     if config.standalone.private_etcd {
         let sa = &config.standalone;
         let dir = sa.data_dir.join("etcd");
@@ -562,11 +780,13 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
             )
         })?;
         info!(endpoint = %p.client_url, data = %dir.display(), "private etcd started");
-        config.etcd = vec![p.client_url.clone()];
+        config.etcd.endpoints = vec![p.client_url.clone()];
         etcd = Some(p);
     }
     let config = Arc::new(config);
     let coord = connect(&config).await?;
+    let coord = signing(&config, coord).await?;
+    let listener = bind(&config.master.listen).await?;
     let mut channels: Vec<&str> = config.master.notify.channels.iter().map(|c| c.name.as_str()).collect();
     channels.sort_unstable();
     for file in &apply {
@@ -576,6 +796,7 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
         // a restart with the same files writes nothing (no new revision, no rescheduling)
         if let Ok(Some(existing)) = coord.get_job(&spec.name).await
             && existing.spec == spec
+            && existing.signature.is_some()
         {
             info!(job = %spec.name, revision = existing.revision, "job unchanged");
             continue;

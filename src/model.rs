@@ -737,6 +737,19 @@ pub struct StoredJob {
     /// When it was paused (Unix ms), while it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_at: Option<i64>,
+    /// The signature of the master that stored it (`signing`); workers with trusted keys run
+    /// only jobs whose signature verifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<JobSignature>,
+}
+
+/// A master's Ed25519 signature of a job spec (see `signing`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSignature {
+    /// The signing key's id (16 hex digits of the SHA-256 of its public key).
+    pub key: String,
+    /// The signature, base64.
+    pub sig: String,
 }
 
 /// How a run came to be.

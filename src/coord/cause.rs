@@ -30,6 +30,8 @@ pub enum EtcdCause {
     NotServing(String),
     /// etcd refused this client's credentials or permission: its message.
     Denied(String),
+    /// The TLS handshake failed (an untrusted server certificate, a refused client one).
+    Tls(String),
     /// etcd answered this request with an error (too large, compacted, …): it is reachable.
     Rejected(String),
     /// Anything else on the way to etcd, shortened.
@@ -45,6 +47,7 @@ impl std::fmt::Display for EtcdCause {
             EtcdCause::Reset => f.write_str("connection reset"),
             EtcdCause::TimedOut => f.write_str("request timed out"),
             EtcdCause::NotServing(m) => write!(f, "not serving requests ({m})"),
+            EtcdCause::Tls(m) => write!(f, "TLS: {m}"),
             EtcdCause::Denied(m) | EtcdCause::Rejected(m) | EtcdCause::Other(m) => f.write_str(m),
         }
     }
@@ -110,6 +113,15 @@ fn chain_text(e: &etcd_client::Error) -> String {
 
 fn from_text(t: &str) -> Option<EtcdCause> {
     let has = |words: &[&str]| words.iter().any(|w| t.contains(w));
+    for marker in ["invalid peer certificate", "received fatal alert", "peer sent no certificates"] {
+        if let Some(i) = t.find(marker) {
+            let tail: String = t[i..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || " :_-".contains(*c))
+                .collect();
+            return Some(EtcdCause::Tls(tail.trim_end_matches([' ', ':']).to_string()));
+        }
+    }
     Some(if has(&["connection refused"]) {
         EtcdCause::Refused
     } else if has(&[

@@ -37,6 +37,17 @@ pub enum JobsGuard {
 }
 
 impl Coord {
+    /// This process signs every job it stores from now on (masters).
+    pub fn with_signer(mut self, signer: std::sync::Arc<crate::signing::Signer>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// The signature of `spec` by this process' key, if it has one.
+    fn sign(&self, spec: &JobSpec) -> Option<crate::model::JobSignature> {
+        self.signer.as_ref().map(|s| s.sign(self.keys.prefix(), spec))
+    }
+
     /// Creates or replaces a job after validating it. Keeps `created_at` of an existing job;
     /// optimistic concurrency (compare on the mod revision read) so two writers cannot interleave.
     pub async fn put_job(&self, spec: JobSpec) -> Result<StoredJob, CoordError> {
@@ -80,6 +91,7 @@ impl Coord {
                 revision: 0,
                 paused_reason,
                 paused_at,
+                signature: self.sign(&spec),
             };
             let key = self.keys.job(&spec.name);
             let value = encode(&stored);
@@ -138,6 +150,7 @@ impl Coord {
                     revision: 0,
                     paused_reason: None,
                     paused_at: None,
+                    signature: self.sign(spec),
                 };
                 puts.push(TxnOp::put(key, encode(&stored), None));
             }
@@ -272,6 +285,7 @@ impl Coord {
             ..job.clone()
         };
         stored.spec.paused = true;
+        stored.signature = self.sign(&stored.spec);
         let key = self.keys.job(name);
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, job.revision)])
@@ -285,7 +299,47 @@ impl Coord {
     }
 }
 
+/// What `resign_jobs` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resigned {
+    /// Jobs signed by another trusted key, now signed by this process' key.
+    pub resigned: usize,
+    /// Jobs with no signature the given keys trust (left as they are).
+    pub untrusted: usize,
+}
+
 impl Coord {
+    /// Signs again, with this process' key, every job whose signature verifies against
+    /// `trusted` but is by another key (a key rotation). A job whose signature no trusted key
+    /// verifies is never signed: that would launder a job written straight into etcd.
+    pub async fn resign_jobs(&self, trusted: &crate::signing::Verifier) -> Result<Resigned, CoordError> {
+        let mut out = Resigned::default();
+        let Some(signer) = self.signer.clone() else {
+            return Ok(out);
+        };
+        let (jobs, _) = self.list_jobs().await?;
+        for job in jobs {
+            match trusted.verify(self.keys.prefix(), &job.spec, job.signature.as_ref()) {
+                Err(_) => out.untrusted += 1,
+                Ok(()) if job.signature.as_ref().is_some_and(|s| s.key == signer.id()) => {}
+                Ok(()) => {
+                    let mut stored = job.clone();
+                    stored.signature = Some(signer.sign(self.keys.prefix(), &stored.spec));
+                    let key = self.keys.job(&stored.spec.name);
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, job.revision)])
+                        .and_then([TxnOp::put(key, encode(&stored), None)]);
+                    let resp = self.call("txn", |mut c| async move { c.txn(txn).await }).await?;
+                    // a job changed meanwhile was written (and signed) by someone else
+                    if resp.succeeded() {
+                        out.resigned += 1;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The jobs among `kvs`; a value that is not the job its key names is logged, counted
     /// (`cronmesh_bad_values_total{watch="jobs"}`) and skipped, so one bad key does not hide the
     /// rest.

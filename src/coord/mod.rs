@@ -20,6 +20,7 @@
 //! | `backfill/ticks/{id}` | the planned times it runs (JSON list) | as long as its state |
 //! | `backfill/leader` | the id of the master driving backfills | that master's session lease |
 
+mod admin;
 mod backfill;
 mod buffer;
 mod cause;
@@ -33,12 +34,13 @@ mod outage;
 mod signals;
 mod watch;
 
+pub use admin::{Grant, RoleSpec, roles};
 pub use backfill::{BACKFILL_SIGNAL_TTL_SECS, Backfill, BackfillState, InFlight};
 pub use buffer::{Appended, BufferEvent, BufferedTick, RunningEvent};
 pub use cause::EtcdCause;
 pub use claims::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
 pub use deps::{DECISION_TTL_SECS, DEP_SIGNAL_TTL_SECS, Decision};
-pub use jobs::JobsGuard;
+pub use jobs::{JobsGuard, Resigned};
 pub use ledger::Watermark;
 pub use membership::{Registration, Role};
 pub use notify::{Decided, Delivery, DeliveryStatus, InboxEntry, InboxEvent, OUTPUT_TAIL_BYTES, Streak};
@@ -146,6 +148,10 @@ impl Keys {
             TickId::Manual(id) => format!("{}claims/{job}/m{id}", self.prefix),
         }
     }
+    /// `claims/`: every job's claims.
+    pub fn claims(&self) -> String {
+        format!("{}claims/", self.prefix)
+    }
     pub fn running_all(&self) -> String {
         format!("{}running/", self.prefix)
     }
@@ -192,16 +198,92 @@ pub struct Coord {
     timeout: Duration,
     /// The endpoints for messages: `127.0.0.1:2379,10.0.0.2:2379`.
     endpoints: Arc<str>,
+    /// The etcd user and password, authenticated by `check_access`.
+    user: Option<Arc<(String, String)>>,
+    /// Signs every job this process stores (masters).
+    signer: Option<Arc<crate::signing::Signer>>,
+}
+
+/// How to reach etcd: endpoints, TLS, user.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub endpoints: Vec<String>,
+    pub tls: Option<crate::config::EtcdTlsFiles>,
+    /// Name and password.
+    pub user: Option<(String, String)>,
+}
+
+impl Access {
+    /// Plain endpoints: no TLS, no user.
+    pub fn plain(endpoints: &[String]) -> Self {
+        Access {
+            endpoints: endpoints.to_vec(),
+            ..Access::default()
+        }
+    }
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("endpoints", &self.endpoints)
+            .field("tls", &self.tls.is_some())
+            .field("user", &self.user.as_ref().map(|u| &u.0))
+            .finish()
+    }
+}
+
+/// Why `check_access` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// The configuration is wrong; the message names the setting.
+    #[error("{0}")]
+    Refused(String),
+    /// etcd is not reachable now.
+    #[error(transparent)]
+    Unreachable(CoordError),
+}
+
+/// What to check for a TLS failure, by what the handshake said.
+fn tls_advice(m: &str) -> String {
+    let l = m.to_lowercase();
+    if l.contains("unknownissuer") || l.contains("unknown issuer") || l.contains("invalid peer certificate") {
+        format!("etcd.ca_file: etcd's certificate is not trusted: {m} (is etcd.ca_file the CA that signed etcd's certificate?)")
+    } else if l.contains("certificaterequired") || l.contains("certificate required") {
+        format!("etcd.cert_file: etcd requires a client certificate: {m} (set etcd.cert_file and etcd.key_file)")
+    } else if l.contains("alert") {
+        format!("etcd.cert_file: etcd refused this process' client certificate: {m} (is it signed by etcd's --trusted-ca-file, and not expired?)")
+    } else {
+        format!("etcd.ca_file: the TLS connection to etcd failed: {m}")
+    }
 }
 
 impl Coord {
     /// Connects lazily: this succeeds even when etcd is down; the first request then fails.
     pub async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Self, CoordError> {
-        let opts = ConnectOptions::new()
+        Self::connect_with(&Access::plain(endpoints), prefix, timeout).await
+    }
+
+    /// `connect` with TLS and a user (`Access`). The user is not authenticated here (that
+    /// needs etcd up): `check_access` does it, and the token is refreshed when it expires.
+    pub async fn connect_with(access: &Access, prefix: &str, timeout: Duration) -> Result<Self, CoordError> {
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(timeout)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            .with_auto_token_refresh(true);
+        if let Some(tls) = &access.tls {
+            let mut t = etcd_client::TlsOptions::new();
+            if let Some(ca) = &tls.ca_pem {
+                t = t.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &tls.identity {
+                t = t.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            opts = opts.with_tls(t);
+        }
+        let endpoints = &access.endpoints;
         let shown: Arc<str> = endpoints
             .iter()
             .map(|e| e.trim_start_matches("http://").trim_start_matches("https://"))
@@ -221,7 +303,70 @@ impl Coord {
             keys: Keys::new(prefix),
             timeout,
             endpoints: shown,
+            user: access.user.clone().map(Arc::new),
+            signer: None,
         })
+    }
+
+    /// Proves at start that this process may use etcd as configured: authenticates its user and
+    /// reads the jobs prefix. `Refused` is for the operator (a wrong CA, a rejected certificate,
+    /// a wrong password, a user without the permission): the process should stop, naming the
+    /// setting. `Unreachable`: etcd is down; with a user nothing works until it is up.
+    pub async fn check_access(&self) -> Result<(), AccessError> {
+        let classify = |op: &'static str, e: &etcd_client::Error| -> AccessError {
+            let cause = EtcdCause::of(e);
+            tracing::debug!(op, error = ?e, "etcd access check failed");
+            match &cause {
+                EtcdCause::Tls(m) => AccessError::Refused(tls_advice(m)),
+                EtcdCause::Denied(m) => AccessError::Refused(match &self.user {
+                    Some(u) if op == "authenticate" => format!(
+                        "etcd.user: etcd refused user {:?}: {m} (check the password in etcd.password_file or CRONMESH_ETCD_PASSWORD)",
+                        u.0
+                    ),
+                    Some(u) => format!(
+                        "etcd.user: user {:?} may not read {}: {m} (grant it the role `cronmesh admin etcd-roles` prints)",
+                        u.0,
+                        self.keys.jobs()
+                    ),
+                    None => format!(
+                        "etcd.user: etcd requires authentication ({m}): set etcd.user (--etcd-user) and its password"
+                    ),
+                }),
+                _ => AccessError::Unreachable(CoordError::Etcd {
+                    op,
+                    endpoints: self.endpoints.clone(),
+                    cause,
+                }),
+            }
+        };
+        if let Some(u) = &self.user {
+            let mut c = self.client.clone();
+            tokio::time::timeout(self.timeout, c.update_user(Some((u.0.clone(), u.1.clone()))))
+                .await
+                .map_err(|_| {
+                    AccessError::Unreachable(CoordError::Timeout {
+                        op: "authenticate",
+                        endpoints: self.endpoints.clone(),
+                        timeout: self.timeout,
+                    })
+                })?
+                .map_err(|e| classify("authenticate", &e))?;
+        }
+        let key = self.keys.jobs();
+        let end = prefix_end(key.as_bytes());
+        let mut c = self.client.clone();
+        let opts = etcd_client::GetOptions::new().with_range(end).with_count_only();
+        tokio::time::timeout(self.timeout, c.get(key, Some(opts)))
+            .await
+            .map_err(|_| {
+                AccessError::Unreachable(CoordError::Timeout {
+                    op: "get",
+                    endpoints: self.endpoints.clone(),
+                    timeout: self.timeout,
+                })
+            })?
+            .map_err(|e| classify("get", &e))?;
+        Ok(())
     }
 
     /// The endpoints, as messages show them.

@@ -535,6 +535,7 @@ async fn put_job(
                 .filter(|_| would_pause)
                 .and_then(|j| j.paused_reason.clone()),
             paused_at: None,
+            signature: None,
         };
         return Ok(answer(would_be, change).await);
     }
@@ -1357,6 +1358,7 @@ mod tests {
             revision: 1,
             paused_reason: None,
             paused_at: None,
+            signature: None,
         };
         let v = job_view(job("backup-db", "H 3 * * *"), 1, None, Default::default());
         assert_eq!(

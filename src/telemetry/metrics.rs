@@ -104,6 +104,8 @@ pub struct Metrics {
     pub run_duration: Histogram,
     pub runs_in_progress: IntGauge,
     pub ticks_skipped: IntCounterVec,
+    /// Jobs refused for their signature (`unsigned`, `bad_signature`).
+    pub jobs_refused: IntCounterVec,
     pub ticks_overdue: IntCounter,
     pub ticks_missed: IntCounterVec,
     pub job_ticks_missed: IntCounterVec,
@@ -211,6 +213,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ticks_skipped: counter_vec(
             "cronmesh_ticks_skipped_total",
             "Ticks recorded as skipped, by reason (concurrency_forbid, misfire, capacity, ...).",
+            &["reason"],
+        ),
+        jobs_refused: counter_vec(
+            "cronmesh_jobs_refused_total",
+            "Job versions this worker refused to run because their signature did not verify against worker.trusted_keys, by reason (unsigned, bad_signature).",
             &["reason"],
         ),
         ticks_overdue: counter(
@@ -557,6 +564,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for w in ["jobs", "workers", "signals", "feed", "buffer"] {
         m.bad_values.with_label_values(&[w]);
+    }
+    for r in ["unsigned", "bad_signature"] {
+        m.jobs_refused.with_label_values(&[r]);
     }
     for r in SKIP_REASONS {
         m.ticks_skipped.with_label_values(&[r]);

@@ -108,6 +108,17 @@ pub async fn run(parts: SchedulerParts) {
     } = parts;
     let mut offsets_open = true;
     let mut core = Core::new(CoreConfig::from_config(&config.worker, info.started_at));
+    match crate::signing::Verifier::from_entries(&config.worker.trusted_keys) {
+        Ok(v) if !v.is_empty() => {
+            tracing::info!(keys = ?v.ids(), "running only jobs signed by these master keys");
+            core = core.with_trusted_keys(&config.prefix, Arc::new(v));
+        }
+        Ok(_) => tracing::warn!("worker.trusted_keys is not set: this worker runs every job in etcd, signed or not; whoever can write jobs/ in etcd can run commands here"),
+        Err(e) => {
+            tracing::error!(error = %e, "worker.trusted_keys cannot be read; running no job");
+            core = core.with_trusted_keys(&config.prefix, Arc::new(crate::signing::Verifier::default()));
+        }
+    }
     let (tx, mut rx) = mpsc::channel(INPUT_CHANNEL);
     let mut lease_watch = registration.lease_watch();
     let mut shell = Shell {

@@ -43,6 +43,7 @@ use crate::telemetry::events::{
 use crate::telemetry::metrics::METRICS;
 use crate::timer::TimerHeap;
 use crate::worker::executor::{Ending, ExecResult};
+use sha2::Digest as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,6 +166,9 @@ enum Timer {
 /// The sans-I/O scheduler of one worker.
 pub struct Core {
     cfg: CoreConfig,
+    /// The cluster's key prefix and the keys whose signatures this worker accepts
+    /// (`worker.trusted_keys`); none: every job runs (unsigned fleets).
+    trust: Option<(String, Arc<crate::signing::Verifier>)>,
     jobs: HashMap<String, JobState>,
     schedules: ScheduleCache,
     members: BTreeMap<String, WorkerInfo>,
@@ -239,6 +243,7 @@ impl Core {
         Core {
             slots: Slots::new(cfg.max_concurrent_runs),
             cfg,
+            trust: None,
             jobs: HashMap::new(),
             schedules: ScheduleCache::default(),
             members: BTreeMap::new(),
@@ -580,6 +585,12 @@ impl Core {
         self.try_run_now(now);
     }
 
+    /// Runs only jobs signed by one of `verifier`'s keys for the cluster `prefix`.
+    pub fn with_trusted_keys(mut self, prefix: &str, verifier: Arc<crate::signing::Verifier>) -> Self {
+        self.trust = Some((prefix.to_string(), verifier));
+        self
+    }
+
     fn upsert_job(&mut self, now: i64, read: JobRead) {
         let job = match read {
             JobRead::Job(j) => *j,
@@ -589,6 +600,12 @@ impl Core {
                 return;
             }
         };
+        if let Some((prefix, verifier)) = &self.trust
+            && let Err(refusal) = verifier.verify(prefix, &job.spec, job.signature.as_ref())
+        {
+            self.refuse_job(now, &job, refusal);
+            return;
+        }
         let schedule = match job
             .spec
             .validate_with(|expr, tz, job| self.schedules.get_or_parse(expr, tz, job))
@@ -656,6 +673,36 @@ impl Core {
     }
 
     /// Removes a job and every name it is scheduled under.
+    /// A job whose signature does not verify: nothing of it runs. One `skipped` record per
+    /// version (every worker reports the same run id, so the run log keeps one).
+    fn refuse_job(&mut self, now: i64, job: &StoredJob, refusal: crate::signing::Refusal) {
+        let name = job.spec.name.clone();
+        let why = match refusal {
+            crate::signing::Refusal::Unsigned => "it carries no signature".to_string(),
+            crate::signing::Refusal::BadSignature => format!(
+                "its signature (key {}) does not verify against this worker's worker.trusted_keys",
+                job.signature.as_ref().map(|s| s.key.as_str()).unwrap_or("?")
+            ),
+        };
+        error!(job = %name, revision = job.revision, reason = refusal.as_str(), "job in etcd was not stored by a trusted master ({why}) and will not run; write it through the API");
+        METRICS.jobs_refused.with_label_values(&[refusal.as_str()]).inc();
+        self.remove_job(&name);
+        let digest = sha2::Sha256::digest(format!("refused/{name}/{}", job.revision).as_bytes());
+        let run_id: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let mut rec = crate::model::RunRecord::new(
+            &name,
+            &run_id,
+            1,
+            crate::model::Trigger::Schedule,
+            job.updated_at.max(0),
+            &self.cfg.worker,
+            RunStatus::Skipped,
+        );
+        rec.ended_at = Some(now);
+        rec.error = Some(format!("{}: {why}; nothing was run", refusal.as_str()));
+        self.effects.push_back(Effect::ReportFinished(Box::new(rec)));
+    }
+
     fn remove_job(&mut self, name: &str) {
         let parts = self.parts.remove(name).unwrap_or_else(|| vec![name.to_string()]);
         for p in parts {
