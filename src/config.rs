@@ -194,8 +194,12 @@ impl EtcdConfig {
         }
         let password = match (&self.password_file, env_password) {
             (Some(f), _) => {
-                let text = std::fs::read_to_string(f)
-                    .map_err(|e| invalid("etcd.password_file", format!("cannot read {}: {}", f.display(), io_reason(&e))))?;
+                let text = std::fs::read_to_string(f).map_err(|e| {
+                    invalid(
+                        "etcd.password_file",
+                        format!("cannot read {}: {}", f.display(), io_reason(&e)),
+                    )
+                })?;
                 text.trim_end_matches(['\n', '\r']).to_string()
             }
             (None, Some(p)) => p,
@@ -248,11 +252,22 @@ impl EtcdConfig {
         };
         let identity = match (&self.cert_file, &self.key_file) {
             (None, None) => None,
-            (Some(_), None) => return Err(invalid("etcd.key_file", "etcd.cert_file is set: set its key too (--etcd-key)")),
-            (None, Some(_)) => return Err(invalid("etcd.cert_file", "etcd.key_file is set: set its certificate too (--etcd-cert)")),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "etcd.key_file",
+                    "etcd.cert_file is set: set its key too (--etcd-key)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "etcd.cert_file",
+                    "etcd.key_file is set: set its certificate too (--etcd-cert)",
+                ));
+            }
             (Some(c), Some(k)) => {
                 let cert = read_pem("etcd.cert_file", c)?;
-                let certs = crate::pem::certificates("etcd.cert_file", c, &cert).map_err(|m| invalid("etcd.cert_file", m))?;
+                let certs =
+                    crate::pem::certificates("etcd.cert_file", c, &cert).map_err(|m| invalid("etcd.cert_file", m))?;
                 crate::pem::check_validity(&certs[0], crate::coord::now_ms())
                     .map_err(|m| invalid("etcd.cert_file", format!("{}: {m}", c.display())))?;
                 let key = read_pem("etcd.key_file", k)?;

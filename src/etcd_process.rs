@@ -102,7 +102,15 @@ impl EtcdProcess {
     ) -> io::Result<Self> {
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut p = Self::new_member(binary, name, data_dir, &client_url, &peer_url, initial_cluster, Vec::new())?;
+        let mut p = Self::new_member(
+            binary,
+            name,
+            data_dir,
+            &client_url,
+            &peer_url,
+            initial_cluster,
+            Vec::new(),
+        )?;
         p.spawn()?;
         Ok(p)
     }

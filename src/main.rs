@@ -123,6 +123,10 @@ enum AdminCmd {
         /// With --apply: password file for creating --worker-user when it does not exist.
         #[arg(long)]
         worker_password_file: Option<PathBuf>,
+        /// With --apply: then turn etcd's authentication on, creating user `root` (role root)
+        /// with the password in this file if it does not exist.
+        #[arg(long)]
+        enable_auth_root_password_file: Option<PathBuf>,
     },
     /// Make an Ed25519 job signing key (PKCS#8 PEM, mode 0600) and print its public key, for
     /// master.signing_key_file and worker.trusted_keys.
@@ -162,6 +166,9 @@ struct MasterArgs {
     /// How long after a tick's starting deadline the ledger accounts for it, e.g. 5s.
     #[arg(long, env = "CRONMESH_LEDGER_GRACE")]
     ledger_grace: Option<humantime::Duration>,
+    /// Ed25519 key (PKCS#8 PEM) to sign every stored job with (`cronmesh admin keygen`).
+    #[arg(long, env = "CRONMESH_SIGNING_KEY_FILE")]
+    signing_key: Option<PathBuf>,
 }
 
 #[derive(Args, Default)]
@@ -204,6 +211,10 @@ struct WorkerArgs {
     /// Jobs that get per-job metric series (at most 100), comma-separated.
     #[arg(long, env = "CRONMESH_METRICS_JOBS", value_delimiter = ',')]
     metrics_jobs: Vec<String>,
+    /// Master public keys whose job signatures this worker accepts (PEM files or
+    /// ed25519:BASE64), comma-separated; set, unsigned jobs never run.
+    #[arg(long, env = "CRONMESH_TRUSTED_KEYS", value_delimiter = ',')]
+    trusted_keys: Vec<String>,
 }
 
 #[derive(Args)]
@@ -384,6 +395,9 @@ fn apply_master(c: &mut Config, a: &MasterArgs) {
     if let Some(v) = a.ledger_grace {
         c.master.ledger_grace = v.into();
     }
+    if let Some(v) = &a.signing_key {
+        c.master.signing_key_file = Some(v.clone());
+    }
 }
 
 /// Tokens from `CRONMESH_ADMIN_TOKEN`, `CRONMESH_READ_TOKEN`, `CRONMESH_WORKER_TOKEN`.
@@ -445,6 +459,9 @@ fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
     }
     if !a.metrics_jobs.is_empty() {
         w.metrics_jobs = a.metrics_jobs.clone();
+    }
+    if !a.trusted_keys.is_empty() {
+        w.trusted_keys = a.trusted_keys.clone();
     }
     if let Ok(t) = std::env::var("CRONMESH_WORKER_TOKEN")
         && !t.is_empty()
@@ -590,7 +607,10 @@ fn admin(cmd: AdminCmd) -> Result<()> {
         AdminCmd::Keygen { out } => {
             let key = cronmesh::signing::Signer::generate_to(&out)?;
             println!("# key {} written to {} (mode 0600)", key.id(), out.display());
-            println!("# trust it on workers: worker.trusted_keys = [\"{}\"]", key.public_inline());
+            println!(
+                "# trust it on workers: worker.trusted_keys = [\"{}\"]",
+                key.public_inline()
+            );
             print!("{}", key.public_pem());
             Ok(())
         }
@@ -602,6 +622,7 @@ fn admin(cmd: AdminCmd) -> Result<()> {
             worker_user,
             master_password_file,
             worker_password_file,
+            enable_auth_root_password_file,
         } => {
             let mut config = Config::load(common.config.as_deref())?;
             apply_common(&mut config, &common)?;
@@ -639,6 +660,13 @@ fn admin(cmd: AdminCmd) -> Result<()> {
                 let coord = connect(&config).await?;
                 for line in coord.apply_roles(&roles, &users).await? {
                     println!("{line}");
+                }
+                if let Some(f) = &enable_auth_root_password_file {
+                    let pw = read_pw(&Some(f.clone()))?.unwrap_or_default();
+                    anyhow::ensure!(!pw.is_empty(), "{}: the root password is empty", f.display());
+                    for line in coord.enable_auth(&pw).await? {
+                        println!("{line}");
+                    }
                 }
                 Ok(())
             })
@@ -717,7 +745,9 @@ fn retention(c: &Config) -> cronmesh::logstore::Retention {
 /// rotation's old key) are signed again with it.
 async fn signing(config: &Config, coord: Coord) -> Result<Coord> {
     let Some(file) = &config.master.signing_key_file else {
-        tracing::warn!("master.signing_key_file is not set: jobs are stored unsigned, and workers with worker.trusted_keys will not run them");
+        tracing::warn!(
+            "master.signing_key_file is not set: jobs are stored unsigned, and workers with worker.trusted_keys will not run them"
+        );
         return Ok(coord);
     };
     let signer = Arc::new(cronmesh::signing::Signer::from_file(file)?);
@@ -728,10 +758,17 @@ async fn signing(config: &Config, coord: Coord) -> Result<Coord> {
     match coord.resign_jobs(&old).await {
         Ok(r) => {
             if r.resigned > 0 {
-                info!(jobs = r.resigned, key = signer.id(), "jobs signed by a trusted older key signed again with this master's key");
+                info!(
+                    jobs = r.resigned,
+                    key = signer.id(),
+                    "jobs signed by a trusted older key signed again with this master's key"
+                );
             }
             if r.untrusted > 0 {
-                tracing::warn!(jobs = r.untrusted, "jobs in etcd carry no signature this master trusts; workers with worker.trusted_keys will not run them until they are saved through the API");
+                tracing::warn!(
+                    jobs = r.untrusted,
+                    "jobs in etcd carry no signature this master trusts; workers with worker.trusted_keys will not run them until they are saved through the API"
+                );
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not check the jobs' signatures at start"),

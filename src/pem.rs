@@ -22,7 +22,9 @@ pub fn certificates(_key: &str, file: &Path, pem: &[u8]) -> Result<Vec<Certifica
 /// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => "holds no PEM private key (-----BEGIN PRIVATE KEY-----)".to_string(),
+        rustls_pki_types::pem::Error::NoItemsFound => {
+            "holds no PEM private key (-----BEGIN PRIVATE KEY-----)".to_string()
+        }
         e => format!("not a PEM private key: {e}"),
     })
 }

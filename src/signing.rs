@@ -81,14 +81,19 @@ impl Signer {
             message,
         };
         let (kind, der) = <(SectionKind, Vec<u8>)>::from_pem_slice(&text).map_err(|e| match e {
-            rustls_pki_types::pem::Error::NoItemsFound => bad("holds no PEM section (-----BEGIN PRIVATE KEY-----)".into()),
+            rustls_pki_types::pem::Error::NoItemsFound => {
+                bad("holds no PEM section (-----BEGIN PRIVATE KEY-----)".into())
+            }
             e => bad(format!("not a PEM file: {e}")),
         })?;
         if kind != SectionKind::PrivateKey {
-            return Err(bad("is not a PKCS#8 private key (-----BEGIN PRIVATE KEY-----); make one with `cronmesh admin keygen`".into()));
+            return Err(bad(
+                "is not a PKCS#8 private key (-----BEGIN PRIVATE KEY-----); make one with `cronmesh admin keygen`"
+                    .into(),
+            ));
         }
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
-            .map_err(|e| bad(format!("is not an Ed25519 key: {e}")))?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| bad(format!("is not an Ed25519 key: {e}")))?;
         let id = key_id(pair.public_key().as_ref());
         Ok(Signer { pair, id })
     }
@@ -119,7 +124,8 @@ impl Signer {
                 path: shown.clone(),
                 error,
             })?;
-        f.write_all(pem.as_bytes()).map_err(|error| KeyError::Read { path: shown, error })?;
+        f.write_all(pem.as_bytes())
+            .map_err(|error| KeyError::Read { path: shown, error })?;
         Self::from_file(path)
     }
 
@@ -232,7 +238,10 @@ fn public_key(entry: &str) -> Result<Vec<u8>, KeyError> {
             .decode(b64.trim())
             .map_err(|e| bad(format!("is not base64: {e}")))?;
         if raw.len() != 32 {
-            return Err(bad(format!("an Ed25519 public key has 32 bytes, this one {}", raw.len())));
+            return Err(bad(format!(
+                "an Ed25519 public key has 32 bytes, this one {}",
+                raw.len()
+            )));
         }
         return Ok(raw);
     }
@@ -268,18 +277,36 @@ mod tests {
         let trusted = Verifier::from_entries(&[pub_a.display().to_string()]).unwrap();
         let s = a.sign("/c/", &spec("true"));
         assert_eq!(trusted.verify("/c/", &spec("true"), Some(&s)), Ok(()));
-        assert_eq!(trusted.verify("/c/", &spec("rm -rf /"), Some(&s)), Err(Refusal::BadSignature));
-        assert_eq!(trusted.verify("/other/", &spec("true"), Some(&s)), Err(Refusal::BadSignature));
+        assert_eq!(
+            trusted.verify("/c/", &spec("rm -rf /"), Some(&s)),
+            Err(Refusal::BadSignature)
+        );
+        assert_eq!(
+            trusted.verify("/other/", &spec("true"), Some(&s)),
+            Err(Refusal::BadSignature)
+        );
         assert_eq!(trusted.verify("/c/", &spec("true"), None), Err(Refusal::Unsigned));
         let by_b = b.sign("/c/", &spec("true"));
-        assert_eq!(trusted.verify("/c/", &spec("true"), Some(&by_b)), Err(Refusal::BadSignature));
+        assert_eq!(
+            trusted.verify("/c/", &spec("true"), Some(&by_b)),
+            Err(Refusal::BadSignature)
+        );
         // a forged signature under a's key id
-        let forged = JobSignature { key: a.id().to_string(), ..by_b };
-        assert_eq!(trusted.verify("/c/", &spec("true"), Some(&forged)), Err(Refusal::BadSignature));
+        let forged = JobSignature {
+            key: a.id().to_string(),
+            ..by_b
+        };
+        assert_eq!(
+            trusted.verify("/c/", &spec("true"), Some(&forged)),
+            Err(Refusal::BadSignature)
+        );
         // rotation: both keys trusted at once, inline form
         let both = Verifier::from_entries(&[pub_a.display().to_string(), b.public_inline()]).unwrap();
         assert_eq!(both.verify("/c/", &spec("true"), Some(&s)), Ok(()));
-        assert_eq!(both.verify("/c/", &spec("true"), Some(&b.sign("/c/", &spec("true")))), Ok(()));
+        assert_eq!(
+            both.verify("/c/", &spec("true"), Some(&b.sign("/c/", &spec("true")))),
+            Ok(())
+        );
     }
 
     #[test]

@@ -37,7 +37,11 @@ pub fn roles(keys: &Keys, base: &str) -> Vec<RoleSpec> {
         RoleSpec {
             name: format!("{base}-worker"),
             grants: vec![
-                g(false, keys.prefix().to_string(), "workers read jobs, members, claims and signals"),
+                g(
+                    false,
+                    keys.prefix().to_string(),
+                    "workers read jobs, members, claims and signals",
+                ),
                 g(true, keys.workers(), "its registration (under its session lease)"),
                 g(true, keys.claims(), "claims of ticks"),
                 g(true, keys.running_all(), "running marks (forbid, buffer jobs)"),
@@ -83,11 +87,16 @@ impl Coord {
         for r in roles {
             if !existing.contains(&r.name) {
                 let name = r.name.clone();
-                self.call("role_add", |mut c| async move { c.role_add(name).await }).await?;
+                self.call("role_add", |mut c| async move { c.role_add(name).await })
+                    .await?;
                 done.push(format!("role {} created", r.name));
             }
             for g in &r.grants {
-                let kind = if g.write { PermissionType::Readwrite } else { PermissionType::Read };
+                let kind = if g.write {
+                    PermissionType::Readwrite
+                } else {
+                    PermissionType::Read
+                };
                 let perm = Permission::new(kind, g.prefix.clone()).with_range_end(prefix_end(g.prefix.as_bytes()));
                 let name = r.name.clone();
                 self.call("role_grant_permission", |mut c| async move {
@@ -124,6 +133,31 @@ impl Coord {
                 .await?;
             done.push(format!("user {user}: role {role}"));
         }
+        Ok(done)
+    }
+
+    /// Turns etcd's authentication on: user `root` (created with `root_password` when absent)
+    /// gets role `root`, then `auth enable`. From then on every client needs a user.
+    pub async fn enable_auth(&self, root_password: &str) -> Result<Vec<String>, CoordError> {
+        let mut done = Vec::new();
+        let known: Vec<String> = self
+            .call("user_list", |mut c| async move { c.user_list().await })
+            .await?
+            .users()
+            .to_vec();
+        if !known.iter().any(|u| u == "root") {
+            let pw = root_password.to_string();
+            self.call("user_add", |mut c| async move { c.user_add("root", pw, None).await })
+                .await?;
+            done.push("user root created".to_string());
+        }
+        self.call("user_grant_role", |mut c| async move {
+            c.user_grant_role("root", "root").await
+        })
+        .await?;
+        self.call("auth_enable", |mut c| async move { c.auth_enable().await })
+            .await?;
+        done.push("authentication enabled".to_string());
         Ok(done)
     }
 }

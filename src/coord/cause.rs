@@ -113,7 +113,11 @@ fn chain_text(e: &etcd_client::Error) -> String {
 
 fn from_text(t: &str) -> Option<EtcdCause> {
     let has = |words: &[&str]| words.iter().any(|w| t.contains(w));
-    for marker in ["invalid peer certificate", "received fatal alert", "peer sent no certificates"] {
+    for marker in [
+        "invalid peer certificate",
+        "received fatal alert",
+        "peer sent no certificates",
+    ] {
         if let Some(i) = t.find(marker) {
             let tail: String = t[i..]
                 .chars()
@@ -121,6 +125,14 @@ fn from_text(t: &str) -> Option<EtcdCause> {
                 .collect();
             return Some(EtcdCause::Tls(tail.trim_end_matches([' ', ':']).to_string()));
         }
+    }
+    if has(&["authentication failed", "invalid user id or password"]) {
+        return Some(EtcdCause::Denied(
+            "authentication failed, invalid user ID or password".into(),
+        ));
+    }
+    if has(&["user name is empty", "user name not found"]) {
+        return Some(EtcdCause::Denied("no user given (etcd has authentication on)".into()));
     }
     Some(if has(&["connection refused"]) {
         EtcdCause::Refused

@@ -202,6 +202,8 @@ pub struct Coord {
     user: Option<Arc<(String, String)>>,
     /// Signs every job this process stores (masters).
     signer: Option<Arc<crate::signing::Signer>>,
+    /// TLS is configured: with a client certificate (`Some(true)`) or without.
+    tls: Option<bool>,
 }
 
 /// How to reach etcd: endpoints, TLS, user.
@@ -248,11 +250,15 @@ pub enum AccessError {
 fn tls_advice(m: &str) -> String {
     let l = m.to_lowercase();
     if l.contains("unknownissuer") || l.contains("unknown issuer") || l.contains("invalid peer certificate") {
-        format!("etcd.ca_file: etcd's certificate is not trusted: {m} (is etcd.ca_file the CA that signed etcd's certificate?)")
+        format!(
+            "etcd.ca_file: etcd's certificate is not trusted: {m} (is etcd.ca_file the CA that signed etcd's certificate?)"
+        )
     } else if l.contains("certificaterequired") || l.contains("certificate required") {
         format!("etcd.cert_file: etcd requires a client certificate: {m} (set etcd.cert_file and etcd.key_file)")
     } else if l.contains("alert") {
-        format!("etcd.cert_file: etcd refused this process' client certificate: {m} (is it signed by etcd's --trusted-ca-file, and not expired?)")
+        format!(
+            "etcd.cert_file: etcd refused this process' client certificate: {m} (is it signed by etcd's --trusted-ca-file, and not expired?)"
+        )
     } else {
         format!("etcd.ca_file: the TLS connection to etcd failed: {m}")
     }
@@ -305,6 +311,7 @@ impl Coord {
             endpoints: shown,
             user: access.user.clone().map(Arc::new),
             signer: None,
+            tls: access.tls.as_ref().map(|t| t.identity.is_some()),
         })
     }
 
@@ -313,6 +320,36 @@ impl Coord {
     /// a wrong password, a user without the permission): the process should stop, naming the
     /// setting. `Unreachable`: etcd is down; with a user nothing works until it is up.
     pub async fn check_access(&self) -> Result<(), AccessError> {
+        // TLS 1.3: a server that refuses the client's certificate does so after the handshake,
+        // by closing the connection; a reset on each of a few tries is that refusal
+        let mut resets = 0;
+        loop {
+            let res = self.check_access_once().await;
+            let closed = matches!(
+                &res,
+                Err(AccessError::Unreachable(CoordError::Etcd {
+                    cause: EtcdCause::Reset | EtcdCause::Other(_),
+                    ..
+                }))
+            ) && self.tls.is_some();
+            match res {
+                Err(_) if closed && resets < 3 => {
+                    resets += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) if closed => {
+                    return Err(AccessError::Refused(if self.tls == Some(true) {
+                        "etcd.cert_file: etcd closes the TLS connection after the handshake: it refused this process' client certificate (is it signed by etcd's --trusted-ca-file?)".into()
+                    } else {
+                        "etcd.cert_file: etcd closes the TLS connection after the handshake: it requires a client certificate (set etcd.cert_file and etcd.key_file)".into()
+                    }));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn check_access_once(&self) -> Result<(), AccessError> {
         let classify = |op: &'static str, e: &etcd_client::Error| -> AccessError {
             let cause = EtcdCause::of(e);
             tracing::debug!(op, error = ?e, "etcd access check failed");

@@ -82,7 +82,8 @@ pub async fn health(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Resu
     let endpoints = st
         .config
         .etcd
-        .endpoints.iter()
+        .endpoints
+        .iter()
         .map(|e| e.trim_start_matches("http://").trim_start_matches("https://"))
         .collect::<Vec<_>>()
         .join(",");

@@ -126,6 +126,52 @@ impl Cluster {
         }
     }
 
+    /// A cluster around an etcd the test started itself (TLS, users), reached through `coord`;
+    /// its processes get the flags that reach it in their `extra`.
+    pub fn with_etcd(dir: TempDir, etcd: EtcdProcess, coord: Coord) -> Self {
+        Cluster {
+            dir,
+            etcd,
+            coord,
+            prefix: "/cm-test/".to_string(),
+            workers: BTreeMap::new(),
+            masters: BTreeMap::new(),
+            http: cronmesh::http_client::client(),
+            worker_args: vec!["--lease-ttl".into(), "2s".into()],
+            mongo: None,
+            master_env: Vec::new(),
+        }
+    }
+
+    /// Runs `cronmesh ARGS` to its end (killed after 30 s): exit code (none when killed) and
+    /// its output.
+    pub async fn run_cronmesh(&self, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+        let out_file = self.path(&format!("run-{}.out", uuid::Uuid::new_v4().simple()));
+        let f = std::fs::File::create(&out_file).expect("output file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cronmesh"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info,cronmesh=debug")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("run cronmesh");
+        let start = Instant::now();
+        let code = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status.code();
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        (code, std::fs::read_to_string(&out_file).unwrap_or_default())
+    }
+
     /// Starts the MongoDB stand-in server (`secantusd-py`) for this cluster and returns a
     /// `--log-store` URI for database `cronmesh`; `None` (after saying SKIPPED) where the server
     /// is not installed, which fails the test under CI.

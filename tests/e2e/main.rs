@@ -34,6 +34,7 @@ mod policies;
 mod quickstart;
 mod resume;
 mod schedules;
+mod security;
 mod shards;
 mod sinks;
 mod standalone;

@@ -113,7 +113,9 @@ pub async fn run(parts: SchedulerParts) {
             tracing::info!(keys = ?v.ids(), "running only jobs signed by these master keys");
             core = core.with_trusted_keys(&config.prefix, Arc::new(v));
         }
-        Ok(_) => tracing::warn!("worker.trusted_keys is not set: this worker runs every job in etcd, signed or not; whoever can write jobs/ in etcd can run commands here"),
+        Ok(_) => tracing::warn!(
+            "worker.trusted_keys is not set: this worker runs every job in etcd, signed or not; whoever can write jobs/ in etcd can run commands here"
+        ),
         Err(e) => {
             tracing::error!(error = %e, "worker.trusted_keys cannot be read; running no job");
             core = core.with_trusted_keys(&config.prefix, Arc::new(crate::signing::Verifier::default()));
