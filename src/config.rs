@@ -1058,6 +1058,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn etcd_is_a_list_of_endpoints_or_a_table_and_its_tls_and_user_settings_are_checked() {
+        let c = Config::from_toml(r#"etcd = ["http://10.0.0.1:2379"]"#).unwrap();
+        assert_eq!(c.etcd.endpoints, ["http://10.0.0.1:2379"]);
+        let c = Config::from_toml("[etcd]\nendpoints = [\"https://e:2379\"]\nca_file = \"/x/ca.pem\"\nuser = \"w\"\n").unwrap();
+        assert_eq!(c.etcd.user.as_deref(), Some("w"));
+        let e = Config::from_toml("[etcd]\ncafile = \"x\"\n").unwrap_err();
+        assert!(e.contains("unknown field `cafile`"), "{e}");
+        let key = |c: &Config| match c.validate_common() {
+            Err(ConfigError::Invalid { key, message }) => format!("{key}: {message}"),
+            other => panic!("{other:?}"),
+        };
+        // the CA file is read before anything connects
+        assert!(key(&c).starts_with("etcd.ca_file: cannot read /x/ca.pem: no such file"), "{}", key(&c));
+        let c = Config::from_toml(r#"etcd = ["https://e:2379"]"#).unwrap();
+        assert!(key(&c).starts_with("etcd.ca_file: https:// endpoints need"), "{}", key(&c));
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let mut c = Config::default();
+        c.etcd.endpoints = vec!["http://e:2379".into()];
+        c.etcd.ca_file = Some(not_pem.clone());
+        assert!(key(&c).contains("is plain http, but TLS files are set"), "{}", key(&c));
+        c.etcd.endpoints = vec!["https://e:2379".into()];
+        assert!(key(&c).starts_with("etcd.ca_file:") && key(&c).contains("holds no PEM certificate"), "{}", key(&c));
+        // a password without a user, a user without a password, a password file
+        let mut e = EtcdConfig::default();
+        assert!(e.resolve_password(Some("pw".into())).is_err());
+        e.user = Some("w".into());
+        let err = e.resolve_password(None).unwrap_err().to_string();
+        assert!(err.contains("etcd.user") && err.contains("needs a password"), "{err}");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        e.password_file = Some(pw);
+        e.resolve_password(Some("ignored".into())).unwrap();
+        assert_eq!(e.password.as_deref(), Some("s3cret"));
+        // the password never reaches what the config prints
+        assert!(!serde_json::to_string(&e).unwrap().contains("s3cret"));
+    }
+
+    #[test]
     fn the_default_spool_is_a_state_directory_never_the_directory_the_worker_is_started_in() {
         let env = |vars: &'static [(&'static str, &'static str)]| {
             move |name: &str| {

@@ -104,7 +104,7 @@ enum AdminCmd {
     /// limited to the key ranges it needs under the prefix.
     EtcdRoles {
         #[command(flatten)]
-        common: CommonArgs,
+        common: Box<CommonArgs>,
         /// Create the roles in etcd (connects with the --etcd-* settings; needs etcd's root role).
         #[arg(long)]
         apply: bool,

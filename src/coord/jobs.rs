@@ -45,7 +45,7 @@ impl Coord {
 
     /// The signature of `spec` by this process' key, if it has one.
     fn sign(&self, spec: &JobSpec) -> Option<crate::model::JobSignature> {
-        self.signer.as_ref().map(|s| s.sign(self.keys.prefix(), spec))
+        self.signer.as_ref().map(|s| s.sign(self.cluster_prefix(), spec))
     }
 
     /// Creates or replaces a job after validating it. Keeps `created_at` of an existing job;
@@ -319,12 +319,12 @@ impl Coord {
         };
         let (jobs, _) = self.list_jobs().await?;
         for job in jobs {
-            match trusted.verify(self.keys.prefix(), &job.spec, job.signature.as_ref()) {
+            match trusted.verify(self.cluster_prefix(), &job.spec, job.signature.as_ref()) {
                 Err(_) => out.untrusted += 1,
                 Ok(()) if job.signature.as_ref().is_some_and(|s| s.key == signer.id()) => {}
                 Ok(()) => {
                     let mut stored = job.clone();
-                    stored.signature = Some(signer.sign(self.keys.prefix(), &stored.spec));
+                    stored.signature = Some(signer.sign(self.cluster_prefix(), &stored.spec));
                     let key = self.keys.job(&stored.spec.name);
                     let txn = Txn::new()
                         .when([Compare::mod_revision(key.clone(), CompareOp::Equal, job.revision)])

@@ -406,6 +406,11 @@ impl Coord {
         Ok(())
     }
 
+    /// The cluster's key prefix (what a job signature binds).
+    pub(crate) fn cluster_prefix(&self) -> &str {
+        self.keys.prefix()
+    }
+
     /// The endpoints, as messages show them.
     pub fn endpoints(&self) -> &str {
         &self.endpoints

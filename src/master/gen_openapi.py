@@ -641,6 +641,13 @@ job = strict(
         "revision": {"type": "integer"},
         "paused_reason": {"type": "string", "description": "why a master paused the job (pause_after_failures); absent when paused by hand or not paused"},
         "paused_at": {"type": "integer", "description": "Unix ms: when it was paused, while it is"},
+        "signature": strict(
+            {
+                "key": {"type": "string", "description": "id of the master key that signed it (16 hex digits)"},
+                "sig": {"type": "string", "description": "Ed25519 signature, base64"},
+            },
+            ["key", "sig"],
+        ),
         "schedule_description": {"type": "string"},
         "schedule_resolved": {"type": "string", "description": "the schedule with each H replaced by the values chosen for this job's name"},
         "schedule_warnings": warnings,
