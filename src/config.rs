@@ -1061,7 +1061,8 @@ mod tests {
     fn etcd_is_a_list_of_endpoints_or_a_table_and_its_tls_and_user_settings_are_checked() {
         let c = Config::from_toml(r#"etcd = ["http://10.0.0.1:2379"]"#).unwrap();
         assert_eq!(c.etcd.endpoints, ["http://10.0.0.1:2379"]);
-        let c = Config::from_toml("[etcd]\nendpoints = [\"https://e:2379\"]\nca_file = \"/x/ca.pem\"\nuser = \"w\"\n").unwrap();
+        let c = Config::from_toml("[etcd]\nendpoints = [\"https://e:2379\"]\nca_file = \"/x/ca.pem\"\nuser = \"w\"\n")
+            .unwrap();
         assert_eq!(c.etcd.user.as_deref(), Some("w"));
         let e = Config::from_toml("[etcd]\ncafile = \"x\"\n").unwrap_err();
         assert!(e.contains("unknown field `cafile`"), "{e}");
@@ -1070,9 +1071,17 @@ mod tests {
             other => panic!("{other:?}"),
         };
         // the CA file is read before anything connects
-        assert!(key(&c).starts_with("etcd.ca_file: cannot read /x/ca.pem: no such file"), "{}", key(&c));
+        assert!(
+            key(&c).starts_with("etcd.ca_file: cannot read /x/ca.pem: no such file"),
+            "{}",
+            key(&c)
+        );
         let c = Config::from_toml(r#"etcd = ["https://e:2379"]"#).unwrap();
-        assert!(key(&c).starts_with("etcd.ca_file: https:// endpoints need"), "{}", key(&c));
+        assert!(
+            key(&c).starts_with("etcd.ca_file: https:// endpoints need"),
+            "{}",
+            key(&c)
+        );
         let dir = tempfile::tempdir().unwrap();
         let not_pem = dir.path().join("ca.pem");
         std::fs::write(&not_pem, "hello").unwrap();
@@ -1081,7 +1090,11 @@ mod tests {
         c.etcd.ca_file = Some(not_pem.clone());
         assert!(key(&c).contains("is plain http, but TLS files are set"), "{}", key(&c));
         c.etcd.endpoints = vec!["https://e:2379".into()];
-        assert!(key(&c).starts_with("etcd.ca_file:") && key(&c).contains("holds no PEM certificate"), "{}", key(&c));
+        assert!(
+            key(&c).starts_with("etcd.ca_file:") && key(&c).contains("holds no PEM certificate"),
+            "{}",
+            key(&c)
+        );
         // a password without a user, a user without a password, a password file
         let mut e = EtcdConfig::default();
         assert!(e.resolve_password(Some("pw".into())).is_err());

@@ -247,13 +247,13 @@ pub enum AccessError {
 }
 
 /// What to check for a TLS failure, by what the handshake said.
-fn tls_advice(m: &str) -> String {
+fn tls_advice(m: &str, has_identity: bool) -> String {
     let l = m.to_lowercase();
     if l.contains("unknownissuer") || l.contains("unknown issuer") || l.contains("invalid peer certificate") {
         format!(
             "etcd.ca_file: etcd's certificate is not trusted: {m} (is etcd.ca_file the CA that signed etcd's certificate?)"
         )
-    } else if l.contains("certificaterequired") || l.contains("certificate required") {
+    } else if !has_identity || l.contains("certificaterequired") || l.contains("certificate required") {
         format!("etcd.cert_file: etcd requires a client certificate: {m} (set etcd.cert_file and etcd.key_file)")
     } else if l.contains("alert") {
         format!(
@@ -354,7 +354,7 @@ impl Coord {
             let cause = EtcdCause::of(e);
             tracing::debug!(op, error = ?e, "etcd access check failed");
             match &cause {
-                EtcdCause::Tls(m) => AccessError::Refused(tls_advice(m)),
+                EtcdCause::Tls(m) => AccessError::Refused(tls_advice(m, self.tls == Some(true))),
                 EtcdCause::Denied(m) => AccessError::Refused(match &self.user {
                     Some(u) if op == "authenticate" => format!(
                         "etcd.user: etcd refused user {:?}: {m} (check the password in etcd.password_file or CRONMESH_ETCD_PASSWORD)",

@@ -108,7 +108,20 @@ async fn keep_books(
     let mut jobs = st.coord.watch_jobs(watches.clone());
     let mut members = st.coord.watch_members(watches.clone());
     let mut cache = ScheduleCache::default();
+    // with signing on, a job no trusted key signed never runs: it has no ticks to account for
+    let trust = st.config.master.signing_key_file.as_ref().and_then(|f| {
+        let signer = crate::signing::Signer::from_file(f).ok()?;
+        let mut v = crate::signing::Verifier::from_entries(&st.config.master.trusted_keys).ok()?;
+        v.trust(&signer);
+        Some(v)
+    });
+    let prefix = st.config.prefix.clone();
     let mut parse = |j: &crate::model::StoredJob| {
+        if let Some(v) = &trust
+            && v.verify(&prefix, &j.spec, j.signature.as_ref()).is_err()
+        {
+            return None;
+        }
         cache
             .get_or_parse(j.spec.effective_schedule(), &j.spec.timezone, &j.spec.name)
             .ok()
