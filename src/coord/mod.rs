@@ -38,7 +38,7 @@ pub use buffer::{Appended, BufferEvent, BufferedTick, RunningEvent};
 pub use cause::EtcdCause;
 pub use claims::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
 pub use deps::{DECISION_TTL_SECS, DEP_SIGNAL_TTL_SECS, Decision};
-pub use jobs::JobsGuard;
+pub use jobs::{JobsGuard, NOTIFIER};
 pub use ledger::Watermark;
 pub use membership::{Registration, Role};
 pub use notify::{Decided, Delivery, DeliveryStatus, InboxEntry, InboxEvent, OUTPUT_TAIL_BYTES, Streak};

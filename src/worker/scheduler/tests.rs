@@ -170,6 +170,7 @@ impl Sim {
             revision: self.revision,
             paused_reason: None,
             paused_at: None,
+            updated_by: None,
         };
         self.jobs.insert(job.spec.name.clone(), job.clone());
         self.broadcast(|| Input::Jobs(JobEvent::Saved(JobRead::Job(Box::new(job.clone())))));
@@ -848,6 +849,7 @@ fn a_worker_that_starts_after_unclaimed_ticks_runs_the_newest_within_the_deadlin
         revision: sim.revision,
         paused_reason: None,
         paused_at: None,
+        updated_by: None,
     };
     sim.jobs.insert("a".into(), job);
     sim.now = T0 + 400;
