@@ -2135,8 +2135,8 @@ function lineDiff(a, b) {
   let i = 0; let k = 0;
   while (i < n || k < m) {
     if (i < n && k < m && a[i] === b[k]) { out.push([' ', a[i]]); i++; k++; }
-    else if (k < m && (i === n || L[i][k + 1] >= L[i + 1][k])) { out.push(['+', b[k]]); k++; }
-    else { out.push(['-', a[i]]); i++; }
+    else if (i < n && (k === m || L[i + 1][k] >= L[i][k + 1])) { out.push(['-', a[i]]); i++; }
+    else { out.push(['+', b[k]]); k++; }
   }
   return out;
 }
