@@ -104,9 +104,17 @@ pub async fn job_versions_are_kept_once_per_revision_newest_first(s: &dyn LogSto
     again.updated_at = 0;
     assert_eq!(s.record_job_versions(&[again, v[0].clone()], 50).await.unwrap(), 0);
     let a = s.job_versions("a", 10).await.unwrap();
-    assert_eq!(a, vec![v[1].clone(), v[0].clone()], "newest first, each once, as first stored");
+    assert_eq!(
+        a,
+        vec![v[1].clone(), v[0].clone()],
+        "newest first, each once, as first stored"
+    );
     assert_eq!(s.job_versions("a", 1).await.unwrap(), vec![v[1].clone()], "limit");
-    assert_eq!(s.job_versions("b", 10).await.unwrap(), vec![v[2].clone()], "no updated_by kept as none");
+    assert_eq!(
+        s.job_versions("b", 10).await.unwrap(),
+        vec![v[2].clone()],
+        "no updated_by kept as none"
+    );
     assert!(s.job_versions("c", 10).await.unwrap().is_empty());
     assert_eq!(s.job_version("a", 5).await.unwrap(), Some(v[0].clone()));
     assert_eq!(s.job_version("a", 7).await.unwrap(), None, "revision 7 is b's");
@@ -127,13 +135,19 @@ pub async fn job_versions_beyond_keep_are_pruned_oldest_first_per_job(s: &dyn Lo
     let revisions = |v: Vec<JobVersion>| v.into_iter().map(|v| v.revision).collect::<Vec<_>>();
     assert_eq!(revisions(s.job_versions("a", 100).await.unwrap()), vec![50, 40, 30]);
     assert_eq!(s.job_version("a", 20).await.unwrap(), None, "pruned");
-    assert_eq!(revisions(s.job_versions("b", 100).await.unwrap()), vec![2, 1], "other jobs keep theirs");
+    assert_eq!(
+        revisions(s.job_versions("b", 100).await.unwrap()),
+        vec![2, 1],
+        "other jobs keep theirs"
+    );
     // a batch larger than keep keeps the newest of it
     let batch: Vec<JobVersion> = (60..66).map(|r| version("a", r, None, "x")).collect();
     s.record_job_versions(&batch, 2).await.unwrap();
     assert_eq!(revisions(s.job_versions("a", 100).await.unwrap()), vec![65, 64]);
     // an old revision arriving late is pruned at once, not kept over newer ones
-    s.record_job_versions(&[version("a", 3, None, "late")], 2).await.unwrap();
+    s.record_job_versions(&[version("a", 3, None, "late")], 2)
+        .await
+        .unwrap();
     assert_eq!(revisions(s.job_versions("a", 100).await.unwrap()), vec![65, 64]);
 }
 
