@@ -440,6 +440,9 @@ pub struct MasterConfig {
     pub retention_max_age: Option<Duration>,
     /// Keep at most this many records per job (none: all).
     pub retention_max_per_job: Option<u64>,
+    /// Versions of each job kept in the run log for `GET /api/v1/jobs/{name}/history` and
+    /// rollback (1 to 10000; the oldest go first). They outlive the job.
+    pub job_history: usize,
     /// Who may call the API.
     pub auth: AuthConfig,
     /// Serve the web page at `/` (its assets are public; its data needs a token like the API).
@@ -562,6 +565,7 @@ impl Default for MasterConfig {
             max_connections: 4096,
             retention_max_age: Some(Duration::from_secs(30 * 86_400)),
             retention_max_per_job: Some(10_000),
+            job_history: 50,
             auth: AuthConfig::default(),
             web_ui: true,
             ledger: true,
@@ -870,6 +874,15 @@ impl Config {
         }
         if m.metrics_jobs.len() > 100 {
             return Err(invalid("master.metrics_jobs", "at most 100 jobs get per-job series"));
+        }
+        if !(1..=crate::logstore::MAX_JOB_HISTORY).contains(&m.job_history) {
+            return Err(invalid(
+                "master.job_history",
+                format!(
+                    "must be between 1 and {} (versions kept per job)",
+                    crate::logstore::MAX_JOB_HISTORY
+                ),
+            ));
         }
         validate_notify(&m.notify)?;
         if let Some(f) = &m.signing_key_file {
@@ -1254,6 +1267,23 @@ mod tests {
             Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "master.auth.tokens"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn job_history_must_keep_between_one_and_ten_thousand_versions() {
+        for (n, ok) in [(0, false), (1, true), (50, true), (10_000, true), (10_001, false)] {
+            let cfg =
+                Config::from_toml(&format!("[master]\njob_history = {n}\n[master.auth]\nno_auth = true\n")).unwrap();
+            match cfg.validate_master() {
+                Ok(()) => assert!(ok, "{n} accepted"),
+                Err(ConfigError::Invalid { key, .. }) => {
+                    assert!(!ok, "{n} refused");
+                    assert_eq!(key, "master.job_history");
+                }
+                Err(e) => panic!("{n}: {e}"),
+            }
+        }
+        assert_eq!(Config::default().master.job_history, 50);
     }
 
     #[test]

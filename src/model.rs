@@ -737,6 +737,11 @@ pub struct StoredJob {
     /// When it was paused (Unix ms), while it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_at: Option<i64>,
+    /// Who made the latest write: the name of the API token (`anonymous` under `no_auth`), or
+    /// `notifier` for a pause of `pause_after_failures`; none for writes that do not say (jobs
+    /// written before this field existed, `standalone --apply`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<String>,
     /// The signature of the master that stored it (`signing`); workers with trusted keys run
     /// only jobs whose signature verifies.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -36,6 +36,9 @@ pub enum JobsGuard {
     NoneChangedAfter(i64),
 }
 
+/// `updated_by` of a pause the master made for a job's failures (`pause_job_for`).
+pub const NOTIFIER: &str = "notifier";
+
 impl Coord {
     /// This process signs every job it stores from now on (masters).
     pub fn with_signer(mut self, signer: std::sync::Arc<crate::signing::Signer>) -> Self {
@@ -51,13 +54,23 @@ impl Coord {
     /// Creates or replaces a job after validating it. Keeps `created_at` of an existing job;
     /// optimistic concurrency (compare on the mod revision read) so two writers cannot interleave.
     pub async fn put_job(&self, spec: JobSpec) -> Result<StoredJob, CoordError> {
-        self.put_job_guarded(spec, None).await
+        self.put_job_guarded(spec, None, None).await
+    }
+
+    /// `put_job`, recording who wrote it (`updated_by`: an API token's name).
+    pub async fn put_job_by(&self, spec: JobSpec, by: Option<&str>) -> Result<StoredJob, CoordError> {
+        self.put_job_guarded(spec, None, by).await
     }
 
     /// `put_job`, written only if the jobs its dependencies were checked against are as they
     /// were (two writes cannot close a cycle together). `JobsChanged` when one changed: read
-    /// them again and check again.
-    pub async fn put_job_guarded(&self, spec: JobSpec, guard: Option<&JobsGuard>) -> Result<StoredJob, CoordError> {
+    /// them again and check again. `by`: who writes it (`updated_by`).
+    pub async fn put_job_guarded(
+        &self,
+        spec: JobSpec,
+        guard: Option<&JobsGuard>,
+        by: Option<&str>,
+    ) -> Result<StoredJob, CoordError> {
         spec.validate()?;
         crate::model::validate_new_name(&spec.name)?;
         for _ in 0..5 {
@@ -91,6 +104,7 @@ impl Coord {
                 revision: 0,
                 paused_reason,
                 paused_at,
+                updated_by: by.map(str::to_string),
                 signature: self.sign(&spec),
             };
             let key = self.keys.job(&spec.name);
@@ -150,6 +164,7 @@ impl Coord {
                     revision: 0,
                     paused_reason: None,
                     paused_at: None,
+                    updated_by: None,
                     signature: self.sign(spec),
                 };
                 puts.push(TxnOp::put(key, encode(&stored), None));
@@ -253,13 +268,18 @@ impl Coord {
 
     /// Pauses or resumes a job (a normal update: resuming starts from now, with no backlog).
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<StoredJob, CoordError> {
+        self.set_paused_by(name, paused, None).await
+    }
+
+    /// `set_paused`, recording who asks (`updated_by`).
+    pub async fn set_paused_by(&self, name: &str, paused: bool, by: Option<&str>) -> Result<StoredJob, CoordError> {
         let job = self
             .get_job(name)
             .await?
             .ok_or_else(|| CoordError::NotFound(name.to_string()))?;
         let mut spec = job.spec;
         spec.paused = paused;
-        self.put_job(spec).await
+        self.put_job_by(spec, by).await
     }
 
     /// Pauses a job for a reason of the master's (`pause_after_failures`), unless its revision
@@ -282,6 +302,7 @@ impl Coord {
             updated_at: now,
             paused_at: Some(now),
             paused_reason: Some(reason.to_string()),
+            updated_by: Some(NOTIFIER.to_string()),
             ..job.clone()
         };
         stored.spec.paused = true;

@@ -40,7 +40,8 @@ pub use buffer::{Appended, BufferEvent, BufferedTick, RunningEvent};
 pub use cause::EtcdCause;
 pub use claims::{ClaimLeases, ClaimOutcome, ClaimRequest, ClaimValue, TickId};
 pub use deps::{DECISION_TTL_SECS, DEP_SIGNAL_TTL_SECS, Decision};
-pub use jobs::{JobsGuard, Resigned};
+
+pub use jobs::{JobsGuard, NOTIFIER, Resigned};
 pub use ledger::Watermark;
 pub use membership::{Registration, Role};
 pub use notify::{Decided, Delivery, DeliveryStatus, InboxEntry, InboxEvent, OUTPUT_TAIL_BYTES, Streak};

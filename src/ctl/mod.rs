@@ -16,8 +16,8 @@ pub mod wait;
 
 use clap::{Args, Subcommand};
 use output::{
-    BACKFILL_COLUMNS, JOB_COLUMNS, NOTIFICATION_COLUMNS, Output, RUN_COLUMNS, TICK_COLUMNS, WORKER_COLUMNS, data,
-    escape_controls, s, table,
+    BACKFILL_COLUMNS, HISTORY_COLUMNS, JOB_COLUMNS, NOTIFICATION_COLUMNS, Output, RUN_COLUMNS, TICK_COLUMNS,
+    WORKER_COLUMNS, data, escape_controls, s, table,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -334,6 +334,27 @@ pub enum JobsCmd {
         /// The end of the range (RFC 3339 or Unix ms; default now).
         #[arg(long)]
         to: Option<String>,
+    },
+    /// Who changed a job, and when: its kept versions, newest first (`*`: the current one).
+    /// Also for a deleted job. `-o json`: with each version's whole spec.
+    #[command(after_help = "Examples:\n  cronmesh ctl jobs history backup\n  cronmesh ctl jobs history backup -o json")]
+    History {
+        /// The job's name.
+        name: String,
+        /// Most versions shown (1-10000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Restore a job to an earlier version (a revision from `jobs history`); recreates a
+    /// deleted job. The version goes through the same checks as `jobs apply`: one that is no
+    /// longer valid (its upstream is gone) is refused, naming why.
+    #[command(after_help = "Example:\n  cronmesh ctl jobs rollback backup --revision 1234")]
+    Rollback {
+        /// The job's name.
+        name: String,
+        /// The revision to restore.
+        #[arg(long)]
+        revision: i64,
     },
 }
 
@@ -719,6 +740,41 @@ pub async fn run(a: CtlArgs) -> Result<Done, CtlError> {
             let body = c.get(&path).await?;
             let ticks = body["ticks"].as_array().cloned().unwrap_or_default();
             listing(o, &ticks, TICK_COLUMNS, "ticks")
+        }
+        CtlCmd::Jobs(JobsCmd::History { name, limit }) => {
+            let body = c
+                .get(&format!("/api/v1/jobs/{}/history?limit={limit}", encode(&name)))
+                .await?;
+            let versions = body["versions"].as_array().cloned().unwrap_or_default();
+            if o.is_data() {
+                Done::out(data(&body, o))
+            } else {
+                listing(o, &versions, HISTORY_COLUMNS, "versions")
+            }
+        }
+        CtlCmd::Jobs(JobsCmd::Rollback { name, revision }) => {
+            let j = c
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/jobs/{}/rollback", encode(&name)),
+                    Some(serde_json::json!({ "revision": revision })),
+                )
+                .await?;
+            Done::out(if o.is_data() {
+                data(&j, o)
+            } else {
+                match j["change"].as_str() {
+                    Some("unchanged") => format!("job/{name} unchanged (already at revision {revision}'s spec)"),
+                    Some("created") => format!(
+                        "job/{name} recreated from revision {revision} (now revision {})",
+                        j["revision"]
+                    ),
+                    _ => format!(
+                        "job/{name} rolled back to revision {revision} (now revision {})",
+                        j["revision"]
+                    ),
+                }
+            })
         }
         CtlCmd::Runs(RunsCmd::List { job, status, limit }) => {
             let runs = list_runs(&c, job.as_deref(), status.as_deref(), limit).await?;

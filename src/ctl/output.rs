@@ -403,6 +403,32 @@ pub const TICK_COLUMNS: &[Column] = &[
     col("REASON", |t| t["reason"].as_str().unwrap_or("").to_string()),
 ];
 
+/// `jobs history`: one row per kept version.
+pub const HISTORY_COLUMNS: &[Column] = &[
+    col("REVISION", |v| v["revision"].to_string()),
+    col("CURRENT", |v| {
+        if v["current"] == true {
+            "*".into()
+        } else {
+            String::new()
+        }
+    }),
+    col("UPDATED", |v| time(&v["updated_at"])),
+    col("BY", |v| v["updated_by"].as_str().unwrap_or("-").to_string()),
+    col("SCHEDULE", |v| {
+        let spec = &v["spec"];
+        match spec["after"].as_array() {
+            Some(a) if !a.is_empty() => {
+                format!("after {}", a.iter().map(|u| s(&u["job"])).collect::<Vec<_>>().join(","))
+            }
+            _ => s(&spec["schedule"]),
+        }
+    }),
+    col("PAUSED", |v| (v["spec"]["paused"] == true).to_string()),
+    narrow("COMMAND", |v| clip(&s(&v["spec"]["command"]), 40)),
+    wide("COMMAND", |v| s(&v["spec"]["command"])),
+];
+
 /// How long ago, as kubectl's AGE column says it: `45s`, `12m`, `5h`, `3d` (a time in the future,
 /// a clock ahead, is `0s`).
 pub fn age(ms: i64) -> String {
@@ -620,6 +646,12 @@ pub fn run_detail(r: &Value) -> String {
 /// One job in full: its row, what the schedule means, the next fire times, any warnings.
 pub fn job_detail(j: &Value, wide: bool) -> String {
     let mut text = table(JOB_COLUMNS, std::slice::from_ref(j), wide);
+    text.push_str(&format!(
+        "\n\nupdated {} by {} (revision {})",
+        time(&j["updated_at"]),
+        j["updated_by"].as_str().unwrap_or("-"),
+        j["revision"]
+    ));
     if let Some(reason) = j["paused_reason"].as_str() {
         // paused by the master (pause_after_failures): why, and since when
         text.push_str(&format!("\n\n{reason}, since {}", time(&j["paused_at"])));

@@ -1,7 +1,7 @@
 //! The conformance suite every `LogStore` backend must pass. Each check starts from an empty
 //! store it is given and panics with what broke.
 
-use super::{LogStore, Retention, RunEvent, RunEventItem, RunEventStream, RunPos, RunQuery, StoreError};
+use super::{JobVersion, LogStore, Retention, RunEvent, RunEventItem, RunEventStream, RunPos, RunQuery, StoreError};
 use crate::model::{RunRecord, RunStarted, RunStatus, Trigger};
 use futures_util::StreamExt;
 use std::collections::HashSet;
@@ -76,6 +76,79 @@ where
     run_events_resume_after_any_position_they_gave(&*fresh().await).await;
     a_run_position_that_is_not_the_stores_is_refused(&*fresh().await).await;
     relayed_run_events_join_the_history_once(&*fresh().await).await;
+    job_versions_are_kept_once_per_revision_newest_first(&*fresh().await).await;
+    job_versions_beyond_keep_are_pruned_oldest_first_per_job(&*fresh().await).await;
+}
+
+/// A job version for tests: `job` at `revision`, by `by`, running `command`.
+pub fn version(job: &str, revision: i64, by: Option<&str>, command: &str) -> JobVersion {
+    JobVersion {
+        job: job.to_string(),
+        revision,
+        updated_at: 1_000 + revision,
+        updated_by: by.map(str::to_string),
+        spec: serde_json::json!({ "name": job, "schedule": "@daily", "command": command }).to_string(),
+    }
+}
+
+pub async fn job_versions_are_kept_once_per_revision_newest_first(s: &dyn LogStore) {
+    wait_ready(s).await;
+    let v = [
+        version("a", 5, Some("alice"), "v1"),
+        version("a", 9, Some("bob"), "v2"),
+        version("b", 7, None, "b1"),
+    ];
+    assert_eq!(s.record_job_versions(&v, 50).await.unwrap(), 3);
+    // the same versions again (the API's write, then the job watch): kept as they were
+    let mut again = version("a", 9, Some("someone else"), "v2");
+    again.updated_at = 0;
+    assert_eq!(s.record_job_versions(&[again, v[0].clone()], 50).await.unwrap(), 0);
+    let a = s.job_versions("a", 10).await.unwrap();
+    assert_eq!(
+        a,
+        vec![v[1].clone(), v[0].clone()],
+        "newest first, each once, as first stored"
+    );
+    assert_eq!(s.job_versions("a", 1).await.unwrap(), vec![v[1].clone()], "limit");
+    assert_eq!(
+        s.job_versions("b", 10).await.unwrap(),
+        vec![v[2].clone()],
+        "no updated_by kept as none"
+    );
+    assert!(s.job_versions("c", 10).await.unwrap().is_empty());
+    assert_eq!(s.job_version("a", 5).await.unwrap(), Some(v[0].clone()));
+    assert_eq!(s.job_version("a", 7).await.unwrap(), None, "revision 7 is b's");
+    assert_eq!(s.job_version("b", 7).await.unwrap(), Some(v[2].clone()));
+    assert_eq!(s.record_job_versions(&[], 50).await.unwrap(), 0);
+}
+
+pub async fn job_versions_beyond_keep_are_pruned_oldest_first_per_job(s: &dyn LogStore) {
+    wait_ready(s).await;
+    for r in 1..=5 {
+        s.record_job_versions(&[version("a", r * 10, Some("alice"), &format!("v{r}"))], 3)
+            .await
+            .unwrap();
+    }
+    s.record_job_versions(&[version("b", 1, None, "b1"), version("b", 2, None, "b2")], 3)
+        .await
+        .unwrap();
+    let revisions = |v: Vec<JobVersion>| v.into_iter().map(|v| v.revision).collect::<Vec<_>>();
+    assert_eq!(revisions(s.job_versions("a", 100).await.unwrap()), vec![50, 40, 30]);
+    assert_eq!(s.job_version("a", 20).await.unwrap(), None, "pruned");
+    assert_eq!(
+        revisions(s.job_versions("b", 100).await.unwrap()),
+        vec![2, 1],
+        "other jobs keep theirs"
+    );
+    // a batch larger than keep keeps the newest of it
+    let batch: Vec<JobVersion> = (60..66).map(|r| version("a", r, None, "x")).collect();
+    s.record_job_versions(&batch, 2).await.unwrap();
+    assert_eq!(revisions(s.job_versions("a", 100).await.unwrap()), vec![65, 64]);
+    // an old revision arriving late is pruned at once, not kept over newer ones
+    s.record_job_versions(&[version("a", 3, None, "late")], 2)
+        .await
+        .unwrap();
+    assert_eq!(revisions(s.job_versions("a", 100).await.unwrap()), vec![65, 64]);
 }
 
 /// A `missed` record of a scheduled tick.

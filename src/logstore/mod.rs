@@ -21,7 +21,10 @@
 //!   `run_events(from)` streams those after a position, then the live ones (MongoDB: a change
 //!   stream on the database, resumed from its resume token; SQLite: an insertion sequence).
 //!   A duplicate adds no event. Positions stay replayable for `RUN_EVENTS_KEPT` at least (MongoDB:
-//!   as long as its oplog holds them); older ones are `HistoryLost`.
+//!   as long as its oplog holds them); older ones are `HistoryLost`;
+//! - it keeps each job's **versions** (`JobVersion`: the spec written at an etcd revision, who
+//!   wrote it and when), idempotent per (job, revision), at most `keep` per job (the oldest
+//!   revisions pruned), newest first; they outlive the job (a deleted job can be restored).
 
 pub mod conformance;
 pub mod mongodb;
@@ -156,6 +159,37 @@ pub struct InsertOutcome {
     pub duplicates: usize,
 }
 
+/// One version of a job as written to etcd: what `GET /api/v1/jobs/{name}/history` lists.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobVersion {
+    pub job: String,
+    /// etcd's mod revision of that write (unique per write across all jobs).
+    pub revision: i64,
+    /// Unix ms of the write (`StoredJob::updated_at`).
+    pub updated_at: i64,
+    /// Who wrote it (`StoredJob::updated_by`).
+    pub updated_by: Option<String>,
+    /// The spec as written (JSON of a `JobSpec`), kept as text: a version stays readable even
+    /// if a later release no longer accepts it as a spec.
+    pub spec: String,
+}
+
+impl JobVersion {
+    /// The version a stored job is.
+    pub fn of(job: &crate::model::StoredJob) -> JobVersion {
+        JobVersion {
+            job: job.spec.name.clone(),
+            revision: job.revision,
+            updated_at: job.updated_at,
+            updated_by: job.updated_by.clone(),
+            spec: serde_json::to_string(&job.spec).expect("specs serialize"),
+        }
+    }
+}
+
+/// Most versions kept per job (`master.job_history`'s upper bound).
+pub const MAX_JOB_HISTORY: usize = 10_000;
+
 /// Retention settings.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Retention {
@@ -205,6 +239,13 @@ pub trait LogStore: Send + Sync + 'static {
     /// Appends run events another master ingested (relayed through etcd) to this store's event
     /// history; an event already there (a shared file) adds nothing.
     async fn append_relayed(&self, events: &[RunEvent]) -> Result<(), StoreError>;
+    /// Stores job versions (one already stored, same job and revision, is kept as it is), then
+    /// prunes each job they name to its newest `keep` revisions. Returns how many were new.
+    async fn record_job_versions(&self, versions: &[JobVersion], keep: usize) -> Result<usize, StoreError>;
+    /// Up to `limit` versions of `job`, newest (highest revision) first.
+    async fn job_versions(&self, job: &str, limit: usize) -> Result<Vec<JobVersion>, StoreError>;
+    /// The version of `job` written at `revision`, if it is kept.
+    async fn job_version(&self, job: &str, revision: i64) -> Result<Option<JobVersion>, StoreError>;
 }
 
 /// Cursor: the last `(planned_at, run_id)` of a page, as `planned_at.run_id` (run ids are hex).

@@ -17,8 +17,8 @@
 //! `operationTime` of a command reply, error 286 for history no longer in the oplog).
 
 use super::{
-    InsertOutcome, LogStore, Retention, RunEvent, RunEventItem, RunEventStream, RunPage, RunPos, RunQuery, StatusCount,
-    StoreError, decode_cursor, encode_cursor,
+    InsertOutcome, JobVersion, LogStore, Retention, RunEvent, RunEventItem, RunEventStream, RunPage, RunPos, RunQuery,
+    StatusCount, StoreError, decode_cursor, encode_cursor,
 };
 use crate::model::{RunRecord, RunStarted, RunStatus, Trigger};
 use futures_util::TryStreamExt;
@@ -45,6 +45,8 @@ pub struct MongoStore {
     coll: Collection<Document>,
     /// Run-started markers (for the change stream; kept `RUN_EVENTS_KEPT`).
     started: Collection<Document>,
+    /// Job versions (`job_versions`: unique on job and revision).
+    versions: Collection<Document>,
     /// Whether the indexes exist. The unique `run_id` index is what makes inserts idempotent,
     /// so until it exists inserts are refused as `Unavailable` (workers keep those reports
     /// spooled and send them again) and `ping` fails (the master is not ready).
@@ -126,6 +128,7 @@ impl MongoStore {
         };
         let coll = db.collection::<Document>("runs");
         let started = db.collection::<Document>("run_started");
+        let versions = db.collection::<Document>("job_versions");
         let indexes = vec![
             IndexModel::builder()
                 .keys(doc! { "run_id": 1 })
@@ -150,6 +153,7 @@ impl MongoStore {
             db: db.clone(),
             runs: coll.clone(),
             started: started.clone(),
+            versions: versions.clone(),
             indexes,
             max_age: retention.max_age,
         };
@@ -165,6 +169,7 @@ impl MongoStore {
                     db,
                     coll,
                     started,
+                    versions,
                     indexes: state,
                     setup: None,
                 });
@@ -198,6 +203,7 @@ impl MongoStore {
             db,
             coll,
             started,
+            versions,
             indexes: state,
             setup: Some(task),
         })
@@ -210,6 +216,7 @@ struct Setup {
     db: Database,
     runs: Collection<Document>,
     started: Collection<Document>,
+    versions: Collection<Document>,
     indexes: Vec<IndexModel>,
     max_age: Option<Duration>,
 }
@@ -225,6 +232,20 @@ impl Setup {
                         IndexOptions::builder()
                             .unique(true)
                             .name("run_id_unique".to_string())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .map_err(err)?;
+        self.versions
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "job": 1, "revision": -1 })
+                    .options(
+                        IndexOptions::builder()
+                            .unique(true)
+                            .name("job_revision_unique".to_string())
                             .build(),
                     )
                     .build(),
@@ -840,6 +861,89 @@ impl LogStore for MongoStore {
         // every master reads every insert from the change stream: nothing is relayed to MongoDB
         Ok(())
     }
+
+    async fn record_job_versions(&self, versions: &[JobVersion], keep: usize) -> Result<usize, StoreError> {
+        if versions.is_empty() {
+            return Ok(0);
+        }
+        self.indexes.check()?;
+        let docs = versions
+            .iter()
+            .map(|v| bson::to_document(v).map_err(|e| StoreError::Internal(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let added = match self.versions.insert_many(docs).ordered(false).await {
+            Ok(r) => r.inserted_ids.len(),
+            Err(e) => match &*e.kind {
+                // versions already stored (seen by the watch after the API recorded them)
+                ErrorKind::InsertMany(ime)
+                    if ime.write_concern_error.is_none()
+                        && ime
+                            .write_errors
+                            .as_ref()
+                            .is_some_and(|we| we.iter().all(|w| w.code == DUPLICATE_KEY)) =>
+                {
+                    versions.len() - ime.write_errors.as_ref().map_or(0, Vec::len)
+                }
+                _ => return Err(err(e)),
+            },
+        };
+        let jobs: HashSet<&str> = versions.iter().map(|v| v.job.as_str()).collect();
+        for job in jobs {
+            // the newest revision beyond the kept ones, and every older one, go
+            let beyond = self
+                .versions
+                .find_one(doc! { "job": job })
+                .sort(doc! { "revision": -1 })
+                .skip(keep as u64)
+                .await
+                .map_err(err)?;
+            if let Some(d) = beyond {
+                let r = match d.get("revision") {
+                    Some(Bson::Int64(r)) => *r,
+                    Some(Bson::Int32(r)) => i64::from(*r),
+                    other => {
+                        return Err(StoreError::Internal(format!(
+                            "stored job version has no revision: {other:?}"
+                        )));
+                    }
+                };
+                self.versions
+                    .delete_many(doc! { "job": job, "revision": { "$lte": r } })
+                    .await
+                    .map_err(err)?;
+            }
+        }
+        Ok(added)
+    }
+
+    async fn job_versions(&self, job: &str, limit: usize) -> Result<Vec<JobVersion>, StoreError> {
+        self.indexes.check()?;
+        let docs: Vec<Document> = self
+            .versions
+            .find(doc! { "job": job })
+            .sort(doc! { "revision": -1 })
+            .limit(limit as i64)
+            .await
+            .map_err(err)?
+            .try_collect()
+            .await
+            .map_err(err)?;
+        docs.into_iter().map(version_from_doc).collect()
+    }
+
+    async fn job_version(&self, job: &str, revision: i64) -> Result<Option<JobVersion>, StoreError> {
+        self.indexes.check()?;
+        self.versions
+            .find_one(doc! { "job": job, "revision": revision })
+            .await
+            .map_err(err)?
+            .map(version_from_doc)
+            .transpose()
+    }
+}
+
+fn version_from_doc(d: Document) -> Result<JobVersion, StoreError> {
+    bson::from_document(d).map_err(|e| StoreError::Internal(format!("stored job version is not valid: {e}")))
 }
 
 /// Matches the records of one shard (`None`: of a job without shards).

@@ -7,8 +7,8 @@
 //! a UUID made when the file is created, so a position of another file is refused.
 
 use super::{
-    InsertOutcome, LogStore, Retention, RunEvent, RunEventItem, RunEventStream, RunPage, RunPos, RunQuery, StatusCount,
-    StoreError, decode_cursor, encode_cursor,
+    InsertOutcome, JobVersion, LogStore, Retention, RunEvent, RunEventItem, RunEventStream, RunPage, RunPos, RunQuery,
+    StatusCount, StoreError, decode_cursor, encode_cursor,
 };
 use crate::model::{RunRecord, RunStarted, RunStatus, Trigger};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -70,6 +70,14 @@ CREATE TABLE IF NOT EXISTS run_events (
 );
 CREATE INDEX IF NOT EXISTS run_events_by_at ON run_events (at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS job_versions (
+    job        TEXT NOT NULL,
+    revision   INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    updated_by TEXT,
+    spec       TEXT NOT NULL,
+    PRIMARY KEY (job, revision)
+);
 ";
 
 /// Adds one run event (ignored when the same one is already there); returns whether it was added.
@@ -676,6 +684,85 @@ impl LogStore for SqliteStore {
         self.appended.send_modify(|n| *n += 1);
         Ok(())
     }
+
+    async fn record_job_versions(&self, versions: &[JobVersion], keep: usize) -> Result<usize, StoreError> {
+        if versions.is_empty() {
+            return Ok(0);
+        }
+        let versions = versions.to_vec();
+        Self::with(&self.writer, move |c| {
+            let tx = c.transaction().map_err(err)?;
+            let mut added = 0;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO job_versions (job, revision, updated_at, updated_by, spec)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(err)?;
+                let mut prune = tx
+                    .prepare_cached(
+                        "DELETE FROM job_versions WHERE job = ?1 AND revision NOT IN
+                           (SELECT revision FROM job_versions WHERE job = ?1 ORDER BY revision DESC LIMIT ?2)",
+                    )
+                    .map_err(err)?;
+                let mut jobs = HashSet::new();
+                for v in &versions {
+                    added += insert
+                        .execute(params![v.job, v.revision, v.updated_at, v.updated_by, v.spec])
+                        .map_err(err)?;
+                    jobs.insert(v.job.clone());
+                }
+                for job in jobs {
+                    prune.execute(params![job, keep as i64]).map_err(err)?;
+                }
+            }
+            tx.commit().map_err(err)?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn job_versions(&self, job: &str, limit: usize) -> Result<Vec<JobVersion>, StoreError> {
+        let job = job.to_string();
+        Self::with(&self.reader, move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT job, revision, updated_at, updated_by, spec FROM job_versions
+                     WHERE job = ?1 ORDER BY revision DESC LIMIT ?2",
+                )
+                .map_err(err)?;
+            stmt.query_map(params![job, limit as i64], row_to_version)
+                .map_err(err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)
+        })
+        .await
+    }
+
+    async fn job_version(&self, job: &str, revision: i64) -> Result<Option<JobVersion>, StoreError> {
+        let job = job.to_string();
+        Self::with(&self.reader, move |c| {
+            c.query_row(
+                "SELECT job, revision, updated_at, updated_by, spec FROM job_versions WHERE job = ?1 AND revision = ?2",
+                params![job, revision],
+                row_to_version,
+            )
+            .optional()
+            .map_err(err)
+        })
+        .await
+    }
+}
+
+fn row_to_version(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobVersion> {
+    Ok(JobVersion {
+        job: row.get(0)?,
+        revision: row.get(1)?,
+        updated_at: row.get(2)?,
+        updated_by: row.get(3)?,
+        spec: row.get(4)?,
+    })
 }
 
 #[cfg(test)]

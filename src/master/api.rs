@@ -33,6 +33,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/jobs/{name}/kill"),
     ("post", "/api/v1/jobs/{name}/pause"),
     ("post", "/api/v1/jobs/{name}/resume"),
+    ("get", "/api/v1/jobs/{name}/history"),
+    ("post", "/api/v1/jobs/{name}/rollback"),
     ("get", "/api/v1/jobs/{name}/ticks"),
     ("post", "/api/v1/jobs/{name}/backfill"),
     ("get", "/api/v1/backfills"),
@@ -65,6 +67,8 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/jobs/{name}/kill", post(kill_job))
         .route("/api/v1/jobs/{name}/pause", post(pause_job))
         .route("/api/v1/jobs/{name}/resume", post(resume_job))
+        .route("/api/v1/jobs/{name}/history", get(super::history::history))
+        .route("/api/v1/jobs/{name}/rollback", post(super::history::rollback))
         .route("/api/v1/jobs/{name}/ticks", get(super::ticks::job_ticks))
         .route("/api/v1/jobs/{name}/backfill", post(super::backfill::create))
         .route("/api/v1/backfills", get(super::backfill::list))
@@ -251,7 +255,7 @@ fn recent_param(recent: Option<usize>) -> Result<Option<usize>, ApiError> {
     }
 }
 
-async fn one_view(st: &AppState, job: StoredJob, recent: Option<usize>) -> JobView {
+pub(crate) async fn one_view(st: &AppState, job: StoredJob, recent: Option<usize>) -> JobView {
     job_views(st, vec![job], 5, recent)
         .await
         .pop()
@@ -410,7 +414,7 @@ async fn put_job(
     q: Result<Query<PutQuery>, QueryRejection>,
     body: Result<StrictJson, ApiError>,
 ) -> Result<Response, ApiError> {
-    authorize(&st, &headers, Need::Admin)?;
+    let caller = authorize(&st, &headers, Need::Admin)?;
     let Path(name) = name?;
     let Query(PutQuery { dry_run, with }) = q?;
     if with.is_some() && !dry_run {
@@ -468,14 +472,7 @@ async fn put_job(
             None => ApiError::bad("invalid_body", message),
         }
     })?;
-    st.notify.check(&spec).map_err(|(field, message)| {
-        let top = field.split(['[', '.']).next().unwrap_or("notify").to_string();
-        ApiError::BadRequest {
-            code: format!("invalid_{top}"),
-            message: format!("invalid job spec: {field}: {message}"),
-            field: Some(field),
-        }
-    })?;
+    check_notify(&st, &spec)?;
     let (existing, existed) = match st.coord.get_job(&name).await {
         Ok(j) => {
             let existed = j.is_some();
@@ -535,26 +532,48 @@ async fn put_job(
                 .filter(|_| would_pause)
                 .and_then(|j| j.paused_reason.clone()),
             paused_at: None,
+            updated_by: Some(caller.name.clone()),
             signature: None,
         };
         return Ok(answer(would_be, change).await);
     }
+    let stored = write_spec(&st, spec, &caller.name).await?;
+    tracing::info!(job = %name, revision = stored.revision, created = !existed, by = %caller.name, "job saved through the API");
+    Ok(answer(stored, change).await)
+}
+
+/// The notification rules of a spec against this master's channels (400 naming the rule).
+pub(crate) fn check_notify(st: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
+    st.notify.check(spec).map_err(|(field, message)| {
+        let top = field.split(['[', '.']).next().unwrap_or("notify").to_string();
+        ApiError::BadRequest {
+            code: format!("invalid_{top}"),
+            message: format!("invalid job spec: {field}: {message}"),
+            field: Some(field),
+        }
+    })
+}
+
+/// Writes a spec the way every API write does: validated, its dependencies checked against
+/// the stored jobs, `updated_by` = `by`; the new version goes into the job's history.
+pub(crate) async fn write_spec(st: &AppState, spec: JobSpec, by: &str) -> Result<StoredJob, ApiError> {
+    spec.validate().map_err(crate::coord::CoordError::from)?;
     // a job with `after` is written only if no job changed since its check (two writes cannot
     // close a cycle together); a job without can close none
     let stored = if spec.after.is_empty() {
-        st.coord.put_job(spec).await?
+        st.coord.put_job_by(spec, Some(by)).await?
     } else {
         let mut tries = 0;
         loop {
-            let guard = check_dependencies(&st, &spec, &[]).await?;
-            match st.coord.put_job_guarded(spec.clone(), Some(&guard)).await {
+            let guard = check_dependencies(st, &spec, &[]).await?;
+            match st.coord.put_job_guarded(spec.clone(), Some(&guard), Some(by)).await {
                 Err(crate::coord::CoordError::JobsChanged) if tries < 10 => tries += 1,
                 other => break other?,
             }
         }
     };
-    tracing::info!(job = %name, revision = stored.revision, created = !existed, "job saved through the API");
-    Ok(answer(stored, change).await)
+    st.history.record(&stored).await;
+    Ok(stored)
 }
 
 /// Checks a job's `after` against the stored jobs (upstreams exist, no cycle); returns what
@@ -756,10 +775,11 @@ async fn set_paused(
     name: Result<Path<String>, PathRejection>,
     paused: bool,
 ) -> Result<Json<JobView>, ApiError> {
-    authorize(&st, &headers, Need::Admin)?;
+    let caller = authorize(&st, &headers, Need::Admin)?;
     let Path(name) = name?;
     valid_name(&name)?;
-    let job = st.coord.set_paused(&name, paused).await?;
+    let job = st.coord.set_paused_by(&name, paused, Some(&caller.name)).await?;
+    st.history.record(&job).await;
     Ok(Json(one_view(&st, job, None).await))
 }
 
@@ -1358,6 +1378,7 @@ mod tests {
             revision: 1,
             paused_reason: None,
             paused_at: None,
+            updated_by: None,
             signature: None,
         };
         let v = job_view(job("backup-db", "H 3 * * *"), 1, None, Default::default());

@@ -95,7 +95,7 @@ async fn save(
 ) -> Response {
     envelope(
         async {
-            authorize(&st, &headers, Need::Admin)?;
+            let caller = authorize(&st, &headers, Need::Admin)?;
             let Form(f) = form.map_err(|e| ApiError::bad("invalid_form", e.body_text()))?;
             let value = super::json::parse(f.job.as_bytes()).map_err(|e| match e {
                 ApiError::BadRequest { message, .. } => {
@@ -115,7 +115,8 @@ async fn save(
             let old = existing.as_ref().map(|j| to_seed(&j.spec));
             // saving what is stored writes nothing (as the API's PUT): same revision, no event
             if existing.is_none_or(|j| j.spec != spec) {
-                st.coord.put_job(spec).await?;
+                let stored = st.coord.put_job_by(spec, Some(&caller.name)).await?;
+                st.history.record(&stored).await;
             }
             Ok(ok(old))
         }

@@ -459,6 +459,9 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                             .collect();
                         changed.sort_by_key(|j| j.revision());
                         for j in changed {
+                            if let JobRead::Job(job) = &j {
+                                st.history.seen(job);
+                            }
                             publish_job(&st, j);
                         }
                         for gone in known_jobs.keys().filter(|k| !now.contains_key(*k)) {
@@ -474,6 +477,9 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                     st.known.saved(j.name());
                     st.notify.job_saved(&j);
                     changed_meaning.saved(j.name(), schedule_of(&j));
+                    if let JobRead::Job(job) = &j {
+                        st.history.seen(job);
+                    }
                     publish_job(&st, j);
                 }
                 JobEvent::Deleted { name, revision } => {

@@ -256,6 +256,60 @@ paths = {
             "responses": responses({"200": json_body("The job", ref("Job"))}, NOT_FOUND, UNREADABLE, UNAVAILABLE),
         }
     },
+    "/api/v1/jobs/{name}/history": {
+        "get": {
+            "summary": "Who changed the job, and when: its kept versions (master.job_history per job, in the run log), newest first, each with the etcd revision, updated_at, updated_by (the writing token's name) and the spec; current marks the one the job is at. A deleted job's versions stay (rollback recreates it)",
+            "operationId": "jobHistory",
+            "parameters": [name_p, q("limit", "integer", "1-10000 (default 50): most versions listed")],
+            "responses": responses(
+                {
+                    "200": json_body(
+                        "The versions",
+                        strict(
+                            {
+                                "job": {"type": "string"},
+                                "current_revision": {"type": ["integer", "null"], "description": "the job's revision now; null when it is deleted"},
+                                "versions": {
+                                    "type": "array",
+                                    "items": strict(
+                                        {
+                                            "revision": {"type": "integer"},
+                                            "updated_at": {"type": "integer", "description": "Unix ms"},
+                                            "updated_by": {"type": ["string", "null"], "description": "the token's name (anonymous under no_auth, notifier for pause_after_failures); null when the write did not say"},
+                                            "current": {"type": "boolean"},
+                                            "spec": {"type": ["object", "string"], "description": "the job spec written at this revision"},
+                                        }
+                                    ),
+                                },
+                            }
+                        ),
+                    )
+                },
+                {"404": err("No such job, and no versions of it kept")},
+                UNAVAILABLE,
+            ),
+        }
+    },
+    "/api/v1/jobs/{name}/rollback": {
+        "post": {
+            "summary": "Restore (admin) the job to the spec of one of its kept versions, through the same checks as PUT (notification rules, dependencies), with updated_by = the caller; recreates a deleted job. A version that is no longer a valid job (its upstream is gone) is 409 with the check's code (unknown_upstream, dependency_cycle, invalid_notify, invalid_version) and writes nothing; restoring the spec the job has writes nothing (change: unchanged)",
+            "operationId": "rollbackJob",
+            "parameters": [name_p],
+            "requestBody": json_req(strict({"revision": {"type": "integer", "minimum": 1, "description": "a revision from GET .../history"}})),
+            "responses": responses(
+                {
+                    "200": json_body(
+                        "Restored (change: configured, or created for a deleted job), or already so (change: unchanged)",
+                        ref("JobRollback"),
+                    )
+                },
+                BODY,
+                {"404": err("No version of the job at that revision is kept")},
+                {"409": err("That version cannot be restored now: the code and message say why")},
+                UNAVAILABLE,
+            ),
+        }
+    },
     "/api/v1/jobs/{name}/ticks": {
         "get": {
             "summary": "Every expected tick of the job in a range, newest first, and what became of it (at most 10,000)",
@@ -641,6 +695,7 @@ job = strict(
         "revision": {"type": "integer"},
         "paused_reason": {"type": "string", "description": "why a master paused the job (pause_after_failures); absent when paused by hand or not paused"},
         "paused_at": {"type": "integer", "description": "Unix ms: when it was paused, while it is"},
+        "updated_by": {"type": "string", "description": "who made the latest write: the API token's name (anonymous under no_auth, notifier for a pause of pause_after_failures); absent when the write did not say"},
         "signature": strict(
             {
                 "key": {"type": "string", "description": "id of the master key that signed it (16 hex digits)"},
@@ -682,6 +737,14 @@ job_put = strict(
         "dry_run": {"type": "boolean"},
     },
     required=job["required"] + ["change", "dry_run"],
+)
+
+job_rollback = strict(
+    {
+        **job_put["properties"],
+        "restored_revision": {"type": "integer", "description": "the version restored"},
+    },
+    required=job_put["required"] + ["restored_revision"],
 )
 
 run = strict(
@@ -801,6 +864,7 @@ doc = {
             "JobSpec": jobspec,
             "Job": job,
             "JobPut": job_put,
+            "JobRollback": job_rollback,
             "JobsPage": strict(
                 {
                     "jobs": {"type": "array", "items": ref("Job")},

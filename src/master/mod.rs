@@ -12,6 +12,7 @@ pub mod election;
 pub mod error;
 pub mod feed;
 pub mod health;
+pub mod history;
 pub mod json;
 pub mod last_runs;
 pub mod ledger;
@@ -279,6 +280,8 @@ pub struct AppState {
     pub backfill_wake: tokio::sync::Notify,
     /// Told of every finished run, so the dependency driver decides its downstreams at once.
     pub deps: deps::Deps,
+    /// Each job's versions (who changed what), kept in the run log.
+    pub history: history::History,
 }
 
 impl AppState {
@@ -299,6 +302,7 @@ impl AppState {
             notify,
             backfill_wake: tokio::sync::Notify::new(),
             deps: deps::Deps::default(),
+            history: history::History::new(store.clone(), config.master.job_history),
             feed,
             stats: stats::DayStats::default(),
             known: reports::Known::default(),
@@ -466,6 +470,10 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
         state.shutdown.clone(),
     ));
     let runs = tokio::spawn(feed::run_tail(state.clone(), state.shutdown.clone()));
+    let history = {
+        let (st, stop) = (state.clone(), state.shutdown.clone());
+        tokio::spawn(async move { st.history.run(stop).await })
+    };
     let feed_stop = state.shutdown.clone();
     let stopping = shutdown.clone();
     tokio::spawn(async move {
@@ -490,6 +498,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
     let _ = dependencies.await;
     let _ = day_stats.await;
     let _ = runs.await;
+    let _ = history.await;
     let _ = retention.await;
     registration.deregister().await;
     res

@@ -621,3 +621,78 @@ impl LedgerKeeper<'_> {
         }
     }
 }
+
+/// Job versions went to the run log's job history (or could not).
+pub struct JobVersionsRecorded<'a> {
+    /// `api` (the write's own request) or `watch` (the master's job watch).
+    pub source: &'static str,
+    pub offered: usize,
+    /// `Ok(new ones)`, or the store's error.
+    pub outcome: Result<usize, &'a crate::logstore::StoreError>,
+}
+impl JobVersionsRecorded<'_> {
+    pub fn emit(self) {
+        let m = &METRICS.job_versions;
+        match self.outcome {
+            Ok(added) => {
+                m.with_label_values(&["recorded"]).inc_by(added as u64);
+                m.with_label_values(&["duplicate"])
+                    .inc_by(self.offered.saturating_sub(added) as u64);
+                debug!(
+                    source = self.source,
+                    offered = self.offered,
+                    added,
+                    "job versions recorded"
+                );
+            }
+            Err(e) => {
+                m.with_label_values(&["failed"]).inc_by(self.offered as u64);
+                warn!(source = self.source, versions = self.offered, error = %e, "cannot record job versions in the run log's job history; the jobs are saved, but these versions cannot be rolled back to");
+            }
+        }
+    }
+}
+
+/// The job watch's queue of versions to record was full: these are not in the history.
+pub struct JobVersionsDropped {
+    pub count: usize,
+}
+impl JobVersionsDropped {
+    pub fn emit(self) {
+        METRICS
+            .job_versions
+            .with_label_values(&["dropped"])
+            .inc_by(self.count as u64);
+        warn!(
+            versions = self.count,
+            "job history queue full: versions seen by the job watch were not recorded (writes through this master's API are recorded anyway)"
+        );
+    }
+}
+
+/// A job was restored to an earlier version.
+pub struct JobRolledBack<'a> {
+    pub job: &'a str,
+    /// The version restored.
+    pub from_revision: i64,
+    /// The new revision the restore wrote (the current one, when nothing changed).
+    pub revision: i64,
+    pub by: &'a str,
+    /// Whether the job had been deleted (the rollback recreated it).
+    pub recreated: bool,
+    pub unchanged: bool,
+}
+impl JobRolledBack<'_> {
+    pub fn emit(self) {
+        METRICS.job_rollbacks.inc();
+        info!(
+            job = self.job,
+            from_revision = self.from_revision,
+            revision = self.revision,
+            by = self.by,
+            recreated = self.recreated,
+            unchanged = self.unchanged,
+            "job rolled back to an earlier version"
+        );
+    }
+}

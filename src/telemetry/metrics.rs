@@ -157,6 +157,8 @@ pub struct Metrics {
     pub logstore_records: IntCounterVec,
     pub last_run_lookups: IntCounterVec,
     pub jobs_day_rule_changed: IntGauge,
+    pub job_versions: IntCounterVec,
+    pub job_rollbacks: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
     pub http_connections: IntGauge,
@@ -438,6 +440,15 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "cronmesh_jobs_day_rule_changed",
             "Stored jobs (seen by this master) whose schedule means something else since cronmesh adopted the crontab(5) day rule; each is logged with the expression that keeps its old meaning.",
         ),
+        job_versions: counter_vec(
+            "cronmesh_job_versions_total",
+            "Job versions this master offered to the run log's job history, by outcome: recorded, duplicate (already there: the API's write seen again by the job watch), failed (the store refused; logged), dropped (the watch's queue to the store was full).",
+            &["outcome"],
+        ),
+        job_rollbacks: counter(
+            "cronmesh_job_rollbacks_total",
+            "Jobs restored to an earlier version through POST /api/v1/jobs/{name}/rollback.",
+        ),
         http_requests: counter_vec(
             "cronmesh_http_requests_total",
             "HTTP requests by route template, method and status.",
@@ -555,6 +566,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for o in ["ok", "error"] {
         m.notify_inbox_writes.with_label_values(&[o]);
+    }
+    for o in ["recorded", "duplicate", "failed", "dropped"] {
+        m.job_versions.with_label_values(&[o]);
     }
     for st in crate::model::RunStatus::ALL {
         m.runs_finished.with_label_values(&[st.as_str()]);

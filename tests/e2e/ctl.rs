@@ -190,6 +190,8 @@ async fn every_verb_has_help_with_an_example_and_ctl_help_documents_the_exit_cod
         &["jobs", "pause"],
         &["jobs", "resume"],
         &["jobs", "ticks"],
+        &["jobs", "history"],
+        &["jobs", "rollback"],
         &["runs", "list"],
         &["runs", "get"],
         &["workers"],
@@ -951,4 +953,88 @@ async fn jobs_graph_prints_the_dependency_tree_and_a_delete_with_dependents_need
     assert_ne!(out.code, 0, "{out}");
     assert!(out.stderr.contains("a cycle: x -> y -> x"), "{out}");
     assert_eq!(c.get(&m, "/api/v1/jobs/x", Some(READ)).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_history_lists_who_changed_a_job_and_jobs_rollback_restores_a_version() {
+    let mut c = Cluster::new().await;
+    let m = c.start_master("m1", &[]).await;
+    let apply = |cmd: &str| {
+        ctl_with_input(
+            &["jobs", "apply", "-f", "-", "--url", &m, "--token", ADMIN],
+            &format!("{{\"name\": \"nightly\", \"schedule\": \"@daily\", \"command\": \"{cmd}\"}}"),
+        )
+    };
+    assert_eq!(apply("echo one").code, 0);
+    assert_eq!(apply("echo two").code, 0);
+    // jobs get says who wrote it last: the token's name
+    let out = ctl(&["jobs", "get", "nightly", "--url", &m, "--token", READ]);
+    assert!(out.stdout.contains("by admin_token"), "{out}");
+    let h = ctl(&["jobs", "history", "nightly", "-o", "json", "--url", &m, "--token", READ]).json();
+    let versions = h["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{h}");
+    assert_eq!(versions[0]["spec"]["command"], "echo two");
+    assert_eq!(versions[0]["current"], true);
+    assert_eq!(versions[1]["updated_by"], "admin_token");
+    let first = versions[1]["revision"].as_i64().unwrap();
+    let table = ctl(&["jobs", "history", "nightly", "--url", &m, "--token", READ]);
+    assert_eq!(table.code, 0, "{table}");
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert!(lines[0].starts_with("REVISION  CURRENT  UPDATED"), "{table}");
+    assert!(lines[1].contains('*') && lines[1].contains("echo two"), "{table}");
+    assert!(
+        lines[2].starts_with(&first.to_string()) && lines[2].contains("admin_token"),
+        "{table}"
+    );
+    // the rollback, then its refusals: a read token (1), an unknown revision (1), no revision (2)
+    let out = ctl(&[
+        "jobs",
+        "rollback",
+        "nightly",
+        "--revision",
+        &first.to_string(),
+        "--url",
+        &m,
+        "--token",
+        ADMIN,
+    ]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout
+            .starts_with(&format!("job/nightly rolled back to revision {first}")),
+        "{out}"
+    );
+    let job = ctl(&["jobs", "get", "nightly", "-o", "json", "--url", &m, "--token", READ]).json();
+    assert_eq!(job["command"], "echo one");
+    let out = ctl(&[
+        "jobs",
+        "rollback",
+        "nightly",
+        "--revision",
+        &first.to_string(),
+        "--url",
+        &m,
+        "--token",
+        READ,
+    ]);
+    assert_eq!(out.code, 1, "{out}");
+    let out = ctl(&[
+        "jobs",
+        "rollback",
+        "nightly",
+        "--revision",
+        "99999",
+        "--url",
+        &m,
+        "--token",
+        ADMIN,
+    ]);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.contains("no version at revision 99999"), "{out}");
+    let out = ctl(&["jobs", "rollback", "nightly", "--url", &m, "--token", ADMIN]);
+    assert_eq!(out.code, 2, "{out}");
+    let out = ctl(&["jobs", "history", "ghost", "--url", &m, "--token", READ]);
+    assert_eq!(out.code, 1, "{out}");
+    let job = ctl(&["jobs", "get", "nightly", "-o", "json", "--url", &m, "--token", READ]).json();
+    assert_eq!(job["command"], "echo one", "the refusals changed nothing");
 }

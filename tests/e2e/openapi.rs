@@ -240,6 +240,28 @@ async fn real_responses_of_every_route_match_the_openapi_document() {
         )
         .await;
     }
+    // history and rollback: a version, the current one, unknown ones, bad bodies, a read token
+    let hist = "/api/v1/jobs/{name}/history";
+    for path in [
+        "/api/v1/jobs/doc/history",
+        "/api/v1/jobs/doc/history?limit=1",
+        "/api/v1/jobs/doc/history?limit=0",
+        "/api/v1/jobs/nope/history",
+    ] {
+        r.call("get", hist, path, Some(READ), None).await;
+    }
+    let (_, h) = c.get(&m, "/api/v1/jobs/doc2/history", Some(READ)).await;
+    let first = h["versions"].as_array().unwrap().last().unwrap()["revision"].clone();
+    let rb = "/api/v1/jobs/{name}/rollback";
+    for (path, token, body) in [
+        ("/api/v1/jobs/doc2/rollback", ADMIN, json!({"revision": first})),
+        ("/api/v1/jobs/doc2/rollback", ADMIN, json!({"revision": first})),
+        ("/api/v1/jobs/doc2/rollback", ADMIN, json!({"revision": 999_999})),
+        ("/api/v1/jobs/doc2/rollback", ADMIN, json!({"rev": 1})),
+        ("/api/v1/jobs/doc2/rollback", READ, json!({"revision": first})),
+    ] {
+        r.json("post", rb, path, Some(token), body).await;
+    }
     let k = "/api/v1/jobs/{name}/kill";
     r.call("post", k, "/api/v1/jobs/doc/kill", Some(ADMIN), None).await;
     r.json(

@@ -167,3 +167,29 @@ async fn the_web_page_shows_a_jobs_upstreams_and_downstreams_and_draws_the_fleet
     let out = out_dir("deps");
     run_browser("deps", &url, &out, &[]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_shows_a_jobs_history_with_authors_and_diffs_and_restores_an_old_version() {
+    let mut c = Cluster::new().await;
+    const ALICE: &str = "alice-web-token-for-tests-01";
+    const BOB: &str = "bob-web-token-for-tests-0001";
+    let cfg = c.path("master.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[master.auth.tokens]]\nname = \"alice\"\nrole = \"admin\"\ntoken = \"{ALICE}\"\n\n[[master.auth.tokens]]\nname = \"bob\"\nrole = \"admin\"\ntoken = \"{BOB}\"\n"
+        ),
+    )
+    .unwrap();
+    let url = c.start_master("m1", &["--config", cfg.to_str().unwrap()]).await;
+    let out = out_dir("history");
+    run_browser(
+        "history",
+        &url,
+        &out,
+        &[
+            ("CRONMESH_ALICE_TOKEN", ALICE.to_string()),
+            ("CRONMESH_BOB_TOKEN", BOB.to_string()),
+        ],
+    );
+}

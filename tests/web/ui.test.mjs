@@ -4,6 +4,8 @@
 // Env: CRONMESH_URL (the master), CRONMESH_ADMIN_TOKEN, CRONMESH_READ_TOKEN, WEB_OUT (screenshots),
 // WEB_MODE=ui (the user journeys), scale (10,000 jobs: load time and memory, printed) or deps
 // (job dependencies: a job's upstreams and downstreams, the fleet's graph of ~300 jobs, the form),
+// history (a job's versions by two named tokens, their diffs, a restore; CRONMESH_ALICE_TOKEN and
+// CRONMESH_BOB_TOKEN name two admin tokens),
 // CRONMESH_HOOK_PORT (ui: the port the master's webhook channels "hook" and "broken" send to).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -1190,6 +1192,81 @@ if (MODE === 'deps') {
     await t.test('the console has no errors', async () => {
       const real = consoleErrors.filter((e) => !/Failed to load resource|WebSocket connection|ERR_CONNECTION|status of 40[0-9]/.test(e));
       assert.deepEqual(real, [], 'console errors');
+    });
+  });
+}
+
+if (MODE === 'history') {
+  test("a job's history: who changed it, each change as a diff, and a restore", { timeout: 150_000 }  /* under nextest's 180 s */, async (t) => {
+    const ALICE = process.env.CRONMESH_ALICE_TOKEN;
+    const BOB = process.env.CRONMESH_BOB_TOKEN;
+    assert.ok(ALICE && BOB, 'CRONMESH_ALICE_TOKEN and CRONMESH_BOB_TOKEN are set');
+    const browser = await launch();
+    const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    await context.addInitScript((tk) => sessionStorage.setItem('cronmesh.token', tk), ADMIN);
+    const page = await context.newPage();
+    const consoleErrors = [];
+    page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+    page.on('pageerror', (e) => consoleErrors.push(String(e)));
+    t.after(async () => { await apiCall('DELETE', '/api/v1/jobs/hist-report'); await browser.close(); });
+
+    const revs = [];
+    await t.test('alice creates the job and bob edits it, through the API', async () => {
+      const a = await apiCall('PUT', '/api/v1/jobs/hist-report', { schedule: '@daily', command: 'echo first' }, ALICE);
+      assert.equal(a.status, 201, JSON.stringify(a.body));
+      assert.equal(a.body.updated_by, 'alice');
+      const b = await apiCall('PUT', '/api/v1/jobs/hist-report', { schedule: '@hourly', command: 'echo second' }, BOB);
+      assert.equal(b.status, 200, JSON.stringify(b.body));
+      assert.equal(b.body.updated_by, 'bob');
+      revs.push(a.body.revision, b.body.revision);
+    });
+
+    await t.test("the job's page lists both versions with their authors, newest first, and the change as a diff", async () => {
+      await page.goto(MASTER + '/#/jobs/hist-report');
+      const items = page.locator('#history-list li.history-item');
+      await page.waitForFunction(() => document.querySelectorAll('#history-list li.history-item').length === 2);
+      assert.deepEqual(await items.evaluateAll((xs) => xs.map((x) => Number(x.dataset.revision))), [revs[1], revs[0]]);
+      assert.equal(await items.nth(0).locator('.history-by').textContent(), 'bob');
+      assert.equal(await items.nth(1).locator('.history-by').textContent(), 'alice');
+      assert.equal(await items.nth(0).getAttribute('data-current'), 'true');
+      await items.nth(0).locator('.history-current').waitFor();
+      assert.equal(await items.nth(0).locator('.history-restore').count(), 0, 'the current version has no restore');
+      // the newest change, open: the command and the schedule, old struck out, new added
+      const diff = items.nth(0).locator('.history-diff');
+      assert.match(await diff.locator('.diff-del').allTextContents().then((x) => x.join('\n')), /echo first/);
+      assert.match(await diff.locator('.diff-add').allTextContents().then((x) => x.join('\n')), /echo second/);
+      assert.match(await diff.locator('.diff-add').allTextContents().then((x) => x.join('\n')), /@hourly/);
+      assert.match(await page.locator('#job-head').textContent(), /by bob/);
+      await shot(page, '40-history');
+    });
+
+    await t.test('restoring the first version asks first, then brings its command back, written by the page\'s token', async () => {
+      const first = page.locator(`#history-list li[data-revision="${revs[0]}"]`);
+      // cancelled: nothing happens
+      await first.locator('.history-restore').click();
+      await page.locator('#confirm-dialog').waitFor({ state: 'visible' });
+      assert.match(await page.locator('#confirm-text').textContent(), new RegExp(`revision ${revs[0]} \\(alice`));
+      await page.click('#confirm-cancel');
+      assert.equal((await apiCall('GET', '/api/v1/jobs/hist-report')).body.command, 'echo second');
+      // confirmed
+      await first.locator('.history-restore').click();
+      await page.locator('#confirm-dialog').waitFor({ state: 'visible' });
+      await page.click('#confirm-ok');
+      await page.waitForFunction(() => document.querySelectorAll('#history-list li.history-item').length === 3);
+      const job = (await apiCall('GET', '/api/v1/jobs/hist-report')).body;
+      assert.equal(job.command, 'echo first');
+      assert.equal(job.schedule, '@daily');
+      assert.equal(job.updated_by, 'admin_token');
+      const top = page.locator('#history-list li.history-item').first();
+      assert.equal(await top.getAttribute('data-current'), 'true');
+      assert.equal(await top.locator('.history-by').textContent(), 'admin_token');
+      assert.match(await top.locator('.diff-add').allTextContents().then((x) => x.join('\n')), /echo first/);
+      await page.locator('#job-head pre.command', { hasText: 'echo first' }).waitFor();
+      await shot(page, '41-history-restored');
+    });
+
+    await t.test('no errors in the console', () => {
+      assert.deepEqual(consoleErrors, []);
     });
   });
 }

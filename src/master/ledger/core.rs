@@ -421,6 +421,7 @@ mod tests {
             revision,
             paused_reason: None,
             paused_at: None,
+            updated_by: None,
             signature: None,
         }
     }

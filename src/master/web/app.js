@@ -752,6 +752,15 @@ const actions = {
       backfillSeen(await api('DELETE', `/api/v1/backfills/${encodeURIComponent(b.id)}`));
     });
   },
+  async restore(name, v) {
+    const what = `revision ${v.revision} (${v.updated_by || 'unknown'}, ${fmtAbs(v.updated_at)})`;
+    if (!await confirmAction('Restore this version?', `Restore ${name} to ${what}? Its spec replaces the current one (as an edit by you); the current one stays in the history.`, 'Restore')) return;
+    await act(`${name} restored to revision ${v.revision}`, async () => {
+      const j = await api('POST', `/api/v1/jobs/${encodeURIComponent(name)}/rollback`, { revision: v.revision });
+      putView(j);
+      scheduleRender();
+    });
+  },
   async remove(name) {
     const downs = [...new Set(downstreamsOf(name).map((d) => d.job))];
     const also = downs.length ? ` ${downs.length === 1 ? 'Job' : 'Jobs'} ${downs.slice(0, 5).join(', ')}${downs.length > 5 ? ` and ${downs.length - 5} more` : ''} ${downs.length === 1 ? 'runs' : 'run'} after it.` : '';
@@ -2011,6 +2020,9 @@ function renderJob(name) {
     fill(main, el('div', { id: 'job-head' }),
       el('h2', {}, 'Ticks'), el('div', { id: 'tick-strip', class: 'tick-strip', role: 'list', 'aria-label': 'Recent expected ticks, oldest first' }),
       el('h2', { id: 'backfills-title' }, 'Backfills'), el('div', { id: 'backfills-body' }),
+      el('h2', { id: 'history-title' }, 'History'),
+      el('p', { class: 'small muted' }, 'Who changed this job, and when: each kept version against the one before it.'),
+      el('div', { id: 'history-body' }),
       el('h2', {}, 'Runs'), runsToolbar(), el('div', { id: 'runs-body' }),
       el('h2', { id: 'notifications-title' }, 'Notifications'),
       el('p', { class: 'small muted' }, 'The newest deliveries for this job, live. ', el('a', { href: '#/notifications' }, 'Channels and every job’s notifications')),
@@ -2018,7 +2030,11 @@ function renderJob(name) {
     state.ticks = { job: name, list: null, loading: false, at: 0 };
     loadTicks();
     loadBackfills(name);
+    state.history = null;
   }
+  // read again when the job's revision moves (an edit, here or anywhere: job.saved)
+  const rev = j ? j.revision : null;
+  if (!state.history || (state.history.rev !== rev && !state.history.loading)) loadHistory(name, rev);
   const head = document.getElementById('job-head');
   const running = runningOf(name);
   const sig = JSON.stringify([j, running, state.jobsLoaded, j && !j.paused ? (j.next_fire_times || []).filter((t) => Date.parse(t) > Date.now()).length : 0,
@@ -2053,7 +2069,7 @@ function renderJob(name) {
         ['Labels', Object.keys(s.labels || {}).length ? Object.entries(s.labels).map(([k, v]) => el('span', { class: 'chip' }, `${k}=${v}`)) : '—'],
         ['Notifications', el('span', { id: 'job-notify' }, jobNotifyText(s))],
         ['Pause after', s.pause_after_failures ? `${s.pause_after_failures} consecutive failure${s.pause_after_failures > 1 ? 's' : ''}` : 'never'],
-        ['Revision', `${j.revision}, updated ${fmtAbs(j.updated_at)}`],
+        ['Revision', `${j.revision}, updated ${fmtAbs(j.updated_at)}${j.updated_by ? ` by ${j.updated_by}` : ''}`],
       ].filter(Boolean);
       const btn = (label, k, onclick, cls) => el('button', { type: 'button', class: cls || 'secondary', dataset: { key: `head/${k}`, write: '' }, onclick }, label);
       fill(head,
@@ -2080,6 +2096,91 @@ function renderJob(name) {
   renderRunsBody();
   renderNotifsBody(document.getElementById('notify-body'));
   renderBackfills();
+  renderHistory();
+}
+
+// ---------------------------------------------------------------- history
+
+// The job page's versions (GET .../history), read when the page opens and when the job's
+// revision changes.
+async function loadHistory(name, rev) {
+  // the list shown stays while it is read again
+  const prev = state.history && state.history.job === name ? state.history : null;
+  const hv = { job: name, rev, list: prev ? prev.list : null, current: prev ? prev.current : null, loading: true, error: null };
+  state.history = hv;
+  try {
+    const body = await api('GET', `/api/v1/jobs/${encodeURIComponent(name)}/history`, undefined, { quiet: true });
+    hv.list = body.versions;
+    hv.current = body.current_revision;
+  } catch (e) {
+    if (e.status === 404) hv.list = []; else hv.error = e;
+  }
+  hv.loading = false;
+  scheduleRender();
+}
+
+// A spec as the lines the diff compares: pretty JSON with its keys in order.
+function specLines(spec) {
+  const sorted = (v) => Array.isArray(v) ? v.map(sorted)
+    : v && typeof v === 'object' ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sorted(v[k])])) : v;
+  return JSON.stringify(sorted(spec), null, 2).split('\n');
+}
+
+// A line diff (longest common subsequence): [[' ' | '-' | '+', line], ...]. Specs are short.
+function lineDiff(a, b) {
+  const n = a.length; const m = b.length;
+  const L = Array.from({ length: n + 1 }, () => new Array(m + 1).fill(0));
+  for (let i = n - 1; i >= 0; i--) for (let k = m - 1; k >= 0; k--) L[i][k] = a[i] === b[k] ? L[i + 1][k + 1] + 1 : Math.max(L[i + 1][k], L[i][k + 1]);
+  const out = [];
+  let i = 0; let k = 0;
+  while (i < n || k < m) {
+    if (i < n && k < m && a[i] === b[k]) { out.push([' ', a[i]]); i++; k++; }
+    else if (i < n && (k === m || L[i + 1][k] >= L[i][k + 1])) { out.push(['-', a[i]]); i++; }
+    else { out.push(['+', b[k]]); k++; }
+  }
+  return out;
+}
+
+// The changed lines with two lines of context; a run of unchanged ones in between is elided.
+function diffView(older, newer) {
+  const d = lineDiff(older ? specLines(older) : [], specLines(newer));
+  const near = d.map((_, i) => d.slice(Math.max(0, i - 2), i + 3).some(([t]) => t !== ' '));
+  const lines = [];
+  let gap = false;
+  d.forEach(([t, line], i) => {
+    if (!near[i]) { if (!gap) lines.push(el('span', { class: 'diff-gap' }, '…')); gap = true; return; }
+    gap = false;
+    lines.push(el('span', { class: t === '+' ? 'diff-add' : t === '-' ? 'diff-del' : 'diff-same' }, `${t} ${line}`));
+  });
+  if (!d.some(([t]) => t !== ' ')) return el('p', { class: 'muted small' }, 'The same spec as the version before.');
+  return el('pre', { class: 'mono diff' }, lines.flatMap((x) => [x, '\n']));
+}
+
+function renderHistory() {
+  const body = document.getElementById('history-body');
+  const hv = state.history;
+  if (!body || !hv) return;
+  if (hv.error) { mode(body, `error:${hv.error.message}`, () => el('p', { class: 'muted small' }, `Cannot read the history: ${hv.error.message}`)); return; }
+  if (!hv.list) { mode(body, 'loading', () => el('p', { class: 'muted small' }, 'Loading the history…')); return; }
+  if (!hv.list.length) { mode(body, 'empty', () => el('p', { class: 'muted small', id: 'history-empty' }, 'No version of this job is kept.')); return; }
+  const sig = JSON.stringify([hv.list, hv.current]);
+  if (body.dataset.sig === sig) return;
+  body.dataset.sig = sig;
+  body.dataset.mode = 'list';
+  keepFocus(body, () => fill(body, el('ol', { id: 'history-list', class: 'history' }, hv.list.map((v, i) => {
+    const older = hv.list[i + 1];
+    return el('li', { class: 'history-item', dataset: { revision: String(v.revision), current: String(v.current) } },
+      el('div', { class: 'history-head' },
+        el('strong', {}, `Revision ${v.revision}`),
+        ' · ', el('span', { class: 'history-by' }, v.updated_by || 'unknown'),
+        ' · ', timeEl(v.updated_at),
+        v.current ? el('span', { class: 'badge succeeded history-current' }, 'current') : null,
+        v.current ? null : el('button', { type: 'button', class: 'small secondary history-restore',
+          dataset: { key: `history/${v.revision}/restore`, write: '' }, onclick: () => actions.restore(hv.job, v) }, 'Restore…')),
+      el('details', { class: 'history-diff', open: i === 0 ? '' : null },
+        el('summary', { class: 'small' }, older ? `Changes from revision ${older.revision}` : 'The first kept version'),
+        diffView(older && older.spec, v.spec)));
+  }))));
 }
 
 // ---------------------------------------------------------------- backfills

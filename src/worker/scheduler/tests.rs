@@ -170,6 +170,7 @@ impl Sim {
             revision: self.revision,
             paused_reason: None,
             paused_at: None,
+            updated_by: None,
             signature: None,
         };
         self.jobs.insert(job.spec.name.clone(), job.clone());
@@ -849,6 +850,7 @@ fn a_worker_that_starts_after_unclaimed_ticks_runs_the_newest_within_the_deadlin
         revision: sim.revision,
         paused_reason: None,
         paused_at: None,
+        updated_by: None,
         signature: None,
     };
     sim.jobs.insert("a".into(), job);
