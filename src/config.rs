@@ -159,6 +159,10 @@ pub struct WorkerConfig {
     /// How often the worker measures its clock against the masters.
     #[serde(with = "dur")]
     pub clock_check_interval: Duration,
+    /// The users a job's `run_as` may name on this worker (it must run as root to switch);
+    /// `root` only if listed. Empty (the default): no job runs as another user here, and a
+    /// run with `run_as` is recorded `failed`, saying why.
+    pub allowed_users: Vec<String>,
 }
 
 /// The variables a job inherits from the worker unless `worker.inherit_env` says otherwise.
@@ -202,6 +206,7 @@ impl Default for WorkerConfig {
             run_cgroups: RunCgroups::Auto,
             max_clock_skew: Duration::from_secs(1),
             clock_check_interval: Duration::from_secs(10),
+            allowed_users: Vec::new(),
         }
     }
 }
@@ -617,6 +622,9 @@ impl Config {
         if w.clock_check_interval < Duration::from_secs(1) || w.clock_check_interval > Duration::from_secs(600) {
             return Err(invalid("worker.clock_check_interval", "must be between 1s and 10m"));
         }
+        for user in &w.allowed_users {
+            crate::model::validate_user_name(user).map_err(|m| invalid("worker.allowed_users", m))?;
+        }
         Ok(())
     }
 
@@ -938,6 +946,9 @@ mod tests {
             ("[worker]\ninherit_env = [\"*\"]\n", "worker.inherit_env"),
             ("[worker]\ninherit_env = [\"PATH=x\"]\n", "worker.inherit_env"),
             ("[worker]\nmax_clock_skew = \"10ms\"\n", "worker.max_clock_skew"),
+            ("[worker]\nallowed_users = [\"Backup\"]\n", "worker.allowed_users"),
+            ("[worker]\nallowed_users = [\"\"]\n", "worker.allowed_users"),
+            ("[worker]\nallowed_users = [\"0\"]\n", "worker.allowed_users"),
         ];
         for (toml, key) in cases {
             let cfg = Config::from_toml(toml).unwrap();

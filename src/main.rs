@@ -151,6 +151,9 @@ struct WorkerArgs {
     /// Jobs that get per-job metric series (at most 100), comma-separated.
     #[arg(long, env = "CRONMESH_METRICS_JOBS", value_delimiter = ',')]
     metrics_jobs: Vec<String>,
+    /// Users a job's run_as may name (the worker must run as root), comma-separated.
+    #[arg(long, env = "CRONMESH_ALLOWED_USERS", value_delimiter = ',')]
+    allowed_users: Vec<String>,
 }
 
 #[derive(Args)]
@@ -371,6 +374,9 @@ fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
     }
     if !a.metrics_jobs.is_empty() {
         w.metrics_jobs = a.metrics_jobs.clone();
+    }
+    if !a.allowed_users.is_empty() {
+        w.allowed_users = a.allowed_users.clone();
     }
     if let Ok(t) = std::env::var("CRONMESH_WORKER_TOKEN")
         && !t.is_empty()
