@@ -33,6 +33,7 @@ mod outage;
 mod policies;
 mod quickstart;
 mod resume;
+mod run_as;
 mod schedules;
 mod shards;
 mod sinks;
