@@ -579,6 +579,11 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
         let spec = read_job(file)?;
         cronmesh::master::notify::check_rules(&spec, &channels)
             .map_err(|(field, message)| anyhow::anyhow!("{}: invalid job spec: {field}: {message}", file.display()))?;
+        if let Some(user) = &spec.run_as {
+            // SAFETY: geteuid has no memory effects.
+            cronmesh::cluster::run_as::check(user, &config.worker.allowed_users, unsafe { libc::geteuid() })
+                .map_err(|e| anyhow::anyhow!("{}: invalid job spec: run_as: {e}", file.display()))?;
+        }
         // a restart with the same files writes nothing (no new revision, no rescheduling)
         if let Ok(Some(existing)) = coord.get_job(&spec.name).await
             && existing.spec == spec
@@ -594,6 +599,7 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
     }
     let store = cronmesh::logstore::open(&config.master.log_store, retention(&config)).await?;
     let state = cronmesh::master::AppState::new(config.clone(), coord.clone(), store)?;
+    let _ = state.local_worker_users.set(config.worker.allowed_users.clone());
     let reporter = reporter_for(&config, state.ingest.clone())?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());

@@ -279,6 +279,10 @@ pub struct AppState {
     pub backfill_wake: tokio::sync::Notify,
     /// Told of every finished run, so the dependency driver decides its downstreams at once.
     pub deps: deps::Deps,
+    /// Set in `standalone`, where this process is also the worker: its `worker.allowed_users`.
+    /// A job with `run_as` this worker would refuse is then refused when written (see
+    /// `cluster::run_as`); a master alone cannot know its workers' users and takes it.
+    pub local_worker_users: std::sync::OnceLock<Vec<String>>,
 }
 
 impl AppState {
@@ -299,6 +303,7 @@ impl AppState {
             notify,
             backfill_wake: tokio::sync::Notify::new(),
             deps: deps::Deps::default(),
+            local_worker_users: std::sync::OnceLock::new(),
             feed,
             stats: stats::DayStats::default(),
             known: reports::Known::default(),

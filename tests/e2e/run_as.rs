@@ -202,3 +202,120 @@ async fn a_run_as_that_is_not_a_user_name_is_a_400_naming_run_as_and_nothing_is_
     let (_, b) = c.get(&m, "/api/v1/jobs/as-someone", None).await;
     assert_eq!(b["run_as"], "backup", "{b}");
 }
+
+/// Stops a standalone process (SIGTERM, then SIGKILL) when the test ends, passed or not.
+struct Stop(std::process::Child);
+impl Drop for Stop {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_refuses_a_run_as_its_worker_would_refuse_when_the_job_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.path().join("standalone.log")).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cronmesh"))
+        .args([
+            "standalone",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/standalone.toml"),
+            "--no-auth",
+            "--allowed-users",
+            "nobody",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--etcd-port",
+            &free_port().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env_remove("RUST_BACKTRACE")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _stop = Stop(child);
+    let http = cronmesh::http_client::client();
+    let put = |name: &str, user: &str| {
+        let req = http
+            .put(format!("{url}/api/v1/jobs/{name}"))
+            .json(&json!({"schedule": "@every 1s", "command": "id -un", "run_as": user}));
+        async move {
+            let resp = req.send().await.ok()?;
+            let status = resp.status().as_u16();
+            Some((status, resp.json::<serde_json::Value>().await.unwrap_or_default()))
+        }
+    };
+    wait_for(Duration::from_secs(30), "standalone answers", || {
+        let req = http.get(format!("{url}/api/v1/jobs"));
+        async move { req.send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    let (status, body) = put("as-daemon", "daemon").await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "run_as", "{body}");
+    let expected = if is_root() {
+        "run_as \"daemon\" is not in this worker's worker.allowed_users".to_string()
+    } else {
+        not_root_error("daemon")
+    };
+    assert!(body["error"]["message"].as_str().unwrap().contains(&expected), "{body}");
+    let (status, body) = put("as-nobody", "nobody").await.unwrap();
+    if !is_root() {
+        assert_eq!(status, 400, "a worker that is not root can run as nobody: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(&not_root_error("nobody")));
+        return;
+    }
+    assert_eq!(status, 201, "{body}");
+    let run = std::sync::Mutex::new(serde_json::Value::Null);
+    wait_for(Duration::from_secs(20), "the job has a finished run", || {
+        let req = http.get(format!("{url}/api/v1/runs?job=as-nobody&limit=1"));
+        let run = &run;
+        async move {
+            let Ok(resp) = req.send().await else { return false };
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            *run.lock().unwrap() = body["runs"][0].clone();
+            body["runs"][0]["status"].is_string()
+        }
+    })
+    .await;
+    let run = run.into_inner().unwrap();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let id = run["run_id"].as_str().unwrap();
+    let run: serde_json::Value = http
+        .get(format!("{url}/api/v1/runs/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run["output"], "nobody\n", "{run}");
+    let (status, _) = put("as-daemon", "daemon").await.unwrap();
+    assert_eq!(status, 400);
+    let status = http
+        .get(format!("{url}/api/v1/jobs/as-daemon"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404, "the refused job was not written");
+}
