@@ -358,6 +358,10 @@ pub struct WorkerConfig {
     /// `bad_signature`). Empty: every job in etcd runs (anyone who can write `jobs/` in etcd
     /// can run commands here; the worker warns at start).
     pub trusted_keys: Vec<String>,
+    /// The users a job's `run_as` may name on this worker (it must run as root to switch);
+    /// `root` only if listed. Empty (the default): no job runs as another user here, and a
+    /// run with `run_as` is recorded `failed`, saying why.
+    pub allowed_users: Vec<String>,
 }
 
 /// The variables a job inherits from the worker unless `worker.inherit_env` says otherwise.
@@ -402,6 +406,7 @@ impl Default for WorkerConfig {
             max_clock_skew: Duration::from_secs(1),
             clock_check_interval: Duration::from_secs(10),
             trusted_keys: Vec::new(),
+            allowed_users: Vec::new(),
         }
     }
 }
@@ -837,6 +842,9 @@ impl Config {
         }
         crate::signing::Verifier::from_entries(&w.trusted_keys)
             .map_err(|e| invalid("worker.trusted_keys", e.to_string()))?;
+        for user in &w.allowed_users {
+            crate::model::validate_user_name(user).map_err(|m| invalid("worker.allowed_users", m))?;
+        }
         Ok(())
     }
 
@@ -1225,6 +1233,9 @@ mod tests {
             ("[worker]\ninherit_env = [\"*\"]\n", "worker.inherit_env"),
             ("[worker]\ninherit_env = [\"PATH=x\"]\n", "worker.inherit_env"),
             ("[worker]\nmax_clock_skew = \"10ms\"\n", "worker.max_clock_skew"),
+            ("[worker]\nallowed_users = [\"Backup\"]\n", "worker.allowed_users"),
+            ("[worker]\nallowed_users = [\"\"]\n", "worker.allowed_users"),
+            ("[worker]\nallowed_users = [\"0\"]\n", "worker.allowed_users"),
         ];
         for (toml, key) in cases {
             let cfg = Config::from_toml(toml).unwrap();

@@ -215,6 +215,9 @@ struct WorkerArgs {
     /// ed25519:BASE64), comma-separated; set, unsigned jobs never run.
     #[arg(long, env = "CRONMESH_TRUSTED_KEYS", value_delimiter = ',')]
     trusted_keys: Vec<String>,
+    /// Users a job's run_as may name (the worker must run as root), comma-separated.
+    #[arg(long, env = "CRONMESH_ALLOWED_USERS", value_delimiter = ',')]
+    allowed_users: Vec<String>,
 }
 
 #[derive(Args)]
@@ -462,6 +465,9 @@ fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
     }
     if !a.trusted_keys.is_empty() {
         w.trusted_keys = a.trusted_keys.clone();
+    }
+    if !a.allowed_users.is_empty() {
+        w.allowed_users = a.allowed_users.clone();
     }
     if let Ok(t) = std::env::var("CRONMESH_WORKER_TOKEN")
         && !t.is_empty()
@@ -830,6 +836,11 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
         let spec = read_job(file)?;
         cronmesh::master::notify::check_rules(&spec, &channels)
             .map_err(|(field, message)| anyhow::anyhow!("{}: invalid job spec: {field}: {message}", file.display()))?;
+        if let Some(user) = &spec.run_as {
+            // SAFETY: geteuid has no memory effects.
+            cronmesh::cluster::run_as::check(user, &config.worker.allowed_users, unsafe { libc::geteuid() })
+                .map_err(|e| anyhow::anyhow!("{}: invalid job spec: run_as: {e}", file.display()))?;
+        }
         // a restart with the same files writes nothing (no new revision, no rescheduling)
         if let Ok(Some(existing)) = coord.get_job(&spec.name).await
             && existing.spec == spec
@@ -846,6 +857,7 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
     }
     let store = cronmesh::logstore::open(&config.master.log_store, retention(&config)).await?;
     let state = cronmesh::master::AppState::new(config.clone(), coord.clone(), store)?;
+    let _ = state.local_worker_users.set(config.worker.allowed_users.clone());
     let reporter = reporter_for(&config, state.ingest.clone())?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());

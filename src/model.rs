@@ -191,6 +191,42 @@ pub struct JobSpec {
     /// `all`: each tick runs once on every eligible live worker.
     #[serde(default, skip_serializing_if = "is_default")]
     pub fanout: Fanout,
+    /// The user the command runs as, with that user's groups (see [`validate_user_name`]):
+    /// only on a worker started as root whose `worker.allowed_users` lists it; elsewhere the
+    /// run is recorded `failed`, saying why. Absent: the worker's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+}
+
+/// Longest user name `run_as` takes (useradd's limit).
+pub const MAX_USER_NAME_LEN: usize = 32;
+
+/// Checks a user name as `run_as` and `worker.allowed_users` take it: 1–32 characters, the
+/// first of `[a-z_]`, the rest of `[a-z0-9_-]`, optionally ending in `$` (Debian's and
+/// shadow's `NAME_REGEX`, as `useradd` accepts by default). Anything else (upper case, digits
+/// first, `..`, `/`, spaces, a uid number) is refused: it is not a name `getpwnam` should be
+/// asked about. Returns what is wrong.
+pub fn validate_user_name(name: &str) -> Result<(), String> {
+    let body = name.strip_suffix('$').unwrap_or(name);
+    if body.is_empty() {
+        return Err(format!("{name:?} is not a user name: it is empty"));
+    }
+    if name.len() > MAX_USER_NAME_LEN {
+        return Err(format!(
+            "{name:?} is not a user name: it is {} characters long; the limit is {MAX_USER_NAME_LEN}",
+            name.len()
+        ));
+    }
+    let first_ok = body.starts_with(|c: char| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = body
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !first_ok || !rest_ok {
+        return Err(format!(
+            "{name:?} is not a user name: use a-z, 0-9, '_' and '-', starting with a letter or '_' (and optionally ending in '$')"
+        ));
+    }
+    Ok(())
 }
 
 /// Most shards a job may have.
@@ -497,6 +533,7 @@ impl JobSpec {
             after_timeout: None,
             shards: None,
             fanout: Fanout::One,
+            run_as: None,
         }
     }
 
@@ -614,6 +651,9 @@ impl JobSpec {
             if k.is_empty() || k.len() > 63 {
                 return Err(invalid("selector", "label keys must be 1-63 characters"));
             }
+        }
+        if let Some(user) = &self.run_as {
+            validate_user_name(user).map_err(|m| invalid("run_as", m))?;
         }
         self.validate_after()?;
         parse(self.effective_schedule(), &self.timezone, &self.name).map_err(|e| match e {
@@ -1199,6 +1239,54 @@ mod tests {
             assert_eq!(err.field, field, "{err}");
             assert!(!err.message.is_empty());
         }
+    }
+
+    #[test]
+    fn run_as_takes_a_user_name_and_nothing_that_only_looks_like_one() {
+        for ok in [
+            "backup",
+            "nobody",
+            "_apt",
+            "www-data",
+            "svc_2",
+            "machine$",
+            "a",
+            &"u".repeat(32),
+        ] {
+            assert_eq!(validate_user_name(ok), Ok(()), "{ok:?}");
+            let mut s = spec();
+            s.run_as = Some(ok.to_string());
+            s.validate().unwrap();
+        }
+        for bad in [
+            "",
+            "$",
+            "Backup",
+            "0day",
+            "-x",
+            "a b",
+            "../etc",
+            "a/b",
+            "root:x",
+            "1000",
+            "a$b",
+            "é",
+            "a\0",
+            &"u".repeat(33),
+        ] {
+            let message = validate_user_name(bad).unwrap_err();
+            assert!(message.contains("is not a user name"), "{bad:?}: {message}");
+            let mut s = spec();
+            s.run_as = Some(bad.to_string());
+            let e = s.validate().unwrap_err();
+            assert_eq!(e.field, "run_as", "{bad:?}: {e}");
+        }
+        // absent: not serialized, so stored jobs without it read back the same
+        let json = serde_json::to_string(&spec()).unwrap();
+        assert!(!json.contains("run_as"), "{json}");
+        let back: JobSpec =
+            serde_json::from_str(r#"{"name":"a","schedule":"@hourly","command":"x","run_as":"backup"}"#).unwrap();
+        assert_eq!(back.run_as.as_deref(), Some("backup"));
     }
 
     #[test]

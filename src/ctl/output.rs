@@ -309,6 +309,7 @@ pub const JOB_COLUMNS: &[Column] = &[
     }),
     wide("RETRIES", |j| j["retries"].as_u64().unwrap_or(0).to_string()),
     wide("OWNER", |j| s(&j["owner"])),
+    wide("RUN_AS", |j| s(&j["run_as"])),
     wide("LABELS", |j| labels(&j["labels"])),
     wide("COMMAND", |j| s(&j["command"])),
 ];
@@ -656,6 +657,11 @@ pub fn job_detail(j: &Value, wide: bool) -> String {
         // paused by the master (pause_after_failures): why, and since when
         text.push_str(&format!("\n\n{reason}, since {}", time(&j["paused_at"])));
     }
+    if let Some(user) = j["run_as"].as_str() {
+        text.push_str(&format!(
+            "\n\nruns as user {user} (on workers whose worker.allowed_users list it)"
+        ));
+    }
     let ups: Vec<String> = j["after"]
         .as_array()
         .into_iter()
@@ -804,6 +810,20 @@ mod tests {
             wide.contains("Europe/Paris") && wide.contains("forbid") && wide.contains("ops"),
             "{wide}"
         );
+    }
+
+    #[test]
+    fn a_job_with_run_as_says_which_user_it_runs_as() {
+        let mut j = json!({"name": "backup", "schedule": "@hourly", "next_fire_times": [],
+                           "schedule_description": "every hour"});
+        assert!(!job_detail(&j, false).contains("runs as"));
+        j["run_as"] = json!("backup");
+        let text = job_detail(&j, false);
+        assert!(
+            text.contains("\n\nruns as user backup (on workers whose worker.allowed_users list it)\n"),
+            "{text}"
+        );
+        assert!(table(JOB_COLUMNS, std::slice::from_ref(&j), true).contains("RUN_AS"));
     }
 
     #[test]

@@ -515,6 +515,7 @@ async fn put_job(
     // the spec alone first (a schedule beside `after` is its own error), then its place
     // among the other jobs
     spec.validate().map_err(crate::coord::CoordError::from)?;
+    check_run_as_here(&st, &spec)?;
     if dry_run {
         // what `put_job` checks before it writes (the name was checked with the path)
         if !spec.after.is_empty() {
@@ -574,6 +575,21 @@ pub(crate) async fn write_spec(st: &AppState, spec: JobSpec, by: &str) -> Result
     };
     st.history.record(&stored).await;
     Ok(stored)
+}
+
+/// In `standalone` the worker is this process: a `run_as` it would refuse at every run
+/// (not root, not in `worker.allowed_users`) is refused now, naming `run_as`.
+fn check_run_as_here(st: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
+    if let (Some(user), Some(allowed)) = (&spec.run_as, st.local_worker_users.get()) {
+        // SAFETY: geteuid has no memory effects.
+        crate::cluster::run_as::check(user, allowed, unsafe { libc::geteuid() }).map_err(|e| {
+            ApiError::bad_field(
+                "run_as",
+                format!("invalid job spec: run_as: {e} (standalone runs its jobs itself)"),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Checks a job's `after` against the stored jobs (upstreams exist, no cycle); returns what

@@ -672,6 +672,7 @@ spec_props = {
     "after_timeout": {"type": "string", "description": "with after: a root tick not met this long after its planned time is skipped (upstream_timeout); default 1h, 1s to 24h"},
     "shards": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "each tick runs as this many shards, each once, spread over the eligible workers by rendezvous on (job, shard); the command sees CRONMESH_SHARD_INDEX (0-based) and CRONMESH_SHARD_TOTAL; not with fanout all or after"},
     "fanout": {"enum": ["one", "all"], "description": "all: each tick runs once on every eligible live worker (a worker that joins runs the ticks after it joined); default one"},
+    "run_as": {"type": "string", "minLength": 1, "maxLength": 32, "pattern": "^[a-z_][a-z0-9_-]*\\$?$", "description": "the user the command runs as, with that user's groups only: on a worker started as root whose worker.allowed_users lists it; elsewhere the run is recorded failed, saying why (in standalone the write is refused); absent: the worker's own user"},
 }
 jobspec = strict(spec_props, required=["command"])
 

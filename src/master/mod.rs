@@ -282,6 +282,10 @@ pub struct AppState {
     pub deps: deps::Deps,
     /// Each job's versions (who changed what), kept in the run log.
     pub history: history::History,
+    /// Set in `standalone`, where this process is also the worker: its `worker.allowed_users`.
+    /// A job with `run_as` this worker would refuse is then refused when written (see
+    /// `cluster::run_as`); a master alone cannot know its workers' users and takes it.
+    pub local_worker_users: std::sync::OnceLock<Vec<String>>,
 }
 
 impl AppState {
@@ -303,6 +307,7 @@ impl AppState {
             backfill_wake: tokio::sync::Notify::new(),
             deps: deps::Deps::default(),
             history: history::History::new(store.clone(), config.master.job_history),
+            local_worker_users: std::sync::OnceLock::new(),
             feed,
             stats: stats::DayStats::default(),
             known: reports::Known::default(),

@@ -48,6 +48,26 @@ impl ClaimBatchDone {
     }
 }
 
+/// A run with `run_as` was not started: the worker is not root, the user is not in its
+/// `worker.allowed_users`, or the user does not exist here. The run is recorded `failed`.
+pub struct RunAsRefused<'a> {
+    pub job: &'a str,
+    pub run_id: &'a str,
+    pub refusal: &'a crate::cluster::run_as::RunAsRefusal,
+}
+impl RunAsRefused<'_> {
+    pub fn emit(self) {
+        METRICS.run_as_refused.with_label_values(&[self.refusal.reason()]).inc();
+        warn!(
+            job = self.job,
+            run_id = self.run_id,
+            reason = self.refusal.reason(),
+            error = %self.refusal,
+            "run not started: run_as refused"
+        );
+    }
+}
+
 /// A run's process started.
 pub struct RunStartedEvent<'a> {
     pub job: &'a str,

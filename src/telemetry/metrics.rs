@@ -146,6 +146,7 @@ pub struct Metrics {
     pub lease_lost: IntCounter,
     pub signals: IntCounterVec,
     pub spawn_errors: IntCounter,
+    pub run_as_refused: IntCounterVec,
     pub reports: IntCounterVec,
     pub report_queue_depth: IntGauge,
     pub reports_spooled: IntCounter,
@@ -389,6 +390,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["kind"],
         ),
         spawn_errors: counter("cronmesh_spawn_errors_total", "Commands that could not be started."),
+        run_as_refused: counter_vec(
+            "cronmesh_run_as_refused_total",
+            "Runs with run_as this worker did not start (recorded failed), by reason (not_root, not_allowed, unknown_user, lookup_failed).",
+            &["reason"],
+        ),
         reports: counter_vec(
             "cronmesh_reports_total",
             "Run events handed to the reporter, by kind.",
@@ -635,6 +641,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for r in ["unauthorized", "throttled"] {
         m.auth_failures.with_label_values(&[r]);
+    }
+    for r in crate::cluster::run_as::REFUSAL_REASONS {
+        m.run_as_refused.with_label_values(&[r]);
     }
     for r in REFUSE_REASONS {
         m.reports_refused.with_label_values(&[r]);

@@ -8,6 +8,7 @@
 //! pipe open) after its run is recorded.
 
 use super::cgroup::{RunCgroup, RunCgroups};
+use crate::cluster::run_as::RunAsRefusal;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -44,6 +45,118 @@ pub struct ExecSpec {
     /// stderr in a pipe of its own (its bytes marked in `stderr_spans`); otherwise it shares
     /// stdout's pipe, so the output keeps the exact order of writes.
     pub separate_stderr: bool,
+    /// The user the command runs as (`run_as`), looked up before the spawn; None: the
+    /// worker's own.
+    pub identity: Option<Arc<Identity>>,
+}
+
+/// A user to run a command as: what `getpwnam_r` and `getgrouplist` say, read in the worker
+/// before the spawn, so that the child between fork and exec only makes three system calls
+/// (`setgroups`, `setgid`, `setuid`) with what is here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    /// Every group the user is in, its primary group included: the run's supplementary
+    /// groups, none of the worker's.
+    pub groups: Vec<libc::gid_t>,
+    pub home: String,
+    pub shell: String,
+}
+
+impl Identity {
+    /// Looks `user` up in the system's user database (NSS: `/etc/passwd`, LDAP, …).
+    pub fn lookup(user: &str) -> Result<Identity, RunAsRefusal> {
+        use std::ffi::{CStr, CString};
+        let lookup_failed = |reason: String| RunAsRefusal::Lookup {
+            user: user.into(),
+            reason,
+        };
+        let name = CString::new(user).map_err(|_| lookup_failed("the name has a NUL byte".into()))?;
+        // SAFETY: sysconf has no memory effects.
+        let hint = unsafe { libc::sysconf(libc::_SC_GETPW_R_SIZE_MAX) };
+        let mut buf: Vec<libc::c_char> = vec![0; if hint > 0 { hint as usize } else { 16 * 1024 }];
+        // SAFETY: zeroed passwd is a valid out-parameter.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        loop {
+            // SAFETY: every pointer is valid for the call; buf's length is passed.
+            let r = unsafe { libc::getpwnam_r(name.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
+            match r {
+                libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
+                // no entry (getpwnam_r(3): these errors mean "not found" on some systems)
+                0 | libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM if found.is_null() => {
+                    return Err(RunAsRefusal::UnknownUser { user: user.into() });
+                }
+                0 => break,
+                e => return Err(lookup_failed(io::Error::from_raw_os_error(e).to_string())),
+            }
+        }
+        // SAFETY: getpwnam_r succeeded: the strings point into buf, alive here.
+        let text = |p: *const libc::c_char| unsafe {
+            if p.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        let (uid, gid, home, shell) = (pw.pw_uid, pw.pw_gid, text(pw.pw_dir), text(pw.pw_shell));
+        let mut groups: Vec<libc::gid_t> = vec![0; 64];
+        loop {
+            let mut n = groups.len() as libc::c_int;
+            // SAFETY: groups has room for n entries; getgrouplist writes at most n and says how
+            // many it needs in n.
+            let r = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+            if r >= 0 {
+                groups.truncate(n.max(0) as usize);
+                break;
+            }
+            if groups.len() >= 1 << 16 {
+                return Err(lookup_failed("it is in more than 65536 groups".into()));
+            }
+            groups.resize((n.max(0) as usize).max(groups.len() * 2), 0);
+        }
+        Ok(Identity {
+            user: user.into(),
+            uid,
+            gid,
+            groups,
+            home,
+            shell,
+        })
+    }
+}
+
+/// Drops the process to `uid`, `gid` and exactly `groups`: `setgroups`, `setgid`, then
+/// `setuid` (as root, `setuid` sets the real, effective and saved uid: there is no way back).
+/// Raw system calls: glibc's wrappers would signal every thread of the worker to change them
+/// all (a vfork-like child shares the worker's memory); in the child only its own thread
+/// changes, which is what is wanted. Returns the failed call's errno.
+///
+/// # Safety
+/// Only in a child between fork/clone and exec, with `groups` valid for `ngroups` entries. It
+/// is async-signal-safe: no allocation, no lock.
+unsafe fn switch_identity(
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: *const libc::gid_t,
+    ngroups: usize,
+) -> Result<(), libc::c_int> {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let errno = || *libc::__errno_location();
+        if libc::syscall(libc::SYS_setgroups, ngroups, groups) != 0 {
+            return Err(errno());
+        }
+        if libc::syscall(libc::SYS_setgid, gid) != 0 {
+            return Err(errno());
+        }
+        if libc::syscall(libc::SYS_setuid, uid) != 0 {
+            return Err(errno());
+        }
+    }
+    Ok(())
 }
 
 /// Why a command could not be started. The message names what is wrong.
@@ -65,6 +178,18 @@ pub enum SpawnError {
     },
     #[error("could not set up the run: {0}")]
     Setup(#[source] io::Error),
+    /// The shell could not be started as the run's user (switching to it, entering the
+    /// working directory as it, or the exec).
+    #[error("could not start {shell:?} as user {user:?}: {source}")]
+    ShellAs {
+        shell: String,
+        user: String,
+        #[source]
+        source: io::Error,
+    },
+    /// `run_as` refused: nothing was started.
+    #[error(transparent)]
+    RunAs(#[from] RunAsRefusal),
 }
 
 /// Why a run ended.
@@ -178,6 +303,12 @@ struct ChildPlan {
     /// The run's stderr (a pipe of its own, so the output can say which lines were stderr).
     stderr_fd: libc::c_int,
     err_fd: libc::c_int,
+    /// Switch to this user before the working directory and exec (`run_as`).
+    switch: bool,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: *const libc::gid_t,
+    ngroups: usize,
 }
 
 /// The child between clone and exec. What std's `Command` does after a fork: signal handlers
@@ -227,6 +358,12 @@ unsafe extern "C" fn child_main(plan: *const ChildPlan) -> ! {
         }
         if null > 2 {
             libc::close(null);
+        }
+        if plan.switch
+            && let Err(errno) = switch_identity(plan.uid, plan.gid, plan.groups, plan.ngroups)
+        {
+            *libc::__errno_location() = errno;
+            fail(plan.err_fd);
         }
         if !plan.workdir.is_null() && libc::chdir(plan.workdir) != 0 {
             fail(plan.err_fd);
@@ -312,6 +449,11 @@ fn clone_into_cgroup(
         out_fd: out.as_raw_fd(),
         stderr_fd: stderr.as_raw_fd(),
         err_fd: err_w.as_raw_fd(),
+        switch: spec.identity.is_some(),
+        uid: spec.identity.as_ref().map_or(0, |i| i.uid),
+        gid: spec.identity.as_ref().map_or(0, |i| i.gid),
+        groups: spec.identity.as_ref().map_or(std::ptr::null(), |i| i.groups.as_ptr()),
+        ngroups: spec.identity.as_ref().map_or(0, |i| i.groups.len()),
     };
     let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
@@ -433,6 +575,21 @@ fn check_workdir(dir: &str) -> Result<(), SpawnError> {
     })
 }
 
+/// The error of a shell that did not start: named with the run's user when it has one.
+fn shell_error(spec: &ExecSpec, source: io::Error) -> SpawnError {
+    match &spec.identity {
+        Some(id) => SpawnError::ShellAs {
+            shell: spec.shell.clone(),
+            user: id.user.clone(),
+            source,
+        },
+        None => SpawnError::Shell {
+            shell: spec.shell.clone(),
+            source,
+        },
+    }
+}
+
 /// Starts the command. Synchronous (fork/exec takes well under a millisecond).
 pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
     if let Some(dir) = &spec.workdir {
@@ -474,10 +631,7 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
                     if let Some(dir) = &spec.workdir {
                         check_workdir(dir)?;
                     }
-                    return Err(SpawnError::Shell {
-                        shell: spec.shell.clone(),
-                        source,
-                    });
+                    return Err(shell_error(spec, source));
                 }
             }
         }
@@ -500,7 +654,10 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
                 .stdout(writer)
                 .stderr(err_writer)
                 .process_group(0);
-            if let Some(dir) = &spec.workdir {
+            // as another user, the directory is entered as that user (below)
+            if let Some(dir) = &spec.workdir
+                && spec.identity.is_none()
+            {
                 cmd.current_dir(dir);
             }
             if let Some(cg) = &cgroup {
@@ -517,6 +674,27 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
                     });
                 }
             }
+            // after the cgroup (its cgroup.procs is root's to write), before exec
+            if let Some(id) = spec.identity.clone() {
+                let workdir = match spec.workdir.as_deref().map(std::ffi::CString::new).transpose() {
+                    Ok(w) => w,
+                    Err(e) => return Err(SpawnError::Setup(io::Error::new(io::ErrorKind::InvalidInput, e))),
+                };
+                // SAFETY: runs in the forked child before exec; it reads what was made here
+                // (no allocation, no lookup) and makes async-signal-safe system calls.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        switch_identity(id.uid, id.gid, id.groups.as_ptr(), id.groups.len())
+                            .map_err(io::Error::from_raw_os_error)?;
+                        if let Some(w) = &workdir
+                            && libc::chdir(w.as_ptr()) != 0
+                        {
+                            return Err(io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
             let child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(source) => {
@@ -526,10 +704,7 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
                     if let Some(cg) = cgroup {
                         let _ = std::fs::remove_dir(cg.dir_path());
                     }
-                    return Err(SpawnError::Shell {
-                        shell: spec.shell.clone(),
-                        source,
-                    });
+                    return Err(shell_error(spec, source));
                 }
             };
             drop(cmd); // closes our copies of the pipe's write end, so EOF comes when the group is gone
@@ -871,6 +1046,7 @@ mod tests {
             cgroups: None,
             run_id: "test".into(),
             separate_stderr: false,
+            identity: None,
         }
     }
 
@@ -1049,6 +1225,70 @@ mod tests {
             let e = spawn(&s).err().expect("fails").to_string();
             assert!(
                 e.contains("could not start \"/bin/no-such-shell\": No such file"),
+                "{way}: {e}"
+            );
+            assert_eq!(
+                CLONE3_WORKS.load(Ordering::Relaxed),
+                clone3,
+                "{way}: started the way it tests"
+            );
+        }
+        CLONE3_WORKS.store(true, Ordering::Relaxed);
+    }
+
+    #[tokio::test]
+    async fn a_run_as_another_user_has_its_ids_and_groups_only_and_no_capabilities_every_way_it_starts() {
+        let nobody = Arc::new(Identity::lookup("nobody").expect("Debian has nobody"));
+        assert_eq!(
+            (nobody.uid, nobody.gid, nobody.groups.clone()),
+            (65534, 65534, vec![65534])
+        );
+        assert!(matches!(
+            Identity::lookup("no-such-user-here"),
+            Err(RunAsRefusal::UnknownUser { .. })
+        ));
+        let cgroups = RunCgroups::detect(&format!("unit-runas-{}", std::process::id()))
+            .ok()
+            .map(Arc::new);
+        let mut ways = vec![("no cgroup", None, true)];
+        if let Some(cg) = &cgroups {
+            ways.push(("clone3 into the cgroup", Some(cg.clone()), true));
+            ways.push(("fork, then cgroup.procs", Some(cg.clone()), false));
+        } else {
+            eprintln!("cgroups v2 are not usable here: only the way without a cgroup is tested");
+        }
+        // a directory only root may enter: the run enters its working directory as its user
+        let private = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(private.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        // SAFETY: geteuid has no memory effects.
+        let root = unsafe { libc::geteuid() } == 0;
+        for (i, (way, cg, clone3)) in ways.into_iter().enumerate() {
+            CLONE3_WORKS.store(clone3, Ordering::Relaxed);
+            let mut s = spec("id -u; id -g; id -G; grep -E '^Cap(Prm|Eff):' /proc/self/status");
+            s.cgroups = cg.clone();
+            s.run_id = format!("runas-{i}");
+            s.identity = Some(nobody.clone());
+            if !root {
+                // a worker that is not root cannot switch: the spawn fails, nothing runs
+                let e = spawn(&s).err().expect("fails").to_string();
+                assert!(e.contains("as user \"nobody\": Operation not permitted"), "{way}: {e}");
+                continue;
+            }
+            let r = run(&s).await;
+            assert_eq!(r.exit_code, Some(0), "{way}: {}", r.output);
+            let lines: Vec<&str> = r.output.lines().collect();
+            assert_eq!(lines[..3], ["65534", "65534", "65534"], "{way}: {}", r.output);
+            for cap in &lines[3..] {
+                assert!(cap.ends_with("0000000000000000"), "{way}: {cap}");
+            }
+            let mut s = spec("pwd");
+            s.cgroups = cg;
+            s.run_id = format!("runas-dir-{i}");
+            s.identity = Some(nobody.clone());
+            s.workdir = Some(private.path().display().to_string());
+            let e = spawn(&s).err().expect("nobody may not enter it").to_string();
+            assert!(
+                e.contains("could not start \"/bin/sh\" as user \"nobody\": Permission denied"),
                 "{way}: {e}"
             );
             assert_eq!(

@@ -34,6 +34,7 @@ mod outage;
 mod policies;
 mod quickstart;
 mod resume;
+mod run_as;
 mod schedules;
 mod security;
 mod shards;

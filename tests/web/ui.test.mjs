@@ -248,6 +248,24 @@ if (MODE === 'ui') {
       await page.locator('#jobs-table tr[data-job="ui-buffer"]').waitFor({ state: 'detached' });
     });
 
+    await t.test('the form sets the user a job runs as; one that is not a user name is told at its field', async () => {
+      await page.click('#new-job');
+      await page.fill('#f-name', 'ui-runas');
+      await page.fill('#f-schedule', '0 0 1 1 *');
+      await page.fill('#f-command', 'id -un');
+      await page.fill('#f-run_as', 'Not A User');
+      await page.click('#job-save');
+      await page.locator('#e-run_as').waitFor({ state: 'visible' });
+      assert.match(await page.textContent('#e-run_as'), /is not a user name/);
+      assert.equal((await apiCall('GET', '/api/v1/jobs/ui-runas')).status, 404, 'nothing stored');
+      await page.fill('#f-run_as', 'nobody');
+      await page.click('#job-save');
+      await page.locator('#job-dialog').waitFor({ state: 'hidden' });
+      assert.equal((await apiCall('GET', '/api/v1/jobs/ui-runas')).body.run_as, 'nobody');
+      assert.equal((await apiCall('DELETE', '/api/v1/jobs/ui-runas')).status, 204);
+      await page.locator('#jobs-table tr[data-job="ui-runas"]').waitFor({ state: 'detached' });
+    });
+
     await t.test('its runs appear live on its page, without reload', async () => {
       const navigations = [];
       page.on('framenavigated', (f) => { if (f === page.mainFrame()) navigations.push(f.url()); });

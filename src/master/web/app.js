@@ -789,7 +789,7 @@ const actions = {
 // ---------------------------------------------------------------- the job form
 
 const FORM_FIELDS = ['name', 'schedule', 'timezone', 'after', 'after_timeout', 'command', 'shell', 'timeout', 'retries', 'retry_backoff',
-  'concurrency', 'max_buffer', 'misfire', 'catchup_window', 'stderr', 'starting_deadline', 'workdir', 'max_output_bytes', 'env', 'selector',
+  'concurrency', 'max_buffer', 'misfire', 'catchup_window', 'stderr', 'starting_deadline', 'workdir', 'run_as', 'max_output_bytes', 'env', 'selector',
   'description', 'owner', 'labels', 'paused', 'pause_after_failures', 'shards', 'fanout'];
 let formMode = null; // { edit: name } or { create: true }
 
@@ -2058,7 +2058,8 @@ function renderJob(name) {
         ['Next runs', s.paused ? 'paused' : dependent ? 'after its upstreams, once per root tick'
           : (j.next_fire_times || []).map((t) => fmtAbs(Date.parse(t))).join(' · ') || '—'],
         ['Command', el('pre', { class: 'mono command' }, s.command)],
-        ['Shell', s.shell], ['Concurrency', s.concurrency || 'allow'],
+        ['Shell', s.shell], ['Runs as', s.run_as ? el('span', { id: 'job-run-as' }, `user ${s.run_as}`) : 'the worker\'s user'],
+        ['Concurrency', s.concurrency || 'allow'],
         ['Runs on', s.shards ? `${s.shards} shards, each on its owner (CRONMESH_SHARD_INDEX of CRONMESH_SHARD_TOTAL)`
           : s.fanout === 'all' ? 'every eligible worker, once each' : 'one worker (the job\'s owner)'],
         ['Missed ticks', `${s.misfire || 'run_once'}, within ${s.starting_deadline || '30s'}`],

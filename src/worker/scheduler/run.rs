@@ -5,13 +5,16 @@
 
 use super::io::{Input, RunOrder};
 use super::tick::exec_status;
+use crate::cluster::run_as::RunAsRefusal;
 use crate::config::{RunCgroups as CgroupMode, WorkerConfig};
 use crate::schedule::rfc3339_ms;
+use crate::telemetry::events::RunAsRefused;
 use crate::telemetry::trace::RunTrace;
 use crate::worker::cgroup::RunCgroups;
 use crate::worker::clock::Clock;
-use crate::worker::executor::{self, ExecSpec};
+use crate::worker::executor::{self, ExecSpec, Identity, SpawnError};
 use opentelemetry::KeyValue;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -112,7 +115,42 @@ pub fn exec_spec(order: &RunOrder, ctx: &RunContext, traceparent: &str) -> ExecS
         cgroups: ctx.cgroups.clone(),
         run_id: order.run_id.clone(),
         separate_stderr: spec.stderr == crate::model::Stderr::Separate,
+        identity: None,
     }
+}
+
+/// The run's user (`run_as`): refused unless this worker runs as root and its
+/// `worker.allowed_users` lists the user, then looked up (on the spawning thread: the user
+/// database may be NSS over the network). The run's `HOME`, `USER` and `LOGNAME`, and `SHELL`
+/// when the worker's is inherited, become the user's, except those the job's own `env` sets.
+pub fn with_run_as(
+    mut exec: ExecSpec,
+    user: Option<&str>,
+    allowed: &[String],
+    job_env: &BTreeMap<String, String>,
+) -> Result<ExecSpec, RunAsRefusal> {
+    let Some(user) = user else { return Ok(exec) };
+    // SAFETY: geteuid has no memory effects and cannot fail.
+    crate::cluster::run_as::check(user, allowed, unsafe { libc::geteuid() })?;
+    let id = Identity::lookup(user)?;
+    let inherits_shell = exec.env.iter().any(|(k, _)| k == "SHELL");
+    let mut vars = vec![
+        ("HOME", id.home.clone()),
+        ("USER", id.user.clone()),
+        ("LOGNAME", id.user.clone()),
+    ];
+    if inherits_shell {
+        vars.push(("SHELL", id.shell.clone()));
+    }
+    for (k, v) in vars {
+        if job_env.contains_key(k) {
+            continue;
+        }
+        exec.env.retain(|(name, _)| name != k);
+        exec.env.push((k.to_string(), v));
+    }
+    exec.identity = Some(Arc::new(id));
+    Ok(exec)
 }
 
 /// Runs one process to its end; returns when the core has been told.
@@ -144,15 +182,29 @@ pub async fn run(
     // it, and both cores fork in parallel
     let spawned = {
         let _permit = spawners.acquire_owned().await;
-        let e = exec.clone();
-        tokio::task::spawn_blocking(move || executor::spawn(&e)).await
+        let (run_as, env) = (order.job.spec.run_as.clone(), order.job.spec.env.clone());
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            let e = with_run_as(exec, run_as.as_deref(), &ctx.cfg.allowed_users, &env)?;
+            executor::spawn(&e).map(|child| (child, e))
+        })
+        .await
     };
     let started = clock.now_ms();
     trace.child("claim", order.claim.started, order.claim.won, vec![]);
     trace.child("spawn", order.fired_at, started, vec![]);
     trace.set(vec![KeyValue::new("cronmesh.lag_ms", started - order.planned)]);
-    let child = match spawned {
-        Ok(Ok(child)) => child,
+    let (child, exec) = match spawned {
+        Ok(Ok(spawned)) => spawned,
+        Ok(Err(SpawnError::RunAs(refusal))) => {
+            RunAsRefused {
+                job: crate::model::part_of(&order.job.spec.name).0,
+                run_id: &order.run_id,
+                refusal: &refusal,
+            }
+            .emit();
+            return spawn_failed(order, started, trace, refusal.to_string(), &tx, &*clock).await;
+        }
         Ok(Err(e)) => return spawn_failed(order, started, trace, e.to_string(), &tx, &*clock).await,
         Err(e) => return spawn_failed(order, started, trace, e.to_string(), &tx, &*clock).await,
     };
