@@ -46,6 +46,15 @@ impl Coord {
         self
     }
 
+    /// Whether `job` is signed as this process would sign it now (always, when it signs
+    /// nothing): a write of the same spec may then be skipped; otherwise it signs the job.
+    pub fn signed_as_mine(&self, job: &StoredJob) -> bool {
+        match &self.signer {
+            None => true,
+            Some(_) => job.signature == self.sign(&job.spec),
+        }
+    }
+
     /// The signature of `spec` by this process' key, if it has one.
     fn sign(&self, spec: &JobSpec) -> Option<crate::model::JobSignature> {
         self.signer.as_ref().map(|s| s.sign(self.cluster_prefix(), spec))

@@ -247,6 +247,17 @@ pub enum AccessError {
     Unreachable(CoordError),
 }
 
+/// An error of etcd-client and its sources, lowercased.
+fn chain_lower(e: &etcd_client::Error) -> String {
+    let mut out = format!("{e} {e:?}");
+    let mut src = std::error::Error::source(e);
+    while let Some(x) = src {
+        out.push_str(&format!(" {x}"));
+        src = x.source();
+    }
+    out.to_lowercase()
+}
+
 /// What to check for a TLS failure, by what the handshake said.
 fn tls_advice(m: &str, has_identity: bool) -> String {
     let l = m.to_lowercase();
@@ -388,7 +399,15 @@ impl Coord {
                         timeout: self.timeout,
                     })
                 })?
-                .map_err(|e| classify("authenticate", &e))?;
+                .or_else(|e| {
+                    // a user configured before etcd's authentication is turned on: go on without
+                    if chain_lower(&e).contains("authentication is not enabled") {
+                        tracing::warn!(user = %u.0, "etcd has authentication off: connecting without a user until it is turned on (restart then)");
+                        Ok(())
+                    } else {
+                        Err(classify("authenticate", &e))
+                    }
+                })?;
         }
         let key = self.keys.jobs();
         let end = prefix_end(key.as_bytes());

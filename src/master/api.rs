@@ -508,6 +508,7 @@ async fn put_job(
     // re-applying what is stored writes nothing: no new revision, no event, no rescheduling
     if let Some(j) = existing.clone()
         && j.spec == spec
+        && st.coord.signed_as_mine(&j)
     {
         return Ok(answer(j, Change::Unchanged).await);
     }

@@ -253,7 +253,7 @@ pub async fn rollback(
     let existing = current(&st, &name).await?;
     let (stored, change) = match existing {
         // restoring what is there writes nothing (as PUT of the same spec)
-        Some(j) if j.spec == spec => (j, Change::Unchanged),
+        Some(j) if j.spec == spec && st.coord.signed_as_mine(&j) => (j, Change::Unchanged),
         ref e => {
             let change = if e.is_some() {
                 Change::Configured
