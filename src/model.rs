@@ -1225,14 +1225,35 @@ mod tests {
 
     #[test]
     fn run_as_takes_a_user_name_and_nothing_that_only_looks_like_one() {
-        for ok in ["backup", "nobody", "_apt", "www-data", "svc_2", "machine$", "a", &"u".repeat(32)] {
+        for ok in [
+            "backup",
+            "nobody",
+            "_apt",
+            "www-data",
+            "svc_2",
+            "machine$",
+            "a",
+            &"u".repeat(32),
+        ] {
             assert_eq!(validate_user_name(ok), Ok(()), "{ok:?}");
             let mut s = spec();
             s.run_as = Some(ok.to_string());
             s.validate().unwrap();
         }
         for bad in [
-            "", "$", "Backup", "0day", "-x", "a b", "../etc", "a/b", "root:x", "1000", "a$b", "é", "a\0",
+            "",
+            "$",
+            "Backup",
+            "0day",
+            "-x",
+            "a b",
+            "../etc",
+            "a/b",
+            "root:x",
+            "1000",
+            "a$b",
+            "é",
+            "a\0",
             &"u".repeat(33),
         ] {
             let message = validate_user_name(bad).unwrap_err();

@@ -626,7 +626,9 @@ pub fn job_detail(j: &Value, wide: bool) -> String {
         text.push_str(&format!("\n\n{reason}, since {}", time(&j["paused_at"])));
     }
     if let Some(user) = j["run_as"].as_str() {
-        text.push_str(&format!("\n\nruns as user {user} (on workers whose worker.allowed_users list it)"));
+        text.push_str(&format!(
+            "\n\nruns as user {user} (on workers whose worker.allowed_users list it)"
+        ));
     }
     let ups: Vec<String> = j["after"]
         .as_array()
@@ -785,7 +787,10 @@ mod tests {
         assert!(!job_detail(&j, false).contains("runs as"));
         j["run_as"] = json!("backup");
         let text = job_detail(&j, false);
-        assert!(text.contains("\n\nruns as user backup (on workers whose worker.allowed_users list it)\n"), "{text}");
+        assert!(
+            text.contains("\n\nruns as user backup (on workers whose worker.allowed_users list it)\n"),
+            "{text}"
+        );
         assert!(table(JOB_COLUMNS, std::slice::from_ref(&j), true).contains("RUN_AS"));
     }
 

@@ -563,7 +563,10 @@ fn check_run_as_here(st: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
     if let (Some(user), Some(allowed)) = (&spec.run_as, st.local_worker_users.get()) {
         // SAFETY: geteuid has no memory effects.
         crate::cluster::run_as::check(user, allowed, unsafe { libc::geteuid() }).map_err(|e| {
-            ApiError::bad_field("run_as", format!("invalid job spec: run_as: {e} (standalone runs its jobs itself)"))
+            ApiError::bad_field(
+                "run_as",
+                format!("invalid job spec: run_as: {e} (standalone runs its jobs itself)"),
+            )
         })?;
     }
     Ok(())

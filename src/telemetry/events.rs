@@ -57,10 +57,7 @@ pub struct RunAsRefused<'a> {
 }
 impl RunAsRefused<'_> {
     pub fn emit(self) {
-        METRICS
-            .run_as_refused
-            .with_label_values(&[self.refusal.reason()])
-            .inc();
+        METRICS.run_as_refused.with_label_values(&[self.refusal.reason()]).inc();
         warn!(
             job = self.job,
             run_id = self.run_id,

@@ -1239,7 +1239,10 @@ mod tests {
     #[tokio::test]
     async fn a_run_as_another_user_has_its_ids_and_groups_only_and_no_capabilities_every_way_it_starts() {
         let nobody = Arc::new(Identity::lookup("nobody").expect("Debian has nobody"));
-        assert_eq!((nobody.uid, nobody.gid, nobody.groups.clone()), (65534, 65534, vec![65534]));
+        assert_eq!(
+            (nobody.uid, nobody.gid, nobody.groups.clone()),
+            (65534, 65534, vec![65534])
+        );
         assert!(matches!(
             Identity::lookup("no-such-user-here"),
             Err(RunAsRefusal::UnknownUser { .. })
@@ -1288,7 +1291,11 @@ mod tests {
                 e.contains("could not start \"/bin/sh\" as user \"nobody\": Permission denied"),
                 "{way}: {e}"
             );
-            assert_eq!(CLONE3_WORKS.load(Ordering::Relaxed), clone3, "{way}: started the way it tests");
+            assert_eq!(
+                CLONE3_WORKS.load(Ordering::Relaxed),
+                clone3,
+                "{way}: started the way it tests"
+            );
         }
         CLONE3_WORKS.store(true, Ordering::Relaxed);
     }

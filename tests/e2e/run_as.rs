@@ -79,7 +79,12 @@ async fn a_user_not_allowed_or_unknown_starts_nothing_and_the_run_is_recorded_fa
     let port = free_port();
     c.start_worker(
         "w1",
-        &["--allowed-users", "nobody,no-such-user", "--listen", &format!("127.0.0.1:{port}")],
+        &[
+            "--allowed-users",
+            "nobody,no-such-user",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
     );
     c.wait_members(&["w1"]).await;
     let marker = c.path("daemon-ran");
@@ -104,7 +109,11 @@ async fn a_user_not_allowed_or_unknown_starts_nothing_and_the_run_is_recorded_fa
         )
     } else {
         eprintln!("the tests do not run as root: the worker must refuse run_as");
-        (not_root_error("daemon"), not_root_error("no-such-user"), ["not_root", "not_root"])
+        (
+            not_root_error("daemon"),
+            not_root_error("no-such-user"),
+            ["not_root", "not_root"],
+        )
     };
     assert_eq!(daemon.error.as_deref(), Some(daemon_error.as_str()), "{daemon:?}");
     assert_eq!(unknown.error.as_deref(), Some(unknown_error.as_str()), "{unknown:?}");
@@ -172,7 +181,10 @@ async fn a_worker_not_started_as_root_refuses_run_as_at_run_time() {
     );
     assert!(!marker.exists(), "the command of a refused run never ran");
     let plain = first_record(&c, "plain").await;
-    assert_eq!((plain.status, plain.output.as_str()), (RunStatus::Succeeded, "nobody\n"));
+    assert_eq!(
+        (plain.status, plain.output.as_str()),
+        (RunStatus::Succeeded, "nobody\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +293,12 @@ async fn standalone_refuses_a_run_as_its_worker_would_refuse_when_the_job_is_wri
     let (status, body) = put("as-nobody", "nobody").await.unwrap();
     if !is_root() {
         assert_eq!(status, 400, "a worker that is not root can run as nobody: {body}");
-        assert!(body["error"]["message"].as_str().unwrap().contains(&not_root_error("nobody")));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&not_root_error("nobody"))
+        );
         return;
     }
     assert_eq!(status, 201, "{body}");

@@ -5,16 +5,16 @@
 
 use super::io::{Input, RunOrder};
 use super::tick::exec_status;
+use crate::cluster::run_as::RunAsRefusal;
 use crate::config::{RunCgroups as CgroupMode, WorkerConfig};
 use crate::schedule::rfc3339_ms;
+use crate::telemetry::events::RunAsRefused;
 use crate::telemetry::trace::RunTrace;
 use crate::worker::cgroup::RunCgroups;
 use crate::worker::clock::Clock;
-use crate::cluster::run_as::RunAsRefusal;
-use crate::telemetry::events::RunAsRefused;
 use crate::worker::executor::{self, ExecSpec, Identity, SpawnError};
-use std::collections::BTreeMap;
 use opentelemetry::KeyValue;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -134,7 +134,11 @@ pub fn with_run_as(
     crate::cluster::run_as::check(user, allowed, unsafe { libc::geteuid() })?;
     let id = Identity::lookup(user)?;
     let inherits_shell = exec.env.iter().any(|(k, _)| k == "SHELL");
-    let mut vars = vec![("HOME", id.home.clone()), ("USER", id.user.clone()), ("LOGNAME", id.user.clone())];
+    let mut vars = vec![
+        ("HOME", id.home.clone()),
+        ("USER", id.user.clone()),
+        ("LOGNAME", id.user.clone()),
+    ];
     if inherits_shell {
         vars.push(("SHELL", id.shell.clone()));
     }
