@@ -72,6 +72,10 @@ pub struct Config {
     pub standalone: StandaloneConfig,
     /// OpenTelemetry trace export (off by default).
     pub tracing: crate::telemetry::trace::TracingConfig,
+    /// The file this was read from (`--config`; none: defaults, flags and environment only). A
+    /// master's SIGHUP reads its `[master.auth]` tokens again.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             master: MasterConfig::default(),
             standalone: StandaloneConfig::default(),
             tracing: Default::default(),
+            file: None,
         }
     }
 }
@@ -133,6 +138,9 @@ pub struct WorkerConfig {
     pub masters: Vec<String>,
     /// Bearer token for reporting (role `worker`); also `CRONMESH_WORKER_TOKEN`.
     pub token: Option<String>,
+    /// PEM file of the CA certificate(s) that masters' HTTPS certificates are verified against,
+    /// for reports and clock checks (none: the system's roots). Read at start.
+    pub master_ca_file: Option<PathBuf>,
     /// Where run reports wait while no master is reachable (survives restarts); each worker id
     /// has its own subdirectory. Default: `$STATE_DIRECTORY/spool` under systemd (its
     /// `StateDirectory=`), `/var/lib/cronmesh/spool` as root, else
@@ -195,6 +203,7 @@ impl Default for WorkerConfig {
             runs_file: None,
             masters: Vec::new(),
             token: None,
+            master_ca_file: None,
             spool_dir: default_spool_dir(),
             report_queue: 10_000,
             metrics_jobs: Vec::new(),
@@ -240,8 +249,13 @@ pub struct MasterConfig {
     pub retention_max_age: Option<Duration>,
     /// Keep at most this many records per job (none: all).
     pub retention_max_per_job: Option<u64>,
-    /// Who may call the API.
+    /// Who may call the API. Its tokens are read again on SIGHUP.
     pub auth: AuthConfig,
+    /// PEM certificate chain (the master's certificate first) to serve HTTPS with, together with
+    /// `tls_key_file` (none: plain HTTP). Read again on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1). Read again on SIGHUP.
+    pub tls_key_file: Option<PathBuf>,
     /// Serve the web page at `/` (its assets are public; its data needs a token like the API).
     pub web_ui: bool,
     /// Take part in keeping the tick ledger (one master at a time does: it records every
@@ -357,6 +371,8 @@ impl Default for MasterConfig {
             retention_max_age: Some(Duration::from_secs(30 * 86_400)),
             retention_max_per_job: Some(10_000),
             auth: AuthConfig::default(),
+            tls_cert_file: None,
+            tls_key_file: None,
             web_ui: true,
             ledger: true,
             ledger_grace: Duration::from_secs(5),
@@ -521,10 +537,12 @@ impl Config {
             path: path.to_path_buf(),
             error,
         })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+        let mut config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_path_buf(),
             message,
-        })
+        })?;
+        config.file = Some(path.to_path_buf());
+        Ok(config)
     }
 
     pub fn from_toml(text: &str) -> Result<Self, String> {
@@ -670,6 +688,21 @@ impl Config {
         }
         if m.max_connections < 16 {
             return Err(invalid("master.max_connections", "must be at least 16"));
+        }
+        match (&m.tls_cert_file, &m.tls_key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "master.tls_key_file",
+                    "is not set, but master.tls_cert_file is: HTTPS needs both (or neither, for plain HTTP)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "master.tls_cert_file",
+                    "is not set, but master.tls_key_file is: HTTPS needs both (or neither, for plain HTTP)",
+                ));
+            }
+            _ => {}
         }
         for t in &m.auth.tokens {
             if let (Some(var), Some(tok)) = (t.from_env, &t.token)

@@ -109,6 +109,19 @@ struct MasterArgs {
     /// How long after a tick's starting deadline the ledger accounts for it, e.g. 5s.
     #[arg(long, env = "CRONMESH_LEDGER_GRACE")]
     ledger_grace: Option<humantime::Duration>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// HTTPS for the master's listener (master and standalone).
+#[derive(Args, Default)]
+struct TlsArgs {
+    /// PEM certificate chain to serve HTTPS with (with --tls-key-file); SIGHUP reads it again.
+    #[arg(long, env = "CRONMESH_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file; SIGHUP reads it again.
+    #[arg(long, env = "CRONMESH_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Default)]
@@ -145,6 +158,10 @@ struct WorkerArgs {
     /// Master URL(s) to report to, besides those registered in etcd.
     #[arg(long = "master", env = "CRONMESH_MASTER", value_delimiter = ',')]
     masters: Vec<String>,
+    /// PEM CA certificate(s) masters' HTTPS certificates are verified against (default: the
+    /// system's roots).
+    #[arg(long, env = "CRONMESH_MASTER_CA")]
+    master_ca: Option<PathBuf>,
     /// Where undelivered run reports wait (survives restarts).
     #[arg(long, env = "CRONMESH_SPOOL_DIR")]
     spool_dir: Option<PathBuf>,
@@ -169,6 +186,8 @@ struct StandaloneArgs {
     /// Job files (JSON or TOML) to apply at start, e.g. config/jobs/*.toml.
     #[arg(long = "apply", env = "CRONMESH_APPLY", value_delimiter = ',')]
     apply: Vec<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn main() -> Result<()> {
@@ -230,6 +249,7 @@ fn main() -> Result<()> {
             if s.no_auth {
                 config.master.auth.no_auth = true;
             }
+            apply_tls(&mut config, &s.tls);
             if s.worker.spool_dir.is_none() {
                 config.worker.spool_dir = config.standalone.data_dir.join("spool");
             }
@@ -310,6 +330,16 @@ fn apply_master(c: &mut Config, a: &MasterArgs) {
     if let Some(v) = a.ledger_grace {
         c.master.ledger_grace = v.into();
     }
+    apply_tls(c, &a.tls);
+}
+
+fn apply_tls(c: &mut Config, a: &TlsArgs) {
+    if let Some(v) = &a.tls_cert_file {
+        c.master.tls_cert_file = Some(v.clone());
+    }
+    if let Some(v) = &a.tls_key_file {
+        c.master.tls_key_file = Some(v.clone());
+    }
 }
 
 /// Tokens from `CRONMESH_ADMIN_TOKEN`, `CRONMESH_READ_TOKEN`, `CRONMESH_WORKER_TOKEN`.
@@ -368,6 +398,9 @@ fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
     }
     if let Some(v) = &a.spool_dir {
         w.spool_dir = v.clone();
+    }
+    if let Some(v) = &a.master_ca {
+        w.master_ca_file = Some(v.clone());
     }
     if !a.metrics_jobs.is_empty() {
         w.metrics_jobs = a.metrics_jobs.clone();
@@ -498,6 +531,8 @@ fn reporter_for(config: &Config, sink: Arc<dyn ReportSink>) -> Result<Arc<dyn Re
 }
 
 async fn run_worker(config: Arc<Config>) -> Result<()> {
+    let trust = cronmesh::http_client::Trust::from_ca_file(config.worker.master_ca_file.as_deref())
+        .map_err(|e| anyhow::anyhow!("invalid config: worker.master_ca_file: {e}"))?;
     let listener = match &config.worker.listen {
         Some(l) => Some(bind(l).await?),
         None => None,
@@ -507,6 +542,7 @@ async fn run_worker(config: Arc<Config>) -> Result<()> {
         coord.clone(),
         config.worker.masters.clone(),
         config.worker.token.clone(),
+        &trust,
     ));
     let reporter = reporter_for(&config, sink)?;
     let shutdown = CancellationToken::new();
@@ -536,19 +572,28 @@ fn retention(c: &Config) -> cronmesh::logstore::Retention {
     }
 }
 
+/// The master's HTTPS (`master.tls_cert_file`), read and checked before anything binds.
+fn master_tls(config: &Config) -> Result<Option<Arc<cronmesh::master::tls::Tls>>> {
+    let tls =
+        cronmesh::master::tls::Tls::from_config(&config.master).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    Ok(tls.map(Arc::new))
+}
+
 async fn run_master(config: Arc<Config>) -> Result<()> {
+    let tls = master_tls(&config)?;
     let listener = bind(&config.master.listen).await?;
     let store = cronmesh::logstore::open(&config.master.log_store, retention(&config)).await?;
     let coord = connect(&config).await?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());
     let state = cronmesh::master::AppState::new(config.clone(), coord, store)?;
-    cronmesh::master::run(state, listener, shutdown).await?;
+    cronmesh::master::run(state, listener, tls, shutdown).await?;
     Ok(())
 }
 
 async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
     let mut etcd = None;
+    let tls = master_tls(&config)?;
     let listener = bind(&config.master.listen).await?;
     if config.standalone.private_etcd {
         let sa = &config.standalone;
@@ -595,7 +640,7 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
     info!(listen = %config.master.listen, log_store = %config.master.log_store, "standalone started: API, /metrics, /healthz, /readyz");
     // the worker drains first (its last reports go straight into the store), then the master stops
     let master_stop = CancellationToken::new();
-    let master = tokio::spawn(cronmesh::master::run(state, listener, master_stop.clone()));
+    let master = tokio::spawn(cronmesh::master::run(state, listener, tls, master_stop.clone()));
     cronmesh::worker::run(config, coord, reporter, shutdown, ready_tx).await;
     master_stop.cancel();
     let _ = master.await;

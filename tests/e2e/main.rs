@@ -22,6 +22,7 @@ mod failover;
 mod feed;
 mod hardening;
 mod health;
+mod https;
 mod ledger;
 mod lifecycle;
 mod logs;
