@@ -984,6 +984,25 @@ mod tests {
     }
 
     #[test]
+    fn https_needs_both_the_certificate_and_the_key_and_each_alone_names_the_missing_one() {
+        let cases = [
+            ("tls_cert_file = \"c.pem\"\n", "master.tls_key_file"),
+            ("tls_key_file = \"k.pem\"\n", "master.tls_cert_file"),
+        ];
+        for (toml, key) in cases {
+            let mut cfg = Config::from_toml(&format!("[master]\n{toml}")).unwrap();
+            cfg.master.auth.no_auth = true;
+            match cfg.validate_master() {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{toml}"),
+                other => panic!("{toml}: expected {key}, got {other:?}"),
+            }
+        }
+        let mut both = Config::from_toml("[master]\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n").unwrap();
+        both.master.auth.no_auth = true;
+        assert!(both.validate_master().is_ok());
+    }
+
+    #[test]
     fn inherit_env_takes_names_and_prefixes_but_never_cronmesh_variables() {
         for ok in ["PATH", "LC_*", "MY_APP_*", "C_FLAGS", "CRONTAB_HOME"] {
             assert!(validate_inherit_pattern(ok).is_ok(), "{ok}");
