@@ -73,6 +73,10 @@ pub struct Config {
     pub standalone: StandaloneConfig,
     /// OpenTelemetry trace export (off by default).
     pub tracing: crate::telemetry::trace::TracingConfig,
+    /// The file this was read from (`--config`; none: defaults, flags and environment only). A
+    /// master's SIGHUP reads its `[master.auth]` tokens again.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -87,6 +91,7 @@ impl Default for Config {
             master: MasterConfig::default(),
             standalone: StandaloneConfig::default(),
             tracing: Default::default(),
+            file: None,
         }
     }
 }
@@ -326,6 +331,9 @@ pub struct WorkerConfig {
     pub masters: Vec<String>,
     /// Bearer token for reporting (role `worker`); also `CRONMESH_WORKER_TOKEN`.
     pub token: Option<String>,
+    /// PEM file of the CA certificate(s) that masters' HTTPS certificates are verified against,
+    /// for reports and clock checks (none: the system's roots). Read at start.
+    pub master_ca_file: Option<PathBuf>,
     /// Where run reports wait while no master is reachable (survives restarts); each worker id
     /// has its own subdirectory. Default: `$STATE_DIRECTORY/spool` under systemd (its
     /// `StateDirectory=`), `/var/lib/cronmesh/spool` as root, else
@@ -398,6 +406,7 @@ impl Default for WorkerConfig {
             runs_file: None,
             masters: Vec::new(),
             token: None,
+            master_ca_file: None,
             spool_dir: default_spool_dir(),
             report_queue: 10_000,
             metrics_jobs: Vec::new(),
@@ -448,8 +457,13 @@ pub struct MasterConfig {
     /// Versions of each job kept in the run log for `GET /api/v1/jobs/{name}/history` and
     /// rollback (1 to 10000; the oldest go first). They outlive the job.
     pub job_history: usize,
-    /// Who may call the API.
+    /// Who may call the API. Its tokens are read again on SIGHUP.
     pub auth: AuthConfig,
+    /// PEM certificate chain (the master's certificate first) to serve HTTPS with, together with
+    /// `tls_key_file` (none: plain HTTP). Read again on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1). Read again on SIGHUP.
+    pub tls_key_file: Option<PathBuf>,
     /// Serve the web page at `/` (its assets are public; its data needs a token like the API).
     pub web_ui: bool,
     /// Take part in keeping the tick ledger (one master at a time does: it records every
@@ -572,6 +586,8 @@ impl Default for MasterConfig {
             retention_max_per_job: Some(10_000),
             job_history: 50,
             auth: AuthConfig::default(),
+            tls_cert_file: None,
+            tls_key_file: None,
             web_ui: true,
             ledger: true,
             ledger_grace: Duration::from_secs(5),
@@ -738,10 +754,12 @@ impl Config {
             path: path.to_path_buf(),
             error,
         })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+        let mut config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_path_buf(),
             message,
-        })
+        })?;
+        config.file = Some(path.to_path_buf());
+        Ok(config)
     }
 
     pub fn from_toml(text: &str) -> Result<Self, String> {
@@ -912,6 +930,21 @@ impl Config {
         }
         if m.max_connections < 16 {
             return Err(invalid("master.max_connections", "must be at least 16"));
+        }
+        match (&m.tls_cert_file, &m.tls_key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "master.tls_key_file",
+                    "is not set, but master.tls_cert_file is: HTTPS needs both (or neither, for plain HTTP)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "master.tls_cert_file",
+                    "is not set, but master.tls_key_file is: HTTPS needs both (or neither, for plain HTTP)",
+                ));
+            }
+            _ => {}
         }
         for t in &m.auth.tokens {
             if let (Some(var), Some(tok)) = (t.from_env, &t.token)
@@ -1246,6 +1279,25 @@ mod tests {
         }
         let err = Config::from_toml("[worker]\nlease_ttl = \"soon\"\n").unwrap_err();
         assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn https_needs_both_the_certificate_and_the_key_and_each_alone_names_the_missing_one() {
+        let cases = [
+            ("tls_cert_file = \"c.pem\"\n", "master.tls_key_file"),
+            ("tls_key_file = \"k.pem\"\n", "master.tls_cert_file"),
+        ];
+        for (toml, key) in cases {
+            let mut cfg = Config::from_toml(&format!("[master]\n{toml}")).unwrap();
+            cfg.master.auth.no_auth = true;
+            match cfg.validate_master() {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{toml}"),
+                other => panic!("{toml}: expected {key}, got {other:?}"),
+            }
+        }
+        let mut both = Config::from_toml("[master]\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n").unwrap();
+        both.master.auth.no_auth = true;
+        assert!(both.validate_master().is_ok());
     }
 
     #[test]

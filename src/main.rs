@@ -169,6 +169,19 @@ struct MasterArgs {
     /// Ed25519 key (PKCS#8 PEM) to sign every stored job with (`cronmesh admin keygen`).
     #[arg(long, env = "CRONMESH_SIGNING_KEY_FILE")]
     signing_key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// HTTPS for the master's listener (master and standalone).
+#[derive(Args, Default)]
+struct TlsArgs {
+    /// PEM certificate chain to serve HTTPS with (with --tls-key-file); SIGHUP reads it again.
+    #[arg(long, env = "CRONMESH_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file; SIGHUP reads it again.
+    #[arg(long, env = "CRONMESH_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Default)]
@@ -205,6 +218,10 @@ struct WorkerArgs {
     /// Master URL(s) to report to, besides those registered in etcd.
     #[arg(long = "master", env = "CRONMESH_MASTER", value_delimiter = ',')]
     masters: Vec<String>,
+    /// PEM CA certificate(s) masters' HTTPS certificates are verified against (default: the
+    /// system's roots).
+    #[arg(long, env = "CRONMESH_MASTER_CA")]
+    master_ca: Option<PathBuf>,
     /// Where undelivered run reports wait (survives restarts).
     #[arg(long, env = "CRONMESH_SPOOL_DIR")]
     spool_dir: Option<PathBuf>,
@@ -236,6 +253,8 @@ struct StandaloneArgs {
     /// Job files (JSON or TOML) to apply at start, e.g. config/jobs/*.toml.
     #[arg(long = "apply", env = "CRONMESH_APPLY", value_delimiter = ',')]
     apply: Vec<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn main() -> Result<()> {
@@ -300,6 +319,7 @@ fn main() -> Result<()> {
             if s.no_auth {
                 config.master.auth.no_auth = true;
             }
+            apply_tls(&mut config, &s.tls);
             if s.worker.spool_dir.is_none() {
                 config.worker.spool_dir = config.standalone.data_dir.join("spool");
             }
@@ -326,10 +346,13 @@ fn main() -> Result<()> {
         info!(endpoint = %config.tracing.endpoint, ratio = config.tracing.sampling_ratio, "exporting a trace per run over OTLP");
     }
     let result = rt.block_on(async move {
+        // from here on SIGTERM drains (or, before start-up is done, exits cleanly)
+        let shutdown = CancellationToken::new();
+        on_signals(shutdown.clone())?;
         match cli.command {
-            Cmd::Master(_) => run_master(Arc::new(config)).await,
-            Cmd::Worker(_) => run_worker(Arc::new(config)).await,
-            Cmd::Standalone(s) => run_standalone(config, s.apply).await,
+            Cmd::Master(_) => run_master(Arc::new(config), shutdown).await,
+            Cmd::Worker(_) => run_worker(Arc::new(config), shutdown).await,
+            Cmd::Standalone(s) => run_standalone(config, s.apply, shutdown).await,
             Cmd::Check { .. } | Cmd::HashToken { .. } | Cmd::Ctl(_) | Cmd::Admin(_) => unreachable!(),
         }
     });
@@ -401,6 +424,16 @@ fn apply_master(c: &mut Config, a: &MasterArgs) {
     if let Some(v) = &a.signing_key {
         c.master.signing_key_file = Some(v.clone());
     }
+    apply_tls(c, &a.tls);
+}
+
+fn apply_tls(c: &mut Config, a: &TlsArgs) {
+    if let Some(v) = &a.tls_cert_file {
+        c.master.tls_cert_file = Some(v.clone());
+    }
+    if let Some(v) = &a.tls_key_file {
+        c.master.tls_key_file = Some(v.clone());
+    }
 }
 
 /// Tokens from `CRONMESH_ADMIN_TOKEN`, `CRONMESH_READ_TOKEN`, `CRONMESH_WORKER_TOKEN`.
@@ -459,6 +492,9 @@ fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
     }
     if let Some(v) = &a.spool_dir {
         w.spool_dir = v.clone();
+    }
+    if let Some(v) = &a.master_ca {
+        w.master_ca_file = Some(v.clone());
     }
     if !a.metrics_jobs.is_empty() {
         w.metrics_jobs = a.metrics_jobs.clone();
@@ -545,12 +581,13 @@ fn check_job(file: &std::path::Path, next: usize, from: Option<i64>) -> Result<(
     Ok(())
 }
 
-/// Cancels the token on SIGTERM or SIGINT; a second signal exits at once.
-fn on_signals(token: CancellationToken) {
+/// Cancels the token on SIGTERM or SIGINT; a second signal exits at once. The handlers are in
+/// place when this returns.
+fn on_signals(token: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("signal handler");
-        let mut int = signal(SignalKind::interrupt()).expect("signal handler");
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         info!("shutdown requested; draining (send the signal again to exit at once)");
         token.cancel();
@@ -565,6 +602,7 @@ fn on_signals(token: CancellationToken) {
         error!("second signal: exiting without draining");
         std::process::exit(130);
     });
+    Ok(())
 }
 
 /// How this process reaches etcd, from `[etcd]` (already validated).
@@ -584,24 +622,32 @@ fn access(config: &Config) -> Result<cronmesh::coord::Access> {
 /// certificate, a wrong password or a missing permission stops the process with the setting
 /// named. etcd down: without a user, go on (requests retry); with one, wait for etcd (nothing
 /// works unauthenticated), saying so every 10 s.
-async fn connect(config: &Config) -> Result<Coord> {
+/// Connects to etcd and checks this role's access; `None` when a shutdown was asked for while
+/// waiting for etcd.
+async fn connect(config: &Config, shutdown: &CancellationToken) -> Result<Option<Coord>> {
     use cronmesh::coord::AccessError;
     let coord = Coord::connect_with(&access(config)?, &config.prefix, config.etcd_timeout).await?;
     let mut waited = 0u32;
     loop {
         match coord.check_access().await {
-            Ok(()) => return Ok(coord),
+            Ok(()) => return Ok(Some(coord)),
             Err(AccessError::Refused(m)) => anyhow::bail!("cannot use etcd at {}: {m}", coord.endpoints()),
             Err(AccessError::Unreachable(e)) if config.etcd.user.is_none() => {
                 tracing::warn!(error = %e, "etcd is not reachable yet; starting anyway, requests are retried");
-                return Ok(coord);
+                return Ok(Some(coord));
             }
             Err(AccessError::Unreachable(e)) => {
                 if waited.is_multiple_of(10) {
                     tracing::warn!(error = %e, user = ?config.etcd.user, "etcd is not reachable; waiting to authenticate before starting");
                 }
                 waited += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => {
+                        info!("shutdown requested before etcd could be reached; exiting");
+                        return Ok(None);
+                    }
+                }
             }
         }
     }
@@ -663,7 +709,9 @@ fn admin(cmd: AdminCmd) -> Result<()> {
             telemetry::init_logging(config.log_format, &config.log_level);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
-                let coord = connect(&config).await?;
+                // Ctrl-C stops it as any command (no handler installed)
+                let never = CancellationToken::new();
+                let coord = connect(&config, &never).await?.expect("not cancelled");
                 for line in coord.apply_roles(&roles, &users).await? {
                     println!("{line}");
                 }
@@ -708,8 +756,12 @@ fn reporter_for(config: &Config, sink: Arc<dyn ReportSink>) -> Result<Arc<dyn Re
     Ok(Arc::new(r))
 }
 
-async fn run_worker(config: Arc<Config>) -> Result<()> {
-    let coord = connect(&config).await?;
+async fn run_worker(config: Arc<Config>, shutdown: CancellationToken) -> Result<()> {
+    let trust = cronmesh::http_client::Trust::from_ca_file(config.worker.master_ca_file.as_deref())
+        .map_err(|e| anyhow::anyhow!("invalid config: worker.master_ca_file: {e}"))?;
+    let Some(coord) = connect(&config, &shutdown).await? else {
+        return Ok(());
+    };
     let listener = match &config.worker.listen {
         Some(l) => Some(bind(l).await?),
         None => None,
@@ -718,10 +770,9 @@ async fn run_worker(config: Arc<Config>) -> Result<()> {
         coord.clone(),
         config.worker.masters.clone(),
         config.worker.token.clone(),
+        &trust,
     ));
     let reporter = reporter_for(&config, sink)?;
-    let shutdown = CancellationToken::new();
-    on_signals(shutdown.clone());
     let (ready_tx, ready_rx) = watch::channel(telemetry::http::Readiness::default());
     let http_stop = CancellationToken::new();
     let http = listener.map(|l| {
@@ -782,19 +833,27 @@ async fn signing(config: &Config, coord: Coord) -> Result<Coord> {
     Ok(coord)
 }
 
-async fn run_master(config: Arc<Config>) -> Result<()> {
-    let coord = connect(&config).await?;
+/// The master's HTTPS (`master.tls_cert_file`), read and checked before anything binds.
+fn master_tls(config: &Config) -> Result<Option<Arc<cronmesh::master::tls::Tls>>> {
+    let tls =
+        cronmesh::master::tls::Tls::from_config(&config.master).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    Ok(tls.map(Arc::new))
+}
+
+async fn run_master(config: Arc<Config>, shutdown: CancellationToken) -> Result<()> {
+    let tls = master_tls(&config)?;
+    let Some(coord) = connect(&config, &shutdown).await? else {
+        return Ok(());
+    };
     let coord = signing(&config, coord).await?;
     let listener = bind(&config.master.listen).await?;
     let store = cronmesh::logstore::open(&config.master.log_store, retention(&config)).await?;
-    let shutdown = CancellationToken::new();
-    on_signals(shutdown.clone());
     let state = cronmesh::master::AppState::new(config.clone(), coord, store)?;
-    cronmesh::master::run(state, listener, shutdown).await?;
+    cronmesh::master::run(state, listener, tls, shutdown).await?;
     Ok(())
 }
 
-async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
+async fn run_standalone(mut config: Config, apply: Vec<PathBuf>, shutdown: CancellationToken) -> Result<()> {
     let mut etcd = None;
     // a signing key of its own, made on first start; its worker trusts it
     if config.master.signing_key_file.is_none() {
@@ -811,6 +870,7 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
         }
         config.master.signing_key_file = Some(file);
     }
+    let tls = master_tls(&config)?;
     if config.standalone.private_etcd {
         let sa = &config.standalone;
         let dir = sa.data_dir.join("etcd");
@@ -827,7 +887,9 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
         etcd = Some(p);
     }
     let config = Arc::new(config);
-    let coord = connect(&config).await?;
+    let Some(coord) = connect(&config, &shutdown).await? else {
+        return Ok(());
+    };
     let coord = signing(&config, coord).await?;
     let listener = bind(&config.master.listen).await?;
     let mut channels: Vec<&str> = config.master.notify.channels.iter().map(|c| c.name.as_str()).collect();
@@ -859,13 +921,11 @@ async fn run_standalone(mut config: Config, apply: Vec<PathBuf>) -> Result<()> {
     let state = cronmesh::master::AppState::new(config.clone(), coord.clone(), store)?;
     let _ = state.local_worker_users.set(config.worker.allowed_users.clone());
     let reporter = reporter_for(&config, state.ingest.clone())?;
-    let shutdown = CancellationToken::new();
-    on_signals(shutdown.clone());
     let (ready_tx, _ready_rx) = watch::channel(telemetry::http::Readiness::default());
     info!(listen = %config.master.listen, log_store = %config.master.log_store, "standalone started: API, /metrics, /healthz, /readyz");
     // the worker drains first (its last reports go straight into the store), then the master stops
     let master_stop = CancellationToken::new();
-    let master = tokio::spawn(cronmesh::master::run(state, listener, master_stop.clone()));
+    let master = tokio::spawn(cronmesh::master::run(state, listener, tls, master_stop.clone()));
     cronmesh::worker::run(config, coord, reporter, shutdown, ready_tx).await;
     master_stop.cancel();
     let _ = master.await;

@@ -48,10 +48,13 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64, store
         store,
     )
     .await?;
-    let ws_url = format!("{}/api/v1/events?topics=runs", url.replace("http://", "ws://"));
+    let ws_url = format!("{}/api/v1/events?topics=runs", url.replacen("http", "ws", 1));
     let mut subs = Vec::new();
+    let trust = &crate::fleet::MASTER_TLS.get_or_init(Default::default).trust;
     for _ in 0..subscribers {
-        subs.push(tokio_tungstenite::connect_async(ws_url.as_str()).await?.0);
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let req = ws_url.as_str().into_client_request()?;
+        subs.push(cronmesh::http_client::connect_websocket(req, trust).await?.0);
     }
     let stop = Arc::new(Notify::new());
     let mut tasks = Vec::new();

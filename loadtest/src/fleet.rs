@@ -136,6 +136,9 @@ impl WorkerSpec<'_> {
             .arg("--runs-file")
             .arg(self.runs_file(id))
             .args(self.extra);
+        if let Some(ca) = &master_tls().ca_file {
+            cmd.arg("--master-ca").arg(ca);
+        }
         if let Some(c) = self.config {
             cmd.arg("--config").arg(c);
         }
@@ -151,6 +154,23 @@ impl WorkerSpec<'_> {
             port,
         })
     }
+}
+
+/// HTTPS for the masters a scenario starts (`--tls-cert-file`, `--tls-key-file`), and the CA
+/// every client of the load test (its own HTTP and feed clients, the workers' `--master-ca`)
+/// verifies them against (`--ca`). Set once, before a scenario starts; unset: plain HTTP.
+#[derive(Default)]
+pub struct MasterTls {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub trust: cronmesh::http_client::Trust,
+}
+
+pub static MASTER_TLS: std::sync::OnceLock<MasterTls> = std::sync::OnceLock::new();
+
+fn master_tls() -> &'static MasterTls {
+    MASTER_TLS.get_or_init(MasterTls::default)
 }
 
 /// Starts a master with no auth and a SQLite run log in `dir`; waits until it is ready.
@@ -183,10 +203,22 @@ pub async fn spawn_master_with(
     env: &[(&str, &str)],
 ) -> Result<(Proc, String)> {
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let tls = master_tls();
+    let scheme = if tls.cert_file.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let child = Command::new(bin)
-        .args(["master", "--etcd", etcd, "--prefix", prefix, "--no-auth"])
+    let mut cmd = Command::new(bin);
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        cmd.arg("master")
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key);
+    } else {
+        cmd.arg("master");
+    }
+    let child = cmd
+        .args(["--etcd", etcd, "--prefix", prefix, "--no-auth"])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--log-level", "warn"])
         .arg("--log-store")
         .arg(
@@ -266,15 +298,17 @@ pub async fn wait_members(coord: &Coord, n: usize, timeout: Duration) -> Result<
 }
 
 pub fn http_client() -> reqwest::Client {
-    cronmesh::http_client::builder()
-        .pool_max_idle_per_host(64)
+    master_tls()
+        .trust
+        .apply(cronmesh::http_client::builder().pool_max_idle_per_host(64))
         .build()
         .expect("http client")
 }
 
 /// `GET {base}/metrics`, or "" when it does not answer.
 pub async fn scrape_url(base: &str) -> String {
-    let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(5), reqwest::get(format!("{base}/metrics"))).await else {
+    let get = http_client().get(format!("{base}/metrics")).send();
+    let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(5), get).await else {
         return String::new();
     };
     r.text().await.unwrap_or_default()

@@ -36,6 +36,15 @@ struct Cli {
     /// Where report.md, report.json and lag.svg go (default: target/loadtest/<scenario>-<time>).
     #[arg(long, global = true)]
     report_dir: Option<PathBuf>,
+    /// The masters serve HTTPS with this PEM certificate chain (with --tls-key-file, --ca).
+    #[arg(long, global = true, requires_all = ["tls_key_file", "ca"])]
+    tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file.
+    #[arg(long, global = true, requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// The CA the load test's clients and workers verify the masters' certificate against.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +150,14 @@ async fn main() -> Result<()> {
     // every HTTP client of the process (also the OTLP exporter's own) needs the TLS provider
     cronmesh::http_client::ensure_tls();
     let cli = Cli::parse();
+    let trust =
+        cronmesh::http_client::Trust::from_ca_file(cli.ca.as_deref()).map_err(|e| anyhow::anyhow!("--ca: {e}"))?;
+    let _ = fleet::MASTER_TLS.set(fleet::MasterTls {
+        cert_file: cli.tls_cert_file.clone(),
+        key_file: cli.tls_key_file.clone(),
+        ca_file: cli.ca.clone(),
+        trust,
+    });
     cronmesh::worker::executor::raise_fd_limit();
     let bin = match &cli.cronmesh {
         Some(p) => p.clone(),

@@ -95,3 +95,61 @@ fn scale_smoke_defines_jobs_in_bulk_and_measures_start_up() {
     assert!(s["startup_to_first_tick_ms"].as_f64().unwrap() > 0.0);
     assert!(s["etcd_db_mb"].as_f64().unwrap() > 0.0);
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
+/// (ca, cert, key).
+fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let files = (dir.join("ca.pem"), dir.join("master.pem"), dir.join("master-key.pem"));
+    std::fs::write(&files.0, ca_cert.pem()).unwrap();
+    std::fs::write(&files.1, cert.pem()).unwrap();
+    std::fs::write(&files.2, key.serialize_pem()).unwrap();
+    files
+}
+
+#[test]
+fn api_smoke_over_https_verifies_the_masters_certificate_against_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let (ca, cert, key) = (ca.to_str().unwrap(), cert.to_str().unwrap(), key.to_str().unwrap());
+    let report_dir = dir.path().join("report");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cronmesh-loadtest"))
+        .args(["api", "--seconds", "2", "--clients", "2"])
+        .args(["--tls-cert-file", cert, "--tls-key-file", key, "--ca", ca])
+        .arg("--report-dir")
+        .arg(&report_dir)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run the load test");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).unwrap()).unwrap();
+    // every request went through (over https: a client trusting only the CA)
+    fn errors(v: &serde_json::Value) -> u64 {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    if k == "errors" {
+                        v.as_u64().unwrap_or(1)
+                    } else {
+                        errors(v)
+                    }
+                })
+                .sum(),
+            serde_json::Value::Array(a) => a.iter().map(errors).sum(),
+            _ => 0,
+        }
+    }
+    assert!(report["api"].is_object(), "{report}");
+    assert_eq!(errors(&report["api"]), 0, "{}", report["api"]);
+}

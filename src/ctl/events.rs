@@ -95,20 +95,26 @@ async fn feed_once(
             })?,
         );
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| match e {
-        tokio_tungstenite::tungstenite::Error::Http(resp) => {
-            let text = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            CtlError::from_answer(resp.status().as_u16(), &text, false, a.token.is_some())
-        }
-        other => CtlError::Unreachable {
-            url: a.url.clone(),
-            reason: format!("cannot open the event feed: {}", super::error_chain(&other)),
-        },
-    })?;
+    let trust = super::trust(a)?;
+    let (mut ws, _) = crate::http_client::connect_websocket(req, &trust)
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                let text = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                CtlError::from_answer(resp.status().as_u16(), &text, false, a.token.is_some())
+            }
+            other => match crate::http_client::untrusted_certificate(&other) {
+                Some(reason) => CtlError::Untrusted { reason },
+                None => CtlError::Unreachable {
+                    url: a.url.clone(),
+                    reason: format!("cannot open the event feed: {}", super::error_chain(&other)),
+                },
+            },
+        })?;
     while let Some(msg) = ws.next().await {
         let msg = match msg {
             Ok(m) => m,

@@ -26,7 +26,7 @@ use std::time::Duration;
 /// `cronmesh ctl --help`: the conventions and the exit codes.
 pub const LONG_ABOUT: &str = "\
 Client of the REST API, in kubectl's style: cronmesh ctl NOUN VERB [ARGS]. The nouns are jobs,
-runs, workers, backfills and notifications; the flags --url, --token and -o may come anywhere on the line, e.g.
+runs, workers, backfills and notifications; the flags --url, --token, --ca and -o may come anywhere on the line, e.g.
 `cronmesh ctl runs list -o json --token $T`.
 
 Output (-o): table (default), wide (more columns: owner, time zone, concurrency, whole run ids,
@@ -42,7 +42,8 @@ Exit codes:
      start, was killed by a signal, timed out, was lost) or its --timeout passed, or
      `notifications test` could not deliver (the receiver's error is printed)
   2  usage: an unknown verb or flag, a bad flag value
-  3  the master cannot be reached (--url or CRONMESH_URL)
+  3  the master cannot be reached (--url or CRONMESH_URL), or its HTTPS certificate is not
+     trusted (--ca or CRONMESH_CA: the CA that signed it)
   With `jobs run --wait`, the exit code of the run's command when it has one.";
 
 /// The heading of the flags every ctl command takes, wherever they are on the line.
@@ -62,6 +63,10 @@ pub struct CtlArgs {
     /// Bearer token (role read for reads, admin for changes).
     #[arg(long, env = "CRONMESH_TOKEN", hide_env_values = true, global = true, help_heading = GLOBAL)]
     pub token: Option<String>,
+    /// PEM file of the CA that signed the master's HTTPS certificate (default: the system's
+    /// roots).
+    #[arg(long, env = "CRONMESH_CA", global = true, help_heading = GLOBAL)]
+    pub ca: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', default_value = "table", global = true, help_heading = GLOBAL)]
     pub output: Output,
@@ -403,6 +408,10 @@ pub enum RunsCmd {
 pub enum CtlError {
     #[error("cannot reach {url}: {reason}; is a master running there? (--url or CRONMESH_URL)")]
     Unreachable { url: String, reason: String },
+    #[error(
+        "the master's certificate is not trusted: {reason}; pass --ca (or set CRONMESH_CA) with the CA that signed it"
+    )]
+    Untrusted { reason: String },
     #[error("the master wants a token: pass --token or set CRONMESH_TOKEN")]
     NoToken,
     #[error("the master does not know this token: pass a valid one with --token or CRONMESH_TOKEN")]
@@ -430,7 +439,7 @@ impl CtlError {
     /// The process' exit code (see `LONG_ABOUT`).
     pub fn exit_code(&self) -> i32 {
         match self {
-            CtlError::Unreachable { .. } => 3,
+            CtlError::Unreachable { .. } | CtlError::Untrusted { .. } => 3,
             CtlError::Usage(_) => 2,
             _ => 1,
         }
@@ -499,10 +508,16 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| CtlError::Unreachable {
-            url: self.url.clone(),
-            reason: error_chain(&e),
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| match crate::http_client::untrusted_certificate(&e) {
+                Some(reason) => CtlError::Untrusted { reason },
+                None => CtlError::Unreachable {
+                    url: self.url.clone(),
+                    reason: error_chain(&e),
+                },
+            })?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         if status >= 400 {
@@ -569,6 +584,11 @@ pub async fn main(a: CtlArgs) -> i32 {
     }
 }
 
+/// What the master's certificate is verified against (`--ca`, `CRONMESH_CA`).
+pub(crate) fn trust(a: &CtlArgs) -> Result<crate::http_client::Trust, CtlError> {
+    crate::http_client::Trust::from_ca_file(a.ca.as_deref()).map_err(|e| CtlError::Usage(format!("--ca: {e}")))
+}
+
 /// Runs one ctl command; returns what it prints.
 pub async fn run(a: CtlArgs) -> Result<Done, CtlError> {
     if let CtlCmd::Events {
@@ -590,7 +610,10 @@ pub async fn run(a: CtlArgs) -> Result<Done, CtlError> {
         return Ok(Done::default());
     }
     let c = Client {
-        http: crate::http_client::client(),
+        http: trust(&a)?
+            .apply(crate::http_client::builder())
+            .build()
+            .map_err(|e| CtlError::Usage(format!("--ca: {}", error_chain(&e))))?,
         url: a.url.clone(),
         token: a.token.clone(),
     };

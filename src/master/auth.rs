@@ -6,7 +6,7 @@ use crate::config::{AuthConfig, Role};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Who is calling.
@@ -94,6 +94,11 @@ impl Auth {
         self.open
     }
 
+    /// How many tokens are known.
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
+    }
+
     /// Whether a token of `role` is configured.
     pub fn has_role(&self, role: Role) -> bool {
         self.tokens.iter().any(|t| t.role == role)
@@ -140,6 +145,40 @@ impl Auth {
                 need,
             })
         }
+    }
+}
+
+/// The tokens in force, replaced whole by a reload (SIGHUP): a request is checked against the
+/// set of the moment it arrives; connections already open (a feed's WebSocket, a kept-alive
+/// HTTP connection) are not touched, their next request meets the new set.
+pub struct SharedAuth(RwLock<Arc<Auth>>);
+
+impl SharedAuth {
+    pub fn new(auth: Auth) -> Self {
+        SharedAuth(RwLock::new(Arc::new(auth)))
+    }
+
+    /// The set in force now.
+    pub fn current(&self) -> Arc<Auth> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `auth` in force for every request from now on.
+    pub fn replace(&self, auth: Auth) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(auth);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.current().is_open()
+    }
+
+    pub fn has_role(&self, role: Role) -> bool {
+        self.current().has_role(role)
+    }
+
+    /// `Auth::check` against the set in force.
+    pub fn check(&self, token: Option<&str>, need: Need) -> Result<Caller, AuthError> {
+        self.current().check(token, need)
     }
 }
 

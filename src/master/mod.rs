@@ -18,9 +18,11 @@ pub mod last_runs;
 pub mod ledger;
 pub mod meaning;
 pub mod notify;
+pub mod reload;
 pub mod reports;
 pub mod stats;
 pub mod ticks;
+pub mod tls;
 pub mod web;
 
 use crate::config::Config;
@@ -263,7 +265,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub coord: Coord,
     pub store: Arc<dyn LogStore>,
-    pub auth: auth::Auth,
+    /// The tokens in force (replaced by a SIGHUP reload).
+    pub auth: auth::SharedAuth,
     pub ingest: Arc<Ingest>,
     pub feed: feed::Feed,
     /// Each job's runs over the last 24 hours, for the job views.
@@ -298,7 +301,7 @@ impl AppState {
         let feed = feed::Feed::default();
         let notify = Arc::new(notify::Notify::from_config(&config.master.notify)?);
         Ok(Arc::new(AppState {
-            auth: auth::Auth::from_config(&config.master.auth),
+            auth: auth::SharedAuth::new(auth::Auth::from_config(&config.master.auth)),
             ingest: Arc::new(
                 Ingest::new(store.clone(), Some((coord.clone(), config.master.id.clone())))
                     .with_notify(coord.clone(), notify.clone()),
@@ -405,15 +408,24 @@ async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Runs a master until `shutdown`: registration, retention, and the HTTP server on `listener`.
-pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+/// Runs a master until `shutdown`: registration, retention, and the HTTP server on `listener`
+/// (HTTPS with `tls`); SIGHUP reloads the certificate and tokens (`reload`).
+pub async fn run(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    tls: Option<Arc<tls::Tls>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    // before anything serves: from here on a SIGHUP reloads rather than ends the process
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let cfg = state.config.clone();
     let m = &cfg.master;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let info = MasterInfo {
         id: m.id.clone(),
         url: match &m.advertise_url {
             Some(u) => u.trim_end_matches('/').to_string(),
-            None => format!("http://{}", listener.local_addr()?),
+            None => format!("{scheme}://{}", listener.local_addr()?),
         },
         started_at: now_ms(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -442,7 +454,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
         },
         shutdown.clone(),
     ));
-    info!(url = %info.url, log_store = state.store.kind(), "master serving");
+    info!(url = %info.url, log_store = state.store.kind(), tls = tls.is_some(), "master serving");
     let sources = tokio::spawn(feed::watch_sources(state.clone(), state.shutdown.clone()));
     crate::telemetry::metrics::set_per_job_metrics(&m.metrics_jobs);
     let day_stats = tokio::spawn(
@@ -479,6 +491,12 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
         let (st, stop) = (state.clone(), state.shutdown.clone());
         tokio::spawn(async move { st.history.run(stop).await })
     };
+    let reloads = tokio::spawn(reload::on_sighup(
+        state.clone(),
+        tls.clone(),
+        hup,
+        state.shutdown.clone(),
+    ));
     let feed_stop = state.shutdown.clone();
     let stopping = shutdown.clone();
     tokio::spawn(async move {
@@ -491,7 +509,8 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
         max_connections: m.max_connections,
     }
     .within_fd_limit(256);
-    let server = crate::telemetry::http::serve(listener, app(state.clone()), limits, shutdown.clone());
+    let acceptor = tls.as_deref().map(tls::Tls::acceptor);
+    let server = crate::telemetry::http::serve_with(listener, app(state.clone()), limits, acceptor, shutdown.clone());
     let res = server.await;
     state.shutdown.cancel();
     let _ = sources.await;
@@ -504,6 +523,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: Cancella
     let _ = day_stats.await;
     let _ = runs.await;
     let _ = history.await;
+    let _ = reloads.await;
     let _ = retention.await;
     registration.deregister().await;
     res

@@ -388,7 +388,7 @@ impl ScheduleMeaningChanged<'_> {
 
 /// The HTTP server closed a connection on its own.
 pub struct HttpConnectionClosed {
-    /// `limit` or `header_timeout`.
+    /// `evicted`, `limit`, `header_timeout` or `tls_handshake`.
     pub reason: &'static str,
 }
 impl HttpConnectionClosed {
@@ -408,6 +408,37 @@ impl HttpConnectionsAtLimit {
             limit = self.limit,
             "HTTP connection cap reached: further connections get 503 until some close (slow or idle ones close after header_read_timeout)"
         );
+    }
+}
+
+/// A SIGHUP reload took the new certificate and tokens.
+pub struct ConfigReloaded<'a> {
+    /// Tokens now in force (configured and from the environment).
+    pub tokens: usize,
+    /// The certificate file read again (none without HTTPS).
+    pub certificate: Option<&'a std::path::Path>,
+}
+impl ConfigReloaded<'_> {
+    pub fn emit(self) {
+        METRICS.config_reloads.with_label_values(&["ok"]).inc();
+        METRICS.config_reload_failing.set(0);
+        info!(
+            tokens = self.tokens,
+            certificate = self.certificate.map(|p| p.display().to_string()),
+            "configuration reloaded (SIGHUP): new connections get the certificate read now, every request is checked against the tokens read now"
+        );
+    }
+}
+
+/// A SIGHUP reload found invalid files: nothing changed.
+pub struct ConfigReloadFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+}
+impl ConfigReloadFailed<'_> {
+    pub fn emit(self) {
+        METRICS.config_reloads.with_label_values(&["failed"]).inc();
+        METRICS.config_reload_failing.set(1);
+        warn!(error = %self.error, "configuration reload (SIGHUP) failed; still serving the previous certificate and tokens");
     }
 }
 

@@ -11,6 +11,11 @@
 //! with a request is a new one answered `503` and closed. A WebSocket leaves the count once
 //! upgraded (the feed counts its subscribers). Each request carries the peer's address
 //! (`ConnectInfo<SocketAddr>`).
+//!
+//! `serve_with` does the same over TLS (the master's HTTPS): the handshake must finish within
+//! `header_read_timeout` too, and a connection in its handshake counts as waiting for a
+//! request (the idlest is evicted first). The acceptor's certificate resolver may change while
+//! connections are open; they keep the session they made.
 
 use super::events::{HttpConnectionClosed, HttpConnectionsAtLimit};
 use super::metrics::METRICS;
@@ -81,6 +86,17 @@ pub async fn serve(
     limits: HttpLimits,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, router, limits, None, cancel).await
+}
+
+/// `serve`, over TLS when `tls` is given (plain HTTP otherwise).
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let idle = Arc::new(Mutex::new(Idle::default()));
     let conns = TaskTracker::new();
@@ -142,6 +158,7 @@ pub async fn serve(
             .unwrap_or_else(|p| p.into_inner())
             .waiting(id, evicted.clone());
         let idle = idle.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
             let _permit = permit;
             METRICS.http_connections.inc();
@@ -153,47 +170,111 @@ pub async fn serve(
                 }
             }
             let _open = Open(idle.clone(), id);
-            let token = evicted.clone();
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                // busy while a request is served; idle again (the newest) once it is answered
-                idle.lock().unwrap_or_else(|p| p.into_inner()).busy(id);
-                let (idle, token) = (idle.clone(), token.clone());
-                let answer = router.clone().oneshot(req);
-                async move {
-                    let r = answer.await;
-                    idle.lock().unwrap_or_else(|p| p.into_inner()).waiting(id, token);
-                    r
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let res = tokio::select! {
-                r = conn.as_mut() => r,
-                // dropped at once: it was sending nothing
-                _ = evicted.cancelled() => return,
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let conn = Conn {
+                router,
+                peer,
+                id,
+                idle,
+                evicted,
+                cancel,
+                limits,
             };
-            if let Err(e) = res
-                && e.is_timeout()
-            {
-                HttpConnectionClosed {
-                    reason: "header_timeout",
+            match tls {
+                None => conn.serve(stream).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                HttpConnectionClosed { reason: "tls_handshake" }.emit();
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                HttpConnectionClosed { reason: "header_timeout" }.emit();
+                                return;
+                            }
+                        },
+                        _ = conn.evicted.cancelled() => return,
+                        _ = conn.cancel.cancelled() => return,
+                    };
+                    conn.serve(stream).await
                 }
-                .emit();
             }
         });
     }
     conns.close();
     let _ = tokio::time::timeout(DRAIN, conns.wait()).await;
     Ok(())
+}
+
+/// One accepted connection, once its TLS handshake (if any) is done.
+struct Conn {
+    router: Router,
+    peer: std::net::SocketAddr,
+    id: u64,
+    idle: Arc<Mutex<Idle>>,
+    /// Cancelled when the connection is evicted to make room.
+    evicted: CancellationToken,
+    /// The server stops.
+    cancel: CancellationToken,
+    limits: HttpLimits,
+}
+
+impl Conn {
+    /// Serves HTTP/1 requests (and upgrades) on `io` until it closes, is evicted, or the server
+    /// stops (then the request in progress is finished).
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            router,
+            peer,
+            id,
+            idle,
+            evicted,
+            cancel,
+            limits,
+        } = self;
+        let token = evicted.clone();
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            // busy while a request is served; idle again (the newest) once it is answered
+            idle.lock().unwrap_or_else(|p| p.into_inner()).busy(id);
+            let (idle, token) = (idle.clone(), token.clone());
+            let answer = router.clone().oneshot(req);
+            async move {
+                let r = answer.await;
+                idle.lock().unwrap_or_else(|p| p.into_inner()).waiting(id, token);
+                r
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let res = tokio::select! {
+            r = conn.as_mut() => r,
+            // dropped at once: it was sending nothing
+            _ = evicted.cancelled() => return,
+            _ = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = res
+            && e.is_timeout()
+        {
+            HttpConnectionClosed {
+                reason: "header_timeout",
+            }
+            .emit();
+        }
+    }
 }
 
 /// Takes the connection that has waited longest for a request out of `idle` (the lock is not

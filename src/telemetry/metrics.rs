@@ -165,6 +165,8 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     pub http_connections_closed: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_reload_failing: IntGauge,
     pub reports_refused: IntCounterVec,
     pub report_events_dropped: IntCounter,
     pub clock_offset: Gauge,
@@ -472,13 +474,22 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         http_connections_closed: counter_vec(
             "cronmesh_http_connections_closed_total",
-            "HTTP connections the server closed on its own, by reason: evicted (the cap was reached and it had been waiting longest for a request), limit (the cap was reached and every connection was busy: answered 503), header_timeout (headers not sent within header_read_timeout, or idle that long).",
+            "HTTP connections the server closed on its own, by reason: evicted (the cap was reached and it had been waiting longest for a request), limit (the cap was reached and every connection was busy: answered 503), header_timeout (headers or the TLS handshake not sent within header_read_timeout, or idle that long), tls_handshake (the TLS handshake failed).",
             &["reason"],
         ),
         auth_failures: counter_vec(
             "cronmesh_auth_failures_total",
             "Requests with a missing or unknown token, by result: unauthorized (401), throttled (429: too many from that address).",
             &["result"],
+        ),
+        config_reloads: counter_vec(
+            "cronmesh_config_reloads_total",
+            "SIGHUP reloads of a master's certificate and tokens, by outcome: ok, failed (the new files are invalid: the old ones are kept).",
+            &["outcome"],
+        ),
+        config_reload_failing: gauge(
+            "cronmesh_config_reload_failing",
+            "1 while the last SIGHUP reload of this master failed (it serves the certificate and tokens from before), else 0.",
         ),
         reports_refused: counter_vec(
             "cronmesh_reports_refused_total",

@@ -57,14 +57,15 @@ const MAX_MASTERS: usize = 5;
 /// besides reporting.
 pub async fn measure_offsets(
     coord: crate::coord::Coord,
+    trust: crate::http_client::Trust,
     configured: Vec<String>,
     every: std::time::Duration,
     clock: std::sync::Arc<dyn Clock>,
     tx: tokio::sync::watch::Sender<Option<i64>>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let http = crate::http_client::builder()
-        .timeout(std::time::Duration::from_secs(2))
+    let http = trust
+        .apply(crate::http_client::builder().timeout(std::time::Duration::from_secs(2)))
         .build()
         .expect("http client");
     loop {
@@ -98,8 +99,15 @@ async fn offset_against(http: &reqwest::Client, url: &str, clock: &dyn Clock) ->
     for _ in 0..SAMPLES {
         let sent_at = clock.now_ms();
         let t = std::time::Instant::now();
-        let Ok(resp) = http.get(&target).send().await else {
-            continue;
+        let resp = match http.get(&target).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(why) = crate::http_client::untrusted_certificate(&e) {
+                    tracing::warn!(master = %url, "the master's certificate is not trusted ({why}); set worker.master_ca_file (--master-ca) to the CA that signed it");
+                    return None;
+                }
+                continue;
+            }
         };
         let Ok(body) = resp.json::<serde_json::Value>().await else {
             continue;

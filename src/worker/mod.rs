@@ -64,8 +64,14 @@ pub async fn run(
     let buffers = coord.watch_buffers(watches.clone());
     let clock: Arc<dyn clock::Clock> = Arc::new(SystemClock);
     let (offsets_tx, offsets) = watch::channel(None);
+    // checked at start (main); a file gone since then trusts the system's roots, which fails closed
+    let trust = crate::http_client::Trust::from_ca_file(w.master_ca_file.as_deref()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "worker.master_ca_file: cannot be read; clock checks use the system's roots");
+        crate::http_client::Trust::default()
+    });
     let probe = tokio::spawn(clock::measure_offsets(
         coord.clone(),
+        trust,
         w.masters.clone(),
         w.clock_check_interval,
         clock.clone(),

@@ -480,13 +480,22 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    pub fn new(coord: crate::coord::Coord, configured: Vec<String>, token: Option<String>) -> Self {
+    /// `trust`: what masters' HTTPS certificates are verified against (`worker.master_ca_file`).
+    pub fn new(
+        coord: crate::coord::Coord,
+        configured: Vec<String>,
+        token: Option<String>,
+        trust: &crate::http_client::Trust,
+    ) -> Self {
         HttpSink {
-            client: crate::http_client::builder()
-                .timeout(Duration::from_secs(5))
-                // masters close keep-alive connections idle for master.header_read_timeout
-                // (10 s by default); reusing one they are closing would fail a report
-                .pool_idle_timeout(Duration::from_secs(4))
+            client: trust
+                .apply(
+                    crate::http_client::builder()
+                        .timeout(Duration::from_secs(5))
+                        // masters close keep-alive connections idle for master.header_read_timeout
+                        // (10 s by default); reusing one they are closing would fail a report
+                        .pool_idle_timeout(Duration::from_secs(4)),
+                )
                 .build()
                 .expect("http client"),
             coord,
@@ -566,7 +575,12 @@ impl ReportSink for HttpSink {
                         break;
                     }
                     Err(e) => {
-                        last = format!("{url}: {e}");
+                        last = match crate::http_client::untrusted_certificate(&e) {
+                            Some(why) => format!(
+                                "{url}: the master's certificate is not trusted ({why}); set worker.master_ca_file (--master-ca) to the CA that signed it"
+                            ),
+                            None => format!("{url}: {e}"),
+                        };
                         break;
                     }
                 }

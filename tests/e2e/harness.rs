@@ -290,6 +290,48 @@ impl Cluster {
         url
     }
 
+    /// `start_master` for a master serving HTTPS (`extra` names its certificate files, as flags
+    /// or in a config file): its URL is `https://127.0.0.1:PORT`, returned once `/readyz`
+    /// answers `client` (which trusts the master's CA).
+    pub async fn start_https_master(&mut self, id: &str, extra: &[&str], client: &reqwest::Client) -> String {
+        let port = free_port();
+        let mut args: Vec<String> = ["master", "--etcd", &self.etcd.client_url, "--prefix", &self.prefix]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--master-id".to_string(), id.to_string()]);
+        args.extend(["--listen".to_string(), format!("127.0.0.1:{port}")]);
+        args.extend([
+            "--log-store".to_string(),
+            format!("sqlite://{}", self.path("runs.db").display()),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut m = MasterProc {
+            child: None,
+            url: format!("https://127.0.0.1:{port}"),
+            port,
+            log: self.path(&format!("master-{id}.log")),
+            args,
+        };
+        self.spawn_master(&mut m);
+        let url = m.url.clone();
+        self.masters.insert(id.to_string(), m);
+        let u = format!("{url}/readyz");
+        wait_for(Duration::from_secs(20), &format!("{url} is ready"), || {
+            let (client, u) = (client.clone(), u.clone());
+            async move {
+                client
+                    .get(&u)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+        url
+    }
+
     fn spawn_master(&self, m: &mut MasterProc) {
         let logf = std::fs::File::options()
             .create(true)

@@ -23,6 +23,7 @@ mod feed;
 mod hardening;
 mod health;
 mod history;
+mod https;
 mod ledger;
 mod lifecycle;
 mod logs;

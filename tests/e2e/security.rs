@@ -470,6 +470,7 @@ async fn workers_run_only_jobs_a_trusted_master_signed_and_a_new_key_can_be_trus
     c.stop_worker("w1", Duration::from_secs(20)).await;
     let both = format!("{pub_a},{pub_b}");
     c.start_worker("w2", &["--trusted-keys", &both]);
+    c.wait_members(&["w2"]).await;
     c.kill_master("m1");
     let config = c.path("master-b.toml");
     std::fs::write(&config, format!("[master]\ntrusted_keys = [{pub_a:?}]\n")).unwrap();
@@ -511,4 +512,57 @@ async fn workers_run_only_jobs_a_trusted_master_signed_and_a_new_key_can_be_trus
     )
     .await;
     assert!(!ran.exists());
+}
+
+/// A worker given an etcd user waits for etcd before it starts (it must authenticate first);
+/// SIGTERM while it waits stops it at once and cleanly, as a stop during start-up should.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waiting_for_etcd_to_authenticate_stops_cleanly_on_sigterm() {
+    let c = Cluster::new().await;
+    let pw = c.path("worker.pw");
+    std::fs::write(&pw, "worker-password").unwrap();
+    let log = c.path("waiting-worker.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let nobody_listens = format!("http://127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cronmesh"))
+        .args([
+            "worker",
+            "--etcd",
+            &nobody_listens,
+            "--prefix",
+            &c.prefix,
+            "--id",
+            "waiting",
+        ])
+        .args(["--etcd-user", "worker", "--etcd-password-file", &s(&pw)])
+        .arg("--spool-dir")
+        .arg(c.path("spool-waiting"))
+        .env("CRONMESH_WORKER_TOKEN", WORKER)
+        .stdin(std::process::Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(Duration::from_secs(20), "the worker says it waits for etcd", || {
+        read().contains("waiting to authenticate before starting")
+    })
+    .await;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = poll(Duration::from_secs(10), "the worker exits", || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(
+        status.success(),
+        "a stop during start-up is a clean exit: {status}\n{}",
+        read()
+    );
+    assert!(
+        read().contains("shutdown requested before etcd could be reached"),
+        "{}",
+        read()
+    );
 }

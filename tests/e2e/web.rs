@@ -193,3 +193,38 @@ async fn the_web_page_shows_a_jobs_history_with_authors_and_diffs_and_restores_a
         ],
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_loads_over_https_and_its_live_feed_runs_over_wss() {
+    let mut c = Cluster::new().await;
+    let ca = crate::certs::Ca::new(&c.path("certs"), "web");
+    let cert = ca.server("master");
+    let http = cronmesh::http_client::Trust::from_ca_file(Some(&ca.cert))
+        .unwrap()
+        .apply(cronmesh::http_client::builder())
+        .build()
+        .unwrap();
+    let url = c
+        .start_https_master(
+            "m1",
+            &[
+                "--tls-cert-file",
+                cert.cert.to_str().unwrap(),
+                "--tls-key-file",
+                cert.key.to_str().unwrap(),
+            ],
+            &http,
+        )
+        .await;
+    // a worker that trusts the CA: the page's health line is all green ("live")
+    c.start_worker("w1", &["--master-ca", ca.cert.to_str().unwrap()]);
+    c.wait_members(&["w1"]).await;
+    let out = out_dir("https");
+    // the script's own API calls trust the test CA; the browser ignores certificate errors
+    run_browser(
+        "https",
+        &url,
+        &out,
+        &[("NODE_EXTRA_CA_CERTS", ca.cert.display().to_string())],
+    );
+}

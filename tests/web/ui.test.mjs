@@ -6,7 +6,10 @@
 // (job dependencies: a job's upstreams and downstreams, the fleet's graph of ~300 jobs, the form),
 // history (a job's versions by two named tokens, their diffs, a restore; CRONMESH_ALICE_TOKEN and
 // CRONMESH_BOB_TOKEN name two admin tokens),
-// CRONMESH_HOOK_PORT (ui: the port the master's webhook channels "hook" and "broken" send to).
+// CRONMESH_HOOK_PORT (ui: the port the master's webhook channels "hook" and "broken" send to),
+// or https (the page over https:// and its live feed over wss://; NODE_EXTRA_CA_CERTS makes
+// this script's own requests trust the test CA, the browser is told to ignore certificate
+// errors, as Chromium does not read that CA).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -897,6 +900,42 @@ if (MODE === 'scale') {
     } finally {
       await browser.close();
     }
+  });
+}
+
+if (MODE === 'https') {
+  test('the page loads over https and its live feed runs over wss', { timeout: 60_000 }, async (t) => {
+    assert.ok(MASTER.startsWith('https://'), `CRONMESH_URL is ${MASTER}`);
+    const browser = await launch();
+    // Chromium does not trust the test CA (NODE_EXTRA_CA_CERTS is node's only): the context
+    // ignores certificate errors; that the certificate verifies is the Rust specs' part
+    const context = await browser.newContext({ viewport: { width: 1280, height: 860 }, ignoreHTTPSErrors: true });
+    await context.addInitScript((tk) => sessionStorage.setItem('cronmesh.token', tk), ADMIN);
+    const page = await context.newPage();
+    const sockets = [];
+    const consoleErrors = [];
+    page.on('websocket', (ws) => sockets.push(ws.url()));
+    page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+    page.on('pageerror', (e) => consoleErrors.push(String(e)));
+    t.after(async () => {
+      await apiCall('DELETE', '/api/v1/jobs/https-live');
+      await browser.close();
+    });
+
+    await t.test('the page loads over https and its feed is live over wss', async () => {
+      await page.goto(MASTER + '/');
+      await page.locator('#conn[data-state="live"]').waitFor({ timeout: 15_000 });
+      assert.equal(await page.evaluate(() => location.protocol), 'https:');
+      assert.ok(sockets.length > 0 && sockets.every((u) => u.startsWith('wss://')), `feed URLs: ${sockets}`);
+    });
+
+    await t.test('a job made through the API arrives through the wss feed', async () => {
+      const r = await apiCall('PUT', '/api/v1/jobs/https-live', { schedule: '@hourly', command: 'true' });
+      assert.equal(r.status, 201, JSON.stringify(r.body));
+      await page.locator('#jobs-table tr[data-job="https-live"]').waitFor({ timeout: 15_000 });
+      await shot(page, '40-https');
+      assert.deepEqual(consoleErrors, []);
+    });
   });
 }
 
