@@ -1189,11 +1189,10 @@ mod tests {
         assert!(r.cpu_ms >= 0);
     }
 
-    #[tokio::test]
-    async fn every_way_of_starting_gives_default_signals_an_empty_mask_and_named_errors() {
-        // the worker ignores SIGPIPE (Rust does) and a vfork-like child shares its memory:
-        // the job must still start with nothing ignored and nothing blocked
-        let cgroups = RunCgroups::detect(&format!("unit-sig-{}", std::process::id()))
+    /// Every way a run can start here: (name, its cgroup, whether clone3 is used). Without
+    /// usable cgroups v2 only the way without one.
+    fn ways_of_starting(tag: &str) -> Vec<(&'static str, Option<Arc<RunCgroups>>, bool)> {
+        let cgroups = RunCgroups::detect(&format!("{tag}-{}", std::process::id()))
             .ok()
             .map(Arc::new);
         let mut ways = vec![("no cgroup", None, true)];
@@ -1203,6 +1202,14 @@ mod tests {
         } else {
             eprintln!("cgroups v2 are not usable here: only the way without a cgroup is tested");
         }
+        ways
+    }
+
+    #[tokio::test]
+    async fn every_way_of_starting_gives_default_signals_an_empty_mask_and_named_errors() {
+        // the worker ignores SIGPIPE (Rust does) and a vfork-like child shares its memory:
+        // the job must still start with nothing ignored and nothing blocked
+        let ways = ways_of_starting("unit-sig");
         for (i, (way, cg, clone3)) in ways.into_iter().enumerate() {
             CLONE3_WORKS.store(clone3, Ordering::Relaxed);
             let mut s = spec("exec grep -E '^Sig(Ign|Blk):' /proc/self/status");
@@ -1247,16 +1254,7 @@ mod tests {
             Identity::lookup("no-such-user-here"),
             Err(RunAsRefusal::UnknownUser { .. })
         ));
-        let cgroups = RunCgroups::detect(&format!("unit-runas-{}", std::process::id()))
-            .ok()
-            .map(Arc::new);
-        let mut ways = vec![("no cgroup", None, true)];
-        if let Some(cg) = &cgroups {
-            ways.push(("clone3 into the cgroup", Some(cg.clone()), true));
-            ways.push(("fork, then cgroup.procs", Some(cg.clone()), false));
-        } else {
-            eprintln!("cgroups v2 are not usable here: only the way without a cgroup is tested");
-        }
+        let ways = ways_of_starting("unit-runas");
         // a directory only root may enter: the run enters its working directory as its user
         let private = tempfile::tempdir().unwrap();
         std::fs::set_permissions(private.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();

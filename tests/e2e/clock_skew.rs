@@ -71,13 +71,19 @@ async fn a_worker_whose_clock_is_3s_ahead_stops_claiming_is_not_ready_and_its_jo
         let (_, ws) = c.get(m, "/api/v1/workers", Some(READ)).await;
         ws.as_array().cloned().unwrap_or_default()
     }
-    wait_for(Duration::from_secs(20), "the workers view flags w1's clock", || async {
-        view(&c, &m).await.iter().any(|w| {
-            w["id"] == "w1"
-                && w["clock_skewed"] == true
-                && w["clock_offset_ms"].as_i64().is_some_and(|o| (2500..3500).contains(&o))
-        })
-    })
+    // each worker measures on its own schedule: wait for both measurements
+    wait_for(
+        Duration::from_secs(20),
+        "the workers view flags w1's clock and has w2's offset",
+        || async {
+            let ws = view(&c, &m).await;
+            ws.iter().any(|w| {
+                w["id"] == "w1"
+                    && w["clock_skewed"] == true
+                    && w["clock_offset_ms"].as_i64().is_some_and(|o| (2500..3500).contains(&o))
+            }) && ws.iter().any(|w| w["id"] == "w2" && w["clock_offset_ms"].is_i64())
+        },
+    )
     .await;
     let ws = view(&c, &m).await;
     let w2 = ws.iter().find(|w| w["id"] == "w2").unwrap();

@@ -141,72 +141,49 @@ async fn etcd_over_tls_with_client_certificates_runs_jobs_and_bad_certificates_s
         "--listen",
         &listen,
     ];
-    let cases: Vec<(Vec<String>, &str, &str)> = vec![
+    let missing_ca = c.path("missing-ca.pem");
+    // (etcd.ca_file, etcd.cert_file, etcd.key_file) → the setting named and the cause
+    let cases: [(&Path, Option<&Path>, Option<&Path>, &str, &str); 7] = [
         (
-            vec![
-                "--etcd-ca".into(),
-                s(&other.cert),
-                "--etcd-cert".into(),
-                s(&client.cert),
-                "--etcd-key".into(),
-                s(&client.key),
-            ],
+            &other.cert,
+            Some(&client.cert),
+            Some(&client.key),
             "etcd.ca_file",
             "not trusted",
         ),
+        (&ca.cert, None, None, "etcd.cert_file", "requires a client certificate"),
         (
-            vec!["--etcd-ca".into(), s(&ca.cert)],
-            "etcd.cert_file",
-            "requires a client certificate",
-        ),
-        (
-            vec![
-                "--etcd-ca".into(),
-                s(&ca.cert),
-                "--etcd-cert".into(),
-                s(&stranger.cert),
-                "--etcd-key".into(),
-                s(&stranger.key),
-            ],
+            &ca.cert,
+            Some(&stranger.cert),
+            Some(&stranger.key),
             "etcd.cert_file",
             "refused this process' client certificate",
         ),
         (
-            vec![
-                "--etcd-ca".into(),
-                s(&ca.cert),
-                "--etcd-cert".into(),
-                s(&expired.cert),
-                "--etcd-key".into(),
-                s(&expired.key),
-            ],
+            &ca.cert,
+            Some(&expired.cert),
+            Some(&expired.key),
             "etcd.cert_file",
             "expired on 2021-01-01",
         ),
+        (&missing_ca, None, None, "etcd.ca_file", "no such file"),
+        (&ca.cert, Some(&client.cert), None, "etcd.key_file", "set its key too"),
         (
-            vec!["--etcd-ca".into(), s(&c.path("missing-ca.pem"))],
-            "etcd.ca_file",
-            "no such file",
-        ),
-        (
-            vec!["--etcd-ca".into(), s(&ca.cert), "--etcd-cert".into(), s(&client.cert)],
-            "etcd.key_file",
-            "set its key too",
-        ),
-        (
-            vec![
-                "--etcd-ca".into(),
-                s(&ca.cert),
-                "--etcd-cert".into(),
-                s(&client.key),
-                "--etcd-key".into(),
-                s(&client.key),
-            ],
+            &ca.cert,
+            Some(&client.key),
+            Some(&client.key),
             "etcd.cert_file",
             "no PEM certificate",
         ),
     ];
-    for (extra, key, cause) in cases {
+    for (ca_file, cert_file, key_file, key, cause) in cases {
+        let mut extra = vec!["--etcd-ca".to_string(), s(ca_file)];
+        if let Some(f) = cert_file {
+            extra.extend(["--etcd-cert".to_string(), s(f)]);
+        }
+        if let Some(f) = key_file {
+            extra.extend(["--etcd-key".to_string(), s(f)]);
+        }
         let mut args: Vec<&str> = base.to_vec();
         args.extend(extra.iter().map(String::as_str));
         let (code, out) = c.run_cronmesh(&args, &[]).await;
