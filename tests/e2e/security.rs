@@ -143,7 +143,8 @@ async fn etcd_over_tls_with_client_certificates_runs_jobs_and_bad_certificates_s
     ];
     let missing_ca = c.path("missing-ca.pem");
     // (etcd.ca_file, etcd.cert_file, etcd.key_file) → the setting named and the cause
-    let cases: [(&Path, Option<&Path>, Option<&Path>, &str, &str); 7] = [
+    type Case<'a> = (&'a Path, Option<&'a Path>, Option<&'a Path>, &'a str, &'a str);
+    let cases: [Case; 7] = [
         (
             &other.cert,
             Some(&client.cert),
