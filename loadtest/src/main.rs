@@ -20,6 +20,7 @@ mod scale;
 mod steady;
 mod store;
 mod svg;
+mod userlag;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};

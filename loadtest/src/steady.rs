@@ -5,6 +5,7 @@ use crate::Ctx;
 use crate::fleet::{CpuMeter, ProcStat, WorkerSpec, metric_sum, proc_stat, wait_members};
 use crate::records::{self, TickStats};
 use crate::report::Report;
+use crate::userlag::{self, CommandLag, Floor};
 use anyhow::Result;
 use cronmesh::coord::now_ms;
 use cronmesh::model::JobSpec;
@@ -30,6 +31,10 @@ pub struct Steady {
     pub tracing: bool,
     #[serde(flatten)]
     pub ticks: TickStats,
+    /// Lag by the command's own clock (what a user sees), beside the lag by `started_at` above.
+    pub command_lag: CommandLag,
+    /// The machine's floor for the same burst: `jobs` raw simultaneous starts of the command.
+    pub floor: Floor,
     pub runs_per_s: f64,
     pub runs_per_s_vs_raw_spawn: f64,
     pub claims_won: f64,
@@ -38,6 +43,9 @@ pub struct Steady {
     pub etcd_txn_per_s: f64,
     pub processes: Vec<ProcStat>,
 }
+
+/// Bursts the floor is measured over.
+const FLOOR_ROUNDS: usize = 5;
 
 /// Names of the jobs a steady run defines.
 pub fn job_names(n: usize) -> Vec<String> {
@@ -62,8 +70,16 @@ pub async fn run(ctx: &Ctx, o: &Opts, prefix: &str) -> Result<Steady> {
         procs.push(spec.spawn(id)?);
     }
     wait_members(&coord, o.workers, Duration::from_secs(30)).await?;
+    // the floor first, with the workers up and idle: every job is due at the same instant
+    let floor = {
+        let (dir, n) = (ctx.dir.clone(), o.jobs);
+        tokio::task::spawn_blocking(move || userlag::measure_floor(&dir, n, FLOOR_ROUNDS)).await??
+    };
     let names = job_names(o.jobs);
-    let specs: Vec<JobSpec> = names.iter().map(|n| JobSpec::new(n, "@every 1s", "true")).collect();
+    let stamps = ctx.dir.join(format!("{}-stamps.txt", prefix.trim_matches('/')));
+    let _ = std::fs::remove_file(&stamps);
+    let command = userlag::stamp_command(&stamps, "$CRONMESH_RUN_ID");
+    let specs: Vec<JobSpec> = names.iter().map(|n| JobSpec::new(n, "@every 1s", &command)).collect();
     coord.create_jobs(&specs).await?;
     let from = now_ms() + 3000;
     let to = from + o.seconds as i64 * 1000 - 1;
@@ -89,6 +105,7 @@ pub async fn run(ctx: &Ctx, o: &Opts, prefix: &str) -> Result<Steady> {
         seconds: o.seconds,
         dispatch: o.dispatch.clone(),
         tracing: o.tracing.is_some(),
+        floor,
         ..Default::default()
     };
     let mut txn1 = 0.0;
@@ -109,7 +126,9 @@ pub async fn run(ctx: &Ctx, o: &Opts, prefix: &str) -> Result<Steady> {
         p.terminate();
     }
     let files: Vec<PathBuf> = ids.iter().map(|id| spec.runs_file(id)).collect();
-    s.ticks = records::ticks(&records::read(&files), &names, 1000, from, to);
+    let recs = records::read(&files);
+    s.ticks = records::ticks(&recs, &names, 1000, from, to);
+    s.command_lag = userlag::command_lags(&recs, &userlag::read_stamps(&stamps), &names, from, to);
     s.runs_per_s = s.ticks.lags.len() as f64 / o.seconds as f64;
     s.runs_per_s_vs_raw_spawn = s.runs_per_s / ctx.limits.spawn_per_s_4_in_flight.max(1.0);
     s.claims_lost_per_run = s.claims_lost / (s.ticks.lags.len().max(1) as f64);
@@ -155,6 +174,30 @@ pub const PROC_HEADER: [&str; 4] = ["process", "CPU %", "RSS MB", "peak RSS MB"]
 
 fn rows(s: &Steady) -> Vec<(&'static str, String)> {
     let mut rows = tick_rows(&s.ticks);
+    let (c, f) = (&s.command_lag.lags, &s.floor.lags);
+    rows.push(("lag by the command's own clock p50 / p90 / p99 / max", c.text()));
+    rows.push((
+        "burst floor: the same command, as many raw starts at one instant",
+        format!(
+            "{} ({} at once, {} bursts)",
+            f.text(),
+            s.floor.simultaneous,
+            s.floor.rounds
+        ),
+    ));
+    rows.push((
+        "command's lag ÷ floor, p50 / p99",
+        format!(
+            "{} / {} (p99 {:+.1} ms)",
+            userlag::ratio(c.p50_ms, f.p50_ms),
+            userlag::ratio(c.p99_ms, f.p99_ms),
+            c.p99_ms - f.p99_ms
+        ),
+    ));
+    rows.push((
+        "commands that read a clock before their planned time / left no stamp",
+        format!("{} / {}", s.command_lag.early_starts, s.command_lag.unstamped),
+    ));
     rows.push((
         "runs/s",
         format!(

@@ -48,7 +48,15 @@ fn assert_every_tick_once(t: &serde_json::Value) {
 #[test]
 fn steady_smoke_runs_and_reports() {
     let r = run("steady", &["--jobs", "20", "--workers", "2", "--seconds", "3"]);
-    assert_every_tick_once(&r["steady"]);
+    let s = &r["steady"];
+    assert_every_tick_once(s);
+    // the user's view: every started run's command stamped its own clock, none before its tick
+    let c = &s["command_lag"];
+    assert_eq!(c["n"], s["ticks_run"], "{c}");
+    assert_eq!(c["unstamped"], 0, "{c}");
+    assert_eq!(c["early_starts"], 0, "no command starts before its planned time: {c}");
+    assert_eq!(s["floor"]["simultaneous"], 20);
+    assert_eq!(s["floor"]["n"], 100, "20 raw starts × 5 bursts: {}", s["floor"]);
 }
 
 #[test]
