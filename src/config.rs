@@ -309,6 +309,12 @@ pub struct WorkerConfig {
     /// How far ahead of its planned time a tick is claimed (keeps etcd off the tick→spawn path).
     #[serde(with = "dur")]
     pub claim_ahead: Duration,
+    /// How long before its planned time a claimed tick is handed to the executor, which holds
+    /// the process until the planned time and then starts it: the hand-offs between the timer,
+    /// the run's task and the spawning thread happen before the tick, not after it. The job's
+    /// concurrency policy is decided then too. 0 hands it over at the planned time.
+    #[serde(with = "dur")]
+    pub spawn_lead: Duration,
     /// On SIGTERM, how long running commands may finish before they are killed.
     #[serde(with = "dur")]
     pub drain_timeout: Duration,
@@ -398,6 +404,7 @@ impl Default for WorkerConfig {
             lease_ttl: Duration::from_secs(10),
             claim_ttl: Duration::from_secs(15 * 60),
             claim_ahead: Duration::from_millis(1000),
+            spawn_lead: Duration::from_millis(20),
             drain_timeout: Duration::from_secs(30),
             kill_grace: Duration::from_millis(500),
             timeout_grace: Duration::from_secs(5),
@@ -832,6 +839,12 @@ impl Config {
         }
         if w.claim_ahead < Duration::from_millis(50) || w.claim_ahead > Duration::from_secs(30) {
             return Err(invalid("worker.claim_ahead", "must be between 50ms and 30s"));
+        }
+        if w.spawn_lead > Duration::from_millis(500) || w.spawn_lead * 2 > w.claim_ahead {
+            return Err(invalid(
+                "worker.spawn_lead",
+                "must be at most 500ms and at most half of worker.claim_ahead",
+            ));
         }
         if w.metrics_jobs.len() > crate::telemetry::metrics::MAX_PER_JOB {
             return Err(invalid(
@@ -1269,6 +1282,11 @@ mod tests {
             ("[worker]\nallowed_users = [\"Backup\"]\n", "worker.allowed_users"),
             ("[worker]\nallowed_users = [\"\"]\n", "worker.allowed_users"),
             ("[worker]\nallowed_users = [\"0\"]\n", "worker.allowed_users"),
+            ("[worker]\nspawn_lead = \"600ms\"\n", "worker.spawn_lead"),
+            (
+                "[worker]\nclaim_ahead = \"100ms\"\nspawn_lead = \"60ms\"\n",
+                "worker.spawn_lead",
+            ),
         ];
         for (toml, key) in cases {
             let cfg = Config::from_toml(toml).unwrap();

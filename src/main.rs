@@ -206,6 +206,10 @@ struct WorkerArgs {
     /// How far ahead ticks are claimed, e.g. 1s.
     #[arg(long, env = "CRONMESH_CLAIM_AHEAD")]
     claim_ahead: Option<humantime::Duration>,
+    /// How long before its planned time a tick is handed to the executor, which starts the
+    /// process at the planned time, e.g. 20ms (0s: at the planned time).
+    #[arg(long, env = "CRONMESH_SPAWN_LEAD")]
+    spawn_lead: Option<humantime::Duration>,
     /// Drain timeout on SIGTERM, e.g. 30s.
     #[arg(long, env = "CRONMESH_DRAIN_TIMEOUT")]
     drain_timeout: Option<humantime::Duration>,
@@ -477,6 +481,9 @@ fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
     }
     if let Some(v) = a.claim_ahead {
         w.claim_ahead = v.into();
+    }
+    if let Some(v) = a.spawn_lead {
+        w.spawn_lead = v.into();
     }
     if let Some(v) = a.drain_timeout {
         w.drain_timeout = v.into();

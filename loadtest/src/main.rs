@@ -64,6 +64,9 @@ enum Scenario {
         /// Export a trace per run to a local OTLP sink (to measure tracing's cost).
         #[arg(long)]
         tracing: bool,
+        /// The workers' `--spawn-lead` (default: theirs, 20ms); 0s hands ticks over at their time.
+        #[arg(long)]
+        spawn_lead: Option<String>,
     },
     /// The same steady load in dispatch = owner and dispatch = race, side by side.
     Compare {
@@ -220,6 +223,7 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
             seconds,
             dispatch,
             tracing,
+            spawn_lead,
         } => {
             let tracing = if tracing {
                 Some(otlp_sink(&ctx.dir).await?)
@@ -232,6 +236,7 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
                 seconds,
                 dispatch,
                 tracing,
+                spawn_lead,
             };
             let s = steady::run(ctx, &o, "/lt-steady/").await?;
             steady::report(rep, &s);
@@ -243,6 +248,7 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
                 seconds,
                 dispatch: "owner".into(),
                 tracing: None,
+                spawn_lead: None,
             };
             let owner = steady::run(ctx, &o, "/lt-owner/").await?;
             o.dispatch = "race".into();

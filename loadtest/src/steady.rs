@@ -20,6 +20,8 @@ pub struct Opts {
     pub dispatch: String,
     /// A worker config that turns tracing on (pointing at a local OTLP sink).
     pub tracing: Option<PathBuf>,
+    /// The workers' `--spawn-lead`, when given.
+    pub spawn_lead: Option<String>,
 }
 
 #[derive(Serialize, Default)]
@@ -29,6 +31,8 @@ pub struct Steady {
     pub seconds: u64,
     pub dispatch: String,
     pub tracing: bool,
+    /// The workers' spawn lead ("default": theirs).
+    pub spawn_lead: String,
     #[serde(flatten)]
     pub ticks: TickStats,
     /// Lag by the command's own clock (what a user sees), beside the lag by `started_at` above.
@@ -55,6 +59,10 @@ pub fn job_names(n: usize) -> Vec<String> {
 pub async fn run(ctx: &Ctx, o: &Opts, prefix: &str) -> Result<Steady> {
     let coord = ctx.etcd.coord(prefix).await?;
     let endpoints = ctx.etcd.endpoints();
+    let lead: Vec<&str> = match &o.spawn_lead {
+        Some(l) => vec!["--spawn-lead", l],
+        None => vec![],
+    };
     let spec = WorkerSpec {
         bin: &ctx.bin,
         dir: &ctx.dir,
@@ -62,7 +70,7 @@ pub async fn run(ctx: &Ctx, o: &Opts, prefix: &str) -> Result<Steady> {
         prefix,
         dispatch: &o.dispatch,
         config: o.tracing.as_deref(),
-        extra: &[],
+        extra: &lead,
     };
     let ids: Vec<String> = (0..o.workers).map(|i| format!("{}w{i}", o.dispatch)).collect();
     let mut procs = Vec::new();
@@ -105,6 +113,7 @@ pub async fn run(ctx: &Ctx, o: &Opts, prefix: &str) -> Result<Steady> {
         seconds: o.seconds,
         dispatch: o.dispatch.clone(),
         tracing: o.tracing.is_some(),
+        spawn_lead: o.spawn_lead.clone().unwrap_or_else(|| "default".into()),
         floor,
         ..Default::default()
     };
@@ -221,8 +230,8 @@ pub fn report(r: &mut Report, s: &Steady) {
     let t = if s.tracing { "on" } else { "off" };
     r.measures(
         &format!(
-            "steady: {} jobs @every 1s, {} workers, {} s, dispatch {}, tracing {t}",
-            s.jobs, s.workers, s.seconds, s.dispatch
+            "steady: {} jobs @every 1s, {} workers, {} s, dispatch {}, tracing {t}, spawn lead {}",
+            s.jobs, s.workers, s.seconds, s.dispatch, s.spawn_lead
         ),
         &rows(s),
     );

@@ -7,6 +7,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 /// Wall-clock time in Unix milliseconds.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> i64;
+
+    /// Blocks the calling (blocking) thread until this clock reads `at_ms`; returns at once when
+    /// it already does. A clock that moves only when told to returns at once.
+    fn sleep_until(&self, at_ms: i64) {
+        let _ = at_ms;
+    }
 }
 
 /// The system's wall clock.
@@ -16,6 +22,19 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
         chrono::Utc::now().timestamp_millis()
+    }
+
+    /// To within the kernel's timer slack (tens of µs): `nanosleep` on the remaining time, again
+    /// if woken early or the clock was stepped back.
+    fn sleep_until(&self, at_ms: i64) {
+        let at_us = at_ms.saturating_mul(1000);
+        loop {
+            let left = at_us - chrono::Utc::now().timestamp_micros();
+            if left <= 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(left as u64));
+        }
     }
 }
 

@@ -183,9 +183,11 @@ pub async fn run(
     let spawned = {
         let _permit = spawners.acquire_owned().await;
         let (run_as, env) = (order.job.spec.run_as.clone(), order.job.spec.env.clone());
-        let ctx = ctx.clone();
+        let (ctx, clock, planned) = (ctx.clone(), clock.clone(), order.planned);
         tokio::task::spawn_blocking(move || {
             let e = with_run_as(exec, run_as.as_deref(), &ctx.cfg.allowed_users, &env)?;
+            // fired `spawn_lead` early: everything is ready, the process starts at its time
+            clock.sleep_until(planned);
             executor::spawn(&e).map(|child| (child, e))
         })
         .await

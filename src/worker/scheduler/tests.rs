@@ -100,6 +100,7 @@ impl Sim {
             worker: id.to_string(),
             dispatch: Dispatch::Owner,
             claim_ahead_ms: 1000,
+            spawn_lead_ms: 0,
             max_concurrent_runs: 100,
             drain_timeout_ms: 30_000,
             max_clock_skew_ms: 1000,
@@ -782,6 +783,35 @@ fn an_owned_job_is_claimed_ahead_and_each_tick_runs_once_at_its_planned_time() {
         1,
         "the slots went back but the next tick's, claimed ahead"
     );
+}
+
+#[test]
+fn with_a_spawn_lead_a_tick_is_handed_to_the_executor_that_long_before_its_planned_time() {
+    let lead = |id: &str| CoreConfig {
+        spawn_lead_ms: 20,
+        ..Sim::config(id)
+    };
+    let mut sim = Sim::with_configs(vec![lead("w1")]);
+    sim.put(every_second("a"));
+    sim.advance(secs(3) + 500);
+    assert_eq!(
+        sim.ran("a").iter().map(|(_, p)| *p).collect::<Vec<_>>(),
+        (1..=3).map(|i| T0 + secs(i)).collect::<Vec<_>>(),
+        "each tick once, under its own planned time"
+    );
+    for (_, o) in &sim.spawned {
+        assert_eq!(o.fired_at, o.planned - 20, "handed over 20 ms early: {o:?}");
+    }
+    // a pause that lands inside the lead is too late for that tick; the next one is skipped
+    let mut sim = Sim::with_configs(vec![lead("w1")]);
+    sim.put(every_second("a"));
+    sim.advance(secs(1) - 10);
+    assert_eq!(sim.ran("a").len(), 1, "the first tick was handed over at T0+980 ms");
+    let mut paused = every_second("a");
+    paused.paused = true;
+    sim.put(paused);
+    sim.advance(secs(2));
+    assert_eq!(sim.ran("a").len(), 1, "nothing after the pause");
 }
 
 #[test]

@@ -349,7 +349,8 @@ impl Core {
                         (ClaimPlan::Run(slot), TickKind::Scheduled { planned }) => {
                             t.state = TickState::Claimed { slot, claim };
                             if planned >= now - LATE_TOLERANCE_MS {
-                                self.timers.push(planned, Timer::Fire { run_id });
+                                self.timers
+                                    .push(planned - self.cfg.spawn_lead_ms, Timer::Fire { run_id });
                             } else {
                                 // the answer came too late to count as on time
                                 catch_up.entry(t.job.clone()).or_default().push((planned, run_id));

@@ -77,6 +77,9 @@ pub struct CoreConfig {
     pub worker: String,
     pub dispatch: Dispatch,
     pub claim_ahead_ms: i64,
+    /// A claimed tick fires this long before its planned time (`worker.spawn_lead`); the
+    /// executor holds its process until the planned time.
+    pub spawn_lead_ms: i64,
     pub max_concurrent_runs: usize,
     pub drain_timeout_ms: i64,
     /// Beyond this clock offset from the masters, the worker claims nothing (`max_clock_skew`).
@@ -93,6 +96,7 @@ impl CoreConfig {
             worker: c.id.clone(),
             dispatch: c.dispatch,
             claim_ahead_ms: c.claim_ahead.as_millis() as i64,
+            spawn_lead_ms: c.spawn_lead.as_millis() as i64,
             max_concurrent_runs: c.max_concurrent_runs,
             drain_timeout_ms: c.drain_timeout.as_millis() as i64,
             max_clock_skew_ms: c.max_clock_skew.as_millis() as i64,
