@@ -21,9 +21,17 @@ pub struct Feed {
     /// The master's run log.
     pub store: String,
     pub subscribers: usize,
+    /// Events per second asked for.
     pub rate: usize,
     pub seconds: u64,
+    /// `rate × seconds`.
+    pub asked: usize,
     pub published: usize,
+    /// Published per second of the publishing window: below `rate` when the master (or this
+    /// machine) cannot take them as fast.
+    pub published_per_s: f64,
+    /// The master's CPU time per delivered event (all subscribers), in µs.
+    pub master_cpu_us_per_delivery: f64,
     pub delivered: usize,
     pub delivered_per_s: f64,
     pub lagged: usize,
@@ -36,6 +44,9 @@ pub struct Feed {
     pub e2e_p99_ms: f64,
     pub e2e_max_ms: f64,
     pub processes: Vec<ProcStat>,
+    /// Every delivery's delay, sorted (for the chart; not in the JSON).
+    #[serde(skip)]
+    pub delays: Vec<f64>,
 }
 
 pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64, store: Option<&str>) -> Result<Feed> {
@@ -119,25 +130,45 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64, store
     tokio::time::sleep(Duration::from_millis(500)).await;
     let http = http_client();
     let mut meter = CpuMeter::new(master.pid());
+    let mut own = CpuMeter::new(std::process::id());
     let start = Instant::now();
+    let window = Duration::from_secs(seconds);
+    let asked = rate * seconds as usize;
     let mut published = 0usize;
-    // 10 slices a second, as run.started notices through the reports route
-    let slice = (rate / 10).max(1);
+    // every 100 ms, what is due by then, as run.started notices through the reports route; up
+    // to 4 posts in flight, so a slow answer does not hold back the rate asked for
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    while start.elapsed() < Duration::from_secs(seconds) {
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut posts = tokio::task::JoinSet::new();
+    while published < asked {
         tick.tick().await;
+        // the window's last post takes what is left
+        let due = if start.elapsed() >= window {
+            asked
+        } else {
+            ((start.elapsed().as_secs_f64() * rate as f64) as usize).min(asked)
+        };
+        if due <= published {
+            continue;
+        }
+        while posts.len() >= 4 {
+            posts.join_next().await.expect("a post in flight")??;
+        }
         let now = cronmesh::coord::now_ms();
         let worker = format!("lt-{}", published / per_worker);
-        let started: Vec<serde_json::Value> = (0..slice)
-            .map(|i| serde_json::json!({"run_id": format!("f{published:09}{i:04}"), "job": "feed", "worker": worker, "attempt": 1, "trigger": "schedule", "planned_at": now, "started_at": now, "trace_id": null}))
+        let started: Vec<serde_json::Value> = (published..due)
+            .map(|i| serde_json::json!({"run_id": format!("f{i:013}"), "job": "feed", "worker": worker, "attempt": 1, "trigger": "schedule", "planned_at": now, "started_at": now, "trace_id": null}))
             .collect();
-        http.post(format!("{url}/api/v1/reports"))
-            .json(&serde_json::json!({"started": started}))
-            .send()
-            .await?
-            .error_for_status()?;
-        published += slice;
+        let post = http
+            .post(format!("{url}/api/v1/reports"))
+            .json(&serde_json::json!({"started": started}));
+        posts.spawn(async move { post.send().await?.error_for_status().map(|_| ()) });
+        published = due;
     }
+    while let Some(r) = posts.join_next().await {
+        r??;
+    }
+    let publishing = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut r = Feed {
         store: if store.is_some() {
@@ -148,8 +179,17 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64, store
         subscribers,
         rate,
         seconds,
+        asked,
         published,
-        processes: vec![proc_stat("master", master.pid(), &mut meter)],
+        published_per_s: published as f64 / publishing,
+        processes: vec![
+            proc_stat("master", master.pid(), &mut meter),
+            proc_stat(
+                "loadtest: the subscribers and the publisher",
+                std::process::id(),
+                &mut own,
+            ),
+        ],
         ..Default::default()
     };
     stop.notify_waiters();
@@ -171,6 +211,9 @@ pub async fn run(ctx: &Ctx, subscribers: usize, rate: usize, seconds: u64, store
     r.p50_ms = pct(&all, 0.5);
     r.p99_ms = pct(&all, 0.99);
     r.max_ms = all.last().copied().unwrap_or(0.0);
+    r.delays = all;
+    let master_cpu_s = r.processes[0].cpu_percent / 100.0 * (publishing + 2.0);
+    r.master_cpu_us_per_delivery = master_cpu_s * 1e6 / r.delivered.max(1) as f64;
     for reg in registrations {
         reg.deregister().await;
     }
@@ -185,12 +228,22 @@ pub fn report(rep: &mut Report, r: &Feed) {
             r.subscribers, r.rate, r.seconds, r.store
         ),
         &[
-            ("events published", r.published.to_string()),
+            (
+                "events published / asked",
+                format!(
+                    "{} / {} ({:.0}/s of the {}/s asked)",
+                    r.published, r.asked, r.published_per_s, r.rate
+                ),
+            ),
             (
                 "events delivered (all subscribers)",
                 format!("{} ({:.0}/s)", r.delivered, r.delivered_per_s),
             ),
             ("lagged notices / events missed", format!("{} / {}", r.lagged, r.missed)),
+            (
+                "master CPU per delivered event",
+                format!("{:.1} µs", r.master_cpu_us_per_delivery),
+            ),
             (
                 "delivery delay p50 / p99 / max",
                 format!("{:.1} / {:.1} / {:.1} ms", r.p50_ms, r.p99_ms, r.max_ms),
@@ -202,5 +255,6 @@ pub fn report(rep: &mut Report, r: &Feed) {
         ],
     );
     rep.table("Processes", &PROC_HEADER, &proc_rows(&r.processes));
+    rep.lag_series("delivery delay", &r.delays);
     rep.json("feed", r);
 }

@@ -161,3 +161,18 @@ fn api_smoke_over_https_verifies_the_masters_certificate_against_the_ca() {
     assert!(report["api"].is_object(), "{report}");
     assert_eq!(errors(&report["api"]), 0, "{}", report["api"]);
 }
+
+#[test]
+fn feed_smoke_publishes_the_rate_asked_and_every_subscriber_gets_every_event() {
+    let r = run("feed", &["--subscribers", "20", "--rate", "100", "--seconds", "2"]);
+    let f = &r["feed"];
+    assert_eq!(f["asked"], 200, "{f}");
+    assert_eq!(f["published"], f["asked"], "the rate asked is published: {f}");
+    assert_eq!(f["missed"], 0, "{f}");
+    assert_eq!(
+        f["delivered"].as_u64().unwrap(),
+        20 * 200,
+        "each of the 20 subscribers got each event: {f}"
+    );
+    assert!(f["master_cpu_us_per_delivery"].as_f64().unwrap() > 0.0, "{f}");
+}
