@@ -41,6 +41,8 @@ pub struct Steady {
     pub floor: Floor,
     pub runs_per_s: f64,
     pub runs_per_s_vs_raw_spawn: f64,
+    /// Runs ready to start only after their planned time although handed over early.
+    pub spawn_lead_short: f64,
     pub claims_won: f64,
     pub claims_lost: f64,
     pub claims_lost_per_run: f64,
@@ -121,6 +123,7 @@ pub async fn run(ctx: &Ctx, o: &Opts, prefix: &str) -> Result<Steady> {
     for (p, m) in procs.iter().zip(meters.iter_mut()) {
         let text = p.metrics().await;
         s.claims_won += metric_sum(&text, "cronmesh_claims_total", "outcome=\"won\"");
+        s.spawn_lead_short += metric_sum(&text, "cronmesh_spawn_lead_short_total", "");
         s.claims_lost += metric_sum(&text, "cronmesh_claims_total", "outcome=\"lost\"");
         txn1 += metric_sum(&text, "cronmesh_etcd_requests_total", "op=\"txn\"");
         s.processes.push(proc_stat(&format!("worker {}", p.name), p.pid(), m));
@@ -202,6 +205,10 @@ fn rows(s: &Steady) -> Vec<(&'static str, String)> {
             userlag::ratio(c.p99_ms, f.p99_ms),
             c.p99_ms - f.p99_ms
         ),
+    ));
+    rows.push((
+        "runs handed over early but ready only after their planned time (spawn lead too short)",
+        format!("{:.0}", s.spawn_lead_short),
     ));
     rows.push((
         "commands that read a clock before their planned time / left no stamp",

@@ -146,6 +146,7 @@ pub struct Metrics {
     pub lease_lost: IntCounter,
     pub signals: IntCounterVec,
     pub spawn_errors: IntCounter,
+    pub spawn_lead_short: IntCounter,
     pub run_as_refused: IntCounterVec,
     pub reports: IntCounterVec,
     pub report_queue_depth: IntGauge,
@@ -392,6 +393,10 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["kind"],
         ),
         spawn_errors: counter("cronmesh_spawn_errors_total", "Commands that could not be started."),
+        spawn_lead_short: counter(
+            "cronmesh_spawn_lead_short_total",
+            "Runs handed over worker.spawn_lead early that were ready to start only after their planned time.",
+        ),
         run_as_refused: counter_vec(
             "cronmesh_run_as_refused_total",
             "Runs with run_as this worker did not start (recorded failed), by reason (not_root, not_allowed, unknown_user, lookup_failed).",

@@ -184,9 +184,13 @@ pub async fn run(
         let _permit = spawners.acquire_owned().await;
         let (run_as, env) = (order.job.spec.run_as.clone(), order.job.spec.env.clone());
         let (ctx, clock, planned) = (ctx.clone(), clock.clone(), order.planned);
+        let handed_over_early = order.fired_at < order.planned;
         tokio::task::spawn_blocking(move || {
             let e = with_run_as(exec, run_as.as_deref(), &ctx.cfg.allowed_users, &env)?;
             // fired `spawn_lead` early: everything is ready, the process starts at its time
+            if handed_over_early && clock.now_ms() > planned {
+                crate::telemetry::metrics::METRICS.spawn_lead_short.inc();
+            }
             clock.sleep_until(planned);
             executor::spawn(&e).map(|child| (child, e))
         })
