@@ -104,8 +104,34 @@ pub struct Cluster {
     pub master_env: Vec<(String, String)>,
 }
 
+/// The last panic of this test process (message and place), printed again after the logs
+/// a failing test dumps: they are long, and a report that keeps only the tail keeps it.
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn remember_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let place = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{msg}{place}"));
+            default(info);
+        }));
+    });
+}
+
 impl Cluster {
     pub async fn new() -> Self {
+        remember_panics();
         let dir = tempfile::tempdir().expect("tempdir");
         let etcd = start_etcd(dir.path()).await;
         let prefix = "/cm-test/".to_string();
@@ -486,7 +512,12 @@ impl Cluster {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = c.try_wait() {
-                assert!(status.success(), "worker {id} exited with {status}");
+                if !status.success() {
+                    let log = std::fs::read_to_string(&w.log).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    panic!("worker {id} exited with {status}; its last lines:\n{}", tail.join("\n"));
+                }
                 return;
             }
             if start.elapsed() > timeout {
@@ -606,6 +637,9 @@ impl Drop for Cluster {
         }
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
+            if let Some(p) = LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).as_deref() {
+                eprintln!("---- the test failed (again, after the logs above): {p}");
+            }
         }
     }
 }

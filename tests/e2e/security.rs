@@ -449,6 +449,15 @@ async fn workers_run_only_jobs_a_trusted_master_signed_and_a_new_key_can_be_trus
     let both = format!("{pub_a},{pub_b}");
     c.start_worker("w2", &["--trusted-keys", &both]);
     c.wait_members(&["w2"]).await;
+    // registered is not yet scheduling: w2 has listed the jobs and owns the signed one
+    let w2_log = c.path("worker-w2.log");
+    poll(Duration::from_secs(20), "w2 owns the signed job", || async {
+        std::fs::read_to_string(&w2_log)
+            .unwrap_or_default()
+            .contains("owned job=\"signed\"")
+            .then_some(())
+    })
+    .await;
     c.kill_master("m1");
     let config = c.path("master-b.toml");
     std::fs::write(&config, format!("[master]\ntrusted_keys = [{pub_a:?}]\n")).unwrap();

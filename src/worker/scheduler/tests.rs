@@ -2387,3 +2387,48 @@ fn a_job_for_every_worker_runs_once_on_each_eligible_worker_per_tick_and_a_joine
     let recs = sim.records_of("everywhere");
     assert!(recs.iter().all(|r| r.shard.is_none()));
 }
+
+#[test]
+fn a_job_no_trusted_key_signed_is_refused_once_per_version_however_often_the_jobs_are_listed() {
+    let mut sim = Sim::with_workers(&["w1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let signer = crate::signing::Signer::generate_to(&dir.path().join("key.pem")).unwrap();
+    let mut trusted = crate::signing::Verifier::default();
+    trusted.trust(&signer);
+    let core = sim
+        .cores
+        .remove("w1")
+        .unwrap()
+        .with_trusted_keys("/p/", std::sync::Arc::new(trusted));
+    sim.cores.insert("w1".into(), core);
+    sim.put(every_second("planted"));
+    sim.advance(secs(2));
+    // the jobs watch resumed (a compaction, an etcd restart): the same version listed again
+    for _ in 0..2 {
+        let jobs: Vec<StoredJob> = sim.jobs.values().cloned().collect();
+        let revision = sim.revision;
+        sim.broadcast(|| {
+            Input::Jobs(JobEvent::Reset {
+                jobs: jobs.iter().map(|j| JobRead::Job(Box::new(j.clone()))).collect(),
+                revision,
+            })
+        });
+        sim.advance(secs(1));
+    }
+    let refused = |sim: &Sim| {
+        sim.records_of("planted")
+            .iter()
+            .map(|r| (r.status, r.error.clone().unwrap_or_default()))
+            .collect::<Vec<_>>()
+    };
+    let once = refused(&sim);
+    assert_eq!(once.len(), 1, "{once:?}");
+    assert_eq!(once[0].0, RunStatus::Skipped);
+    assert!(once[0].1.starts_with("unsigned: "), "{once:?}");
+    assert!(sim.ran("planted").is_empty());
+    // a new version is a new refusal
+    sim.put(every_second("planted"));
+    sim.advance(secs(1));
+    assert_eq!(refused(&sim).len(), 2);
+    assert!(sim.ran("planted").is_empty());
+}

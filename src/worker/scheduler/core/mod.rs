@@ -173,6 +173,9 @@ pub struct Core {
     /// The cluster's key prefix and the keys whose signatures this worker accepts
     /// (`worker.trusted_keys`); none: every job runs (unsigned fleets).
     trust: Option<(String, Arc<crate::signing::Verifier>)>,
+    /// The revision of each job refused last (its signature did not verify): a list of the
+    /// jobs again (a watch resumed) does not refuse, log, count and record it again.
+    refused: HashMap<String, i64>,
     jobs: HashMap<String, JobState>,
     schedules: ScheduleCache,
     members: BTreeMap<String, WorkerInfo>,
@@ -248,6 +251,7 @@ impl Core {
             slots: Slots::new(cfg.max_concurrent_runs),
             cfg,
             trust: None,
+            refused: HashMap::new(),
             jobs: HashMap::new(),
             schedules: ScheduleCache::default(),
             members: BTreeMap::new(),
@@ -576,13 +580,18 @@ impl Core {
                         .and_then(|p| p.first())
                         .map(String::as_str)
                         .unwrap_or(read.name());
-                    if self.jobs.get(first).map(|e| e.job.revision) != Some(read.revision()) {
+                    let known = self.jobs.get(first).map(|e| e.job.revision);
+                    let refused = self.refused.get(read.name()).copied();
+                    if known != Some(read.revision()) && refused != Some(read.revision()) {
                         self.upsert_job(now, read);
                     }
                 }
             }
             JobEvent::Saved(read) => self.upsert_job(now, read),
-            JobEvent::Deleted { name, .. } => self.remove_job(&name),
+            JobEvent::Deleted { name, .. } => {
+                self.refused.remove(&name);
+                self.remove_job(&name)
+            }
         }
         METRICS.known_jobs.set(self.jobs.len() as i64);
         METRICS.owned_jobs.set(self.owned_count as i64);
@@ -610,6 +619,7 @@ impl Core {
             self.refuse_job(now, &job, refusal);
             return;
         }
+        self.refused.remove(&job.spec.name);
         let schedule = match job
             .spec
             .validate_with(|expr, tz, job| self.schedules.get_or_parse(expr, tz, job))
@@ -681,6 +691,10 @@ impl Core {
     /// version (every worker reports the same run id, so the run log keeps one).
     fn refuse_job(&mut self, now: i64, job: &StoredJob, refusal: crate::signing::Refusal) {
         let name = job.spec.name.clone();
+        self.remove_job(&name);
+        if self.refused.insert(name.clone(), job.revision) == Some(job.revision) {
+            return;
+        }
         let why = match refusal {
             crate::signing::Refusal::Unsigned => "it carries no signature".to_string(),
             crate::signing::Refusal::BadSignature => format!(
@@ -690,7 +704,6 @@ impl Core {
         };
         error!(job = %name, revision = job.revision, reason = refusal.as_str(), "job in etcd was not stored by a trusted master ({why}) and will not run; write it through the API");
         METRICS.jobs_refused.with_label_values(&[refusal.as_str()]).inc();
-        self.remove_job(&name);
         let digest = sha2::Sha256::digest(format!("refused/{name}/{}", job.revision).as_bytes());
         let run_id: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         let mut rec = crate::model::RunRecord::new(
