@@ -315,6 +315,10 @@ pub struct WorkerConfig {
     /// concurrency policy is decided then too. 0 hands it over at the planned time.
     #[serde(with = "dur")]
     pub spawn_lead: Duration,
+    /// Start each run's shell `spawn_lead` before its planned time and hold it at a gate (its
+    /// own `read` on a pipe) until then, so the tick costs a gate release instead of a
+    /// fork/exec of the shell. For POSIX shells; others start at their time as without it.
+    pub gated_start: bool,
     /// On SIGTERM, how long running commands may finish before they are killed.
     #[serde(with = "dur")]
     pub drain_timeout: Duration,
@@ -405,6 +409,7 @@ impl Default for WorkerConfig {
             claim_ttl: Duration::from_secs(15 * 60),
             claim_ahead: Duration::from_millis(1000),
             spawn_lead: Duration::from_millis(20),
+            gated_start: false,
             drain_timeout: Duration::from_secs(30),
             kill_grace: Duration::from_millis(500),
             timeout_grace: Duration::from_secs(5),

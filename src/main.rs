@@ -210,6 +210,10 @@ struct WorkerArgs {
     /// process at the planned time, e.g. 20ms (0s: at the planned time).
     #[arg(long, env = "CRONMESH_SPAWN_LEAD")]
     spawn_lead: Option<humantime::Duration>,
+    /// Start each run's shell --spawn-lead early and hold it at a gate until its planned time
+    /// (worker.gated_start).
+    #[arg(long, env = "CRONMESH_GATED_START")]
+    gated_start: bool,
     /// Drain timeout on SIGTERM, e.g. 30s.
     #[arg(long, env = "CRONMESH_DRAIN_TIMEOUT")]
     drain_timeout: Option<humantime::Duration>,
@@ -484,6 +488,9 @@ fn apply_worker(c: &mut Config, a: &WorkerArgs) -> Result<()> {
     }
     if let Some(v) = a.spawn_lead {
         w.spawn_lead = v.into();
+    }
+    if a.gated_start {
+        w.gated_start = true;
     }
     if let Some(v) = a.drain_timeout {
         w.drain_timeout = v.into();

@@ -67,6 +67,10 @@ enum Scenario {
         /// The workers' `--spawn-lead` (default: theirs, 20ms); 0s hands ticks over at their time.
         #[arg(long)]
         spawn_lead: Option<String>,
+        /// The workers' `--gated-start`: each run's shell started the spawn lead ahead and held
+        /// at a gate until its planned time.
+        #[arg(long)]
+        gated_start: bool,
     },
     /// The same steady load in dispatch = owner and dispatch = race, side by side.
     Compare {
@@ -224,6 +228,7 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
             dispatch,
             tracing,
             spawn_lead,
+            gated_start,
         } => {
             let tracing = if tracing {
                 Some(otlp_sink(&ctx.dir).await?)
@@ -237,6 +242,7 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
                 dispatch,
                 tracing,
                 spawn_lead,
+                gated_start,
             };
             let s = steady::run(ctx, &o, "/lt-steady/").await?;
             steady::report(rep, &s);
@@ -249,6 +255,7 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
                 dispatch: "owner".into(),
                 tracing: None,
                 spawn_lead: None,
+                gated_start: false,
             };
             let owner = steady::run(ctx, &o, "/lt-owner/").await?;
             o.dispatch = "race".into();

@@ -22,6 +22,8 @@ pub struct Opts {
     pub tracing: Option<PathBuf>,
     /// The workers' `--spawn-lead`, when given.
     pub spawn_lead: Option<String>,
+    /// The workers' `--gated-start`.
+    pub gated_start: bool,
 }
 
 #[derive(Serialize, Default)]
@@ -33,6 +35,9 @@ pub struct Steady {
     pub tracing: bool,
     /// The workers' spawn lead ("default": theirs).
     pub spawn_lead: String,
+    pub gated_start: bool,
+    /// Gated processes prepared, released at their time, discarded (all workers).
+    pub gated: [f64; 3],
     #[serde(flatten)]
     pub ticks: TickStats,
     /// Lag by the command's own clock (what a user sees), beside the lag by `started_at` above.
@@ -61,10 +66,13 @@ pub fn job_names(n: usize) -> Vec<String> {
 pub async fn run(ctx: &Ctx, o: &Opts, prefix: &str) -> Result<Steady> {
     let coord = ctx.etcd.coord(prefix).await?;
     let endpoints = ctx.etcd.endpoints();
-    let lead: Vec<&str> = match &o.spawn_lead {
+    let mut lead: Vec<&str> = match &o.spawn_lead {
         Some(l) => vec!["--spawn-lead", l],
         None => vec![],
     };
+    if o.gated_start {
+        lead.push("--gated-start");
+    }
     let spec = WorkerSpec {
         bin: &ctx.bin,
         dir: &ctx.dir,
@@ -116,6 +124,7 @@ pub async fn run(ctx: &Ctx, o: &Opts, prefix: &str) -> Result<Steady> {
         dispatch: o.dispatch.clone(),
         tracing: o.tracing.is_some(),
         spawn_lead: o.spawn_lead.clone().unwrap_or_else(|| "default".into()),
+        gated_start: o.gated_start,
         floor,
         ..Default::default()
     };
@@ -124,6 +133,9 @@ pub async fn run(ctx: &Ctx, o: &Opts, prefix: &str) -> Result<Steady> {
         let text = p.metrics().await;
         s.claims_won += metric_sum(&text, "cronmesh_claims_total", "outcome=\"won\"");
         s.spawn_lead_short += metric_sum(&text, "cronmesh_spawn_lead_short_total", "");
+        for (i, event) in ["prepared", "released", "discarded"].iter().enumerate() {
+            s.gated[i] += metric_sum(&text, "cronmesh_gated_starts_total", &format!("event=\"{event}\""));
+        }
         s.claims_lost += metric_sum(&text, "cronmesh_claims_total", "outcome=\"lost\"");
         txn1 += metric_sum(&text, "cronmesh_etcd_requests_total", "op=\"txn\"");
         s.processes.push(proc_stat(&format!("worker {}", p.name), p.pid(), m));
@@ -210,6 +222,12 @@ fn rows(s: &Steady) -> Vec<(&'static str, String)> {
         "runs handed over early but ready only after their planned time (spawn lead too short)",
         format!("{:.0}", s.spawn_lead_short),
     ));
+    if s.gated_start {
+        rows.push((
+            "gated processes prepared / released / discarded",
+            format!("{:.0} / {:.0} / {:.0}", s.gated[0], s.gated[1], s.gated[2]),
+        ));
+    }
     rows.push((
         "commands that read a clock before their planned time / left no stamp",
         format!("{} / {}", s.command_lag.early_starts, s.command_lag.unstamped),
@@ -237,8 +255,13 @@ pub fn report(r: &mut Report, s: &Steady) {
     let t = if s.tracing { "on" } else { "off" };
     r.measures(
         &format!(
-            "steady: {} jobs @every 1s, {} workers, {} s, dispatch {}, tracing {t}, spawn lead {}",
-            s.jobs, s.workers, s.seconds, s.dispatch, s.spawn_lead
+            "steady: {} jobs @every 1s, {} workers, {} s, dispatch {}, tracing {t}, spawn lead {}{}",
+            s.jobs,
+            s.workers,
+            s.seconds,
+            s.dispatch,
+            s.spawn_lead,
+            if s.gated_start { ", gated start" } else { "" }
         ),
         &rows(s),
     );

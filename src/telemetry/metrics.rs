@@ -147,6 +147,8 @@ pub struct Metrics {
     pub signals: IntCounterVec,
     pub spawn_errors: IntCounter,
     pub spawn_lead_short: IntCounter,
+    pub gated_starts: IntCounterVec,
+    pub gated_held: IntGauge,
     pub run_as_refused: IntCounterVec,
     pub reports: IntCounterVec,
     pub report_queue_depth: IntGauge,
@@ -396,6 +398,15 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         spawn_lead_short: counter(
             "cronmesh_spawn_lead_short_total",
             "Runs handed over worker.spawn_lead early that were ready to start only after their planned time.",
+        ),
+        gated_starts: counter_vec(
+            "cronmesh_gated_starts_total",
+            "Processes started ahead and held at a gate (worker.gated_start), by event: prepared, then released at the planned time or discarded (it ended first; nothing ran).",
+            &["event"],
+        ),
+        gated_held: gauge(
+            "cronmesh_gated_held",
+            "Processes started ahead and held at their gate now (worker.gated_start).",
         ),
         run_as_refused: counter_vec(
             "cronmesh_run_as_refused_total",

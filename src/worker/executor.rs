@@ -48,6 +48,41 @@ pub struct ExecSpec {
     /// The user the command runs as (`run_as`), looked up before the spawn; None: the
     /// worker's own.
     pub identity: Option<Arc<Identity>>,
+    /// Start the shell now but hold it at a gate until [`Gate::open`]: its stdin is the gate's
+    /// pipe until then, and the command runs only after one line arrives on it (the shell's
+    /// own `read`), with stdin from /dev/null as without a gate. Only for shells that take
+    /// `read` and `exec` ([`can_gate`]); the others start ungated.
+    pub gate: bool,
+}
+
+/// Whether `shell` is a POSIX shell that can hold a command at a gate (`read`, `exec`).
+pub fn can_gate(shell: &str) -> bool {
+    let name = std::path::Path::new(shell)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    matches!(
+        name,
+        "sh" | "dash" | "bash" | "ash" | "ksh" | "mksh" | "zsh" | "busybox"
+    ) && !shell.contains(char::is_whitespace)
+}
+
+/// The gated form of a command: the shell waits for a line on stdin (the gate), then puts
+/// stdin back to /dev/null and runs the command, on the same line (so its line numbers are
+/// its own). EOF instead of a line (the worker is gone) exits 125 and runs nothing.
+fn gated_command(command: &str) -> String {
+    format!("IFS= read -r _ || exit 125; exec </dev/null; {command}")
+}
+
+/// The gate of a held process: one line written to it lets the command run.
+pub struct Gate(io::PipeWriter);
+
+impl Gate {
+    /// Lets the held command run now. An error: the process is gone (it ran nothing).
+    pub fn open(self) -> io::Result<()> {
+        let mut w = self.0;
+        io::Write::write_all(&mut w, b"\n")
+    }
 }
 
 /// A user to run a command as: what `getpwnam_r` and `getgrouplist` say, read in the worker
@@ -226,6 +261,8 @@ pub struct Child {
     output: JoinHandle<()>,
     cgroup: Option<RunCgroup>,
     started: Instant,
+    /// Held at its gate (`ExecSpec::gate`) until this is opened.
+    gate: Option<Gate>,
 }
 
 /// Marks every descriptor from 3 up close-on-exec (`close_range(2)` with
@@ -302,6 +339,8 @@ struct ChildPlan {
     out_fd: libc::c_int,
     /// The run's stderr (a pipe of its own, so the output can say which lines were stderr).
     stderr_fd: libc::c_int,
+    /// stdin: the gate's read end, or -1 for /dev/null.
+    in_fd: libc::c_int,
     err_fd: libc::c_int,
     /// Switch to this user before the working directory and exec (`run_as`).
     switch: bool,
@@ -352,11 +391,15 @@ unsafe extern "C" fn child_main(plan: *const ChildPlan) -> ! {
         if libc::setpgid(0, 0) != 0 {
             fail(plan.err_fd);
         }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        let null = if plan.in_fd >= 0 {
+            plan.in_fd
+        } else {
+            libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY)
+        };
         if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(plan.out_fd, 1) < 0 || libc::dup2(plan.stderr_fd, 2) < 0 {
             fail(plan.err_fd);
         }
-        if null > 2 {
+        if null > 2 && plan.in_fd < 0 {
             libc::close(null);
         }
         if plan.switch
@@ -422,6 +465,8 @@ unsafe fn clone3_vfork(args: &mut CloneArgs, plan: &ChildPlan) -> libc::c_long {
 /// pid and its pidfd.
 fn clone_into_cgroup(
     spec: &ExecSpec,
+    command: &str,
+    stdin: Option<&io::PipeReader>,
     out: &io::PipeWriter,
     stderr: &io::PipeWriter,
     cgroup_dir: RawFd,
@@ -431,7 +476,7 @@ fn clone_into_cgroup(
         |s: &str| CString::new(s).map_err(|e| CloneError::Failed(io::Error::new(io::ErrorKind::InvalidInput, e)));
     // everything the child needs is made here: it allocates nothing
     let shell = cstr(&spec.shell)?;
-    let args = [cstr(&spec.shell)?, cstr("-c")?, cstr(&spec.command)?];
+    let args = [cstr(&spec.shell)?, cstr("-c")?, cstr(command)?];
     let argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     let env: Vec<CString> = spec
         .env
@@ -448,6 +493,7 @@ fn clone_into_cgroup(
         workdir: workdir.as_ref().map_or(std::ptr::null(), |w| w.as_ptr()),
         out_fd: out.as_raw_fd(),
         stderr_fd: stderr.as_raw_fd(),
+        in_fd: stdin.map_or(-1, |r| r.as_raw_fd()),
         err_fd: err_w.as_raw_fd(),
         switch: spec.identity.is_some(),
         uid: spec.identity.as_ref().map_or(0, |i| i.uid),
@@ -611,11 +657,23 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
     } else {
         (None, writer.try_clone().map_err(SpawnError::Setup)?)
     };
+    // a held process reads its gate on stdin (both ends close-on-exec here; the child's
+    // stdin is a copy)
+    let (gate_reader, gate) = if spec.gate && can_gate(&spec.shell) {
+        let (r, w) = io::pipe().map_err(SpawnError::Setup)?;
+        (Some(r), Some(Gate(w)))
+    } else {
+        (None, None)
+    };
+    let command = match gate {
+        Some(_) => std::borrow::Cow::Owned(gated_command(&spec.command)),
+        None => std::borrow::Cow::Borrowed(spec.command.as_str()),
+    };
     // a descriptor opened since the last spawn without O_CLOEXEC does not reach the job either
     cloexec_stray_descriptors();
     let born_in_cgroup = match &cgroup {
         Some(cg) if CLONE3_WORKS.load(Ordering::Relaxed) => {
-            match clone_into_cgroup(spec, &writer, &err_writer, cg.dir_fd()) {
+            match clone_into_cgroup(spec, &command, gate_reader.as_ref(), &writer, &err_writer, cg.dir_fd()) {
                 Ok(x) => Some(x),
                 Err(CloneError::Unsupported(e)) => {
                     CLONE3_WORKS.store(false, Ordering::Relaxed);
@@ -646,11 +704,16 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
         }
         None => {
             let mut cmd = Command::new(&spec.shell);
+            let stdin = match gate_reader.as_ref().map(io::PipeReader::try_clone).transpose() {
+                Ok(Some(r)) => Stdio::from(r),
+                Ok(None) => Stdio::null(),
+                Err(e) => return Err(SpawnError::Setup(e)),
+            };
             cmd.arg("-c")
-                .arg(&spec.command)
+                .arg(&*command)
                 .env_clear()
                 .envs(spec.env.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null())
+                .stdin(stdin)
                 .stdout(writer)
                 .stderr(err_writer)
                 .process_group(0);
@@ -751,6 +814,7 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
     // SAFETY: `pidfd` is an open descriptor owned by the AsyncFd for its whole lifetime.
     let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
         .map_err(|e| SpawnError::Setup(io::Error::other(e.to_string())))?;
+    drop(gate_reader);
     Ok(Child {
         pid,
         pidfd,
@@ -758,12 +822,24 @@ pub fn spawn(spec: &ExecSpec) -> Result<Child, SpawnError> {
         output,
         cgroup,
         started: Instant::now(),
+        gate,
     })
 }
 
 impl Child {
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The gate of a held process (once): open it to let the command run.
+    pub fn take_gate(&mut self) -> Option<Gate> {
+        self.gate.take()
+    }
+
+    /// The command started at `at` (a gate opened then): its timeout and duration count from
+    /// there.
+    pub fn started_at(&mut self, at: std::time::Instant) {
+        self.started = Instant::from_std(at);
     }
 
     /// Waits for the process, enforcing the timeout and acting on kill requests (`Some(reason)`
@@ -1046,6 +1122,7 @@ mod tests {
             cgroups: None,
             run_id: "test".into(),
             separate_stderr: false,
+            gate: false,
             identity: None,
         }
     }
@@ -1203,6 +1280,100 @@ mod tests {
             eprintln!("cgroups v2 are not usable here: only the way without a cgroup is tested");
         }
         ways
+    }
+
+    /// Whether `pid` is asleep in read(2) (its gate), by /proc (syscall 0 on x86_64).
+    fn parked_in_read(pid: i32) -> bool {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        state.contains(") S ") && syscall.split_whitespace().next() == Some("0")
+    }
+
+    fn unix_ns() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
+    #[tokio::test]
+    async fn a_gated_process_runs_nothing_until_its_gate_opens_then_runs_as_an_ungated_one_would() {
+        let cmd = r#"echo "$GREETING $(date +%s%N)"; echo to-stderr >&2; read x; echo "stdin:[$x]"; ls /proc/$$/fd | tr '\n' ' '; exit 3"#;
+        for (i, (way, cg, clone3)) in ways_of_starting("unit-gate").into_iter().enumerate() {
+            CLONE3_WORKS.store(clone3, Ordering::Relaxed);
+            let mut s = spec(cmd);
+            s.cgroups = cg;
+            s.run_id = format!("gate-{i}");
+            let plain = run(&s).await;
+            s.gate = true;
+            s.run_id = format!("gated-{i}");
+            let mut child = spawn(&s).unwrap();
+            let gate = child.take_gate().expect("a gated spawn has a gate");
+            let t = std::time::Instant::now();
+            while !parked_in_read(child.pid()) {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "{way}: the shell never waited at its gate"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            assert_eq!(
+                child.capture.lock().unwrap().head,
+                b"",
+                "{way}: nothing runs before the gate opens"
+            );
+            let opened_ns = unix_ns();
+            gate.open().unwrap();
+            child.started_at(std::time::Instant::now());
+            let (_tx, rx) = watch::channel(None);
+            let gated = child.wait(&s, rx).await;
+            assert_eq!(gated.exit_code, Some(3), "{way}: {}", gated.output);
+            assert_eq!(gated.exit_code, plain.exit_code);
+            let stamp = |r: &ExecResult| -> u128 {
+                let first = r.output.lines().next().unwrap_or_default();
+                first.strip_prefix("hello ").and_then(|n| n.parse().ok()).expect(first)
+            };
+            assert!(
+                stamp(&gated) >= opened_ns,
+                "{way}: the command read its clock before the gate opened"
+            );
+            // the same output (but the time), stdin from /dev/null and descriptors 0-2 only
+            let rest = |r: &ExecResult| r.output.lines().skip(1).map(str::to_string).collect::<Vec<_>>();
+            assert_eq!(rest(&gated), rest(&plain), "{way}");
+            assert_eq!(rest(&gated), ["to-stderr", "stdin:[]", "0 1 2 "], "{way}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gated_process_whose_gate_is_dropped_exits_125_and_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ran = dir.path().join("ran");
+        let mut s = spec(&format!("touch {}", ran.display()));
+        s.gate = true;
+        let mut child = spawn(&s).unwrap();
+        drop(child.take_gate());
+        let (_tx, rx) = watch::channel(None);
+        let r = child.wait(&s, rx).await;
+        assert_eq!(r.exit_code, Some(125));
+        assert!(!ran.exists());
+    }
+
+    #[tokio::test]
+    async fn only_posix_shells_are_gated() {
+        for sh in ["/bin/sh", "/bin/bash", "/usr/bin/dash", "sh"] {
+            assert!(can_gate(sh), "{sh}");
+        }
+        for sh in ["/usr/bin/python3", "/bin/sh -e", "/usr/bin/fish", ""] {
+            assert!(!can_gate(sh), "{sh}");
+        }
+        // another shell starts at once, ungated, as without the setting
+        let mut s = spec("ignored");
+        s.shell = "/bin/true".into();
+        s.gate = true;
+        let mut child = spawn(&s).unwrap();
+        assert!(child.take_gate().is_none());
+        let (_tx, rx) = watch::channel(None);
+        assert_eq!(child.wait(&s, rx).await.exit_code, Some(0));
     }
 
     #[tokio::test]

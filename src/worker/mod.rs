@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod clock;
 pub mod executor;
+pub mod gates;
 pub mod reporter;
 pub mod scheduler;
 

@@ -20,6 +20,7 @@ mod drain;
 mod exactly_once;
 mod failover;
 mod feed;
+mod gated;
 mod hardening;
 mod health;
 mod history;

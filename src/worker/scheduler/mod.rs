@@ -124,7 +124,7 @@ pub async fn run(parts: SchedulerParts) {
     let (tx, mut rx) = mpsc::channel(INPUT_CHANNEL);
     let mut lease_watch = registration.lease_watch();
     let mut shell = Shell {
-        run_ctx: Arc::new(run::RunContext::new(Arc::new(config.worker.clone()))),
+        run_ctx: Arc::new(run::RunContext::new(Arc::new(config.worker.clone()), clock.clone())),
         leases: Arc::new(ClaimLeases::new(config.worker.claim_ttl)),
         claim_slots: Arc::new(Semaphore::new(CLAIMS_IN_FLIGHT)),
         spawn_slots: Arc::new(Semaphore::new(SPAWNS_IN_FLIGHT)),

@@ -26,6 +26,8 @@ pub struct RunContext {
     pub cfg: Arc<WorkerConfig>,
     pub inherited: Vec<(String, String)>,
     pub cgroups: Option<Arc<RunCgroups>>,
+    /// Opens the gates of processes started ahead (`worker.gated_start`).
+    pub gates: Option<crate::worker::gates::GateKeeper>,
 }
 
 /// Whether `name` is matched by a `worker.inherit_env` entry (a name, or a prefix and `*`).
@@ -42,7 +44,7 @@ pub fn inherited(name: &str, patterns: &[String]) -> bool {
 
 impl RunContext {
     /// Reads the inherited variables from this process' environment and sets up run cgroups.
-    pub fn new(cfg: Arc<WorkerConfig>) -> Self {
+    pub fn new(cfg: Arc<WorkerConfig>, clock: Arc<dyn Clock>) -> Self {
         let inherited = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .filter(|(k, _)| inherited(k, &cfg.inherit_env))
@@ -60,10 +62,24 @@ impl RunContext {
                 }
             },
         };
+        let gates = match cfg.gated_start {
+            false => None,
+            true => match crate::worker::gates::GateKeeper::start(clock) {
+                Ok(g) => {
+                    tracing::info!(lead = ?cfg.spawn_lead, "each run's shell is started the spawn lead ahead and held at a gate until its planned time");
+                    Some(g)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the gate keeper's thread: runs start at their time, ungated");
+                    None
+                }
+            },
+        };
         RunContext {
             cfg,
             inherited,
             cgroups,
+            gates,
         }
     }
 }
@@ -116,6 +132,7 @@ pub fn exec_spec(order: &RunOrder, ctx: &RunContext, traceparent: &str) -> ExecS
         run_id: order.run_id.clone(),
         separate_stderr: spec.stderr == crate::model::Stderr::Separate,
         identity: None,
+        gate: ctx.gates.is_some() && order.fired_at < order.planned,
     }
 }
 
@@ -180,6 +197,7 @@ pub async fn run(
     let exec = exec_spec(&order, &ctx, &trace.traceparent);
     // fork/exec happens on a blocking thread, a few at a time: the scheduler never waits for
     // it, and both cores fork in parallel
+    let gated = exec.gate;
     let spawned = {
         let _permit = spawners.acquire_owned().await;
         let (run_as, env) = (order.job.spec.run_as.clone(), order.job.spec.env.clone());
@@ -188,13 +206,43 @@ pub async fn run(
         tokio::task::spawn_blocking(move || {
             let e = with_run_as(exec, run_as.as_deref(), &ctx.cfg.allowed_users, &env)?;
             // fired `spawn_lead` early: everything is ready, the process starts at its time
+            // (a gated one is started now and held, below)
             if handed_over_early && clock.now_ms() > planned {
                 crate::telemetry::metrics::METRICS.spawn_lead_short.inc();
             }
-            clock.sleep_until(planned);
+            if !gated {
+                clock.sleep_until(planned);
+            }
             executor::spawn(&e).map(|child| (child, e))
         })
         .await
+    };
+    // a process held at its gate: its command runs from the planned time on
+    let spawned = match spawned {
+        Ok(Ok((mut child, e))) => match child.take_gate() {
+            Some(gate) => match ctx
+                .gates
+                .as_ref()
+                .expect("gated only with a keeper")
+                .open_at(order.planned, gate)
+                .await
+            {
+                Ok(at) => {
+                    child.started_at(at);
+                    Ok(Ok((child, e)))
+                }
+                Err(error) => {
+                    // nothing ran: the held process ended before its time
+                    let res = child.wait(&e, watch::channel(None).1).await;
+                    Ok(Err(SpawnError::Setup(std::io::Error::other(format!(
+                        "the process started ahead for this run ended before its planned time ({error}; {}); nothing was run",
+                        exec_status_text(&res)
+                    )))))
+                }
+            },
+            None => Ok(Ok((child, e))),
+        },
+        other => other,
     };
     let started = clock.now_ms();
     trace.child("claim", order.claim.started, order.claim.won, vec![]);
@@ -251,6 +299,14 @@ pub async fn run(
     trace.child("report", ended, reported, vec![]);
     trace.set(attrs);
     trace.end(reported, status == crate::model::RunStatus::Succeeded);
+}
+
+fn exec_status_text(res: &executor::ExecResult) -> String {
+    match (res.exit_code, res.signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (_, Some(s)) => format!("signal {s}"),
+        _ => "no status".to_string(),
+    }
 }
 
 async fn spawn_failed(
