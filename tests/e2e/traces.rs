@@ -91,13 +91,20 @@ async fn a_run_is_one_trace_with_claim_spawn_wait_and_report_and_a_manual_run_co
 
     // a scheduled run starts a trace of its own, with the run span as its root
     c.put_job(JobSpec::new("every", "@every 1s", "true")).await;
-    wait_until(Duration::from_secs(10), "a scheduled run's trace is exported", || {
-        exporter
-            .get_finished_spans()
-            .unwrap()
-            .iter()
-            .any(|s| s.name == "run" && attr(s, "cronmesh.job").as_deref() == Some("every"))
-    })
+    // the run span ends once the core is told the run exited; the record reaches the reporter
+    // after that, from the core: wait for both
+    wait_until(
+        Duration::from_secs(10),
+        "a scheduled run's trace is exported and its record reported",
+        || {
+            exporter
+                .get_finished_spans()
+                .unwrap()
+                .iter()
+                .any(|s| s.name == "run" && attr(s, "cronmesh.job").as_deref() == Some("every"))
+                && reporter.finished.lock().unwrap().iter().any(|r| r.job == "every")
+        },
+    )
     .await;
     let spans = exporter.get_finished_spans().unwrap();
     let root = spans
