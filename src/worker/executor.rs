@@ -1106,10 +1106,11 @@ impl Capture {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn spec(cmd: &str) -> ExecSpec {
+    /// `/bin/sh -c cmd` with `GREETING=hello`, no limits.
+    pub(crate) fn spec(cmd: &str) -> ExecSpec {
         ExecSpec {
             shell: "/bin/sh".into(),
             command: cmd.into(),

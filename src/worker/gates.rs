@@ -142,21 +142,9 @@ mod tests {
     use tokio::sync::watch;
 
     fn spec(cmd: &str) -> ExecSpec {
-        ExecSpec {
-            shell: "/bin/sh".into(),
-            command: cmd.into(),
-            env: vec![],
-            workdir: None,
-            timeout: None,
-            timeout_grace: Duration::from_millis(300),
-            kill_grace: Duration::from_millis(300),
-            max_output: 1024,
-            cgroups: None,
-            run_id: "gates".into(),
-            separate_stderr: false,
-            identity: None,
-            gate: true,
-        }
+        let mut s = crate::worker::executor::tests::spec(cmd);
+        s.gate = true;
+        s
     }
 
     #[tokio::test]

@@ -8,19 +8,12 @@ use cronmesh::etcd_process::free_port;
 use serde_json::json;
 use std::time::Duration;
 
-fn metric(text: &str, line_start: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gated_start_runs_each_tick_once_never_before_its_time_with_the_runs_own_environment() {
     let mut c = Cluster::new().await;
     let url = c.start_master("m1", &[]).await;
-    let listen = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
     c.start_worker("w1", &["--gated-start", "--spawn-lead", "300ms", "--listen", &listen]);
     c.wait_members(&["w1"]).await;
     let job = json!({
@@ -75,19 +68,11 @@ async fn a_gated_start_runs_each_tick_once_never_before_its_time_with_the_runs_o
         // stdin is /dev/null once the gate is open (`cat` reads nothing and ends)
         assert_eq!(lines.collect::<Vec<_>>(), ["to-stderr"], "{r:?}");
     }
-    let text = c
-        .http
-        .get(format!("http://{listen}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prepared = metric(&text, "cronmesh_gated_starts_total{event=\"prepared\"}");
-    let released = metric(&text, "cronmesh_gated_starts_total{event=\"released\"}");
-    let discarded = metric(&text, "cronmesh_gated_starts_total{event=\"discarded\"}");
-    let held = metric(&text, "cronmesh_gated_held");
+    let text = scrape(&c, port).await;
+    let prepared = sample(&text, "cronmesh_gated_starts_total{event=\"prepared\"}");
+    let released = sample(&text, "cronmesh_gated_starts_total{event=\"released\"}");
+    let discarded = sample(&text, "cronmesh_gated_starts_total{event=\"discarded\"}");
+    let held = sample(&text, "cronmesh_gated_held");
     assert!(released >= runs.len() as f64, "{text}");
     assert_eq!(discarded, 0.0, "{text}");
     assert_eq!(

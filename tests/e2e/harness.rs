@@ -1040,3 +1040,25 @@ async fn webhook_answer(
         })
         .unwrap()
 }
+
+/// The value of one series (`name{labels}` exactly as exposed, or a bare name), 0 if absent.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A process' `/metrics` on 127.0.0.1:`port`.
+pub async fn scrape(c: &Cluster, port: u16) -> String {
+    c.http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}

@@ -3,27 +3,6 @@ use cronmesh::etcd_process::free_port;
 use serde_json::json;
 use std::time::Duration;
 
-/// The value of one series (`name{labels}` exactly as exposed, or a bare name), 0 if absent.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn scrape(c: &Cluster, port: u16) -> String {
-    c.http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_moves_the_lag_started_finished_and_in_progress_metrics() {
     let mut c = Cluster::new().await;

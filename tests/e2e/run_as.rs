@@ -33,17 +33,6 @@ async fn first_record(c: &Cluster, job: &str) -> RunRecord {
     found.expect("waited for")
 }
 
-async fn scrape(c: &Cluster, port: u16) -> String {
-    c.http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn not_root_error(user: &str) -> String {
     // SAFETY: geteuid has no memory effects.
     let uid = unsafe { libc::geteuid() };

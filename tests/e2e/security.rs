@@ -411,15 +411,7 @@ async fn workers_run_only_jobs_a_trusted_master_signed_and_a_new_key_can_be_trus
             .find(|r| r.error.as_deref().unwrap_or("").starts_with("bad_signature: "))
     })
     .await;
-    let metrics = c
-        .http
-        .get(format!("http://{listen}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&c, metrics_port).await;
     assert!(
         metrics.contains("cronmesh_jobs_refused_total{reason=\"unsigned\"} 1"),
         "{metrics}"
