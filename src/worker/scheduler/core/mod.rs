@@ -62,6 +62,9 @@ pub const CAPACITY_HOLD_MS: i64 = 5000;
 pub const HANDOVER_LOOKBACK_MS: i64 = 1000;
 /// A measured clock offset is announced again when it moved this much since the last one.
 pub const OFFSET_ANNOUNCE_STEP_MS: i64 = 250;
+/// A recomputation that moves more jobs than this logs their counts, not a line per job.
+const OWNERSHIP_LINES_AT_MOST: usize = 50;
+
 /// A skewed worker is back once its offset is within this share of the limit (hysteresis).
 const SKEW_CLEAR_NUM: i64 = 3;
 const SKEW_CLEAR_DEN: i64 = 4;
@@ -910,21 +913,51 @@ impl Core {
             )
     }
 
+    /// Decides ownership of every job again. A line per job that changed hands while few did;
+    /// one line with the counts when many did (a worker joining 100,000 jobs would otherwise
+    /// spend seconds writing its log before it claims anything).
     fn recompute_ownership(&mut self, now: i64, lookback: Lookback) {
         let names: Vec<String> = self.jobs.keys().cloned().collect();
+        let mut changed: Vec<(String, bool)> = Vec::new();
         for name in names {
-            self.update_ownership(now, &name, lookback);
+            if let Some(own) = self.update_ownership_quietly(now, &name, lookback) {
+                changed.push((name, own));
+            }
+        }
+        if changed.len() <= OWNERSHIP_LINES_AT_MOST {
+            for (name, own) in &changed {
+                if *own {
+                    debug!(job = name.as_str(), "owned");
+                } else {
+                    debug!(job = name.as_str(), "no longer owned");
+                }
+            }
+        } else {
+            let gained = changed.iter().filter(|(_, own)| *own).count();
+            debug!(
+                gained,
+                lost = changed.len() - gained,
+                owned = self.owned_count,
+                "ownership changed for many jobs"
+            );
         }
         METRICS.owned_jobs.set(self.owned_count as i64);
     }
 
     fn update_ownership(&mut self, now: i64, name: &str, lookback: Lookback) {
-        let Some(entry) = self.jobs.get(name) else {
-            return;
-        };
+        match self.update_ownership_quietly(now, name, lookback) {
+            Some(true) => debug!(job = name, "owned"),
+            Some(false) => debug!(job = name, "no longer owned"),
+            None => {}
+        }
+    }
+
+    /// `update_ownership` without its log line; Some(owned now) when it changed.
+    fn update_ownership_quietly(&mut self, now: i64, name: &str, lookback: Lookback) -> Option<bool> {
+        let entry = self.jobs.get(name)?;
         let own = self.should_own(&entry.job);
         if own == entry.owned {
-            return;
+            return None;
         }
         let generation = self.bump_gen();
         let claim_ahead = self.cfg.claim_ahead_ms;
@@ -962,7 +995,6 @@ impl Core {
                 );
             }
             self.buffer_dirty.insert(name.to_string());
-            debug!(job = name, "owned");
         } else {
             self.owned_count -= 1;
             e.next_tick = None;
@@ -983,8 +1015,8 @@ impl Core {
             for id in std::mem::take(&mut e.waiting) {
                 self.drop_waiting(&id, TickEnd::HandedOver);
             }
-            debug!(job = name, "no longer owned");
         }
+        Some(own)
     }
 }
 
