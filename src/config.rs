@@ -851,6 +851,12 @@ impl Config {
                 "must be at most 500ms and at most half of worker.claim_ahead",
             ));
         }
+        if w.gated_start && w.spawn_lead.is_zero() {
+            return Err(invalid(
+                "worker.gated_start",
+                "needs worker.spawn_lead above 0: the shell is started that long ahead and held until its planned time",
+            ));
+        }
         if w.metrics_jobs.len() > crate::telemetry::metrics::MAX_PER_JOB {
             return Err(invalid(
                 "worker.metrics_jobs",
@@ -1288,6 +1294,10 @@ mod tests {
             ("[worker]\nallowed_users = [\"\"]\n", "worker.allowed_users"),
             ("[worker]\nallowed_users = [\"0\"]\n", "worker.allowed_users"),
             ("[worker]\nspawn_lead = \"600ms\"\n", "worker.spawn_lead"),
+            (
+                "[worker]\ngated_start = true\nspawn_lead = \"0s\"\n",
+                "worker.gated_start",
+            ),
             (
                 "[worker]\nclaim_ahead = \"100ms\"\nspawn_lead = \"60ms\"\n",
                 "worker.spawn_lead",
