@@ -8,14 +8,6 @@ use cronmesh::model::{JobSpec, Misfire, WorkerInfo};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// Debian's libfaketime (package `faketime`, installed by scripts/test.sh).
 fn libfaketime() -> String {
     let found = std::fs::read_dir("/usr/lib")
@@ -121,16 +113,9 @@ async fn a_worker_whose_clock_is_3s_ahead_stops_claiming_is_not_ready_and_its_jo
         why.starts_with("not ready: clock skewed +") && why.contains(" ms from the masters'"),
         "and says why, with the offset: {why}"
     );
-    let metrics = http
-        .get(format!("http://127.0.0.1:{p1}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(sample(&metrics, "cronmesh_clock_skew_exceeded"), Some(1.0));
-    let offset = sample(&metrics, "cronmesh_clock_offset_seconds").unwrap();
+    let metrics = scrape(&c, p1).await;
+    assert_eq!(sample(&metrics, "cronmesh_clock_skew_exceeded"), 1.0);
+    let offset = sample(&metrics, "cronmesh_clock_offset_seconds");
     assert!((2.5..3.5).contains(&offset), "{offset}");
     let log = std::fs::read_to_string(&c.workers["w1"].log).unwrap();
     assert!(log.contains("clock is off from the masters'"), "the crossing is logged");
