@@ -263,7 +263,40 @@ fn decode_signal(prefix: &str, key: &str, value: &[u8]) -> Option<SignalEvent> {
     }
 }
 
+/// Gets per transaction when reading jobs by name (etcd's default `--max-txn-ops` is 128).
+const GETS_PER_TXN: usize = 128;
+
 impl Coord {
+    /// Reads these jobs as etcd holds them now, in the order asked: None for a job that is
+    /// gone, `JobRead::Bad` for a value that is not the job. One transaction per 128 names, all
+    /// at one revision each.
+    pub async fn fetch_jobs(&self, names: &[String]) -> Result<Vec<(String, Option<JobRead>)>, super::CoordError> {
+        let prefix = self.keys.jobs();
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(GETS_PER_TXN) {
+            for n in chunk {
+                crate::model::validate_name(n)?;
+            }
+            let gets: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .map(|n| etcd_client::TxnOp::get(self.keys.job(n), None))
+                .collect();
+            let txn = etcd_client::Txn::new().and_then(gets);
+            let resp = self.call("txn", |mut c| async move { c.txn(txn).await }).await?;
+            for (name, op) in chunk.iter().zip(resp.op_responses()) {
+                let read = match op {
+                    etcd_client::TxnOpResponse::Get(g) => g
+                        .kvs()
+                        .first()
+                        .map(|kv| decode_job(&prefix, name, kv.value(), kv.mod_revision())),
+                    _ => None,
+                };
+                out.push((name.clone(), read));
+            }
+        }
+        Ok(out)
+    }
+
     /// Watches every job.
     pub fn watch_jobs(&self, cancel: CancellationToken) -> Watch<JobEvent> {
         self.watch_jobs_from("jobs", None, cancel)

@@ -129,6 +129,8 @@ pub struct Metrics {
     pub notify_inbox_writes: IntCounterVec,
     pub owned_jobs: IntGauge,
     pub known_jobs: IntGauge,
+    pub job_specs_held: IntGauge,
+    pub job_fetches: IntCounterVec,
     pub members: IntGauge,
     pub etcd_requests: IntCounterVec,
     pub etcd_latency: HistogramVec,
@@ -326,6 +328,15 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         owned_jobs: gauge("cronmesh_owned_jobs", "Jobs this worker schedules."),
         known_jobs: gauge("cronmesh_jobs", "Jobs known from etcd."),
+        job_specs_held: gauge(
+            "cronmesh_job_specs_held",
+            "Job parts whose full spec this worker holds (owned, or with ticks still here); the rest are held thin.",
+        ),
+        job_fetches: counter_vec(
+            "cronmesh_job_fetches_total",
+            "Reads of job specs for jobs this worker came to own, by result (ok, failed).",
+            &["result"],
+        ),
         members: gauge("cronmesh_members", "Live workers seen in etcd."),
         etcd_requests: counter_vec(
             "cronmesh_etcd_requests_total",

@@ -4,7 +4,8 @@
 
 use super::tick::ClaimTimes;
 use crate::coord::{
-    BufferEvent, BufferedTick, ClaimOutcome, ClaimRequest, ClaimValue, JobEvent, MemberEvent, RunningEvent, SignalEvent,
+    BufferEvent, BufferedTick, ClaimOutcome, ClaimRequest, ClaimValue, JobEvent, JobRead, MemberEvent, RunningEvent,
+    SignalEvent,
 };
 use crate::model::{KillSignal, RunRecord, RunStarted, StoredJob};
 use crate::worker::executor::ExecResult;
@@ -64,6 +65,12 @@ pub enum Input {
         run_id: String,
         at: i64,
         result: ExecResult,
+    },
+    /// The answer to `Effect::FetchJobs`: each job asked for as etcd holds it now (None: it is
+    /// gone), or why none could be read.
+    Fetched {
+        names: Vec<String>,
+        result: Result<Vec<(String, Option<JobRead>)>, String>,
     },
     /// SIGTERM: stop taking ticks, let what was won finish, then stop.
     Drain,
@@ -140,6 +147,9 @@ pub enum Effect {
     },
     /// Clear a running mark.
     Unmark { job: String, run_id: String },
+    /// Read these jobs' full specs (a worker holds only what ownership needs of the jobs it
+    /// does not own); answer with `Input::Fetched`.
+    FetchJobs { names: Vec<String> },
     /// Start the process; answer with `Input::Spawned`, then `Input::Exited`.
     Spawn(Box<RunOrder>),
     /// Kill a run of this worker (its whole process group), recorded as `killed` with `reason`.

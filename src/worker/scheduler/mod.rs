@@ -173,7 +173,9 @@ pub async fn run(parts: SchedulerParts) {
                 draining = true;
                 core.handle(clock.now_ms(), Input::Drain);
             }
-            Some(ev) = jobs.recv() => core.handle(clock.now_ms(), Input::Jobs(ev)),
+            // jobs after the members: a job whose owner is known can be held thin at once (a
+            // million jobs are not all held whole first)
+            Some(ev) = jobs.recv(), if core.members_synced() => core.handle(clock.now_ms(), Input::Jobs(ev)),
             Some(ev) = members.recv() => core.handle(clock.now_ms(), Input::Members(ev)),
             Some(ev) = signals.recv() => core.handle(clock.now_ms(), Input::Signals(ev)),
             Some(ev) = running.recv() => core.handle(clock.now_ms(), Input::RunState(ev)),
@@ -270,6 +272,13 @@ impl Shell {
                             latency: start.elapsed(),
                         })
                         .await;
+                });
+            }
+            Effect::FetchJobs { names } => {
+                let (coord, tx) = (self.coord.clone(), self.tx.clone());
+                self.tasks.spawn(async move {
+                    let result = coord.fetch_jobs(&names).await.map_err(|e| e.to_string());
+                    let _ = tx.send(Input::Fetched { names, result }).await;
                 });
             }
             Effect::AckRunNow { job, trigger } => {

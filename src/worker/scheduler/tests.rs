@@ -50,6 +50,11 @@ struct Sim {
     /// Mark requests not answered yet (when `hold_marks`): (worker, job, run id).
     held_marks: Vec<(String, String, String)>,
     hold_marks: bool,
+    /// Spec fetches not answered yet (when `hold_fetches`): (worker, names).
+    held_fetches: Vec<(String, Vec<String>)>,
+    hold_fetches: bool,
+    /// Every job name fetched, per worker.
+    fetched: Vec<(String, String)>,
     procs: HashMap<String, Proc>,
     /// How long each job's command runs, and its exit code.
     durations: HashMap<String, i64>,
@@ -81,6 +86,9 @@ impl Sim {
             etcd_down: false,
             held_marks: Vec::new(),
             hold_marks: false,
+            held_fetches: Vec::new(),
+            hold_fetches: false,
+            fetched: Vec::new(),
             procs: HashMap::new(),
             durations: HashMap::new(),
             exit_codes: HashMap::new(),
@@ -346,6 +354,30 @@ impl Sim {
         }
     }
 
+    /// Reads the specs as etcd holds them now (fails while etcd is down).
+    fn answer_fetch(&mut self, worker: &str, names: Vec<String>) {
+        let result = if self.etcd_down {
+            Err("etcd unreachable".to_string())
+        } else {
+            Ok(names
+                .iter()
+                .map(|n| {
+                    self.fetched.push((worker.to_string(), n.clone()));
+                    (n.clone(), self.jobs.get(n).map(|j| JobRead::Job(Box::new(j.clone()))))
+                })
+                .collect())
+        };
+        self.deliver(worker, Input::Fetched { names, result });
+    }
+
+    /// Answers the fetches held so far.
+    fn release_fetches(&mut self) {
+        for (worker, names) in std::mem::take(&mut self.held_fetches) {
+            self.answer_fetch(&worker, names);
+        }
+        self.pump();
+    }
+
     fn deliver(&mut self, worker: &str, input: Input) {
         let now = self.now;
         if let Some(core) = self.cores.get_mut(worker) {
@@ -361,6 +393,13 @@ impl Sim {
                     self.held.push((worker.to_string(), batch, requests));
                 } else {
                     self.answer_claim(worker, batch, requests);
+                }
+            }
+            Effect::FetchJobs { names } => {
+                if self.hold_fetches {
+                    self.held_fetches.push((worker.to_string(), names));
+                } else {
+                    self.answer_fetch(worker, names);
                 }
             }
             Effect::AckRunNow { trigger, .. } => {
@@ -828,6 +867,154 @@ fn three_owners_split_the_jobs_and_no_tick_runs_twice() {
     let owned: usize = sim.cores.values().map(|c| c.owned_jobs()).sum();
     assert_eq!(owned, 30, "each job has exactly one owner");
     assert!(sim.cores.values().all(|c| c.owned_jobs() > 0), "every worker owns some");
+}
+
+// ---- jobs held thin ------------------------------------------------------------------------
+
+#[test]
+fn a_worker_holds_the_full_spec_only_of_the_jobs_it_owns() {
+    let mut sim = Sim::with_workers(&["w1", "w2", "w3"]);
+    for i in 0..30 {
+        sim.put(every_second(&format!("j{i}")));
+    }
+    sim.advance(secs(2) + 100);
+    for (id, core) in &sim.cores {
+        assert_eq!(core.known_jobs(), 30, "{id} knows every job");
+        assert_eq!(
+            core.specs_held(),
+            core.owned_jobs(),
+            "{id} holds whole only what it owns"
+        );
+    }
+    // a worker that joins gets every job in its first list and keeps only its share whole
+    sim.join(Sim::config("w4"));
+    sim.advance(secs(2));
+    let w4 = sim.core("w4");
+    assert_eq!(w4.known_jobs(), 30);
+    assert!(w4.owned_jobs() > 0);
+    assert_eq!(w4.specs_held(), w4.owned_jobs());
+    assert!(
+        sim.fetched.iter().all(|(w, _)| w != "w4"),
+        "the first list brought the specs it owns: nothing fetched"
+    );
+    sim.assert_exactly_once();
+}
+
+#[test]
+fn a_job_that_moves_to_a_worker_is_fetched_and_every_tick_from_the_move_runs_once_however_long_the_fetch_takes() {
+    // the owner dies (the new owner looks back over the job's deadline window) or drains (a
+    // live hand-over: the new owner looks back only over the hand-over moment, counted from
+    // when it gained the job, not from when its spec came)
+    for drains in [false, true] {
+        moves_while_the_fetch_is_slow(drains);
+    }
+}
+
+fn moves_while_the_fetch_is_slow(drains: bool) {
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    let jobs: Vec<String> = (0..40).map(|i| format!("j{i}")).collect();
+    for j in &jobs {
+        sim.put(every_second(j));
+    }
+    sim.advance(secs(2) + 100);
+    let w2_jobs: Vec<String> = jobs
+        .iter()
+        .filter(|j| crate::cluster::ownership::owner(&sim.members, j, &BTreeMap::new()) == Some("w2"))
+        .cloned()
+        .collect();
+    assert!(!w2_jobs.is_empty());
+    assert_eq!(sim.core("w1").specs_held(), jobs.len() - w2_jobs.len());
+    // w2 dies; w1 reads the specs of w2's jobs, and etcd is slow to answer
+    sim.hold_fetches = true;
+    if drains {
+        sim.drain("w2");
+    } else {
+        sim.kill_worker("w2");
+    }
+    sim.advance(secs(3));
+    let asked: Vec<String> = sim.held_fetches.iter().flat_map(|(_, n)| n.clone()).collect();
+    let mut asked_sorted = asked.clone();
+    asked_sorted.sort();
+    let mut expected = w2_jobs.clone();
+    expected.sort();
+    assert_eq!(asked_sorted, expected, "w1 asks once for exactly the jobs it gained");
+    let before = sim.ran(&w2_jobs[0]).len();
+    sim.advance(secs(1));
+    assert_eq!(
+        sim.ran(&w2_jobs[0]).len(),
+        before,
+        "nothing of a job runs before its spec is in"
+    );
+    sim.release_fetches();
+    sim.advance(secs(3));
+    assert_eq!(sim.core("w1").specs_held(), jobs.len());
+    // every tick of w2's jobs after the one it had claimed before it died (the tick ledger
+    // accounts for that one) is decided by w1, once: run, or skipped by the misfire policy
+    for j in &w2_jobs {
+        let decided: Vec<(i64, &str)> = sim
+            .records_of(j)
+            .iter()
+            .map(|r| (r.planned_at, r.worker.as_str()))
+            .collect();
+        for t in (4..=9).map(|s| T0 + secs(s)) {
+            let of_t: Vec<&str> = decided.iter().filter(|(p, _)| *p == t).map(|(_, w)| *w).collect();
+            assert_eq!(of_t, ["w1"], "{j} tick {t} is decided once, by w1: {decided:?}");
+        }
+        assert!(sim.ran(j).iter().any(|(w, at)| w == "w1" && *at == T0 + secs(9)));
+    }
+    sim.assert_exactly_once();
+}
+
+#[test]
+fn a_failed_fetch_is_tried_again_and_the_jobs_then_run() {
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    let jobs: Vec<String> = (0..20).map(|i| format!("j{i}")).collect();
+    for j in &jobs {
+        sim.put(every_second(j));
+    }
+    sim.advance(secs(1) + 100);
+    let gained: Vec<String> = jobs
+        .iter()
+        .filter(|j| crate::cluster::ownership::owner(&sim.members, j, &BTreeMap::new()) == Some("w2"))
+        .cloned()
+        .collect();
+    sim.etcd_down = true;
+    sim.kill_worker("w2");
+    sim.advance(500);
+    assert_eq!(
+        sim.core("w1").specs_held(),
+        jobs.len() - gained.len(),
+        "nothing could be read"
+    );
+    sim.etcd_down = false;
+    sim.advance(secs(3));
+    assert_eq!(sim.core("w1").specs_held(), jobs.len(), "read again once etcd answers");
+    for j in &gained {
+        assert!(sim.ran(j).iter().any(|(w, _)| w == "w1"), "{j} runs on w1");
+    }
+    sim.assert_exactly_once();
+}
+
+#[test]
+fn a_run_now_request_for_a_paused_job_held_thin_fetches_its_spec_and_runs_once() {
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    let mut spec = every_second("p");
+    spec.paused = true;
+    sim.put(spec);
+    sim.advance(secs(1));
+    assert!(
+        sim.cores.values().all(|c| c.specs_held() == 0),
+        "a paused job is nobody's"
+    );
+    sim.run_now("p", "manual-1");
+    sim.advance(secs(1));
+    let owner = crate::cluster::ownership::owner(&sim.members, "p", &BTreeMap::new()).unwrap();
+    assert_eq!(sim.fetched, vec![(owner.to_string(), "p".to_string())]);
+    let records = sim.records_of("p");
+    let manual: Vec<&&RunRecord> = records.iter().filter(|r| r.trigger == Trigger::Manual).collect();
+    assert_eq!(manual.len(), 1, "{manual:?}");
+    // done: the spec is dropped again
+    assert!(sim.cores.values().all(|c| c.specs_held() == 0));
 }
 
 #[test]

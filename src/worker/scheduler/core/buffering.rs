@@ -175,7 +175,13 @@ impl Core {
             return false;
         };
         let Some(e) = self.jobs.get(job) else {
-            if self.synced_jobs && self.synced_members && self.synced_buffers && self.speaks_for(job) {
+            // a job held thin is not owned here: its owner takes its ticks
+            if !self.thin.contains_key(job)
+                && self.synced_jobs
+                && self.synced_members
+                && self.synced_buffers
+                && self.speaks_for(job)
+            {
                 self.clearing.insert(job.to_string());
                 self.effects.push_back(Effect::ClearBuffer {
                     job: job.to_string(),

@@ -196,25 +196,20 @@ impl Core {
         // oldest request first; a backfill's ticks (sent together) in planned order
         pending.sort_by(|a, b| (a.requested_at, a.planned_at, &a.id).cmp(&(b.requested_at, b.planned_at, &b.id)));
         for t in pending {
-            let Some(e) = self.jobs.get(&t.job) else { continue };
             // Manual runs go to the job's owner, even when the job is paused; a job for every
             // worker's run on this worker is this worker's
-            let mine = if e.job.spec.fanout == crate::model::Fanout::All {
-                !self.draining
-                    && self
-                        .members
-                        .get(&self.cfg.worker)
-                        .is_some_and(|me| ownership::eligible(me, &e.job.spec.selector))
-            } else {
-                ownership::schedules(
-                    &self.members,
-                    &self.cfg.worker,
-                    self.cfg.dispatch,
-                    &t.job,
-                    &e.job.spec.selector,
-                )
+            let Some(e) = self.jobs.get(&t.job) else {
+                // held thin: its spec is read first, then the request is tried again
+                if let Some(th) = self.thin.get(&t.job)
+                    && self.takes_run_now(&t.job, &th.eligibility.selector, th.eligibility.fanout_all)
+                {
+                    let job = crate::model::part_of(&t.job).0.to_string();
+                    self.request_fetch(now, job, Lookback::Handover);
+                }
+                continue;
             };
-            if !mine {
+            let s = &e.job.spec;
+            if !self.takes_run_now(&t.job, &s.selector, s.fanout == crate::model::Fanout::All) {
                 continue;
             }
             let generation = e.generation;

@@ -23,6 +23,7 @@ mod catchup;
 mod claiming;
 mod drain;
 mod running;
+mod thin;
 
 use super::io::{Announcement, Effect, Input, RunOrder};
 use super::tick::{
@@ -47,6 +48,7 @@ use sha2::Digest as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+use thin::{Eligibility, Fetch, Thin, log_ownership_changes};
 use tracing::{debug, error, info, warn};
 
 /// A tick whose claim is won this late (or less) still runs as an on-time tick; later, the
@@ -168,6 +170,8 @@ enum Timer {
     },
     CapacityHold,
     DrainDeadline,
+    /// A failed fetch of job specs may be sent again.
+    FetchRetry,
 }
 
 /// The sans-I/O scheduler of one worker.
@@ -179,7 +183,19 @@ pub struct Core {
     /// The revision of each job refused last (its signature did not verify): a list of the
     /// jobs again (a watch resumed) does not refuse, log, count and record it again.
     refused: HashMap<String, i64>,
+    /// Job parts held whole: owned here, or with something left here (see `thin`).
     jobs: HashMap<String, JobState>,
+    /// Every other job part, by what ownership needs (a part is in one of the two maps).
+    thin: HashMap<String, Thin>,
+    eligibilities: HashSet<Arc<Eligibility>>,
+    eligibilities_kept: usize,
+    /// Jobs whose spec is being read (a part of them became this worker's), by job name.
+    fetching: HashMap<String, Fetch>,
+    /// No fetch is sent before this time (a failed one waits).
+    fetch_after: i64,
+    /// Parts held whole that are not owned: made thin at the end of a step once nothing of
+    /// them is left here.
+    to_thin: BTreeSet<String>,
     schedules: ScheduleCache,
     members: BTreeMap<String, WorkerInfo>,
     session: Option<i64>,
@@ -256,6 +272,12 @@ impl Core {
             trust: None,
             refused: HashMap::new(),
             jobs: HashMap::new(),
+            thin: HashMap::new(),
+            eligibilities: HashSet::new(),
+            eligibilities_kept: 0,
+            fetching: HashMap::new(),
+            fetch_after: 0,
+            to_thin: BTreeSet::new(),
             schedules: ScheduleCache::default(),
             members: BTreeMap::new(),
             session: None,
@@ -329,6 +351,7 @@ impl Core {
                 error,
             } => self.on_spawned(now, &run_id, at, trace_id, error),
             Input::Exited { run_id, at, result } => self.on_exited(now, &run_id, at, result),
+            Input::Fetched { names, result } => self.on_fetched(now, names, result),
             Input::Drain => self.on_drain(now),
             Input::ClockOffset { offset_ms } => self.on_clock_offset(now, offset_ms),
         }
@@ -349,7 +372,7 @@ impl Core {
                 Timer::BufferRetry { job } => {
                     self.buffer_dirty.insert(job);
                 }
-                Timer::CapacityHold => {}
+                Timer::CapacityHold | Timer::FetchRetry => {}
                 Timer::DrainDeadline => self.on_drain_deadline(now),
             }
         }
@@ -371,11 +394,22 @@ impl Core {
     /// Counts the upstreams of a job coming (`+1`) or going (`-1`).
     fn count_upstreams(&mut self, spec: &crate::model::JobSpec, delta: i64) {
         for u in &spec.after {
-            let n = self.downstreams.entry(u.job.clone()).or_default();
-            *n = (*n as i64 + delta).max(0) as usize;
-            if *n == 0 {
-                self.downstreams.remove(&u.job);
-            }
+            self.count_upstream(&u.job, delta);
+        }
+    }
+
+    fn count_upstream(&mut self, job: &str, delta: i64) {
+        let n = self.downstreams.entry(job.to_string()).or_default();
+        *n = (*n as i64 + delta).max(0) as usize;
+        if *n == 0 {
+            self.downstreams.remove(job);
+        }
+    }
+
+    /// Uncounts the upstreams of a thin part going.
+    fn uncount_thin(&mut self, t: &Thin) {
+        for u in t.upstreams.iter().flatten() {
+            self.count_upstream(u, -1);
         }
     }
 
@@ -417,6 +451,21 @@ impl Core {
     /// Draining and nothing left: every tick won here has its record.
     pub fn done(&self) -> bool {
         self.draining && !self.dirty && self.ticks.is_empty() && self.effects.is_empty()
+    }
+
+    /// Whether the members' list has been seen.
+    pub fn members_synced(&self) -> bool {
+        self.synced_members
+    }
+
+    /// Job parts known here (held thin or whole).
+    pub fn known_jobs(&self) -> usize {
+        self.jobs.len() + self.thin.len()
+    }
+
+    /// Job parts whose full spec is held here.
+    pub fn specs_held(&self) -> usize {
+        self.jobs.len()
     }
 
     pub fn owned_jobs(&self) -> usize {
@@ -478,6 +527,24 @@ impl Core {
         );
         assert!(self.slots.used() <= self.slots.max());
         assert_eq!(self.owned_count, self.jobs.values().filter(|e| e.owned).count());
+        for (part, t) in &self.thin {
+            assert!(!self.jobs.contains_key(part), "{part} is held thin and whole");
+            let e = &t.eligibility;
+            if self.synced_members && self.owns(part, &e.selector, e.paused, e.fanout_all) {
+                assert!(
+                    self.fetching.contains_key(crate::model::part_of(part).0),
+                    "{part} is owned here and held thin, but its spec is not being fetched"
+                );
+            }
+        }
+        if self.synced_members {
+            for (part, e) in &self.jobs {
+                assert!(
+                    e.owned || self.to_thin.contains(part),
+                    "{part} is not owned here, held whole, and not going thin"
+                );
+            }
+        }
         assert!(
             !self.dirty && self.batch.is_empty(),
             "claims are sent at the end of every step"
@@ -518,6 +585,9 @@ impl Core {
         self.serve_waiting(now);
         self.serve_buffers(now);
         self.flush_claims(now);
+        self.thin_out();
+        self.flush_fetches(now);
+        METRICS.job_specs_held.set(self.jobs.len() as i64);
         METRICS.run_slots_used.set(self.slots.used() as i64);
         METRICS.ticks_waiting_for_slot.set(self.waiting_live as i64);
         // entries of ticks that moved on are dropped from time to time (amortised O(1))
@@ -569,6 +639,7 @@ impl Core {
                 let gone: BTreeSet<String> = self
                     .jobs
                     .keys()
+                    .chain(self.thin.keys())
                     .map(|k| crate::model::part_of(k).0)
                     .filter(|k| !present.contains(k))
                     .map(str::to_string)
@@ -583,7 +654,7 @@ impl Core {
                         .and_then(|p| p.first())
                         .map(String::as_str)
                         .unwrap_or(read.name());
-                    let known = self.jobs.get(first).map(|e| e.job.revision);
+                    let known = self.known_revision(first);
                     let refused = self.refused.get(read.name()).copied();
                     if known != Some(read.revision()) && refused != Some(read.revision()) {
                         self.upsert_job(now, read);
@@ -596,7 +667,7 @@ impl Core {
                 self.remove_job(&name)
             }
         }
-        METRICS.known_jobs.set(self.jobs.len() as i64);
+        METRICS.known_jobs.set((self.jobs.len() + self.thin.len()) as i64);
         METRICS.owned_jobs.set(self.owned_count as i64);
         self.try_run_now(now);
     }
@@ -616,6 +687,15 @@ impl Core {
                 return;
             }
         };
+        let mut changed = Vec::new();
+        self.install(now, job, None, &mut changed);
+        log_ownership_changes(&changed, self.owned_count);
+    }
+
+    /// Holds a job's spec (a new version from the watch, or with `fetched`, the spec read when
+    /// one of its parts became this worker's: ticks are then decided from when it was gained).
+    /// The parts this worker does not own are made thin at once when nothing of them is left.
+    fn install(&mut self, now: i64, job: StoredJob, fetched: Option<Fetch>, changed: &mut Vec<(String, bool)>) {
         if let Some((prefix, verifier)) = &self.trust
             && let Err(refusal) = verifier.verify(prefix, &job.spec, job.signature.as_ref())
         {
@@ -635,6 +715,8 @@ impl Core {
             }
         };
         let name = job.spec.name.clone();
+        // the spec is in hand: nothing to fetch
+        self.fetching.remove(&name);
         // the names it is scheduled under: each shard, this worker's run of a job for every
         // worker, or the job's own
         let parts: Vec<String> = match (job.spec.shards, job.spec.fanout) {
@@ -650,9 +732,16 @@ impl Core {
             self.parts.insert(name.clone(), parts.clone());
         }
         let job = Arc::new(job);
+        let (at, lookback) = match fetched {
+            Some(f) => (f.gained_at.min(now), f.lookback),
+            // a changed spec starts the job's timeline afresh (looking back no further than the
+            // change itself: `updated_at`)
+            None => (now, Lookback::Full),
+        };
         for part in parts {
             let generation = self.bump_gen();
             self.count_upstreams(&job.spec, 1);
+            let mut decided_until = 0;
             if let Some(old) = self.jobs.remove(&part) {
                 let spec = old.job.spec.clone();
                 self.count_upstreams(&spec, -1);
@@ -661,6 +750,13 @@ impl Core {
                 }
                 for id in old.waiting {
                     self.drop_waiting(&id, TickEnd::Dropped);
+                }
+            }
+            if let Some(t) = self.thin.remove(&part) {
+                self.uncount_thin(&t);
+                // the same version, fetched: how far this worker's claims went still holds
+                if fetched.is_some() {
+                    decided_until = t.decided_until;
                 }
             }
             let job = if part == name {
@@ -680,12 +776,15 @@ impl Core {
                     next_tick: None,
                     overdue: BTreeMap::new(),
                     waiting: Vec::new(),
-                    decided_until: 0,
+                    decided_until,
                 },
             );
-            // a changed spec starts the job's timeline afresh (looking back no further than the
-            // change itself: `updated_at`)
-            self.update_ownership(now, &part, Lookback::Full);
+            if let Some(own) = self.update_ownership_quietly(at, &part, lookback) {
+                changed.push((part.clone(), own));
+            }
+            if !self.jobs[&part].owned && !self.make_thin(&part) {
+                self.to_thin.insert(part);
+            }
         }
     }
 
@@ -724,6 +823,7 @@ impl Core {
     }
 
     fn remove_job(&mut self, name: &str) {
+        self.fetching.remove(name);
         let parts = self.parts.remove(name).unwrap_or_else(|| vec![name.to_string()]);
         for p in parts {
             self.remove_part(&p);
@@ -731,6 +831,12 @@ impl Core {
     }
 
     fn remove_part(&mut self, name: &str) {
+        self.to_thin.remove(name);
+        if let Some(t) = self.thin.remove(name) {
+            self.uncount_thin(&t);
+            self.buffer_dirty.insert(name.to_string());
+            debug!(job = name, "job removed");
+        }
         if let Some(e) = self.jobs.remove(name) {
             let spec = e.job.spec.clone();
             self.count_upstreams(&spec, -1);
@@ -893,63 +999,30 @@ impl Core {
     // ---- ownership -----------------------------------------------------------------------
 
     fn should_own(&self, job: &StoredJob) -> bool {
-        if job.spec.fanout == crate::model::Fanout::All {
-            // this worker's own run of a job for every worker: while it is eligible
-            return !self.draining
-                && !job.spec.paused
-                && self
-                    .members
-                    .get(&self.cfg.worker)
-                    .is_some_and(|me| ownership::eligible(me, &job.spec.selector));
-        }
-        !self.draining
-            && !job.spec.paused
-            && ownership::schedules(
-                &self.members,
-                &self.cfg.worker,
-                self.cfg.dispatch,
-                &job.spec.name,
-                &job.spec.selector,
-            )
+        let s = &job.spec;
+        self.owns(&s.name, &s.selector, s.paused, s.fanout == crate::model::Fanout::All)
     }
 
-    /// Decides ownership of every job again. A line per job that changed hands while few did;
-    /// one line with the counts when many did (a worker joining 100,000 jobs would otherwise
-    /// spend seconds writing its log before it claims anything).
+    /// Decides ownership of every job again: parts held whole as they stand, thin ones by
+    /// fetching their specs. A line per job that changed hands while few did; one line with the
+    /// counts when many did.
     fn recompute_ownership(&mut self, now: i64, lookback: Lookback) {
         let names: Vec<String> = self.jobs.keys().cloned().collect();
         let mut changed: Vec<(String, bool)> = Vec::new();
         for name in names {
             if let Some(own) = self.update_ownership_quietly(now, &name, lookback) {
-                changed.push((name, own));
+                changed.push((name.clone(), own));
+            }
+            if !self.jobs[&name].owned {
+                self.to_thin.insert(name);
             }
         }
-        if changed.len() <= OWNERSHIP_LINES_AT_MOST {
-            for (name, own) in &changed {
-                if *own {
-                    debug!(job = name.as_str(), "owned");
-                } else {
-                    debug!(job = name.as_str(), "no longer owned");
-                }
-            }
-        } else {
-            let gained = changed.iter().filter(|(_, own)| *own).count();
-            debug!(
-                gained,
-                lost = changed.len() - gained,
-                owned = self.owned_count,
-                "ownership changed for many jobs"
-            );
+        let fetching = self.gain_thin(now, lookback);
+        if fetching > 0 {
+            debug!(jobs = fetching, "fetching the specs of jobs this worker now owns");
         }
+        log_ownership_changes(&changed, self.owned_count);
         METRICS.owned_jobs.set(self.owned_count as i64);
-    }
-
-    fn update_ownership(&mut self, now: i64, name: &str, lookback: Lookback) {
-        match self.update_ownership_quietly(now, name, lookback) {
-            Some(true) => debug!(job = name, "owned"),
-            Some(false) => debug!(job = name, "no longer owned"),
-            None => {}
-        }
     }
 
     /// `update_ownership` without its log line; Some(owned now) when it changed.
