@@ -10,6 +10,7 @@ mod api;
 mod backfill;
 mod churn;
 mod deps;
+mod etcdlimit;
 mod feed;
 mod fleet;
 mod limits;
@@ -123,6 +124,9 @@ enum Scenario {
     /// Dependencies: C chains root @every 1s → b → c; the delay from an upstream's end to its
     /// downstream's start and the etcd writes per dependency run.
     Deps(deps::Opts),
+    /// How far one etcd (1 or 3 members) carries: W simulated workers make each run's etcd
+    /// writes (claim; forbid adds the running mark), at a ramp of runs/s, until etcd is the limit.
+    EtcdLimit(etcdlimit::Opts),
     /// Only the machine's limits.
     Limits,
 }
@@ -140,6 +144,7 @@ impl Scenario {
             Scenario::Notify(_) => "notify",
             Scenario::Backfill(_) => "backfill",
             Scenario::Deps(_) => "deps",
+            Scenario::EtcdLimit(_) => "etcd-limit",
             Scenario::Limits => "limits",
         }
     }
@@ -191,10 +196,10 @@ async fn main() -> Result<()> {
         PathBuf::from("target/loadtest").join(format!("{name}-{stamp}"))
     });
     let tmp = tempfile::tempdir()?;
-    let members = if matches!(cli.scenario, Scenario::Churn(_)) {
-        3
-    } else {
-        1
+    let members = match &cli.scenario {
+        Scenario::Churn(_) => 3,
+        Scenario::EtcdLimit(o) => o.members as usize,
+        _ => 1,
     };
     let etcd = fleet::Etcd::start(tmp.path(), members).await?;
     let coord = etcd.coord("/lt-limits/").await?;
@@ -312,6 +317,10 @@ async fn run(ctx: &mut Ctx, scenario: Scenario, rep: &mut report::Report) -> Res
         Scenario::Deps(o) => {
             let d = deps::run(ctx, &o).await?;
             deps::report(rep, &d);
+        }
+        Scenario::EtcdLimit(o) => {
+            let e = etcdlimit::run(ctx, &o).await?;
+            etcdlimit::report(rep, &e);
         }
     }
     Ok(())

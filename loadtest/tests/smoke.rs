@@ -6,6 +6,18 @@
 use std::path::PathBuf;
 
 fn run(scenario: &str, args: &[&str]) -> serde_json::Value {
+    let (dir, report) = run_report(scenario, args);
+    let svg = std::fs::read_to_string(dir.join("lag.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("p99"),
+        "the lag chart has its legend"
+    );
+    report
+}
+
+/// `run` for a scenario without a lag chart (nothing is scheduled by a worker process): the
+/// report directory and `report.json`.
+fn run_report(scenario: &str, args: &[&str]) -> (PathBuf, serde_json::Value) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/test-output/loadtest")
         .join(scenario);
@@ -20,19 +32,14 @@ fn run(scenario: &str, args: &[&str]) -> serde_json::Value {
         .expect("run the load test");
     println!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for f in ["report.md", "report.json", "lag.svg"] {
+    for f in ["report.md", "report.json"] {
         assert!(dir.join(f).exists(), "{f} written");
     }
-    let svg = std::fs::read_to_string(dir.join("lag.svg")).unwrap();
-    assert!(
-        svg.starts_with("<svg") && svg.contains("p99"),
-        "the lag chart has its legend"
-    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert!(report["limits"]["spawn_per_s_sequential"].as_f64().unwrap() > 0.0);
     assert!(report["limits"]["etcd_cas_p50_ms"].as_f64().unwrap() > 0.0);
-    report
+    (dir, report)
 }
 
 fn assert_every_tick_once(t: &serde_json::Value) {
@@ -102,6 +109,31 @@ fn scale_smoke_defines_jobs_in_bulk_and_measures_start_up() {
     assert_every_tick_once(s);
     assert!(s["startup_to_first_tick_ms"].as_f64().unwrap() > 0.0);
     assert!(s["etcd_db_mb"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn etcd_limit_smoke_claims_every_tick_exactly_once() {
+    // one small step per policy: 2 simulated workers, 1 s, 40 runs/s
+    let (_, r) = run_report(
+        "etcd-limit",
+        &["--workers", "2", "--seconds", "1", "--rates", "40", "--verify", "1000"],
+    );
+    let e = &r["etcd_limit"];
+    let steps = e["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "one step each for allow and forbid: {e}");
+    for s in steps {
+        assert!(s["runs"].as_u64().unwrap() > 0, "runs happened: {s}");
+        assert_eq!(s["claims_lost"], 0, "every claim is a new key: {s}");
+        assert_eq!(s["marks_refused"], 0, "{s}");
+        // every won tick was claimed again by a rival, and each was held by its claimer
+        assert!(s["verified"].as_u64().unwrap() > 0, "{s}");
+        assert_eq!(s["verified"], s["claims_won"], "every won tick was checked: {s}");
+        assert!(s["claims_won"].as_u64().unwrap() >= s["runs"].as_u64().unwrap(), "{s}");
+        assert_eq!(s["duplicates"], 0, "no tick claimed twice: {s}");
+        // etcd's own counters saw the writes (a claim per run at least)
+        assert!(s["keys_written_per_run"].as_f64().unwrap() >= 0.9, "{s}");
+    }
+    assert_eq!(e["duplicates"], 0);
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
