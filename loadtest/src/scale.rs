@@ -31,6 +31,11 @@ pub struct Opts {
     /// the first ticks (its figures are then zero).
     #[arg(long)]
     pub no_ledger_wait: bool,
+    /// Start no master (no tick ledger, no run log; the workers spool their reports): the
+    /// workers' and etcd's figures only, for sizes whose full list one master on this machine
+    /// takes minutes to read.
+    #[arg(long)]
+    pub no_master: bool,
 }
 
 #[derive(Serialize, Default)]
@@ -141,12 +146,29 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
     // a master that keeps the tick ledger over every job (and takes the workers' reports),
     // started once the workers' start-up is measured (its first lists of every job would
     // compete with theirs for etcd)
-    let (master, _url) = crate::fleet::spawn_master(&ctx.bin, &ctx.dir, &endpoints, prefix, "scale-master").await?;
+    let master = match o.no_master {
+        true => None,
+        false => Some(
+            crate::fleet::spawn_master(&ctx.bin, &ctx.dir, &endpoints, prefix, "scale-master")
+                .await?
+                .0,
+        ),
+    };
+    let master_metrics = async |m: &Option<crate::fleet::Proc>| match m {
+        Some(m) => m.metrics().await,
+        None => String::new(),
+    };
+    let master_pid = master.as_ref().map(|m| m.pid()).unwrap_or(0);
     // the ledger accounts for a tick at planned + starting deadline (30 s) + grace (5 s): wait
     // until it does, so the window measures it at work
     let deadline = Instant::now() + Duration::from_secs(90);
-    while o.every_second > 0 && !o.no_ledger_wait && Instant::now() < deadline {
-        if metric_sum(&master.metrics().await, "cronmesh_ledger_ticks_checked_total", "") > 0.0 {
+    while o.every_second > 0 && !o.no_ledger_wait && master.is_some() && Instant::now() < deadline {
+        if metric_sum(
+            &master_metrics(&master).await,
+            "cronmesh_ledger_ticks_checked_total",
+            "",
+        ) > 0.0
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -162,11 +184,11 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
     for p in &procs {
         txn0 += metric_sum(&p.metrics().await, "cronmesh_etcd_requests_total", "op=\"txn\"");
     }
-    let m0 = master.metrics().await;
+    let m0 = master_metrics(&master).await;
     let master_etcd0 = metric_sum(&m0, "cronmesh_etcd_requests_total", "");
     let checked0 = metric_sum(&m0, "cronmesh_ledger_ticks_checked_total", "");
-    let mut master_meter = CpuMeter::new(master.pid());
-    let mut master_second = CpuMeter::new(master.pid());
+    let mut master_meter = CpuMeter::new(master_pid);
+    let mut master_second = CpuMeter::new(master_pid);
     let mut master_per_second = Vec::new();
     let mut per_second: Vec<Vec<f64>> = vec![Vec::new(); procs.len()];
     let mut seconds: Vec<CpuMeter> = procs.iter().map(|p| CpuMeter::new(p.pid())).collect();
@@ -186,9 +208,11 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
         s.processes.push(proc_stat(&format!("worker {}", p.name), p.pid(), m));
     }
     s.processes.push(proc_stat("etcd", etcd_pid, &mut etcd_meter));
-    let m1 = master.metrics().await;
-    s.processes
-        .push(proc_stat("master (ledger)", master.pid(), &mut master_meter));
+    let m1 = master_metrics(&master).await;
+    if master.is_some() {
+        s.processes
+            .push(proc_stat("master (ledger)", master_pid, &mut master_meter));
+    }
     s.ledger_master_etcd_requests_per_s =
         (metric_sum(&m1, "cronmesh_etcd_requests_total", "") - master_etcd0) / elapsed;
     s.ledger_ticks_checked_per_s = (metric_sum(&m1, "cronmesh_ledger_ticks_checked_total", "") - checked0) / elapsed;
@@ -207,8 +231,9 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
     for p in procs.iter_mut() {
         p.terminate();
     }
-    let mut master = master;
-    master.terminate();
+    if let Some(mut master) = master {
+        master.terminate();
+    }
     let recs = records::read(&files);
     s.ticks = records::ticks(&recs, &fast, 1000, from, to);
     s.hourly = hourly_ticks(&recs, o, from, to);

@@ -71,6 +71,8 @@ fn running_key(key: &str) -> Option<(String, String)> {
 
 fn running_event(_prefix: &str, ev: WatchEvent) -> Option<RunningEvent> {
     Some(match ev {
+        // this watch is not paged: its list comes whole, as one `Reset`
+        WatchEvent::Listed { .. } => return None,
         WatchEvent::Reset { items, .. } => {
             RunningEvent::Reset(items.iter().filter_map(|kv| running_key(&kv.key)).collect())
         }
@@ -87,6 +89,8 @@ fn running_event(_prefix: &str, ev: WatchEvent) -> Option<RunningEvent> {
 
 fn buffer_event(prefix: &str, ev: WatchEvent) -> Option<BufferEvent> {
     Some(match ev {
+        // this watch is not paged: its list comes whole, as one `Reset`
+        WatchEvent::Listed { .. } => return None,
         WatchEvent::Reset { items, .. } => BufferEvent::Reset(
             items
                 .into_iter()

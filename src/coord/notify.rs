@@ -207,7 +207,7 @@ impl Coord {
                 WatchEvent::Put(kv) => {
                     decode_or_skip::<InboxEntry>("notify", prefix, &kv.key, &kv.value).map(InboxEvent::Put)
                 }
-                WatchEvent::Delete { .. } => None,
+                WatchEvent::Delete { .. } | WatchEvent::Listed { .. } => None,
             },
         )
     }

@@ -39,6 +39,12 @@ pub(crate) enum WatchEvent {
         key: String,
         revision: i64,
     },
+    /// One page of a paged watch's list (`watch_jobs_paged`); the `Reset` that follows carries
+    /// the last page and completes it.
+    Listed {
+        items: Vec<Kv>,
+        revision: i64,
+    },
 }
 
 /// A job as read from `jobs/{name}`: decoded, its `revision` filled in, its name checked
@@ -81,6 +87,13 @@ pub enum JobEvent {
     Saved(JobRead),
     Deleted {
         name: String,
+        revision: i64,
+    },
+    /// A page of the list a `Reset` completes (`watch_jobs_paged` only): these jobs exist at
+    /// `revision`; the `Reset` that follows holds the last page, and a job in no page of the
+    /// list is gone. A million jobs are then never decoded at once.
+    Listed {
+        jobs: Vec<JobRead>,
         revision: i64,
     },
 }
@@ -187,6 +200,13 @@ fn job_event(prefix: &str, ev: WatchEvent) -> Option<JobEvent> {
                 .collect(),
             revision,
         },
+        WatchEvent::Listed { items, revision } => JobEvent::Listed {
+            jobs: items
+                .into_iter()
+                .map(|kv| decode_job(prefix, &kv.key, &kv.value, kv.mod_revision))
+                .collect(),
+            revision,
+        },
         WatchEvent::Put(kv) => JobEvent::Saved(decode_job(prefix, &kv.key, &kv.value, kv.mod_revision)),
         WatchEvent::Delete { key, revision } => JobEvent::Deleted { name: key, revision },
     })
@@ -194,6 +214,8 @@ fn job_event(prefix: &str, ev: WatchEvent) -> Option<JobEvent> {
 
 fn member_event(prefix: &str, ev: WatchEvent) -> Option<MemberEvent> {
     Some(match ev {
+        // this watch is not paged: its list comes whole, as one `Reset`
+        WatchEvent::Listed { .. } => return None,
         WatchEvent::Reset { items, .. } => MemberEvent::Reset(
             items
                 .iter()
@@ -227,6 +249,8 @@ pub(crate) fn decode_member(prefix: &str, key: &str, value: &[u8]) -> Option<Wor
 /// Signal keys are `kill/{job}/{id}` and `run/{job}/{id}`.
 fn signal_event(prefix: &str, ev: WatchEvent) -> Option<SignalEvent> {
     match ev {
+        // this watch is not paged: its list comes whole, as one `Reset`
+        WatchEvent::Listed { .. } => None,
         WatchEvent::Reset { items, .. } => {
             let (mut kills, mut run_now) = (Vec::new(), Vec::new());
             for kv in &items {
@@ -314,6 +338,12 @@ impl Coord {
         self.watch_typed(name, self.keys.jobs(), from_revision, cancel, job_event)
     }
 
+    /// Watches every job, its list handed on a page at a time (`JobEvent::Listed` pages, then
+    /// the `Reset` with the last one): the worker's watch, which holds most jobs thin.
+    pub fn watch_jobs_paged(&self, cancel: CancellationToken) -> Watch<JobEvent> {
+        self.watch_typed_with("jobs", self.keys.jobs(), None, true, cancel, job_event)
+    }
+
     /// Watches worker registrations.
     pub fn watch_members(&self, cancel: CancellationToken) -> Watch<MemberEvent> {
         self.watch_typed("workers", self.keys.workers(), None, cancel, member_event)
@@ -346,6 +376,23 @@ impl Coord {
         full_prefix: String,
         from_revision: Option<i64>,
         cancel: CancellationToken,
+        decode: F,
+    ) -> Watch<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&str, WatchEvent) -> Option<T> + Send + 'static,
+    {
+        self.watch_typed_with(name, full_prefix, from_revision, false, cancel, decode)
+    }
+
+    /// `watch_typed`; `paged`: the list goes as `Listed` pages and a `Reset` with the last.
+    pub(crate) fn watch_typed_with<T, F>(
+        &self,
+        name: &'static str,
+        full_prefix: String,
+        from_revision: Option<i64>,
+        paged: bool,
+        cancel: CancellationToken,
         mut decode: F,
     ) -> Watch<T>
     where
@@ -369,7 +416,7 @@ impl Coord {
             };
             loop {
                 match coord
-                    .watch_once(name, &full_prefix, resume.take(), &mut send, &cancel)
+                    .watch_once(name, &full_prefix, resume.take(), paged, &mut send, &cancel)
                     .await
                 {
                     Ended::Cancelled => return,
@@ -397,6 +444,7 @@ impl Coord {
         name: &'static str,
         full: &str,
         resume: Option<i64>,
+        paged: bool,
         send: &mut S,
         cancel: &CancellationToken,
     ) -> Ended
@@ -412,6 +460,62 @@ impl Coord {
         };
         let revision = match resume {
             Some(r) => r - 1,
+            None if paged => {
+                let mut start = full.as_bytes().to_vec();
+                let end = super::prefix_end(full.as_bytes());
+                let mut revision = 0;
+                loop {
+                    let mut opts = etcd_client::GetOptions::new()
+                        .with_range(end.clone())
+                        .with_limit(super::SNAPSHOT_PAGE);
+                    if revision > 0 {
+                        opts = opts.with_revision(revision);
+                    }
+                    let from = start.clone();
+                    let page = tokio::select! {
+                        _ = cancel.cancelled() => return Ended::Cancelled,
+                        r = self.call("get", |mut c| async move { c.get(from, Some(opts)).await }) => r,
+                    };
+                    let mut resp = match page {
+                        Ok(r) => r,
+                        Err(e) => return Ended::Restart("list_error", e.to_string()),
+                    };
+                    if revision == 0 {
+                        revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    }
+                    let more = resp.more();
+                    let kvs = resp.take_kvs();
+                    if let (true, Some(last)) = (more, kvs.last()) {
+                        start = last.key().to_vec();
+                        start.push(0);
+                    }
+                    let items: Vec<Kv> = kvs
+                        .into_iter()
+                        .map(|kv| {
+                            let mod_revision = kv.mod_revision();
+                            let key = strip(kv.key());
+                            let (_, value) = kv.into_key_value();
+                            Kv {
+                                key,
+                                value,
+                                mod_revision,
+                            }
+                        })
+                        .collect();
+                    let last = !more || items.is_empty();
+                    let ev = if last {
+                        WatchEvent::Reset { items, revision }
+                    } else {
+                        WatchEvent::Listed { items, revision }
+                    };
+                    if !send(ev).await {
+                        return Ended::Cancelled;
+                    }
+                    if last {
+                        break revision;
+                    }
+                }
+            }
             None => {
                 let listed = tokio::select! {
                     _ = cancel.cancelled() => return Ended::Cancelled,

@@ -445,6 +445,8 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(ev) = jobs.events.recv() => match ev {
+                // `watch_jobs` lists whole (one `Reset`): no pages come
+                JobEvent::Listed { .. } => {}
                 JobEvent::Reset { jobs: all, revision } => {
                     let now: HashMap<String, i64> = all.iter().map(|j| (j.name().to_string(), j.revision())).collect();
                     st.known.listed(all.iter().map(|j| j.name()), now_ms());
@@ -920,6 +922,8 @@ async fn replay(st: &AppState, from: i64, filter: &Filter, sink: &mut Sink, mine
             _ => break,
         };
         let event = match ev {
+            // `watch_jobs` lists whole (one `Reset`): no pages come
+            JobEvent::Listed { .. } => continue,
             JobEvent::Reset { .. } => {
                 FeedResumed {
                     part: "jobs",

@@ -58,7 +58,7 @@ pub async fn run(
         w.lease_ttl,
     );
     let watches = CancellationToken::new();
-    let jobs = coord.watch_jobs(watches.clone());
+    let jobs = coord.watch_jobs_paged(watches.clone());
     let members = coord.watch_members(watches.clone());
     let signals = coord.watch_signals(watches.clone());
     let running = coord.watch_running(watches.clone());

@@ -94,6 +94,8 @@ impl Ledger {
     /// (no worker runs it either).
     pub fn on_jobs(&mut self, now: i64, ev: JobEvent, parse: &mut impl FnMut(&StoredJob) -> Option<Arc<Schedule>>) {
         match ev {
+            // `watch_jobs` lists whole (one `Reset`): no pages come
+            JobEvent::Listed { .. } => {}
             JobEvent::Reset { jobs, .. } => {
                 let present: std::collections::HashSet<String> = jobs.iter().map(|j| j.name().to_string()).collect();
                 let gone: Vec<String> = self

@@ -405,6 +405,8 @@ async fn keep(st: &Arc<AppState>, lease_id: i64, lease: &mut watch::Receiver<Opt
             }
             Some(ev) = jobs.events.recv() => {
                 match ev {
+                    // `watch_jobs` lists whole (one `Reset`): no pages come
+                    JobEvent::Listed { .. } => {}
                     JobEvent::Reset { jobs: all, .. } => {
                         jobs_synced = true;
                         b.jobs = all.into_iter().filter_map(|j| match j { JobRead::Job(j) => Some((j.spec.name.clone(), *j)), _ => None }).collect();

@@ -966,6 +966,51 @@ fn moves_while_the_fetch_is_slow(drains: bool) {
 }
 
 #[test]
+fn a_job_list_read_in_pages_keeps_what_any_page_names_and_drops_the_rest() {
+    let mut sim = Sim::with_workers(&["w1", "w2"]);
+    for n in ["a", "b", "c"] {
+        sim.put(every_second(n));
+    }
+    sim.advance(secs(1) + 100);
+    // the watches broke; meanwhile b was deleted and d written. The new list comes in two pages.
+    sim.jobs.remove("b");
+    sim.revision += 1;
+    let mut d = sim.jobs["a"].clone();
+    d.spec.name = "d".into();
+    d.revision = sim.revision;
+    sim.jobs.insert("d".into(), d);
+    let read = |sim: &Sim, n: &str| JobRead::Job(Box::new(sim.jobs[n].clone()));
+    let (page1, page2) = (vec![read(&sim, "a")], vec![read(&sim, "c"), read(&sim, "d")]);
+    let revision = sim.revision;
+    // (w2's watch broke too, and reads the list whole)
+    let whole = vec![read(&sim, "a"), read(&sim, "c"), read(&sim, "d")];
+    sim.deliver("w2", Input::Jobs(JobEvent::Reset { jobs: whole, revision }));
+    sim.deliver("w1", Input::Jobs(JobEvent::Listed { jobs: page1, revision }));
+    sim.pump();
+    assert!(
+        sim.core("w1").knows("b") && !sim.core("w1").knows("d"),
+        "a page alone removes nothing"
+    );
+    sim.deliver("w1", Input::Jobs(JobEvent::Reset { jobs: page2, revision }));
+    sim.pump();
+    assert!(!sim.core("w1").knows("b"), "b, named by no page, is gone");
+    assert!(["a", "c", "d"].iter().all(|n| sim.core("w1").knows(n)));
+    let w1 = sim.core("w1");
+    assert_eq!(w1.specs_held(), w1.owned_jobs());
+    sim.advance(secs(2));
+    for n in ["a", "c", "d"] {
+        assert!(!sim.ran(n).is_empty(), "{n} runs");
+    }
+    let ran_b = sim.ran("b").len();
+    sim.advance(secs(2));
+    assert!(
+        sim.ran("b").iter().skip(ran_b).all(|(w, _)| w != "w1"),
+        "w1 no longer runs b"
+    );
+    sim.assert_exactly_once();
+}
+
+#[test]
 fn a_failed_fetch_is_tried_again_and_the_jobs_then_run() {
     let mut sim = Sim::with_workers(&["w1", "w2"]);
     let jobs: Vec<String> = (0..20).map(|i| format!("j{i}")).collect();

@@ -129,6 +129,8 @@ struct JobState {
     /// The newest planned time this worker's claims have decided (won or lost): a look-back
     /// after regaining the job starts after it.
     decided_until: i64,
+    /// The list (`Core::listing`) that last named it: a part no page of a list named is gone.
+    listed: u64,
 }
 
 /// How far back to look for unclaimed ticks when a job is gained.
@@ -196,6 +198,8 @@ pub struct Core {
     /// Parts held whole that are not owned: made thin at the end of a step once nothing of
     /// them is left here.
     to_thin: BTreeSet<String>,
+    /// The number of the job list being read (its pages mark what they name).
+    listing: u64,
     schedules: ScheduleCache,
     members: BTreeMap<String, WorkerInfo>,
     session: Option<i64>,
@@ -278,6 +282,7 @@ impl Core {
             fetching: HashMap::new(),
             fetch_after: 0,
             to_thin: BTreeSet::new(),
+            listing: 1,
             schedules: ScheduleCache::default(),
             members: BTreeMap::new(),
             session: None,
@@ -463,6 +468,12 @@ impl Core {
         self.jobs.len() + self.thin.len()
     }
 
+    /// Whether the job part is known here, thin or whole.
+    #[cfg(test)]
+    pub fn knows(&self, part: &str) -> bool {
+        self.jobs.contains_key(part) || self.thin.contains_key(part)
+    }
+
     /// Job parts whose full spec is held here.
     pub fn specs_held(&self) -> usize {
         self.jobs.len()
@@ -633,33 +644,24 @@ impl Core {
 
     fn on_jobs(&mut self, now: i64, ev: JobEvent) {
         match ev {
+            JobEvent::Listed { jobs, .. } => self.on_listed(now, jobs),
+            // the whole list, or its last page: what no page named is gone
             JobEvent::Reset { jobs, .. } => {
+                self.on_listed(now, jobs);
                 self.synced_jobs = true;
-                let present: HashSet<&str> = jobs.iter().map(|j| j.name()).collect();
+                let listing = self.listing;
                 let gone: BTreeSet<String> = self
                     .jobs
-                    .keys()
-                    .chain(self.thin.keys())
-                    .map(|k| crate::model::part_of(k).0)
-                    .filter(|k| !present.contains(k))
-                    .map(str::to_string)
+                    .iter()
+                    .map(|(k, e)| (k, e.listed))
+                    .chain(self.thin.iter().map(|(k, t)| (k, t.listed)))
+                    .filter(|(_, listed)| *listed != listing)
+                    .map(|(k, _)| crate::model::part_of(k).0.to_string())
                     .collect();
                 for name in gone {
                     self.remove_job(&name);
                 }
-                for read in jobs {
-                    let first = self
-                        .parts
-                        .get(read.name())
-                        .and_then(|p| p.first())
-                        .map(String::as_str)
-                        .unwrap_or(read.name());
-                    let known = self.known_revision(first);
-                    let refused = self.refused.get(read.name()).copied();
-                    if known != Some(read.revision()) && refused != Some(read.revision()) {
-                        self.upsert_job(now, read);
-                    }
-                }
+                self.listing += 1;
             }
             JobEvent::Saved(read) => self.upsert_job(now, read),
             JobEvent::Deleted { name, .. } => {
@@ -670,6 +672,33 @@ impl Core {
         METRICS.known_jobs.set((self.jobs.len() + self.thin.len()) as i64);
         METRICS.owned_jobs.set(self.owned_count as i64);
         self.try_run_now(now);
+    }
+
+    /// A page of the job list: each job whose version is new here is installed; every part of
+    /// each is marked as named by this list.
+    fn on_listed(&mut self, now: i64, jobs: Vec<JobRead>) {
+        for read in jobs {
+            let name = read.name().to_string();
+            let first = self
+                .parts
+                .get(&name)
+                .and_then(|p| p.first())
+                .map(String::as_str)
+                .unwrap_or(&name);
+            let known = self.known_revision(first);
+            let refused = self.refused.get(&name).copied();
+            if known != Some(read.revision()) && refused != Some(read.revision()) {
+                self.upsert_job(now, read);
+            }
+            let listing = self.listing;
+            for part in self.parts_of(&name) {
+                if let Some(e) = self.jobs.get_mut(&part) {
+                    e.listed = listing;
+                } else if let Some(t) = self.thin.get_mut(&part) {
+                    t.listed = listing;
+                }
+            }
+        }
     }
 
     /// Runs only jobs signed by one of `verifier`'s keys for the cluster `prefix`.
@@ -741,8 +770,9 @@ impl Core {
         for part in parts {
             let generation = self.bump_gen();
             self.count_upstreams(&job.spec, 1);
-            let mut decided_until = 0;
+            let (mut decided_until, mut listed) = (0, 0);
             if let Some(old) = self.jobs.remove(&part) {
+                listed = old.listed;
                 let spec = old.job.spec.clone();
                 self.count_upstreams(&spec, -1);
                 if old.owned {
@@ -754,6 +784,7 @@ impl Core {
             }
             if let Some(t) = self.thin.remove(&part) {
                 self.uncount_thin(&t);
+                listed = t.listed;
                 // the same version, fetched: how far this worker's claims went still holds
                 if fetched.is_some() {
                     decided_until = t.decided_until;
@@ -777,6 +808,7 @@ impl Core {
                     overdue: BTreeMap::new(),
                     waiting: Vec::new(),
                     decided_until,
+                    listed,
                 },
             );
             if let Some(own) = self.update_ownership_quietly(at, &part, lookback) {

@@ -25,6 +25,8 @@ pub(super) struct Thin {
     pub eligibility: Arc<Eligibility>,
     /// The jobs it runs after (each counted once in `downstreams`).
     pub upstreams: Option<Box<[String]>>,
+    /// The job list that last named it (`JobState::listed`).
+    pub listed: u64,
 }
 
 /// A job whose spec is being read because one of its parts became this worker's (or a run-now
@@ -131,6 +133,7 @@ impl Core {
                 decided_until: e.decided_until,
                 eligibility,
                 upstreams,
+                listed: e.listed,
             },
         );
         true
