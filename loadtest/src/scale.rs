@@ -73,6 +73,31 @@ pub struct Scale {
     pub processes: Vec<ProcStat>,
 }
 
+/// Writes `specs` 100 to a transaction. A transaction etcd did not answer in time (a slow
+/// fsync on a busy disk, at hundreds of thousands of jobs) is sent again; one found already
+/// written then (its first attempt went through) counts as written.
+async fn define(coord: &cronmesh::coord::Coord, specs: &[JobSpec]) -> Result<usize> {
+    let mut written = 0;
+    for chunk in specs.chunks(100) {
+        let mut retried = 0;
+        loop {
+            match coord.create_jobs(chunk).await {
+                Ok(n) => {
+                    written += n;
+                    break;
+                }
+                Err(cronmesh::coord::CoordError::Conflict(_)) if retried > 0 => {
+                    written += chunk.len();
+                    break;
+                }
+                Err(e) if e.is_unavailable() && retried < 5 => retried += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(written)
+}
+
 pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
     if o.every_second > o.jobs {
         bail!("--every-second ({}) cannot exceed --jobs ({})", o.every_second, o.jobs);
@@ -93,7 +118,7 @@ pub async fn run(ctx: &Ctx, o: &Opts) -> Result<Scale> {
     let mut tasks = Vec::new();
     for chunk in chunks {
         let coord = coord.clone();
-        tasks.push(tokio::spawn(async move { coord.create_jobs(&chunk).await }));
+        tasks.push(tokio::spawn(async move { define(&coord, &chunk).await }));
     }
     for task in tasks {
         task.await??;
