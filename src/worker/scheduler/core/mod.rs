@@ -198,8 +198,10 @@ pub struct Core {
     /// Parts held whole that are not owned: made thin at the end of a step once nothing of
     /// them is left here.
     to_thin: BTreeSet<String>,
-    /// The number of the job list being read (its pages mark what they name).
+    /// The number of the job list being read (its pages mark what they name), and its etcd
+    /// revision: a page at another revision begins another list (the watch listed again).
     listing: u64,
+    list_revision: Option<i64>,
     schedules: ScheduleCache,
     members: BTreeMap<String, WorkerInfo>,
     session: Option<i64>,
@@ -282,7 +284,8 @@ impl Core {
             fetching: HashMap::new(),
             fetch_after: 0,
             to_thin: BTreeSet::new(),
-            listing: 1,
+            listing: 0,
+            list_revision: None,
             schedules: ScheduleCache::default(),
             members: BTreeMap::new(),
             session: None,
@@ -644,10 +647,10 @@ impl Core {
 
     fn on_jobs(&mut self, now: i64, ev: JobEvent) {
         match ev {
-            JobEvent::Listed { jobs, .. } => self.on_listed(now, jobs),
+            JobEvent::Listed { jobs, revision } => self.on_listed(now, jobs, revision),
             // the whole list, or its last page: what no page named is gone
-            JobEvent::Reset { jobs, .. } => {
-                self.on_listed(now, jobs);
+            JobEvent::Reset { jobs, revision } => {
+                self.on_listed(now, jobs, revision);
                 self.synced_jobs = true;
                 let listing = self.listing;
                 let gone: BTreeSet<String> = self
@@ -661,7 +664,7 @@ impl Core {
                 for name in gone {
                     self.remove_job(&name);
                 }
-                self.listing += 1;
+                self.list_revision = None;
             }
             JobEvent::Saved(read) => self.upsert_job(now, read),
             JobEvent::Deleted { name, .. } => {
@@ -675,8 +678,14 @@ impl Core {
     }
 
     /// A page of the job list: each job whose version is new here is installed; every part of
-    /// each is marked as named by this list.
-    fn on_listed(&mut self, now: i64, jobs: Vec<JobRead>) {
+    /// each is marked as named by this list. A page at another revision than the previous one
+    /// begins a new list (a list broken off and read again does not count what only the broken
+    /// one named).
+    fn on_listed(&mut self, now: i64, jobs: Vec<JobRead>, revision: i64) {
+        if self.list_revision != Some(revision) {
+            self.listing += 1;
+            self.list_revision = Some(revision);
+        }
         for read in jobs {
             let name = read.name().to_string();
             let first = self
