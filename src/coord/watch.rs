@@ -458,6 +458,17 @@ impl Coord {
                 .unwrap_or_default()
                 .to_string()
         };
+        // a listed key and value as the consumer gets them (consumed: no copy of the value)
+        let to_kv = |kv: etcd_client::KeyValue| {
+            let mod_revision = kv.mod_revision();
+            let key = strip(kv.key());
+            let (_, value) = kv.into_key_value();
+            Kv {
+                key,
+                value,
+                mod_revision,
+            }
+        };
         let revision = match resume {
             Some(r) => r - 1,
             None if paged => {
@@ -489,19 +500,7 @@ impl Coord {
                         start = last.key().to_vec();
                         start.push(0);
                     }
-                    let items: Vec<Kv> = kvs
-                        .into_iter()
-                        .map(|kv| {
-                            let mod_revision = kv.mod_revision();
-                            let key = strip(kv.key());
-                            let (_, value) = kv.into_key_value();
-                            Kv {
-                                key,
-                                value,
-                                mod_revision,
-                            }
-                        })
-                        .collect();
+                    let items: Vec<Kv> = kvs.into_iter().map(to_kv).collect();
                     let last = !more || items.is_empty();
                     let ev = if last {
                         WatchEvent::Reset { items, revision }
@@ -525,19 +524,7 @@ impl Coord {
                     Ok(r) => r,
                     Err(e) => return Ended::Restart("list_error", e.to_string()),
                 };
-                let items = kvs
-                    .into_iter()
-                    .map(|kv| {
-                        let mod_revision = kv.mod_revision();
-                        let key = strip(kv.key());
-                        let (_, value) = kv.into_key_value();
-                        Kv {
-                            key,
-                            value,
-                            mod_revision,
-                        }
-                    })
-                    .collect();
+                let items = kvs.into_iter().map(to_kv).collect();
                 if !send(WatchEvent::Reset { items, revision }).await {
                     return Ended::Cancelled;
                 }
