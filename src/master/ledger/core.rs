@@ -54,6 +54,9 @@ struct JobTrack {
 pub struct Ledger {
     grace_ms: i64,
     jobs: HashMap<String, JobTrack>,
+    /// Job name -> the names of its parts in `jobs` (the job itself, or its shards `job#k`), so
+    /// a change of one job touches its own parts only, not every job (O(1), not O(jobs)).
+    parts: HashMap<String, Vec<String>>,
     heap: TimerHeap<(String, u64)>,
     next_gen: u64,
     /// (since, the members from then on), oldest first.
@@ -68,6 +71,7 @@ impl Ledger {
         Ledger {
             grace_ms,
             jobs: HashMap::new(),
+            parts: HashMap::new(),
             heap: TimerHeap::default(),
             next_gen: 0,
             members: VecDeque::new(),
@@ -122,15 +126,14 @@ impl Ledger {
         }
     }
 
+    /// The names of the job's parts in the books.
+    fn parts_of(&self, job: &str) -> Vec<String> {
+        self.parts.get(job).cloned().unwrap_or_default()
+    }
+
     /// Closes the job and each of its shards.
     fn close_all(&mut self, name: &str, now: i64) {
-        let parts: Vec<String> = self
-            .jobs
-            .keys()
-            .filter(|k| crate::model::part_of(k).0 == name)
-            .cloned()
-            .collect();
-        for p in parts {
+        for p in self.parts_of(name) {
             self.close(&p, now);
         }
     }
@@ -154,14 +157,10 @@ impl Ledger {
             Some(n) => (0..n).map(|k| crate::model::shard_part(&name, k)).collect(),
             None => vec![name.clone()],
         };
-        let stale: Vec<String> = self
-            .jobs
-            .keys()
-            .filter(|k| crate::model::part_of(k).0 == name && !parts.contains(k))
-            .cloned()
-            .collect();
-        for p in stale {
-            self.close(&p, now);
+        for p in self.parts_of(&name) {
+            if !parts.contains(&p) {
+                self.close(&p, now);
+            }
         }
         for part in parts {
             self.saved_part(now, &job, &part, schedule.clone());
@@ -175,6 +174,9 @@ impl Ledger {
         let change = job.updated_at.min(now);
         // a job first seen: only ticks not yet due count, and none before its last change
         let first_start = (self.watermark - deadline_ms - self.grace_ms).max(job.updated_at);
+        if !self.jobs.contains_key(&name) {
+            self.parts.entry(job.spec.name.clone()).or_default().push(name.clone());
+        }
         let track = self.jobs.entry(name.clone()).or_insert_with(|| JobTrack {
             revision: 0,
             segments: VecDeque::new(),
@@ -219,6 +221,13 @@ impl Ledger {
         loop {
             let Some(seg) = track.segments.front() else {
                 self.jobs.remove(name);
+                let job = crate::model::part_of(name).0;
+                if let Some(parts) = self.parts.get_mut(job) {
+                    parts.retain(|p| p != name);
+                    if parts.is_empty() {
+                        self.parts.remove(job);
+                    }
+                }
                 return;
             };
             let from = track.cursor.max(seg.start);
@@ -495,6 +504,43 @@ mod tests {
             .collect();
         assert!(!later.is_empty());
         assert!(later.iter().all(|(j, _)| j == "s#0"), "{later:?}");
+    }
+
+    #[test]
+    fn a_change_of_one_job_touches_its_own_parts_only_and_forgotten_jobs_leave_no_index() {
+        let mut l = Ledger::new(T0, GRACE);
+        let mut s = job("s", "@every 1s", T0, 2);
+        s.spec.shards = Some(3);
+        save(&mut l, T0, s);
+        save(&mut l, T0, job("s-1", "@every 1s", T0, 2));
+        save(&mut l, T0, job("s1", "@every 1s", T0, 2));
+        // 3 shards -> 2, then the job is deleted: the jobs named like it keep every tick
+        let mut two = job("s", "@every 1s", T0 + 2500, 3);
+        two.spec.shards = Some(2);
+        save(&mut l, T0 + 2500, two);
+        let del = JobEvent::Deleted {
+            name: "s".into(),
+            revision: 4,
+        };
+        l.on_jobs(T0 + 4500, del, &mut parse);
+        let due = l.due(T0 + 60_000);
+        let of = |name: &str| -> Vec<i64> { due.iter().filter(|d| d.job == name).map(|d| d.planned).collect() };
+        assert_eq!(of("s#0"), (1..=4).map(|k| T0 + k * 1000).collect::<Vec<_>>());
+        assert_eq!(of("s#2"), vec![T0 + 1000, T0 + 2000], "gone with the change at 2.5 s");
+        assert_eq!(of("s-1").len(), 45, "from 1 s to 45 s");
+        assert_eq!(of("s1").len(), 45);
+        assert_eq!(l.parts.keys().count(), 2, "{:?}", l.parts);
+        let indexed: usize = l.parts.values().map(Vec::len).sum();
+        assert_eq!(indexed, l.jobs(), "one index entry per part in the books");
+        for name in ["s-1", "s1"] {
+            let del = JobEvent::Deleted {
+                name: name.into(),
+                revision: 5,
+            };
+            l.on_jobs(T0 + 60_000, del, &mut parse);
+        }
+        l.due(T0 + 120_000);
+        assert_eq!((l.jobs(), l.parts.len()), (0, 0), "nothing left behind");
     }
 
     #[test]
