@@ -36,8 +36,10 @@ pub const TOMBSTONE_MS: i64 = 24 * 3600 * 1000;
 const MAX_TOMBSTONES: usize = 100_000;
 /// Runs in progress remembered per worker; more starts are refused.
 pub const MAX_RUNNING_PER_WORKER: usize = 10_000;
-/// Job names of one batch looked up in etcd when this master's watch does not know them.
-const MAX_LOOKUPS: usize = 16;
+/// Job names of one batch looked up in etcd (in one batched read, 128 per transaction) when this
+/// master's watch does not know them: more than the jobs of a worker's largest batch (500 runs),
+/// so a master still reading its job list at start refuses none of a worker's reports.
+const MAX_LOOKUPS: usize = 1024;
 
 pub use crate::telemetry::metrics::REFUSE_REASONS;
 
@@ -292,21 +294,27 @@ pub async fn check(
             }
         }
     }
-    // the job must exist (or have been deleted lately)
-    let mut asked: HashMap<&str, bool> = HashMap::new();
+    // the job must exist (or have been deleted lately). What this master's watch does not know
+    // (a job created a moment ago, or every job while the watch is still reading its list at
+    // start) is read from etcd in one batched read; an error (etcd down) or an unreadable job
+    // counts as existing: the record is not refused for a reason that is not its own
+    let mut ask: Vec<String> = Vec::new();
+    let mut asked: HashSet<&str> = HashSet::new();
+    for (_, _, job) in &wanted_jobs {
+        if !known.knows(job, now) && asked.len() < MAX_LOOKUPS && asked.insert(job) {
+            ask.push(job.to_string());
+        }
+    }
+    let found: HashMap<String, bool> = if ask.is_empty() {
+        HashMap::new()
+    } else {
+        match coord.fetch_jobs(&ask).await {
+            Ok(reads) => reads.into_iter().map(|(name, read)| (name, read.is_some())).collect(),
+            Err(_) => ask.into_iter().map(|name| (name, true)).collect(),
+        }
+    };
     for (kind, run_id, job) in wanted_jobs {
-        let known = known.knows(job, now)
-            || match asked.get(job) {
-                Some(k) => *k,
-                None if asked.len() < MAX_LOOKUPS => {
-                    // an error (etcd down) or an unreadable job counts as existing: the record
-                    // is not refused for a reason that is not its own
-                    let k = !matches!(coord.get_job(job).await, Ok(None));
-                    asked.insert(job, k);
-                    k
-                }
-                None => false,
-            };
+        let known = known.knows(job, now) || found.get(job).copied().unwrap_or(false);
         if !known {
             refused.push(Refused {
                 kind,

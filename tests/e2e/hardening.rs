@@ -712,3 +712,44 @@ async fn ctl_shows_control_characters_escaped_unless_raw_and_names_may_not_begin
     let raw = String::from_utf8(ctl(true).stdout).unwrap();
     assert!(raw.contains("\u{1b}[31mred"), "{raw:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_still_reading_its_job_list_refuses_no_report_of_a_job_that_exists() {
+    use cronmesh::master::auth::Caller;
+    use cronmesh::master::reports::{Known, check};
+    use cronmesh::model::JobSpec;
+    let c = Cluster::new().await;
+    // a worker's largest batch: 500 runs, each of another job
+    let names: Vec<String> = (0..500).map(|i| format!("many-{i:03}")).collect();
+    for chunk in names.chunks(50) {
+        let puts = chunk.iter().map(|n| c.put_job(JobSpec::new(n, "@hourly", "true")));
+        futures_util::future::join_all(puts).await;
+    }
+    let now = now_ms();
+    let records: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| record(n, "w1", &format!("0190aaaa0000700080000000000{i:05}"), now - 1000))
+        .collect();
+    let batch: cronmesh::model::ReportBatch = serde_json::from_value(json!({ "finished": records })).unwrap();
+    let caller = Caller {
+        name: "w".into(),
+        role: cronmesh::config::Role::Worker,
+        worker: None,
+    };
+    // the master has just started: its job watch has listed nothing yet
+    let starting = Known::default();
+    let refused = check(&batch, &caller, &starting, &c.coord, |_| 0).await;
+    assert!(
+        refused.is_empty(),
+        "{} refused, first {:?}",
+        refused.len(),
+        refused.first()
+    );
+    // a job that does not exist is still refused, beside ones that do
+    let mut with_ghost = batch.clone();
+    with_ghost.finished[7].job = "ghost".into();
+    let refused = check(&with_ghost, &caller, &starting, &c.coord, |_| 0).await;
+    let reasons: Vec<(&str, &str)> = refused.iter().map(|r| (r.run_id.as_str(), r.reason)).collect();
+    assert_eq!(reasons, [(with_ghost.finished[7].run_id.as_str(), "unknown_job")]);
+}
