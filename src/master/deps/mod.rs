@@ -209,9 +209,15 @@ impl<'a> Driver<'a> {
         let (jobs, revision) = self.st.coord.list_jobs().await.map_err(|e| e.to_string())?;
         self.jobs_revision = revision;
         self.jobs_read_at = now;
+        self.graph = Graph::of(jobs.iter().map(|j| &j.spec));
+        // only the jobs of the graph are kept (at a million jobs, a few of them have `after`)
+        let graph = &self.graph;
+        let involved = |j: &crate::model::StoredJob| {
+            !graph.upstreams(&j.spec.name).is_empty() || !graph.downstreams(&j.spec.name).is_empty()
+        };
+        let jobs: Vec<crate::model::StoredJob> = jobs.into_iter().filter(involved).collect();
         self.created = jobs.iter().map(|j| (j.spec.name.clone(), j.created_at)).collect();
         self.jobs = jobs.into_iter().map(|j| (j.spec.name.clone(), j.spec)).collect();
-        self.graph = Graph::of(self.jobs.values());
         METRICS.dependency_edges.set(self.graph.edges().count() as i64);
         Ok(())
     }

@@ -54,9 +54,10 @@ struct JobTrack {
 pub struct Ledger {
     grace_ms: i64,
     jobs: HashMap<String, JobTrack>,
-    /// Job name -> the names of its parts in `jobs` (the job itself, or its shards `job#k`), so
-    /// a change of one job touches its own parts only, not every job (O(1), not O(jobs)).
-    parts: HashMap<String, Vec<String>>,
+    /// Job name -> the names of its shards in `jobs` (`job#k`), so a change of one job touches
+    /// its own parts only, not every job (O(1), not O(jobs)). A job that is not sharded is its
+    /// own only part, under its own name.
+    shards: HashMap<String, Vec<String>>,
     heap: TimerHeap<(String, u64)>,
     next_gen: u64,
     /// (since, the members from then on), oldest first.
@@ -71,7 +72,7 @@ impl Ledger {
         Ledger {
             grace_ms,
             jobs: HashMap::new(),
-            parts: HashMap::new(),
+            shards: HashMap::new(),
             heap: TimerHeap::default(),
             next_gen: 0,
             members: VecDeque::new(),
@@ -128,7 +129,11 @@ impl Ledger {
 
     /// The names of the job's parts in the books.
     fn parts_of(&self, job: &str) -> Vec<String> {
-        self.parts.get(job).cloned().unwrap_or_default()
+        let mut parts = self.shards.get(job).cloned().unwrap_or_default();
+        if self.jobs.contains_key(job) {
+            parts.push(job.to_string());
+        }
+        parts
     }
 
     /// Closes the job and each of its shards.
@@ -174,12 +179,13 @@ impl Ledger {
         let change = job.updated_at.min(now);
         // a job first seen: only ticks not yet due count, and none before its last change
         let first_start = (self.watermark - deadline_ms - self.grace_ms).max(job.updated_at);
-        if !self.jobs.contains_key(&name) {
-            self.parts.entry(job.spec.name.clone()).or_default().push(name.clone());
+        if name != job.spec.name && !self.jobs.contains_key(&name) {
+            self.shards.entry(job.spec.name.clone()).or_default().push(name.clone());
         }
         let track = self.jobs.entry(name.clone()).or_insert_with(|| JobTrack {
             revision: 0,
-            segments: VecDeque::new(),
+            // most jobs have one segment: room for more only when a change comes
+            segments: VecDeque::with_capacity(1),
             cursor: first_start,
             generation: 0,
         });
@@ -222,10 +228,12 @@ impl Ledger {
             let Some(seg) = track.segments.front() else {
                 self.jobs.remove(name);
                 let job = crate::model::part_of(name).0;
-                if let Some(parts) = self.parts.get_mut(job) {
-                    parts.retain(|p| p != name);
-                    if parts.is_empty() {
-                        self.parts.remove(job);
+                if job != name
+                    && let Some(shards) = self.shards.get_mut(job)
+                {
+                    shards.retain(|p| p != name);
+                    if shards.is_empty() {
+                        self.shards.remove(job);
                     }
                 }
                 return;
@@ -523,15 +531,22 @@ mod tests {
             revision: 4,
         };
         l.on_jobs(T0 + 4500, del, &mut parse);
+        let indexed = |l: &Ledger| -> (usize, usize) {
+            let in_books = l.jobs.keys().filter(|k| k.contains('#')).count();
+            (l.shards.values().map(Vec::len).sum(), in_books)
+        };
+        assert_eq!(
+            indexed(&l),
+            (3, 3),
+            "closed shards stay until their ticks are accounted"
+        );
         let due = l.due(T0 + 60_000);
         let of = |name: &str| -> Vec<i64> { due.iter().filter(|d| d.job == name).map(|d| d.planned).collect() };
         assert_eq!(of("s#0"), (1..=4).map(|k| T0 + k * 1000).collect::<Vec<_>>());
         assert_eq!(of("s#2"), vec![T0 + 1000, T0 + 2000], "gone with the change at 2.5 s");
         assert_eq!(of("s-1").len(), 45, "from 1 s to 45 s");
         assert_eq!(of("s1").len(), 45);
-        assert_eq!(l.parts.keys().count(), 2, "{:?}", l.parts);
-        let indexed: usize = l.parts.values().map(Vec::len).sum();
-        assert_eq!(indexed, l.jobs(), "one index entry per part in the books");
+        assert_eq!(indexed(&l), (0, 0), "accounted shards are forgotten, also by the index");
         for name in ["s-1", "s1"] {
             let del = JobEvent::Deleted {
                 name: name.into(),
@@ -540,7 +555,7 @@ mod tests {
             l.on_jobs(T0 + 60_000, del, &mut parse);
         }
         l.due(T0 + 120_000);
-        assert_eq!((l.jobs(), l.parts.len()), (0, 0), "nothing left behind");
+        assert_eq!((l.jobs(), l.shards.len()), (0, 0), "nothing left behind");
     }
 
     #[test]

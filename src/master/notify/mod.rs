@@ -409,15 +409,20 @@ async fn keep(st: &Arc<AppState>, lease_id: i64, lease: &mut watch::Receiver<Opt
                     JobEvent::Listed { .. } => {}
                     JobEvent::Reset { jobs: all, .. } => {
                         jobs_synced = true;
-                        b.jobs = all.into_iter().filter_map(|j| match j { JobRead::Job(j) => Some((j.spec.name.clone(), *j)), _ => None }).collect();
+                        // only jobs with rules or a pause after failures (the inbox holds no
+                        // other job's runs): at a million jobs the notifier holds a few
+                        b.jobs = all.into_iter().filter_map(|j| match j { JobRead::Job(j) if st.notify.wants(&j.spec) => Some((j.spec.name.clone(), *j)), _ => None }).collect();
                         let names: Vec<String> = b.jobs.keys().cloned().collect();
                         for n in names { job_changed(st, &me, &mut b, &n).await; }
                     }
-                    JobEvent::Saved(JobRead::Job(j)) => {
+                    JobEvent::Saved(JobRead::Job(j)) if st.notify.wants(&j.spec) => {
                         let name = j.spec.name.clone();
                         b.jobs.insert(name.clone(), *j);
                         job_changed(st, &me, &mut b, &name).await;
                     }
+                    // no rules now: its runs are no longer queued, and those queued are taken
+                    // with nothing to tell
+                    JobEvent::Saved(JobRead::Job(j)) => { b.jobs.remove(&j.spec.name); }
                     JobEvent::Saved(JobRead::Bad { name, .. }) => { b.jobs.remove(&name); }
                     JobEvent::Deleted { name, .. } => {
                         b.jobs.remove(&name);
