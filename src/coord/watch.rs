@@ -341,7 +341,12 @@ impl Coord {
     /// Watches every job, its list handed on a page at a time (`JobEvent::Listed` pages, then
     /// the `Reset` with the last one): the worker's watch, which holds most jobs thin.
     pub fn watch_jobs_paged(&self, cancel: CancellationToken) -> Watch<JobEvent> {
-        self.watch_typed_with("jobs", self.keys.jobs(), None, true, cancel, job_event)
+        self.watch_jobs_paged_as("jobs", cancel)
+    }
+
+    /// `watch_jobs_paged` under another name in logs and metrics.
+    pub fn watch_jobs_paged_as(&self, name: &'static str, cancel: CancellationToken) -> Watch<JobEvent> {
+        self.watch_typed_with(name, self.keys.jobs(), None, true, cancel, job_event)
     }
 
     /// Watches worker registrations.

@@ -427,7 +427,7 @@ pub async fn run_tail(st: Arc<AppState>, stop: CancellationToken) {
 
 /// Turns the `jobs/` and `workers/` watches into feed events, until `stop`.
 pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
-    let mut jobs = st.coord.watch_jobs(stop.clone());
+    let mut jobs = st.coord.watch_jobs_paged(stop.clone());
     let mut workers = st.coord.watch_members(stop.clone());
     // the relay matters only to a store of this master's own (SQLite)
     let relay_stop = stop.child_token();
@@ -438,6 +438,7 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
     let mut deliveries = st.coord.watch_deliveries(stop.clone());
     let mut backfills = st.coord.watch_backfills(stop.clone());
     let mut known_jobs: HashMap<String, i64> = HashMap::new();
+    let mut listing = JobListing::default();
     let mut changed_meaning = super::meaning::ChangedMeaning::default();
     let mut known_workers: HashSet<String> = HashSet::new();
     let (mut jobs_synced, mut workers_synced) = (false, false);
@@ -445,20 +446,20 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(ev) = jobs.events.recv() => match ev {
-                // `watch_jobs` lists whole (one `Reset`): no pages come
-                JobEvent::Listed { .. } => {}
-                JobEvent::Reset { jobs: all, revision } => {
-                    let now: HashMap<String, i64> = all.iter().map(|j| (j.name().to_string(), j.revision())).collect();
-                    st.known.listed(all.iter().map(|j| j.name()), now_ms());
-                    st.notify.jobs_listed(all.iter());
-                    changed_meaning.listed(all.iter().map(|j| (j.name(), schedule_of(j))));
+                // the list is read in pages: nothing is decided before its last (the `Reset`)
+                JobEvent::Listed { jobs: page, revision } => {
+                    listing.page(&st, &known_jobs, jobs_synced, page, revision);
+                }
+                JobEvent::Reset { jobs: page, revision } => {
+                    listing.page(&st, &known_jobs, jobs_synced, page, revision);
+                    let listed = std::mem::take(&mut listing);
+                    st.known.listed(listed.jobs.keys().map(String::as_str), now_ms());
+                    st.notify.wanted_listed(listed.wanted);
+                    changed_meaning.listed(listed.meaning.iter().map(|(n, s)| (n.as_str(), Some(s.as_str()))));
                     if jobs_synced {
                         // a re-list after a compaction or a broken stream: publish the
                         // difference, in revision order (cursors only move forward)
-                        let mut changed: Vec<JobRead> = all
-                            .into_iter()
-                            .filter(|j| known_jobs.get(j.name()) != Some(&j.revision()))
-                            .collect();
+                        let mut changed = listed.changed;
                         changed.sort_by_key(|j| j.revision());
                         for j in changed {
                             if let JobRead::Job(job) = &j {
@@ -466,11 +467,11 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                             }
                             publish_job(&st, j);
                         }
-                        for gone in known_jobs.keys().filter(|k| !now.contains_key(*k)) {
+                        for gone in known_jobs.keys().filter(|k| !listed.jobs.contains_key(*k)) {
                             st.feed.publish(FeedEvent::JobDeleted { ts: now_ms(), revision, name: gone.clone() });
                         }
                     }
-                    known_jobs = now;
+                    known_jobs = listed.jobs;
                     jobs_synced = true;
                     st.feed.jobs_listed(revision);
                 }
@@ -546,6 +547,48 @@ pub async fn watch_sources(st: Arc<AppState>, stop: CancellationToken) {
                         warn!(error = %e, events = events.len(), from = %batch.master, "cannot add relayed run events to this master's run log; its feed misses them");
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A job list being read in pages (`Coord::watch_jobs_paged`): what its pages said so far,
+/// so a million jobs are never decoded at once.
+#[derive(Default)]
+struct JobListing {
+    revision: i64,
+    /// name -> revision, of every job a page named.
+    jobs: HashMap<String, i64>,
+    /// The jobs that want notices.
+    wanted: HashSet<String>,
+    /// The jobs whose schedule changed meaning: (name, schedule).
+    meaning: Vec<(String, String)>,
+    /// After the first list: the jobs changed since the feed last saw them.
+    changed: Vec<JobRead>,
+}
+
+impl JobListing {
+    /// One page at `revision`; a page at another revision starts a new list (the one before
+    /// was broken off and is read again).
+    fn page(&mut self, st: &AppState, known: &HashMap<String, i64>, synced: bool, page: Vec<JobRead>, revision: i64) {
+        if self.revision != revision {
+            *self = JobListing {
+                revision,
+                ..JobListing::default()
+            };
+        }
+        for j in page {
+            self.jobs.insert(j.name().to_string(), j.revision());
+            if let JobRead::Job(job) = &j {
+                if st.notify.wants(&job.spec) {
+                    self.wanted.insert(job.spec.name.clone());
+                }
+                if super::meaning::affected(&job.spec.schedule) {
+                    self.meaning.push((job.spec.name.clone(), job.spec.schedule.clone()));
+                }
+            }
+            if synced && known.get(j.name()) != Some(&j.revision()) {
+                self.changed.push(j);
             }
         }
     }

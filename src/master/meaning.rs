@@ -85,6 +85,11 @@ impl ChangedMeaning {
     }
 }
 
+/// Whether a job with this schedule is one of the affected.
+pub fn affected(schedule: &str) -> bool {
+    day_rule_change(schedule).is_some()
+}
+
 fn check(schedule: &str) -> Option<(String, String)> {
     let advice = day_rule_change(schedule)?;
     Some((schedule.to_string(), advice))

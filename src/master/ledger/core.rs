@@ -13,7 +13,7 @@ use crate::coord::{ClaimValue, JobEvent, JobRead, MemberEvent};
 use crate::model::{StoredJob, WorkerInfo};
 use crate::schedule::Schedule;
 use crate::timer::TimerHeap;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// How long membership history is kept for the reasons of missed ticks.
@@ -58,6 +58,8 @@ pub struct Ledger {
     /// its own parts only, not every job (O(1), not O(jobs)). A job that is not sharded is its
     /// own only part, under its own name.
     shards: HashMap<String, Vec<String>>,
+    /// The job list being read in pages: its revision and the names its pages named so far.
+    listing: Option<(i64, HashSet<String>)>,
     heap: TimerHeap<(String, u64)>,
     next_gen: u64,
     /// (since, the members from then on), oldest first.
@@ -73,6 +75,7 @@ impl Ledger {
             grace_ms,
             jobs: HashMap::new(),
             shards: HashMap::new(),
+            listing: None,
             heap: TimerHeap::default(),
             next_gen: 0,
             members: VecDeque::new(),
@@ -99,10 +102,12 @@ impl Ledger {
     /// (no worker runs it either).
     pub fn on_jobs(&mut self, now: i64, ev: JobEvent, parse: &mut impl FnMut(&StoredJob) -> Option<Arc<Schedule>>) {
         match ev {
-            // `watch_jobs` lists whole (one `Reset`): no pages come
-            JobEvent::Listed { .. } => {}
-            JobEvent::Reset { jobs, .. } => {
-                let present: std::collections::HashSet<String> = jobs.iter().map(|j| j.name().to_string()).collect();
+            // a page of a list read in pages (`watch_jobs_paged`): its jobs exist
+            JobEvent::Listed { jobs, revision } => self.listed_page(now, jobs, revision, parse),
+            // the last page (or a whole list): a job no page of this list named is gone
+            JobEvent::Reset { jobs, revision } => {
+                self.listed_page(now, jobs, revision, parse);
+                let present = self.listing.take().map(|(_, names)| names).unwrap_or_default();
                 let gone: Vec<String> = self
                     .jobs
                     .keys()
@@ -112,18 +117,36 @@ impl Ledger {
                 for name in gone {
                     self.close(&name, now);
                 }
-                for read in jobs {
-                    let first = self
-                        .jobs
-                        .get(read.name())
-                        .or_else(|| self.jobs.get(&crate::model::shard_part(read.name(), 0)));
-                    if first.map(|t| t.revision) != Some(read.revision()) {
-                        self.saved(now, read, parse);
-                    }
-                }
             }
             JobEvent::Saved(read) => self.saved(now, read, parse),
             JobEvent::Deleted { name, .. } => self.close_all(&name, now),
+        }
+    }
+
+    /// One page of a job list at `revision`: the jobs changed since the books last saw them are
+    /// saved, and every name is kept until the list ends. A page at another revision starts a
+    /// new list (the one before was broken off and is read again).
+    fn listed_page(
+        &mut self,
+        now: i64,
+        jobs: Vec<JobRead>,
+        revision: i64,
+        parse: &mut impl FnMut(&StoredJob) -> Option<Arc<Schedule>>,
+    ) {
+        if self.listing.as_ref().is_none_or(|(r, _)| *r != revision) {
+            self.listing = Some((revision, HashSet::new()));
+        }
+        for read in jobs {
+            if let Some((_, names)) = self.listing.as_mut() {
+                names.insert(read.name().to_string());
+            }
+            let first = self
+                .jobs
+                .get(read.name())
+                .or_else(|| self.jobs.get(&crate::model::shard_part(read.name(), 0)));
+            if first.map(|t| t.revision) != Some(read.revision()) {
+                self.saved(now, read, parse);
+            }
         }
     }
 
@@ -556,6 +579,34 @@ mod tests {
         }
         l.due(T0 + 120_000);
         assert_eq!((l.jobs(), l.shards.len()), (0, 0), "nothing left behind");
+    }
+
+    #[test]
+    fn a_job_list_read_in_pages_keeps_what_any_page_named_and_a_broken_list_counts_for_nothing() {
+        let mut l = Ledger::new(T0, GRACE);
+        for name in ["a", "b", "c"] {
+            save(&mut l, T0, job(name, "@every 1s", T0, 2));
+        }
+        let read = |name: &str, rev: i64| JobRead::Job(Box::new(job(name, "@every 1s", T0, rev)));
+        // a list broken off after a page naming c, then read again (at another revision)
+        // without c: c is gone from the end of the list that completes
+        let page = |jobs, revision| JobEvent::Listed { jobs, revision };
+        l.on_jobs(T0 + 1500, page(vec![read("c", 2)], 10), &mut parse);
+        l.on_jobs(T0 + 2500, page(vec![read("a", 2)], 12), &mut parse);
+        assert_eq!(l.jobs(), 3, "nothing is gone while the list is being read");
+        let last = JobEvent::Reset {
+            jobs: vec![read("b", 2)],
+            revision: 12,
+        };
+        l.on_jobs(T0 + 3500, last, &mut parse);
+        let due = l.due(T0 + 60_000);
+        let count = |name: &str| due.iter().filter(|d| d.job == name).count();
+        assert_eq!((count("a"), count("b")), (45, 45), "named by a page: every tick");
+        assert_eq!(
+            count("c"),
+            3,
+            "named by no page of the list that completed: gone at its end"
+        );
     }
 
     #[test]

@@ -105,7 +105,7 @@ async fn keep_books(
         last_recheck: now,
     };
     let watches = stop.child_token();
-    let mut jobs = st.coord.watch_jobs(watches.clone());
+    let mut jobs = st.coord.watch_jobs_paged(watches.clone());
     let mut members = st.coord.watch_members(watches.clone());
     let mut cache = ScheduleCache::default();
     // with signing on, a job no trusted key signed never runs: it has no ticks to account for

@@ -87,7 +87,7 @@ impl Notify {
         spec.notify.as_deref().unwrap_or(&self.defaults)
     }
 
-    fn wants(&self, spec: &JobSpec) -> bool {
+    pub fn wants(&self, spec: &JobSpec) -> bool {
         !self.rules_of(spec).is_empty() || spec.pause_after_failures.is_some()
     }
 
@@ -97,15 +97,9 @@ impl Notify {
     }
 
     /// The job watch listed every job / saw one saved / deleted.
-    pub fn jobs_listed<'a>(&self, jobs: impl IntoIterator<Item = &'a JobRead>) {
-        let next = jobs
-            .into_iter()
-            .filter_map(|j| match j {
-                JobRead::Job(j) if self.wants(&j.spec) => Some(j.spec.name.clone()),
-                _ => None,
-            })
-            .collect();
-        *self.wanted.lock().unwrap_or_else(|p| p.into_inner()) = next;
+    /// The job watch listed every job: these want notices.
+    pub fn wanted_listed(&self, wanted: HashSet<String>) {
+        *self.wanted.lock().unwrap_or_else(|p| p.into_inner()) = wanted;
     }
     pub fn job_saved(&self, j: &JobRead) {
         let mut w = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
@@ -376,7 +370,8 @@ async fn keep(st: &Arc<AppState>, lease_id: i64, lease: &mut watch::Receiver<Opt
         "this master sends notifications: it decides every finished run of jobs with rules from here"
     );
     let watches = stop.child_token();
-    let mut jobs = st.coord.watch_jobs_from("notify", None, watches.clone());
+    let mut jobs = st.coord.watch_jobs_paged_as("notify", watches.clone());
+    let mut listing: (i64, HashMap<String, StoredJob>) = (0, HashMap::new());
     let mut inbox = st.coord.watch_inbox(watches.clone());
     let mut sending: JoinSet<(Delivery, Result<(), String>)> = JoinSet::new();
     let mut jobs_synced = false;
@@ -405,13 +400,14 @@ async fn keep(st: &Arc<AppState>, lease_id: i64, lease: &mut watch::Receiver<Opt
             }
             Some(ev) = jobs.events.recv() => {
                 match ev {
-                    // `watch_jobs` lists whole (one `Reset`): no pages come
-                    JobEvent::Listed { .. } => {}
-                    JobEvent::Reset { jobs: all, .. } => {
+                    // the list comes in pages; the last (the `Reset`) completes it. Only jobs
+                    // with rules or a pause after failures are kept (the inbox holds no other
+                    // job's runs): at a million jobs the notifier holds a few
+                    JobEvent::Listed { jobs: page, revision } => listing_page(st, &mut listing, page, revision),
+                    JobEvent::Reset { jobs: page, revision } => {
+                        listing_page(st, &mut listing, page, revision);
                         jobs_synced = true;
-                        // only jobs with rules or a pause after failures (the inbox holds no
-                        // other job's runs): at a million jobs the notifier holds a few
-                        b.jobs = all.into_iter().filter_map(|j| match j { JobRead::Job(j) if st.notify.wants(&j.spec) => Some((j.spec.name.clone(), *j)), _ => None }).collect();
+                        b.jobs = std::mem::take(&mut listing.1);
                         let names: Vec<String> = b.jobs.keys().cloned().collect();
                         for n in names { job_changed(st, &me, &mut b, &n).await; }
                     }
@@ -481,6 +477,20 @@ fn next_wake(b: &Books, now: i64) -> i64 {
 }
 
 /// A job was saved (or listed): a resume after the master paused it ends its streak.
+/// One page of the job list at `revision` (a page at another revision starts a new list).
+fn listing_page(st: &AppState, listing: &mut (i64, HashMap<String, StoredJob>), page: Vec<JobRead>, revision: i64) {
+    if listing.0 != revision {
+        *listing = (revision, HashMap::new());
+    }
+    for j in page {
+        if let JobRead::Job(j) = j
+            && st.notify.wants(&j.spec)
+        {
+            listing.1.insert(j.spec.name.clone(), *j);
+        }
+    }
+}
+
 async fn job_changed(st: &Arc<AppState>, me: &str, b: &mut Books, name: &str) {
     let Some(job) = b.jobs.get(name) else { return };
     let Some(s) = b.streaks.get_mut(name) else { return };
