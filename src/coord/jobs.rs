@@ -36,6 +36,9 @@ pub enum JobsGuard {
     NoneChangedAfter(i64),
 }
 
+/// Jobs per page of `Coord::for_each_jobs_page`.
+const JOBS_PAGE: usize = 1000;
+
 /// `updated_by` of a pause the master made for a job's failures (`pause_job_for`).
 pub const NOTIFIER: &str = "notifier";
 
@@ -226,6 +229,24 @@ impl Coord {
     pub async fn list_jobs(&self) -> Result<(Vec<StoredJob>, i64), CoordError> {
         let (kvs, rev) = self.get_prefix_snapshot(&self.keys.jobs()).await?;
         Ok((self.decode_jobs(&kvs), rev))
+    }
+
+    /// Every job, a page (1,000 jobs) at a time, all pages at the first one's revision; `page`
+    /// sees each page in name order. Returns the revision read. What a caller keeps of a page
+    /// is all it holds: a million jobs are never decoded at once.
+    pub async fn for_each_jobs_page(&self, mut page: impl FnMut(Vec<StoredJob>)) -> Result<i64, CoordError> {
+        let (mut after, mut revision) = (None::<String>, 0);
+        loop {
+            let (jobs, more, rev) = self
+                .list_jobs_range(after.as_deref(), None, JOBS_PAGE, revision)
+                .await?;
+            revision = rev;
+            after = jobs.last().map(|j| j.spec.name.clone()).or(after);
+            page(jobs);
+            if !more {
+                return Ok(revision);
+            }
+        }
     }
 
     /// One range of jobs in name order: names after `after` (exclusive) that start with

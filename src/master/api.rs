@@ -645,12 +645,13 @@ async fn check_dependencies(
 /// 409 `has_dependents` naming the jobs that run after `name` (a delete of it is refused
 /// unless forced: theirs would wait for it in vain).
 pub(crate) async fn refuse_if_upstream(st: &AppState, name: &str) -> Result<(), ApiError> {
-    let (jobs, _) = st.coord.list_jobs().await?;
-    let dependents: Vec<String> = jobs
-        .iter()
-        .filter(|j| j.spec.after.iter().any(|u| u.job == name))
-        .map(|j| j.spec.name.clone())
-        .collect();
+    let mut dependents: Vec<String> = Vec::new();
+    st.coord
+        .for_each_jobs_page(|jobs| {
+            let of_it = jobs.into_iter().filter(|j| j.spec.after.iter().any(|u| u.job == name));
+            dependents.extend(of_it.map(|j| j.spec.name));
+        })
+        .await?;
     if dependents.is_empty() {
         return Ok(());
     }
@@ -970,14 +971,20 @@ async fn list_workers(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Re
 
 pub async fn workers_view(st: &AppState) -> Result<Vec<WorkerView>, ApiError> {
     let workers = st.coord.list_workers_with_heartbeat().await?;
-    let (jobs, _) = st.coord.list_jobs().await?;
     let members: BTreeMap<String, WorkerInfo> = workers.iter().map(|(w, _)| (w.id.clone(), w.clone())).collect();
-    let owned = crate::cluster::ownership::scheduled_counts(
-        &members,
-        jobs.iter()
-            .filter(|j| !j.spec.paused)
-            .map(|j| (j.spec.name.as_str(), &j.spec.selector)),
-    );
+    // counted a page of jobs at a time (a million jobs are never read at once)
+    let mut owned: BTreeMap<String, usize> = BTreeMap::new();
+    st.coord
+        .for_each_jobs_page(|jobs| {
+            let scheduled = jobs
+                .iter()
+                .filter(|j| !j.spec.paused)
+                .map(|j| (j.spec.name.as_str(), &j.spec.selector));
+            for (w, n) in crate::cluster::ownership::scheduled_counts(&members, scheduled) {
+                *owned.entry(w.to_string()).or_default() += n;
+            }
+        })
+        .await?;
     Ok(workers
         .iter()
         .map(|(w, hb)| WorkerView {

@@ -986,3 +986,43 @@ async fn the_workers_view_counts_every_job_a_racing_worker_schedules() {
             .any(|w| w["id"] == "r1" && w["dispatch"] == "race")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_view_and_the_dependents_check_of_a_delete_read_every_page_of_jobs() {
+    use cronmesh::model::JobSpec;
+    let mut c = Cluster::new().await;
+    c.start_worker("w1", &[]);
+    c.start_worker("w2", &[]);
+    c.wait_members(&["w1", "w2"]).await;
+    let url = c.start_master("m1", &[]).await;
+    // 2,500 jobs: three pages of the master's paged reads
+    let names: Vec<String> = (0..2500).map(|i| format!("pg-{i:04}")).collect();
+    for chunk in names.chunks(100) {
+        let puts = chunk.iter().map(|n| c.put_job(JobSpec::new(n, "@hourly", "true")));
+        futures_util::future::join_all(puts).await;
+    }
+    // the last page holds a job that runs after the first job
+    let (st, b) = c
+        .send(
+            "PUT",
+            &url,
+            "/api/v1/jobs/zz-after",
+            Some(ADMIN),
+            Some(serde_json::json!({"after": [{"job": "pg-0000"}], "command": "true"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    let (status, body) = c.get(&url, "/api/v1/workers", Some(READ)).await;
+    assert_eq!(status, 200, "{body}");
+    let owned: u64 = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["owned_jobs"].as_u64().unwrap())
+        .sum();
+    assert_eq!(owned, 2501, "every job of every page is someone's: {body}");
+    let (st, b) = c.send("DELETE", &url, "/api/v1/jobs/pg-0000", Some(ADMIN), None).await;
+    assert_eq!(st, 409, "{b}");
+    assert_eq!(b["error"]["code"], "has_dependents", "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("zz-after"), "{b}");
+}

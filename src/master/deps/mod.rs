@@ -206,16 +206,30 @@ impl<'a> Driver<'a> {
         if seen != 0 && seen <= self.jobs_revision && now - self.jobs_read_at < REREAD_JOBS_MS {
             return Ok(());
         }
-        let (jobs, revision) = self.st.coord.list_jobs().await.map_err(|e| e.to_string())?;
+        // only the jobs of the graph are kept (at a million jobs, a few of them have `after`):
+        // the jobs with `after`, a page at a time, then the upstreams they name
+        let mut jobs: Vec<crate::model::StoredJob> = Vec::new();
+        let revision = self
+            .st
+            .coord
+            .for_each_jobs_page(|page| jobs.extend(page.into_iter().filter(|j| !j.spec.after.is_empty())))
+            .await
+            .map_err(|e| e.to_string())?;
+        let held: BTreeSet<&str> = jobs.iter().map(|j| j.spec.name.as_str()).collect();
+        let upstreams: BTreeSet<String> = jobs
+            .iter()
+            .flat_map(|j| j.spec.after.iter().map(|u| u.job.clone()))
+            .filter(|u| !held.contains(u.as_str()))
+            .collect();
+        let upstreams: Vec<String> = upstreams.into_iter().collect();
+        let read = self.st.coord.fetch_jobs(&upstreams).await.map_err(|e| e.to_string())?;
+        jobs.extend(read.into_iter().filter_map(|(_, r)| match r {
+            Some(crate::coord::JobRead::Job(j)) => Some(*j),
+            _ => None,
+        }));
         self.jobs_revision = revision;
         self.jobs_read_at = now;
         self.graph = Graph::of(jobs.iter().map(|j| &j.spec));
-        // only the jobs of the graph are kept (at a million jobs, a few of them have `after`)
-        let graph = &self.graph;
-        let involved = |j: &crate::model::StoredJob| {
-            !graph.upstreams(&j.spec.name).is_empty() || !graph.downstreams(&j.spec.name).is_empty()
-        };
-        let jobs: Vec<crate::model::StoredJob> = jobs.into_iter().filter(involved).collect();
         self.created = jobs.iter().map(|j| (j.spec.name.clone(), j.created_at)).collect();
         self.jobs = jobs.into_iter().map(|j| (j.spec.name.clone(), j.spec)).collect();
         METRICS.dependency_edges.set(self.graph.edges().count() as i64);
