@@ -36,9 +36,6 @@ pub enum JobsGuard {
     NoneChangedAfter(i64),
 }
 
-/// Jobs per page of `Coord::for_each_jobs_page`.
-const JOBS_PAGE: usize = 1000;
-
 /// `updated_by` of a pause the master made for a job's failures (`pause_job_for`).
 pub const NOTIFIER: &str = "notifier";
 
@@ -231,22 +228,15 @@ impl Coord {
         Ok((self.decode_jobs(&kvs), rev))
     }
 
-    /// Every job, a page (1,000 jobs) at a time, all pages at the first one's revision; `page`
-    /// sees each page in name order. Returns the revision read. What a caller keeps of a page
-    /// is all it holds: a million jobs are never decoded at once.
+    /// Every job, a page (at most 1,000 jobs) at a time, all pages at one revision; `page` sees
+    /// each page in name order. Returns the revision read. What a caller keeps of a page is all
+    /// it holds: a million jobs are never decoded at once.
     pub async fn for_each_jobs_page(&self, mut page: impl FnMut(Vec<StoredJob>)) -> Result<i64, CoordError> {
-        let (mut after, mut revision) = (None::<String>, 0);
-        loop {
-            let (jobs, more, rev) = self
-                .list_jobs_range(after.as_deref(), None, JOBS_PAGE, revision)
-                .await?;
-            revision = rev;
-            after = jobs.last().map(|j| j.spec.name.clone()).or(after);
-            page(jobs);
-            if !more {
-                return Ok(revision);
-            }
+        let mut pager = super::pager::Pager::new(self.keys.jobs().as_bytes(), 0);
+        while let Some(kvs) = self.next_page(&mut pager).await? {
+            page(self.decode_jobs(&kvs));
         }
+        Ok(pager.revision())
     }
 
     /// One range of jobs in name order: names after `after` (exclusive) that start with

@@ -31,6 +31,7 @@ mod ledger;
 mod membership;
 mod notify;
 mod outage;
+mod pager;
 mod signals;
 mod watch;
 
@@ -54,9 +55,6 @@ use etcd_client::{Client, ConnectOptions};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Keys per page of a snapshot read (~0.5 MB of jobs; the gRPC limit is 4 MB).
-const SNAPSHOT_PAGE: i64 = 1000;
 
 /// Errors of the coordination layer. Callers branch on `NotFound`/`Conflict`/`Invalid`; the rest
 /// mean "etcd is unreachable or misbehaving": retry later. Each prints as one line an operator
@@ -451,46 +449,21 @@ impl Coord {
         }
     }
 
-    /// Reads every key under `full_prefix` (absolute, with the cluster prefix) in pages of
-    /// `SNAPSHOT_PAGE` keys, all at the first page's revision: one consistent snapshot however
-    /// large the prefix. A single range response is capped by the gRPC message limit (4 MB by
-    /// default, about 10,000 jobs), so an unpaged read of 100,000 jobs fails outright.
+    /// Reads every key under `full_prefix` (absolute, with the cluster prefix) in pages of at
+    /// most `pager::PAGE` keys (~0.5 MB of jobs), all at one revision: one consistent snapshot
+    /// however large the prefix. A single range response is capped by the gRPC message limit
+    /// (4 MB by default, about 10,000 jobs), so an unpaged read of 100,000 jobs fails outright;
+    /// and pages by `limit` would make etcd count to the prefix's end on each (see `pager`).
     pub(crate) async fn get_prefix_snapshot(
         &self,
         full_prefix: &str,
     ) -> Result<(Vec<etcd_client::KeyValue>, i64), CoordError> {
-        let end = prefix_end(full_prefix.as_bytes());
-        let mut start = full_prefix.as_bytes().to_vec();
-        let mut revision = 0;
+        let mut pager = pager::Pager::new(full_prefix.as_bytes(), 0);
         let mut out = Vec::new();
-        loop {
-            let mut opts = etcd_client::GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(SNAPSHOT_PAGE);
-            if revision > 0 {
-                opts = opts.with_revision(revision);
-            }
-            let from = start.clone();
-            let mut resp = self
-                .call("get", |mut c| async move { c.get(from, Some(opts)).await })
-                .await?;
-            if revision == 0 {
-                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            }
-            let more = resp.more();
-            let kvs = resp.take_kvs();
-            match kvs.last() {
-                Some(last) if more => {
-                    start = last.key().to_vec();
-                    start.push(0);
-                }
-                _ => {
-                    out.extend(kvs);
-                    return Ok((out, revision));
-                }
-            }
-            out.extend(kvs);
+        while let Some(page) = self.next_page(&mut pager).await? {
+            out.extend(page);
         }
+        Ok((out, pager.revision()))
     }
 
     pub fn keys(&self) -> &Keys {

@@ -477,46 +477,31 @@ impl Coord {
         let revision = match resume {
             Some(r) => r - 1,
             None if paged => {
-                let mut start = full.as_bytes().to_vec();
-                let end = super::prefix_end(full.as_bytes());
-                let mut revision = 0;
+                let mut pager = super::pager::Pager::new(full.as_bytes(), 0);
+                let mut pending: Option<Vec<Kv>> = None;
                 loop {
-                    let mut opts = etcd_client::GetOptions::new()
-                        .with_range(end.clone())
-                        .with_limit(super::SNAPSHOT_PAGE);
-                    if revision > 0 {
-                        opts = opts.with_revision(revision);
-                    }
-                    let from = start.clone();
                     let page = tokio::select! {
                         _ = cancel.cancelled() => return Ended::Cancelled,
-                        r = self.call("get", |mut c| async move { c.get(from, Some(opts)).await }) => r,
+                        r = self.next_page(&mut pager) => r,
                     };
-                    let mut resp = match page {
-                        Ok(r) => r,
+                    let page = match page {
+                        Ok(p) => p,
                         Err(e) => return Ended::Restart("list_error", e.to_string()),
                     };
-                    if revision == 0 {
-                        revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-                    }
-                    let more = resp.more();
-                    let kvs = resp.take_kvs();
-                    if let (true, Some(last)) = (more, kvs.last()) {
-                        start = last.key().to_vec();
-                        start.push(0);
-                    }
-                    let items: Vec<Kv> = kvs.into_iter().map(to_kv).collect();
-                    let last = !more || items.is_empty();
-                    let ev = if last {
-                        WatchEvent::Reset { items, revision }
-                    } else {
-                        WatchEvent::Listed { items, revision }
-                    };
-                    if !send(ev).await {
-                        return Ended::Cancelled;
-                    }
-                    if last {
+                    let revision = pager.revision();
+                    // a page is sent once the next is known: the last goes as the `Reset`
+                    let Some(kvs) = page else {
+                        let items = pending.take().unwrap_or_default();
+                        if !send(WatchEvent::Reset { items, revision }).await {
+                            return Ended::Cancelled;
+                        }
                         break revision;
+                    };
+                    let items: Vec<Kv> = kvs.into_iter().map(to_kv).collect();
+                    if let Some(items) = pending.replace(items)
+                        && !send(WatchEvent::Listed { items, revision }).await
+                    {
+                        return Ended::Cancelled;
                     }
                 }
             }

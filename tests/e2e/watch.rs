@@ -98,3 +98,65 @@ async fn more_jobs_than_fit_in_one_grpc_message_are_listed_watched_and_run() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_job_list_is_read_in_pages_of_at_most_a_thousand_each_key_once_whatever_its_names() {
+    use cronmesh::coord::JobRead;
+    let c = Cluster::new().await;
+    // 2,600 names under one long common prefix (the pager splits byte by byte down to it), a
+    // name that is a prefix of others, and keys written behind cronmesh's back: bytes above
+    // 0x7f and a NUL inside a key
+    let names: Vec<String> = (0..2600).map(|i| format!("shared-prefix-{i:04}")).collect();
+    for chunk in names.chunks(100) {
+        let puts = chunk.iter().map(|n| c.put_job(JobSpec::new(n, "@hourly", "true")));
+        futures_util::future::join_all(puts).await;
+    }
+    for n in ["shared", "shared-prefix-0001x", "z"] {
+        c.put_job(JobSpec::new(n, "@hourly", "true")).await;
+    }
+    let mut raw = etcd_client::Client::connect([c.etcd.client_url.as_str()], None)
+        .await
+        .unwrap();
+    for k in ["jobs/\u{ff}\u{fe}", "jobs/shared-prefix-0002\u{0}z"] {
+        raw.put(format!("{}{k}", c.prefix), "{not json", None).await.unwrap();
+    }
+    let cancel = CancellationToken::new();
+    let mut w = c.coord.watch_jobs_paged(cancel.clone());
+    let mut seen: Vec<String> = Vec::new();
+    let mut pages = Vec::new();
+    let mut bad = 0;
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), w.events.recv())
+            .await
+            .expect("the list ends")
+            .unwrap();
+        let (jobs, last) = match ev {
+            JobEvent::Listed { jobs, .. } => (jobs, false),
+            JobEvent::Reset { jobs, .. } => (jobs, true),
+            other => panic!("only the list comes first, got {other:?}"),
+        };
+        pages.push(jobs.len());
+        bad += jobs.iter().filter(|j| matches!(j, JobRead::Bad { .. })).count();
+        seen.extend(jobs.iter().map(|j| j.name().to_string()));
+        if last {
+            break;
+        }
+    }
+    cancel.cancel();
+    assert!(pages.iter().all(|n| *n <= 1000), "pages {pages:?}");
+    assert!(pages.len() >= 3, "pages {pages:?}");
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "each key once");
+    assert_eq!(seen.len(), 2605, "every key: 2,603 jobs and 2 unreadable");
+    assert_eq!(
+        bad, 2,
+        "the keys written behind cronmesh's back are listed as unreadable"
+    );
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "in key order");
+    // the master's paged reads see the same jobs
+    let mut jobs = 0;
+    c.coord.for_each_jobs_page(|p| jobs += p.len()).await.unwrap();
+    assert_eq!(jobs, 2603);
+}
