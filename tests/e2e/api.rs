@@ -989,7 +989,6 @@ async fn the_workers_view_counts_every_job_a_racing_worker_schedules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workers_view_and_the_dependents_check_of_a_delete_read_every_page_of_jobs() {
-    use cronmesh::model::JobSpec;
     let mut c = Cluster::new().await;
     c.start_worker("w1", &[]);
     c.start_worker("w2", &[]);
@@ -997,10 +996,7 @@ async fn the_workers_view_and_the_dependents_check_of_a_delete_read_every_page_o
     let url = c.start_master("m1", &[]).await;
     // 2,500 jobs: three pages of the master's paged reads
     let names: Vec<String> = (0..2500).map(|i| format!("pg-{i:04}")).collect();
-    for chunk in names.chunks(100) {
-        let puts = chunk.iter().map(|n| c.put_job(JobSpec::new(n, "@hourly", "true")));
-        futures_util::future::join_all(puts).await;
-    }
+    c.put_hourly_jobs(&names).await;
     // the last page holds a job that runs after the first job
     let (st, b) = c
         .send(

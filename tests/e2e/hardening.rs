@@ -717,14 +717,10 @@ async fn ctl_shows_control_characters_escaped_unless_raw_and_names_may_not_begin
 async fn a_master_still_reading_its_job_list_refuses_no_report_of_a_job_that_exists() {
     use cronmesh::master::auth::Caller;
     use cronmesh::master::reports::{Known, check};
-    use cronmesh::model::JobSpec;
     let c = Cluster::new().await;
     // a worker's largest batch: 500 runs, each of another job
     let names: Vec<String> = (0..500).map(|i| format!("many-{i:03}")).collect();
-    for chunk in names.chunks(50) {
-        let puts = chunk.iter().map(|n| c.put_job(JobSpec::new(n, "@hourly", "true")));
-        futures_util::future::join_all(puts).await;
-    }
+    c.put_hourly_jobs(&names).await;
     let now = now_ms();
     let records: Vec<Value> = names
         .iter()

@@ -553,6 +553,14 @@ impl Cluster {
         self.coord.put_job(spec).await.expect("put job")
     }
 
+    /// Many hourly jobs `true`, a hundred written at once.
+    pub async fn put_hourly_jobs(&self, names: &[String]) {
+        for chunk in names.chunks(100) {
+            let puts = chunk.iter().map(|n| self.put_job(JobSpec::new(n, "@hourly", "true")));
+            futures_util::future::join_all(puts).await;
+        }
+    }
+
     /// Every tick line written so far.
     pub fn ticks(&self) -> Vec<TickLine> {
         let text = std::fs::read_to_string(self.ticks_file()).unwrap_or_default();

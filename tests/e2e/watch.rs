@@ -107,10 +107,7 @@ async fn a_large_job_list_is_read_in_pages_of_at_most_a_thousand_each_key_once_w
     // name that is a prefix of others, and keys written behind cronmesh's back: bytes above
     // 0x7f and a NUL inside a key
     let names: Vec<String> = (0..2600).map(|i| format!("shared-prefix-{i:04}")).collect();
-    for chunk in names.chunks(100) {
-        let puts = chunk.iter().map(|n| c.put_job(JobSpec::new(n, "@hourly", "true")));
-        futures_util::future::join_all(puts).await;
-    }
+    c.put_hourly_jobs(&names).await;
     for n in ["shared", "shared-prefix-0001x", "z"] {
         c.put_job(JobSpec::new(n, "@hourly", "true")).await;
     }

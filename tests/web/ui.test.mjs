@@ -320,7 +320,8 @@ if (MODE === 'ui') {
       const shown = await links.allTextContents();
       assert.equal(new Set(shown).size, shown.length, `each run's id is shown distinctly: ${shown}`);
       const second = await links.nth(1).getAttribute('title');
-      await links.nth(1).click();
+      // by its id: a run arriving meanwhile shifts the rows of the live table
+      await page.locator(`#runs-table td[data-label="Run"] a[title="${second}"]`).click();
       await page.waitForURL(new RegExp(`#/runs/${second}$`));
       const out = page.locator('#run-output');
       await out.waitFor();
